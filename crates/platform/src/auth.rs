@@ -1,0 +1,303 @@
+//! The authentication seam: EdDSA (Ed25519) JWTs checked against configured public keys (issuer,
+//! audience, expiry, key id) into a [`Principal`]. In embedded mode the key pair is generated
+//! under the data dir on first run; `thali token` mints tokens with it.
+use std::{
+    collections::HashMap,
+    fs,
+    io::Write,
+    os::unix::fs::OpenOptionsExt,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use ring::signature::{Ed25519KeyPair, KeyPair};
+use serde::{Deserialize, Serialize};
+
+/// Issuer of every Thali token.
+pub const ISSUER: &str = "thali";
+/// Audience of tokens that users present to the API.
+pub const AUDIENCE: &str = "thali-api";
+
+/// Who is calling: the subject of a verified token and its roles.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub subject: String,
+    pub roles: Vec<String>,
+}
+
+impl Principal {
+    /// Whether the caller holds `role`.
+    pub fn has_role(&self, role: &str) -> bool {
+        self.roles.iter().any(|r| r == role)
+    }
+}
+
+/// The claims of a Thali access token.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Claims {
+    pub sub: String,
+    pub iss: String,
+    pub aud: String,
+    pub iat: i64,
+    pub exp: i64,
+    #[serde(default)]
+    pub roles: Vec<String>,
+}
+
+/// Why a token was refused. The text is safe to show to the caller.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AuthError {
+    #[error("the token is malformed")]
+    Malformed,
+    #[error("the token names no known signing key")]
+    UnknownKey,
+    #[error("the token signature does not verify")]
+    BadSignature,
+    #[error("the token has expired")]
+    Expired,
+    #[error("the token was issued for another audience or issuer")]
+    WrongAudience,
+}
+
+/// Problems with the key files; these stop the process at start.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("key file {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("key file {path} is not a valid Ed25519 key")]
+    Invalid { path: PathBuf },
+    #[error("no signing key in {0}")]
+    NoSigningKey(PathBuf),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> KeyError + '_ {
+    move |source| KeyError::Io { path: path.to_owned(), source }
+}
+
+/// Creates an Ed25519 key pair in `dir` unless a signing key is already there. The private key
+/// file is created with mode 0600. Returns the key id of the signing key.
+pub fn ensure_key_pair(dir: &Path) -> Result<String, KeyError> {
+    if let Ok(signer) = Signer::load(dir) {
+        return Ok(signer.kid);
+    }
+    fs::create_dir_all(dir).map_err(io_err(dir))?;
+    let rng = ring::rand::SystemRandom::new();
+    let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng).map_err(|_| KeyError::Invalid { path: dir.to_owned() })?;
+    let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).map_err(|_| KeyError::Invalid { path: dir.to_owned() })?;
+    let public = pair.public_key().as_ref();
+    let kid = key_id(public);
+    let key_path = dir.join(format!("{kid}.ed25519"));
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&key_path)
+        .map_err(io_err(&key_path))?;
+    file.write_all(pkcs8.as_ref()).map_err(io_err(&key_path))?;
+    let pub_path = dir.join(format!("{kid}.pub"));
+    fs::write(&pub_path, URL_SAFE_NO_PAD.encode(public)).map_err(io_err(&pub_path))?;
+    Ok(kid)
+}
+
+/// Key id: the first 16 hex digits of the SHA-256 of the public key.
+fn key_id(public: &[u8]) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, public);
+    let hex: String = digest.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect();
+    format!("ed25519-{hex}")
+}
+
+/// Mints access tokens with the newest private key in the keys dir.
+pub struct Signer {
+    kid: String,
+    key: EncodingKey,
+}
+
+impl Signer {
+    /// Loads the most recently written `*.ed25519` key in `dir`.
+    pub fn load(dir: &Path) -> Result<Self, KeyError> {
+        let mut newest: Option<(std::time::SystemTime, PathBuf)> = None;
+        for entry in fs::read_dir(dir).map_err(io_err(dir))? {
+            let path = entry.map_err(io_err(dir))?.path();
+            if path.extension().is_some_and(|e| e == "ed25519") {
+                let modified = fs::metadata(&path).and_then(|m| m.modified()).map_err(io_err(&path))?;
+                if newest.as_ref().is_none_or(|(t, _)| modified > *t) {
+                    newest = Some((modified, path));
+                }
+            }
+        }
+        let (_, path) = newest.ok_or_else(|| KeyError::NoSigningKey(dir.to_owned()))?;
+        let der = fs::read(&path).map_err(io_err(&path))?;
+        let pair = Ed25519KeyPair::from_pkcs8(&der).map_err(|_| KeyError::Invalid { path: path.clone() })?;
+        Ok(Self { kid: key_id(pair.public_key().as_ref()), key: EncodingKey::from_ed_der(&der) })
+    }
+
+    /// Key id written into every token's header.
+    pub fn kid(&self) -> &str {
+        &self.kid
+    }
+
+    /// A token for `subject` with `roles`, valid for `ttl`.
+    pub fn mint(&self, subject: &str, roles: &[String], ttl: Duration) -> String {
+        self.mint_for(subject, roles, ttl, AUDIENCE)
+    }
+
+    /// A token for another audience (service tokens, and tests of audience checks).
+    pub fn mint_for(&self, subject: &str, roles: &[String], ttl: Duration, audience: &str) -> String {
+        let now = chrono::Utc::now().timestamp();
+        let claims = Claims {
+            sub: subject.to_owned(),
+            iss: ISSUER.to_owned(),
+            aud: audience.to_owned(),
+            iat: now,
+            exp: now + ttl.as_secs() as i64,
+            roles: roles.to_vec(),
+        };
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(self.kid.clone());
+        jsonwebtoken::encode(&header, &claims, &self.key).expect("Ed25519 signing with a validated key cannot fail")
+    }
+}
+
+/// Verifies tokens against every public key in the keys dir, chosen by `kid`.
+#[derive(Clone)]
+pub struct Verifier {
+    keys: Arc<HashMap<String, DecodingKey>>,
+    validation: Arc<Validation>,
+}
+
+impl std::fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Verifier").field("kids", &self.keys.keys().collect::<Vec<_>>()).finish()
+    }
+}
+
+impl Verifier {
+    /// Loads every `*.pub` file (base64url Ed25519 public key) in `dir`.
+    pub fn load(dir: &Path) -> Result<Self, KeyError> {
+        let mut keys = HashMap::new();
+        for entry in fs::read_dir(dir).map_err(io_err(dir))? {
+            let path = entry.map_err(io_err(dir))?.path();
+            if path.extension().is_some_and(|e| e == "pub") {
+                let text = fs::read_to_string(&path).map_err(io_err(&path))?;
+                let raw = URL_SAFE_NO_PAD
+                    .decode(text.trim())
+                    .ok()
+                    .filter(|k| k.len() == 32)
+                    .ok_or_else(|| KeyError::Invalid { path: path.clone() })?;
+                keys.insert(key_id(&raw), DecodingKey::from_ed_der(&raw));
+            }
+        }
+        if keys.is_empty() {
+            return Err(KeyError::NoSigningKey(dir.to_owned()));
+        }
+        let mut validation = Validation::new(Algorithm::EdDSA);
+        validation.set_issuer(&[ISSUER]);
+        validation.set_audience(&[AUDIENCE]);
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        validation.leeway = 30;
+        Ok(Self { keys: Arc::new(keys), validation: Arc::new(validation) })
+    }
+
+    /// Checks signature, key id, issuer, audience and expiry.
+    pub fn verify(&self, token: &str) -> Result<Principal, AuthError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Malformed)?;
+        if header.alg != Algorithm::EdDSA {
+            return Err(AuthError::Malformed);
+        }
+        let key = header.kid.as_deref().and_then(|kid| self.keys.get(kid)).ok_or(AuthError::UnknownKey)?;
+        let data = jsonwebtoken::decode::<Claims>(token, key, &self.validation).map_err(|e| {
+            use jsonwebtoken::errors::ErrorKind;
+            match e.kind() {
+                ErrorKind::ExpiredSignature => AuthError::Expired,
+                ErrorKind::InvalidAudience | ErrorKind::InvalidIssuer => AuthError::WrongAudience,
+                ErrorKind::InvalidSignature => AuthError::BadSignature,
+                _ => AuthError::Malformed,
+            }
+        })?;
+        Ok(Principal { subject: data.claims.sub, roles: data.claims.roles })
+    }
+
+    /// Takes the token out of an `Authorization: Bearer …` value and verifies it.
+    pub fn verify_bearer(&self, header_value: &str) -> Result<Principal, AuthError> {
+        let token = header_value
+            .strip_prefix("Bearer ")
+            .or_else(|| header_value.strip_prefix("bearer "))
+            .ok_or(AuthError::Malformed)?;
+        self.verify(token.trim())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("thali-auth-{name}-{}", uuid::Uuid::now_v7()));
+        fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn minted_token_verifies_into_principal() {
+        let dir = temp_dir("ok");
+        ensure_key_pair(&dir).unwrap();
+        let token = Signer::load(&dir).unwrap().mint("user-1", &["creator".into()], Duration::from_secs(60));
+        let principal = Verifier::load(&dir).unwrap().verify(&token).unwrap();
+        assert_eq!(principal.subject, "user-1");
+        assert!(principal.has_role("creator"));
+    }
+
+    #[test]
+    fn key_pair_is_created_once_with_private_mode() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = temp_dir("once");
+        let kid = ensure_key_pair(&dir).unwrap();
+        assert_eq!(ensure_key_pair(&dir).unwrap(), kid);
+        let mode = fs::metadata(dir.join(format!("{kid}.ed25519"))).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn foreign_expired_and_wrong_audience_tokens_are_refused() {
+        let dir = temp_dir("mine");
+        let other = temp_dir("other");
+        ensure_key_pair(&dir).unwrap();
+        ensure_key_pair(&other).unwrap();
+        let verifier = Verifier::load(&dir).unwrap();
+        let foreign = Signer::load(&other).unwrap().mint("x", &[], Duration::from_secs(60));
+        assert_eq!(verifier.verify(&foreign), Err(AuthError::UnknownKey));
+
+        let signer = Signer::load(&dir).unwrap();
+        let expired = signer.mint("x", &[], Duration::ZERO);
+        let mut claims: Claims = serde_json::from_slice(
+            &URL_SAFE_NO_PAD.decode(expired.split('.').nth(1).unwrap()).unwrap(),
+        )
+        .unwrap();
+        claims.exp -= 3600;
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(signer.kid.clone());
+        let expired = jsonwebtoken::encode(&header, &claims, &signer.key).unwrap();
+        assert_eq!(verifier.verify(&expired), Err(AuthError::Expired));
+
+        let other_aud = signer.mint_for("x", &[], Duration::from_secs(60), "thali-storefront");
+        assert_eq!(verifier.verify(&other_aud), Err(AuthError::WrongAudience));
+        assert_eq!(verifier.verify("not.a.token"), Err(AuthError::Malformed));
+        assert_eq!(verifier.verify_bearer("Basic abc"), Err(AuthError::Malformed));
+    }
+
+    #[test]
+    fn tampered_payload_fails_signature() {
+        let dir = temp_dir("tamper");
+        ensure_key_pair(&dir).unwrap();
+        let token = Signer::load(&dir).unwrap().mint("alice", &[], Duration::from_secs(60));
+        let parts: Vec<&str> = token.split('.').collect();
+        let mut claims: serde_json::Value =
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap();
+        claims["sub"] = "mallory".into();
+        let forged = format!("{}.{}.{}", parts[0], URL_SAFE_NO_PAD.encode(claims.to_string()), parts[2]);
+        assert_eq!(Verifier::load(&dir).unwrap().verify(&forged), Err(AuthError::BadSignature));
+    }
+}

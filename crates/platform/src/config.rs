@@ -1,0 +1,224 @@
+//! Configuration: embedded defaults → `thali.toml` → `THALI_*` environment → command-line flags,
+//! validated once at start so a bad value fails the process before it serves anything.
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::Deserialize;
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One JSON object per line (the default: what log pipelines ingest).
+    Json,
+    /// Human-readable lines for a terminal.
+    Pretty,
+}
+
+/// Everything a Thali process reads at start.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Config {
+    /// Where the REST facade listens (`THALI_HTTP_ADDR`).
+    pub http_addr: SocketAddr,
+    /// Where the gRPC services listen (`THALI_GRPC_ADDR`).
+    pub grpc_addr: SocketAddr,
+    /// Local state: the SQLite file and, in embedded mode, the JWT key pair (`THALI_DATA_DIR`).
+    pub data_dir: PathBuf,
+    /// Database URL; unset means a SQLite file in the data dir (`THALI_DATABASE_URL`).
+    pub database_url: Option<String>,
+    /// OTLP/gRPC endpoint for traces; unset means no export (`THALI_OTLP_ENDPOINT`).
+    pub otlp_endpoint: Option<String>,
+    /// `tracing` filter directives (`THALI_LOG`).
+    pub log: String,
+    /// `json` or `pretty` (`THALI_LOG_FORMAT`).
+    pub log_format: LogFormat,
+    /// Where the facade finds the storefront service (`THALI_STOREFRONT_URL`); unset means this
+    /// process's own gRPC address.
+    pub storefront_url: Option<String>,
+    /// Directory holding the JWT keys (`THALI_KEYS_DIR`); unset means `<data_dir>/keys`.
+    pub keys_dir: Option<PathBuf>,
+    /// Deadline of one internal gRPC call, in milliseconds (`THALI_RPC_TIMEOUT_MS`).
+    pub rpc_timeout_ms: u64,
+    /// Time allowed to open a connection to another service, in milliseconds.
+    pub connect_timeout_ms: u64,
+    /// Largest request body the facade accepts, in bytes (`THALI_MAX_BODY_BYTES`).
+    pub max_body_bytes: usize,
+}
+
+/// Values given on the command line; they win over every other source.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub http_addr: Option<String>,
+    pub grpc_addr: Option<String>,
+    pub data_dir: Option<String>,
+    pub database_url: Option<String>,
+    pub otlp_endpoint: Option<String>,
+    pub log: Option<String>,
+    pub log_format: Option<String>,
+    pub storefront_url: Option<String>,
+}
+
+/// A configuration value that cannot be used, named by its key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("configuration key `{key}`: {reason}")]
+    Invalid { key: &'static str, reason: String },
+}
+
+impl Config {
+    /// Loads from `./thali.toml` (or the file named by `THALI_CONFIG`), the process environment
+    /// and `overrides`, then validates.
+    pub fn load(overrides: &Overrides) -> Result<Self, ConfigError> {
+        let file = std::env::var("THALI_CONFIG").unwrap_or_else(|_| "thali.toml".to_owned());
+        Self::load_from(Some(Path::new(&file)), None, overrides)
+    }
+
+    /// Loads from an optional file, an explicit environment (None: the process's) and overrides.
+    pub fn load_from(
+        file: Option<&Path>,
+        env: Option<HashMap<String, String>>,
+        overrides: &Overrides,
+    ) -> Result<Self, ConfigError> {
+        let mut builder = config::Config::builder()
+            .set_default("http_addr", "127.0.0.1:8080")?
+            .set_default("grpc_addr", "127.0.0.1:50051")?
+            .set_default("data_dir", "./data")?
+            .set_default("log", "info")?
+            .set_default("log_format", "json")?
+            .set_default("rpc_timeout_ms", 5_000)?
+            .set_default("connect_timeout_ms", 2_000)?
+            .set_default("max_body_bytes", 64 * 1024)?;
+        if let Some(file) = file {
+            builder = builder.add_source(config::File::from(file).required(false));
+        }
+        let mut environment = config::Environment::with_prefix("THALI").try_parsing(true);
+        if env.is_some() {
+            environment = environment.source(env);
+        }
+        let cfg: Config = builder
+            .add_source(environment.ignore_empty(true))
+            .set_override_option("http_addr", overrides.http_addr.clone())?
+            .set_override_option("grpc_addr", overrides.grpc_addr.clone())?
+            .set_override_option("data_dir", overrides.data_dir.clone())?
+            .set_override_option("database_url", overrides.database_url.clone())?
+            .set_override_option("otlp_endpoint", overrides.otlp_endpoint.clone())?
+            .set_override_option("log", overrides.log.clone())?
+            .set_override_option("log_format", overrides.log_format.clone())?
+            .set_override_option("storefront_url", overrides.storefront_url.clone())?
+            .build()?
+            .try_deserialize()?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks what serde cannot: relations between values and URL shapes.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(url) = &self.database_url
+            && !(url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://"))
+        {
+            return Err(ConfigError::Invalid {
+                key: "database_url",
+                reason: "must start with sqlite:, postgres:// or postgresql://".into(),
+            });
+        }
+        for (key, value) in [("otlp_endpoint", &self.otlp_endpoint), ("storefront_url", &self.storefront_url)] {
+            if let Some(url) = value
+                && !(url.starts_with("http://") || url.starts_with("https://"))
+            {
+                return Err(ConfigError::Invalid { key, reason: format!("`{url}` is not an http(s) URL") });
+            }
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log) {
+            return Err(ConfigError::Invalid { key: "log", reason: e.to_string() });
+        }
+        if self.rpc_timeout_ms == 0 {
+            return Err(ConfigError::Invalid { key: "rpc_timeout_ms", reason: "must be above 0".into() });
+        }
+        if self.max_body_bytes < 1024 {
+            return Err(ConfigError::Invalid { key: "max_body_bytes", reason: "must be at least 1024".into() });
+        }
+        Ok(())
+    }
+
+    /// The database URL in use: the configured one or the embedded SQLite file.
+    pub fn database_url(&self) -> String {
+        match &self.database_url {
+            Some(url) => url.clone(),
+            None => format!("sqlite://{}?mode=rwc", self.data_dir.join("thali.db").display()),
+        }
+    }
+
+    /// Directory of the JWT keys.
+    pub fn keys_dir(&self) -> PathBuf {
+        self.keys_dir.clone().unwrap_or_else(|| self.data_dir.join("keys"))
+    }
+
+    /// Deadline of one internal call.
+    pub fn rpc_timeout(&self) -> Duration {
+        Duration::from_millis(self.rpc_timeout_ms)
+    }
+
+    /// Connect timeout towards another service.
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Option<HashMap<String, String>> {
+        Some(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
+    }
+
+    #[test]
+    fn defaults_apply_when_nothing_is_set() {
+        let cfg = Config::load_from(None, env(&[]), &Overrides::default()).unwrap();
+        assert_eq!(cfg.http_addr.to_string(), "127.0.0.1:8080");
+        assert_eq!(cfg.grpc_addr.to_string(), "127.0.0.1:50051");
+        assert_eq!(cfg.log_format, LogFormat::Json);
+        assert!(cfg.database_url().starts_with("sqlite://./data/thali.db"));
+    }
+
+    #[test]
+    fn environment_then_flags_override_defaults() {
+        let overrides = Overrides { http_addr: Some("127.0.0.1:9000".into()), ..Default::default() };
+        let cfg = Config::load_from(
+            None,
+            env(&[("THALI_HTTP_ADDR", "127.0.0.1:7000"), ("THALI_GRPC_ADDR", "127.0.0.1:7001"), ("THALI_LOG_FORMAT", "pretty")]),
+            &overrides,
+        )
+        .unwrap();
+        assert_eq!(cfg.http_addr.to_string(), "127.0.0.1:9000");
+        assert_eq!(cfg.grpc_addr.to_string(), "127.0.0.1:7001");
+        assert_eq!(cfg.log_format, LogFormat::Pretty);
+    }
+
+    #[test]
+    fn file_values_sit_between_defaults_and_environment() {
+        let dir = std::env::temp_dir().join(format!("thali-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("thali.toml");
+        std::fs::write(&file, "grpc_addr = \"127.0.0.1:6001\"\nlog = \"debug\"\n").unwrap();
+        let cfg = Config::load_from(Some(&file), env(&[("THALI_LOG", "warn")]), &Overrides::default()).unwrap();
+        assert_eq!(cfg.grpc_addr.to_string(), "127.0.0.1:6001");
+        assert_eq!(cfg.log, "warn");
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let err = Config::load_from(None, env(&[("THALI_DATABASE_URL", "mysql://x")]), &Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("database_url"), "{err}");
+        let err = Config::load_from(None, env(&[("THALI_HTTP_ADDR", "not-an-addr")]), &Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("http_addr"), "{err}");
+        let err = Config::load_from(None, env(&[("THALI_LOG_FORMAT", "xml")]), &Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("log_format"), "{err}");
+    }
+}

@@ -1,0 +1,14 @@
+//! What every Thali service shares: configuration, telemetry, the gRPC server and client stacks,
+//! authentication, database connections and status details.
+#![forbid(unsafe_code)]
+
+pub mod auth;
+pub mod client;
+pub mod config;
+pub mod db;
+pub mod errors;
+pub mod server;
+pub mod telemetry;
+
+pub use auth::{Principal, Signer, Verifier};
+pub use config::Config;

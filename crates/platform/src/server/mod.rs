@@ -1,0 +1,103 @@
+//! The gRPC server stack, assembled in one place and read top to bottom in the order a request
+//! meets it: trace extraction → authentication → metrics → the service. Health and reflection
+//! (v1 and v1alpha) are added to every server.
+mod auth;
+mod metrics;
+mod trace;
+
+use std::{future::Future, time::Duration};
+
+use sea_orm::DatabaseConnection;
+use tokio::net::TcpListener;
+use tonic::{server::NamedService, service::Routes, transport::server::TcpIncoming};
+use tonic_health::{ServingStatus, server::HealthReporter};
+use tower::ServiceBuilder;
+
+pub use auth::{AuthLayer, principal};
+pub use metrics::MetricsLayer;
+pub use trace::TraceLayer;
+
+use crate::auth::Verifier;
+
+/// The health service of one process, and the handle that changes what it answers.
+pub struct Health {
+    pub reporter: HealthReporter,
+    routes: Routes,
+}
+
+impl Health {
+    /// A health service where nothing is SERVING until a watcher says so.
+    pub fn new() -> Self {
+        let (reporter, service) = tonic_health::server::health_reporter();
+        Self { reporter, routes: Routes::new(service) }
+    }
+
+    /// Pings `db` every `interval` and answers SERVING for `S` (and for the whole server, "")
+    /// only while it answers. Runs until the process ends.
+    pub fn watch_database<S: NamedService>(&self, db: DatabaseConnection, interval: Duration) -> tokio::task::JoinHandle<()> {
+        let reporter = self.reporter.clone();
+        tokio::spawn(async move {
+            let mut last: Option<bool> = None;
+            loop {
+                let up = tokio::time::timeout(interval.max(Duration::from_secs(1)), db.ping())
+                    .await
+                    .is_ok_and(|r| r.is_ok());
+                if last != Some(up) {
+                    let status = if up { ServingStatus::Serving } else { ServingStatus::NotServing };
+                    reporter.set_service_status(S::NAME, status).await;
+                    reporter.set_service_status("", status).await;
+                    if up {
+                        tracing::info!(service = S::NAME, "database answers: SERVING");
+                    } else {
+                        tracing::warn!(service = S::NAME, "database does not answer: NOT_SERVING");
+                    }
+                    last = Some(up);
+                }
+                tokio::time::sleep(interval).await;
+            }
+        })
+    }
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Serves `routes` plus health and reflection on `listener`, behind the platform stack, until
+/// `shutdown` completes.
+pub async fn serve(
+    listener: TcpListener,
+    routes: Routes,
+    health: Health,
+    verifier: Verifier,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), tonic::transport::Error> {
+    let stack = ServiceBuilder::new()
+        .layer(TraceLayer)
+        .layer(AuthLayer::new(verifier))
+        .layer(MetricsLayer)
+        .into_inner();
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(thali_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .expect("the embedded descriptor sets are valid");
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(thali_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .expect("the embedded descriptor sets are valid");
+    let all = merge(routes, health.routes).add_service(reflection_v1).add_service(reflection_v1alpha);
+    tonic::transport::Server::builder()
+        .layer(stack)
+        .add_routes(all)
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown)
+        .await
+}
+
+fn merge(a: Routes, b: Routes) -> Routes {
+    let router = a.into_axum_router().merge(b.into_axum_router());
+    Routes::from(router)
+}

@@ -1,0 +1,257 @@
+//! Logs, traces and metrics: `tracing` with the trace and span ids in every log line, spans
+//! exported over OTLP when an endpoint is configured, W3C trace context propagated on every hop,
+//! and one Prometheus recorder for the process.
+use std::{fmt, sync::OnceLock, time::Duration};
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use opentelemetry::{
+    Context,
+    propagation::{Extractor, Injector},
+    trace::{TraceContextExt, TracerProvider as _},
+};
+use opentelemetry_sdk::{
+    propagation::TraceContextPropagator,
+    trace::{SdkTracerProvider, SpanExporter},
+};
+use tracing::{Event, Subscriber, field::Visit};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::{
+    EnvFilter,
+    fmt::{FmtContext, FormatEvent, FormatFields, format::Writer},
+    layer::SubscriberExt,
+    registry::LookupSpan,
+    util::SubscriberInitExt,
+};
+
+use crate::config::{Config, LogFormat};
+
+/// Histogram buckets (seconds) for request and call durations: 100 µs to 10 s.
+const DURATION_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Keeps the tracer provider alive; flushes pending spans when shut down.
+pub struct Telemetry {
+    provider: SdkTracerProvider,
+}
+
+impl Telemetry {
+    /// Flushes and stops span export.
+    pub fn shutdown(&self) {
+        if let Err(e) = self.provider.shutdown() {
+            eprintln!("telemetry shutdown: {e}");
+        }
+    }
+}
+
+/// Sets up logging, tracing and metrics for this process from the configuration.
+pub fn init(cfg: &Config, service_name: &str) -> anyhow::Result<Telemetry> {
+    let mut builder = SdkTracerProvider::builder()
+        .with_resource(opentelemetry_sdk::Resource::builder().with_service_name(service_name.to_owned()).build());
+    if let Some(endpoint) = &cfg.otlp_endpoint {
+        use opentelemetry_otlp::WithExportConfig;
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .with_endpoint(endpoint.clone())
+            .with_timeout(Duration::from_secs(5))
+            .build()?;
+        builder = builder.with_batch_exporter(exporter);
+    }
+    install(builder.build(), &cfg.log, cfg.log_format)
+}
+
+/// Like [`init`], but spans go to the given exporter as they end (tests read them back).
+pub fn init_with_exporter<E: SpanExporter + 'static>(exporter: E, filter: &str) -> anyhow::Result<Telemetry> {
+    let provider = SdkTracerProvider::builder().with_simple_exporter(exporter).build();
+    install(provider, filter, LogFormat::Pretty)
+}
+
+fn install(provider: SdkTracerProvider, filter: &str, format: LogFormat) -> anyhow::Result<Telemetry> {
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    opentelemetry::global::set_tracer_provider(provider.clone());
+    let otel = tracing_opentelemetry::layer().with_tracer(provider.tracer("thali"));
+    let fmt = tracing_subscriber::fmt::layer().event_format(LogLine { format });
+    tracing_subscriber::registry()
+        .with(EnvFilter::try_new(filter)?)
+        .with(otel)
+        .with(fmt)
+        .try_init()?;
+    metrics_handle();
+    Ok(Telemetry { provider })
+}
+
+/// The process-wide Prometheus recorder; installed on first use.
+pub fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let handle = PrometheusBuilder::new()
+                .set_buckets(DURATION_BUCKETS)
+                .expect("bucket list is not empty")
+                .install_recorder()
+                .expect("the Prometheus recorder is installed once, here");
+            let upkeep = handle.clone();
+            // Histograms keep raw samples until upkeep folds them into buckets.
+            std::thread::Builder::new()
+                .name("metrics-upkeep".into())
+                .spawn(move || {
+                    loop {
+                        std::thread::sleep(Duration::from_secs(5));
+                        upkeep.run_upkeep();
+                    }
+                })
+                .expect("spawning the metrics upkeep thread");
+            handle
+        })
+        .clone()
+}
+
+/// Trace id of the current span, as 32 hex digits; empty when there is no trace.
+pub fn current_trace_id() -> String {
+    let cx = tracing::Span::current().context();
+    let span = cx.span();
+    let sc = span.span_context();
+    if sc.is_valid() { sc.trace_id().to_string() } else { String::new() }
+}
+
+/// Reads the W3C trace context out of HTTP headers (facade and gRPC server side).
+pub fn extract_context(headers: &http::HeaderMap) -> Context {
+    opentelemetry::global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(headers)))
+}
+
+/// Writes the current span's W3C trace context into HTTP headers (gRPC client side).
+pub fn inject_context(headers: &mut http::HeaderMap) {
+    let cx = tracing::Span::current().context();
+    opentelemetry::global::get_text_map_propagator(|p| p.inject_context(&cx, &mut HeaderInjector(headers)));
+}
+
+struct HeaderExtractor<'a>(&'a http::HeaderMap);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|k| k.as_str()).collect()
+    }
+}
+
+struct HeaderInjector<'a>(&'a mut http::HeaderMap);
+
+impl Injector for HeaderInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(name), Ok(value)) = (http::HeaderName::try_from(key), http::HeaderValue::try_from(value)) {
+            self.0.insert(name, value);
+        }
+    }
+}
+
+/// One log line with the event's fields plus the trace and span ids of the current span.
+struct LogLine {
+    format: LogFormat,
+}
+
+impl<S, N> FormatEvent<S, N> for LogLine
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(&self, ctx: &FmtContext<'_, S, N>, mut writer: Writer<'_>, event: &Event<'_>) -> fmt::Result {
+        let mut fields = FieldMap::default();
+        event.record(&mut fields);
+        // Fields of the enclosing spans (route, rpc method, request id…) belong to the line too.
+        if let Some(scope) = ctx.event_scope() {
+            for span in scope.from_root() {
+                if let Some(stored) = span.extensions().get::<tracing_subscriber::fmt::FormattedFields<N>>()
+                    && !stored.fields.is_empty()
+                {
+                    fields.spans.push(format!("{}{{{}}}", span.name(), stored.fields));
+                }
+            }
+        }
+        let cx = tracing::Span::current().context();
+        let span_ref = cx.span();
+        let sc = span_ref.span_context();
+        let (trace_id, span_id) = if sc.is_valid() {
+            (sc.trace_id().to_string(), sc.span_id().to_string())
+        } else {
+            (String::new(), String::new())
+        };
+        let meta = event.metadata();
+        let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        match self.format {
+            LogFormat::Json => {
+                let mut line = serde_json::Map::new();
+                line.insert("timestamp".into(), now.into());
+                line.insert("level".into(), meta.level().as_str().into());
+                line.insert("target".into(), meta.target().into());
+                line.insert("message".into(), fields.message.into());
+                line.insert("trace_id".into(), trace_id.into());
+                line.insert("span_id".into(), span_id.into());
+                if !fields.spans.is_empty() {
+                    line.insert("spans".into(), fields.spans.join(" ").into());
+                }
+                for (k, v) in fields.values {
+                    line.insert(k, v.into());
+                }
+                writeln!(writer, "{}", serde_json::Value::Object(line))
+            }
+            LogFormat::Pretty => {
+                write!(writer, "{now} {:>5} {}: {}", meta.level(), meta.target(), fields.message)?;
+                for (k, v) in &fields.values {
+                    write!(writer, " {k}={v}")?;
+                }
+                if !fields.spans.is_empty() {
+                    write!(writer, " [{}]", fields.spans.join(" "))?;
+                }
+                if !trace_id.is_empty() {
+                    write!(writer, " trace_id={trace_id} span_id={span_id}")?;
+                }
+                writeln!(writer)
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+struct FieldMap {
+    message: String,
+    values: Vec<(String, String)>,
+    spans: Vec<String>,
+}
+
+impl Visit for FieldMap {
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        if field.name() == "message" {
+            self.message = value.to_owned();
+        } else {
+            self.values.push((field.name().to_owned(), value.to_owned()));
+        }
+    }
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn fmt::Debug) {
+        if field.name() == "message" {
+            self.message = format!("{value:?}");
+        } else {
+            self.values.push((field.name().to_owned(), format!("{value:?}")));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traceparent_round_trips_through_headers() {
+        opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            "traceparent",
+            http::HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+        );
+        let cx = extract_context(&headers);
+        let span = cx.span();
+        assert_eq!(span.span_context().trace_id().to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert!(span.span_context().is_remote());
+    }
+}

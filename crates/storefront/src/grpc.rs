@@ -1,0 +1,226 @@
+//! The tonic implementation of `thali.storefront.v1.StorefrontService`: proto ↔ domain, the
+//! caller from the platform auth layer, and the one mapping of domain errors to `Status`.
+use std::time::Duration;
+
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use thali_platform::{auth::Principal, errors, server::principal};
+use thali_proto::{common::v1 as common, storefront::v1 as pb};
+use tonic::{Code, Request, Response, Status};
+use uuid::Uuid;
+
+use crate::{
+    domain::{self, Creator, NewCreator, NewProduct, Product, ProductChanges, ProfileChanges, StorefrontError},
+    store::{Idempotency, StorefrontStore},
+};
+
+/// The storefront gRPC service.
+#[derive(Debug, Clone)]
+pub struct StorefrontGrpc {
+    store: StorefrontStore,
+}
+
+impl StorefrontGrpc {
+    pub fn new(store: StorefrontStore) -> Self {
+        Self { store }
+    }
+}
+
+impl From<StorefrontError> for Status {
+    fn from(err: StorefrontError) -> Self {
+        match err {
+            StorefrontError::Invalid(violations) => errors::invalid_argument(&violations),
+            StorefrontError::Unauthenticated => {
+                errors::with_reason(Code::Unauthenticated, "UNAUTHENTICATED", err.to_string())
+            }
+            StorefrontError::NotOwner => errors::with_reason(Code::PermissionDenied, "NOT_OWNER", err.to_string()),
+            StorefrontError::UsernameTaken => {
+                errors::with_reason(Code::AlreadyExists, "USERNAME_TAKEN", err.to_string())
+            }
+            StorefrontError::CreatorNotFound => {
+                errors::with_reason(Code::NotFound, "CREATOR_NOT_FOUND", err.to_string())
+            }
+            StorefrontError::ProductNotFound => {
+                errors::with_reason(Code::NotFound, "PRODUCT_NOT_FOUND", err.to_string())
+            }
+            StorefrontError::ProductArchived => {
+                errors::with_reason(Code::FailedPrecondition, "PRODUCT_ARCHIVED", err.to_string())
+            }
+            StorefrontError::IdempotencyKeyReused => {
+                errors::with_reason(Code::Aborted, "IDEMPOTENCY_KEY_REUSED", err.to_string())
+            }
+            StorefrontError::Unavailable => {
+                errors::unavailable("DATABASE_UNAVAILABLE", err.to_string(), Duration::from_secs(2))
+            }
+            StorefrontError::Internal(cause) => errors::internal(&cause),
+        }
+    }
+}
+
+fn caller<T>(request: &Request<T>) -> Result<Principal, StorefrontError> {
+    principal(request).cloned().ok_or(StorefrontError::Unauthenticated)
+}
+
+fn timestamp(t: chrono::DateTime<chrono::Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp { seconds: t.timestamp(), nanos: t.timestamp_subsec_nanos() as i32 }
+}
+
+fn creator_pb(c: Creator) -> pb::Creator {
+    pb::Creator {
+        id: c.id.to_string(),
+        username: c.username,
+        display_name: c.display_name,
+        bio: c.bio,
+        owner_subject: c.owner_subject,
+        create_time: Some(timestamp(c.created_at)),
+        update_time: Some(timestamp(c.updated_at)),
+    }
+}
+
+fn product_pb(p: Product) -> pb::Product {
+    pb::Product {
+        id: p.id.to_string(),
+        creator_id: p.creator_id.to_string(),
+        title: p.title,
+        description: p.description,
+        price: Some(common::Money { amount_minor: p.price.amount_minor, currency: p.price.currency }),
+        active: p.active,
+        stock: p.stock,
+        create_time: Some(timestamp(p.created_at)),
+        update_time: Some(timestamp(p.updated_at)),
+        archive_time: p.archived_at.map(timestamp),
+    }
+}
+
+/// Parses a product id; anything but a UUID cannot name a product.
+fn product_id(raw: &str) -> Result<Uuid, StorefrontError> {
+    Uuid::parse_str(raw).map_err(|_| StorefrontError::invalid("product_id", "must be a UUID"))
+}
+
+/// A username that breaks the rules cannot exist, so reads answer NOT_FOUND for it without a
+/// query; writes validate it fully.
+fn lookup_username(raw: &str) -> Result<&str, StorefrontError> {
+    domain::check_username(raw).map(|_| raw).map_err(|_| StorefrontError::CreatorNotFound)
+}
+
+fn page_token(raw: &str) -> Result<Option<Uuid>, StorefrontError> {
+    if raw.is_empty() {
+        return Ok(None);
+    }
+    URL_SAFE_NO_PAD
+        .decode(raw)
+        .ok()
+        .and_then(|bytes| Uuid::from_slice(&bytes).ok())
+        .map(Some)
+        .ok_or_else(|| StorefrontError::invalid("page_token", "is not a token this service issued"))
+}
+
+#[tonic::async_trait]
+impl pb::storefront_service_server::StorefrontService for StorefrontGrpc {
+    async fn create_creator(
+        &self,
+        request: Request<pb::CreateCreatorRequest>,
+    ) -> Result<Response<pb::CreateCreatorResponse>, Status> {
+        let owner = caller(&request)?;
+        let req = request.into_inner();
+        let new = NewCreator::parse(&req.username, &req.display_name, &req.bio)?;
+        let idem = domain::parse_idempotency_key(&req.idempotency_key)?.map(|k| Idempotency::new(k, &new));
+        let creator = self.store.create_creator(&owner.subject, &new, idem.as_ref()).await?;
+        tracing::info!(creator_id = %creator.id, username = %creator.username, "creator created");
+        Ok(Response::new(pb::CreateCreatorResponse { creator: Some(creator_pb(creator)) }))
+    }
+
+    async fn get_creator(
+        &self,
+        request: Request<pb::GetCreatorRequest>,
+    ) -> Result<Response<pb::GetCreatorResponse>, Status> {
+        let req = request.into_inner();
+        let creator = self.store.creator(lookup_username(&req.username)?).await?;
+        Ok(Response::new(pb::GetCreatorResponse { creator: Some(creator_pb(creator)) }))
+    }
+
+    async fn update_profile(
+        &self,
+        request: Request<pb::UpdateProfileRequest>,
+    ) -> Result<Response<pb::UpdateProfileResponse>, Status> {
+        let who = caller(&request)?;
+        let req = request.into_inner();
+        let changes = ProfileChanges::parse(req.display_name.as_deref(), req.bio.as_deref())?;
+        let creator = self.store.update_profile(&who.subject, lookup_username(&req.username)?, &changes).await?;
+        Ok(Response::new(pb::UpdateProfileResponse { creator: Some(creator_pb(creator)) }))
+    }
+
+    async fn create_product(
+        &self,
+        request: Request<pb::CreateProductRequest>,
+    ) -> Result<Response<pb::CreateProductResponse>, Status> {
+        let who = caller(&request)?;
+        let req = request.into_inner();
+        let new = NewProduct::parse(
+            &req.title,
+            &req.description,
+            req.price.as_ref().map(|m| (m.amount_minor, m.currency.as_str())),
+            req.stock,
+            req.active,
+        )?;
+        let idem = domain::parse_idempotency_key(&req.idempotency_key)?.map(|k| Idempotency::new(k, &new));
+        let product = self.store.create_product(&who.subject, lookup_username(&req.username)?, &new, idem.as_ref()).await?;
+        tracing::info!(product_id = %product.id, "product created");
+        Ok(Response::new(pb::CreateProductResponse { product: Some(product_pb(product)) }))
+    }
+
+    async fn update_product(
+        &self,
+        request: Request<pb::UpdateProductRequest>,
+    ) -> Result<Response<pb::UpdateProductResponse>, Status> {
+        let who = caller(&request)?;
+        let req = request.into_inner();
+        let id = product_id(&req.product_id)?;
+        let changes = ProductChanges::parse(
+            req.title.as_deref(),
+            req.description.as_deref(),
+            req.price.as_ref().map(|m| (m.amount_minor, m.currency.as_str())),
+            req.active,
+            req.stock.map(|s| s.quantity),
+        )?;
+        let product = self.store.update_product(&who.subject, id, &changes).await?;
+        Ok(Response::new(pb::UpdateProductResponse { product: Some(product_pb(product)) }))
+    }
+
+    async fn archive_product(
+        &self,
+        request: Request<pb::ArchiveProductRequest>,
+    ) -> Result<Response<pb::ArchiveProductResponse>, Status> {
+        let who = caller(&request)?;
+        let id = product_id(&request.get_ref().product_id)?;
+        let product = self.store.archive_product(&who.subject, id).await?;
+        Ok(Response::new(pb::ArchiveProductResponse { product: Some(product_pb(product)) }))
+    }
+
+    async fn list_products(
+        &self,
+        request: Request<pb::ListProductsRequest>,
+    ) -> Result<Response<pb::ListProductsResponse>, Status> {
+        let who = principal(&request).map(|p| p.subject.clone());
+        let req = request.into_inner();
+        let size = domain::page_size(req.page_size)?;
+        let after = page_token(&req.page_token)?;
+        let (products, next) =
+            self.store.list_products(who.as_deref(), lookup_username(&req.username)?, size, after).await?;
+        Ok(Response::new(pb::ListProductsResponse {
+            products: products.into_iter().map(product_pb).collect(),
+            next_page_token: next.map(|id| URL_SAFE_NO_PAD.encode(id.as_bytes())).unwrap_or_default(),
+        }))
+    }
+
+    async fn get_storefront(
+        &self,
+        request: Request<pb::GetStorefrontRequest>,
+    ) -> Result<Response<pb::GetStorefrontResponse>, Status> {
+        let req = request.into_inner();
+        let (creator, products) = self.store.storefront(lookup_username(&req.username)?).await?;
+        Ok(Response::new(pb::GetStorefrontResponse {
+            creator: Some(creator_pb(creator)),
+            products: products.into_iter().map(product_pb).collect(),
+        }))
+    }
+}

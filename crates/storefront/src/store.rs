@@ -1,0 +1,476 @@
+//! Storefront persistence: sea-orm entities and one transaction per use case. Returns domain
+//! types; rules that must hold under races (unique usernames, positive prices, one resource
+//! per idempotency key) are database constraints.
+use chrono::Utc;
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect, Set, SqlErr, TransactionTrait,
+};
+use uuid::Uuid;
+
+use crate::domain::{
+    Creator, Money, NewCreator, NewProduct, Product, ProductChanges, ProfileChanges, STOREFRONT_PRODUCTS_MAX,
+    StorefrontError,
+};
+
+pub mod creator {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "creators")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: Uuid,
+        #[sea_orm(unique)]
+        pub username: String,
+        pub display_name: String,
+        #[sea_orm(column_type = "Text")]
+        pub bio: String,
+        pub owner_subject: String,
+        pub created_at: DateTimeUtc,
+        pub updated_at: DateTimeUtc,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod product {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "products")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: Uuid,
+        pub creator_id: Uuid,
+        pub title: String,
+        #[sea_orm(column_type = "Text")]
+        pub description: String,
+        pub price_minor: i64,
+        pub currency: String,
+        pub active: bool,
+        pub stock: Option<i64>,
+        pub created_at: DateTimeUtc,
+        pub updated_at: DateTimeUtc,
+        pub archived_at: Option<DateTimeUtc>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod idempotency {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "storefront_idempotency")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub scope: String,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub subject: String,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub idempotency_key: String,
+        pub request_hash: String,
+        pub resource_id: Uuid,
+        pub created_at: DateTimeUtc,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+impl From<DbErr> for StorefrontError {
+    fn from(err: DbErr) -> Self {
+        if thali_platform::db::is_unavailable(&err) {
+            tracing::warn!(error = %err, "database unavailable");
+            StorefrontError::Unavailable
+        } else {
+            StorefrontError::Internal(err.to_string())
+        }
+    }
+}
+
+impl From<creator::Model> for Creator {
+    fn from(m: creator::Model) -> Self {
+        Creator {
+            id: m.id,
+            username: m.username,
+            display_name: m.display_name,
+            bio: m.bio,
+            owner_subject: m.owner_subject,
+            created_at: m.created_at,
+            updated_at: m.updated_at,
+        }
+    }
+}
+
+impl From<product::Model> for Product {
+    fn from(m: product::Model) -> Self {
+        Product {
+            id: m.id,
+            creator_id: m.creator_id,
+            title: m.title,
+            description: m.description,
+            price: Money { amount_minor: m.price_minor, currency: m.currency },
+            active: m.active,
+            stock: m.stock,
+            created_at: m.created_at,
+            updated_at: m.updated_at,
+            archived_at: m.archived_at,
+        }
+    }
+}
+
+/// An idempotency key with the fingerprint of the request it came with.
+#[derive(Debug, Clone)]
+pub struct Idempotency {
+    pub key: String,
+    /// SHA-256 (hex) of the canonical request.
+    pub request_hash: String,
+}
+
+impl Idempotency {
+    /// Fingerprints `request` (any serialisable, already validated value) under `key`.
+    pub fn new(key: String, request: &impl serde::Serialize) -> Self {
+        let bytes = serde_json::to_vec(request).expect("domain values serialise");
+        let digest = ring::digest::digest(&ring::digest::SHA256, &bytes);
+        let request_hash = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        Self { key, request_hash }
+    }
+}
+
+fn is_unique_violation(err: &DbErr) -> bool {
+    matches!(err.sql_err(), Some(SqlErr::UniqueConstraintViolation(_)))
+}
+
+/// The storefront's database.
+#[derive(Debug, Clone)]
+pub struct StorefrontStore {
+    db: DatabaseConnection,
+}
+
+impl StorefrontStore {
+    pub fn new(db: DatabaseConnection) -> Self {
+        Self { db }
+    }
+
+    /// The connection, for health checks.
+    pub fn connection(&self) -> &DatabaseConnection {
+        &self.db
+    }
+
+    /// Looks up a key already used by `subject` in `scope`.
+    async fn replay(
+        &self,
+        scope: &str,
+        subject: &str,
+        idem: &Idempotency,
+    ) -> Result<Option<Uuid>, StorefrontError> {
+        let found = idempotency::Entity::find_by_id((scope.to_owned(), subject.to_owned(), idem.key.clone()))
+            .one(&self.db)
+            .await?;
+        match found {
+            None => Ok(None),
+            Some(row) if row.request_hash == idem.request_hash => Ok(Some(row.resource_id)),
+            Some(_) => Err(StorefrontError::IdempotencyKeyReused),
+        }
+    }
+
+    /// Records the key inside `txn`, pointing at the resource about to be created there. False
+    /// when a concurrent request with the same key committed first.
+    async fn claim(
+        &self,
+        txn: &impl ConnectionTrait,
+        scope: &str,
+        subject: &str,
+        idem: &Idempotency,
+        resource_id: Uuid,
+    ) -> Result<bool, StorefrontError> {
+        let row = idempotency::ActiveModel {
+            scope: Set(scope.to_owned()),
+            subject: Set(subject.to_owned()),
+            idempotency_key: Set(idem.key.clone()),
+            request_hash: Set(idem.request_hash.clone()),
+            resource_id: Set(resource_id),
+            created_at: Set(Utc::now()),
+        };
+        match idempotency::Entity::insert(row).exec_without_returning(txn).await {
+            Ok(_) => Ok(true),
+            Err(e) if is_unique_violation(&e) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Creates a creator page owned by `owner`.
+    pub async fn create_creator(
+        &self,
+        owner: &str,
+        new: &NewCreator,
+        idem: Option<&Idempotency>,
+    ) -> Result<Creator, StorefrontError> {
+        const SCOPE: &str = "create_creator";
+        if let Some(idem) = idem
+            && let Some(id) = self.replay(SCOPE, owner, idem).await?
+        {
+            return self.creator_by_id(id).await;
+        }
+        let id = Uuid::now_v7();
+        let now = Utc::now();
+        let txn = self.db.begin().await?;
+        if let Some(idem) = idem
+            && !self.claim(&txn, SCOPE, owner, idem, id).await?
+        {
+            drop(txn);
+            let id = self.replay(SCOPE, owner, idem).await?.ok_or(StorefrontError::Unavailable)?;
+            return self.creator_by_id(id).await;
+        }
+        let row = creator::ActiveModel {
+            id: Set(id),
+            username: Set(new.username.clone()),
+            display_name: Set(new.display_name.clone()),
+            bio: Set(new.bio.clone()),
+            owner_subject: Set(owner.to_owned()),
+            created_at: Set(now),
+            updated_at: Set(now),
+        };
+        let model = match row.insert(&txn).await {
+            Ok(model) => model,
+            Err(e) if is_unique_violation(&e) => return Err(StorefrontError::UsernameTaken),
+            Err(e) => return Err(e.into()),
+        };
+        txn.commit().await?;
+        Ok(model.into())
+    }
+
+    async fn creator_by_id(&self, id: Uuid) -> Result<Creator, StorefrontError> {
+        creator::Entity::find_by_id(id)
+            .one(&self.db)
+            .await?
+            .map(Into::into)
+            .ok_or(StorefrontError::CreatorNotFound)
+    }
+
+    /// The creator page with this username.
+    pub async fn creator(&self, username: &str) -> Result<Creator, StorefrontError> {
+        creator::Entity::find()
+            .filter(creator::Column::Username.eq(username))
+            .one(&self.db)
+            .await?
+            .map(Into::into)
+            .ok_or(StorefrontError::CreatorNotFound)
+    }
+
+    async fn owned_creator(
+        &self,
+        txn: &impl ConnectionTrait,
+        caller: &str,
+        username: &str,
+    ) -> Result<creator::Model, StorefrontError> {
+        let found = creator::Entity::find()
+            .filter(creator::Column::Username.eq(username))
+            .one(txn)
+            .await?
+            .ok_or(StorefrontError::CreatorNotFound)?;
+        if found.owner_subject != caller {
+            return Err(StorefrontError::NotOwner);
+        }
+        Ok(found)
+    }
+
+    /// Changes the profile of `username`, if `caller` owns it.
+    pub async fn update_profile(
+        &self,
+        caller: &str,
+        username: &str,
+        changes: &ProfileChanges,
+    ) -> Result<Creator, StorefrontError> {
+        let txn = self.db.begin().await?;
+        let found = self.owned_creator(&txn, caller, username).await?;
+        if changes.display_name.is_none() && changes.bio.is_none() {
+            return Ok(found.into());
+        }
+        let mut row: creator::ActiveModel = found.into();
+        if let Some(d) = &changes.display_name {
+            row.display_name = Set(d.clone());
+        }
+        if let Some(b) = &changes.bio {
+            row.bio = Set(b.clone());
+        }
+        row.updated_at = Set(Utc::now());
+        let model = row.update(&txn).await?;
+        txn.commit().await?;
+        Ok(model.into())
+    }
+
+    /// Adds a product to `username`'s page, if `caller` owns it.
+    pub async fn create_product(
+        &self,
+        caller: &str,
+        username: &str,
+        new: &NewProduct,
+        idem: Option<&Idempotency>,
+    ) -> Result<Product, StorefrontError> {
+        let scope = format!("create_product:{username}");
+        if let Some(idem) = idem
+            && let Some(id) = self.replay(&scope, caller, idem).await?
+        {
+            return self.product(id).await;
+        }
+        let id = Uuid::now_v7();
+        let now = Utc::now();
+        let txn = self.db.begin().await?;
+        let owner = self.owned_creator(&txn, caller, username).await?;
+        if let Some(idem) = idem
+            && !self.claim(&txn, &scope, caller, idem, id).await?
+        {
+            drop(txn);
+            let id = self.replay(&scope, caller, idem).await?.ok_or(StorefrontError::Unavailable)?;
+            return self.product(id).await;
+        }
+        let row = product::ActiveModel {
+            id: Set(id),
+            creator_id: Set(owner.id),
+            title: Set(new.title.clone()),
+            description: Set(new.description.clone()),
+            price_minor: Set(new.price.amount_minor),
+            currency: Set(new.price.currency.clone()),
+            active: Set(new.active),
+            stock: Set(new.stock),
+            created_at: Set(now),
+            updated_at: Set(now),
+            archived_at: Set(None),
+        };
+        let model = row.insert(&txn).await?;
+        txn.commit().await?;
+        Ok(model.into())
+    }
+
+    async fn product(&self, id: Uuid) -> Result<Product, StorefrontError> {
+        product::Entity::find_by_id(id)
+            .one(&self.db)
+            .await?
+            .map(Into::into)
+            .ok_or(StorefrontError::ProductNotFound)
+    }
+
+    /// Loads a product and checks `caller` owns its creator page.
+    async fn owned_product(
+        &self,
+        txn: &impl ConnectionTrait,
+        caller: &str,
+        id: Uuid,
+    ) -> Result<product::Model, StorefrontError> {
+        let found = product::Entity::find_by_id(id).one(txn).await?.ok_or(StorefrontError::ProductNotFound)?;
+        let owner = creator::Entity::find_by_id(found.creator_id)
+            .one(txn)
+            .await?
+            .ok_or(StorefrontError::ProductNotFound)?;
+        if owner.owner_subject != caller {
+            return Err(StorefrontError::NotOwner);
+        }
+        Ok(found)
+    }
+
+    /// Changes a product, if `caller` owns it and it is not archived.
+    pub async fn update_product(
+        &self,
+        caller: &str,
+        id: Uuid,
+        changes: &ProductChanges,
+    ) -> Result<Product, StorefrontError> {
+        let txn = self.db.begin().await?;
+        let found = self.owned_product(&txn, caller, id).await?;
+        if found.archived_at.is_some() {
+            return Err(StorefrontError::ProductArchived);
+        }
+        if changes.is_empty() {
+            return Ok(found.into());
+        }
+        let mut row: product::ActiveModel = found.into();
+        if let Some(t) = &changes.title {
+            row.title = Set(t.clone());
+        }
+        if let Some(d) = &changes.description {
+            row.description = Set(d.clone());
+        }
+        if let Some(p) = &changes.price {
+            row.price_minor = Set(p.amount_minor);
+            row.currency = Set(p.currency.clone());
+        }
+        if let Some(a) = changes.active {
+            row.active = Set(a);
+        }
+        if let Some(s) = changes.stock {
+            row.stock = Set(s);
+        }
+        row.updated_at = Set(Utc::now());
+        let model = row.update(&txn).await?;
+        txn.commit().await?;
+        Ok(model.into())
+    }
+
+    /// Archives a product (kept for orders, never shown again). Archiving twice is a no-op.
+    pub async fn archive_product(&self, caller: &str, id: Uuid) -> Result<Product, StorefrontError> {
+        let txn = self.db.begin().await?;
+        let found = self.owned_product(&txn, caller, id).await?;
+        if found.archived_at.is_some() {
+            return Ok(found.into());
+        }
+        let now = Utc::now();
+        let mut row: product::ActiveModel = found.into();
+        row.active = Set(false);
+        row.archived_at = Set(Some(now));
+        row.updated_at = Set(now);
+        let model = row.update(&txn).await?;
+        txn.commit().await?;
+        Ok(model.into())
+    }
+
+    /// One page of a creator's unarchived products, newest first; inactive ones only for the
+    /// owner. Returns the page and the id to continue after, if there may be more.
+    pub async fn list_products(
+        &self,
+        caller: Option<&str>,
+        username: &str,
+        page_size: u64,
+        after: Option<Uuid>,
+    ) -> Result<(Vec<Product>, Option<Uuid>), StorefrontError> {
+        let owner = self.creator(username).await?;
+        let mut query = product::Entity::find()
+            .filter(product::Column::CreatorId.eq(owner.id))
+            .filter(product::Column::ArchivedAt.is_null());
+        if caller != Some(owner.owner_subject.as_str()) {
+            query = query.filter(product::Column::Active.eq(true));
+        }
+        if let Some(after) = after {
+            query = query.filter(product::Column::Id.lt(after));
+        }
+        let mut rows = query.order_by_desc(product::Column::Id).limit(page_size + 1).all(&self.db).await?;
+        let more = rows.len() as u64 > page_size;
+        rows.truncate(page_size as usize);
+        let next = if more { rows.last().map(|r| r.id) } else { None };
+        Ok((rows.into_iter().map(Into::into).collect(), next))
+    }
+
+    /// The public storefront: the profile and its active products, newest first.
+    pub async fn storefront(&self, username: &str) -> Result<(Creator, Vec<Product>), StorefrontError> {
+        let owner = self.creator(username).await?;
+        let rows = product::Entity::find()
+            .filter(product::Column::CreatorId.eq(owner.id))
+            .filter(product::Column::ArchivedAt.is_null())
+            .filter(product::Column::Active.eq(true))
+            .order_by_desc(product::Column::Id)
+            .limit(STOREFRONT_PRODUCTS_MAX)
+            .all(&self.db)
+            .await?;
+        Ok((owner, rows.into_iter().map(Into::into).collect()))
+    }
+}

@@ -1,0 +1,17 @@
+//! Schema migrations for every Thali service, on SQLite (embedded) and PostgreSQL (distributed).
+//! Each service owns a module set; [`Migrator`] runs them all in order.
+#![forbid(unsafe_code)]
+
+pub use sea_orm_migration::prelude::*;
+
+mod storefront;
+
+/// Every migration of the platform, oldest first.
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        storefront::migrations()
+    }
+}

@@ -1,0 +1,8 @@
+//! Storefront service schema.
+use sea_orm_migration::MigrationTrait;
+
+mod m20261121_000001_creators_and_products;
+
+pub(crate) fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+    vec![Box::new(m20261121_000001_creators_and_products::Migration)]
+}
