@@ -12,3 +12,4 @@ pub mod telemetry;
 
 pub use auth::{Principal, Signer, Verifier};
 pub use config::Config;
+pub mod testing;

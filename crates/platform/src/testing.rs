@@ -1,0 +1,83 @@
+//! Fresh databases for tests: SQLite always; PostgreSQL when `THALI_TEST_DATABASE_URL` is set.
+//! Under `CI=true` a missing PostgreSQL URL (or one that does not answer) fails the test instead
+//! of skipping it.
+use sea_orm::{ConnectionTrait, DatabaseConnection};
+
+/// One empty database, ready to migrate.
+pub struct TestDatabase {
+    /// `sqlite` or `postgres`.
+    pub backend: &'static str,
+    pub url: String,
+    pub db: DatabaseConnection,
+}
+
+/// Whether this run must not skip backends.
+pub fn is_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// A new, empty SQLite database in a file of its own.
+pub async fn sqlite() -> TestDatabase {
+    let dir = std::env::temp_dir().join("thali-tests");
+    std::fs::create_dir_all(&dir).expect("creating the test directory");
+    let url = format!("sqlite://{}?mode=rwc", dir.join(format!("{}.db", uuid::Uuid::now_v7())).display());
+    let db = crate::db::connect(&url).await.expect("opening a SQLite test database");
+    TestDatabase { backend: "sqlite", url, db }
+}
+
+/// A new, empty PostgreSQL database (`thali_t_<uuid>`) on the server of
+/// `THALI_TEST_DATABASE_URL`, or None when that is unset outside CI.
+pub async fn postgres() -> Option<TestDatabase> {
+    let admin_url = match std::env::var("THALI_TEST_DATABASE_URL") {
+        Ok(url) if !url.is_empty() => url,
+        _ if is_ci() => panic!("CI=true but THALI_TEST_DATABASE_URL is not set: PostgreSQL tests cannot be skipped"),
+        _ => {
+            eprintln!("THALI_TEST_DATABASE_URL unset: PostgreSQL tests skipped (they run in CI)");
+            return None;
+        }
+    };
+    let admin = crate::db::connect(&admin_url)
+        .await
+        .unwrap_or_else(|e| panic!("THALI_TEST_DATABASE_URL does not answer: {e}"));
+    let name = format!("thali_t_{}", uuid::Uuid::now_v7().simple());
+    admin
+        .execute_unprepared(&format!("CREATE DATABASE {name}"))
+        .await
+        .unwrap_or_else(|e| panic!("creating test database {name}: {e}"));
+    let _ = admin.close().await;
+    let url = replace_database(&admin_url, &name);
+    let db = crate::db::connect(&url).await.expect("opening the PostgreSQL test database");
+    Some(TestDatabase { backend: "postgres", url, db })
+}
+
+/// Every configured backend, each a fresh database.
+pub async fn all() -> Vec<TestDatabase> {
+    let mut dbs = vec![sqlite().await];
+    dbs.extend(postgres().await);
+    dbs
+}
+
+fn replace_database(url: &str, name: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let scheme_end = base.find("://").map(|i| i + 3).unwrap_or(0);
+    let path_start = base[scheme_end..].find('/').map(|i| i + scheme_end).unwrap_or(base.len());
+    let mut out = format!("{}/{name}", &base[..path_start]);
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(q);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn database_name_is_replaced_in_the_url() {
+        assert_eq!(super::replace_database("postgres://postgres@127.0.0.1:5432/test", "x"), "postgres://postgres@127.0.0.1:5432/x");
+        assert_eq!(super::replace_database("postgres://u@h/test?sslmode=disable", "x"), "postgres://u@h/x?sslmode=disable");
+        assert_eq!(super::replace_database("postgres://u@h", "x"), "postgres://u@h/x");
+    }
+}
