@@ -10,7 +10,11 @@ use std::{future::Future, time::Duration};
 use sea_orm::DatabaseConnection;
 use tokio::net::TcpListener;
 use tonic::{server::NamedService, service::Routes, transport::server::TcpIncoming};
-use tonic_health::{ServingStatus, server::HealthReporter};
+use tonic_health::{
+    ServingStatus,
+    pb::health_server::HealthServer,
+    server::{HealthReporter, HealthService},
+};
 use tower::ServiceBuilder;
 
 pub use auth::{AuthLayer, principal};
@@ -22,14 +26,12 @@ use crate::auth::Verifier;
 /// The health service of one process, and the handle that changes what it answers.
 pub struct Health {
     pub reporter: HealthReporter,
-    routes: Routes,
 }
 
 impl Health {
     /// A health service where nothing is SERVING until a watcher says so.
     pub fn new() -> Self {
-        let (reporter, service) = tonic_health::server::health_reporter();
-        Self { reporter, routes: Routes::new(service) }
+        Self { reporter: HealthReporter::new() }
     }
 
     /// Pings `db` every `interval` and answers SERVING for `S` (and for the whole server, "")
@@ -89,15 +91,11 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()
         .expect("the embedded descriptor sets are valid");
-    let all = merge(routes, health.routes).add_service(reflection_v1).add_service(reflection_v1alpha);
+    let health = HealthServer::new(HealthService::from_health_reporter(health.reporter));
+    let all = routes.add_service(health).add_service(reflection_v1).add_service(reflection_v1alpha);
     tonic::transport::Server::builder()
         .layer(stack)
         .add_routes(all)
         .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown)
         .await
-}
-
-fn merge(a: Routes, b: Routes) -> Routes {
-    let router = a.into_axum_router().merge(b.into_axum_router());
-    Routes::from(router)
 }
