@@ -1,1 +1,155 @@
-fn main() {}
+//! `thali`: serve the platform, migrate its database, mint operator tokens.
+#![forbid(unsafe_code)]
+
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use thali::Part;
+use thali_platform::{
+    Config,
+    auth::{Signer, ensure_key_pair},
+    config::Overrides,
+};
+
+#[derive(Parser)]
+#[command(name = "thali", version, about = "Thali commerce platform")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    config: ConfigFlags,
+}
+
+/// Each flag wins over `thali.toml` and the `THALI_*` environment.
+#[derive(Args, Clone, Default)]
+struct ConfigFlags {
+    /// REST facade address [THALI_HTTP_ADDR; default 127.0.0.1:8080]
+    #[arg(long, global = true)]
+    http_addr: Option<String>,
+    /// gRPC address [THALI_GRPC_ADDR; default 127.0.0.1:50051]
+    #[arg(long, global = true)]
+    grpc_addr: Option<String>,
+    /// Data directory [THALI_DATA_DIR; default ./data]
+    #[arg(long, global = true)]
+    data_dir: Option<String>,
+    /// Database URL [THALI_DATABASE_URL; default SQLite in the data dir]
+    #[arg(long, global = true)]
+    database_url: Option<String>,
+    /// OTLP/gRPC endpoint for traces [THALI_OTLP_ENDPOINT; default: no export]
+    #[arg(long, global = true)]
+    otlp_endpoint: Option<String>,
+    /// Log filter [THALI_LOG; default info]
+    #[arg(long, global = true)]
+    log: Option<String>,
+    /// json or pretty [THALI_LOG_FORMAT; default json]
+    #[arg(long, global = true)]
+    log_format: Option<String>,
+    /// Storefront service URL for the facade [THALI_STOREFRONT_URL]
+    #[arg(long, global = true)]
+    storefront_url: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the platform (default: all parts in one process).
+    Serve {
+        #[arg(value_enum, default_value = "all")]
+        part: Part,
+    },
+    /// Apply pending database migrations.
+    Migrate,
+    /// Mint an access token with the local signing key (operator tool).
+    Token {
+        /// Subject (account id) of the token.
+        #[arg(long)]
+        sub: String,
+        /// Role to grant; repeat for several.
+        #[arg(long = "role")]
+        roles: Vec<String>,
+        /// Lifetime in hours.
+        #[arg(long, default_value_t = 168)]
+        ttl_hours: u64,
+    },
+}
+
+impl From<ConfigFlags> for Overrides {
+    fn from(f: ConfigFlags) -> Self {
+        Overrides {
+            http_addr: f.http_addr,
+            grpc_addr: f.grpc_addr,
+            data_dir: f.data_dir,
+            database_url: f.database_url,
+            otlp_endpoint: f.otlp_endpoint,
+            log: f.log,
+            log_format: f.log_format,
+            storefront_url: f.storefront_url,
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let cfg = Config::load(&cli.config.clone().into())?;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    match cli.command.unwrap_or(Command::Serve { part: Part::All }) {
+        Command::Serve { part } => {
+            let name = match part {
+                Part::All => "thali",
+                Part::Storefront => "thali-storefront",
+                Part::Facade => "thali-facade",
+            };
+            let telemetry = thali_platform::telemetry::init(&cfg, name)?;
+            let platform = thali::start(&cfg, part).await?;
+            if let Some(addr) = platform.grpc_addr {
+                println!("thali: gRPC services on {addr} (reflection on; try `grpcurl -plaintext {addr} list`)");
+            }
+            if let Some(addr) = platform.http_addr {
+                match part {
+                    Part::Storefront => println!("thali: metrics on http://{addr}/metrics"),
+                    _ => println!("thali: REST facade on http://{addr}/api/v1 (docs: http://{addr}/docs)"),
+                }
+            }
+            if part == Part::All {
+                println!("thali: data in {} (database {})", cfg.data_dir.display(), cfg.database_url());
+            }
+            tracing::info!(part = ?part, "serving");
+            let result = platform.run_until(shutdown_signal()).await;
+            tracing::info!("stopped");
+            telemetry.shutdown();
+            result
+        }
+        Command::Migrate => {
+            thali::migrate(&cfg).await?;
+            eprintln!("migrate: database is up to date");
+            Ok(())
+        }
+        Command::Token { sub, roles, ttl_hours } => {
+            let dir = cfg.keys_dir();
+            ensure_key_pair(&dir).context("creating the JWT key pair")?;
+            let signer = Signer::load(&dir)?;
+            println!("{}", signer.mint(&sub, &roles, Duration::from_secs(ttl_hours * 3600)));
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,187 @@
+//! JSON shapes of the REST API (snake_case, unknown fields refused) and their conversion from
+//! the gRPC messages. No business rule lives here: the services validate.
+use serde::{Deserialize, Deserializer, Serialize};
+use thali_proto::{common::v1 as common, storefront::v1 as pb};
+use utoipa::{IntoParams, ToSchema};
+
+/// An amount of money in minor units (4900 = INR 49.00).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Money {
+    /// Amount in the currency's minor unit.
+    #[schema(example = 4900)]
+    pub amount_minor: i64,
+    /// ISO 4217 code, upper case.
+    #[schema(example = "INR")]
+    pub currency: String,
+}
+
+impl From<common::Money> for Money {
+    fn from(m: common::Money) -> Self {
+        Self { amount_minor: m.amount_minor, currency: m.currency }
+    }
+}
+
+impl From<Money> for common::Money {
+    fn from(m: Money) -> Self {
+        Self { amount_minor: m.amount_minor, currency: m.currency }
+    }
+}
+
+fn rfc3339(t: Option<prost_types::Timestamp>) -> Option<String> {
+    let t = t?;
+    chrono::DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32)
+        .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+}
+
+/// A creator's page.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Creator {
+    pub id: String,
+    pub username: String,
+    pub display_name: String,
+    pub bio: String,
+    /// Subject of the owning account.
+    pub owner_subject: String,
+    #[schema(format = DateTime)]
+    pub created_at: Option<String>,
+    #[schema(format = DateTime)]
+    pub updated_at: Option<String>,
+}
+
+impl From<pb::Creator> for Creator {
+    fn from(c: pb::Creator) -> Self {
+        Self {
+            id: c.id,
+            username: c.username,
+            display_name: c.display_name,
+            bio: c.bio,
+            owner_subject: c.owner_subject,
+            created_at: rfc3339(c.create_time),
+            updated_at: rfc3339(c.update_time),
+        }
+    }
+}
+
+/// A product.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Product {
+    pub id: String,
+    pub creator_id: String,
+    pub title: String,
+    pub description: String,
+    pub price: Option<Money>,
+    /// Shown on the storefront.
+    pub active: bool,
+    /// Units left; null means unlimited.
+    pub stock: Option<i64>,
+    #[schema(format = DateTime)]
+    pub created_at: Option<String>,
+    #[schema(format = DateTime)]
+    pub updated_at: Option<String>,
+    /// Set once archived.
+    #[schema(format = DateTime)]
+    pub archived_at: Option<String>,
+}
+
+impl From<pb::Product> for Product {
+    fn from(p: pb::Product) -> Self {
+        Self {
+            id: p.id,
+            creator_id: p.creator_id,
+            title: p.title,
+            description: p.description,
+            price: p.price.map(Into::into),
+            active: p.active,
+            stock: p.stock,
+            created_at: rfc3339(p.create_time),
+            updated_at: rfc3339(p.update_time),
+            archived_at: rfc3339(p.archive_time),
+        }
+    }
+}
+
+/// A public storefront: the profile and its products on sale.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Storefront {
+    pub creator: Creator,
+    pub products: Vec<Product>,
+}
+
+/// A page of products.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ProductPage {
+    pub products: Vec<Product>,
+    /// Pass as `page_token` for the next page; absent on the last page.
+    pub next_page_token: Option<String>,
+}
+
+/// Body of `POST /api/v1/creators`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateCreator {
+    /// 3-30 characters: a-z, 0-9, '_' and '-'.
+    #[schema(example = "chai_point")]
+    pub username: String,
+    #[schema(example = "Chai Point")]
+    pub display_name: String,
+    #[serde(default)]
+    pub bio: String,
+}
+
+/// Body of `PATCH /api/v1/creators/{username}`: absent fields are left unchanged.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateProfile {
+    pub display_name: Option<String>,
+    pub bio: Option<String>,
+}
+
+/// Body of `POST /api/v1/creators/{username}/products`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateProduct {
+    #[schema(example = "Masala chai")]
+    pub title: String,
+    #[serde(default)]
+    pub description: String,
+    pub price: Money,
+    /// Units for sale; absent or null means unlimited.
+    pub stock: Option<i64>,
+    /// Defaults to true.
+    pub active: Option<bool>,
+}
+
+/// Deserialises a present field (even `null`) as `Some`, so absent and null differ.
+fn present<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(deserializer).map(Some)
+}
+
+/// Body of `PATCH /api/v1/products/{id}`: absent fields are left unchanged; `"stock": null`
+/// makes the stock unlimited.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateProduct {
+    pub title: Option<String>,
+    pub description: Option<String>,
+    pub price: Option<Money>,
+    pub active: Option<bool>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<i64>)]
+    pub stock: Option<Option<i64>>,
+}
+
+/// Query of `GET /api/v1/creators/{username}/products`.
+#[derive(Debug, Clone, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListProductsQuery {
+    /// 1-100; default 50.
+    pub page_size: Option<i32>,
+    /// From the previous page's `next_page_token`.
+    pub page_token: Option<String>,
+}

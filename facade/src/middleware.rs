@@ -1,0 +1,137 @@
+//! HTTP middleware and extractors: tracing + RED metrics per route, authentication of the
+//! caller, and JSON/path/query extractors whose rejections are problem+json.
+use std::time::Instant;
+
+use axum::{
+    extract::{FromRequest, FromRequestParts, MatchedPath, Request},
+    http::{HeaderValue, header, request::Parts},
+    middleware::Next,
+    response::{IntoResponse, Response},
+};
+use thali_platform::auth::Principal;
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use crate::{FacadeState, problem::Problem};
+
+/// The route template a request matched, carried from the router back out to [`observe`].
+#[derive(Clone)]
+struct RouteTag(String);
+
+/// Inner layer (on matched routes only): tags the response with its route template.
+pub async fn tag_route(matched: MatchedPath, req: Request, next: Next) -> Response {
+    let route = matched.as_str().to_owned();
+    let mut response = next.run(req).await;
+    response.extensions_mut().insert(RouteTag(route));
+    response
+}
+
+/// Outer layer: continues the caller's trace (W3C `traceparent`), runs the request in a server
+/// span, and records `http_server_request_duration_seconds{route, method, status}`.
+pub async fn observe(req: Request, next: Next) -> Response {
+    let method = req.method().as_str().to_owned();
+    let request_id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+    let span = tracing::info_span!(
+        "http.server",
+        otel.name = %method,
+        otel.kind = "server",
+        http.request.method = %method,
+        http.route = tracing::field::Empty,
+        http.response.status_code = tracing::field::Empty,
+        request_id = %request_id,
+    );
+    // A missing or malformed traceparent starts a new trace.
+    let _ = span.set_parent(thali_platform::telemetry::extract_context(req.headers()));
+    let started = Instant::now();
+    let response = next.run(req).instrument(span.clone()).await;
+    let route = response.extensions().get::<RouteTag>().map(|r| r.0.clone()).unwrap_or_else(|| "unmatched".to_owned());
+    let status = response.status().as_u16();
+    span.record("http.route", route.as_str());
+    span.record("otel.name", format!("{method} {route}"));
+    span.record("http.response.status_code", status);
+    metrics::histogram!(
+        "http_server_request_duration_seconds",
+        "route" => route,
+        "method" => method,
+        "status" => status.to_string(),
+    )
+    .record(started.elapsed().as_secs_f64());
+    response
+}
+
+/// An authenticated caller: its verified principal and the bearer token to forward.
+pub struct Caller {
+    pub principal: Principal,
+    token: String,
+}
+
+impl Caller {
+    /// Wraps `message` in a gRPC request carrying the caller's credentials.
+    pub fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut req = tonic::Request::new(message);
+        let value = format!("Bearer {}", self.token).parse().expect("a verified token is a valid header value");
+        req.metadata_mut().insert("authorization", value);
+        req
+    }
+}
+
+/// 401 with the challenge RFC 6750 asks for.
+pub struct Unauthorized(Problem);
+
+impl IntoResponse for Unauthorized {
+    fn into_response(self) -> Response {
+        let mut response = self.0.into_response();
+        response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        response
+    }
+}
+
+impl FromRequestParts<FacadeState> for Caller {
+    type Rejection = Unauthorized;
+
+    async fn from_request_parts(parts: &mut Parts, state: &FacadeState) -> Result<Self, Self::Rejection> {
+        let value = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .ok_or_else(|| Unauthorized(Problem::unauthorized("this operation needs a bearer token")))?;
+        let value = value.to_str().map_err(|_| Unauthorized(Problem::unauthorized("the token is malformed")))?;
+        match state.verifier.verify_bearer(value) {
+            Ok(principal) => {
+                let token = value[7..].trim().to_owned();
+                Ok(Caller { principal, token })
+            }
+            Err(e) => {
+                tracing::info!(reason = %e, "request refused: bad credentials");
+                Err(Unauthorized(Problem::unauthorized(e.to_string())))
+            }
+        }
+    }
+}
+
+/// `axum::Json` whose rejections are problem+json.
+#[derive(FromRequest)]
+#[from_request(via(axum::Json), rejection(Problem))]
+pub struct ApiJson<T>(pub T);
+
+/// `axum::extract::Path` whose rejections are problem+json.
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(Problem))]
+pub struct ApiPath<T>(pub T);
+
+/// `axum::extract::Query` whose rejections are problem+json.
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(Problem))]
+pub struct ApiQuery<T>(pub T);
+
+impl axum::extract::OptionalFromRequestParts<FacadeState> for Caller {
+    type Rejection = Unauthorized;
+
+    /// No credentials: an anonymous caller. Bad credentials: refused, never downgraded.
+    async fn from_request_parts(parts: &mut Parts, state: &FacadeState) -> Result<Option<Self>, Self::Rejection> {
+        if parts.headers.contains_key(header::AUTHORIZATION) {
+            <Caller as FromRequestParts<FacadeState>>::from_request_parts(parts, state).await.map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+}

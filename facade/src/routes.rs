@@ -1,0 +1,215 @@
+//! REST handlers: authenticate, take the JSON, call one RPC, map the answer.
+use axum::{
+    Json,
+    extract::State,
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use thali_proto::storefront::v1 as pb;
+
+use crate::{
+    FacadeState,
+    dto::{self, CreateCreator, CreateProduct, ListProductsQuery, UpdateProduct, UpdateProfile},
+    middleware::{ApiJson, ApiPath, ApiQuery, Caller},
+    problem::Problem,
+};
+
+fn idempotency_key(headers: &HeaderMap) -> Result<String, Problem> {
+    match headers.get("idempotency-key") {
+        None => Ok(String::new()),
+        Some(v) => v.to_str().map(str::to_owned).map_err(|_| {
+            Problem::new(StatusCode::BAD_REQUEST, "INVALID_HEADER", "Idempotency-Key must be visible ASCII")
+        }),
+    }
+}
+
+fn created<T: serde::Serialize>(location: String, body: T) -> Response {
+    let mut response = (StatusCode::CREATED, Json(body)).into_response();
+    if let Ok(value) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    response
+}
+
+fn missing(what: &str) -> Problem {
+    tracing::error!(what, "service answered without a required field");
+    Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", "internal error")
+}
+
+/// Create a creator page; the caller becomes its owner.
+#[utoipa::path(
+    post, path = "/api/v1/creators", tag = "creators",
+    request_body = CreateCreator,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Same key and body: the same creator is returned")),
+    responses((status = 201, description = "Created", body = dto::Creator)),
+    security(("bearer" = []))
+)]
+pub async fn create_creator(
+    State(state): State<FacadeState>,
+    caller: Caller,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<CreateCreator>,
+) -> Result<Response, Problem> {
+    let req = pb::CreateCreatorRequest {
+        username: body.username,
+        display_name: body.display_name,
+        bio: body.bio,
+        idempotency_key: idempotency_key(&headers)?,
+    };
+    let creator = state.storefront.clone().create_creator(caller.request(req)).await?.into_inner().creator;
+    let creator = dto::Creator::from(creator.ok_or_else(|| missing("creator"))?);
+    Ok(created(format!("/api/v1/creators/{}", creator.username), creator))
+}
+
+/// A creator's profile.
+#[utoipa::path(
+    get, path = "/api/v1/creators/{username}", tag = "creators",
+    params(("username" = String, Path)),
+    responses((status = 200, description = "The creator", body = dto::Creator))
+)]
+pub async fn get_creator(
+    State(state): State<FacadeState>,
+    ApiPath(username): ApiPath<String>,
+) -> Result<Json<dto::Creator>, Problem> {
+    let res = state.storefront.clone().get_creator(pb::GetCreatorRequest { username }).await?;
+    Ok(Json(res.into_inner().creator.ok_or_else(|| missing("creator"))?.into()))
+}
+
+/// Change a creator's display name or bio (owner only).
+#[utoipa::path(
+    patch, path = "/api/v1/creators/{username}", tag = "creators",
+    params(("username" = String, Path)),
+    request_body = UpdateProfile,
+    responses((status = 200, description = "The updated creator", body = dto::Creator)),
+    security(("bearer" = []))
+)]
+pub async fn update_profile(
+    State(state): State<FacadeState>,
+    caller: Caller,
+    ApiPath(username): ApiPath<String>,
+    ApiJson(body): ApiJson<UpdateProfile>,
+) -> Result<Json<dto::Creator>, Problem> {
+    let req = pb::UpdateProfileRequest { username, display_name: body.display_name, bio: body.bio };
+    let res = state.storefront.clone().update_profile(caller.request(req)).await?;
+    Ok(Json(res.into_inner().creator.ok_or_else(|| missing("creator"))?.into()))
+}
+
+/// Add a product to a creator page (owner only).
+#[utoipa::path(
+    post, path = "/api/v1/creators/{username}/products", tag = "products",
+    params(
+        ("username" = String, Path),
+        ("Idempotency-Key" = Option<String>, Header, description = "Same key and body: the same product is returned"),
+    ),
+    request_body = CreateProduct,
+    responses((status = 201, description = "Created", body = dto::Product)),
+    security(("bearer" = []))
+)]
+pub async fn create_product(
+    State(state): State<FacadeState>,
+    caller: Caller,
+    ApiPath(username): ApiPath<String>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<CreateProduct>,
+) -> Result<Response, Problem> {
+    let req = pb::CreateProductRequest {
+        username,
+        title: body.title,
+        description: body.description,
+        price: Some(body.price.into()),
+        stock: body.stock,
+        active: body.active,
+        idempotency_key: idempotency_key(&headers)?,
+    };
+    let product = state.storefront.clone().create_product(caller.request(req)).await?.into_inner().product;
+    let product = dto::Product::from(product.ok_or_else(|| missing("product"))?);
+    Ok(created(format!("/api/v1/products/{}", product.id), product))
+}
+
+/// A creator's products, newest first; the owner also sees inactive ones.
+#[utoipa::path(
+    get, path = "/api/v1/creators/{username}/products", tag = "products",
+    params(("username" = String, Path), ListProductsQuery),
+    responses((status = 200, description = "One page of products", body = dto::ProductPage))
+)]
+pub async fn list_products(
+    State(state): State<FacadeState>,
+    caller: Option<Caller>,
+    ApiPath(username): ApiPath<String>,
+    ApiQuery(query): ApiQuery<ListProductsQuery>,
+) -> Result<Json<dto::ProductPage>, Problem> {
+    let req = pb::ListProductsRequest {
+        username,
+        page_size: query.page_size.unwrap_or(0),
+        page_token: query.page_token.unwrap_or_default(),
+    };
+    let req = match &caller {
+        Some(c) => c.request(req),
+        None => tonic::Request::new(req),
+    };
+    let page = state.storefront.clone().list_products(req).await?.into_inner();
+    Ok(Json(dto::ProductPage {
+        products: page.products.into_iter().map(Into::into).collect(),
+        next_page_token: Some(page.next_page_token).filter(|t| !t.is_empty()),
+    }))
+}
+
+/// Change a product (owner only). `"stock": null` makes stock unlimited.
+#[utoipa::path(
+    patch, path = "/api/v1/products/{id}", tag = "products",
+    params(("id" = String, Path, format = Uuid)),
+    request_body = UpdateProduct,
+    responses((status = 200, description = "The updated product", body = dto::Product)),
+    security(("bearer" = []))
+)]
+pub async fn update_product(
+    State(state): State<FacadeState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(body): ApiJson<UpdateProduct>,
+) -> Result<Json<dto::Product>, Problem> {
+    let req = pb::UpdateProductRequest {
+        product_id: id,
+        title: body.title,
+        description: body.description,
+        price: body.price.map(Into::into),
+        active: body.active,
+        stock: body.stock.map(|quantity| pb::StockUpdate { quantity }),
+    };
+    let res = state.storefront.clone().update_product(caller.request(req)).await?;
+    Ok(Json(res.into_inner().product.ok_or_else(|| missing("product"))?.into()))
+}
+
+/// Archive a product: it leaves the storefront for good (owner only).
+#[utoipa::path(
+    post, path = "/api/v1/products/{id}/archive", tag = "products",
+    params(("id" = String, Path, format = Uuid)),
+    responses((status = 200, description = "The archived product", body = dto::Product)),
+    security(("bearer" = []))
+)]
+pub async fn archive_product(
+    State(state): State<FacadeState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<dto::Product>, Problem> {
+    let req = pb::ArchiveProductRequest { product_id: id };
+    let res = state.storefront.clone().archive_product(caller.request(req)).await?;
+    Ok(Json(res.into_inner().product.ok_or_else(|| missing("product"))?.into()))
+}
+
+/// The public storefront of a creator: profile and products on sale.
+#[utoipa::path(
+    get, path = "/api/v1/store/{username}", tag = "storefront",
+    params(("username" = String, Path)),
+    responses((status = 200, description = "The storefront", body = dto::Storefront))
+)]
+pub async fn get_storefront(
+    State(state): State<FacadeState>,
+    ApiPath(username): ApiPath<String>,
+) -> Result<Json<dto::Storefront>, Problem> {
+    let res = state.storefront.clone().get_storefront(pb::GetStorefrontRequest { username }).await?.into_inner();
+    Ok(Json(dto::Storefront {
+        creator: res.creator.ok_or_else(|| missing("creator"))?.into(),
+        products: res.products.into_iter().map(Into::into).collect(),
+    }))
+}
