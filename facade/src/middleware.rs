@@ -9,6 +9,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use thali_platform::auth::Principal;
+use opentelemetry::trace::TraceContextExt;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
@@ -47,7 +48,8 @@ pub async fn observe(req: Request, next: Next) -> Response {
     let route = response.extensions().get::<RouteTag>().map(|r| r.0.clone()).unwrap_or_else(|| "unmatched".to_owned());
     let status = response.status().as_u16();
     span.record("http.route", route.as_str());
-    span.record("otel.name", format!("{method} {route}"));
+    // The route is known only after routing, when the OTel span has already started.
+    span.context().span().update_name(format!("{method} {route}"));
     span.record("http.response.status_code", status);
     metrics::histogram!(
         "http_server_request_duration_seconds",
@@ -56,6 +58,7 @@ pub async fn observe(req: Request, next: Next) -> Response {
         "status" => status.to_string(),
     )
     .record(started.elapsed().as_secs_f64());
+    span.in_scope(|| tracing::info!(status, elapsed_ms = started.elapsed().as_millis() as u64, "request"));
     response
 }
 

@@ -70,7 +70,7 @@ fn install(provider: SdkTracerProvider, filter: &str, format: LogFormat) -> anyh
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     opentelemetry::global::set_tracer_provider(provider.clone());
     let otel = tracing_opentelemetry::layer().with_tracer(provider.tracer("thali"));
-    let fmt = tracing_subscriber::fmt::layer().event_format(LogLine { format });
+    let fmt = tracing_subscriber::fmt::layer().with_ansi(false).event_format(LogLine { format });
     tracing_subscriber::registry()
         .with(EnvFilter::try_new(filter)?)
         .with(otel)
