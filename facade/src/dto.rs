@@ -18,13 +18,19 @@ pub struct Money {
 
 impl From<common::Money> for Money {
     fn from(m: common::Money) -> Self {
-        Self { amount_minor: m.amount_minor, currency: m.currency }
+        Self {
+            amount_minor: m.amount_minor,
+            currency: m.currency,
+        }
     }
 }
 
 impl From<Money> for common::Money {
     fn from(m: Money) -> Self {
-        Self { amount_minor: m.amount_minor, currency: m.currency }
+        Self {
+            amount_minor: m.amount_minor,
+            currency: m.currency,
+        }
     }
 }
 

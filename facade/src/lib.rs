@@ -18,7 +18,9 @@ use axum::{
 use metrics_exporter_prometheus::PrometheusHandle;
 use thali_platform::{auth::Verifier, client::GrpcChannel};
 use thali_proto::storefront::v1::storefront_service_client::StorefrontServiceClient;
-use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
 use tower_http::{
     request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
     set_header::SetResponseHeaderLayer,
@@ -54,10 +56,19 @@ pub fn router(state: FacadeState, max_body_bytes: usize) -> Router {
     let x_request_id = HeaderName::from_static("x-request-id");
     let api = Router::new()
         .route("/api/v1/creators", post(routes::create_creator))
-        .route("/api/v1/creators/{username}", get(routes::get_creator).patch(routes::update_profile))
-        .route("/api/v1/creators/{username}/products", post(routes::create_product).get(routes::list_products))
+        .route(
+            "/api/v1/creators/{username}",
+            get(routes::get_creator).patch(routes::update_profile),
+        )
+        .route(
+            "/api/v1/creators/{username}/products",
+            post(routes::create_product).get(routes::list_products),
+        )
         .route("/api/v1/products/{id}", patch(routes::update_product))
-        .route("/api/v1/products/{id}/archive", post(routes::archive_product))
+        .route(
+            "/api/v1/products/{id}/archive",
+            post(routes::archive_product),
+        )
         .route("/api/v1/store/{username}", get(routes::get_storefront))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -72,8 +83,14 @@ pub fn router(state: FacadeState, max_body_bytes: usize) -> Router {
             header::X_CONTENT_TYPE_OPTIONS,
             HeaderValue::from_static("nosniff"),
         ))
-        .layer(SetResponseHeaderLayer::if_not_present(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY")))
-        .layer(SetResponseHeaderLayer::if_not_present(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer")))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::X_FRAME_OPTIONS,
+            HeaderValue::from_static("DENY"),
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("no-referrer"),
+        ))
         .layer(axum::middleware::from_fn(middleware::observe))
         .layer(PropagateRequestIdLayer::new(x_request_id.clone()))
         .layer(SetRequestIdLayer::new(x_request_id, MakeRequestUuid))
@@ -84,7 +101,11 @@ async fn not_found() -> Problem {
 }
 
 async fn method_not_allowed() -> Problem {
-    Problem::new(StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED", "this route does not take that method")
+    Problem::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "METHOD_NOT_ALLOWED",
+        "this route does not take that method",
+    )
 }
 
 /// The process is alive.
@@ -94,15 +115,27 @@ async fn healthz() -> Json<serde_json::Value> {
 
 /// The services behind the facade answer SERVING.
 async fn readyz(State(state): State<FacadeState>) -> Response {
-    let check = HealthCheckRequest { service: "thali.storefront.v1.StorefrontService".into() };
+    let check = HealthCheckRequest {
+        service: "thali.storefront.v1.StorefrontService".into(),
+    };
     match state.storefront_health.clone().check(check).await {
         Ok(res) if res.get_ref().status == ServingStatus::Serving as i32 => {
             Json(serde_json::json!({ "status": "ready", "storefront": "SERVING" })).into_response()
         }
-        Ok(_) => Problem::new(StatusCode::SERVICE_UNAVAILABLE, "NOT_READY", "storefront is not serving").into_response(),
+        Ok(_) => Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "NOT_READY",
+            "storefront is not serving",
+        )
+        .into_response(),
         Err(status) => {
             tracing::warn!(error = %status, "readiness: storefront health check failed");
-            Problem::new(StatusCode::SERVICE_UNAVAILABLE, "NOT_READY", "storefront does not answer").into_response()
+            Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "NOT_READY",
+                "storefront does not answer",
+            )
+            .into_response()
         }
     }
 }
@@ -110,7 +143,10 @@ async fn readyz(State(state): State<FacadeState>) -> Response {
 /// Prometheus text exposition.
 async fn metrics(State(state): State<FacadeState>) -> Response {
     (
-        [(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"))],
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4"),
+        )],
         state.metrics.render(),
     )
         .into_response()

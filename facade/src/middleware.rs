@@ -8,8 +8,8 @@ use axum::{
     middleware::Next,
     response::{IntoResponse, Response},
 };
-use thali_platform::auth::Principal;
 use opentelemetry::trace::TraceContextExt;
+use thali_platform::auth::Principal;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
@@ -31,7 +31,12 @@ pub async fn tag_route(matched: MatchedPath, req: Request, next: Next) -> Respon
 /// span, and records `http_server_request_duration_seconds{route, method, status}`.
 pub async fn observe(req: Request, next: Next) -> Response {
     let method = req.method().as_str().to_owned();
-    let request_id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+    let request_id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
     let span = tracing::info_span!(
         "http.server",
         otel.name = %method,
@@ -45,11 +50,17 @@ pub async fn observe(req: Request, next: Next) -> Response {
     let _ = span.set_parent(thali_platform::telemetry::extract_context(req.headers()));
     let started = Instant::now();
     let response = next.run(req).instrument(span.clone()).await;
-    let route = response.extensions().get::<RouteTag>().map(|r| r.0.clone()).unwrap_or_else(|| "unmatched".to_owned());
+    let route = response
+        .extensions()
+        .get::<RouteTag>()
+        .map(|r| r.0.clone())
+        .unwrap_or_else(|| "unmatched".to_owned());
     let status = response.status().as_u16();
     span.record("http.route", route.as_str());
     // The route is known only after routing, when the OTel span has already started.
-    span.context().span().update_name(format!("{method} {route}"));
+    span.context()
+        .span()
+        .update_name(format!("{method} {route}"));
     span.record("http.response.status_code", status);
     metrics::histogram!(
         "http_server_request_duration_seconds",
@@ -58,7 +69,13 @@ pub async fn observe(req: Request, next: Next) -> Response {
         "status" => status.to_string(),
     )
     .record(started.elapsed().as_secs_f64());
-    span.in_scope(|| tracing::info!(status, elapsed_ms = started.elapsed().as_millis() as u64, "request"));
+    span.in_scope(|| {
+        tracing::info!(
+            status,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "request"
+        )
+    });
     response
 }
 
@@ -72,7 +89,9 @@ impl Caller {
     /// Wraps `message` in a gRPC request carrying the caller's credentials.
     pub fn request<T>(&self, message: T) -> tonic::Request<T> {
         let mut req = tonic::Request::new(message);
-        let value = format!("Bearer {}", self.token).parse().expect("a verified token is a valid header value");
+        let value = format!("Bearer {}", self.token)
+            .parse()
+            .expect("a verified token is a valid header value");
         req.metadata_mut().insert("authorization", value);
         req
     }
@@ -84,7 +103,9 @@ pub struct Unauthorized(Problem);
 impl IntoResponse for Unauthorized {
     fn into_response(self) -> Response {
         let mut response = self.0.into_response();
-        response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         response
     }
 }
@@ -92,12 +113,16 @@ impl IntoResponse for Unauthorized {
 impl FromRequestParts<FacadeState> for Caller {
     type Rejection = Unauthorized;
 
-    async fn from_request_parts(parts: &mut Parts, state: &FacadeState) -> Result<Self, Self::Rejection> {
-        let value = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .ok_or_else(|| Unauthorized(Problem::unauthorized("this operation needs a bearer token")))?;
-        let value = value.to_str().map_err(|_| Unauthorized(Problem::unauthorized("the token is malformed")))?;
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &FacadeState,
+    ) -> Result<Self, Self::Rejection> {
+        let value = parts.headers.get(header::AUTHORIZATION).ok_or_else(|| {
+            Unauthorized(Problem::unauthorized("this operation needs a bearer token"))
+        })?;
+        let value = value
+            .to_str()
+            .map_err(|_| Unauthorized(Problem::unauthorized("the token is malformed")))?;
         match state.verifier.verify_bearer(value) {
             Ok(principal) => {
                 let token = value[7..].trim().to_owned();
@@ -130,9 +155,14 @@ impl axum::extract::OptionalFromRequestParts<FacadeState> for Caller {
     type Rejection = Unauthorized;
 
     /// No credentials: an anonymous caller. Bad credentials: refused, never downgraded.
-    async fn from_request_parts(parts: &mut Parts, state: &FacadeState) -> Result<Option<Self>, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &FacadeState,
+    ) -> Result<Option<Self>, Self::Rejection> {
         if parts.headers.contains_key(header::AUTHORIZATION) {
-            <Caller as FromRequestParts<FacadeState>>::from_request_parts(parts, state).await.map(Some)
+            <Caller as FromRequestParts<FacadeState>>::from_request_parts(parts, state)
+                .await
+                .map(Some)
         } else {
             Ok(None)
         }

@@ -33,7 +33,7 @@ use crate::{dto, problem, routes};
         dto::UpdateProfile,
         dto::CreateProduct,
         dto::UpdateProduct,
-        problem::Problem,
+        problem::ProblemDetails,
         problem::FieldError,
     )),
     modifiers(&ErrorResponses),
@@ -74,22 +74,43 @@ impl Modify for ErrorResponses {
         let components = doc.components.get_or_insert_with(Default::default);
         components.add_security_scheme(
             "bearer",
-            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("JWT").build()),
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
         );
         let problem = || {
-            Content::new(Some(RefOr::Ref(utoipa::openapi::Ref::from_schema_name("Problem"))))
+            Content::new(Some(RefOr::Ref(utoipa::openapi::Ref::from_schema_name(
+                "Problem",
+            ))))
         };
         for item in doc.paths.paths.values_mut() {
-            for op in [&mut item.get, &mut item.post, &mut item.patch, &mut item.put, &mut item.delete]
-                .into_iter()
-                .flatten()
+            for op in [
+                &mut item.get,
+                &mut item.post,
+                &mut item.patch,
+                &mut item.put,
+                &mut item.delete,
+            ]
+            .into_iter()
+            .flatten()
             {
                 let authed = op.security.is_some();
                 let has_body = op.request_body.is_some();
                 let mut add = |status: &str, description: &str| {
-                    op.responses.responses.entry(status.to_owned()).or_insert_with(|| {
-                        RefOr::T(ResponseBuilder::new().description(description).content("application/problem+json", problem()).build())
-                    });
+                    op.responses
+                        .responses
+                        .entry(status.to_owned())
+                        .or_insert_with(|| {
+                            RefOr::T(
+                                ResponseBuilder::new()
+                                    .description(description)
+                                    .content("application/problem+json", problem())
+                                    .build(),
+                            )
+                        });
                 };
                 for (status, description) in ANY_CALL {
                     add(status, description);

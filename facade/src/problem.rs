@@ -20,9 +20,27 @@ pub struct FieldError {
     pub message: String,
 }
 
-/// An error answer (RFC 9457).
+/// An error answer (RFC 9457). Boxed: it travels in every handler's `Err`.
+#[derive(Debug, Clone)]
+pub struct Problem(Box<ProblemDetails>);
+
+impl std::ops::Deref for Problem {
+    type Target = ProblemDetails;
+    fn deref(&self) -> &ProblemDetails {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Problem {
+    fn deref_mut(&mut self) -> &mut ProblemDetails {
+        &mut self.0
+    }
+}
+
+/// The body of an error answer (RFC 9457 problem details).
 #[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct Problem {
+#[schema(as = Problem)]
+pub struct ProblemDetails {
     /// URI naming the problem type.
     #[serde(rename = "type")]
     pub kind: String,
@@ -47,8 +65,11 @@ pub struct Problem {
 impl Problem {
     /// A problem with this status, stable code and detail.
     pub fn new(status: StatusCode, code: &str, detail: impl Into<String>) -> Self {
-        Self {
-            kind: format!("https://thali.dev/problems/{}", code.to_ascii_lowercase().replace('_', "-")),
+        Self(Box::new(ProblemDetails {
+            kind: format!(
+                "https://thali.dev/problems/{}",
+                code.to_ascii_lowercase().replace('_', "-")
+            ),
             title: status.canonical_reason().unwrap_or("Error").to_owned(),
             status: status.as_u16(),
             detail: Some(detail.into()),
@@ -56,7 +77,7 @@ impl Problem {
             trace_id: thali_platform::telemetry::current_trace_id(),
             errors: Vec::new(),
             retry_after: None,
-        }
+        }))
     }
 
     pub fn with_errors(mut self, errors: Vec<FieldError>) -> Self {
@@ -77,7 +98,9 @@ impl Problem {
 pub fn http_status(code: Code) -> StatusCode {
     match code {
         Code::Ok => StatusCode::OK,
-        Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => StatusCode::BAD_REQUEST,
+        Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => {
+            StatusCode::BAD_REQUEST
+        }
         Code::Unauthenticated => StatusCode::UNAUTHORIZED,
         Code::PermissionDenied => StatusCode::FORBIDDEN,
         Code::NotFound => StatusCode::NOT_FOUND,
@@ -117,7 +140,10 @@ impl From<tonic::Status> for Problem {
     fn from(status: tonic::Status) -> Self {
         let http = http_status(status.code());
         let details = status.get_error_details();
-        let code = details.error_info().map(|i| i.reason.clone()).unwrap_or_else(|| code_name(status.code()).to_owned());
+        let code = details
+            .error_info()
+            .map(|i| i.reason.clone())
+            .unwrap_or_else(|| code_name(status.code()).to_owned());
         // Server-side failures keep their cause in the log; the caller gets the trace id.
         let detail = if http.is_server_error() {
             tracing::warn!(grpc_code = ?status.code(), message = status.message(), "upstream call failed");
@@ -134,11 +160,18 @@ impl From<tonic::Status> for Problem {
             problem.errors = bad
                 .field_violations
                 .iter()
-                .map(|v| FieldError { field: v.field.clone(), message: v.description.clone() })
+                .map(|v| FieldError {
+                    field: v.field.clone(),
+                    message: v.description.clone(),
+                })
                 .collect();
         }
         if http == StatusCode::SERVICE_UNAVAILABLE || http == StatusCode::TOO_MANY_REQUESTS {
-            let delay = details.retry_info().and_then(|r| r.retry_delay).map(|d| d.as_secs().max(1)).unwrap_or(1);
+            let delay = details
+                .retry_info()
+                .and_then(|r| r.retry_delay)
+                .map(|d| d.as_secs().max(1))
+                .unwrap_or(1);
             problem.retry_after = Some(delay);
         }
         problem
@@ -155,20 +188,32 @@ impl From<JsonRejection> for Problem {
         };
         // Axum answers 422 for well-formed JSON of the wrong shape; Thali answers every
         // malformed body with 400, as for any other invalid argument.
-        let status = if status == StatusCode::UNPROCESSABLE_ENTITY { StatusCode::BAD_REQUEST } else { status };
+        let status = if status == StatusCode::UNPROCESSABLE_ENTITY {
+            StatusCode::BAD_REQUEST
+        } else {
+            status
+        };
         Problem::new(status, code, rejection.body_text())
     }
 }
 
 impl From<PathRejection> for Problem {
     fn from(rejection: PathRejection) -> Self {
-        Problem::new(StatusCode::BAD_REQUEST, "INVALID_PATH", rejection.body_text())
+        Problem::new(
+            StatusCode::BAD_REQUEST,
+            "INVALID_PATH",
+            rejection.body_text(),
+        )
     }
 }
 
 impl From<QueryRejection> for Problem {
     fn from(rejection: QueryRejection) -> Self {
-        Problem::new(StatusCode::BAD_REQUEST, "INVALID_QUERY", rejection.body_text())
+        Problem::new(
+            StatusCode::BAD_REQUEST,
+            "INVALID_QUERY",
+            rejection.body_text(),
+        )
     }
 }
 
@@ -176,9 +221,12 @@ impl IntoResponse for Problem {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let retry_after = self.retry_after;
-        let mut response = (status, Json(self)).into_response();
+        let mut response = (status, Json(*self.0)).into_response();
         let headers = response.headers_mut();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
         if let Some(secs) = retry_after {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
@@ -217,14 +265,20 @@ mod tests {
 
     #[test]
     fn internal_detail_never_reaches_the_client() {
-        let problem = Problem::from(tonic::Status::internal("duplicate key value violates constraint at /src/x.rs"));
+        let problem = Problem::from(tonic::Status::internal(
+            "duplicate key value violates constraint at /src/x.rs",
+        ));
         assert_eq!(problem.status, 500);
         assert_eq!(problem.detail.as_deref(), Some("internal error"));
     }
 
     #[test]
     fn field_violations_become_errors() {
-        let status = thali_platform::errors::invalid_argument(&[thali_platform::errors::Violation::new("username", "too short")]);
+        let status =
+            thali_platform::errors::invalid_argument(&[thali_platform::errors::Violation::new(
+                "username",
+                "too short",
+            )]);
         let problem = Problem::from(status);
         assert_eq!(problem.status, 400);
         assert_eq!(problem.code, "VALIDATION_FAILED");

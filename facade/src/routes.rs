@@ -18,7 +18,11 @@ fn idempotency_key(headers: &HeaderMap) -> Result<String, Problem> {
     match headers.get("idempotency-key") {
         None => Ok(String::new()),
         Some(v) => v.to_str().map(str::to_owned).map_err(|_| {
-            Problem::new(StatusCode::BAD_REQUEST, "INVALID_HEADER", "Idempotency-Key must be visible ASCII")
+            Problem::new(
+                StatusCode::BAD_REQUEST,
+                "INVALID_HEADER",
+                "Idempotency-Key must be visible ASCII",
+            )
         }),
     }
 }
@@ -33,7 +37,11 @@ fn created<T: serde::Serialize>(location: String, body: T) -> Response {
 
 fn missing(what: &str) -> Problem {
     tracing::error!(what, "service answered without a required field");
-    Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", "internal error")
+    Problem::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "INTERNAL",
+        "internal error",
+    )
 }
 
 /// Create a creator page; the caller becomes its owner.
@@ -56,9 +64,18 @@ pub async fn create_creator(
         bio: body.bio,
         idempotency_key: idempotency_key(&headers)?,
     };
-    let creator = state.storefront.clone().create_creator(caller.request(req)).await?.into_inner().creator;
+    let creator = state
+        .storefront
+        .clone()
+        .create_creator(caller.request(req))
+        .await?
+        .into_inner()
+        .creator;
     let creator = dto::Creator::from(creator.ok_or_else(|| missing("creator"))?);
-    Ok(created(format!("/api/v1/creators/{}", creator.username), creator))
+    Ok(created(
+        format!("/api/v1/creators/{}", creator.username),
+        creator,
+    ))
 }
 
 /// A creator's profile.
@@ -71,8 +88,17 @@ pub async fn get_creator(
     State(state): State<FacadeState>,
     ApiPath(username): ApiPath<String>,
 ) -> Result<Json<dto::Creator>, Problem> {
-    let res = state.storefront.clone().get_creator(pb::GetCreatorRequest { username }).await?;
-    Ok(Json(res.into_inner().creator.ok_or_else(|| missing("creator"))?.into()))
+    let res = state
+        .storefront
+        .clone()
+        .get_creator(pb::GetCreatorRequest { username })
+        .await?;
+    Ok(Json(
+        res.into_inner()
+            .creator
+            .ok_or_else(|| missing("creator"))?
+            .into(),
+    ))
 }
 
 /// Change a creator's display name or bio (owner only).
@@ -89,9 +115,22 @@ pub async fn update_profile(
     ApiPath(username): ApiPath<String>,
     ApiJson(body): ApiJson<UpdateProfile>,
 ) -> Result<Json<dto::Creator>, Problem> {
-    let req = pb::UpdateProfileRequest { username, display_name: body.display_name, bio: body.bio };
-    let res = state.storefront.clone().update_profile(caller.request(req)).await?;
-    Ok(Json(res.into_inner().creator.ok_or_else(|| missing("creator"))?.into()))
+    let req = pb::UpdateProfileRequest {
+        username,
+        display_name: body.display_name,
+        bio: body.bio,
+    };
+    let res = state
+        .storefront
+        .clone()
+        .update_profile(caller.request(req))
+        .await?;
+    Ok(Json(
+        res.into_inner()
+            .creator
+            .ok_or_else(|| missing("creator"))?
+            .into(),
+    ))
 }
 
 /// Add a product to a creator page (owner only).
@@ -121,7 +160,13 @@ pub async fn create_product(
         active: body.active,
         idempotency_key: idempotency_key(&headers)?,
     };
-    let product = state.storefront.clone().create_product(caller.request(req)).await?.into_inner().product;
+    let product = state
+        .storefront
+        .clone()
+        .create_product(caller.request(req))
+        .await?
+        .into_inner()
+        .product;
     let product = dto::Product::from(product.ok_or_else(|| missing("product"))?);
     Ok(created(format!("/api/v1/products/{}", product.id), product))
 }
@@ -147,7 +192,12 @@ pub async fn list_products(
         Some(c) => c.request(req),
         None => tonic::Request::new(req),
     };
-    let page = state.storefront.clone().list_products(req).await?.into_inner();
+    let page = state
+        .storefront
+        .clone()
+        .list_products(req)
+        .await?
+        .into_inner();
     Ok(Json(dto::ProductPage {
         products: page.products.into_iter().map(Into::into).collect(),
         next_page_token: Some(page.next_page_token).filter(|t| !t.is_empty()),
@@ -176,8 +226,17 @@ pub async fn update_product(
         active: body.active,
         stock: body.stock.map(|quantity| pb::StockUpdate { quantity }),
     };
-    let res = state.storefront.clone().update_product(caller.request(req)).await?;
-    Ok(Json(res.into_inner().product.ok_or_else(|| missing("product"))?.into()))
+    let res = state
+        .storefront
+        .clone()
+        .update_product(caller.request(req))
+        .await?;
+    Ok(Json(
+        res.into_inner()
+            .product
+            .ok_or_else(|| missing("product"))?
+            .into(),
+    ))
 }
 
 /// Archive a product: it leaves the storefront for good (owner only).
@@ -193,8 +252,17 @@ pub async fn archive_product(
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<dto::Product>, Problem> {
     let req = pb::ArchiveProductRequest { product_id: id };
-    let res = state.storefront.clone().archive_product(caller.request(req)).await?;
-    Ok(Json(res.into_inner().product.ok_or_else(|| missing("product"))?.into()))
+    let res = state
+        .storefront
+        .clone()
+        .archive_product(caller.request(req))
+        .await?;
+    Ok(Json(
+        res.into_inner()
+            .product
+            .ok_or_else(|| missing("product"))?
+            .into(),
+    ))
 }
 
 /// The public storefront of a creator: profile and products on sale.
@@ -207,7 +275,12 @@ pub async fn get_storefront(
     State(state): State<FacadeState>,
     ApiPath(username): ApiPath<String>,
 ) -> Result<Json<dto::Storefront>, Problem> {
-    let res = state.storefront.clone().get_storefront(pb::GetStorefrontRequest { username }).await?.into_inner();
+    let res = state
+        .storefront
+        .clone()
+        .get_storefront(pb::GetStorefrontRequest { username })
+        .await?
+        .into_inner();
     Ok(Json(dto::Storefront {
         creator: res.creator.ok_or_else(|| missing("creator"))?.into(),
         products: res.products.into_iter().map(Into::into).collect(),

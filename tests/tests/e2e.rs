@@ -1,10 +1,6 @@
 //! End-to-end: the embedded platform started in-process on ephemeral ports (SQLite, generated
 //! keys, storefront over real gRPC on loopback), driven over HTTP as a client would.
-use std::{
-    collections::HashMap,
-    sync::OnceLock,
-    time::Duration,
-};
+use std::{collections::HashMap, sync::OnceLock, time::Duration};
 
 use opentelemetry::trace::{SpanKind, TraceId};
 use opentelemetry_sdk::trace::InMemorySpanExporter;
@@ -18,8 +14,9 @@ fn spans() -> &'static InMemorySpanExporter {
     static EXPORTER: OnceLock<InMemorySpanExporter> = OnceLock::new();
     EXPORTER.get_or_init(|| {
         let exporter = InMemorySpanExporter::default();
-        let telemetry = thali_platform::telemetry::init_with_exporter(exporter.clone(), "info,sea_orm=warn")
-            .expect("telemetry is installed once per test binary");
+        let telemetry =
+            thali_platform::telemetry::init_with_exporter(exporter.clone(), "info,sea_orm=warn")
+                .expect("telemetry is installed once per test binary");
         std::mem::forget(telemetry);
         exporter
     })
@@ -48,11 +45,17 @@ impl Mesh {
         let platform = thali::start(&cfg, Part::All).await.unwrap();
         let base = format!("http://{}", platform.http_addr.unwrap());
         let signer = Signer::load(&cfg.keys_dir()).unwrap();
-        Self { platform: Some(platform), base, signer, http: Client::new() }
+        Self {
+            platform: Some(platform),
+            base,
+            signer,
+            http: Client::new(),
+        }
     }
 
     fn token(&self, subject: &str) -> String {
-        self.signer.mint(subject, &["creator".into()], Duration::from_secs(600))
+        self.signer
+            .mint(subject, &["creator".into()], Duration::from_secs(600))
     }
 
     fn url(&self, path: &str) -> String {
@@ -63,7 +66,13 @@ impl Mesh {
         self.http.get(self.url(path)).send().await.unwrap()
     }
 
-    async fn send(&self, method: reqwest::Method, path: &str, token: Option<&str>, body: Value) -> Response {
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Value,
+    ) -> Response {
         let mut req = self.http.request(method, self.url(path)).json(&body);
         if let Some(t) = token {
             req = req.bearer_auth(t);
@@ -76,7 +85,13 @@ impl Mesh {
     }
 
     async fn create_creator(&self, token: &str, username: &str) -> Value {
-        let res = self.post("/api/v1/creators", Some(token), json!({"username": username, "display_name": "Chai Point"})).await;
+        let res = self
+            .post(
+                "/api/v1/creators",
+                Some(token),
+                json!({"username": username, "display_name": "Chai Point"}),
+            )
+            .await;
         assert_eq!(res.status(), StatusCode::CREATED);
         res.json().await.unwrap()
     }
@@ -102,7 +117,12 @@ async fn problem(res: Response, status: StatusCode, code: &str) -> Value {
 }
 
 fn fields(body: &Value) -> Vec<String> {
-    body["errors"].as_array().unwrap().iter().map(|e| e["field"].as_str().unwrap().to_owned()).collect()
+    body["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap().to_owned())
+        .collect()
 }
 
 #[tokio::test]
@@ -121,35 +141,85 @@ async fn creator_adds_products_and_buyers_read_the_storefront() {
     let chai: Value = res.json().await.unwrap();
     assert!(res_location_matches(&chai));
     let res = mesh
-        .post("/api/v1/creators/chai_point/products", Some(&alice), json!({
-            "title": "Samosa", "price": {"amount_minor": 1500, "currency": "INR"}
-        }))
+        .post(
+            "/api/v1/creators/chai_point/products",
+            Some(&alice),
+            json!({
+                "title": "Samosa", "price": {"amount_minor": 1500, "currency": "INR"}
+            }),
+        )
         .await;
     let samosa: Value = res.json().await.unwrap();
 
     let res = mesh
-        .send(reqwest::Method::PATCH, &format!("/api/v1/products/{}", samosa["id"].as_str().unwrap()), Some(&alice), json!({"stock": 5, "price": {"amount_minor": 1800, "currency": "INR"}}))
+        .send(
+            reqwest::Method::PATCH,
+            &format!("/api/v1/products/{}", samosa["id"].as_str().unwrap()),
+            Some(&alice),
+            json!({"stock": 5, "price": {"amount_minor": 1800, "currency": "INR"}}),
+        )
         .await;
     assert_eq!(res.status(), StatusCode::OK);
     let changed: Value = res.json().await.unwrap();
-    assert_eq!((changed["stock"].as_i64(), changed["price"]["amount_minor"].as_i64()), (Some(5), Some(1800)));
+    assert_eq!(
+        (
+            changed["stock"].as_i64(),
+            changed["price"]["amount_minor"].as_i64()
+        ),
+        (Some(5), Some(1800))
+    );
 
     let res = mesh.get("/api/v1/store/chai_point").await;
     assert_eq!(res.status(), StatusCode::OK);
     let store: Value = res.json().await.unwrap();
     assert_eq!(store["creator"]["username"], "chai_point");
-    let titles: Vec<_> = store["products"].as_array().unwrap().iter().map(|p| p["title"].as_str().unwrap()).collect();
+    let titles: Vec<_> = store["products"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["title"].as_str().unwrap())
+        .collect();
     assert_eq!(titles, ["Samosa", "Masala chai"]);
-    assert_eq!(store["products"][1]["price"], json!({"amount_minor": 4900, "currency": "INR"}));
+    assert_eq!(
+        store["products"][1]["price"],
+        json!({"amount_minor": 4900, "currency": "INR"})
+    );
 
-    let res = mesh.post(&format!("/api/v1/products/{}/archive", chai["id"].as_str().unwrap()), Some(&alice), json!(null)).await;
+    let res = mesh
+        .post(
+            &format!("/api/v1/products/{}/archive", chai["id"].as_str().unwrap()),
+            Some(&alice),
+            json!(null),
+        )
+        .await;
     assert_eq!(res.status(), StatusCode::OK);
-    let store: Value = mesh.get("/api/v1/store/chai_point").await.json().await.unwrap();
-    assert_eq!(store["products"].as_array().unwrap().len(), 1, "archived products leave the storefront");
+    let store: Value = mesh
+        .get("/api/v1/store/chai_point")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        store["products"].as_array().unwrap().len(),
+        1,
+        "archived products leave the storefront"
+    );
 
-    let res = mesh.send(reqwest::Method::PATCH, "/api/v1/creators/chai_point", Some(&alice), json!({"bio": "Since 1984"})).await;
+    let res = mesh
+        .send(
+            reqwest::Method::PATCH,
+            "/api/v1/creators/chai_point",
+            Some(&alice),
+            json!({"bio": "Since 1984"}),
+        )
+        .await;
     assert_eq!(res.status(), StatusCode::OK);
-    let profile: Value = mesh.get("/api/v1/creators/chai_point").await.json().await.unwrap();
+    let profile: Value = mesh
+        .get("/api/v1/creators/chai_point")
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(profile["bio"], "Since 1984");
 }
 
@@ -167,22 +237,60 @@ async fn writes_need_a_valid_token_and_the_owner() {
     let res = mesh.post("/api/v1/creators", None, body.clone()).await;
     assert_eq!(res.headers()["www-authenticate"], "Bearer");
     problem(res, StatusCode::UNAUTHORIZED, "UNAUTHENTICATED").await;
-    problem(mesh.post("/api/v1/creators", Some("not-a-jwt"), body.clone()).await, StatusCode::UNAUTHORIZED, "UNAUTHENTICATED").await;
+    problem(
+        mesh.post("/api/v1/creators", Some("not-a-jwt"), body.clone())
+            .await,
+        StatusCode::UNAUTHORIZED,
+        "UNAUTHENTICATED",
+    )
+    .await;
     let foreign_dir = std::env::temp_dir().join(format!("thali-foreign-{}", uuid::Uuid::now_v7()));
     thali_platform::auth::ensure_key_pair(&foreign_dir).unwrap();
-    let foreign = Signer::load(&foreign_dir).unwrap().mint("alice", &[], Duration::from_secs(600));
-    problem(mesh.post("/api/v1/creators", Some(&foreign), body.clone()).await, StatusCode::UNAUTHORIZED, "UNAUTHENTICATED").await;
-    let other_audience = mesh.signer.mint_for("alice", &[], Duration::from_secs(600), "somebody-else");
-    problem(mesh.post("/api/v1/creators", Some(&other_audience), body.clone()).await, StatusCode::UNAUTHORIZED, "UNAUTHENTICATED").await;
+    let foreign = Signer::load(&foreign_dir)
+        .unwrap()
+        .mint("alice", &[], Duration::from_secs(600));
+    problem(
+        mesh.post("/api/v1/creators", Some(&foreign), body.clone())
+            .await,
+        StatusCode::UNAUTHORIZED,
+        "UNAUTHENTICATED",
+    )
+    .await;
+    let other_audience =
+        mesh.signer
+            .mint_for("alice", &[], Duration::from_secs(600), "somebody-else");
+    problem(
+        mesh.post("/api/v1/creators", Some(&other_audience), body.clone())
+            .await,
+        StatusCode::UNAUTHORIZED,
+        "UNAUTHENTICATED",
+    )
+    .await;
 
     mesh.create_creator(&alice, "alice_shop").await;
-    let res = mesh.send(reqwest::Method::PATCH, "/api/v1/creators/alice_shop", Some(&bob), json!({"bio": "mine now"})).await;
-    problem(res, StatusCode::FORBIDDEN, "NOT_OWNER").await;
     let res = mesh
-        .post("/api/v1/creators/alice_shop/products", Some(&bob), json!({"title": "x", "price": {"amount_minor": 1, "currency": "INR"}}))
+        .send(
+            reqwest::Method::PATCH,
+            "/api/v1/creators/alice_shop",
+            Some(&bob),
+            json!({"bio": "mine now"}),
+        )
         .await;
     problem(res, StatusCode::FORBIDDEN, "NOT_OWNER").await;
-    let profile: Value = mesh.get("/api/v1/creators/alice_shop").await.json().await.unwrap();
+    let res = mesh
+        .post(
+            "/api/v1/creators/alice_shop/products",
+            Some(&bob),
+            json!({"title": "x", "price": {"amount_minor": 1, "currency": "INR"}}),
+        )
+        .await;
+    problem(res, StatusCode::FORBIDDEN, "NOT_OWNER").await;
+    let profile: Value = mesh
+        .get("/api/v1/creators/alice_shop")
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(profile["bio"], "", "a refused write changes nothing");
 }
 
@@ -191,30 +299,95 @@ async fn bad_input_gets_problem_json_with_field_errors() {
     let mesh = Mesh::start().await;
     let alice = mesh.token("alice");
 
-    let res = mesh.post("/api/v1/creators", Some(&alice), json!({"username": "No Way!", "display_name": "x"})).await;
+    let res = mesh
+        .post(
+            "/api/v1/creators",
+            Some(&alice),
+            json!({"username": "No Way!", "display_name": "x"}),
+        )
+        .await;
     let body = problem(res, StatusCode::BAD_REQUEST, "VALIDATION_FAILED").await;
     assert_eq!(fields(&body), ["username"]);
-    let res = mesh.post("/api/v1/creators", Some(&alice), json!({"username": "www", "display_name": "x"})).await;
-    assert_eq!(fields(&problem(res, StatusCode::BAD_REQUEST, "VALIDATION_FAILED").await), ["username"]);
+    let res = mesh
+        .post(
+            "/api/v1/creators",
+            Some(&alice),
+            json!({"username": "www", "display_name": "x"}),
+        )
+        .await;
+    assert_eq!(
+        fields(&problem(res, StatusCode::BAD_REQUEST, "VALIDATION_FAILED").await),
+        ["username"]
+    );
 
     mesh.create_creator(&alice, "pricing").await;
     let res = mesh
-        .post("/api/v1/creators/pricing/products", Some(&alice), json!({"title": "Free?", "price": {"amount_minor": 0, "currency": "INR"}}))
+        .post(
+            "/api/v1/creators/pricing/products",
+            Some(&alice),
+            json!({"title": "Free?", "price": {"amount_minor": 0, "currency": "INR"}}),
+        )
         .await;
-    assert_eq!(fields(&problem(res, StatusCode::BAD_REQUEST, "VALIDATION_FAILED").await), ["price.amount_minor"]);
+    assert_eq!(
+        fields(&problem(res, StatusCode::BAD_REQUEST, "VALIDATION_FAILED").await),
+        ["price.amount_minor"]
+    );
 
-    let res = mesh.post("/api/v1/creators", Some(&alice), json!({"username": "abc", "display_name": "x", "role": "admin"})).await;
+    let res = mesh
+        .post(
+            "/api/v1/creators",
+            Some(&alice),
+            json!({"username": "abc", "display_name": "x", "role": "admin"}),
+        )
+        .await;
     problem(res, StatusCode::BAD_REQUEST, "INVALID_JSON").await;
-    let res = mesh.http.post(mesh.url("/api/v1/creators")).bearer_auth(&alice).body("{\"username\":").header("content-type", "application/json").send().await.unwrap();
+    let res = mesh
+        .http
+        .post(mesh.url("/api/v1/creators"))
+        .bearer_auth(&alice)
+        .body("{\"username\":")
+        .header("content-type", "application/json")
+        .send()
+        .await
+        .unwrap();
     problem(res, StatusCode::BAD_REQUEST, "INVALID_JSON").await;
-    let res = mesh.http.post(mesh.url("/api/v1/creators")).bearer_auth(&alice).body("username=abc").send().await.unwrap();
-    problem(res, StatusCode::UNSUPPORTED_MEDIA_TYPE, "UNSUPPORTED_MEDIA_TYPE").await;
+    let res = mesh
+        .http
+        .post(mesh.url("/api/v1/creators"))
+        .bearer_auth(&alice)
+        .body("username=abc")
+        .send()
+        .await
+        .unwrap();
+    problem(
+        res,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "UNSUPPORTED_MEDIA_TYPE",
+    )
+    .await;
     let huge = json!({"username": "abc", "display_name": "x", "bio": "x".repeat(200_000)});
-    problem(mesh.post("/api/v1/creators", Some(&alice), huge).await, StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE").await;
+    problem(
+        mesh.post("/api/v1/creators", Some(&alice), huge).await,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "PAYLOAD_TOO_LARGE",
+    )
+    .await;
 
-    let res = mesh.send(reqwest::Method::PATCH, "/api/v1/products/not-a-uuid", Some(&alice), json!({})).await;
-    assert_eq!(fields(&problem(res, StatusCode::BAD_REQUEST, "VALIDATION_FAILED").await), ["product_id"]);
-    let res = mesh.get("/api/v1/creators/pricing/products?page_size=abc").await;
+    let res = mesh
+        .send(
+            reqwest::Method::PATCH,
+            "/api/v1/products/not-a-uuid",
+            Some(&alice),
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        fields(&problem(res, StatusCode::BAD_REQUEST, "VALIDATION_FAILED").await),
+        ["product_id"]
+    );
+    let res = mesh
+        .get("/api/v1/creators/pricing/products?page_size=abc")
+        .await;
     problem(res, StatusCode::BAD_REQUEST, "INVALID_QUERY").await;
 }
 
@@ -222,10 +395,26 @@ async fn bad_input_gets_problem_json_with_field_errors() {
 async fn unknown_store_is_404_and_taken_username_is_409() {
     let mesh = Mesh::start().await;
     let alice = mesh.token("alice");
-    problem(mesh.get("/api/v1/store/nobody_here").await, StatusCode::NOT_FOUND, "CREATOR_NOT_FOUND").await;
-    problem(mesh.get("/api/v1/no/such/route").await, StatusCode::NOT_FOUND, "NOT_FOUND").await;
+    problem(
+        mesh.get("/api/v1/store/nobody_here").await,
+        StatusCode::NOT_FOUND,
+        "CREATOR_NOT_FOUND",
+    )
+    .await;
+    problem(
+        mesh.get("/api/v1/no/such/route").await,
+        StatusCode::NOT_FOUND,
+        "NOT_FOUND",
+    )
+    .await;
     mesh.create_creator(&alice, "popular").await;
-    let res = mesh.post("/api/v1/creators", Some(&mesh.token("bob")), json!({"username": "popular", "display_name": "Copy"})).await;
+    let res = mesh
+        .post(
+            "/api/v1/creators",
+            Some(&mesh.token("bob")),
+            json!({"username": "popular", "display_name": "Copy"}),
+        )
+        .await;
     problem(res, StatusCode::CONFLICT, "USERNAME_TAKEN").await;
 }
 
@@ -234,20 +423,35 @@ async fn idempotency_key_header_replays_or_conflicts() {
     let mesh = Mesh::start().await;
     let alice = mesh.token("alice");
     let send = |body: Value| {
-        mesh.http.post(mesh.url("/api/v1/creators")).bearer_auth(&alice).header("idempotency-key", "k-42").json(&body).send()
+        mesh.http
+            .post(mesh.url("/api/v1/creators"))
+            .bearer_auth(&alice)
+            .header("idempotency-key", "k-42")
+            .json(&body)
+            .send()
     };
-    let first: Value = send(json!({"username": "once_only", "display_name": "A"})).await.unwrap().json().await.unwrap();
-    let again = send(json!({"username": "once_only", "display_name": "A"})).await.unwrap();
+    let first: Value = send(json!({"username": "once_only", "display_name": "A"}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let again = send(json!({"username": "once_only", "display_name": "A"}))
+        .await
+        .unwrap();
     assert_eq!(again.status(), StatusCode::CREATED);
     assert_eq!(again.json::<Value>().await.unwrap()["id"], first["id"]);
-    let other = send(json!({"username": "twice", "display_name": "A"})).await.unwrap();
+    let other = send(json!({"username": "twice", "display_name": "A"}))
+        .await
+        .unwrap();
     problem(other, StatusCode::CONFLICT, "IDEMPOTENCY_KEY_REUSED").await;
 }
 
 #[tokio::test]
 async fn the_clients_trace_continues_into_the_storefront_service() {
     let mesh = Mesh::start().await;
-    mesh.create_creator(&mesh.token("alice"), "traced_shop").await;
+    mesh.create_creator(&mesh.token("alice"), "traced_shop")
+        .await;
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     let res = mesh
         .http
@@ -258,15 +462,21 @@ async fn the_clients_trace_continues_into_the_storefront_service() {
         .await
         .unwrap();
     assert_eq!(res.status(), StatusCode::OK);
-    assert_eq!(res.headers()["x-request-id"], "req-trace-1", "the request id is echoed");
+    assert_eq!(
+        res.headers()["x-request-id"],
+        "req-trace-1",
+        "the request id is echoed"
+    );
 
     let wanted = TraceId::from_hex(trace_id).unwrap();
     let mut found = None;
     for _ in 0..50 {
         let all = spans().get_finished_spans().unwrap();
-        found = all
-            .into_iter()
-            .find(|s| s.span_context.trace_id() == wanted && s.span_kind == SpanKind::Server && s.name.ends_with("StorefrontService/GetStorefront"));
+        found = all.into_iter().find(|s| {
+            s.span_context.trace_id() == wanted
+                && s.span_kind == SpanKind::Server
+                && s.name.ends_with("StorefrontService/GetStorefront")
+        });
         if found.is_some() {
             break;
         }
@@ -275,26 +485,38 @@ async fn the_clients_trace_continues_into_the_storefront_service() {
     let server_span = found.expect("the storefront's server span belongs to the client's trace");
     let mut facade_span = None;
     for _ in 0..50 {
-        facade_span = spans()
-            .get_finished_spans()
-            .unwrap()
-            .into_iter()
-            .find(|s| s.span_context.trace_id() == wanted && s.name == "GET /api/v1/store/{username}");
+        facade_span = spans().get_finished_spans().unwrap().into_iter().find(|s| {
+            s.span_context.trace_id() == wanted && s.name == "GET /api/v1/store/{username}"
+        });
         if facade_span.is_some() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let names: Vec<_> =
-        spans().get_finished_spans().unwrap().into_iter().filter(|s| s.span_context.trace_id() == wanted).map(|s| s.name).collect();
-    let facade_span = facade_span.unwrap_or_else(|| panic!("the facade's span belongs to the client's trace: {names:?}"));
+    let names: Vec<_> = spans()
+        .get_finished_spans()
+        .unwrap()
+        .into_iter()
+        .filter(|s| s.span_context.trace_id() == wanted)
+        .map(|s| s.name)
+        .collect();
+    let facade_span = facade_span
+        .unwrap_or_else(|| panic!("the facade's span belongs to the client's trace: {names:?}"));
     assert_eq!(facade_span.parent_span_id.to_string(), "00f067aa0ba902b7");
-    assert_ne!(server_span.parent_span_id, opentelemetry::trace::SpanId::INVALID);
+    assert_ne!(
+        server_span.parent_span_id,
+        opentelemetry::trace::SpanId::INVALID
+    );
 }
 
 fn metric_count(text: &str, route: &str, method: &str, status: &str) -> u64 {
-    let needle = format!("http_server_request_duration_seconds_count{{route=\"{route}\",method=\"{method}\",status=\"{status}\"}} ");
-    text.lines().find_map(|l| l.strip_prefix(&needle)).map(|n| n.trim().parse().unwrap()).unwrap_or(0)
+    let needle = format!(
+        "http_server_request_duration_seconds_count{{route=\"{route}\",method=\"{method}\",status=\"{status}\"}} "
+    );
+    text.lines()
+        .find_map(|l| l.strip_prefix(&needle))
+        .map(|n| n.trim().parse().unwrap())
+        .unwrap_or(0)
 }
 
 #[tokio::test]
@@ -303,12 +525,18 @@ async fn metrics_count_the_routes_called() {
     mesh.create_creator(&mesh.token("alice"), "metered").await;
     let before = mesh.get("/metrics").await.text().await.unwrap();
     for _ in 0..3 {
-        assert_eq!(mesh.get("/api/v1/store/metered").await.status(), StatusCode::OK);
+        assert_eq!(
+            mesh.get("/api/v1/store/metered").await.status(),
+            StatusCode::OK
+        );
     }
     mesh.get("/api/v1/store/absent_shop").await;
     let after = mesh.get("/metrics").await.text().await.unwrap();
     let route = "/api/v1/store/{username}";
-    assert!(metric_count(&after, route, "GET", "200") >= metric_count(&before, route, "GET", "200") + 3, "{after}");
+    assert!(
+        metric_count(&after, route, "GET", "200") >= metric_count(&before, route, "GET", "200") + 3,
+        "{after}"
+    );
     assert!(metric_count(&after, route, "GET", "404") > metric_count(&before, route, "GET", "404"));
     assert!(after.contains("rpc_server_call_duration_seconds_count{method=\"thali.storefront.v1.StorefrontService/GetStorefront\",code=\"Ok\"}"));
     assert!(after.contains("code=\"NotFound\""));
@@ -329,15 +557,34 @@ async fn health_openapi_and_docs_are_served_offline() {
     assert!(ready, "/readyz answers 200 once the storefront is SERVING");
     let spec: Value = mesh.get("/api/v1/openapi.json").await.json().await.unwrap();
     assert!(spec["openapi"].as_str().unwrap().starts_with("3.1"));
-    for path in ["/api/v1/creators", "/api/v1/creators/{username}", "/api/v1/store/{username}", "/api/v1/products/{id}/archive"] {
-        assert!(spec["paths"].get(path).is_some(), "{path} missing from the spec");
+    for path in [
+        "/api/v1/creators",
+        "/api/v1/creators/{username}",
+        "/api/v1/store/{username}",
+        "/api/v1/products/{id}/archive",
+    ] {
+        assert!(
+            spec["paths"].get(path).is_some(),
+            "{path} missing from the spec"
+        );
     }
-    assert!(spec["paths"]["/api/v1/creators"]["post"]["responses"].get("409").is_some());
+    assert!(
+        spec["paths"]["/api/v1/creators"]["post"]["responses"]
+            .get("409")
+            .is_some()
+    );
     let page = mesh.get("/docs/").await;
     assert_eq!(page.status(), StatusCode::OK);
     let html = page.text().await.unwrap();
-    assert!(!html.contains("https://"), "the docs page loads nothing from the internet");
-    for asset in ["/docs/swagger-ui-bundle.js", "/docs/swagger-ui.css", "/docs/swagger-initializer.js"] {
+    assert!(
+        !html.contains("https://"),
+        "the docs page loads nothing from the internet"
+    );
+    for asset in [
+        "/docs/swagger-ui-bundle.js",
+        "/docs/swagger-ui.css",
+        "/docs/swagger-initializer.js",
+    ] {
         assert_eq!(mesh.get(asset).await.status(), StatusCode::OK, "{asset}");
     }
 }

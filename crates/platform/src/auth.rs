@@ -66,7 +66,10 @@ pub enum AuthError {
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
     #[error("key file {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("key file {path} is not a valid Ed25519 key")]
     Invalid { path: PathBuf },
     #[error("no signing key in {0}")]
@@ -74,7 +77,10 @@ pub enum KeyError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> KeyError + '_ {
-    move |source| KeyError::Io { path: path.to_owned(), source }
+    move |source| KeyError::Io {
+        path: path.to_owned(),
+        source,
+    }
 }
 
 /// Creates an Ed25519 key pair in `dir` unless a signing key is already there. The private key
@@ -85,8 +91,12 @@ pub fn ensure_key_pair(dir: &Path) -> Result<String, KeyError> {
     }
     fs::create_dir_all(dir).map_err(io_err(dir))?;
     let rng = ring::rand::SystemRandom::new();
-    let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng).map_err(|_| KeyError::Invalid { path: dir.to_owned() })?;
-    let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).map_err(|_| KeyError::Invalid { path: dir.to_owned() })?;
+    let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng).map_err(|_| KeyError::Invalid {
+        path: dir.to_owned(),
+    })?;
+    let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).map_err(|_| KeyError::Invalid {
+        path: dir.to_owned(),
+    })?;
     let public = pair.public_key().as_ref();
     let kid = key_id(public);
     let key_path = dir.join(format!("{kid}.ed25519"));
@@ -105,7 +115,10 @@ pub fn ensure_key_pair(dir: &Path) -> Result<String, KeyError> {
 /// Key id: the first 16 hex digits of the SHA-256 of the public key.
 fn key_id(public: &[u8]) -> String {
     let digest = ring::digest::digest(&ring::digest::SHA256, public);
-    let hex: String = digest.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect();
+    let hex: String = digest.as_ref()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     format!("ed25519-{hex}")
 }
 
@@ -122,7 +135,9 @@ impl Signer {
         for entry in fs::read_dir(dir).map_err(io_err(dir))? {
             let path = entry.map_err(io_err(dir))?.path();
             if path.extension().is_some_and(|e| e == "ed25519") {
-                let modified = fs::metadata(&path).and_then(|m| m.modified()).map_err(io_err(&path))?;
+                let modified = fs::metadata(&path)
+                    .and_then(|m| m.modified())
+                    .map_err(io_err(&path))?;
                 if newest.as_ref().is_none_or(|(t, _)| modified > *t) {
                     newest = Some((modified, path));
                 }
@@ -130,8 +145,12 @@ impl Signer {
         }
         let (_, path) = newest.ok_or_else(|| KeyError::NoSigningKey(dir.to_owned()))?;
         let der = fs::read(&path).map_err(io_err(&path))?;
-        let pair = Ed25519KeyPair::from_pkcs8(&der).map_err(|_| KeyError::Invalid { path: path.clone() })?;
-        Ok(Self { kid: key_id(pair.public_key().as_ref()), key: EncodingKey::from_ed_der(&der) })
+        let pair = Ed25519KeyPair::from_pkcs8(&der)
+            .map_err(|_| KeyError::Invalid { path: path.clone() })?;
+        Ok(Self {
+            kid: key_id(pair.public_key().as_ref()),
+            key: EncodingKey::from_ed_der(&der),
+        })
     }
 
     /// Key id written into every token's header.
@@ -145,7 +164,13 @@ impl Signer {
     }
 
     /// A token for another audience (service tokens, and tests of audience checks).
-    pub fn mint_for(&self, subject: &str, roles: &[String], ttl: Duration, audience: &str) -> String {
+    pub fn mint_for(
+        &self,
+        subject: &str,
+        roles: &[String],
+        ttl: Duration,
+        audience: &str,
+    ) -> String {
         let now = chrono::Utc::now().timestamp();
         let claims = Claims {
             sub: subject.to_owned(),
@@ -157,7 +182,8 @@ impl Signer {
         };
         let mut header = Header::new(Algorithm::EdDSA);
         header.kid = Some(self.kid.clone());
-        jsonwebtoken::encode(&header, &claims, &self.key).expect("Ed25519 signing with a validated key cannot fail")
+        jsonwebtoken::encode(&header, &claims, &self.key)
+            .expect("Ed25519 signing with a validated key cannot fail")
     }
 }
 
@@ -170,7 +196,9 @@ pub struct Verifier {
 
 impl std::fmt::Debug for Verifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Verifier").field("kids", &self.keys.keys().collect::<Vec<_>>()).finish()
+        f.debug_struct("Verifier")
+            .field("kids", &self.keys.keys().collect::<Vec<_>>())
+            .finish()
     }
 }
 
@@ -198,7 +226,10 @@ impl Verifier {
         validation.set_audience(&[AUDIENCE]);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         validation.leeway = 30;
-        Ok(Self { keys: Arc::new(keys), validation: Arc::new(validation) })
+        Ok(Self {
+            keys: Arc::new(keys),
+            validation: Arc::new(validation),
+        })
     }
 
     /// Checks signature, key id, issuer, audience and expiry.
@@ -207,7 +238,11 @@ impl Verifier {
         if header.alg != Algorithm::EdDSA {
             return Err(AuthError::Malformed);
         }
-        let key = header.kid.as_deref().and_then(|kid| self.keys.get(kid)).ok_or(AuthError::UnknownKey)?;
+        let key = header
+            .kid
+            .as_deref()
+            .and_then(|kid| self.keys.get(kid))
+            .ok_or(AuthError::UnknownKey)?;
         let data = jsonwebtoken::decode::<Claims>(token, key, &self.validation).map_err(|e| {
             use jsonwebtoken::errors::ErrorKind;
             match e.kind() {
@@ -217,7 +252,10 @@ impl Verifier {
                 _ => AuthError::Malformed,
             }
         })?;
-        Ok(Principal { subject: data.claims.sub, roles: data.claims.roles })
+        Ok(Principal {
+            subject: data.claims.sub,
+            roles: data.claims.roles,
+        })
     }
 
     /// Takes the token out of an `Authorization: Bearer …` value and verifies it.
@@ -244,7 +282,11 @@ mod tests {
     fn minted_token_verifies_into_principal() {
         let dir = temp_dir("ok");
         ensure_key_pair(&dir).unwrap();
-        let token = Signer::load(&dir).unwrap().mint("user-1", &["creator".into()], Duration::from_secs(60));
+        let token = Signer::load(&dir).unwrap().mint(
+            "user-1",
+            &["creator".into()],
+            Duration::from_secs(60),
+        );
         let principal = Verifier::load(&dir).unwrap().verify(&token).unwrap();
         assert_eq!(principal.subject, "user-1");
         assert!(principal.has_role("creator"));
@@ -256,7 +298,10 @@ mod tests {
         let dir = temp_dir("once");
         let kid = ensure_key_pair(&dir).unwrap();
         assert_eq!(ensure_key_pair(&dir).unwrap(), kid);
-        let mode = fs::metadata(dir.join(format!("{kid}.ed25519"))).unwrap().permissions().mode();
+        let mode = fs::metadata(dir.join(format!("{kid}.ed25519")))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
     }
 
@@ -267,13 +312,17 @@ mod tests {
         ensure_key_pair(&dir).unwrap();
         ensure_key_pair(&other).unwrap();
         let verifier = Verifier::load(&dir).unwrap();
-        let foreign = Signer::load(&other).unwrap().mint("x", &[], Duration::from_secs(60));
+        let foreign = Signer::load(&other)
+            .unwrap()
+            .mint("x", &[], Duration::from_secs(60));
         assert_eq!(verifier.verify(&foreign), Err(AuthError::UnknownKey));
 
         let signer = Signer::load(&dir).unwrap();
         let expired = signer.mint("x", &[], Duration::ZERO);
         let mut claims: Claims = serde_json::from_slice(
-            &URL_SAFE_NO_PAD.decode(expired.split('.').nth(1).unwrap()).unwrap(),
+            &URL_SAFE_NO_PAD
+                .decode(expired.split('.').nth(1).unwrap())
+                .unwrap(),
         )
         .unwrap();
         claims.exp -= 3600;
@@ -285,19 +334,32 @@ mod tests {
         let other_aud = signer.mint_for("x", &[], Duration::from_secs(60), "thali-storefront");
         assert_eq!(verifier.verify(&other_aud), Err(AuthError::WrongAudience));
         assert_eq!(verifier.verify("not.a.token"), Err(AuthError::Malformed));
-        assert_eq!(verifier.verify_bearer("Basic abc"), Err(AuthError::Malformed));
+        assert_eq!(
+            verifier.verify_bearer("Basic abc"),
+            Err(AuthError::Malformed)
+        );
     }
 
     #[test]
     fn tampered_payload_fails_signature() {
         let dir = temp_dir("tamper");
         ensure_key_pair(&dir).unwrap();
-        let token = Signer::load(&dir).unwrap().mint("alice", &[], Duration::from_secs(60));
+        let token = Signer::load(&dir)
+            .unwrap()
+            .mint("alice", &[], Duration::from_secs(60));
         let parts: Vec<&str> = token.split('.').collect();
         let mut claims: serde_json::Value =
             serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap();
         claims["sub"] = "mallory".into();
-        let forged = format!("{}.{}.{}", parts[0], URL_SAFE_NO_PAD.encode(claims.to_string()), parts[2]);
-        assert_eq!(Verifier::load(&dir).unwrap().verify(&forged), Err(AuthError::BadSignature));
+        let forged = format!(
+            "{}.{}.{}",
+            parts[0],
+            URL_SAFE_NO_PAD.encode(claims.to_string()),
+            parts[2]
+        );
+        assert_eq!(
+            Verifier::load(&dir).unwrap().verify(&forged),
+            Err(AuthError::BadSignature)
+        );
     }
 }

@@ -18,7 +18,11 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Builds the client stack towards `url`. The channel connects on first use, so a target that
 /// is down at start does not stop the caller from starting.
-pub fn channel(url: &str, connect_timeout: Duration, deadline: Duration) -> Result<GrpcChannel, tonic::transport::Error> {
+pub fn channel(
+    url: &str,
+    connect_timeout: Duration,
+    deadline: Duration,
+) -> Result<GrpcChannel, tonic::transport::Error> {
     let endpoint = Endpoint::from_shared(url.to_owned())?
         .connect_timeout(connect_timeout)
         .tcp_nodelay(true)
@@ -48,7 +52,10 @@ impl DeadlineLayer {
 impl<S> Layer<S> for DeadlineLayer {
     type Service = Deadline<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        Deadline { inner, deadline: self.deadline }
+        Deadline {
+            inner,
+            deadline: self.deadline,
+        }
     }
 }
 
@@ -89,13 +96,19 @@ where
     }
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
-        let deadline = match req.headers().get("grpc-timeout").and_then(parse_grpc_timeout) {
+        let deadline = match req
+            .headers()
+            .get("grpc-timeout")
+            .and_then(parse_grpc_timeout)
+        {
             Some(own) => own.min(self.deadline),
             None => self.deadline,
         };
-        let millis = deadline.as_millis().max(1).min(99_999_999);
-        req.headers_mut()
-            .insert("grpc-timeout", http::HeaderValue::from_str(&format!("{millis}m")).expect("digits are a valid header"));
+        let millis = deadline.as_millis().clamp(1, 99_999_999);
+        req.headers_mut().insert(
+            "grpc-timeout",
+            http::HeaderValue::from_str(&format!("{millis}m")).expect("digits are a valid header"),
+        );
         let future = self.inner.call(req);
         Box::pin(async move {
             match tokio::time::timeout(deadline, future).await {
@@ -150,9 +163,18 @@ mod tests {
 
     #[test]
     fn grpc_timeout_header_is_parsed() {
-        assert_eq!(parse_grpc_timeout(&http::HeaderValue::from_static("250m")), Some(Duration::from_millis(250)));
-        assert_eq!(parse_grpc_timeout(&http::HeaderValue::from_static("3S")), Some(Duration::from_secs(3)));
-        assert_eq!(parse_grpc_timeout(&http::HeaderValue::from_static("x")), None);
+        assert_eq!(
+            parse_grpc_timeout(&http::HeaderValue::from_static("250m")),
+            Some(Duration::from_millis(250))
+        );
+        assert_eq!(
+            parse_grpc_timeout(&http::HeaderValue::from_static("3S")),
+            Some(Duration::from_secs(3))
+        );
+        assert_eq!(
+            parse_grpc_timeout(&http::HeaderValue::from_static("x")),
+            None
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -170,7 +192,9 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_deadline_travels_as_grpc_timeout() {
         let echo = tower::service_fn(|req: http::Request<()>| async move {
-            Ok::<_, BoxError>(http::Response::new(req.headers().get("grpc-timeout").cloned()))
+            Ok::<_, BoxError>(http::Response::new(
+                req.headers().get("grpc-timeout").cloned(),
+            ))
         });
         let mut svc = DeadlineLayer::new(Duration::from_millis(1500)).layer(echo);
         let res = svc.call(http::Request::new(())).await.unwrap();

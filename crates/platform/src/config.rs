@@ -120,28 +120,45 @@ impl Config {
     /// Checks what serde cannot: relations between values and URL shapes.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if let Some(url) = &self.database_url
-            && !(url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://"))
+            && !(url.starts_with("sqlite:")
+                || url.starts_with("postgres://")
+                || url.starts_with("postgresql://"))
         {
             return Err(ConfigError::Invalid {
                 key: "database_url",
                 reason: "must start with sqlite:, postgres:// or postgresql://".into(),
             });
         }
-        for (key, value) in [("otlp_endpoint", &self.otlp_endpoint), ("storefront_url", &self.storefront_url)] {
+        for (key, value) in [
+            ("otlp_endpoint", &self.otlp_endpoint),
+            ("storefront_url", &self.storefront_url),
+        ] {
             if let Some(url) = value
                 && !(url.starts_with("http://") || url.starts_with("https://"))
             {
-                return Err(ConfigError::Invalid { key, reason: format!("`{url}` is not an http(s) URL") });
+                return Err(ConfigError::Invalid {
+                    key,
+                    reason: format!("`{url}` is not an http(s) URL"),
+                });
             }
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log) {
-            return Err(ConfigError::Invalid { key: "log", reason: e.to_string() });
+            return Err(ConfigError::Invalid {
+                key: "log",
+                reason: e.to_string(),
+            });
         }
         if self.rpc_timeout_ms == 0 {
-            return Err(ConfigError::Invalid { key: "rpc_timeout_ms", reason: "must be above 0".into() });
+            return Err(ConfigError::Invalid {
+                key: "rpc_timeout_ms",
+                reason: "must be above 0".into(),
+            });
         }
         if self.max_body_bytes < 1024 {
-            return Err(ConfigError::Invalid { key: "max_body_bytes", reason: "must be at least 1024".into() });
+            return Err(ConfigError::Invalid {
+                key: "max_body_bytes",
+                reason: "must be at least 1024".into(),
+            });
         }
         Ok(())
     }
@@ -150,13 +167,18 @@ impl Config {
     pub fn database_url(&self) -> String {
         match &self.database_url {
             Some(url) => url.clone(),
-            None => format!("sqlite://{}?mode=rwc", self.data_dir.join("thali.db").display()),
+            None => format!(
+                "sqlite://{}?mode=rwc",
+                self.data_dir.join("thali.db").display()
+            ),
         }
     }
 
     /// Directory of the JWT keys.
     pub fn keys_dir(&self) -> PathBuf {
-        self.keys_dir.clone().unwrap_or_else(|| self.data_dir.join("keys"))
+        self.keys_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("keys"))
     }
 
     /// Deadline of one internal call.
@@ -175,7 +197,12 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Option<HashMap<String, String>> {
-        Some(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
+        Some(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
     }
 
     #[test]
@@ -189,10 +216,17 @@ mod tests {
 
     #[test]
     fn environment_then_flags_override_defaults() {
-        let overrides = Overrides { http_addr: Some("127.0.0.1:9000".into()), ..Default::default() };
+        let overrides = Overrides {
+            http_addr: Some("127.0.0.1:9000".into()),
+            ..Default::default()
+        };
         let cfg = Config::load_from(
             None,
-            env(&[("THALI_HTTP_ADDR", "127.0.0.1:7000"), ("THALI_GRPC_ADDR", "127.0.0.1:7001"), ("THALI_LOG_FORMAT", "pretty")]),
+            env(&[
+                ("THALI_HTTP_ADDR", "127.0.0.1:7000"),
+                ("THALI_GRPC_ADDR", "127.0.0.1:7001"),
+                ("THALI_LOG_FORMAT", "pretty"),
+            ]),
             &overrides,
         )
         .unwrap();
@@ -207,18 +241,38 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("thali.toml");
         std::fs::write(&file, "grpc_addr = \"127.0.0.1:6001\"\nlog = \"debug\"\n").unwrap();
-        let cfg = Config::load_from(Some(&file), env(&[("THALI_LOG", "warn")]), &Overrides::default()).unwrap();
+        let cfg = Config::load_from(
+            Some(&file),
+            env(&[("THALI_LOG", "warn")]),
+            &Overrides::default(),
+        )
+        .unwrap();
         assert_eq!(cfg.grpc_addr.to_string(), "127.0.0.1:6001");
         assert_eq!(cfg.log, "warn");
     }
 
     #[test]
     fn bad_values_name_their_key() {
-        let err = Config::load_from(None, env(&[("THALI_DATABASE_URL", "mysql://x")]), &Overrides::default()).unwrap_err();
+        let err = Config::load_from(
+            None,
+            env(&[("THALI_DATABASE_URL", "mysql://x")]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("database_url"), "{err}");
-        let err = Config::load_from(None, env(&[("THALI_HTTP_ADDR", "not-an-addr")]), &Overrides::default()).unwrap_err();
+        let err = Config::load_from(
+            None,
+            env(&[("THALI_HTTP_ADDR", "not-an-addr")]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("http_addr"), "{err}");
-        let err = Config::load_from(None, env(&[("THALI_LOG_FORMAT", "xml")]), &Overrides::default()).unwrap_err();
+        let err = Config::load_from(
+            None,
+            env(&[("THALI_LOG_FORMAT", "xml")]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("log_format"), "{err}");
     }
 }

@@ -8,7 +8,8 @@ use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbErr};
 pub async fn connect(url: &str) -> Result<DatabaseConnection, DbErr> {
     let is_sqlite = url.starts_with("sqlite:");
     if is_sqlite && let Some(dir) = sqlite_dir(url) {
-        std::fs::create_dir_all(dir).map_err(|e| DbErr::Custom(format!("creating {}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| DbErr::Custom(format!("creating {}: {e}", dir.display())))?;
     }
     let mut opts = ConnectOptions::new(url.to_owned());
     opts.sqlx_logging(false)
@@ -25,12 +26,16 @@ pub async fn connect(url: &str) -> Result<DatabaseConnection, DbErr> {
 }
 
 fn sqlite_dir(url: &str) -> Option<&Path> {
-    let path = url.trim_start_matches("sqlite://").trim_start_matches("sqlite:");
+    let path = url
+        .trim_start_matches("sqlite://")
+        .trim_start_matches("sqlite:");
     let path = path.split('?').next()?;
     if path.is_empty() || path == ":memory:" {
         return None;
     }
-    Path::new(path).parent().filter(|p| !p.as_os_str().is_empty())
+    Path::new(path)
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
 }
 
 /// Whether a database error means the database could not be reached (as opposed to a bad query).
@@ -44,7 +49,10 @@ mod tests {
 
     #[test]
     fn sqlite_directory_is_found_in_the_url() {
-        assert_eq!(sqlite_dir("sqlite://./data/thali.db?mode=rwc"), Some(Path::new("./data")));
+        assert_eq!(
+            sqlite_dir("sqlite://./data/thali.db?mode=rwc"),
+            Some(Path::new("./data"))
+        );
         assert_eq!(sqlite_dir("sqlite::memory:"), None);
         assert_eq!(sqlite_dir("sqlite://thali.db"), None);
     }

@@ -16,7 +16,10 @@ pub struct Violation {
 
 impl Violation {
     pub fn new(field: impl Into<String>, description: impl Into<String>) -> Self {
-        Self { field: field.into(), description: description.into() }
+        Self {
+            field: field.into(),
+            description: description.into(),
+        }
     }
 }
 
@@ -24,7 +27,10 @@ impl Violation {
 /// `VALIDATION_FAILED`.
 pub fn invalid_argument(violations: &[Violation]) -> Status {
     let mut details = ErrorDetails::with_bad_request(
-        violations.iter().map(|v| FieldViolation::new(&v.field, &v.description)).collect::<Vec<_>>(),
+        violations
+            .iter()
+            .map(|v| FieldViolation::new(&v.field, &v.description))
+            .collect::<Vec<_>>(),
     );
     details.set_error_info("VALIDATION_FAILED", ERROR_DOMAIN, HashMap::new());
     let message = violations
@@ -37,7 +43,11 @@ pub fn invalid_argument(violations: &[Violation]) -> Status {
 
 /// A status carrying an `ErrorInfo` with a stable machine-readable `reason`.
 pub fn with_reason(code: Code, reason: &str, message: impl Into<String>) -> Status {
-    Status::with_error_details(code, message, ErrorDetails::with_error_info(reason, ERROR_DOMAIN, HashMap::new()))
+    Status::with_error_details(
+        code,
+        message,
+        ErrorDetails::with_error_info(reason, ERROR_DOMAIN, HashMap::new()),
+    )
 }
 
 /// UNAVAILABLE with `RetryInfo` telling the caller when to try again.
@@ -60,12 +70,22 @@ mod tests {
 
     #[test]
     fn invalid_argument_carries_every_violation() {
-        let status = invalid_argument(&[Violation::new("username", "too short"), Violation::new("bio", "too long")]);
+        let status = invalid_argument(&[
+            Violation::new("username", "too short"),
+            Violation::new("bio", "too long"),
+        ]);
         assert_eq!(status.code(), Code::InvalidArgument);
         let bad = status.get_details_bad_request().expect("BadRequest detail");
-        let fields: Vec<_> = bad.field_violations.iter().map(|v| v.field.as_str()).collect();
+        let fields: Vec<_> = bad
+            .field_violations
+            .iter()
+            .map(|v| v.field.as_str())
+            .collect();
         assert_eq!(fields, ["username", "bio"]);
-        assert_eq!(status.get_details_error_info().unwrap().reason, "VALIDATION_FAILED");
+        assert_eq!(
+            status.get_details_error_info().unwrap().reason,
+            "VALIDATION_FAILED"
+        );
     }
 
     #[test]

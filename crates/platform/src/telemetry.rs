@@ -27,7 +27,8 @@ use crate::config::{Config, LogFormat};
 
 /// Histogram buckets (seconds) for request and call durations: 100 µs to 10 s.
 const DURATION_BUCKETS: &[f64] = &[
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
 ];
 
 /// Keeps the tracer provider alive; flushes pending spans when shut down.
@@ -46,8 +47,11 @@ impl Telemetry {
 
 /// Sets up logging, tracing and metrics for this process from the configuration.
 pub fn init(cfg: &Config, service_name: &str) -> anyhow::Result<Telemetry> {
-    let mut builder = SdkTracerProvider::builder()
-        .with_resource(opentelemetry_sdk::Resource::builder().with_service_name(service_name.to_owned()).build());
+    let mut builder = SdkTracerProvider::builder().with_resource(
+        opentelemetry_sdk::Resource::builder()
+            .with_service_name(service_name.to_owned())
+            .build(),
+    );
     if let Some(endpoint) = &cfg.otlp_endpoint {
         use opentelemetry_otlp::WithExportConfig;
         let exporter = opentelemetry_otlp::SpanExporter::builder()
@@ -61,16 +65,27 @@ pub fn init(cfg: &Config, service_name: &str) -> anyhow::Result<Telemetry> {
 }
 
 /// Like [`init`], but spans go to the given exporter as they end (tests read them back).
-pub fn init_with_exporter<E: SpanExporter + 'static>(exporter: E, filter: &str) -> anyhow::Result<Telemetry> {
-    let provider = SdkTracerProvider::builder().with_simple_exporter(exporter).build();
+pub fn init_with_exporter<E: SpanExporter + 'static>(
+    exporter: E,
+    filter: &str,
+) -> anyhow::Result<Telemetry> {
+    let provider = SdkTracerProvider::builder()
+        .with_simple_exporter(exporter)
+        .build();
     install(provider, filter, LogFormat::Pretty)
 }
 
-fn install(provider: SdkTracerProvider, filter: &str, format: LogFormat) -> anyhow::Result<Telemetry> {
+fn install(
+    provider: SdkTracerProvider,
+    filter: &str,
+    format: LogFormat,
+) -> anyhow::Result<Telemetry> {
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     opentelemetry::global::set_tracer_provider(provider.clone());
     let otel = tracing_opentelemetry::layer().with_tracer(provider.tracer("thali"));
-    let fmt = tracing_subscriber::fmt::layer().with_ansi(false).event_format(LogLine { format });
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_ansi(false)
+        .event_format(LogLine { format });
     tracing_subscriber::registry()
         .with(EnvFilter::try_new(filter)?)
         .with(otel)
@@ -111,7 +126,11 @@ pub fn current_trace_id() -> String {
     let cx = tracing::Span::current().context();
     let span = cx.span();
     let sc = span.span_context();
-    if sc.is_valid() { sc.trace_id().to_string() } else { String::new() }
+    if sc.is_valid() {
+        sc.trace_id().to_string()
+    } else {
+        String::new()
+    }
 }
 
 /// Reads the W3C trace context out of HTTP headers (facade and gRPC server side).
@@ -122,7 +141,9 @@ pub fn extract_context(headers: &http::HeaderMap) -> Context {
 /// Writes the current span's W3C trace context into HTTP headers (gRPC client side).
 pub fn inject_context(headers: &mut http::HeaderMap) {
     let cx = tracing::Span::current().context();
-    opentelemetry::global::get_text_map_propagator(|p| p.inject_context(&cx, &mut HeaderInjector(headers)));
+    opentelemetry::global::get_text_map_propagator(|p| {
+        p.inject_context(&cx, &mut HeaderInjector(headers))
+    });
 }
 
 struct HeaderExtractor<'a>(&'a http::HeaderMap);
@@ -140,7 +161,10 @@ struct HeaderInjector<'a>(&'a mut http::HeaderMap);
 
 impl Injector for HeaderInjector<'_> {
     fn set(&mut self, key: &str, value: String) {
-        if let (Ok(name), Ok(value)) = (http::HeaderName::try_from(key), http::HeaderValue::try_from(value)) {
+        if let (Ok(name), Ok(value)) = (
+            http::HeaderName::try_from(key),
+            http::HeaderValue::try_from(value),
+        ) {
             self.0.insert(name, value);
         }
     }
@@ -156,16 +180,25 @@ where
     S: Subscriber + for<'a> LookupSpan<'a>,
     N: for<'a> FormatFields<'a> + 'static,
 {
-    fn format_event(&self, ctx: &FmtContext<'_, S, N>, mut writer: Writer<'_>, event: &Event<'_>) -> fmt::Result {
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
         let mut fields = FieldMap::default();
         event.record(&mut fields);
         // Fields of the enclosing spans (route, rpc method, request id…) belong to the line too.
         if let Some(scope) = ctx.event_scope() {
             for span in scope.from_root() {
-                if let Some(stored) = span.extensions().get::<tracing_subscriber::fmt::FormattedFields<N>>()
+                if let Some(stored) = span
+                    .extensions()
+                    .get::<tracing_subscriber::fmt::FormattedFields<N>>()
                     && !stored.fields.is_empty()
                 {
-                    fields.spans.push(format!("{}{{{}}}", span.name(), stored.fields));
+                    fields
+                        .spans
+                        .push(format!("{}{{{}}}", span.name(), stored.fields));
                 }
             }
         }
@@ -197,7 +230,13 @@ where
                 writeln!(writer, "{}", serde_json::Value::Object(line))
             }
             LogFormat::Pretty => {
-                write!(writer, "{now} {:>5} {}: {}", meta.level(), meta.target(), fields.message)?;
+                write!(
+                    writer,
+                    "{now} {:>5} {}: {}",
+                    meta.level(),
+                    meta.target(),
+                    fields.message
+                )?;
                 for (k, v) in &fields.values {
                     write!(writer, " {k}={v}")?;
                 }
@@ -225,14 +264,16 @@ impl Visit for FieldMap {
         if field.name() == "message" {
             self.message = value.to_owned();
         } else {
-            self.values.push((field.name().to_owned(), value.to_owned()));
+            self.values
+                .push((field.name().to_owned(), value.to_owned()));
         }
     }
     fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn fmt::Debug) {
         if field.name() == "message" {
             self.message = format!("{value:?}");
         } else {
-            self.values.push((field.name().to_owned(), format!("{value:?}")));
+            self.values
+                .push((field.name().to_owned(), format!("{value:?}")));
         }
     }
 }
@@ -247,11 +288,16 @@ mod tests {
         let mut headers = http::HeaderMap::new();
         headers.insert(
             "traceparent",
-            http::HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+            http::HeaderValue::from_static(
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            ),
         );
         let cx = extract_context(&headers);
         let span = cx.span();
-        assert_eq!(span.span_context().trace_id().to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(
+            span.span_context().trace_id().to_string(),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
         assert!(span.span_context().is_remote());
     }
 }

@@ -20,9 +20,18 @@ pub fn is_ci() -> bool {
 pub async fn sqlite() -> TestDatabase {
     let dir = std::env::temp_dir().join("thali-tests");
     std::fs::create_dir_all(&dir).expect("creating the test directory");
-    let url = format!("sqlite://{}?mode=rwc", dir.join(format!("{}.db", uuid::Uuid::now_v7())).display());
-    let db = crate::db::connect(&url).await.expect("opening a SQLite test database");
-    TestDatabase { backend: "sqlite", url, db }
+    let url = format!(
+        "sqlite://{}?mode=rwc",
+        dir.join(format!("{}.db", uuid::Uuid::now_v7())).display()
+    );
+    let db = crate::db::connect(&url)
+        .await
+        .expect("opening a SQLite test database");
+    TestDatabase {
+        backend: "sqlite",
+        url,
+        db,
+    }
 }
 
 /// A new, empty PostgreSQL database (`thali_t_<uuid>`) on the server of
@@ -30,7 +39,9 @@ pub async fn sqlite() -> TestDatabase {
 pub async fn postgres() -> Option<TestDatabase> {
     let admin_url = match std::env::var("THALI_TEST_DATABASE_URL") {
         Ok(url) if !url.is_empty() => url,
-        _ if is_ci() => panic!("CI=true but THALI_TEST_DATABASE_URL is not set: PostgreSQL tests cannot be skipped"),
+        _ if is_ci() => panic!(
+            "CI=true but THALI_TEST_DATABASE_URL is not set: PostgreSQL tests cannot be skipped"
+        ),
         _ => {
             eprintln!("THALI_TEST_DATABASE_URL unset: PostgreSQL tests skipped (they run in CI)");
             return None;
@@ -46,8 +57,14 @@ pub async fn postgres() -> Option<TestDatabase> {
         .unwrap_or_else(|e| panic!("creating test database {name}: {e}"));
     let _ = admin.close().await;
     let url = replace_database(&admin_url, &name);
-    let db = crate::db::connect(&url).await.expect("opening the PostgreSQL test database");
-    Some(TestDatabase { backend: "postgres", url, db })
+    let db = crate::db::connect(&url)
+        .await
+        .expect("opening the PostgreSQL test database");
+    Some(TestDatabase {
+        backend: "postgres",
+        url,
+        db,
+    })
 }
 
 /// Every configured backend, each a fresh database.
@@ -63,7 +80,10 @@ fn replace_database(url: &str, name: &str) -> String {
         None => (url, None),
     };
     let scheme_end = base.find("://").map(|i| i + 3).unwrap_or(0);
-    let path_start = base[scheme_end..].find('/').map(|i| i + scheme_end).unwrap_or(base.len());
+    let path_start = base[scheme_end..]
+        .find('/')
+        .map(|i| i + scheme_end)
+        .unwrap_or(base.len());
     let mut out = format!("{}/{name}", &base[..path_start]);
     if let Some(q) = query {
         out.push('?');
@@ -76,8 +96,17 @@ fn replace_database(url: &str, name: &str) -> String {
 mod tests {
     #[test]
     fn database_name_is_replaced_in_the_url() {
-        assert_eq!(super::replace_database("postgres://postgres@127.0.0.1:5432/test", "x"), "postgres://postgres@127.0.0.1:5432/x");
-        assert_eq!(super::replace_database("postgres://u@h/test?sslmode=disable", "x"), "postgres://u@h/x?sslmode=disable");
-        assert_eq!(super::replace_database("postgres://u@h", "x"), "postgres://u@h/x");
+        assert_eq!(
+            super::replace_database("postgres://postgres@127.0.0.1:5432/test", "x"),
+            "postgres://postgres@127.0.0.1:5432/x"
+        );
+        assert_eq!(
+            super::replace_database("postgres://u@h/test?sslmode=disable", "x"),
+            "postgres://u@h/x?sslmode=disable"
+        );
+        assert_eq!(
+            super::replace_database("postgres://u@h", "x"),
+            "postgres://u@h/x"
+        );
     }
 }

@@ -5,10 +5,41 @@ use uuid::Uuid;
 
 /// Names a creator page cannot take: they collide with routes, roles or the brand.
 pub const RESERVED_USERNAMES: &[&str] = &[
-    "about", "account", "admin", "administrator", "api", "app", "assets", "auth", "billing", "blog", "cdn",
-    "checkout", "dashboard", "docs", "help", "login", "logout", "mail", "me", "metrics", "null", "orders",
-    "register", "root", "security", "settings", "signup", "static", "status", "store", "support", "system",
-    "thali", "undefined", "www",
+    "about",
+    "account",
+    "admin",
+    "administrator",
+    "api",
+    "app",
+    "assets",
+    "auth",
+    "billing",
+    "blog",
+    "cdn",
+    "checkout",
+    "dashboard",
+    "docs",
+    "help",
+    "login",
+    "logout",
+    "mail",
+    "me",
+    "metrics",
+    "null",
+    "orders",
+    "register",
+    "root",
+    "security",
+    "settings",
+    "signup",
+    "static",
+    "status",
+    "store",
+    "support",
+    "system",
+    "thali",
+    "undefined",
+    "www",
 ];
 
 /// ISO 4217 alphabetic codes of currencies in use.
@@ -148,9 +179,14 @@ impl ProductChanges {
 pub fn check_username(username: &str) -> Result<(), String> {
     let len = username.chars().count();
     if !(USERNAME_MIN..=USERNAME_MAX).contains(&len) {
-        return Err(format!("must be {USERNAME_MIN} to {USERNAME_MAX} characters long"));
+        return Err(format!(
+            "must be {USERNAME_MIN} to {USERNAME_MAX} characters long"
+        ));
     }
-    if !username.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-') {
+    if !username
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+    {
         return Err("may contain only lowercase letters a-z, digits 0-9, '_' and '-'".into());
     }
     if RESERVED_USERNAMES.contains(&username) {
@@ -162,12 +198,21 @@ pub fn check_username(username: &str) -> Result<(), String> {
 /// Checks a price: above zero, bounded, in a known ISO 4217 currency.
 pub fn check_price(field: &str, amount_minor: i64, currency: &str, out: &mut Vec<Violation>) {
     if amount_minor <= 0 {
-        out.push(Violation::new(format!("{field}.amount_minor"), "must be greater than 0"));
+        out.push(Violation::new(
+            format!("{field}.amount_minor"),
+            "must be greater than 0",
+        ));
     } else if amount_minor > PRICE_MAX_MINOR {
-        out.push(Violation::new(format!("{field}.amount_minor"), format!("must be at most {PRICE_MAX_MINOR}")));
+        out.push(Violation::new(
+            format!("{field}.amount_minor"),
+            format!("must be at most {PRICE_MAX_MINOR}"),
+        ));
     }
     if !is_currency(currency) {
-        out.push(Violation::new(format!("{field}.currency"), "must be an ISO 4217 code such as INR"));
+        out.push(Violation::new(
+            format!("{field}.currency"),
+            "must be an ISO 4217 code such as INR",
+        ));
     }
 }
 
@@ -179,22 +224,42 @@ pub fn is_currency(code: &str) -> bool {
 fn check_text(field: &str, value: &str, min: usize, max: usize, out: &mut Vec<Violation>) {
     let len = value.chars().count();
     if len < min {
-        out.push(Violation::new(field, if min == 1 { "must not be empty".to_owned() } else { format!("must be at least {min} characters") }));
+        out.push(Violation::new(
+            field,
+            if min == 1 {
+                "must not be empty".to_owned()
+            } else {
+                format!("must be at least {min} characters")
+            },
+        ));
     } else if len > max {
-        out.push(Violation::new(field, format!("must be at most {max} characters")));
-    } else if value.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
+        out.push(Violation::new(
+            field,
+            format!("must be at most {max} characters"),
+        ));
+    } else if value
+        .chars()
+        .any(|c| c.is_control() && c != '\n' && c != '\t')
+    {
         out.push(Violation::new(field, "must not contain control characters"));
     }
 }
 
 fn check_stock(field: &str, stock: i64, out: &mut Vec<Violation>) {
     if !(0..=STOCK_MAX).contains(&stock) {
-        out.push(Violation::new(field, format!("must be between 0 and {STOCK_MAX}")));
+        out.push(Violation::new(
+            field,
+            format!("must be between 0 and {STOCK_MAX}"),
+        ));
     }
 }
 
 fn done<T>(value: T, violations: Vec<Violation>) -> Result<T, StorefrontError> {
-    if violations.is_empty() { Ok(value) } else { Err(StorefrontError::Invalid(violations)) }
+    if violations.is_empty() {
+        Ok(value)
+    } else {
+        Err(StorefrontError::Invalid(violations))
+    }
 }
 
 impl NewCreator {
@@ -206,9 +271,22 @@ impl NewCreator {
         }
         let display_name = display_name.trim().to_owned();
         let bio = bio.trim().to_owned();
-        check_text("display_name", &display_name, 1, DISPLAY_NAME_MAX, &mut violations);
+        check_text(
+            "display_name",
+            &display_name,
+            1,
+            DISPLAY_NAME_MAX,
+            &mut violations,
+        );
         check_text("bio", &bio, 0, BIO_MAX, &mut violations);
-        done(Self { username: username.to_owned(), display_name, bio }, violations)
+        done(
+            Self {
+                username: username.to_owned(),
+                display_name,
+                bio,
+            },
+            violations,
+        )
     }
 }
 
@@ -239,21 +317,42 @@ impl NewProduct {
         let title = title.trim().to_owned();
         let description = description.trim().to_owned();
         check_text("title", &title, 1, TITLE_MAX, &mut violations);
-        check_text("description", &description, 0, DESCRIPTION_MAX, &mut violations);
+        check_text(
+            "description",
+            &description,
+            0,
+            DESCRIPTION_MAX,
+            &mut violations,
+        );
         let price = match price {
             Some((amount_minor, currency)) => {
                 check_price("price", amount_minor, currency, &mut violations);
-                Money { amount_minor, currency: currency.to_owned() }
+                Money {
+                    amount_minor,
+                    currency: currency.to_owned(),
+                }
             }
             None => {
                 violations.push(Violation::new("price", "is required"));
-                Money { amount_minor: 0, currency: String::new() }
+                Money {
+                    amount_minor: 0,
+                    currency: String::new(),
+                }
             }
         };
         if let Some(s) = stock {
             check_stock("stock", s, &mut violations);
         }
-        done(Self { title, description, price, stock, active: active.unwrap_or(true) }, violations)
+        done(
+            Self {
+                title,
+                description,
+                price,
+                stock,
+                active: active.unwrap_or(true),
+            },
+            violations,
+        )
     }
 }
 
@@ -276,12 +375,24 @@ impl ProductChanges {
         }
         let price = price.map(|(amount_minor, currency)| {
             check_price("price", amount_minor, currency, &mut violations);
-            Money { amount_minor, currency: currency.to_owned() }
+            Money {
+                amount_minor,
+                currency: currency.to_owned(),
+            }
         });
         if let Some(Some(s)) = stock {
             check_stock("stock", s, &mut violations);
         }
-        done(Self { title, description, price, active, stock }, violations)
+        done(
+            Self {
+                title,
+                description,
+                price,
+                active,
+                stock,
+            },
+            violations,
+        )
     }
 }
 
@@ -303,9 +414,10 @@ pub fn parse_idempotency_key(key: &str) -> Result<Option<String>, StorefrontErro
 pub fn page_size(requested: i32) -> Result<u64, StorefrontError> {
     match requested {
         0 => Ok(PAGE_SIZE_DEFAULT),
-        n if n < 0 || n as u64 > PAGE_SIZE_MAX => {
-            Err(StorefrontError::invalid("page_size", format!("must be between 0 and {PAGE_SIZE_MAX}")))
-        }
+        n if n < 0 || n as u64 > PAGE_SIZE_MAX => Err(StorefrontError::invalid(
+            "page_size",
+            format!("must be between 0 and {PAGE_SIZE_MAX}"),
+        )),
         n => Ok(n as u64),
     }
 }
@@ -326,7 +438,16 @@ mod tests {
         for ok in ["abc", "tea_stall-42", "a".repeat(30).as_str(), "0xd"] {
             assert_eq!(check_username(ok), Ok(()), "{ok}");
         }
-        for bad in ["ab", "", "Abc", "has space", "émile", "dot.name", "a".repeat(31).as_str(), "a/b"] {
+        for bad in [
+            "ab",
+            "",
+            "Abc",
+            "has space",
+            "émile",
+            "dot.name",
+            "a".repeat(31).as_str(),
+            "a/b",
+        ] {
             assert!(check_username(bad).is_err(), "{bad} should be refused");
         }
         for reserved in ["admin", "api", "www"] {
@@ -350,12 +471,19 @@ mod tests {
         assert_eq!(fields(err), ["price.amount_minor", "price.currency"]);
         let err = NewProduct::parse("Masala chai", "", Some((100, "XYZ")), None, None).unwrap_err();
         assert_eq!(fields(err), ["price.currency"]);
-        let err = NewProduct::parse("x", "", Some((PRICE_MAX_MINOR + 1, "INR")), None, None).unwrap_err();
+        let err =
+            NewProduct::parse("x", "", Some((PRICE_MAX_MINOR + 1, "INR")), None, None).unwrap_err();
         assert_eq!(fields(err), ["price.amount_minor"]);
         let err = NewProduct::parse("x", "", None, None, None).unwrap_err();
         assert_eq!(fields(err), ["price"]);
         let ok = NewProduct::parse("Masala chai", "", Some((4900, "INR")), Some(10), None).unwrap();
-        assert_eq!(ok.price, Money { amount_minor: 4900, currency: "INR".into() });
+        assert_eq!(
+            ok.price,
+            Money {
+                amount_minor: 4900,
+                currency: "INR".into()
+            }
+        );
         assert!(ok.active);
     }
 

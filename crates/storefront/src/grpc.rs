@@ -9,7 +9,10 @@ use tonic::{Code, Request, Response, Status};
 use uuid::Uuid;
 
 use crate::{
-    domain::{self, Creator, NewCreator, NewProduct, Product, ProductChanges, ProfileChanges, StorefrontError},
+    domain::{
+        self, Creator, NewCreator, NewProduct, Product, ProductChanges, ProfileChanges,
+        StorefrontError,
+    },
     store::{Idempotency, StorefrontStore},
 };
 
@@ -32,7 +35,9 @@ impl From<StorefrontError> for Status {
             StorefrontError::Unauthenticated => {
                 errors::with_reason(Code::Unauthenticated, "UNAUTHENTICATED", err.to_string())
             }
-            StorefrontError::NotOwner => errors::with_reason(Code::PermissionDenied, "NOT_OWNER", err.to_string()),
+            StorefrontError::NotOwner => {
+                errors::with_reason(Code::PermissionDenied, "NOT_OWNER", err.to_string())
+            }
             StorefrontError::UsernameTaken => {
                 errors::with_reason(Code::AlreadyExists, "USERNAME_TAKEN", err.to_string())
             }
@@ -42,26 +47,35 @@ impl From<StorefrontError> for Status {
             StorefrontError::ProductNotFound => {
                 errors::with_reason(Code::NotFound, "PRODUCT_NOT_FOUND", err.to_string())
             }
-            StorefrontError::ProductArchived => {
-                errors::with_reason(Code::FailedPrecondition, "PRODUCT_ARCHIVED", err.to_string())
-            }
+            StorefrontError::ProductArchived => errors::with_reason(
+                Code::FailedPrecondition,
+                "PRODUCT_ARCHIVED",
+                err.to_string(),
+            ),
             StorefrontError::IdempotencyKeyReused => {
                 errors::with_reason(Code::Aborted, "IDEMPOTENCY_KEY_REUSED", err.to_string())
             }
-            StorefrontError::Unavailable => {
-                errors::unavailable("DATABASE_UNAVAILABLE", err.to_string(), Duration::from_secs(2))
-            }
+            StorefrontError::Unavailable => errors::unavailable(
+                "DATABASE_UNAVAILABLE",
+                err.to_string(),
+                Duration::from_secs(2),
+            ),
             StorefrontError::Internal(cause) => errors::internal(&cause),
         }
     }
 }
 
 fn caller<T>(request: &Request<T>) -> Result<Principal, StorefrontError> {
-    principal(request).cloned().ok_or(StorefrontError::Unauthenticated)
+    principal(request)
+        .cloned()
+        .ok_or(StorefrontError::Unauthenticated)
 }
 
 fn timestamp(t: chrono::DateTime<chrono::Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp { seconds: t.timestamp(), nanos: t.timestamp_subsec_nanos() as i32 }
+    prost_types::Timestamp {
+        seconds: t.timestamp(),
+        nanos: t.timestamp_subsec_nanos() as i32,
+    }
 }
 
 fn creator_pb(c: Creator) -> pb::Creator {
@@ -82,7 +96,10 @@ fn product_pb(p: Product) -> pb::Product {
         creator_id: p.creator_id.to_string(),
         title: p.title,
         description: p.description,
-        price: Some(common::Money { amount_minor: p.price.amount_minor, currency: p.price.currency }),
+        price: Some(common::Money {
+            amount_minor: p.price.amount_minor,
+            currency: p.price.currency,
+        }),
         active: p.active,
         stock: p.stock,
         create_time: Some(timestamp(p.created_at)),
@@ -99,7 +116,9 @@ fn product_id(raw: &str) -> Result<Uuid, StorefrontError> {
 /// A username that breaks the rules cannot exist, so reads answer NOT_FOUND for it without a
 /// query; writes validate it fully.
 fn lookup_username(raw: &str) -> Result<&str, StorefrontError> {
-    domain::check_username(raw).map(|_| raw).map_err(|_| StorefrontError::CreatorNotFound)
+    domain::check_username(raw)
+        .map(|_| raw)
+        .map_err(|_| StorefrontError::CreatorNotFound)
 }
 
 fn page_token(raw: &str) -> Result<Option<Uuid>, StorefrontError> {
@@ -123,10 +142,16 @@ impl pb::storefront_service_server::StorefrontService for StorefrontGrpc {
         let owner = caller(&request)?;
         let req = request.into_inner();
         let new = NewCreator::parse(&req.username, &req.display_name, &req.bio)?;
-        let idem = domain::parse_idempotency_key(&req.idempotency_key)?.map(|k| Idempotency::new(k, &new));
-        let creator = self.store.create_creator(&owner.subject, &new, idem.as_ref()).await?;
+        let idem =
+            domain::parse_idempotency_key(&req.idempotency_key)?.map(|k| Idempotency::new(k, &new));
+        let creator = self
+            .store
+            .create_creator(&owner.subject, &new, idem.as_ref())
+            .await?;
         tracing::info!(creator_id = %creator.id, username = %creator.username, "creator created");
-        Ok(Response::new(pb::CreateCreatorResponse { creator: Some(creator_pb(creator)) }))
+        Ok(Response::new(pb::CreateCreatorResponse {
+            creator: Some(creator_pb(creator)),
+        }))
     }
 
     async fn get_creator(
@@ -135,7 +160,9 @@ impl pb::storefront_service_server::StorefrontService for StorefrontGrpc {
     ) -> Result<Response<pb::GetCreatorResponse>, Status> {
         let req = request.into_inner();
         let creator = self.store.creator(lookup_username(&req.username)?).await?;
-        Ok(Response::new(pb::GetCreatorResponse { creator: Some(creator_pb(creator)) }))
+        Ok(Response::new(pb::GetCreatorResponse {
+            creator: Some(creator_pb(creator)),
+        }))
     }
 
     async fn update_profile(
@@ -145,8 +172,13 @@ impl pb::storefront_service_server::StorefrontService for StorefrontGrpc {
         let who = caller(&request)?;
         let req = request.into_inner();
         let changes = ProfileChanges::parse(req.display_name.as_deref(), req.bio.as_deref())?;
-        let creator = self.store.update_profile(&who.subject, lookup_username(&req.username)?, &changes).await?;
-        Ok(Response::new(pb::UpdateProfileResponse { creator: Some(creator_pb(creator)) }))
+        let creator = self
+            .store
+            .update_profile(&who.subject, lookup_username(&req.username)?, &changes)
+            .await?;
+        Ok(Response::new(pb::UpdateProfileResponse {
+            creator: Some(creator_pb(creator)),
+        }))
     }
 
     async fn create_product(
@@ -158,14 +190,27 @@ impl pb::storefront_service_server::StorefrontService for StorefrontGrpc {
         let new = NewProduct::parse(
             &req.title,
             &req.description,
-            req.price.as_ref().map(|m| (m.amount_minor, m.currency.as_str())),
+            req.price
+                .as_ref()
+                .map(|m| (m.amount_minor, m.currency.as_str())),
             req.stock,
             req.active,
         )?;
-        let idem = domain::parse_idempotency_key(&req.idempotency_key)?.map(|k| Idempotency::new(k, &new));
-        let product = self.store.create_product(&who.subject, lookup_username(&req.username)?, &new, idem.as_ref()).await?;
+        let idem =
+            domain::parse_idempotency_key(&req.idempotency_key)?.map(|k| Idempotency::new(k, &new));
+        let product = self
+            .store
+            .create_product(
+                &who.subject,
+                lookup_username(&req.username)?,
+                &new,
+                idem.as_ref(),
+            )
+            .await?;
         tracing::info!(product_id = %product.id, "product created");
-        Ok(Response::new(pb::CreateProductResponse { product: Some(product_pb(product)) }))
+        Ok(Response::new(pb::CreateProductResponse {
+            product: Some(product_pb(product)),
+        }))
     }
 
     async fn update_product(
@@ -178,12 +223,19 @@ impl pb::storefront_service_server::StorefrontService for StorefrontGrpc {
         let changes = ProductChanges::parse(
             req.title.as_deref(),
             req.description.as_deref(),
-            req.price.as_ref().map(|m| (m.amount_minor, m.currency.as_str())),
+            req.price
+                .as_ref()
+                .map(|m| (m.amount_minor, m.currency.as_str())),
             req.active,
             req.stock.map(|s| s.quantity),
         )?;
-        let product = self.store.update_product(&who.subject, id, &changes).await?;
-        Ok(Response::new(pb::UpdateProductResponse { product: Some(product_pb(product)) }))
+        let product = self
+            .store
+            .update_product(&who.subject, id, &changes)
+            .await?;
+        Ok(Response::new(pb::UpdateProductResponse {
+            product: Some(product_pb(product)),
+        }))
     }
 
     async fn archive_product(
@@ -193,7 +245,9 @@ impl pb::storefront_service_server::StorefrontService for StorefrontGrpc {
         let who = caller(&request)?;
         let id = product_id(&request.get_ref().product_id)?;
         let product = self.store.archive_product(&who.subject, id).await?;
-        Ok(Response::new(pb::ArchiveProductResponse { product: Some(product_pb(product)) }))
+        Ok(Response::new(pb::ArchiveProductResponse {
+            product: Some(product_pb(product)),
+        }))
     }
 
     async fn list_products(
@@ -204,11 +258,15 @@ impl pb::storefront_service_server::StorefrontService for StorefrontGrpc {
         let req = request.into_inner();
         let size = domain::page_size(req.page_size)?;
         let after = page_token(&req.page_token)?;
-        let (products, next) =
-            self.store.list_products(who.as_deref(), lookup_username(&req.username)?, size, after).await?;
+        let (products, next) = self
+            .store
+            .list_products(who.as_deref(), lookup_username(&req.username)?, size, after)
+            .await?;
         Ok(Response::new(pb::ListProductsResponse {
             products: products.into_iter().map(product_pb).collect(),
-            next_page_token: next.map(|id| URL_SAFE_NO_PAD.encode(id.as_bytes())).unwrap_or_default(),
+            next_page_token: next
+                .map(|id| URL_SAFE_NO_PAD.encode(id.as_bytes()))
+                .unwrap_or_default(),
         }))
     }
 
@@ -217,7 +275,10 @@ impl pb::storefront_service_server::StorefrontService for StorefrontGrpc {
         request: Request<pb::GetStorefrontRequest>,
     ) -> Result<Response<pb::GetStorefrontResponse>, Status> {
         let req = request.into_inner();
-        let (creator, products) = self.store.storefront(lookup_username(&req.username)?).await?;
+        let (creator, products) = self
+            .store
+            .storefront(lookup_username(&req.username)?)
+            .await?;
         Ok(Response::new(pb::GetStorefrontResponse {
             creator: Some(creator_pb(creator)),
             products: products.into_iter().map(product_pb).collect(),

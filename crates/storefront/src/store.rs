@@ -3,14 +3,14 @@
 //! per idempotency key) are database constraints.
 use chrono::Utc;
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect, Set, SqlErr, TransactionTrait,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait,
+    QueryFilter, QueryOrder, QuerySelect, Set, SqlErr, TransactionTrait,
 };
 use uuid::Uuid;
 
 use crate::domain::{
-    Creator, Money, NewCreator, NewProduct, Product, ProductChanges, ProfileChanges, STOREFRONT_PRODUCTS_MAX,
-    StorefrontError,
+    Creator, Money, NewCreator, NewProduct, Product, ProductChanges, ProfileChanges,
+    STOREFRONT_PRODUCTS_MAX, StorefrontError,
 };
 
 pub mod creator {
@@ -119,7 +119,10 @@ impl From<product::Model> for Product {
             creator_id: m.creator_id,
             title: m.title,
             description: m.description,
-            price: Money { amount_minor: m.price_minor, currency: m.currency },
+            price: Money {
+                amount_minor: m.price_minor,
+                currency: m.currency,
+            },
             active: m.active,
             stock: m.stock,
             created_at: m.created_at,
@@ -174,9 +177,13 @@ impl StorefrontStore {
         subject: &str,
         idem: &Idempotency,
     ) -> Result<Option<Uuid>, StorefrontError> {
-        let found = idempotency::Entity::find_by_id((scope.to_owned(), subject.to_owned(), idem.key.clone()))
-            .one(&self.db)
-            .await?;
+        let found = idempotency::Entity::find_by_id((
+            scope.to_owned(),
+            subject.to_owned(),
+            idem.key.clone(),
+        ))
+        .one(&self.db)
+        .await?;
         match found {
             None => Ok(None),
             Some(row) if row.request_hash == idem.request_hash => Ok(Some(row.resource_id)),
@@ -202,7 +209,10 @@ impl StorefrontStore {
             resource_id: Set(resource_id),
             created_at: Set(Utc::now()),
         };
-        match idempotency::Entity::insert(row).exec_without_returning(txn).await {
+        match idempotency::Entity::insert(row)
+            .exec_without_returning(txn)
+            .await
+        {
             Ok(_) => Ok(true),
             Err(e) if is_unique_violation(&e) => Ok(false),
             Err(e) => Err(e.into()),
@@ -229,7 +239,10 @@ impl StorefrontStore {
             && !self.claim(&txn, SCOPE, owner, idem, id).await?
         {
             drop(txn);
-            let id = self.replay(SCOPE, owner, idem).await?.ok_or(StorefrontError::Unavailable)?;
+            let id = self
+                .replay(SCOPE, owner, idem)
+                .await?
+                .ok_or(StorefrontError::Unavailable)?;
             return self.creator_by_id(id).await;
         }
         let row = creator::ActiveModel {
@@ -332,7 +345,10 @@ impl StorefrontStore {
             && !self.claim(&txn, &scope, caller, idem, id).await?
         {
             drop(txn);
-            let id = self.replay(&scope, caller, idem).await?.ok_or(StorefrontError::Unavailable)?;
+            let id = self
+                .replay(&scope, caller, idem)
+                .await?
+                .ok_or(StorefrontError::Unavailable)?;
             return self.product(id).await;
         }
         let row = product::ActiveModel {
@@ -368,7 +384,10 @@ impl StorefrontStore {
         caller: &str,
         id: Uuid,
     ) -> Result<product::Model, StorefrontError> {
-        let found = product::Entity::find_by_id(id).one(txn).await?.ok_or(StorefrontError::ProductNotFound)?;
+        let found = product::Entity::find_by_id(id)
+            .one(txn)
+            .await?
+            .ok_or(StorefrontError::ProductNotFound)?;
         let owner = creator::Entity::find_by_id(found.creator_id)
             .one(txn)
             .await?
@@ -418,7 +437,11 @@ impl StorefrontStore {
     }
 
     /// Archives a product (kept for orders, never shown again). Archiving twice is a no-op.
-    pub async fn archive_product(&self, caller: &str, id: Uuid) -> Result<Product, StorefrontError> {
+    pub async fn archive_product(
+        &self,
+        caller: &str,
+        id: Uuid,
+    ) -> Result<Product, StorefrontError> {
         let txn = self.db.begin().await?;
         let found = self.owned_product(&txn, caller, id).await?;
         if found.archived_at.is_some() {
@@ -453,15 +476,26 @@ impl StorefrontStore {
         if let Some(after) = after {
             query = query.filter(product::Column::Id.lt(after));
         }
-        let mut rows = query.order_by_desc(product::Column::Id).limit(page_size + 1).all(&self.db).await?;
+        let mut rows = query
+            .order_by_desc(product::Column::Id)
+            .limit(page_size + 1)
+            .all(&self.db)
+            .await?;
         let more = rows.len() as u64 > page_size;
         rows.truncate(page_size as usize);
-        let next = if more { rows.last().map(|r| r.id) } else { None };
+        let next = if more {
+            rows.last().map(|r| r.id)
+        } else {
+            None
+        };
         Ok((rows.into_iter().map(Into::into).collect(), next))
     }
 
     /// The public storefront: the profile and its active products, newest first.
-    pub async fn storefront(&self, username: &str) -> Result<(Creator, Vec<Product>), StorefrontError> {
+    pub async fn storefront(
+        &self,
+        username: &str,
+    ) -> Result<(Creator, Vec<Product>), StorefrontError> {
         let owner = self.creator(username).await?;
         let rows = product::Entity::find()
             .filter(product::Column::CreatorId.eq(owner.id))

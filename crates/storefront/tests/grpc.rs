@@ -11,7 +11,10 @@ use thali_platform::{
 };
 use thali_proto::{
     common::v1::Money,
-    storefront::v1::{self as pb, storefront_service_client::StorefrontServiceClient, storefront_service_server::StorefrontServiceServer},
+    storefront::v1::{
+        self as pb, storefront_service_client::StorefrontServiceClient,
+        storefront_service_server::StorefrontServiceServer,
+    },
 };
 use thali_storefront::grpc::StorefrontGrpc;
 use tokio::sync::oneshot;
@@ -34,14 +37,22 @@ impl Harness {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let health = Health::new();
-        health.watch_database::<StorefrontServiceServer<StorefrontGrpc>>(t.db.clone(), Duration::from_millis(50));
+        health.watch_database::<StorefrontServiceServer<StorefrontGrpc>>(
+            t.db.clone(),
+            Duration::from_millis(50),
+        );
         let routes = Routes::new(thali_storefront::service(t.db.clone()));
         let (stop, stopped) = oneshot::channel::<()>();
         let verifier = Verifier::load(&keys).unwrap();
         tokio::spawn(serve(listener, routes, health, verifier, async {
             let _ = stopped.await;
         }));
-        Self { url, signer: Signer::load(&keys).unwrap(), db: t.db, _stop: stop }
+        Self {
+            url,
+            signer: Signer::load(&keys).unwrap(),
+            db: t.db,
+            _stop: stop,
+        }
     }
 
     fn channel(&self) -> GrpcChannel {
@@ -53,18 +64,23 @@ impl Harness {
     }
 
     fn token(&self, subject: &str) -> String {
-        self.signer.mint(subject, &["creator".into()], Duration::from_secs(600))
+        self.signer
+            .mint(subject, &["creator".into()], Duration::from_secs(600))
     }
 }
 
 fn as_user<T>(token: &str, message: T) -> Request<T> {
     let mut req = Request::new(message);
-    req.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+    req.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
     req
 }
 
 fn inr(amount_minor: i64) -> Option<Money> {
-    Some(Money { amount_minor, currency: "INR".into() })
+    Some(Money {
+        amount_minor,
+        currency: "INR".into(),
+    })
 }
 
 fn new_creator(username: &str) -> pb::CreateCreatorRequest {
@@ -77,11 +93,17 @@ fn new_creator(username: &str) -> pb::CreateCreatorRequest {
 }
 
 fn bad_fields(status: &tonic::Status) -> Vec<String> {
-    status.get_details_bad_request().map(|b| b.field_violations.into_iter().map(|v| v.field).collect()).unwrap_or_default()
+    status
+        .get_details_bad_request()
+        .map(|b| b.field_violations.into_iter().map(|v| v.field).collect())
+        .unwrap_or_default()
 }
 
 fn reason(status: &tonic::Status) -> String {
-    status.get_details_error_info().map(|i| i.reason).unwrap_or_default()
+    status
+        .get_details_error_info()
+        .map(|i| i.reason)
+        .unwrap_or_default()
 }
 
 #[tokio::test]
@@ -91,46 +113,115 @@ async fn creator_lifecycle_and_its_errors() {
     let alice = h.token("alice");
     let bob = h.token("bob");
 
-    let err = client.create_creator(new_creator("chai_point")).await.unwrap_err();
+    let err = client
+        .create_creator(new_creator("chai_point"))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
 
-    let err = client.create_creator(as_user("garbage", new_creator("chai_point"))).await.unwrap_err();
-    assert_eq!(err.code(), Code::Unauthenticated, "a bad token is refused by the server stack");
+    let err = client
+        .create_creator(as_user("garbage", new_creator("chai_point")))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        Code::Unauthenticated,
+        "a bad token is refused by the server stack"
+    );
 
     let err = client
-        .create_creator(as_user(&alice, pb::CreateCreatorRequest { display_name: String::new(), ..new_creator("No") }))
+        .create_creator(as_user(
+            &alice,
+            pb::CreateCreatorRequest {
+                display_name: String::new(),
+                ..new_creator("No")
+            },
+        ))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     assert_eq!(bad_fields(&err), ["username", "display_name"]);
     assert_eq!(reason(&err), "VALIDATION_FAILED");
 
-    let err = client.create_creator(as_user(&alice, new_creator("admin"))).await.unwrap_err();
+    let err = client
+        .create_creator(as_user(&alice, new_creator("admin")))
+        .await
+        .unwrap_err();
     assert_eq!(bad_fields(&err), ["username"]);
 
-    let made = client.create_creator(as_user(&alice, new_creator("chai_point"))).await.unwrap().into_inner();
+    let made = client
+        .create_creator(as_user(&alice, new_creator("chai_point")))
+        .await
+        .unwrap()
+        .into_inner();
     let creator = made.creator.unwrap();
     assert_eq!(creator.owner_subject, "alice");
-    assert_eq!(uuid::Uuid::parse_str(&creator.id).unwrap().get_version_num(), 7);
+    assert_eq!(
+        uuid::Uuid::parse_str(&creator.id)
+            .unwrap()
+            .get_version_num(),
+        7
+    );
 
-    let err = client.create_creator(as_user(&bob, new_creator("chai_point"))).await.unwrap_err();
+    let err = client
+        .create_creator(as_user(&bob, new_creator("chai_point")))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::AlreadyExists);
     assert_eq!(reason(&err), "USERNAME_TAKEN");
 
-    let got = client.get_creator(pb::GetCreatorRequest { username: "chai_point".into() }).await.unwrap().into_inner();
+    let got = client
+        .get_creator(pb::GetCreatorRequest {
+            username: "chai_point".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(got.creator.unwrap().id, creator.id);
-    let err = client.get_creator(pb::GetCreatorRequest { username: "nobody".into() }).await.unwrap_err();
-    assert_eq!((err.code(), reason(&err).as_str()), (Code::NotFound, "CREATOR_NOT_FOUND"));
-    let err = client.get_creator(pb::GetCreatorRequest { username: "Not Valid!".into() }).await.unwrap_err();
+    let err = client
+        .get_creator(pb::GetCreatorRequest {
+            username: "nobody".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.code(), reason(&err).as_str()),
+        (Code::NotFound, "CREATOR_NOT_FOUND")
+    );
+    let err = client
+        .get_creator(pb::GetCreatorRequest {
+            username: "Not Valid!".into(),
+        })
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
 
-    let update = pb::UpdateProfileRequest { username: "chai_point".into(), display_name: Some("Chai Point Co".into()), bio: None };
-    let err = client.update_profile(as_user(&bob, update.clone())).await.unwrap_err();
-    assert_eq!((err.code(), reason(&err).as_str()), (Code::PermissionDenied, "NOT_OWNER"));
+    let update = pb::UpdateProfileRequest {
+        username: "chai_point".into(),
+        display_name: Some("Chai Point Co".into()),
+        bio: None,
+    };
+    let err = client
+        .update_profile(as_user(&bob, update.clone()))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.code(), reason(&err).as_str()),
+        (Code::PermissionDenied, "NOT_OWNER")
+    );
     let err = client.update_profile(update.clone()).await.unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
-    let updated = client.update_profile(as_user(&alice, update)).await.unwrap().into_inner().creator.unwrap();
-    assert_eq!((updated.display_name.as_str(), updated.bio.as_str()), ("Chai Point Co", "Tea"));
+    let updated = client
+        .update_profile(as_user(&alice, update))
+        .await
+        .unwrap()
+        .into_inner()
+        .creator
+        .unwrap();
+    assert_eq!(
+        (updated.display_name.as_str(), updated.bio.as_str()),
+        ("Chai Point Co", "Tea")
+    );
 }
 
 #[tokio::test]
@@ -138,13 +229,33 @@ async fn idempotent_create_answers_the_same_creator() {
     let h = Harness::start().await;
     let mut client = h.client();
     let alice = h.token("alice");
-    let req = pb::CreateCreatorRequest { idempotency_key: "abc-1".into(), ..new_creator("idem_creator") };
-    let first = client.create_creator(as_user(&alice, req.clone())).await.unwrap().into_inner();
-    let second = client.create_creator(as_user(&alice, req)).await.unwrap().into_inner();
+    let req = pb::CreateCreatorRequest {
+        idempotency_key: "abc-1".into(),
+        ..new_creator("idem_creator")
+    };
+    let first = client
+        .create_creator(as_user(&alice, req.clone()))
+        .await
+        .unwrap()
+        .into_inner();
+    let second = client
+        .create_creator(as_user(&alice, req))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(first.creator.unwrap().id, second.creator.unwrap().id);
-    let other = pb::CreateCreatorRequest { idempotency_key: "abc-1".into(), ..new_creator("another_one") };
-    let err = client.create_creator(as_user(&alice, other)).await.unwrap_err();
-    assert_eq!((err.code(), reason(&err).as_str()), (Code::Aborted, "IDEMPOTENCY_KEY_REUSED"));
+    let other = pb::CreateCreatorRequest {
+        idempotency_key: "abc-1".into(),
+        ..new_creator("another_one")
+    };
+    let err = client
+        .create_creator(as_user(&alice, other))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.code(), reason(&err).as_str()),
+        (Code::Aborted, "IDEMPOTENCY_KEY_REUSED")
+    );
 }
 
 #[tokio::test]
@@ -153,7 +264,10 @@ async fn products_lifecycle_and_storefront() {
     let mut client = h.client();
     let alice = h.token("alice");
     let bob = h.token("bob");
-    client.create_creator(as_user(&alice, new_creator("snack_bar"))).await.unwrap();
+    client
+        .create_creator(as_user(&alice, new_creator("snack_bar")))
+        .await
+        .unwrap();
 
     let product = |title: &str, price: Option<Money>| pb::CreateProductRequest {
         username: "snack_bar".into(),
@@ -164,47 +278,106 @@ async fn products_lifecycle_and_storefront() {
         active: None,
         idempotency_key: String::new(),
     };
-    let err = client.create_product(as_user(&alice, product("Samosa", inr(0)))).await.unwrap_err();
+    let err = client
+        .create_product(as_user(&alice, product("Samosa", inr(0))))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     assert_eq!(bad_fields(&err), ["price.amount_minor"]);
-    let err = client.create_product(as_user(&alice, product("Samosa", None))).await.unwrap_err();
+    let err = client
+        .create_product(as_user(&alice, product("Samosa", None)))
+        .await
+        .unwrap_err();
     assert_eq!(bad_fields(&err), ["price"]);
-    let err = client.create_product(as_user(&bob, product("Samosa", inr(30)))).await.unwrap_err();
+    let err = client
+        .create_product(as_user(&bob, product("Samosa", inr(30))))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);
     let err = client
-        .create_product(as_user(&alice, pb::CreateProductRequest { username: "ghost_shop".into(), ..product("Samosa", inr(30)) }))
+        .create_product(as_user(
+            &alice,
+            pb::CreateProductRequest {
+                username: "ghost_shop".into(),
+                ..product("Samosa", inr(30))
+            },
+        ))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
 
-    let samosa = client.create_product(as_user(&alice, product("Samosa", inr(30)))).await.unwrap().into_inner().product.unwrap();
+    let samosa = client
+        .create_product(as_user(&alice, product("Samosa", inr(30))))
+        .await
+        .unwrap()
+        .into_inner()
+        .product
+        .unwrap();
     assert!(samosa.active);
     assert_eq!(samosa.stock, None);
-    let chai = client.create_product(as_user(&alice, product("Chai", inr(20)))).await.unwrap().into_inner().product.unwrap();
+    let chai = client
+        .create_product(as_user(&alice, product("Chai", inr(20))))
+        .await
+        .unwrap()
+        .into_inner()
+        .product
+        .unwrap();
 
     let err = client
-        .update_product(as_user(&alice, pb::UpdateProductRequest { product_id: "not-a-uuid".into(), ..Default::default() }))
+        .update_product(as_user(
+            &alice,
+            pb::UpdateProductRequest {
+                product_id: "not-a-uuid".into(),
+                ..Default::default()
+            },
+        ))
         .await
         .unwrap_err();
     assert_eq!(bad_fields(&err), ["product_id"]);
     let err = client
-        .update_product(as_user(&alice, pb::UpdateProductRequest { product_id: uuid::Uuid::now_v7().to_string(), ..Default::default() }))
+        .update_product(as_user(
+            &alice,
+            pb::UpdateProductRequest {
+                product_id: uuid::Uuid::now_v7().to_string(),
+                ..Default::default()
+            },
+        ))
         .await
         .unwrap_err();
-    assert_eq!((err.code(), reason(&err).as_str()), (Code::NotFound, "PRODUCT_NOT_FOUND"));
+    assert_eq!(
+        (err.code(), reason(&err).as_str()),
+        (Code::NotFound, "PRODUCT_NOT_FOUND")
+    );
     let change = pb::UpdateProductRequest {
         product_id: samosa.id.clone(),
         price: inr(35),
         stock: Some(pb::StockUpdate { quantity: Some(12) }),
         ..Default::default()
     };
-    let err = client.update_product(as_user(&bob, change.clone())).await.unwrap_err();
+    let err = client
+        .update_product(as_user(&bob, change.clone()))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);
-    let changed = client.update_product(as_user(&alice, change)).await.unwrap().into_inner().product.unwrap();
-    assert_eq!((changed.price.unwrap().amount_minor, changed.stock), (35, Some(12)));
+    let changed = client
+        .update_product(as_user(&alice, change))
+        .await
+        .unwrap()
+        .into_inner()
+        .product
+        .unwrap();
+    assert_eq!(
+        (changed.price.unwrap().amount_minor, changed.stock),
+        (35, Some(12))
+    );
 
     let archived = client
-        .archive_product(as_user(&alice, pb::ArchiveProductRequest { product_id: chai.id.clone() }))
+        .archive_product(as_user(
+            &alice,
+            pb::ArchiveProductRequest {
+                product_id: chai.id.clone(),
+            },
+        ))
         .await
         .unwrap()
         .into_inner()
@@ -212,31 +385,74 @@ async fn products_lifecycle_and_storefront() {
         .unwrap();
     assert!(archived.archive_time.is_some());
     let err = client
-        .update_product(as_user(&alice, pb::UpdateProductRequest { product_id: chai.id.clone(), active: Some(true), ..Default::default() }))
+        .update_product(as_user(
+            &alice,
+            pb::UpdateProductRequest {
+                product_id: chai.id.clone(),
+                active: Some(true),
+                ..Default::default()
+            },
+        ))
         .await
         .unwrap_err();
-    assert_eq!((err.code(), reason(&err).as_str()), (Code::FailedPrecondition, "PRODUCT_ARCHIVED"));
+    assert_eq!(
+        (err.code(), reason(&err).as_str()),
+        (Code::FailedPrecondition, "PRODUCT_ARCHIVED")
+    );
 
-    let store = client.get_storefront(pb::GetStorefrontRequest { username: "snack_bar".into() }).await.unwrap().into_inner();
+    let store = client
+        .get_storefront(pb::GetStorefrontRequest {
+            username: "snack_bar".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(store.creator.unwrap().username, "snack_bar");
-    assert_eq!(store.products.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(), [samosa.id.as_str()]);
-    let err = client.get_storefront(pb::GetStorefrontRequest { username: "ghost_shop".into() }).await.unwrap_err();
+    assert_eq!(
+        store
+            .products
+            .iter()
+            .map(|p| p.id.as_str())
+            .collect::<Vec<_>>(),
+        [samosa.id.as_str()]
+    );
+    let err = client
+        .get_storefront(pb::GetStorefrontRequest {
+            username: "ghost_shop".into(),
+        })
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
 
     let page = client
-        .list_products(pb::ListProductsRequest { username: "snack_bar".into(), page_size: 1, page_token: String::new() })
+        .list_products(pb::ListProductsRequest {
+            username: "snack_bar".into(),
+            page_size: 1,
+            page_token: String::new(),
+        })
         .await
         .unwrap()
         .into_inner();
     assert_eq!(page.products.len(), 1);
-    assert!(page.next_page_token.is_empty(), "one active product fits one page");
+    assert!(
+        page.next_page_token.is_empty(),
+        "one active product fits one page"
+    );
     let err = client
-        .list_products(pb::ListProductsRequest { username: "snack_bar".into(), page_size: 1, page_token: "%%%".into() })
+        .list_products(pb::ListProductsRequest {
+            username: "snack_bar".into(),
+            page_size: 1,
+            page_token: "%%%".into(),
+        })
         .await
         .unwrap_err();
     assert_eq!(bad_fields(&err), ["page_token"]);
     let err = client
-        .list_products(pb::ListProductsRequest { username: "snack_bar".into(), page_size: 1000, page_token: String::new() })
+        .list_products(pb::ListProductsRequest {
+            username: "snack_bar".into(),
+            page_size: 1000,
+            page_token: String::new(),
+        })
         .await
         .unwrap_err();
     assert_eq!(bad_fields(&err), ["page_size"]);
@@ -244,16 +460,27 @@ async fn products_lifecycle_and_storefront() {
 
 #[tokio::test]
 async fn health_follows_the_database() {
-    use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    };
     let h = Harness::start().await;
     let mut health = HealthClient::new(h.channel());
     let service = "thali.storefront.v1.StorefrontService";
-    let status = |r: Result<tonic::Response<tonic_health::pb::HealthCheckResponse>, tonic::Status>| {
-        r.map(|r| r.into_inner().status).unwrap_or(ServingStatus::Unknown as i32)
-    };
+    let status =
+        |r: Result<tonic::Response<tonic_health::pb::HealthCheckResponse>, tonic::Status>| {
+            r.map(|r| r.into_inner().status)
+                .unwrap_or(ServingStatus::Unknown as i32)
+        };
     let mut serving = false;
     for _ in 0..100 {
-        if status(health.check(HealthCheckRequest { service: service.into() }).await) == ServingStatus::Serving as i32 {
+        if status(
+            health
+                .check(HealthCheckRequest {
+                    service: service.into(),
+                })
+                .await,
+        ) == ServingStatus::Serving as i32
+        {
             serving = true;
             break;
         }
@@ -264,14 +491,27 @@ async fn health_follows_the_database() {
     h.db.close_by_ref().await.unwrap();
     let mut not_serving = false;
     for _ in 0..250 {
-        if status(health.check(HealthCheckRequest { service: service.into() }).await) == ServingStatus::NotServing as i32 {
+        if status(
+            health
+                .check(HealthCheckRequest {
+                    service: service.into(),
+                })
+                .await,
+        ) == ServingStatus::NotServing as i32
+        {
             not_serving = true;
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(not_serving, "NOT_SERVING once the database is gone");
-    let whole = status(health.check(HealthCheckRequest { service: String::new() }).await);
+    let whole = status(
+        health
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await,
+    );
     assert_eq!(whole, ServingStatus::NotServing as i32);
 }
 
@@ -284,21 +524,44 @@ async fn reflection_v1_and_v1alpha_list_the_service() {
             server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
         };
         let mut client = ServerReflectionClient::new(h.channel());
-        let req = ServerReflectionRequest { host: String::new(), message_request: Some(MessageRequest::ListServices(String::new())) };
-        let mut stream = client.server_reflection_info(tokio_stream::iter([req])).await.unwrap().into_inner();
-        let Some(MessageResponse::ListServicesResponse(list)) = stream.message().await.unwrap().unwrap().message_response else {
+        let req = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut stream = client
+            .server_reflection_info(tokio_stream::iter([req]))
+            .await
+            .unwrap()
+            .into_inner();
+        let Some(MessageResponse::ListServicesResponse(list)) =
+            stream.message().await.unwrap().unwrap().message_response
+        else {
             panic!("expected a list of services");
         };
         let names: Vec<_> = list.service.into_iter().map(|s| s.name).collect();
-        assert!(names.contains(&"thali.storefront.v1.StorefrontService".to_owned()), "{names:?}");
-        assert!(names.contains(&"grpc.health.v1.Health".to_owned()), "{names:?}");
+        assert!(
+            names.contains(&"thali.storefront.v1.StorefrontService".to_owned()),
+            "{names:?}"
+        );
+        assert!(
+            names.contains(&"grpc.health.v1.Health".to_owned()),
+            "{names:?}"
+        );
 
         let req = ServerReflectionRequest {
             host: String::new(),
-            message_request: Some(MessageRequest::FileContainingSymbol("thali.storefront.v1.StorefrontService".into())),
+            message_request: Some(MessageRequest::FileContainingSymbol(
+                "thali.storefront.v1.StorefrontService".into(),
+            )),
         };
-        let mut stream = client.server_reflection_info(tokio_stream::iter([req])).await.unwrap().into_inner();
-        let Some(MessageResponse::FileDescriptorResponse(files)) = stream.message().await.unwrap().unwrap().message_response else {
+        let mut stream = client
+            .server_reflection_info(tokio_stream::iter([req]))
+            .await
+            .unwrap()
+            .into_inner();
+        let Some(MessageResponse::FileDescriptorResponse(files)) =
+            stream.message().await.unwrap().unwrap().message_response
+        else {
             panic!("expected file descriptors");
         };
         assert!(!files.file_descriptor_proto.is_empty());
@@ -309,11 +572,24 @@ async fn reflection_v1_and_v1alpha_list_the_service() {
             server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
         };
         let mut client = ServerReflectionClient::new(h.channel());
-        let req = ServerReflectionRequest { host: String::new(), message_request: Some(MessageRequest::ListServices(String::new())) };
-        let mut stream = client.server_reflection_info(tokio_stream::iter([req])).await.unwrap().into_inner();
-        let Some(MessageResponse::ListServicesResponse(list)) = stream.message().await.unwrap().unwrap().message_response else {
+        let req = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut stream = client
+            .server_reflection_info(tokio_stream::iter([req]))
+            .await
+            .unwrap()
+            .into_inner();
+        let Some(MessageResponse::ListServicesResponse(list)) =
+            stream.message().await.unwrap().unwrap().message_response
+        else {
             panic!("expected a list of services");
         };
-        assert!(list.service.iter().any(|s| s.name == "thali.storefront.v1.StorefrontService"));
+        assert!(
+            list.service
+                .iter()
+                .any(|s| s.name == "thali.storefront.v1.StorefrontService")
+        );
     }
 }

@@ -11,7 +11,9 @@ use thali_storefront::{
 async fn backends() -> Vec<TestDatabase> {
     let dbs = testing::all().await;
     for t in &dbs {
-        Migrator::up(&t.db, None).await.unwrap_or_else(|e| panic!("migrating {}: {e}", t.backend));
+        Migrator::up(&t.db, None)
+            .await
+            .unwrap_or_else(|e| panic!("migrating {}: {e}", t.backend));
     }
     dbs
 }
@@ -21,16 +23,32 @@ fn creator(username: &str) -> NewCreator {
 }
 
 fn chai(price: i64) -> NewProduct {
-    NewProduct::parse("Masala chai", "Strong, sweet", Some((price, "INR")), Some(20), None).unwrap()
+    NewProduct::parse(
+        "Masala chai",
+        "Strong, sweet",
+        Some((price, "INR")),
+        Some(20),
+        None,
+    )
+    .unwrap()
 }
 
 #[tokio::test]
 async fn every_migration_runs_down_and_up_again() {
     for t in testing::all().await {
         Migrator::up(&t.db, None).await.unwrap();
-        Migrator::down(&t.db, None).await.unwrap_or_else(|e| panic!("{}: down: {e}", t.backend));
-        Migrator::up(&t.db, None).await.unwrap_or_else(|e| panic!("{}: up again: {e}", t.backend));
-        assert!(Migrator::get_pending_migrations(&t.db).await.unwrap().is_empty());
+        Migrator::down(&t.db, None)
+            .await
+            .unwrap_or_else(|e| panic!("{}: down: {e}", t.backend));
+        Migrator::up(&t.db, None)
+            .await
+            .unwrap_or_else(|e| panic!("{}: up again: {e}", t.backend));
+        assert!(
+            Migrator::get_pending_migrations(&t.db)
+                .await
+                .unwrap()
+                .is_empty()
+        );
     }
 }
 
@@ -38,11 +56,21 @@ async fn every_migration_runs_down_and_up_again() {
 async fn usernames_are_unique_whoever_asks() {
     for t in backends().await {
         let store = StorefrontStore::new(t.db.clone());
-        let made = store.create_creator("alice", &creator("chai_point"), None).await.unwrap();
+        let made = store
+            .create_creator("alice", &creator("chai_point"), None)
+            .await
+            .unwrap();
         assert_eq!(made.owner_subject, "alice");
         assert_eq!(store.creator("chai_point").await.unwrap(), made);
-        let err = store.create_creator("bob", &creator("chai_point"), None).await.unwrap_err();
-        assert!(matches!(err, StorefrontError::UsernameTaken), "{}: {err:?}", t.backend);
+        let err = store
+            .create_creator("bob", &creator("chai_point"), None)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, StorefrontError::UsernameTaken),
+            "{}: {err:?}",
+            t.backend
+        );
     }
 }
 
@@ -53,7 +81,11 @@ async fn concurrent_creates_of_one_username_leave_one_winner() {
         let tasks: Vec<_> = (0..8)
             .map(|i| {
                 let store = store.clone();
-                tokio::spawn(async move { store.create_creator(&format!("user-{i}"), &creator("race_me"), None).await })
+                tokio::spawn(async move {
+                    store
+                        .create_creator(&format!("user-{i}"), &creator("race_me"), None)
+                        .await
+                })
             })
             .collect();
         let mut won = 0;
@@ -74,24 +106,64 @@ async fn idempotency_key_replays_and_refuses_a_different_request() {
         let store = StorefrontStore::new(t.db.clone());
         let new = creator("idem_shop");
         let key = Idempotency::new("key-1".into(), &new);
-        let first = store.create_creator("alice", &new, Some(&key)).await.unwrap();
-        let again = store.create_creator("alice", &new, Some(&key)).await.unwrap();
+        let first = store
+            .create_creator("alice", &new, Some(&key))
+            .await
+            .unwrap();
+        let again = store
+            .create_creator("alice", &new, Some(&key))
+            .await
+            .unwrap();
         assert_eq!(first, again, "{}", t.backend);
 
         let other = creator("other_shop");
         let reused = Idempotency::new("key-1".into(), &other);
-        let err = store.create_creator("alice", &other, Some(&reused)).await.unwrap_err();
-        assert!(matches!(err, StorefrontError::IdempotencyKeyReused), "{}: {err:?}", t.backend);
+        let err = store
+            .create_creator("alice", &other, Some(&reused))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, StorefrontError::IdempotencyKeyReused),
+            "{}: {err:?}",
+            t.backend
+        );
 
         // Keys belong to the caller: bob's key-1 is his own.
-        let bobs = store.create_creator("bob", &other, Some(&reused)).await.unwrap();
+        let bobs = store
+            .create_creator("bob", &other, Some(&reused))
+            .await
+            .unwrap();
         assert_eq!(bobs.username, "other_shop");
 
-        let p1 = store.create_product("alice", "idem_shop", &chai(4900), Some(&Idempotency::new("p".into(), &chai(4900)))).await.unwrap();
-        let p2 = store.create_product("alice", "idem_shop", &chai(4900), Some(&Idempotency::new("p".into(), &chai(4900)))).await.unwrap();
+        let p1 = store
+            .create_product(
+                "alice",
+                "idem_shop",
+                &chai(4900),
+                Some(&Idempotency::new("p".into(), &chai(4900))),
+            )
+            .await
+            .unwrap();
+        let p2 = store
+            .create_product(
+                "alice",
+                "idem_shop",
+                &chai(4900),
+                Some(&Idempotency::new("p".into(), &chai(4900))),
+            )
+            .await
+            .unwrap();
         assert_eq!(p1.id, p2.id);
-        let (listed, _) = store.list_products(Some("alice"), "idem_shop", 50, None).await.unwrap();
-        assert_eq!(listed.len(), 1, "{}: a replay must not create a second product", t.backend);
+        let (listed, _) = store
+            .list_products(Some("alice"), "idem_shop", 50, None)
+            .await
+            .unwrap();
+        assert_eq!(
+            listed.len(),
+            1,
+            "{}: a replay must not create a second product",
+            t.backend
+        );
     }
 }
 
@@ -99,11 +171,20 @@ async fn idempotency_key_replays_and_refuses_a_different_request() {
 async fn a_failed_create_does_not_use_up_its_key() {
     for t in backends().await {
         let store = StorefrontStore::new(t.db.clone());
-        store.create_creator("alice", &creator("taken_name"), None).await.unwrap();
+        store
+            .create_creator("alice", &creator("taken_name"), None)
+            .await
+            .unwrap();
         let new = creator("taken_name");
         let key = Idempotency::new("k".into(), &new);
-        assert!(matches!(store.create_creator("bob", &new, Some(&key)).await, Err(StorefrontError::UsernameTaken)));
-        assert!(matches!(store.create_creator("bob", &new, Some(&key)).await, Err(StorefrontError::UsernameTaken)));
+        assert!(matches!(
+            store.create_creator("bob", &new, Some(&key)).await,
+            Err(StorefrontError::UsernameTaken)
+        ));
+        assert!(matches!(
+            store.create_creator("bob", &new, Some(&key)).await,
+            Err(StorefrontError::UsernameTaken)
+        ));
     }
 }
 
@@ -111,21 +192,48 @@ async fn a_failed_create_does_not_use_up_its_key() {
 async fn only_the_owner_changes_a_page_and_its_products() {
     for t in backends().await {
         let store = StorefrontStore::new(t.db.clone());
-        store.create_creator("alice", &creator("alice_snacks"), None).await.unwrap();
+        store
+            .create_creator("alice", &creator("alice_snacks"), None)
+            .await
+            .unwrap();
         let changes = ProfileChanges::parse(Some("Alice's Snacks"), None).unwrap();
-        assert!(matches!(store.update_profile("bob", "alice_snacks", &changes).await, Err(StorefrontError::NotOwner)));
-        let updated = store.update_profile("alice", "alice_snacks", &changes).await.unwrap();
+        assert!(matches!(
+            store.update_profile("bob", "alice_snacks", &changes).await,
+            Err(StorefrontError::NotOwner)
+        ));
+        let updated = store
+            .update_profile("alice", "alice_snacks", &changes)
+            .await
+            .unwrap();
         assert_eq!(updated.display_name, "Alice's Snacks");
         assert_eq!(updated.bio, "Tea and snacks");
 
-        assert!(matches!(store.create_product("bob", "alice_snacks", &chai(100), None).await, Err(StorefrontError::NotOwner)));
-        let product = store.create_product("alice", "alice_snacks", &chai(100), None).await.unwrap();
-        let price = ProductChanges::parse(None, None, Some((150, "INR")), None, Some(None)).unwrap();
-        assert!(matches!(store.update_product("bob", product.id, &price).await, Err(StorefrontError::NotOwner)));
-        let changed = store.update_product("alice", product.id, &price).await.unwrap();
+        assert!(matches!(
+            store
+                .create_product("bob", "alice_snacks", &chai(100), None)
+                .await,
+            Err(StorefrontError::NotOwner)
+        ));
+        let product = store
+            .create_product("alice", "alice_snacks", &chai(100), None)
+            .await
+            .unwrap();
+        let price =
+            ProductChanges::parse(None, None, Some((150, "INR")), None, Some(None)).unwrap();
+        assert!(matches!(
+            store.update_product("bob", product.id, &price).await,
+            Err(StorefrontError::NotOwner)
+        ));
+        let changed = store
+            .update_product("alice", product.id, &price)
+            .await
+            .unwrap();
         assert_eq!(changed.price.amount_minor, 150);
         assert_eq!(changed.stock, None, "stock cleared means unlimited");
-        assert!(matches!(store.archive_product("bob", product.id).await, Err(StorefrontError::NotOwner)));
+        assert!(matches!(
+            store.archive_product("bob", product.id).await,
+            Err(StorefrontError::NotOwner)
+        ));
         assert!(matches!(
             store.update_profile("alice", "nobody_here", &changes).await,
             Err(StorefrontError::CreatorNotFound)
@@ -137,15 +245,31 @@ async fn only_the_owner_changes_a_page_and_its_products() {
 async fn archived_products_leave_the_storefront_and_stay_archived() {
     for t in backends().await {
         let store = StorefrontStore::new(t.db.clone());
-        store.create_creator("alice", &creator("archive_me"), None).await.unwrap();
-        let keep = store.create_product("alice", "archive_me", &chai(100), None).await.unwrap();
-        let gone = store.create_product("alice", "archive_me", &chai(200), None).await.unwrap();
+        store
+            .create_creator("alice", &creator("archive_me"), None)
+            .await
+            .unwrap();
+        let keep = store
+            .create_product("alice", "archive_me", &chai(100), None)
+            .await
+            .unwrap();
+        let gone = store
+            .create_product("alice", "archive_me", &chai(200), None)
+            .await
+            .unwrap();
         let hidden = NewProduct::parse("Samosa", "", Some((30, "INR")), None, Some(false)).unwrap();
-        let hidden = store.create_product("alice", "archive_me", &hidden, None).await.unwrap();
+        let hidden = store
+            .create_product("alice", "archive_me", &hidden, None)
+            .await
+            .unwrap();
 
         let archived = store.archive_product("alice", gone.id).await.unwrap();
         assert!(archived.archived_at.is_some() && !archived.active);
-        assert_eq!(store.archive_product("alice", gone.id).await.unwrap(), archived, "archiving twice is a no-op");
+        assert_eq!(
+            store.archive_product("alice", gone.id).await.unwrap(),
+            archived,
+            "archiving twice is a no-op"
+        );
         let reactivate = ProductChanges::parse(None, None, None, Some(true), None).unwrap();
         assert!(matches!(
             store.update_product("alice", gone.id, &reactivate).await,
@@ -153,11 +277,28 @@ async fn archived_products_leave_the_storefront_and_stay_archived() {
         ));
 
         let (_, shown) = store.storefront("archive_me").await.unwrap();
-        assert_eq!(shown.iter().map(|p| p.id).collect::<Vec<_>>(), [keep.id], "{}", t.backend);
-        let (owner_view, _) = store.list_products(Some("alice"), "archive_me", 50, None).await.unwrap();
-        assert_eq!(owner_view.iter().map(|p| p.id).collect::<Vec<_>>(), [hidden.id, keep.id]);
-        let (public_view, _) = store.list_products(None, "archive_me", 50, None).await.unwrap();
-        assert_eq!(public_view.iter().map(|p| p.id).collect::<Vec<_>>(), [keep.id]);
+        assert_eq!(
+            shown.iter().map(|p| p.id).collect::<Vec<_>>(),
+            [keep.id],
+            "{}",
+            t.backend
+        );
+        let (owner_view, _) = store
+            .list_products(Some("alice"), "archive_me", 50, None)
+            .await
+            .unwrap();
+        assert_eq!(
+            owner_view.iter().map(|p| p.id).collect::<Vec<_>>(),
+            [hidden.id, keep.id]
+        );
+        let (public_view, _) = store
+            .list_products(None, "archive_me", 50, None)
+            .await
+            .unwrap();
+        assert_eq!(
+            public_view.iter().map(|p| p.id).collect::<Vec<_>>(),
+            [keep.id]
+        );
     }
 }
 
@@ -165,16 +306,28 @@ async fn archived_products_leave_the_storefront_and_stay_archived() {
 async fn products_page_newest_first_without_gaps_or_repeats() {
     for t in backends().await {
         let store = StorefrontStore::new(t.db.clone());
-        store.create_creator("alice", &creator("many_items"), None).await.unwrap();
+        store
+            .create_creator("alice", &creator("many_items"), None)
+            .await
+            .unwrap();
         let mut made = Vec::new();
         for i in 0..7 {
-            made.push(store.create_product("alice", "many_items", &chai(100 + i), None).await.unwrap().id);
+            made.push(
+                store
+                    .create_product("alice", "many_items", &chai(100 + i), None)
+                    .await
+                    .unwrap()
+                    .id,
+            );
         }
         made.reverse();
         let mut seen = Vec::new();
         let mut after = None;
         loop {
-            let (page, next) = store.list_products(None, "many_items", 3, after).await.unwrap();
+            let (page, next) = store
+                .list_products(None, "many_items", 3, after)
+                .await
+                .unwrap();
             assert!(page.len() <= 3);
             seen.extend(page.iter().map(|p| p.id));
             match next {
@@ -191,7 +344,10 @@ async fn products_page_newest_first_without_gaps_or_repeats() {
 async fn the_database_refuses_rows_that_break_the_rules() {
     for t in backends().await {
         let store = StorefrontStore::new(t.db.clone());
-        let owner = store.create_creator("alice", &creator("db_rules"), None).await.unwrap();
+        let owner = store
+            .create_creator("alice", &creator("db_rules"), None)
+            .await
+            .unwrap();
         let base = |price: i64, currency: &str, stock: Option<i64>| {
             let now = chrono::Utc::now();
             product::ActiveModel {
@@ -209,17 +365,45 @@ async fn the_database_refuses_rows_that_break_the_rules() {
             }
         };
         let db: &DatabaseConnection = &t.db;
-        assert!(base(0, "INR", None).insert(db).await.is_err(), "{}: zero price accepted", t.backend);
-        assert!(base(-1, "INR", None).insert(db).await.is_err(), "{}: negative price accepted", t.backend);
-        assert!(base(1, "inr", None).insert(db).await.is_err(), "{}: lower-case currency accepted", t.backend);
-        assert!(base(1, "INR", Some(-1)).insert(db).await.is_err(), "{}: negative stock accepted", t.backend);
+        assert!(
+            base(0, "INR", None).insert(db).await.is_err(),
+            "{}: zero price accepted",
+            t.backend
+        );
+        assert!(
+            base(-1, "INR", None).insert(db).await.is_err(),
+            "{}: negative price accepted",
+            t.backend
+        );
+        assert!(
+            base(1, "inr", None).insert(db).await.is_err(),
+            "{}: lower-case currency accepted",
+            t.backend
+        );
+        assert!(
+            base(1, "INR", Some(-1)).insert(db).await.is_err(),
+            "{}: negative stock accepted",
+            t.backend
+        );
         let mut orphan = base(1, "INR", None);
         orphan.creator_id = Set(uuid::Uuid::now_v7());
-        assert!(orphan.insert(db).await.is_err(), "{}: product without creator accepted", t.backend);
+        assert!(
+            orphan.insert(db).await.is_err(),
+            "{}: product without creator accepted",
+            t.backend
+        );
         let mut archived_active = base(1, "INR", None);
         archived_active.archived_at = Set(Some(chrono::Utc::now()));
-        assert!(archived_active.insert(db).await.is_err(), "{}: archived yet active accepted", t.backend);
-        assert!(base(1, "INR", None).insert(db).await.is_ok(), "{}: a valid row must pass", t.backend);
+        assert!(
+            archived_active.insert(db).await.is_err(),
+            "{}: archived yet active accepted",
+            t.backend
+        );
+        assert!(
+            base(1, "INR", None).insert(db).await.is_ok(),
+            "{}: a valid row must pass",
+            t.backend
+        );
 
         use thali_storefront::store::creator;
         let now = chrono::Utc::now();
@@ -232,6 +416,10 @@ async fn the_database_refuses_rows_that_break_the_rules() {
             created_at: Set(now),
             updated_at: Set(now),
         };
-        assert!(bad_name.insert(db).await.is_err(), "{}: invalid username accepted", t.backend);
+        assert!(
+            bad_name.insert(db).await.is_err(),
+            "{}: invalid username accepted",
+            t.backend
+        );
     }
 }

@@ -62,20 +62,22 @@ impl Platform {
     }
 }
 
-fn stopped(mut rx: watch::Receiver<bool>) -> impl Future<Output = ()> {
-    async move {
-        let _ = rx.wait_for(|s| *s).await;
-    }
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
 }
 
 /// Connects to the database and applies pending migrations, printing each one.
 pub async fn migrate(cfg: &Config) -> anyhow::Result<DatabaseConnection> {
-    let db = thali_platform::db::connect(&cfg.database_url()).await.context("connecting to the database")?;
+    let db = thali_platform::db::connect(&cfg.database_url())
+        .await
+        .context("connecting to the database")?;
     let pending = Migrator::get_pending_migrations(&db).await?;
     let total = pending.len();
     for (i, migration) in pending.iter().enumerate() {
         eprintln!("migrate [{}/{total}] {} …", i + 1, migration.name());
-        Migrator::up(&db, Some(1)).await.with_context(|| format!("applying {}", migration.name()))?;
+        Migrator::up(&db, Some(1))
+            .await
+            .with_context(|| format!("applying {}", migration.name()))?;
     }
     if total > 0 {
         eprintln!("migrate: {total} migration(s) applied");
@@ -100,20 +102,33 @@ pub async fn start(cfg: &Config, part: Part) -> anyhow::Result<Platform> {
         let db = if part == Part::All {
             migrate(cfg).await?
         } else {
-            let db = thali_platform::db::connect(&cfg.database_url()).await.context("connecting to the database")?;
+            let db = thali_platform::db::connect(&cfg.database_url())
+                .await
+                .context("connecting to the database")?;
             let pending = Migrator::get_pending_migrations(&db).await?;
-            anyhow::ensure!(pending.is_empty(), "{} migration(s) pending: run `thali migrate` first", pending.len());
+            anyhow::ensure!(
+                pending.is_empty(),
+                "{} migration(s) pending: run `thali migrate` first",
+                pending.len()
+            );
             db
         };
-        let listener = TcpListener::bind(cfg.grpc_addr).await.with_context(|| format!("binding {}", cfg.grpc_addr))?;
+        let listener = TcpListener::bind(cfg.grpc_addr)
+            .await
+            .with_context(|| format!("binding {}", cfg.grpc_addr))?;
         grpc_addr = Some(listener.local_addr()?);
         let health = Health::new();
-        health.watch_database::<StorefrontServiceServer<StorefrontGrpc>>(db.clone(), Duration::from_secs(2));
+        health.watch_database::<StorefrontServiceServer<StorefrontGrpc>>(
+            db.clone(),
+            Duration::from_secs(2),
+        );
         let routes = tonic::service::Routes::new(thali_storefront::service(db));
         let verifier = verifier.clone();
         let shutdown = stopped(stop_rx.clone());
         tasks.spawn(async move {
-            thali_platform::server::serve(listener, routes, health, verifier, shutdown).await.context("gRPC server")
+            thali_platform::server::serve(listener, routes, health, verifier, shutdown)
+                .await
+                .context("gRPC server")
         });
     }
 
@@ -125,26 +140,40 @@ pub async fn start(cfg: &Config, part: Part) -> anyhow::Result<Platform> {
                 (None, Some(addr)) => format!("http://{addr}"),
                 (None, None) => format!("http://{}", cfg.grpc_addr),
             };
-            let channel = thali_platform::client::channel(&target, cfg.connect_timeout(), cfg.rpc_timeout())
-                .with_context(|| format!("storefront_url `{target}`"))?;
+            let channel =
+                thali_platform::client::channel(&target, cfg.connect_timeout(), cfg.rpc_timeout())
+                    .with_context(|| format!("storefront_url `{target}`"))?;
             let state = thali_facade::FacadeState::new(channel, verifier, metrics);
             thali_facade::router(state, cfg.max_body_bytes)
         }
         Part::Storefront => ops_router(metrics),
     };
-    let listener = TcpListener::bind(cfg.http_addr).await.with_context(|| format!("binding {}", cfg.http_addr))?;
+    let listener = TcpListener::bind(cfg.http_addr)
+        .await
+        .with_context(|| format!("binding {}", cfg.http_addr))?;
     http_addr = http_addr.or(Some(listener.local_addr()?));
     let shutdown = stopped(stop_rx);
     tasks.spawn(async move {
-        axum::serve(listener, router).with_graceful_shutdown(shutdown).await.context("HTTP server")
+        axum::serve(listener, router)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .context("HTTP server")
     });
 
-    Ok(Platform { http_addr, grpc_addr, stop, tasks })
+    Ok(Platform {
+        http_addr,
+        grpc_addr,
+        stop,
+        tasks,
+    })
 }
 
 /// `/metrics` and `/healthz` for a process that serves no REST API.
 fn ops_router(metrics: metrics_exporter_prometheus::PrometheusHandle) -> Router {
     Router::new()
-        .route("/healthz", get(|| async { axum::Json(serde_json::json!({ "status": "ok" })) }))
+        .route(
+            "/healthz",
+            get(|| async { axum::Json(serde_json::json!({ "status": "ok" })) }),
+        )
         .route("/metrics", get(move || async move { metrics.render() }))
 }

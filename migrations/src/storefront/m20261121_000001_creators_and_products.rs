@@ -152,8 +152,14 @@ impl MigrationTrait for Migration {
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager.drop_table(Table::drop().table(StorefrontIdempotency::Table).to_owned()).await?;
-        manager.drop_table(Table::drop().table(Products::Table).to_owned()).await?;
-        manager.drop_table(Table::drop().table(Creators::Table).to_owned()).await
+        manager
+            .drop_table(Table::drop().table(StorefrontIdempotency::Table).to_owned())
+            .await?;
+        manager
+            .drop_table(Table::drop().table(Products::Table).to_owned())
+            .await?;
+        manager
+            .drop_table(Table::drop().table(Creators::Table).to_owned())
+            .await
     }
 }

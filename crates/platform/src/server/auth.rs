@@ -26,7 +26,10 @@ impl AuthLayer {
 impl<S> Layer<S> for AuthLayer {
     type Service = Auth<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        Auth { inner, verifier: self.verifier.clone() }
+        Auth {
+            inner,
+            verifier: self.verifier.clone(),
+        }
     }
 }
 

@@ -31,12 +31,18 @@ pub struct Health {
 impl Health {
     /// A health service where nothing is SERVING until a watcher says so.
     pub fn new() -> Self {
-        Self { reporter: HealthReporter::new() }
+        Self {
+            reporter: HealthReporter::new(),
+        }
     }
 
     /// Pings `db` every `interval` and answers SERVING for `S` (and for the whole server, "")
     /// only while it answers. Runs until the process ends.
-    pub fn watch_database<S: NamedService>(&self, db: DatabaseConnection, interval: Duration) -> tokio::task::JoinHandle<()> {
+    pub fn watch_database<S: NamedService>(
+        &self,
+        db: DatabaseConnection,
+        interval: Duration,
+    ) -> tokio::task::JoinHandle<()> {
         let reporter = self.reporter.clone();
         tokio::spawn(async move {
             let mut last: Option<bool> = None;
@@ -45,7 +51,11 @@ impl Health {
                     .await
                     .is_ok_and(|r| r.is_ok());
                 if last != Some(up) {
-                    let status = if up { ServingStatus::Serving } else { ServingStatus::NotServing };
+                    let status = if up {
+                        ServingStatus::Serving
+                    } else {
+                        ServingStatus::NotServing
+                    };
                     reporter.set_service_status(S::NAME, status).await;
                     reporter.set_service_status("", status).await;
                     if up {
@@ -92,10 +102,16 @@ pub async fn serve(
         .build_v1alpha()
         .expect("the embedded descriptor sets are valid");
     let health = HealthServer::new(HealthService::from_health_reporter(health.reporter));
-    let all = routes.add_service(health).add_service(reflection_v1).add_service(reflection_v1alpha);
+    let all = routes
+        .add_service(health)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha);
     tonic::transport::Server::builder()
         .layer(stack)
         .add_routes(all)
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown)
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown,
+        )
         .await
 }

@@ -1,0 +1,30 @@
+# Thali tasks. `just --list` shows them all.
+
+# Run the whole platform embedded (SQLite, generated keys) in release mode.
+run:
+    cargo run --release
+
+# Every test. PostgreSQL tests run when THALI_TEST_DATABASE_URL is set (CI sets it).
+test:
+    cargo test --workspace
+
+# Formatting and lints, as CI checks them.
+lint:
+    cargo fmt --all -- --check
+    cargo clippy --workspace --all-targets -- -D warnings
+
+# Exactly what CI runs (starts PostgreSQL and Redis if they are down).
+ci:
+    CI=true bash .ci/run
+
+# Apply pending migrations to THALI_DATABASE_URL (or the embedded SQLite file).
+migrate:
+    cargo run --release -- migrate
+
+# Mint an operator token: `just token alice creator`.
+token sub role="creator":
+    cargo run --release -q -- token --sub {{sub}} --role {{role}}
+
+# Run one part: `just serve storefront`, `just serve facade`.
+serve part="all":
+    cargo run --release -- serve {{part}}
