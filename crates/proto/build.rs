@@ -2,20 +2,14 @@
 //! descriptor set that server reflection serves.
 use std::{env, path::PathBuf};
 
-const FILES: &[&str] = &[
-    "thali/common/v1/money.proto",
-    "thali/storefront/v1/storefront.proto",
-];
+const FILES: &[&str] = &["thali/common/v1/money.proto", "thali/storefront/v1/storefront.proto"];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
     println!("cargo:rerun-if-changed={}", root.display());
     let fds = protox::compile(FILES, [&root])?;
     let out = PathBuf::from(env::var("OUT_DIR")?);
-    std::fs::write(
-        out.join("thali_descriptor.bin"),
-        prost::Message::encode_to_vec(&fds),
-    )?;
+    std::fs::write(out.join("thali_descriptor.bin"), prost::Message::encode_to_vec(&fds))?;
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)

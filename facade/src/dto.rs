@@ -2,17 +2,33 @@
 //! the gRPC messages. No business rule lives here: the services validate.
 use serde::{Deserialize, Deserializer, Serialize};
 use thali_proto::{common::v1 as common, storefront::v1 as pb};
-use utoipa::{IntoParams, ToSchema};
+use utoipa::{
+    IntoParams, ToSchema,
+    openapi::{ObjectBuilder, Type},
+};
+
+// The schema states the service's rules (lengths, patterns, ranges) so clients and fuzzers know
+// the contract; the storefront service enforces them. Line patterns: visible text, not blank;
+// block patterns: no control characters but tab and newline.
+
+fn currency_schema() -> utoipa::openapi::Object {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .description(Some("ISO 4217 alphabetic code"))
+        .enum_values(Some(thali_platform::money::CURRENCIES.iter().copied()))
+        .examples(["INR"])
+        .build()
+}
 
 /// An amount of money in minor units (4900 = INR 49.00).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Money {
     /// Amount in the currency's minor unit.
-    #[schema(example = 4900)]
+    #[schema(example = 4900, minimum = 1, maximum = 1_000_000_000)]
     pub amount_minor: i64,
     /// ISO 4217 code, upper case.
-    #[schema(example = "INR")]
+    #[schema(schema_with = currency_schema)]
     pub currency: String,
 }
 
@@ -126,12 +142,18 @@ pub struct ProductPage {
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateCreator {
-    /// 3-30 characters: a-z, 0-9, '_' and '-'.
-    #[schema(example = "chai_point")]
+    /// 3-30 characters: a-z, 0-9, '_' and '-'. A few names (admin, api, www…) are reserved.
+    #[schema(example = "chai_point", pattern = r"^[a-z0-9_-]{3,30}$")]
     pub username: String,
-    #[schema(example = "Chai Point")]
+    #[schema(
+        example = "Chai Point",
+        min_length = 1,
+        max_length = 80,
+        pattern = r"^[^\x00-\x08\x0B-\x1F\x7F-\x9F]*[^\s\x00-\x1F\x7F-\x9F][^\x00-\x08\x0B-\x1F\x7F-\x9F]*$"
+    )]
     pub display_name: String,
     #[serde(default)]
+    #[schema(max_length = 1000, pattern = r"^[^\x00-\x08\x0B-\x1F\x7F-\x9F]*$")]
     pub bio: String,
 }
 
@@ -139,7 +161,13 @@ pub struct CreateCreator {
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateProfile {
+    #[schema(
+        min_length = 1,
+        max_length = 80,
+        pattern = r"^[^\x00-\x08\x0B-\x1F\x7F-\x9F]*[^\s\x00-\x1F\x7F-\x9F][^\x00-\x08\x0B-\x1F\x7F-\x9F]*$"
+    )]
     pub display_name: Option<String>,
+    #[schema(max_length = 1000, pattern = r"^[^\x00-\x08\x0B-\x1F\x7F-\x9F]*$")]
     pub bio: Option<String>,
 }
 
@@ -147,12 +175,19 @@ pub struct UpdateProfile {
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateProduct {
-    #[schema(example = "Masala chai")]
+    #[schema(
+        example = "Masala chai",
+        min_length = 1,
+        max_length = 120,
+        pattern = r"^[^\x00-\x08\x0B-\x1F\x7F-\x9F]*[^\s\x00-\x1F\x7F-\x9F][^\x00-\x08\x0B-\x1F\x7F-\x9F]*$"
+    )]
     pub title: String,
     #[serde(default)]
+    #[schema(max_length = 5000, pattern = r"^[^\x00-\x08\x0B-\x1F\x7F-\x9F]*$")]
     pub description: String,
     pub price: Money,
     /// Units for sale; absent or null means unlimited.
+    #[schema(minimum = 0, maximum = 1_000_000_000)]
     pub stock: Option<i64>,
     /// Defaults to true.
     pub active: Option<bool>,
@@ -172,12 +207,18 @@ where
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateProduct {
+    #[schema(
+        min_length = 1,
+        max_length = 120,
+        pattern = r"^[^\x00-\x08\x0B-\x1F\x7F-\x9F]*[^\s\x00-\x1F\x7F-\x9F][^\x00-\x08\x0B-\x1F\x7F-\x9F]*$"
+    )]
     pub title: Option<String>,
+    #[schema(max_length = 5000, pattern = r"^[^\x00-\x08\x0B-\x1F\x7F-\x9F]*$")]
     pub description: Option<String>,
     pub price: Option<Money>,
     pub active: Option<bool>,
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<i64>)]
+    #[schema(value_type = Option<i64>, minimum = 0, maximum = 1_000_000_000)]
     pub stock: Option<Option<i64>>,
 }
 
@@ -186,8 +227,10 @@ pub struct UpdateProduct {
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct ListProductsQuery {
-    /// 1-100; default 50.
+    /// 1-100; 0 or absent means 50.
+    #[param(minimum = 0, maximum = 100)]
     pub page_size: Option<i32>,
     /// From the previous page's `next_page_token`.
+    #[param(pattern = r"^[A-Za-z0-9_-]{22}$")]
     pub page_token: Option<String>,
 }

@@ -18,9 +18,7 @@ use axum::{
 use metrics_exporter_prometheus::PrometheusHandle;
 use thali_platform::{auth::Verifier, client::GrpcChannel};
 use thali_proto::storefront::v1::storefront_service_client::StorefrontServiceClient;
-use tonic_health::pb::{
-    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
-};
+use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
 use tower_http::{
     request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
     set_header::SetResponseHeaderLayer,
@@ -65,10 +63,7 @@ pub fn router(state: FacadeState, max_body_bytes: usize) -> Router {
             post(routes::create_product).get(routes::list_products),
         )
         .route("/api/v1/products/{id}", patch(routes::update_product))
-        .route(
-            "/api/v1/products/{id}/archive",
-            post(routes::archive_product),
-        )
+        .route("/api/v1/products/{id}/archive", post(routes::archive_product))
         .route("/api/v1/store/{username}", get(routes::get_storefront))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))

@@ -58,9 +58,7 @@ pub async fn observe(req: Request, next: Next) -> Response {
     let status = response.status().as_u16();
     span.record("http.route", route.as_str());
     // The route is known only after routing, when the OTel span has already started.
-    span.context()
-        .span()
-        .update_name(format!("{method} {route}"));
+    span.context().span().update_name(format!("{method} {route}"));
     span.record("http.response.status_code", status);
     metrics::histogram!(
         "http_server_request_duration_seconds",
@@ -69,13 +67,7 @@ pub async fn observe(req: Request, next: Next) -> Response {
         "status" => status.to_string(),
     )
     .record(started.elapsed().as_secs_f64());
-    span.in_scope(|| {
-        tracing::info!(
-            status,
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "request"
-        )
-    });
+    span.in_scope(|| tracing::info!(status, elapsed_ms = started.elapsed().as_millis() as u64, "request"));
     response
 }
 
@@ -113,13 +105,11 @@ impl IntoResponse for Unauthorized {
 impl FromRequestParts<FacadeState> for Caller {
     type Rejection = Unauthorized;
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &FacadeState,
-    ) -> Result<Self, Self::Rejection> {
-        let value = parts.headers.get(header::AUTHORIZATION).ok_or_else(|| {
-            Unauthorized(Problem::unauthorized("this operation needs a bearer token"))
-        })?;
+    async fn from_request_parts(parts: &mut Parts, state: &FacadeState) -> Result<Self, Self::Rejection> {
+        let value = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .ok_or_else(|| Unauthorized(Problem::unauthorized("this operation needs a bearer token")))?;
         let value = value
             .to_str()
             .map_err(|_| Unauthorized(Problem::unauthorized("the token is malformed")))?;
@@ -155,10 +145,7 @@ impl axum::extract::OptionalFromRequestParts<FacadeState> for Caller {
     type Rejection = Unauthorized;
 
     /// No credentials: an anonymous caller. Bad credentials: refused, never downgraded.
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &FacadeState,
-    ) -> Result<Option<Self>, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, state: &FacadeState) -> Result<Option<Self>, Self::Rejection> {
         if parts.headers.contains_key(header::AUTHORIZATION) {
             <Caller as FromRequestParts<FacadeState>>::from_request_parts(parts, state)
                 .await

@@ -81,11 +81,7 @@ impl Modify for ErrorResponses {
                     .build(),
             ),
         );
-        let problem = || {
-            Content::new(Some(RefOr::Ref(utoipa::openapi::Ref::from_schema_name(
-                "Problem",
-            ))))
-        };
+        let problem = || Content::new(Some(RefOr::Ref(utoipa::openapi::Ref::from_schema_name("Problem"))));
         for item in doc.paths.paths.values_mut() {
             for op in [
                 &mut item.get,
@@ -100,17 +96,14 @@ impl Modify for ErrorResponses {
                 let authed = op.security.is_some();
                 let has_body = op.request_body.is_some();
                 let mut add = |status: &str, description: &str| {
-                    op.responses
-                        .responses
-                        .entry(status.to_owned())
-                        .or_insert_with(|| {
-                            RefOr::T(
-                                ResponseBuilder::new()
-                                    .description(description)
-                                    .content("application/problem+json", problem())
-                                    .build(),
-                            )
-                        });
+                    op.responses.responses.entry(status.to_owned()).or_insert_with(|| {
+                        RefOr::T(
+                            ResponseBuilder::new()
+                                .description(description)
+                                .content("application/problem+json", problem())
+                                .build(),
+                        )
+                    });
                 };
                 for (status, description) in ANY_CALL {
                     add(status, description);

@@ -98,9 +98,7 @@ impl Problem {
 pub fn http_status(code: Code) -> StatusCode {
     match code {
         Code::Ok => StatusCode::OK,
-        Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => {
-            StatusCode::BAD_REQUEST
-        }
+        Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => StatusCode::BAD_REQUEST,
         Code::Unauthenticated => StatusCode::UNAUTHORIZED,
         Code::PermissionDenied => StatusCode::FORBIDDEN,
         Code::NotFound => StatusCode::NOT_FOUND,
@@ -199,21 +197,13 @@ impl From<JsonRejection> for Problem {
 
 impl From<PathRejection> for Problem {
     fn from(rejection: PathRejection) -> Self {
-        Problem::new(
-            StatusCode::BAD_REQUEST,
-            "INVALID_PATH",
-            rejection.body_text(),
-        )
+        Problem::new(StatusCode::BAD_REQUEST, "INVALID_PATH", rejection.body_text())
     }
 }
 
 impl From<QueryRejection> for Problem {
     fn from(rejection: QueryRejection) -> Self {
-        Problem::new(
-            StatusCode::BAD_REQUEST,
-            "INVALID_QUERY",
-            rejection.body_text(),
-        )
+        Problem::new(StatusCode::BAD_REQUEST, "INVALID_QUERY", rejection.body_text())
     }
 }
 
@@ -274,11 +264,10 @@ mod tests {
 
     #[test]
     fn field_violations_become_errors() {
-        let status =
-            thali_platform::errors::invalid_argument(&[thali_platform::errors::Violation::new(
-                "username",
-                "too short",
-            )]);
+        let status = thali_platform::errors::invalid_argument(&[thali_platform::errors::Violation::new(
+            "username",
+            "too short",
+        )]);
         let problem = Problem::from(status);
         assert_eq!(problem.status, 400);
         assert_eq!(problem.code, "VALIDATION_FAILED");

@@ -37,18 +37,14 @@ fn created<T: serde::Serialize>(location: String, body: T) -> Response {
 
 fn missing(what: &str) -> Problem {
     tracing::error!(what, "service answered without a required field");
-    Problem::new(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "INTERNAL",
-        "internal error",
-    )
+    Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", "internal error")
 }
 
 /// Create a creator page; the caller becomes its owner.
 #[utoipa::path(
     post, path = "/api/v1/creators", tag = "creators",
     request_body = CreateCreator,
-    params(("Idempotency-Key" = Option<String>, Header, description = "Same key and body: the same creator is returned")),
+    params(("Idempotency-Key" = Option<String>, Header, pattern = r"^[\x21-\x7E]{1,200}$", description = "Same key and body: the same creator is returned")),
     responses((status = 201, description = "Created", body = dto::Creator)),
     security(("bearer" = []))
 )]
@@ -72,10 +68,7 @@ pub async fn create_creator(
         .into_inner()
         .creator;
     let creator = dto::Creator::from(creator.ok_or_else(|| missing("creator"))?);
-    Ok(created(
-        format!("/api/v1/creators/{}", creator.username),
-        creator,
-    ))
+    Ok(created(format!("/api/v1/creators/{}", creator.username), creator))
 }
 
 /// A creator's profile.
@@ -93,12 +86,7 @@ pub async fn get_creator(
         .clone()
         .get_creator(pb::GetCreatorRequest { username })
         .await?;
-    Ok(Json(
-        res.into_inner()
-            .creator
-            .ok_or_else(|| missing("creator"))?
-            .into(),
-    ))
+    Ok(Json(res.into_inner().creator.ok_or_else(|| missing("creator"))?.into()))
 }
 
 /// Change a creator's display name or bio (owner only).
@@ -120,17 +108,8 @@ pub async fn update_profile(
         display_name: body.display_name,
         bio: body.bio,
     };
-    let res = state
-        .storefront
-        .clone()
-        .update_profile(caller.request(req))
-        .await?;
-    Ok(Json(
-        res.into_inner()
-            .creator
-            .ok_or_else(|| missing("creator"))?
-            .into(),
-    ))
+    let res = state.storefront.clone().update_profile(caller.request(req)).await?;
+    Ok(Json(res.into_inner().creator.ok_or_else(|| missing("creator"))?.into()))
 }
 
 /// Add a product to a creator page (owner only).
@@ -138,7 +117,7 @@ pub async fn update_profile(
     post, path = "/api/v1/creators/{username}/products", tag = "products",
     params(
         ("username" = String, Path),
-        ("Idempotency-Key" = Option<String>, Header, description = "Same key and body: the same product is returned"),
+        ("Idempotency-Key" = Option<String>, Header, pattern = r"^[\x21-\x7E]{1,200}$", description = "Same key and body: the same product is returned"),
     ),
     request_body = CreateProduct,
     responses((status = 201, description = "Created", body = dto::Product)),
@@ -192,12 +171,7 @@ pub async fn list_products(
         Some(c) => c.request(req),
         None => tonic::Request::new(req),
     };
-    let page = state
-        .storefront
-        .clone()
-        .list_products(req)
-        .await?
-        .into_inner();
+    let page = state.storefront.clone().list_products(req).await?.into_inner();
     Ok(Json(dto::ProductPage {
         products: page.products.into_iter().map(Into::into).collect(),
         next_page_token: Some(page.next_page_token).filter(|t| !t.is_empty()),
@@ -226,17 +200,8 @@ pub async fn update_product(
         active: body.active,
         stock: body.stock.map(|quantity| pb::StockUpdate { quantity }),
     };
-    let res = state
-        .storefront
-        .clone()
-        .update_product(caller.request(req))
-        .await?;
-    Ok(Json(
-        res.into_inner()
-            .product
-            .ok_or_else(|| missing("product"))?
-            .into(),
-    ))
+    let res = state.storefront.clone().update_product(caller.request(req)).await?;
+    Ok(Json(res.into_inner().product.ok_or_else(|| missing("product"))?.into()))
 }
 
 /// Archive a product: it leaves the storefront for good (owner only).
@@ -252,17 +217,8 @@ pub async fn archive_product(
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<dto::Product>, Problem> {
     let req = pb::ArchiveProductRequest { product_id: id };
-    let res = state
-        .storefront
-        .clone()
-        .archive_product(caller.request(req))
-        .await?;
-    Ok(Json(
-        res.into_inner()
-            .product
-            .ok_or_else(|| missing("product"))?
-            .into(),
-    ))
+    let res = state.storefront.clone().archive_product(caller.request(req)).await?;
+    Ok(Json(res.into_inner().product.ok_or_else(|| missing("product"))?.into()))
 }
 
 /// The public storefront of a creator: profile and products on sale.

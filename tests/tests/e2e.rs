@@ -14,9 +14,8 @@ fn spans() -> &'static InMemorySpanExporter {
     static EXPORTER: OnceLock<InMemorySpanExporter> = OnceLock::new();
     EXPORTER.get_or_init(|| {
         let exporter = InMemorySpanExporter::default();
-        let telemetry =
-            thali_platform::telemetry::init_with_exporter(exporter.clone(), "info,sea_orm=warn")
-                .expect("telemetry is installed once per test binary");
+        let telemetry = thali_platform::telemetry::init_with_exporter(exporter.clone(), "info,sea_orm=warn")
+            .expect("telemetry is installed once per test binary");
         std::mem::forget(telemetry);
         exporter
     })
@@ -54,8 +53,7 @@ impl Mesh {
     }
 
     fn token(&self, subject: &str) -> String {
-        self.signer
-            .mint(subject, &["creator".into()], Duration::from_secs(600))
+        self.signer.mint(subject, &["creator".into()], Duration::from_secs(600))
     }
 
     fn url(&self, path: &str) -> String {
@@ -66,13 +64,7 @@ impl Mesh {
         self.http.get(self.url(path)).send().await.unwrap()
     }
 
-    async fn send(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        token: Option<&str>,
-        body: Value,
-    ) -> Response {
+    async fn send(&self, method: reqwest::Method, path: &str, token: Option<&str>, body: Value) -> Response {
         let mut req = self.http.request(method, self.url(path)).json(&body);
         if let Some(t) = token {
             req = req.bearer_auth(t);
@@ -162,10 +154,7 @@ async fn creator_adds_products_and_buyers_read_the_storefront() {
     assert_eq!(res.status(), StatusCode::OK);
     let changed: Value = res.json().await.unwrap();
     assert_eq!(
-        (
-            changed["stock"].as_i64(),
-            changed["price"]["amount_minor"].as_i64()
-        ),
+        (changed["stock"].as_i64(), changed["price"]["amount_minor"].as_i64()),
         (Some(5), Some(1800))
     );
 
@@ -193,12 +182,7 @@ async fn creator_adds_products_and_buyers_read_the_storefront() {
         )
         .await;
     assert_eq!(res.status(), StatusCode::OK);
-    let store: Value = mesh
-        .get("/api/v1/store/chai_point")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let store: Value = mesh.get("/api/v1/store/chai_point").await.json().await.unwrap();
     assert_eq!(
         store["products"].as_array().unwrap().len(),
         1,
@@ -214,12 +198,7 @@ async fn creator_adds_products_and_buyers_read_the_storefront() {
         )
         .await;
     assert_eq!(res.status(), StatusCode::OK);
-    let profile: Value = mesh
-        .get("/api/v1/creators/chai_point")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let profile: Value = mesh.get("/api/v1/creators/chai_point").await.json().await.unwrap();
     assert_eq!(profile["bio"], "Since 1984");
 }
 
@@ -238,8 +217,7 @@ async fn writes_need_a_valid_token_and_the_owner() {
     assert_eq!(res.headers()["www-authenticate"], "Bearer");
     problem(res, StatusCode::UNAUTHORIZED, "UNAUTHENTICATED").await;
     problem(
-        mesh.post("/api/v1/creators", Some("not-a-jwt"), body.clone())
-            .await,
+        mesh.post("/api/v1/creators", Some("not-a-jwt"), body.clone()).await,
         StatusCode::UNAUTHORIZED,
         "UNAUTHENTICATED",
     )
@@ -250,18 +228,16 @@ async fn writes_need_a_valid_token_and_the_owner() {
         .unwrap()
         .mint("alice", &[], Duration::from_secs(600));
     problem(
-        mesh.post("/api/v1/creators", Some(&foreign), body.clone())
-            .await,
+        mesh.post("/api/v1/creators", Some(&foreign), body.clone()).await,
         StatusCode::UNAUTHORIZED,
         "UNAUTHENTICATED",
     )
     .await;
-    let other_audience =
-        mesh.signer
-            .mint_for("alice", &[], Duration::from_secs(600), "somebody-else");
+    let other_audience = mesh
+        .signer
+        .mint_for("alice", &[], Duration::from_secs(600), "somebody-else");
     problem(
-        mesh.post("/api/v1/creators", Some(&other_audience), body.clone())
-            .await,
+        mesh.post("/api/v1/creators", Some(&other_audience), body.clone()).await,
         StatusCode::UNAUTHORIZED,
         "UNAUTHENTICATED",
     )
@@ -285,12 +261,7 @@ async fn writes_need_a_valid_token_and_the_owner() {
         )
         .await;
     problem(res, StatusCode::FORBIDDEN, "NOT_OWNER").await;
-    let profile: Value = mesh
-        .get("/api/v1/creators/alice_shop")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let profile: Value = mesh.get("/api/v1/creators/alice_shop").await.json().await.unwrap();
     assert_eq!(profile["bio"], "", "a refused write changes nothing");
 }
 
@@ -359,12 +330,7 @@ async fn bad_input_gets_problem_json_with_field_errors() {
         .send()
         .await
         .unwrap();
-    problem(
-        res,
-        StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        "UNSUPPORTED_MEDIA_TYPE",
-    )
-    .await;
+    problem(res, StatusCode::UNSUPPORTED_MEDIA_TYPE, "UNSUPPORTED_MEDIA_TYPE").await;
     let huge = json!({"username": "abc", "display_name": "x", "bio": "x".repeat(200_000)});
     problem(
         mesh.post("/api/v1/creators", Some(&alice), huge).await,
@@ -385,9 +351,7 @@ async fn bad_input_gets_problem_json_with_field_errors() {
         fields(&problem(res, StatusCode::BAD_REQUEST, "VALIDATION_FAILED").await),
         ["product_id"]
     );
-    let res = mesh
-        .get("/api/v1/creators/pricing/products?page_size=abc")
-        .await;
+    let res = mesh.get("/api/v1/creators/pricing/products?page_size=abc").await;
     problem(res, StatusCode::BAD_REQUEST, "INVALID_QUERY").await;
 }
 
@@ -441,17 +405,14 @@ async fn idempotency_key_header_replays_or_conflicts() {
         .unwrap();
     assert_eq!(again.status(), StatusCode::CREATED);
     assert_eq!(again.json::<Value>().await.unwrap()["id"], first["id"]);
-    let other = send(json!({"username": "twice", "display_name": "A"}))
-        .await
-        .unwrap();
+    let other = send(json!({"username": "twice", "display_name": "A"})).await.unwrap();
     problem(other, StatusCode::CONFLICT, "IDEMPOTENCY_KEY_REUSED").await;
 }
 
 #[tokio::test]
 async fn the_clients_trace_continues_into_the_storefront_service() {
     let mesh = Mesh::start().await;
-    mesh.create_creator(&mesh.token("alice"), "traced_shop")
-        .await;
+    mesh.create_creator(&mesh.token("alice"), "traced_shop").await;
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     let res = mesh
         .http
@@ -462,11 +423,7 @@ async fn the_clients_trace_continues_into_the_storefront_service() {
         .await
         .unwrap();
     assert_eq!(res.status(), StatusCode::OK);
-    assert_eq!(
-        res.headers()["x-request-id"],
-        "req-trace-1",
-        "the request id is echoed"
-    );
+    assert_eq!(res.headers()["x-request-id"], "req-trace-1", "the request id is echoed");
 
     let wanted = TraceId::from_hex(trace_id).unwrap();
     let mut found = None;
@@ -485,9 +442,11 @@ async fn the_clients_trace_continues_into_the_storefront_service() {
     let server_span = found.expect("the storefront's server span belongs to the client's trace");
     let mut facade_span = None;
     for _ in 0..50 {
-        facade_span = spans().get_finished_spans().unwrap().into_iter().find(|s| {
-            s.span_context.trace_id() == wanted && s.name == "GET /api/v1/store/{username}"
-        });
+        facade_span = spans()
+            .get_finished_spans()
+            .unwrap()
+            .into_iter()
+            .find(|s| s.span_context.trace_id() == wanted && s.name == "GET /api/v1/store/{username}");
         if facade_span.is_some() {
             break;
         }
@@ -500,13 +459,10 @@ async fn the_clients_trace_continues_into_the_storefront_service() {
         .filter(|s| s.span_context.trace_id() == wanted)
         .map(|s| s.name)
         .collect();
-    let facade_span = facade_span
-        .unwrap_or_else(|| panic!("the facade's span belongs to the client's trace: {names:?}"));
+    let facade_span =
+        facade_span.unwrap_or_else(|| panic!("the facade's span belongs to the client's trace: {names:?}"));
     assert_eq!(facade_span.parent_span_id.to_string(), "00f067aa0ba902b7");
-    assert_ne!(
-        server_span.parent_span_id,
-        opentelemetry::trace::SpanId::INVALID
-    );
+    assert_ne!(server_span.parent_span_id, opentelemetry::trace::SpanId::INVALID);
 }
 
 fn metric_count(text: &str, route: &str, method: &str, status: &str) -> u64 {
@@ -525,10 +481,7 @@ async fn metrics_count_the_routes_called() {
     mesh.create_creator(&mesh.token("alice"), "metered").await;
     let before = mesh.get("/metrics").await.text().await.unwrap();
     for _ in 0..3 {
-        assert_eq!(
-            mesh.get("/api/v1/store/metered").await.status(),
-            StatusCode::OK
-        );
+        assert_eq!(mesh.get("/api/v1/store/metered").await.status(), StatusCode::OK);
     }
     mesh.get("/api/v1/store/absent_shop").await;
     let after = mesh.get("/metrics").await.text().await.unwrap();
@@ -563,10 +516,7 @@ async fn health_openapi_and_docs_are_served_offline() {
         "/api/v1/store/{username}",
         "/api/v1/products/{id}/archive",
     ] {
-        assert!(
-            spec["paths"].get(path).is_some(),
-            "{path} missing from the spec"
-        );
+        assert!(spec["paths"].get(path).is_some(), "{path} missing from the spec");
     }
     assert!(
         spec["paths"]["/api/v1/creators"]["post"]["responses"]

@@ -66,10 +66,7 @@ pub enum AuthError {
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
     #[error("key file {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("key file {path} is not a valid Ed25519 key")]
     Invalid { path: PathBuf },
     #[error("no signing key in {0}")]
@@ -91,12 +88,8 @@ pub fn ensure_key_pair(dir: &Path) -> Result<String, KeyError> {
     }
     fs::create_dir_all(dir).map_err(io_err(dir))?;
     let rng = ring::rand::SystemRandom::new();
-    let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng).map_err(|_| KeyError::Invalid {
-        path: dir.to_owned(),
-    })?;
-    let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).map_err(|_| KeyError::Invalid {
-        path: dir.to_owned(),
-    })?;
+    let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng).map_err(|_| KeyError::Invalid { path: dir.to_owned() })?;
+    let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).map_err(|_| KeyError::Invalid { path: dir.to_owned() })?;
     let public = pair.public_key().as_ref();
     let kid = key_id(public);
     let key_path = dir.join(format!("{kid}.ed25519"));
@@ -115,10 +108,7 @@ pub fn ensure_key_pair(dir: &Path) -> Result<String, KeyError> {
 /// Key id: the first 16 hex digits of the SHA-256 of the public key.
 fn key_id(public: &[u8]) -> String {
     let digest = ring::digest::digest(&ring::digest::SHA256, public);
-    let hex: String = digest.as_ref()[..8]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let hex: String = digest.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect();
     format!("ed25519-{hex}")
 }
 
@@ -135,9 +125,7 @@ impl Signer {
         for entry in fs::read_dir(dir).map_err(io_err(dir))? {
             let path = entry.map_err(io_err(dir))?.path();
             if path.extension().is_some_and(|e| e == "ed25519") {
-                let modified = fs::metadata(&path)
-                    .and_then(|m| m.modified())
-                    .map_err(io_err(&path))?;
+                let modified = fs::metadata(&path).and_then(|m| m.modified()).map_err(io_err(&path))?;
                 if newest.as_ref().is_none_or(|(t, _)| modified > *t) {
                     newest = Some((modified, path));
                 }
@@ -145,8 +133,7 @@ impl Signer {
         }
         let (_, path) = newest.ok_or_else(|| KeyError::NoSigningKey(dir.to_owned()))?;
         let der = fs::read(&path).map_err(io_err(&path))?;
-        let pair = Ed25519KeyPair::from_pkcs8(&der)
-            .map_err(|_| KeyError::Invalid { path: path.clone() })?;
+        let pair = Ed25519KeyPair::from_pkcs8(&der).map_err(|_| KeyError::Invalid { path: path.clone() })?;
         Ok(Self {
             kid: key_id(pair.public_key().as_ref()),
             key: EncodingKey::from_ed_der(&der),
@@ -164,13 +151,7 @@ impl Signer {
     }
 
     /// A token for another audience (service tokens, and tests of audience checks).
-    pub fn mint_for(
-        &self,
-        subject: &str,
-        roles: &[String],
-        ttl: Duration,
-        audience: &str,
-    ) -> String {
+    pub fn mint_for(&self, subject: &str, roles: &[String], ttl: Duration, audience: &str) -> String {
         let now = chrono::Utc::now().timestamp();
         let claims = Claims {
             sub: subject.to_owned(),
@@ -182,8 +163,7 @@ impl Signer {
         };
         let mut header = Header::new(Algorithm::EdDSA);
         header.kid = Some(self.kid.clone());
-        jsonwebtoken::encode(&header, &claims, &self.key)
-            .expect("Ed25519 signing with a validated key cannot fail")
+        jsonwebtoken::encode(&header, &claims, &self.key).expect("Ed25519 signing with a validated key cannot fail")
     }
 }
 
@@ -282,11 +262,9 @@ mod tests {
     fn minted_token_verifies_into_principal() {
         let dir = temp_dir("ok");
         ensure_key_pair(&dir).unwrap();
-        let token = Signer::load(&dir).unwrap().mint(
-            "user-1",
-            &["creator".into()],
-            Duration::from_secs(60),
-        );
+        let token = Signer::load(&dir)
+            .unwrap()
+            .mint("user-1", &["creator".into()], Duration::from_secs(60));
         let principal = Verifier::load(&dir).unwrap().verify(&token).unwrap();
         assert_eq!(principal.subject, "user-1");
         assert!(principal.has_role("creator"));
@@ -312,19 +290,13 @@ mod tests {
         ensure_key_pair(&dir).unwrap();
         ensure_key_pair(&other).unwrap();
         let verifier = Verifier::load(&dir).unwrap();
-        let foreign = Signer::load(&other)
-            .unwrap()
-            .mint("x", &[], Duration::from_secs(60));
+        let foreign = Signer::load(&other).unwrap().mint("x", &[], Duration::from_secs(60));
         assert_eq!(verifier.verify(&foreign), Err(AuthError::UnknownKey));
 
         let signer = Signer::load(&dir).unwrap();
         let expired = signer.mint("x", &[], Duration::ZERO);
-        let mut claims: Claims = serde_json::from_slice(
-            &URL_SAFE_NO_PAD
-                .decode(expired.split('.').nth(1).unwrap())
-                .unwrap(),
-        )
-        .unwrap();
+        let mut claims: Claims =
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(expired.split('.').nth(1).unwrap()).unwrap()).unwrap();
         claims.exp -= 3600;
         let mut header = Header::new(Algorithm::EdDSA);
         header.kid = Some(signer.kid.clone());
@@ -334,22 +306,16 @@ mod tests {
         let other_aud = signer.mint_for("x", &[], Duration::from_secs(60), "thali-storefront");
         assert_eq!(verifier.verify(&other_aud), Err(AuthError::WrongAudience));
         assert_eq!(verifier.verify("not.a.token"), Err(AuthError::Malformed));
-        assert_eq!(
-            verifier.verify_bearer("Basic abc"),
-            Err(AuthError::Malformed)
-        );
+        assert_eq!(verifier.verify_bearer("Basic abc"), Err(AuthError::Malformed));
     }
 
     #[test]
     fn tampered_payload_fails_signature() {
         let dir = temp_dir("tamper");
         ensure_key_pair(&dir).unwrap();
-        let token = Signer::load(&dir)
-            .unwrap()
-            .mint("alice", &[], Duration::from_secs(60));
+        let token = Signer::load(&dir).unwrap().mint("alice", &[], Duration::from_secs(60));
         let parts: Vec<&str> = token.split('.').collect();
-        let mut claims: serde_json::Value =
-            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap();
+        let mut claims: serde_json::Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap();
         claims["sub"] = "mallory".into();
         let forged = format!(
             "{}.{}.{}",

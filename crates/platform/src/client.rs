@@ -96,11 +96,7 @@ where
     }
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
-        let deadline = match req
-            .headers()
-            .get("grpc-timeout")
-            .and_then(parse_grpc_timeout)
-        {
+        let deadline = match req.headers().get("grpc-timeout").and_then(parse_grpc_timeout) {
             Some(own) => own.min(self.deadline),
             None => self.deadline,
         };
@@ -171,10 +167,7 @@ mod tests {
             parse_grpc_timeout(&http::HeaderValue::from_static("3S")),
             Some(Duration::from_secs(3))
         );
-        assert_eq!(
-            parse_grpc_timeout(&http::HeaderValue::from_static("x")),
-            None
-        );
+        assert_eq!(parse_grpc_timeout(&http::HeaderValue::from_static("x")), None);
     }
 
     #[tokio::test(start_paused = true)]
@@ -192,9 +185,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_deadline_travels_as_grpc_timeout() {
         let echo = tower::service_fn(|req: http::Request<()>| async move {
-            Ok::<_, BoxError>(http::Response::new(
-                req.headers().get("grpc-timeout").cloned(),
-            ))
+            Ok::<_, BoxError>(http::Response::new(req.headers().get("grpc-timeout").cloned()))
         });
         let mut svc = DeadlineLayer::new(Duration::from_millis(1500)).layer(echo);
         let res = svc.call(http::Request::new(())).await.unwrap();

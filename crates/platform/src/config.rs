@@ -120,9 +120,7 @@ impl Config {
     /// Checks what serde cannot: relations between values and URL shapes.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if let Some(url) = &self.database_url
-            && !(url.starts_with("sqlite:")
-                || url.starts_with("postgres://")
-                || url.starts_with("postgresql://"))
+            && !(url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://"))
         {
             return Err(ConfigError::Invalid {
                 key: "database_url",
@@ -167,18 +165,13 @@ impl Config {
     pub fn database_url(&self) -> String {
         match &self.database_url {
             Some(url) => url.clone(),
-            None => format!(
-                "sqlite://{}?mode=rwc",
-                self.data_dir.join("thali.db").display()
-            ),
+            None => format!("sqlite://{}?mode=rwc", self.data_dir.join("thali.db").display()),
         }
     }
 
     /// Directory of the JWT keys.
     pub fn keys_dir(&self) -> PathBuf {
-        self.keys_dir
-            .clone()
-            .unwrap_or_else(|| self.data_dir.join("keys"))
+        self.keys_dir.clone().unwrap_or_else(|| self.data_dir.join("keys"))
     }
 
     /// Deadline of one internal call.
@@ -197,12 +190,7 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Option<HashMap<String, String>> {
-        Some(
-            pairs
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        )
+        Some(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
     }
 
     #[test]
@@ -241,38 +229,20 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("thali.toml");
         std::fs::write(&file, "grpc_addr = \"127.0.0.1:6001\"\nlog = \"debug\"\n").unwrap();
-        let cfg = Config::load_from(
-            Some(&file),
-            env(&[("THALI_LOG", "warn")]),
-            &Overrides::default(),
-        )
-        .unwrap();
+        let cfg = Config::load_from(Some(&file), env(&[("THALI_LOG", "warn")]), &Overrides::default()).unwrap();
         assert_eq!(cfg.grpc_addr.to_string(), "127.0.0.1:6001");
         assert_eq!(cfg.log, "warn");
     }
 
     #[test]
     fn bad_values_name_their_key() {
-        let err = Config::load_from(
-            None,
-            env(&[("THALI_DATABASE_URL", "mysql://x")]),
-            &Overrides::default(),
-        )
-        .unwrap_err();
+        let err =
+            Config::load_from(None, env(&[("THALI_DATABASE_URL", "mysql://x")]), &Overrides::default()).unwrap_err();
         assert!(err.to_string().contains("database_url"), "{err}");
-        let err = Config::load_from(
-            None,
-            env(&[("THALI_HTTP_ADDR", "not-an-addr")]),
-            &Overrides::default(),
-        )
-        .unwrap_err();
+        let err =
+            Config::load_from(None, env(&[("THALI_HTTP_ADDR", "not-an-addr")]), &Overrides::default()).unwrap_err();
         assert!(err.to_string().contains("http_addr"), "{err}");
-        let err = Config::load_from(
-            None,
-            env(&[("THALI_LOG_FORMAT", "xml")]),
-            &Overrides::default(),
-        )
-        .unwrap_err();
+        let err = Config::load_from(None, env(&[("THALI_LOG_FORMAT", "xml")]), &Overrides::default()).unwrap_err();
         assert!(err.to_string().contains("log_format"), "{err}");
     }
 }

@@ -8,8 +8,7 @@ use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbErr};
 pub async fn connect(url: &str) -> Result<DatabaseConnection, DbErr> {
     let is_sqlite = url.starts_with("sqlite:");
     if is_sqlite && let Some(dir) = sqlite_dir(url) {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| DbErr::Custom(format!("creating {}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir).map_err(|e| DbErr::Custom(format!("creating {}: {e}", dir.display())))?;
     }
     let mut opts = ConnectOptions::new(url.to_owned());
     opts.sqlx_logging(false)
@@ -26,16 +25,12 @@ pub async fn connect(url: &str) -> Result<DatabaseConnection, DbErr> {
 }
 
 fn sqlite_dir(url: &str) -> Option<&Path> {
-    let path = url
-        .trim_start_matches("sqlite://")
-        .trim_start_matches("sqlite:");
+    let path = url.trim_start_matches("sqlite://").trim_start_matches("sqlite:");
     let path = path.split('?').next()?;
     if path.is_empty() || path == ":memory:" {
         return None;
     }
-    Path::new(path)
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
+    Path::new(path).parent().filter(|p| !p.as_os_str().is_empty())
 }
 
 /// Whether a database error means the database could not be reached (as opposed to a bad query).

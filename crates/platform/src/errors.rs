@@ -76,16 +76,9 @@ mod tests {
         ]);
         assert_eq!(status.code(), Code::InvalidArgument);
         let bad = status.get_details_bad_request().expect("BadRequest detail");
-        let fields: Vec<_> = bad
-            .field_violations
-            .iter()
-            .map(|v| v.field.as_str())
-            .collect();
+        let fields: Vec<_> = bad.field_violations.iter().map(|v| v.field.as_str()).collect();
         assert_eq!(fields, ["username", "bio"]);
-        assert_eq!(
-            status.get_details_error_info().unwrap().reason,
-            "VALIDATION_FAILED"
-        );
+        assert_eq!(status.get_details_error_info().unwrap().reason, "VALIDATION_FAILED");
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod client;
 pub mod config;
 pub mod db;
 pub mod errors;
+pub mod money;
 pub mod server;
 pub mod telemetry;
 

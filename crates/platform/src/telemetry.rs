@@ -1,7 +1,11 @@
 //! Logs, traces and metrics: `tracing` with the trace and span ids in every log line, spans
 //! exported over OTLP when an endpoint is configured, W3C trace context propagated on every hop,
 //! and one Prometheus recorder for the process.
-use std::{fmt, sync::OnceLock, time::Duration};
+use std::{
+    fmt,
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use opentelemetry::{
@@ -13,22 +17,20 @@ use opentelemetry_sdk::{
     propagation::TraceContextPropagator,
     trace::{SdkTracerProvider, SpanExporter},
 };
-use tracing::{Event, Subscriber, field::Visit};
+use tracing::{Event, Subscriber, dispatcher::WeakDispatch, field::Visit};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::{
-    EnvFilter,
+    EnvFilter, Layer as _,
     fmt::{FmtContext, FormatEvent, FormatFields, format::Writer},
     layer::SubscriberExt,
     registry::LookupSpan,
-    util::SubscriberInitExt,
 };
 
 use crate::config::{Config, LogFormat};
 
 /// Histogram buckets (seconds) for request and call durations: 100 µs to 10 s.
 const DURATION_BUCKETS: &[f64] = &[
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-    5.0, 10.0,
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
 /// Keeps the tracer provider alive; flushes pending spans when shut down.
@@ -65,32 +67,28 @@ pub fn init(cfg: &Config, service_name: &str) -> anyhow::Result<Telemetry> {
 }
 
 /// Like [`init`], but spans go to the given exporter as they end (tests read them back).
-pub fn init_with_exporter<E: SpanExporter + 'static>(
-    exporter: E,
-    filter: &str,
-) -> anyhow::Result<Telemetry> {
-    let provider = SdkTracerProvider::builder()
-        .with_simple_exporter(exporter)
-        .build();
+pub fn init_with_exporter<E: SpanExporter + 'static>(exporter: E, filter: &str) -> anyhow::Result<Telemetry> {
+    let provider = SdkTracerProvider::builder().with_simple_exporter(exporter).build();
     install(provider, filter, LogFormat::Pretty)
 }
 
-fn install(
-    provider: SdkTracerProvider,
-    filter: &str,
-    format: LogFormat,
-) -> anyhow::Result<Telemetry> {
+fn install(provider: SdkTracerProvider, filter: &str, format: LogFormat) -> anyhow::Result<Telemetry> {
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     opentelemetry::global::set_tracer_provider(provider.clone());
-    let otel = tracing_opentelemetry::layer().with_tracer(provider.tracer("thali"));
+    // Spans are traced at INFO whatever the log filter says, so a quiet log level never loses
+    // trace ids (in problem answers, propagation, exported traces).
+    let otel = tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer("thali"))
+        .with_filter(tracing_subscriber::filter::LevelFilter::INFO);
+    let line = LogLine::new(format);
+    let dispatch_cell = line.dispatch.clone();
     let fmt = tracing_subscriber::fmt::layer()
         .with_ansi(false)
-        .event_format(LogLine { format });
-    tracing_subscriber::registry()
-        .with(EnvFilter::try_new(filter)?)
-        .with(otel)
-        .with(fmt)
-        .try_init()?;
+        .event_format(line)
+        .with_filter(EnvFilter::try_new(filter)?);
+    let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(otel).with(fmt));
+    let _ = dispatch_cell.set(dispatch.downgrade());
+    tracing::dispatcher::set_global_default(dispatch)?;
     metrics_handle();
     Ok(Telemetry { provider })
 }
@@ -141,9 +139,7 @@ pub fn extract_context(headers: &http::HeaderMap) -> Context {
 /// Writes the current span's W3C trace context into HTTP headers (gRPC client side).
 pub fn inject_context(headers: &mut http::HeaderMap) {
     let cx = tracing::Span::current().context();
-    opentelemetry::global::get_text_map_propagator(|p| {
-        p.inject_context(&cx, &mut HeaderInjector(headers))
-    });
+    opentelemetry::global::get_text_map_propagator(|p| p.inject_context(&cx, &mut HeaderInjector(headers)));
 }
 
 struct HeaderExtractor<'a>(&'a http::HeaderMap);
@@ -161,10 +157,7 @@ struct HeaderInjector<'a>(&'a mut http::HeaderMap);
 
 impl Injector for HeaderInjector<'_> {
     fn set(&mut self, key: &str, value: String) {
-        if let (Ok(name), Ok(value)) = (
-            http::HeaderName::try_from(key),
-            http::HeaderValue::try_from(value),
-        ) {
+        if let (Ok(name), Ok(value)) = (http::HeaderName::try_from(key), http::HeaderValue::try_from(value)) {
             self.0.insert(name, value);
         }
     }
@@ -173,6 +166,44 @@ impl Injector for HeaderInjector<'_> {
 /// One log line with the event's fields plus the trace and span ids of the current span.
 struct LogLine {
     format: LogFormat,
+    /// The dispatcher this formatter belongs to, to read the OpenTelemetry context of a span
+    /// (tracing refuses re-entrant `Span::current()` lookups while it dispatches an event).
+    dispatch: Arc<OnceLock<WeakDispatch>>,
+}
+
+impl LogLine {
+    fn new(format: LogFormat) -> Self {
+        Self {
+            format,
+            dispatch: Arc::default(),
+        }
+    }
+
+    /// Trace and span ids of the span the event belongs to, or empty strings.
+    fn ids<S>(&self, ctx: &FmtContext<'_, S, impl for<'a> FormatFields<'a> + 'static>) -> (String, String)
+    where
+        S: Subscriber + for<'a> LookupSpan<'a>,
+    {
+        let span_id = match ctx.parent_span() {
+            Some(span) => span.id(),
+            None => return (String::new(), String::new()),
+        };
+        let Some(dispatch) = self.dispatch.get().and_then(WeakDispatch::upgrade) else {
+            return (String::new(), String::new());
+        };
+        match tracing_opentelemetry::get_otel_context(&span_id, &dispatch) {
+            Some(cx) => {
+                let span = cx.span();
+                let sc = span.span_context();
+                if sc.is_valid() {
+                    (sc.trace_id().to_string(), sc.span_id().to_string())
+                } else {
+                    (String::new(), String::new())
+                }
+            }
+            None => (String::new(), String::new()),
+        }
+    }
 }
 
 impl<S, N> FormatEvent<S, N> for LogLine
@@ -180,36 +211,20 @@ where
     S: Subscriber + for<'a> LookupSpan<'a>,
     N: for<'a> FormatFields<'a> + 'static,
 {
-    fn format_event(
-        &self,
-        ctx: &FmtContext<'_, S, N>,
-        mut writer: Writer<'_>,
-        event: &Event<'_>,
-    ) -> fmt::Result {
+    fn format_event(&self, ctx: &FmtContext<'_, S, N>, mut writer: Writer<'_>, event: &Event<'_>) -> fmt::Result {
         let mut fields = FieldMap::default();
         event.record(&mut fields);
         // Fields of the enclosing spans (route, rpc method, request id…) belong to the line too.
         if let Some(scope) = ctx.event_scope() {
             for span in scope.from_root() {
-                if let Some(stored) = span
-                    .extensions()
-                    .get::<tracing_subscriber::fmt::FormattedFields<N>>()
+                if let Some(stored) = span.extensions().get::<tracing_subscriber::fmt::FormattedFields<N>>()
                     && !stored.fields.is_empty()
                 {
-                    fields
-                        .spans
-                        .push(format!("{}{{{}}}", span.name(), stored.fields));
+                    fields.spans.push(format!("{}{{{}}}", span.name(), stored.fields));
                 }
             }
         }
-        let cx = tracing::Span::current().context();
-        let span_ref = cx.span();
-        let sc = span_ref.span_context();
-        let (trace_id, span_id) = if sc.is_valid() {
-            (sc.trace_id().to_string(), sc.span_id().to_string())
-        } else {
-            (String::new(), String::new())
-        };
+        let (trace_id, span_id) = self.ids(ctx);
         let meta = event.metadata();
         let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
         match self.format {
@@ -225,7 +240,7 @@ where
                     line.insert("spans".into(), fields.spans.join(" ").into());
                 }
                 for (k, v) in fields.values {
-                    line.insert(k, v.into());
+                    line.insert(k, v);
                 }
                 writeln!(writer, "{}", serde_json::Value::Object(line))
             }
@@ -238,7 +253,10 @@ where
                     fields.message
                 )?;
                 for (k, v) in &fields.values {
-                    write!(writer, " {k}={v}")?;
+                    match v {
+                        serde_json::Value::String(text) => write!(writer, " {k}={text}")?,
+                        other => write!(writer, " {k}={other}")?,
+                    }
                 }
                 if !fields.spans.is_empty() {
                     write!(writer, " [{}]", fields.spans.join(" "))?;
@@ -255,8 +273,14 @@ where
 #[derive(Default)]
 struct FieldMap {
     message: String,
-    values: Vec<(String, String)>,
+    values: Vec<(String, serde_json::Value)>,
     spans: Vec<String>,
+}
+
+impl FieldMap {
+    fn push(&mut self, field: &tracing::field::Field, value: serde_json::Value) {
+        self.values.push((field.name().to_owned(), value));
+    }
 }
 
 impl Visit for FieldMap {
@@ -264,23 +288,80 @@ impl Visit for FieldMap {
         if field.name() == "message" {
             self.message = value.to_owned();
         } else {
-            self.values
-                .push((field.name().to_owned(), value.to_owned()));
+            self.push(field, value.into());
         }
+    }
+    fn record_i64(&mut self, field: &tracing::field::Field, value: i64) {
+        self.push(field, value.into());
+    }
+    fn record_u64(&mut self, field: &tracing::field::Field, value: u64) {
+        self.push(field, value.into());
+    }
+    fn record_f64(&mut self, field: &tracing::field::Field, value: f64) {
+        self.push(field, value.into());
+    }
+    fn record_bool(&mut self, field: &tracing::field::Field, value: bool) {
+        self.push(field, value.into());
     }
     fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn fmt::Debug) {
         if field.name() == "message" {
             self.message = format!("{value:?}");
         } else {
-            self.values
-                .push((field.name().to_owned(), format!("{value:?}")));
+            self.push(field, format!("{value:?}").into());
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Mutex;
+
     use super::*;
+
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn every_json_log_line_carries_trace_and_span_ids() {
+        let provider = SdkTracerProvider::builder().build();
+        let out = Captured::default();
+        let writer = out.clone();
+        let line = LogLine::new(LogFormat::Json);
+        let cell = line.dispatch.clone();
+        let dispatch = tracing::Dispatch::new(
+            tracing_subscriber::registry()
+                .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")))
+                .with(
+                    tracing_subscriber::fmt::layer()
+                        .with_ansi(false)
+                        .event_format(line)
+                        .with_writer(move || writer.clone()),
+                ),
+        );
+        let _ = cell.set(dispatch.downgrade());
+        tracing::dispatcher::with_default(&dispatch, || {
+            let span = tracing::info_span!("http.server", route = "/api/v1/store/{username}");
+            span.in_scope(|| tracing::info!(status = 200, "request"));
+        });
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        let line: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+        assert_eq!(line["message"], "request");
+        assert_eq!(line["status"], 200);
+        assert_eq!(line["level"], "INFO");
+        assert_eq!(line["trace_id"].as_str().unwrap().len(), 32, "{line}");
+        assert_eq!(line["span_id"].as_str().unwrap().len(), 16, "{line}");
+        assert!(line["spans"].as_str().unwrap().contains("route"), "{line}");
+    }
 
     #[test]
     fn traceparent_round_trips_through_headers() {
@@ -288,9 +369,7 @@ mod tests {
         let mut headers = http::HeaderMap::new();
         headers.insert(
             "traceparent",
-            http::HeaderValue::from_static(
-                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-            ),
+            http::HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
         );
         let cx = extract_context(&headers);
         let span = cx.span();

@@ -24,9 +24,7 @@ pub async fn sqlite() -> TestDatabase {
         "sqlite://{}?mode=rwc",
         dir.join(format!("{}.db", uuid::Uuid::now_v7())).display()
     );
-    let db = crate::db::connect(&url)
-        .await
-        .expect("opening a SQLite test database");
+    let db = crate::db::connect(&url).await.expect("opening a SQLite test database");
     TestDatabase {
         backend: "sqlite",
         url,
@@ -39,9 +37,7 @@ pub async fn sqlite() -> TestDatabase {
 pub async fn postgres() -> Option<TestDatabase> {
     let admin_url = match std::env::var("THALI_TEST_DATABASE_URL") {
         Ok(url) if !url.is_empty() => url,
-        _ if is_ci() => panic!(
-            "CI=true but THALI_TEST_DATABASE_URL is not set: PostgreSQL tests cannot be skipped"
-        ),
+        _ if is_ci() => panic!("CI=true but THALI_TEST_DATABASE_URL is not set: PostgreSQL tests cannot be skipped"),
         _ => {
             eprintln!("THALI_TEST_DATABASE_URL unset: PostgreSQL tests skipped (they run in CI)");
             return None;
@@ -104,9 +100,6 @@ mod tests {
             super::replace_database("postgres://u@h/test?sslmode=disable", "x"),
             "postgres://u@h/x?sslmode=disable"
         );
-        assert_eq!(
-            super::replace_database("postgres://u@h", "x"),
-            "postgres://u@h/x"
-        );
+        assert_eq!(super::replace_database("postgres://u@h", "x"), "postgres://u@h/x");
     }
 }

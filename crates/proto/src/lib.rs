@@ -3,8 +3,7 @@
 #![allow(clippy::all, missing_docs)]
 
 /// Encoded `FileDescriptorSet` of every Thali contract (with imports), for server reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] =
-    include_bytes!(concat!(env!("OUT_DIR"), "/thali_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/thali_descriptor.bin"));
 
 pub mod common {
     pub mod v1 {

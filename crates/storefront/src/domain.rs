@@ -42,14 +42,6 @@ pub const RESERVED_USERNAMES: &[&str] = &[
     "www",
 ];
 
-/// ISO 4217 alphabetic codes of currencies in use.
-const ISO_4217: &str = "AED AFN ALL AMD ANG AOA ARS AUD AWG AZN BAM BBD BDT BGN BHD BIF BMD BND BOB BRL BSD BTN BWP \
-BYN BZD CAD CDF CHF CLP CNY COP CRC CUP CVE CZK DJF DKK DOP DZD EGP ERN ETB EUR FJD FKP GBP GEL GHS GIP GMD GNF GTQ \
-GYD HKD HNL HTG HUF IDR ILS INR IQD IRR ISK JMD JOD JPY KES KGS KHR KMF KPW KRW KWD KYD KZT LAK LBP LKR LRD LSL LYD \
-MAD MDL MGA MKD MMK MNT MOP MRU MUR MVR MWK MXN MYR MZN NAD NGN NIO NOK NPR NZD OMR PAB PEN PGK PHP PKR PLN PYG QAR \
-RON RSD RUB RWF SAR SBD SCR SDG SEK SGD SHP SLE SOS SRD SSP STN SVC SYP SZL THB TJS TMT TND TOP TRY TTD TWD TZS UAH \
-UGX USD UYU UZS VED VES VND VUV WST XAF XCD XCG XOF XPF YER ZAR ZMW ZWG";
-
 pub const USERNAME_MIN: usize = 3;
 pub const USERNAME_MAX: usize = 30;
 pub const DISPLAY_NAME_MAX: usize = 80;
@@ -179,9 +171,7 @@ impl ProductChanges {
 pub fn check_username(username: &str) -> Result<(), String> {
     let len = username.chars().count();
     if !(USERNAME_MIN..=USERNAME_MAX).contains(&len) {
-        return Err(format!(
-            "must be {USERNAME_MIN} to {USERNAME_MAX} characters long"
-        ));
+        return Err(format!("must be {USERNAME_MIN} to {USERNAME_MAX} characters long"));
     }
     if !username
         .bytes()
@@ -218,7 +208,7 @@ pub fn check_price(field: &str, amount_minor: i64, currency: &str, out: &mut Vec
 
 /// Whether `code` is an ISO 4217 alphabetic code (upper case).
 pub fn is_currency(code: &str) -> bool {
-    code.len() == 3 && ISO_4217.split_ascii_whitespace().any(|c| c == code)
+    thali_platform::money::is_currency(code)
 }
 
 fn check_text(field: &str, value: &str, min: usize, max: usize, out: &mut Vec<Violation>) {
@@ -233,24 +223,15 @@ fn check_text(field: &str, value: &str, min: usize, max: usize, out: &mut Vec<Vi
             },
         ));
     } else if len > max {
-        out.push(Violation::new(
-            field,
-            format!("must be at most {max} characters"),
-        ));
-    } else if value
-        .chars()
-        .any(|c| c.is_control() && c != '\n' && c != '\t')
-    {
+        out.push(Violation::new(field, format!("must be at most {max} characters")));
+    } else if value.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
         out.push(Violation::new(field, "must not contain control characters"));
     }
 }
 
 fn check_stock(field: &str, stock: i64, out: &mut Vec<Violation>) {
     if !(0..=STOCK_MAX).contains(&stock) {
-        out.push(Violation::new(
-            field,
-            format!("must be between 0 and {STOCK_MAX}"),
-        ));
+        out.push(Violation::new(field, format!("must be between 0 and {STOCK_MAX}")));
     }
 }
 
@@ -271,13 +252,7 @@ impl NewCreator {
         }
         let display_name = display_name.trim().to_owned();
         let bio = bio.trim().to_owned();
-        check_text(
-            "display_name",
-            &display_name,
-            1,
-            DISPLAY_NAME_MAX,
-            &mut violations,
-        );
+        check_text("display_name", &display_name, 1, DISPLAY_NAME_MAX, &mut violations);
         check_text("bio", &bio, 0, BIO_MAX, &mut violations);
         done(
             Self {
@@ -317,13 +292,7 @@ impl NewProduct {
         let title = title.trim().to_owned();
         let description = description.trim().to_owned();
         check_text("title", &title, 1, TITLE_MAX, &mut violations);
-        check_text(
-            "description",
-            &description,
-            0,
-            DESCRIPTION_MAX,
-            &mut violations,
-        );
+        check_text("description", &description, 0, DESCRIPTION_MAX, &mut violations);
         let price = match price {
             Some((amount_minor, currency)) => {
                 check_price("price", amount_minor, currency, &mut violations);
@@ -471,8 +440,7 @@ mod tests {
         assert_eq!(fields(err), ["price.amount_minor", "price.currency"]);
         let err = NewProduct::parse("Masala chai", "", Some((100, "XYZ")), None, None).unwrap_err();
         assert_eq!(fields(err), ["price.currency"]);
-        let err =
-            NewProduct::parse("x", "", Some((PRICE_MAX_MINOR + 1, "INR")), None, None).unwrap_err();
+        let err = NewProduct::parse("x", "", Some((PRICE_MAX_MINOR + 1, "INR")), None, None).unwrap_err();
         assert_eq!(fields(err), ["price.amount_minor"]);
         let err = NewProduct::parse("x", "", None, None, None).unwrap_err();
         assert_eq!(fields(err), ["price"]);

@@ -9,10 +9,7 @@ use tonic::{Code, Request, Response, Status};
 use uuid::Uuid;
 
 use crate::{
-    domain::{
-        self, Creator, NewCreator, NewProduct, Product, ProductChanges, ProfileChanges,
-        StorefrontError,
-    },
+    domain::{self, Creator, NewCreator, NewProduct, Product, ProductChanges, ProfileChanges, StorefrontError},
     store::{Idempotency, StorefrontStore},
 };
 
@@ -35,9 +32,7 @@ impl From<StorefrontError> for Status {
             StorefrontError::Unauthenticated => {
                 errors::with_reason(Code::Unauthenticated, "UNAUTHENTICATED", err.to_string())
             }
-            StorefrontError::NotOwner => {
-                errors::with_reason(Code::PermissionDenied, "NOT_OWNER", err.to_string())
-            }
+            StorefrontError::NotOwner => errors::with_reason(Code::PermissionDenied, "NOT_OWNER", err.to_string()),
             StorefrontError::UsernameTaken => {
                 errors::with_reason(Code::AlreadyExists, "USERNAME_TAKEN", err.to_string())
             }
@@ -47,28 +42,22 @@ impl From<StorefrontError> for Status {
             StorefrontError::ProductNotFound => {
                 errors::with_reason(Code::NotFound, "PRODUCT_NOT_FOUND", err.to_string())
             }
-            StorefrontError::ProductArchived => errors::with_reason(
-                Code::FailedPrecondition,
-                "PRODUCT_ARCHIVED",
-                err.to_string(),
-            ),
+            StorefrontError::ProductArchived => {
+                errors::with_reason(Code::FailedPrecondition, "PRODUCT_ARCHIVED", err.to_string())
+            }
             StorefrontError::IdempotencyKeyReused => {
                 errors::with_reason(Code::Aborted, "IDEMPOTENCY_KEY_REUSED", err.to_string())
             }
-            StorefrontError::Unavailable => errors::unavailable(
-                "DATABASE_UNAVAILABLE",
-                err.to_string(),
-                Duration::from_secs(2),
-            ),
+            StorefrontError::Unavailable => {
+                errors::unavailable("DATABASE_UNAVAILABLE", err.to_string(), Duration::from_secs(2))
+            }
             StorefrontError::Internal(cause) => errors::internal(&cause),
         }
     }
 }
 
 fn caller<T>(request: &Request<T>) -> Result<Principal, StorefrontError> {
-    principal(request)
-        .cloned()
-        .ok_or(StorefrontError::Unauthenticated)
+    principal(request).cloned().ok_or(StorefrontError::Unauthenticated)
 }
 
 fn timestamp(t: chrono::DateTime<chrono::Utc>) -> prost_types::Timestamp {
@@ -142,12 +131,8 @@ impl pb::storefront_service_server::StorefrontService for StorefrontGrpc {
         let owner = caller(&request)?;
         let req = request.into_inner();
         let new = NewCreator::parse(&req.username, &req.display_name, &req.bio)?;
-        let idem =
-            domain::parse_idempotency_key(&req.idempotency_key)?.map(|k| Idempotency::new(k, &new));
-        let creator = self
-            .store
-            .create_creator(&owner.subject, &new, idem.as_ref())
-            .await?;
+        let idem = domain::parse_idempotency_key(&req.idempotency_key)?.map(|k| Idempotency::new(k, &new));
+        let creator = self.store.create_creator(&owner.subject, &new, idem.as_ref()).await?;
         tracing::info!(creator_id = %creator.id, username = %creator.username, "creator created");
         Ok(Response::new(pb::CreateCreatorResponse {
             creator: Some(creator_pb(creator)),
@@ -190,22 +175,14 @@ impl pb::storefront_service_server::StorefrontService for StorefrontGrpc {
         let new = NewProduct::parse(
             &req.title,
             &req.description,
-            req.price
-                .as_ref()
-                .map(|m| (m.amount_minor, m.currency.as_str())),
+            req.price.as_ref().map(|m| (m.amount_minor, m.currency.as_str())),
             req.stock,
             req.active,
         )?;
-        let idem =
-            domain::parse_idempotency_key(&req.idempotency_key)?.map(|k| Idempotency::new(k, &new));
+        let idem = domain::parse_idempotency_key(&req.idempotency_key)?.map(|k| Idempotency::new(k, &new));
         let product = self
             .store
-            .create_product(
-                &who.subject,
-                lookup_username(&req.username)?,
-                &new,
-                idem.as_ref(),
-            )
+            .create_product(&who.subject, lookup_username(&req.username)?, &new, idem.as_ref())
             .await?;
         tracing::info!(product_id = %product.id, "product created");
         Ok(Response::new(pb::CreateProductResponse {
@@ -223,16 +200,11 @@ impl pb::storefront_service_server::StorefrontService for StorefrontGrpc {
         let changes = ProductChanges::parse(
             req.title.as_deref(),
             req.description.as_deref(),
-            req.price
-                .as_ref()
-                .map(|m| (m.amount_minor, m.currency.as_str())),
+            req.price.as_ref().map(|m| (m.amount_minor, m.currency.as_str())),
             req.active,
             req.stock.map(|s| s.quantity),
         )?;
-        let product = self
-            .store
-            .update_product(&who.subject, id, &changes)
-            .await?;
+        let product = self.store.update_product(&who.subject, id, &changes).await?;
         Ok(Response::new(pb::UpdateProductResponse {
             product: Some(product_pb(product)),
         }))
@@ -264,9 +236,7 @@ impl pb::storefront_service_server::StorefrontService for StorefrontGrpc {
             .await?;
         Ok(Response::new(pb::ListProductsResponse {
             products: products.into_iter().map(product_pb).collect(),
-            next_page_token: next
-                .map(|id| URL_SAFE_NO_PAD.encode(id.as_bytes()))
-                .unwrap_or_default(),
+            next_page_token: next.map(|id| URL_SAFE_NO_PAD.encode(id.as_bytes())).unwrap_or_default(),
         }))
     }
 
@@ -275,10 +245,7 @@ impl pb::storefront_service_server::StorefrontService for StorefrontGrpc {
         request: Request<pb::GetStorefrontRequest>,
     ) -> Result<Response<pb::GetStorefrontResponse>, Status> {
         let req = request.into_inner();
-        let (creator, products) = self
-            .store
-            .storefront(lookup_username(&req.username)?)
-            .await?;
+        let (creator, products) = self.store.storefront(lookup_username(&req.username)?).await?;
         Ok(Response::new(pb::GetStorefrontResponse {
             creator: Some(creator_pb(creator)),
             products: products.into_iter().map(product_pb).collect(),

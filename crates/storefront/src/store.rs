@@ -3,14 +3,14 @@
 //! per idempotency key) are database constraints.
 use chrono::Utc;
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait,
-    QueryFilter, QueryOrder, QuerySelect, Set, SqlErr, TransactionTrait,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect, Set, SqlErr, TransactionTrait,
 };
 use uuid::Uuid;
 
 use crate::domain::{
-    Creator, Money, NewCreator, NewProduct, Product, ProductChanges, ProfileChanges,
-    STOREFRONT_PRODUCTS_MAX, StorefrontError,
+    Creator, Money, NewCreator, NewProduct, Product, ProductChanges, ProfileChanges, STOREFRONT_PRODUCTS_MAX,
+    StorefrontError,
 };
 
 pub mod creator {
@@ -171,19 +171,10 @@ impl StorefrontStore {
     }
 
     /// Looks up a key already used by `subject` in `scope`.
-    async fn replay(
-        &self,
-        scope: &str,
-        subject: &str,
-        idem: &Idempotency,
-    ) -> Result<Option<Uuid>, StorefrontError> {
-        let found = idempotency::Entity::find_by_id((
-            scope.to_owned(),
-            subject.to_owned(),
-            idem.key.clone(),
-        ))
-        .one(&self.db)
-        .await?;
+    async fn replay(&self, scope: &str, subject: &str, idem: &Idempotency) -> Result<Option<Uuid>, StorefrontError> {
+        let found = idempotency::Entity::find_by_id((scope.to_owned(), subject.to_owned(), idem.key.clone()))
+            .one(&self.db)
+            .await?;
         match found {
             None => Ok(None),
             Some(row) if row.request_hash == idem.request_hash => Ok(Some(row.resource_id)),
@@ -209,10 +200,7 @@ impl StorefrontStore {
             resource_id: Set(resource_id),
             created_at: Set(Utc::now()),
         };
-        match idempotency::Entity::insert(row)
-            .exec_without_returning(txn)
-            .await
-        {
+        match idempotency::Entity::insert(row).exec_without_returning(txn).await {
             Ok(_) => Ok(true),
             Err(e) if is_unique_violation(&e) => Ok(false),
             Err(e) => Err(e.into()),
@@ -437,11 +425,7 @@ impl StorefrontStore {
     }
 
     /// Archives a product (kept for orders, never shown again). Archiving twice is a no-op.
-    pub async fn archive_product(
-        &self,
-        caller: &str,
-        id: Uuid,
-    ) -> Result<Product, StorefrontError> {
+    pub async fn archive_product(&self, caller: &str, id: Uuid) -> Result<Product, StorefrontError> {
         let txn = self.db.begin().await?;
         let found = self.owned_product(&txn, caller, id).await?;
         if found.archived_at.is_some() {
@@ -483,19 +467,12 @@ impl StorefrontStore {
             .await?;
         let more = rows.len() as u64 > page_size;
         rows.truncate(page_size as usize);
-        let next = if more {
-            rows.last().map(|r| r.id)
-        } else {
-            None
-        };
+        let next = if more { rows.last().map(|r| r.id) } else { None };
         Ok((rows.into_iter().map(Into::into).collect(), next))
     }
 
     /// The public storefront: the profile and its active products, newest first.
-    pub async fn storefront(
-        &self,
-        username: &str,
-    ) -> Result<(Creator, Vec<Product>), StorefrontError> {
+    pub async fn storefront(&self, username: &str) -> Result<(Creator, Vec<Product>), StorefrontError> {
         let owner = self.creator(username).await?;
         let rows = product::Entity::find()
             .filter(product::Column::CreatorId.eq(owner.id))

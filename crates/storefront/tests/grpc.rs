@@ -37,10 +37,7 @@ impl Harness {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let health = Health::new();
-        health.watch_database::<StorefrontServiceServer<StorefrontGrpc>>(
-            t.db.clone(),
-            Duration::from_millis(50),
-        );
+        health.watch_database::<StorefrontServiceServer<StorefrontGrpc>>(t.db.clone(), Duration::from_millis(50));
         let routes = Routes::new(thali_storefront::service(t.db.clone()));
         let (stop, stopped) = oneshot::channel::<()>();
         let verifier = Verifier::load(&keys).unwrap();
@@ -64,8 +61,7 @@ impl Harness {
     }
 
     fn token(&self, subject: &str) -> String {
-        self.signer
-            .mint(subject, &["creator".into()], Duration::from_secs(600))
+        self.signer.mint(subject, &["creator".into()], Duration::from_secs(600))
     }
 }
 
@@ -100,10 +96,7 @@ fn bad_fields(status: &tonic::Status) -> Vec<String> {
 }
 
 fn reason(status: &tonic::Status) -> String {
-    status
-        .get_details_error_info()
-        .map(|i| i.reason)
-        .unwrap_or_default()
+    status.get_details_error_info().map(|i| i.reason).unwrap_or_default()
 }
 
 #[tokio::test]
@@ -113,10 +106,7 @@ async fn creator_lifecycle_and_its_errors() {
     let alice = h.token("alice");
     let bob = h.token("bob");
 
-    let err = client
-        .create_creator(new_creator("chai_point"))
-        .await
-        .unwrap_err();
+    let err = client.create_creator(new_creator("chai_point")).await.unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
 
     let err = client
@@ -156,12 +146,7 @@ async fn creator_lifecycle_and_its_errors() {
         .into_inner();
     let creator = made.creator.unwrap();
     assert_eq!(creator.owner_subject, "alice");
-    assert_eq!(
-        uuid::Uuid::parse_str(&creator.id)
-            .unwrap()
-            .get_version_num(),
-        7
-    );
+    assert_eq!(uuid::Uuid::parse_str(&creator.id).unwrap().get_version_num(), 7);
 
     let err = client
         .create_creator(as_user(&bob, new_creator("chai_point")))
@@ -201,10 +186,7 @@ async fn creator_lifecycle_and_its_errors() {
         display_name: Some("Chai Point Co".into()),
         bio: None,
     };
-    let err = client
-        .update_profile(as_user(&bob, update.clone()))
-        .await
-        .unwrap_err();
+    let err = client.update_profile(as_user(&bob, update.clone())).await.unwrap_err();
     assert_eq!(
         (err.code(), reason(&err).as_str()),
         (Code::PermissionDenied, "NOT_OWNER")
@@ -238,20 +220,13 @@ async fn idempotent_create_answers_the_same_creator() {
         .await
         .unwrap()
         .into_inner();
-    let second = client
-        .create_creator(as_user(&alice, req))
-        .await
-        .unwrap()
-        .into_inner();
+    let second = client.create_creator(as_user(&alice, req)).await.unwrap().into_inner();
     assert_eq!(first.creator.unwrap().id, second.creator.unwrap().id);
     let other = pb::CreateCreatorRequest {
         idempotency_key: "abc-1".into(),
         ..new_creator("another_one")
     };
-    let err = client
-        .create_creator(as_user(&alice, other))
-        .await
-        .unwrap_err();
+    let err = client.create_creator(as_user(&alice, other)).await.unwrap_err();
     assert_eq!(
         (err.code(), reason(&err).as_str()),
         (Code::Aborted, "IDEMPOTENCY_KEY_REUSED")
@@ -354,10 +329,7 @@ async fn products_lifecycle_and_storefront() {
         stock: Some(pb::StockUpdate { quantity: Some(12) }),
         ..Default::default()
     };
-    let err = client
-        .update_product(as_user(&bob, change.clone()))
-        .await
-        .unwrap_err();
+    let err = client.update_product(as_user(&bob, change.clone())).await.unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);
     let changed = client
         .update_product(as_user(&alice, change))
@@ -366,10 +338,7 @@ async fn products_lifecycle_and_storefront() {
         .into_inner()
         .product
         .unwrap();
-    assert_eq!(
-        (changed.price.unwrap().amount_minor, changed.stock),
-        (35, Some(12))
-    );
+    assert_eq!((changed.price.unwrap().amount_minor, changed.stock), (35, Some(12)));
 
     let archived = client
         .archive_product(as_user(
@@ -409,11 +378,7 @@ async fn products_lifecycle_and_storefront() {
         .into_inner();
     assert_eq!(store.creator.unwrap().username, "snack_bar");
     assert_eq!(
-        store
-            .products
-            .iter()
-            .map(|p| p.id.as_str())
-            .collect::<Vec<_>>(),
+        store.products.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(),
         [samosa.id.as_str()]
     );
     let err = client
@@ -434,10 +399,7 @@ async fn products_lifecycle_and_storefront() {
         .unwrap()
         .into_inner();
     assert_eq!(page.products.len(), 1);
-    assert!(
-        page.next_page_token.is_empty(),
-        "one active product fits one page"
-    );
+    assert!(page.next_page_token.is_empty(), "one active product fits one page");
     let err = client
         .list_products(pb::ListProductsRequest {
             username: "snack_bar".into(),
@@ -460,17 +422,14 @@ async fn products_lifecycle_and_storefront() {
 
 #[tokio::test]
 async fn health_follows_the_database() {
-    use tonic_health::pb::{
-        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
-    };
+    use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
     let h = Harness::start().await;
     let mut health = HealthClient::new(h.channel());
     let service = "thali.storefront.v1.StorefrontService";
-    let status =
-        |r: Result<tonic::Response<tonic_health::pb::HealthCheckResponse>, tonic::Status>| {
-            r.map(|r| r.into_inner().status)
-                .unwrap_or(ServingStatus::Unknown as i32)
-        };
+    let status = |r: Result<tonic::Response<tonic_health::pb::HealthCheckResponse>, tonic::Status>| {
+        r.map(|r| r.into_inner().status)
+            .unwrap_or(ServingStatus::Unknown as i32)
+    };
     let mut serving = false;
     for _ in 0..100 {
         if status(
@@ -505,13 +464,7 @@ async fn health_follows_the_database() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(not_serving, "NOT_SERVING once the database is gone");
-    let whole = status(
-        health
-            .check(HealthCheckRequest {
-                service: String::new(),
-            })
-            .await,
-    );
+    let whole = status(health.check(HealthCheckRequest { service: String::new() }).await);
     assert_eq!(whole, ServingStatus::NotServing as i32);
 }
 
@@ -543,10 +496,7 @@ async fn reflection_v1_and_v1alpha_list_the_service() {
             names.contains(&"thali.storefront.v1.StorefrontService".to_owned()),
             "{names:?}"
         );
-        assert!(
-            names.contains(&"grpc.health.v1.Health".to_owned()),
-            "{names:?}"
-        );
+        assert!(names.contains(&"grpc.health.v1.Health".to_owned()), "{names:?}");
 
         let req = ServerReflectionRequest {
             host: String::new(),

@@ -23,14 +23,7 @@ fn creator(username: &str) -> NewCreator {
 }
 
 fn chai(price: i64) -> NewProduct {
-    NewProduct::parse(
-        "Masala chai",
-        "Strong, sweet",
-        Some((price, "INR")),
-        Some(20),
-        None,
-    )
-    .unwrap()
+    NewProduct::parse("Masala chai", "Strong, sweet", Some((price, "INR")), Some(20), None).unwrap()
 }
 
 #[tokio::test]
@@ -43,12 +36,7 @@ async fn every_migration_runs_down_and_up_again() {
         Migrator::up(&t.db, None)
             .await
             .unwrap_or_else(|e| panic!("{}: up again: {e}", t.backend));
-        assert!(
-            Migrator::get_pending_migrations(&t.db)
-                .await
-                .unwrap()
-                .is_empty()
-        );
+        assert!(Migrator::get_pending_migrations(&t.db).await.unwrap().is_empty());
     }
 }
 
@@ -66,11 +54,7 @@ async fn usernames_are_unique_whoever_asks() {
             .create_creator("bob", &creator("chai_point"), None)
             .await
             .unwrap_err();
-        assert!(
-            matches!(err, StorefrontError::UsernameTaken),
-            "{}: {err:?}",
-            t.backend
-        );
+        assert!(matches!(err, StorefrontError::UsernameTaken), "{}: {err:?}", t.backend);
     }
 }
 
@@ -106,22 +90,13 @@ async fn idempotency_key_replays_and_refuses_a_different_request() {
         let store = StorefrontStore::new(t.db.clone());
         let new = creator("idem_shop");
         let key = Idempotency::new("key-1".into(), &new);
-        let first = store
-            .create_creator("alice", &new, Some(&key))
-            .await
-            .unwrap();
-        let again = store
-            .create_creator("alice", &new, Some(&key))
-            .await
-            .unwrap();
+        let first = store.create_creator("alice", &new, Some(&key)).await.unwrap();
+        let again = store.create_creator("alice", &new, Some(&key)).await.unwrap();
         assert_eq!(first, again, "{}", t.backend);
 
         let other = creator("other_shop");
         let reused = Idempotency::new("key-1".into(), &other);
-        let err = store
-            .create_creator("alice", &other, Some(&reused))
-            .await
-            .unwrap_err();
+        let err = store.create_creator("alice", &other, Some(&reused)).await.unwrap_err();
         assert!(
             matches!(err, StorefrontError::IdempotencyKeyReused),
             "{}: {err:?}",
@@ -129,10 +104,7 @@ async fn idempotency_key_replays_and_refuses_a_different_request() {
         );
 
         // Keys belong to the caller: bob's key-1 is his own.
-        let bobs = store
-            .create_creator("bob", &other, Some(&reused))
-            .await
-            .unwrap();
+        let bobs = store.create_creator("bob", &other, Some(&reused)).await.unwrap();
         assert_eq!(bobs.username, "other_shop");
 
         let p1 = store
@@ -154,10 +126,7 @@ async fn idempotency_key_replays_and_refuses_a_different_request() {
             .await
             .unwrap();
         assert_eq!(p1.id, p2.id);
-        let (listed, _) = store
-            .list_products(Some("alice"), "idem_shop", 50, None)
-            .await
-            .unwrap();
+        let (listed, _) = store.list_products(Some("alice"), "idem_shop", 50, None).await.unwrap();
         assert_eq!(
             listed.len(),
             1,
@@ -201,33 +170,24 @@ async fn only_the_owner_changes_a_page_and_its_products() {
             store.update_profile("bob", "alice_snacks", &changes).await,
             Err(StorefrontError::NotOwner)
         ));
-        let updated = store
-            .update_profile("alice", "alice_snacks", &changes)
-            .await
-            .unwrap();
+        let updated = store.update_profile("alice", "alice_snacks", &changes).await.unwrap();
         assert_eq!(updated.display_name, "Alice's Snacks");
         assert_eq!(updated.bio, "Tea and snacks");
 
         assert!(matches!(
-            store
-                .create_product("bob", "alice_snacks", &chai(100), None)
-                .await,
+            store.create_product("bob", "alice_snacks", &chai(100), None).await,
             Err(StorefrontError::NotOwner)
         ));
         let product = store
             .create_product("alice", "alice_snacks", &chai(100), None)
             .await
             .unwrap();
-        let price =
-            ProductChanges::parse(None, None, Some((150, "INR")), None, Some(None)).unwrap();
+        let price = ProductChanges::parse(None, None, Some((150, "INR")), None, Some(None)).unwrap();
         assert!(matches!(
             store.update_product("bob", product.id, &price).await,
             Err(StorefrontError::NotOwner)
         ));
-        let changed = store
-            .update_product("alice", product.id, &price)
-            .await
-            .unwrap();
+        let changed = store.update_product("alice", product.id, &price).await.unwrap();
         assert_eq!(changed.price.amount_minor, 150);
         assert_eq!(changed.stock, None, "stock cleared means unlimited");
         assert!(matches!(
@@ -291,14 +251,8 @@ async fn archived_products_leave_the_storefront_and_stay_archived() {
             owner_view.iter().map(|p| p.id).collect::<Vec<_>>(),
             [hidden.id, keep.id]
         );
-        let (public_view, _) = store
-            .list_products(None, "archive_me", 50, None)
-            .await
-            .unwrap();
-        assert_eq!(
-            public_view.iter().map(|p| p.id).collect::<Vec<_>>(),
-            [keep.id]
-        );
+        let (public_view, _) = store.list_products(None, "archive_me", 50, None).await.unwrap();
+        assert_eq!(public_view.iter().map(|p| p.id).collect::<Vec<_>>(), [keep.id]);
     }
 }
 
@@ -324,10 +278,7 @@ async fn products_page_newest_first_without_gaps_or_repeats() {
         let mut seen = Vec::new();
         let mut after = None;
         loop {
-            let (page, next) = store
-                .list_products(None, "many_items", 3, after)
-                .await
-                .unwrap();
+            let (page, next) = store.list_products(None, "many_items", 3, after).await.unwrap();
             assert!(page.len() <= 3);
             seen.extend(page.iter().map(|p| p.id));
             match next {
@@ -344,10 +295,7 @@ async fn products_page_newest_first_without_gaps_or_repeats() {
 async fn the_database_refuses_rows_that_break_the_rules() {
     for t in backends().await {
         let store = StorefrontStore::new(t.db.clone());
-        let owner = store
-            .create_creator("alice", &creator("db_rules"), None)
-            .await
-            .unwrap();
+        let owner = store.create_creator("alice", &creator("db_rules"), None).await.unwrap();
         let base = |price: i64, currency: &str, stock: Option<i64>| {
             let now = chrono::Utc::now();
             product::ActiveModel {

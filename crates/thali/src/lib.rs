@@ -93,8 +93,8 @@ pub async fn start(cfg: &Config, part: Part) -> anyhow::Result<Platform> {
     if part == Part::All {
         ensure_key_pair(&keys_dir).context("creating the JWT key pair")?;
     }
-    let verifier = Verifier::load(&keys_dir)
-        .with_context(|| format!("loading JWT public keys from {}", keys_dir.display()))?;
+    let verifier =
+        Verifier::load(&keys_dir).with_context(|| format!("loading JWT public keys from {}", keys_dir.display()))?;
     let metrics = thali_platform::telemetry::metrics_handle();
 
     let mut grpc_addr = None;
@@ -118,10 +118,7 @@ pub async fn start(cfg: &Config, part: Part) -> anyhow::Result<Platform> {
             .with_context(|| format!("binding {}", cfg.grpc_addr))?;
         grpc_addr = Some(listener.local_addr()?);
         let health = Health::new();
-        health.watch_database::<StorefrontServiceServer<StorefrontGrpc>>(
-            db.clone(),
-            Duration::from_secs(2),
-        );
+        health.watch_database::<StorefrontServiceServer<StorefrontGrpc>>(db.clone(), Duration::from_secs(2));
         let routes = tonic::service::Routes::new(thali_storefront::service(db));
         let verifier = verifier.clone();
         let shutdown = stopped(stop_rx.clone());
@@ -140,9 +137,8 @@ pub async fn start(cfg: &Config, part: Part) -> anyhow::Result<Platform> {
                 (None, Some(addr)) => format!("http://{addr}"),
                 (None, None) => format!("http://{}", cfg.grpc_addr),
             };
-            let channel =
-                thali_platform::client::channel(&target, cfg.connect_timeout(), cfg.rpc_timeout())
-                    .with_context(|| format!("storefront_url `{target}`"))?;
+            let channel = thali_platform::client::channel(&target, cfg.connect_timeout(), cfg.rpc_timeout())
+                .with_context(|| format!("storefront_url `{target}`"))?;
             let state = thali_facade::FacadeState::new(channel, verifier, metrics);
             thali_facade::router(state, cfg.max_body_bytes)
         }

@@ -122,16 +122,12 @@ async fn main() -> anyhow::Result<()> {
             let telemetry = thali_platform::telemetry::init(&cfg, name)?;
             let platform = thali::start(&cfg, part).await?;
             if let Some(addr) = platform.grpc_addr {
-                println!(
-                    "thali: gRPC services on {addr} (reflection on; try `grpcurl -plaintext {addr} list`)"
-                );
+                println!("thali: gRPC services on {addr} (reflection on; try `grpcurl -plaintext {addr} list`)");
             }
             if let Some(addr) = platform.http_addr {
                 match part {
                     Part::Storefront => println!("thali: metrics on http://{addr}/metrics"),
-                    _ => println!(
-                        "thali: REST facade on http://{addr}/api/v1 (docs: http://{addr}/docs)"
-                    ),
+                    _ => println!("thali: REST facade on http://{addr}/api/v1 (docs: http://{addr}/docs)"),
                 }
             }
             if part == Part::All {
@@ -152,18 +148,11 @@ async fn main() -> anyhow::Result<()> {
             eprintln!("migrate: database is up to date");
             Ok(())
         }
-        Command::Token {
-            sub,
-            roles,
-            ttl_hours,
-        } => {
+        Command::Token { sub, roles, ttl_hours } => {
             let dir = cfg.keys_dir();
             ensure_key_pair(&dir).context("creating the JWT key pair")?;
             let signer = Signer::load(&dir)?;
-            println!(
-                "{}",
-                signer.mint(&sub, &roles, Duration::from_secs(ttl_hours * 3600))
-            );
+            println!("{}", signer.mint(&sub, &roles, Duration::from_secs(ttl_hours * 3600)));
             Ok(())
         }
     }

@@ -109,9 +109,6 @@ pub async fn serve(
     tonic::transport::Server::builder()
         .layer(stack)
         .add_routes(all)
-        .serve_with_incoming_shutdown(
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
-            shutdown,
-        )
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown)
         .await
 }
