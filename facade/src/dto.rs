@@ -26,6 +26,7 @@ fn currency_schema() -> utoipa::openapi::Object {
 pub struct Money {
     /// Amount in the currency's minor unit.
     #[schema(example = 4900, minimum = 1, maximum = 1_000_000_000)]
+    #[serde(deserialize_with = "integer")]
     pub amount_minor: i64,
     /// ISO 4217 code, upper case.
     #[schema(schema_with = currency_schema)]
@@ -187,19 +188,38 @@ pub struct CreateProduct {
     pub description: String,
     pub price: Money,
     /// Units for sale; absent or null means unlimited.
+    #[serde(default, deserialize_with = "optional_integer")]
     #[schema(minimum = 0, maximum = 1_000_000_000)]
     pub stock: Option<i64>,
     /// Defaults to true.
     pub active: Option<bool>,
 }
 
-/// Deserialises a present field (even `null`) as `Some`, so absent and null differ.
-fn present<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
-where
-    D: Deserializer<'de>,
-    T: Deserialize<'de>,
-{
-    T::deserialize(deserializer).map(Some)
+/// An integer as JSON Schema counts them: `1.0` is the integer 1.
+fn integer<'de, D: Deserializer<'de>>(deserializer: D) -> Result<i64, D::Error> {
+    let n = serde_json::Number::deserialize(deserializer)?;
+    if let Some(i) = n.as_i64() {
+        return Ok(i);
+    }
+    match n.as_f64() {
+        Some(f) if f.fract() == 0.0 && f >= i64::MIN as f64 && f < i64::MAX as f64 => Ok(f as i64),
+        _ => Err(serde::de::Error::custom(format!(
+            "expected a 64-bit integer, found {n}"
+        ))),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(transparent)]
+struct Integer(#[serde(deserialize_with = "integer")] i64);
+
+fn optional_integer<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<i64>, D::Error> {
+    Option::<Integer>::deserialize(deserializer).map(|o| o.map(|i| i.0))
+}
+
+/// A present field (even `null`) becomes `Some`, so absent and null differ.
+fn present_optional_integer<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Option<i64>>, D::Error> {
+    optional_integer(deserializer).map(Some)
 }
 
 /// Body of `PATCH /api/v1/products/{id}`: absent fields are left unchanged; `"stock": null`
@@ -217,7 +237,7 @@ pub struct UpdateProduct {
     pub description: Option<String>,
     pub price: Option<Money>,
     pub active: Option<bool>,
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "present_optional_integer")]
     #[schema(value_type = Option<i64>, minimum = 0, maximum = 1_000_000_000)]
     pub stock: Option<Option<i64>>,
 }
@@ -230,7 +250,7 @@ pub struct ListProductsQuery {
     /// 1-100; 0 or absent means 50.
     #[param(minimum = 0, maximum = 100)]
     pub page_size: Option<i32>,
-    /// From the previous page's `next_page_token`.
-    #[param(pattern = r"^[A-Za-z0-9_-]{22}$")]
+    /// From the previous page's `next_page_token`; empty or absent for the first page.
+    #[param(pattern = r"^([A-Za-z0-9_-]{21}[AQgw])?$")]
     pub page_token: Option<String>,
 }

@@ -17,13 +17,19 @@ use crate::{
 fn idempotency_key(headers: &HeaderMap) -> Result<String, Problem> {
     match headers.get("idempotency-key") {
         None => Ok(String::new()),
-        Some(v) => v.to_str().map(str::to_owned).map_err(|_| {
-            Problem::new(
-                StatusCode::BAD_REQUEST,
-                "INVALID_HEADER",
-                "Idempotency-Key must be visible ASCII",
-            )
-        }),
+        // Present but empty is a malformed key, not "no key".
+        Some(v) => v
+            .to_str()
+            .ok()
+            .filter(|k| !k.is_empty())
+            .map(str::to_owned)
+            .ok_or_else(|| {
+                Problem::new(
+                    StatusCode::BAD_REQUEST,
+                    "INVALID_HEADER",
+                    "Idempotency-Key must be 1-200 visible ASCII characters",
+                )
+            }),
     }
 }
 

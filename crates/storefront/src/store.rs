@@ -395,11 +395,12 @@ impl StorefrontStore {
     ) -> Result<Product, StorefrontError> {
         let txn = self.db.begin().await?;
         let found = self.owned_product(&txn, caller, id).await?;
-        if found.archived_at.is_some() {
-            return Err(StorefrontError::ProductArchived);
-        }
+        // An empty change changes nothing, archived or not.
         if changes.is_empty() {
             return Ok(found.into());
+        }
+        if found.archived_at.is_some() {
+            return Err(StorefrontError::ProductArchived);
         }
         let mut row: product::ActiveModel = found.into();
         if let Some(t) = &changes.title {
