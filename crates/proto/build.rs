@@ -2,7 +2,11 @@
 //! descriptor set that server reflection serves.
 use std::{env, path::PathBuf};
 
-const FILES: &[&str] = &["thali/common/v1/money.proto", "thali/storefront/v1/storefront.proto"];
+const FILES: &[&str] = &[
+    "thali/common/v1/money.proto",
+    "thali/identity/v1/identity.proto",
+    "thali/storefront/v1/storefront.proto",
+];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?).join("../../proto");

@@ -254,3 +254,228 @@ pub struct ListProductsQuery {
     #[param(pattern = r"^([A-Za-z0-9_-]{21}[AQgw])?$")]
     pub page_token: Option<String>,
 }
+
+/// Role of an account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Buyer,
+    Creator,
+    RestaurantOwner,
+    Admin,
+}
+
+impl Role {
+    pub fn from_pb(role: i32) -> Option<Self> {
+        use thali_proto::identity::v1::Role as R;
+        Some(match R::try_from(role).ok()? {
+            R::Buyer => Role::Buyer,
+            R::Creator => Role::Creator,
+            R::RestaurantOwner => Role::RestaurantOwner,
+            R::Admin => Role::Admin,
+            R::Unspecified => return None,
+        })
+    }
+
+    pub fn to_pb(self) -> thali_proto::identity::v1::Role {
+        use thali_proto::identity::v1::Role as R;
+        match self {
+            Role::Buyer => R::Buyer,
+            Role::Creator => R::Creator,
+            Role::RestaurantOwner => R::RestaurantOwner,
+            Role::Admin => R::Admin,
+        }
+    }
+}
+
+/// An account.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Account {
+    pub id: String,
+    pub email: String,
+    pub display_name: String,
+    pub role: Option<Role>,
+    /// `active`, `locked` or `disabled`.
+    pub status: String,
+    #[schema(format = DateTime)]
+    pub created_at: Option<String>,
+}
+
+impl From<thali_proto::identity::v1::Account> for Account {
+    fn from(a: thali_proto::identity::v1::Account) -> Self {
+        use thali_proto::identity::v1::AccountStatus as S;
+        let status = match S::try_from(a.status).unwrap_or(S::Unspecified) {
+            S::Active => "active",
+            S::Locked => "locked",
+            S::Disabled => "disabled",
+            S::Unspecified => "unknown",
+        };
+        Self {
+            id: a.id,
+            email: a.email,
+            display_name: a.display_name,
+            role: Role::from_pb(a.role),
+            status: status.to_owned(),
+            created_at: rfc3339(a.create_time),
+        }
+    }
+}
+
+/// Body of `POST /api/v1/auth/register`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Register {
+    #[schema(example = "asha@example.com", max_length = 254)]
+    pub email: String,
+    /// 12 to 128 characters.
+    #[schema(min_length = 12, max_length = 128)]
+    pub password: String,
+    #[schema(example = "Asha", min_length = 1, max_length = 80)]
+    pub display_name: String,
+    /// buyer, creator or restaurant_owner (admins are made by an operator).
+    pub role: Role,
+}
+
+/// Body of `POST /api/v1/auth/login`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Login {
+    pub email: String,
+    pub password: String,
+}
+
+/// Body of `POST /api/v1/auth/refresh` and `/logout`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RefreshToken {
+    pub refresh_token: String,
+}
+
+/// Access and refresh tokens.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Tokens {
+    /// EdDSA JWT for `Authorization: Bearer`; valid 7 days, renewed on activity.
+    pub access_token: String,
+    /// Always `Bearer`.
+    pub token_type: String,
+    #[schema(format = DateTime)]
+    pub access_token_expires_at: Option<String>,
+    /// Trade it at `/api/v1/auth/refresh`; works once.
+    pub refresh_token: String,
+    #[schema(format = DateTime)]
+    pub refresh_token_expires_at: Option<String>,
+}
+
+impl From<thali_proto::identity::v1::Tokens> for Tokens {
+    fn from(t: thali_proto::identity::v1::Tokens) -> Self {
+        Self {
+            access_token: t.access_token,
+            token_type: "Bearer".to_owned(),
+            access_token_expires_at: rfc3339(t.access_token_expire_time),
+            refresh_token: t.refresh_token,
+            refresh_token_expires_at: rfc3339(t.refresh_token_expire_time),
+        }
+    }
+}
+
+/// Answer of a login.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Session {
+    pub account: Account,
+    pub tokens: Tokens,
+}
+
+/// A partner API key (never its secret).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ApiKey {
+    pub id: String,
+    pub owner_id: String,
+    pub name: String,
+    /// Public part of the key (`thali_pk_<prefix>_…`).
+    pub prefix: String,
+    pub scopes: Vec<String>,
+    #[schema(format = DateTime)]
+    pub created_at: Option<String>,
+    #[schema(format = DateTime)]
+    pub expires_at: Option<String>,
+    #[schema(format = DateTime)]
+    pub last_used_at: Option<String>,
+    #[schema(format = DateTime)]
+    pub revoked_at: Option<String>,
+}
+
+impl From<thali_proto::identity::v1::ApiKey> for ApiKey {
+    fn from(k: thali_proto::identity::v1::ApiKey) -> Self {
+        Self {
+            id: k.id,
+            owner_id: k.owner_id,
+            name: k.name,
+            prefix: k.prefix,
+            scopes: k.scopes,
+            created_at: rfc3339(k.create_time),
+            expires_at: rfc3339(k.expire_time),
+            last_used_at: rfc3339(k.last_use_time),
+            revoked_at: rfc3339(k.revoke_time),
+        }
+    }
+}
+
+/// Body of `POST /api/v1/api-keys`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateApiKey {
+    #[schema(example = "pos-integration", min_length = 1, max_length = 80)]
+    pub name: String,
+    /// e.g. `storefront.read`, `storefront.write`.
+    pub scopes: Vec<String>,
+    /// RFC 3339; absent: never expires.
+    #[schema(format = DateTime)]
+    pub expires_at: Option<String>,
+    /// Admins only: create the key for this account.
+    pub owner_id: Option<String>,
+}
+
+/// A new API key: the secret is shown here once and never again.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct CreatedApiKey {
+    pub api_key: ApiKey,
+    /// The whole key, `thali_pk_…`; send it as `Authorization: Bearer <key>`.
+    pub secret: String,
+}
+
+/// A list of API keys.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ApiKeyList {
+    pub api_keys: Vec<ApiKey>,
+}
+
+/// Query of `GET /api/v1/api-keys`.
+#[derive(Debug, Clone, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListApiKeysQuery {
+    /// Admins only: another account's keys.
+    pub owner_id: Option<String>,
+}
+
+/// A JSON Web Key (Ed25519 public key).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Jwk {
+    /// `OKP`.
+    pub kty: String,
+    /// `Ed25519`.
+    pub crv: String,
+    /// `EdDSA`.
+    pub alg: String,
+    /// `sig`.
+    #[serde(rename = "use")]
+    pub usage: String,
+    pub kid: String,
+    pub x: String,
+}
+
+/// The keys that verify Thali access tokens (RFC 7517).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Jwks {
+    pub keys: Vec<Jwk>,
+}

@@ -13,11 +13,14 @@ use axum::{
     extract::{DefaultBodyLimit, State},
     http::{HeaderName, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
-    routing::{get, patch, post},
+    routing::{delete, get, patch, post},
 };
 use metrics_exporter_prometheus::PrometheusHandle;
 use thali_platform::{auth::Verifier, client::GrpcChannel};
-use thali_proto::storefront::v1::storefront_service_client::StorefrontServiceClient;
+use thali_proto::{
+    identity::v1::identity_service_client::IdentityServiceClient,
+    storefront::v1::storefront_service_client::StorefrontServiceClient,
+};
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
 use tower_http::{
     request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
@@ -31,17 +34,23 @@ use crate::problem::Problem;
 #[derive(Clone)]
 pub struct FacadeState {
     pub storefront: StorefrontServiceClient<GrpcChannel>,
-    pub storefront_health: HealthClient<GrpcChannel>,
+    pub identity: IdentityServiceClient<GrpcChannel>,
+    /// Health of each service the facade depends on, by gRPC service name.
+    pub health: Vec<(&'static str, HealthClient<GrpcChannel>)>,
     pub verifier: Verifier,
     pub metrics: PrometheusHandle,
 }
 
 impl FacadeState {
-    /// State over one channel to the storefront service.
-    pub fn new(storefront: GrpcChannel, verifier: Verifier, metrics: PrometheusHandle) -> Self {
+    /// State over one channel to each service.
+    pub fn new(storefront: GrpcChannel, identity: GrpcChannel, verifier: Verifier, metrics: PrometheusHandle) -> Self {
         Self {
             storefront: StorefrontServiceClient::new(storefront.clone()),
-            storefront_health: HealthClient::new(storefront),
+            identity: IdentityServiceClient::new(identity.clone()),
+            health: vec![
+                ("thali.storefront.v1.StorefrontService", HealthClient::new(storefront)),
+                ("thali.identity.v1.IdentityService", HealthClient::new(identity)),
+            ],
             verifier,
             metrics,
         }
@@ -53,18 +62,36 @@ impl FacadeState {
 pub fn router(state: FacadeState, max_body_bytes: usize) -> Router {
     let x_request_id = HeaderName::from_static("x-request-id");
     let api = Router::new()
-        .route("/api/v1/creators", post(routes::create_creator))
+        .route("/api/v1/auth/register", post(routes::identity::register))
+        .route("/api/v1/auth/login", post(routes::identity::login))
+        .route("/api/v1/auth/refresh", post(routes::identity::refresh))
+        .route("/api/v1/auth/logout", post(routes::identity::logout))
+        .route("/api/v1/auth/me", get(routes::identity::me))
+        .route(
+            "/api/v1/api-keys",
+            post(routes::identity::create_api_key).get(routes::identity::list_api_keys),
+        )
+        .route("/api/v1/api-keys/{id}", delete(routes::identity::revoke_api_key))
+        .route("/.well-known/jwks.json", get(routes::identity::jwks))
+        .route("/api/v1/creators", post(routes::storefront::create_creator))
         .route(
             "/api/v1/creators/{username}",
-            get(routes::get_creator).patch(routes::update_profile),
+            get(routes::storefront::get_creator).patch(routes::storefront::update_profile),
         )
         .route(
             "/api/v1/creators/{username}/products",
-            post(routes::create_product).get(routes::list_products),
+            post(routes::storefront::create_product).get(routes::storefront::list_products),
         )
-        .route("/api/v1/products/{id}", patch(routes::update_product))
-        .route("/api/v1/products/{id}/archive", post(routes::archive_product))
-        .route("/api/v1/store/{username}", get(routes::get_storefront))
+        .route("/api/v1/products/{id}", patch(routes::storefront::update_product))
+        .route(
+            "/api/v1/products/{id}/archive",
+            post(routes::storefront::archive_product),
+        )
+        .route("/api/v1/store/{username}", get(routes::storefront::get_storefront))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            middleware::renew_token,
+        ))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -110,28 +137,32 @@ async fn healthz() -> Json<serde_json::Value> {
 
 /// The services behind the facade answer SERVING.
 async fn readyz(State(state): State<FacadeState>) -> Response {
-    let check = HealthCheckRequest {
-        service: "thali.storefront.v1.StorefrontService".into(),
-    };
-    match state.storefront_health.clone().check(check).await {
-        Ok(res) if res.get_ref().status == ServingStatus::Serving as i32 => {
-            Json(serde_json::json!({ "status": "ready", "storefront": "SERVING" })).into_response()
-        }
-        Ok(_) => Problem::new(
+    let mut report = serde_json::Map::new();
+    let mut ready = true;
+    for (service, client) in &state.health {
+        let check = HealthCheckRequest {
+            service: (*service).to_owned(),
+        };
+        let status = match client.clone().check(check).await {
+            Ok(res) if res.get_ref().status == ServingStatus::Serving as i32 => "SERVING",
+            Ok(_) => "NOT_SERVING",
+            Err(status) => {
+                tracing::warn!(service, error = %status, "readiness: health check failed");
+                "UNREACHABLE"
+            }
+        };
+        ready &= status == "SERVING";
+        report.insert((*service).to_owned(), status.into());
+    }
+    if ready {
+        Json(serde_json::json!({ "status": "ready", "services": report })).into_response()
+    } else {
+        Problem::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "NOT_READY",
-            "storefront is not serving",
+            format!("not every service is serving: {}", serde_json::Value::Object(report)),
         )
-        .into_response(),
-        Err(status) => {
-            tracing::warn!(error = %status, "readiness: storefront health check failed");
-            Problem::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "NOT_READY",
-                "storefront does not answer",
-            )
-            .into_response()
-        }
+        .into_response()
     }
 }
 

@@ -3,13 +3,18 @@
 use std::time::Instant;
 
 use axum::{
-    extract::{FromRequest, FromRequestParts, MatchedPath, Request},
+    extract::{FromRequest, FromRequestParts, MatchedPath, Request, State},
     http::{HeaderValue, header, request::Parts},
     middleware::Next,
     response::{IntoResponse, Response},
 };
 use opentelemetry::trace::TraceContextExt;
-use thali_platform::auth::Principal;
+use thali_platform::{
+    audit::{SecurityEvent, security_event},
+    auth::{Principal, bearer_token},
+    server::USER_TOKEN_HEADER,
+};
+use thali_proto::identity::v1::RenewAccessTokenRequest;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
@@ -30,7 +35,11 @@ pub async fn tag_route(matched: MatchedPath, req: Request, next: Next) -> Respon
 /// Outer layer: continues the caller's trace (W3C `traceparent`), runs the request in a server
 /// span, and records `http_server_request_duration_seconds{route, method, status}`.
 pub async fn observe(req: Request, next: Next) -> Response {
-    let method = req.method().as_str().to_owned();
+    // Only standard methods become label values, so odd methods cannot grow the registry.
+    let method = match req.method().as_str() {
+        m @ ("GET" | "HEAD" | "POST" | "PUT" | "PATCH" | "DELETE" | "OPTIONS") => m.to_owned(),
+        _ => "OTHER".to_owned(),
+    };
     let request_id = req
         .headers()
         .get("x-request-id")
@@ -78,14 +87,21 @@ pub struct Caller {
 }
 
 impl Caller {
-    /// Wraps `message` in a gRPC request carrying the caller's credentials.
+    /// Wraps `message` in a gRPC request made for this user: the client stack adds the
+    /// facade's service token, the user's own token travels in `x-thali-user-token`.
     pub fn request<T>(&self, message: T) -> tonic::Request<T> {
         let mut req = tonic::Request::new(message);
-        let value = format!("Bearer {}", self.token)
-            .parse()
-            .expect("a verified token is a valid header value");
-        req.metadata_mut().insert("authorization", value);
+        let value = self.token.parse().expect("a verified token is a valid header value");
+        req.metadata_mut().insert(USER_TOKEN_HEADER, value);
         req
+    }
+}
+
+/// A gRPC request for `caller`, or an anonymous one.
+pub fn request_as<T>(caller: &Option<Caller>, message: T) -> tonic::Request<T> {
+    match caller {
+        Some(c) => c.request(message),
+        None => tonic::Request::new(message),
     }
 }
 
@@ -110,36 +126,29 @@ impl FromRequestParts<FacadeState> for Caller {
             .headers
             .get(header::AUTHORIZATION)
             .ok_or_else(|| Unauthorized(Problem::unauthorized("this operation needs a bearer token")))?;
-        let value = value
+        let token = value
             .to_str()
-            .map_err(|_| Unauthorized(Problem::unauthorized("the token is malformed")))?;
-        match state.verifier.verify_bearer(value) {
-            Ok(principal) => {
-                let token = value[7..].trim().to_owned();
-                Ok(Caller { principal, token })
-            }
+            .ok()
+            .and_then(bearer_token)
+            .ok_or_else(|| Unauthorized(Problem::unauthorized("expected `Authorization: Bearer <token>`")))?;
+        match state.verifier.verify(token) {
+            Ok(principal) => Ok(Caller {
+                principal,
+                token: token.to_owned(),
+            }),
             Err(e) => {
-                tracing::info!(reason = %e, "request refused: bad credentials");
+                security_event(
+                    SecurityEvent::AuthenticationFailed,
+                    "",
+                    parts.uri.path(),
+                    "",
+                    &e.to_string(),
+                );
                 Err(Unauthorized(Problem::unauthorized(e.to_string())))
             }
         }
     }
 }
-
-/// `axum::Json` whose rejections are problem+json.
-#[derive(FromRequest)]
-#[from_request(via(axum::Json), rejection(Problem))]
-pub struct ApiJson<T>(pub T);
-
-/// `axum::extract::Path` whose rejections are problem+json.
-#[derive(FromRequestParts)]
-#[from_request(via(axum::extract::Path), rejection(Problem))]
-pub struct ApiPath<T>(pub T);
-
-/// `axum::extract::Query` whose rejections are problem+json.
-#[derive(FromRequestParts)]
-#[from_request(via(axum::extract::Query), rejection(Problem))]
-pub struct ApiQuery<T>(pub T);
 
 impl axum::extract::OptionalFromRequestParts<FacadeState> for Caller {
     type Rejection = Unauthorized;
@@ -155,3 +164,56 @@ impl axum::extract::OptionalFromRequestParts<FacadeState> for Caller {
         }
     }
 }
+
+/// Response header carrying a renewed access token.
+pub const RENEWED_TOKEN_HEADER: &str = "x-thali-access-token";
+
+/// Keeps active users signed in: when a request succeeds with a user token older than a day,
+/// the answer carries a fresh token in `X-Thali-Access-Token`.
+pub async fn renew_token(State(state): State<FacadeState>, req: Request, next: Next) -> Response {
+    let stale = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(bearer_token)
+        .and_then(|t| state.verifier.verify(t).ok().map(|p| (t.to_owned(), p)))
+        .filter(|(_, p)| chrono::Utc::now().timestamp() - p.issued_at > RENEW_AFTER_SECS);
+    let mut response = next.run(req).await;
+    if let Some((token, principal)) = stale
+        && response.status().is_success()
+    {
+        let caller = Caller { principal, token };
+        match state
+            .identity
+            .clone()
+            .renew_access_token(caller.request(RenewAccessTokenRequest {}))
+            .await
+        {
+            Ok(renewed) => {
+                if let Ok(value) = HeaderValue::from_str(&renewed.into_inner().access_token) {
+                    response.headers_mut().insert(RENEWED_TOKEN_HEADER, value);
+                }
+            }
+            Err(status) => tracing::warn!(error = %status, "token renewal failed"),
+        }
+    }
+    response
+}
+
+/// Tokens older than this are renewed on use (one day).
+const RENEW_AFTER_SECS: i64 = 24 * 3600;
+
+/// `axum::Json` whose rejections are problem+json.
+#[derive(FromRequest)]
+#[from_request(via(axum::Json), rejection(Problem))]
+pub struct ApiJson<T>(pub T);
+
+/// `axum::extract::Path` whose rejections are problem+json.
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(Problem))]
+pub struct ApiPath<T>(pub T);
+
+/// `axum::extract::Query` whose rejections are problem+json.
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(Problem))]
+pub struct ApiQuery<T>(pub T);

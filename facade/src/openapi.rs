@@ -3,7 +3,7 @@
 use utoipa::{
     Modify, OpenApi,
     openapi::{
-        Content, OpenApi as Document, RefOr, ResponseBuilder,
+        Content, Header, ObjectBuilder, OpenApi as Document, RefOr, ResponseBuilder, Type,
         security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
     },
 };
@@ -14,14 +14,23 @@ use crate::{dto, problem, routes};
 #[openapi(
     info(title = "Thali API", description = "REST facade of the Thali commerce platform", version = "1.0.0"),
     paths(
-        routes::create_creator,
-        routes::get_creator,
-        routes::update_profile,
-        routes::create_product,
-        routes::list_products,
-        routes::update_product,
-        routes::archive_product,
-        routes::get_storefront,
+        routes::identity::register,
+        routes::identity::login,
+        routes::identity::refresh,
+        routes::identity::logout,
+        routes::identity::me,
+        routes::identity::create_api_key,
+        routes::identity::list_api_keys,
+        routes::identity::revoke_api_key,
+        routes::identity::jwks,
+        routes::storefront::create_creator,
+        routes::storefront::get_creator,
+        routes::storefront::update_profile,
+        routes::storefront::create_product,
+        routes::storefront::list_products,
+        routes::storefront::update_product,
+        routes::storefront::archive_product,
+        routes::storefront::get_storefront,
     ),
     components(schemas(
         dto::Money,
@@ -33,11 +42,26 @@ use crate::{dto, problem, routes};
         dto::UpdateProfile,
         dto::CreateProduct,
         dto::UpdateProduct,
+        dto::Role,
+        dto::Account,
+        dto::Register,
+        dto::Login,
+        dto::RefreshToken,
+        dto::Tokens,
+        dto::Session,
+        dto::ApiKey,
+        dto::CreateApiKey,
+        dto::CreatedApiKey,
+        dto::ApiKeyList,
+        dto::Jwk,
+        dto::Jwks,
         problem::ProblemDetails,
         problem::FieldError,
     )),
     modifiers(&ErrorResponses),
     tags(
+        (name = "auth", description = "Accounts and sessions"),
+        (name = "api-keys", description = "Partner API keys"),
         (name = "creators", description = "Creator pages"),
         (name = "products", description = "Products of a creator"),
         (name = "storefront", description = "Public storefront reads"),
@@ -52,22 +76,25 @@ pub fn document() -> Document {
 
 struct ErrorResponses;
 
+/// Error answers any operation can give.
 const ANY_CALL: &[(&str, &str)] = &[
     ("400", "Invalid request (problem+json with field errors)"),
+    ("401", "Missing, malformed, expired or foreign credentials"),
+    ("403", "The caller may not do this"),
     ("404", "Not found"),
     ("405", "Method not allowed"),
+    (
+        "409",
+        "Conflict: taken name, or an idempotency key reused for another request",
+    ),
+    ("429", "Too many requests; see Retry-After"),
     ("500", "Internal error"),
     ("503", "Service unavailable; see Retry-After"),
     ("504", "The service did not answer in time"),
 ];
 
-const WITH_CREDENTIALS: &[(&str, &str)] = &[
-    ("401", "Missing, malformed, expired or foreign token"),
-    ("403", "The caller may not do this"),
-    ("409", "Conflict: taken username or reused idempotency key"),
-    ("413", "Body too large"),
-    ("415", "Body is not application/json"),
-];
+/// Error answers of operations that take a body.
+const WITH_BODY: &[(&str, &str)] = &[("413", "Body too large"), ("415", "Body is not application/json")];
 
 impl Modify for ErrorResponses {
     fn modify(&self, doc: &mut Document) {
@@ -95,27 +122,34 @@ impl Modify for ErrorResponses {
             {
                 let authed = op.security.is_some();
                 let has_body = op.request_body.is_some();
-                let mut add = |status: &str, description: &str| {
-                    op.responses.responses.entry(status.to_owned()).or_insert_with(|| {
+                if authed {
+                    // A request with a day-old token gets a fresh one back.
+                    for (status, response) in op.responses.responses.iter_mut() {
+                        if let (true, RefOr::T(response)) = (status.starts_with('2'), response) {
+                            response.headers.insert(
+                                "X-Thali-Access-Token".to_owned(),
+                                RefOr::T(
+                                    Header::builder()
+                                        .schema(Some(ObjectBuilder::new().schema_type(Type::String)))
+                                        .description(Some(
+                                            "A renewed access token, when the one sent is over a day old",
+                                        ))
+                                        .build(),
+                                ),
+                            );
+                        }
+                    }
+                }
+                let errors = ANY_CALL.iter().chain(if has_body { WITH_BODY } else { &[] });
+                for (status, description) in errors {
+                    op.responses.responses.entry((*status).to_owned()).or_insert_with(|| {
                         RefOr::T(
                             ResponseBuilder::new()
-                                .description(description)
+                                .description(*description)
                                 .content("application/problem+json", problem())
                                 .build(),
                         )
                     });
-                };
-                for (status, description) in ANY_CALL {
-                    add(status, description);
-                }
-                for (status, description) in WITH_CREDENTIALS {
-                    if authed && (has_body || !matches!(*status, "413" | "415")) {
-                        add(status, description);
-                    }
-                }
-                // Reads that accept optional credentials can still refuse bad ones.
-                if !authed {
-                    add("401", "Malformed, expired or foreign token sent");
                 }
             }
         }

@@ -4,6 +4,7 @@
 
 pub use sea_orm_migration::prelude::*;
 
+mod identity;
 mod storefront;
 
 /// Every migration of the platform, oldest first.
@@ -12,6 +13,8 @@ pub struct Migrator;
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        storefront::migrations()
+        let mut all = storefront::migrations();
+        all.extend(identity::migrations());
+        all
     }
 }

@@ -24,9 +24,36 @@ pub const AUDIENCE: &str = "thali-api";
 /// Who is calling: the subject of a verified token and its roles.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
+    /// The account acting (for an API key: the key's owner).
     pub subject: String,
     pub roles: Vec<String>,
+    /// When the caller is a partner API key: the key and the scopes that bound what it may do.
+    pub api_key: Option<ApiKeyGrant>,
+    /// When the presented token was issued (seconds since the epoch; 0 for API keys).
+    pub issued_at: i64,
 }
+
+/// What a partner API key grants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKeyGrant {
+    pub key_id: String,
+    pub scopes: Vec<String>,
+}
+
+/// The token of an `Authorization: Bearer <token>` value (the scheme is case-insensitive).
+pub fn bearer_token(header_value: &str) -> Option<&str> {
+    let (scheme, token) = header_value.trim().split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+/// Audience of a service token addressed to `service` (e.g. `thali-storefront`).
+pub fn service_audience(service: &str) -> String {
+    format!("thali-{service}")
+}
+
+/// Subject prefix of service tokens: `svc:<service>`.
+pub const SERVICE_SUBJECT_PREFIX: &str = "svc:";
 
 impl Principal {
     /// Whether the caller holds `role`.
@@ -48,7 +75,7 @@ pub struct Claims {
 }
 
 /// Why a token was refused. The text is safe to show to the caller.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum AuthError {
     #[error("the token is malformed")]
     Malformed,
@@ -60,6 +87,10 @@ pub enum AuthError {
     Expired,
     #[error("the token was issued for another audience or issuer")]
     WrongAudience,
+    #[error("the API key is not valid")]
+    UnknownApiKey,
+    #[error("credentials cannot be checked right now")]
+    Unavailable,
 }
 
 /// Problems with the key files; these stop the process at start.
@@ -150,6 +181,16 @@ impl Signer {
         self.mint_for(subject, roles, ttl, AUDIENCE)
     }
 
+    /// A service token: `svc:<service>` calling the service behind `audience`.
+    pub fn mint_service(&self, service: &str, audience: &str, ttl: Duration) -> String {
+        self.mint_for(
+            &format!("{SERVICE_SUBJECT_PREFIX}{service}"),
+            &["service".to_owned()],
+            ttl,
+            audience,
+        )
+    }
+
     /// A token for another audience (service tokens, and tests of audience checks).
     pub fn mint_for(&self, subject: &str, roles: &[String], ttl: Duration, audience: &str) -> String {
         let now = chrono::Utc::now().timestamp();
@@ -171,6 +212,8 @@ impl Signer {
 #[derive(Clone)]
 pub struct Verifier {
     keys: Arc<HashMap<String, DecodingKey>>,
+    /// The same keys as base64url text, for JWKS.
+    public: Arc<HashMap<String, String>>,
     validation: Arc<Validation>,
 }
 
@@ -186,6 +229,7 @@ impl Verifier {
     /// Loads every `*.pub` file (base64url Ed25519 public key) in `dir`.
     pub fn load(dir: &Path) -> Result<Self, KeyError> {
         let mut keys = HashMap::new();
+        let mut public = HashMap::new();
         for entry in fs::read_dir(dir).map_err(io_err(dir))? {
             let path = entry.map_err(io_err(dir))?.path();
             if path.extension().is_some_and(|e| e == "pub") {
@@ -195,6 +239,7 @@ impl Verifier {
                     .ok()
                     .filter(|k| k.len() == 32)
                     .ok_or_else(|| KeyError::Invalid { path: path.clone() })?;
+                public.insert(key_id(&raw), URL_SAFE_NO_PAD.encode(&raw));
                 keys.insert(key_id(&raw), DecodingKey::from_ed_der(&raw));
             }
         }
@@ -208,6 +253,7 @@ impl Verifier {
         validation.leeway = 30;
         Ok(Self {
             keys: Arc::new(keys),
+            public: Arc::new(public),
             validation: Arc::new(validation),
         })
     }
@@ -232,19 +278,65 @@ impl Verifier {
                 _ => AuthError::Malformed,
             }
         })?;
+        if data.claims.sub.starts_with(SERVICE_SUBJECT_PREFIX) {
+            return Err(AuthError::WrongAudience);
+        }
         Ok(Principal {
             subject: data.claims.sub,
             roles: data.claims.roles,
+            api_key: None,
+            issued_at: data.claims.iat,
         })
+    }
+
+    /// Checks a service token addressed to `audience`; returns the calling service's name.
+    pub fn verify_service(&self, token: &str, audience: &str) -> Result<String, AuthError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Malformed)?;
+        if header.alg != Algorithm::EdDSA {
+            return Err(AuthError::Malformed);
+        }
+        let key = header
+            .kid
+            .as_deref()
+            .and_then(|kid| self.keys.get(kid))
+            .ok_or(AuthError::UnknownKey)?;
+        let mut validation = (*self.validation).clone();
+        validation.set_audience(&[audience]);
+        let data = jsonwebtoken::decode::<Claims>(token, key, &validation).map_err(|e| {
+            use jsonwebtoken::errors::ErrorKind;
+            match e.kind() {
+                ErrorKind::ExpiredSignature => AuthError::Expired,
+                ErrorKind::InvalidAudience | ErrorKind::InvalidIssuer => AuthError::WrongAudience,
+                ErrorKind::InvalidSignature => AuthError::BadSignature,
+                _ => AuthError::Malformed,
+            }
+        })?;
+        data.claims
+            .sub
+            .strip_prefix(SERVICE_SUBJECT_PREFIX)
+            .map(str::to_owned)
+            .ok_or(AuthError::WrongAudience)
+    }
+
+    /// Kinds of token a caller may present, told apart without verifying: a service token is
+    /// addressed to a service audience.
+    pub fn peek_audience(token: &str) -> Option<String> {
+        let payload = token.split('.').nth(1)?;
+        let bytes = URL_SAFE_NO_PAD.decode(payload).ok()?;
+        let value: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+        value.get("aud").and_then(|a| a.as_str()).map(str::to_owned)
+    }
+
+    /// Public keys by key id, base64url (JWK `x`), for JWKS.
+    pub fn public_keys(&self) -> Vec<(String, String)> {
+        let mut keys: Vec<_> = self.public.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        keys.sort();
+        keys
     }
 
     /// Takes the token out of an `Authorization: Bearer …` value and verifies it.
     pub fn verify_bearer(&self, header_value: &str) -> Result<Principal, AuthError> {
-        let token = header_value
-            .strip_prefix("Bearer ")
-            .or_else(|| header_value.strip_prefix("bearer "))
-            .ok_or(AuthError::Malformed)?;
-        self.verify(token.trim())
+        self.verify(bearer_token(header_value).ok_or(AuthError::Malformed)?)
     }
 }
 

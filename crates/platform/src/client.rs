@@ -1,17 +1,28 @@
 //! The gRPC client stack, assembled in one place and read top to bottom in the order a call
-//! meets it: per-call deadline → [retry and circuit breaker slot in here] → trace injection →
-//! one lazily connected channel per target.
+//! meets it: per-call deadline → [retry and circuit breaker slot in here] → service token →
+//! trace injection → one lazily connected channel per target.
 use std::{
     pin::Pin,
+    sync::{Arc, Mutex},
     task::{Context, Poll},
-    time::Duration,
+    time::{Duration, Instant},
 };
+
+use crate::auth::{Signer, service_audience};
 
 use tonic::transport::{Channel, Endpoint};
 use tower::{Layer, Service, ServiceBuilder};
 
 /// What every typed client in Thali is built on.
-pub type GrpcChannel = Deadline<InjectTrace<Channel>>;
+pub type GrpcChannel = Deadline<ServiceToken<InjectTrace<Channel>>>;
+
+/// Who this process is when it calls another Thali service.
+#[derive(Clone)]
+pub struct ServiceIdentity {
+    /// This service's name, e.g. `facade`.
+    pub name: String,
+    pub signer: Arc<Signer>,
+}
 
 /// A boxed error, as tonic's clients expect from their transport.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -20,6 +31,8 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// is down at start does not stop the caller from starting.
 pub fn channel(
     url: &str,
+    target: &str,
+    identity: &ServiceIdentity,
     connect_timeout: Duration,
     deadline: Duration,
 ) -> Result<GrpcChannel, tonic::transport::Error> {
@@ -31,7 +44,8 @@ pub fn channel(
     Ok(ServiceBuilder::new()
         .layer(DeadlineLayer::new(deadline))
         // Retry (with budget) and the circuit breaker come here, between the deadline that
-        // bounds the whole call and the trace injection that every attempt carries.
+        // bounds the whole call and the credentials and trace context every attempt carries.
+        .layer(ServiceTokenLayer::new(identity.clone(), target))
         .layer(InjectTraceLayer)
         .service(endpoint.connect_lazy()))
 }
@@ -71,8 +85,8 @@ fn parse_grpc_timeout(value: &http::HeaderValue) -> Option<Duration> {
     let (digits, unit) = text.split_at(text.len().checked_sub(1)?);
     let n: u64 = digits.parse().ok()?;
     Some(match unit {
-        "H" => Duration::from_secs(n * 3600),
-        "M" => Duration::from_secs(n * 60),
+        "H" => Duration::from_secs(n.checked_mul(3600)?),
+        "M" => Duration::from_secs(n.checked_mul(60)?),
         "S" => Duration::from_secs(n),
         "m" => Duration::from_millis(n),
         "u" => Duration::from_micros(n),
@@ -115,6 +129,82 @@ where
                 ))) as BoxError),
             }
         })
+    }
+}
+
+/// Life of a service token; it is re-minted a minute before it ends.
+const SERVICE_TOKEN_TTL: Duration = Duration::from_secs(300);
+
+/// Authenticates every call as this service with a short-lived token addressed to the target
+/// service, unless the call already carries credentials.
+#[derive(Clone)]
+pub struct ServiceTokenLayer {
+    identity: ServiceIdentity,
+    audience: String,
+    cached: Arc<Mutex<Option<(http::HeaderValue, Instant)>>>,
+}
+
+impl ServiceTokenLayer {
+    pub fn new(identity: ServiceIdentity, target: &str) -> Self {
+        Self {
+            identity,
+            audience: service_audience(target),
+            cached: Arc::default(),
+        }
+    }
+
+    fn header(&self) -> http::HeaderValue {
+        let mut cached = self.cached.lock().expect("service token cache lock");
+        if let Some((value, minted)) = cached.as_ref()
+            && minted.elapsed() < SERVICE_TOKEN_TTL - Duration::from_secs(60)
+        {
+            return value.clone();
+        }
+        let token = self
+            .identity
+            .signer
+            .mint_service(&self.identity.name, &self.audience, SERVICE_TOKEN_TTL);
+        let value = http::HeaderValue::try_from(format!("Bearer {token}")).expect("a JWT is a valid header value");
+        *cached = Some((value.clone(), Instant::now()));
+        value
+    }
+}
+
+impl<S> Layer<S> for ServiceTokenLayer {
+    type Service = ServiceToken<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        ServiceToken {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// See [`ServiceTokenLayer`].
+#[derive(Clone)]
+pub struct ServiceToken<S> {
+    inner: S,
+    layer: ServiceTokenLayer,
+}
+
+impl<S, B> Service<http::Request<B>> for ServiceToken<S>
+where
+    S: Service<http::Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+        if !req.headers().contains_key(http::header::AUTHORIZATION) {
+            req.headers_mut()
+                .insert(http::header::AUTHORIZATION, self.layer.header());
+        }
+        self.inner.call(req)
     }
 }
 

@@ -39,6 +39,9 @@ pub struct Config {
     /// Where the facade finds the storefront service (`THALI_STOREFRONT_URL`); unset means this
     /// process's own gRPC address.
     pub storefront_url: Option<String>,
+    /// Where the facade and other services find identity (`THALI_IDENTITY_URL`); unset means
+    /// this process's own gRPC address.
+    pub identity_url: Option<String>,
     /// Directory holding the JWT keys (`THALI_KEYS_DIR`); unset means `<data_dir>/keys`.
     pub keys_dir: Option<PathBuf>,
     /// Deadline of one internal gRPC call, in milliseconds (`THALI_RPC_TIMEOUT_MS`).
@@ -60,6 +63,7 @@ pub struct Overrides {
     pub log: Option<String>,
     pub log_format: Option<String>,
     pub storefront_url: Option<String>,
+    pub identity_url: Option<String>,
 }
 
 /// A configuration value that cannot be used, named by its key.
@@ -111,6 +115,7 @@ impl Config {
             .set_override_option("log", overrides.log.clone())?
             .set_override_option("log_format", overrides.log_format.clone())?
             .set_override_option("storefront_url", overrides.storefront_url.clone())?
+            .set_override_option("identity_url", overrides.identity_url.clone())?
             .build()?
             .try_deserialize()?;
         cfg.validate()?;
@@ -130,6 +135,7 @@ impl Config {
         for (key, value) in [
             ("otlp_endpoint", &self.otlp_endpoint),
             ("storefront_url", &self.storefront_url),
+            ("identity_url", &self.identity_url),
         ] {
             if let Some(url) = value
                 && !(url.starts_with("http://") || url.starts_with("https://"))

@@ -2,7 +2,10 @@
 //! PostgreSQL in distributed mode, one pool per process.
 use std::{path::Path, time::Duration};
 
-use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbErr};
+use sea_orm::{
+    ConnectOptions, Database, DatabaseConnection, DatabaseTransaction, DbErr, RuntimeErr, SqliteTransactionMode,
+    TransactionOptions, TransactionTrait,
+};
 
 /// Opens a pool on `url`. For SQLite the file's directory is created first.
 pub async fn connect(url: &str) -> Result<DatabaseConnection, DbErr> {
@@ -33,9 +36,38 @@ fn sqlite_dir(url: &str) -> Option<&Path> {
     Path::new(path).parent().filter(|p| !p.as_os_str().is_empty())
 }
 
-/// Whether a database error means the database could not be reached (as opposed to a bad query).
+/// Begins a transaction that will write. On SQLite it takes the write lock at `BEGIN`
+/// (IMMEDIATE), where the busy timeout applies, instead of failing when a read-then-write
+/// transaction meets another writer; PostgreSQL ignores the mode.
+pub async fn begin_write(db: &DatabaseConnection) -> Result<DatabaseTransaction, DbErr> {
+    db.begin_with_options(TransactionOptions {
+        sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+        ..Default::default()
+    })
+    .await
+}
+
+/// Whether a database error is about the database's state, not the query: unreachable, busy,
+/// a serialization failure or deadlock, shutting down. Callers answer these with "try again".
 pub fn is_unavailable(err: &DbErr) -> bool {
-    matches!(err, DbErr::ConnectionAcquire(_) | DbErr::Conn(_))
+    if matches!(err, DbErr::ConnectionAcquire(_) | DbErr::Conn(_)) {
+        return true;
+    }
+    let (DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e))) = err else {
+        return false;
+    };
+    match e.as_ref() {
+        sea_orm::sqlx::Error::Io(_) | sea_orm::sqlx::Error::PoolTimedOut | sea_orm::sqlx::Error::PoolClosed => true,
+        sea_orm::sqlx::Error::Database(db) => {
+            // SQLite: BUSY, LOCKED, BUSY_SNAPSHOT. PostgreSQL: serialization failure, deadlock,
+            // admin shutdown, cannot connect now.
+            matches!(
+                db.code().as_deref(),
+                Some("5" | "6" | "517" | "40001" | "40P01" | "57P01" | "57P03")
+            )
+        }
+        _ => false,
+    }
 }
 
 #[cfg(test)]

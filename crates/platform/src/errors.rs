@@ -57,6 +57,13 @@ pub fn unavailable(reason: &str, message: impl Into<String>, retry_after: Durati
     Status::with_error_details(Code::Unavailable, message, details)
 }
 
+/// RESOURCE_EXHAUSTED with `RetryInfo` (throttling): the facade answers 429 with Retry-After.
+pub fn resource_exhausted(reason: &str, message: impl Into<String>, retry_after: Duration) -> Status {
+    let mut details = ErrorDetails::with_retry_info(Some(retry_after));
+    details.set_error_info(reason, ERROR_DOMAIN, HashMap::new());
+    Status::with_error_details(Code::ResourceExhausted, message, details)
+}
+
 /// INTERNAL with a generic message; the cause goes to the log (with the trace id), never to
 /// the caller.
 pub fn internal(cause: &dyn std::fmt::Display) -> Status {

@@ -2,6 +2,8 @@
 //! authentication, database connections and status details.
 #![forbid(unsafe_code)]
 
+pub mod api_keys;
+pub mod audit;
 pub mod auth;
 pub mod client;
 pub mod config;

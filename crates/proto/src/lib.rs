@@ -11,6 +11,12 @@ pub mod common {
     }
 }
 
+pub mod identity {
+    pub mod v1 {
+        tonic::include_proto!("thali.identity.v1");
+    }
+}
+
 pub mod storefront {
     pub mod v1 {
         tonic::include_proto!("thali.storefront.v1");

@@ -68,6 +68,8 @@ pub enum StorefrontError {
     Unauthenticated,
     #[error("only the owner of this creator page may change it")]
     NotOwner,
+    #[error("only creator accounts may open a creator page")]
+    RoleRequired,
     #[error("the username is taken")]
     UsernameTaken,
     #[error("no creator with this username")]
@@ -165,6 +167,11 @@ impl ProductChanges {
     pub fn is_empty(&self) -> bool {
         *self == Self::default()
     }
+}
+
+/// Whether an account with `roles` may open a creator page: creators (and admins) only.
+pub fn may_open_creator_page(roles: &[String]) -> bool {
+    roles.iter().any(|r| r == "creator" || r == "admin")
 }
 
 /// Checks a username: 3–30 of `a-z 0-9 _ -`, not reserved. Returns why not.

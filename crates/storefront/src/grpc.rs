@@ -33,6 +33,9 @@ impl From<StorefrontError> for Status {
                 errors::with_reason(Code::Unauthenticated, "UNAUTHENTICATED", err.to_string())
             }
             StorefrontError::NotOwner => errors::with_reason(Code::PermissionDenied, "NOT_OWNER", err.to_string()),
+            StorefrontError::RoleRequired => {
+                errors::with_reason(Code::PermissionDenied, "CREATOR_ROLE_REQUIRED", err.to_string())
+            }
             StorefrontError::UsernameTaken => {
                 errors::with_reason(Code::AlreadyExists, "USERNAME_TAKEN", err.to_string())
             }
@@ -129,6 +132,9 @@ impl pb::storefront_service_server::StorefrontService for StorefrontGrpc {
         request: Request<pb::CreateCreatorRequest>,
     ) -> Result<Response<pb::CreateCreatorResponse>, Status> {
         let owner = caller(&request)?;
+        if !domain::may_open_creator_page(&owner.roles) {
+            return Err(StorefrontError::RoleRequired.into());
+        }
         let req = request.into_inner();
         let new = NewCreator::parse(&req.username, &req.display_name, &req.bio)?;
         let idem = domain::parse_idempotency_key(&req.idempotency_key)?.map(|k| Idempotency::new(k, &new));
@@ -179,7 +185,8 @@ impl pb::storefront_service_server::StorefrontService for StorefrontGrpc {
             req.stock,
             req.active,
         )?;
-        let idem = domain::parse_idempotency_key(&req.idempotency_key)?.map(|k| Idempotency::new(k, &new));
+        let idem =
+            domain::parse_idempotency_key(&req.idempotency_key)?.map(|k| Idempotency::new(k, &(&req.username, &new)));
         let product = self
             .store
             .create_product(&who.subject, lookup_username(&req.username)?, &new, idem.as_ref())

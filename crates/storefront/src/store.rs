@@ -4,7 +4,7 @@
 use chrono::Utc;
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect, Set, SqlErr, TransactionTrait,
+    QuerySelect, Set, SqlErr,
 };
 use uuid::Uuid;
 
@@ -222,7 +222,7 @@ impl StorefrontStore {
         }
         let id = Uuid::now_v7();
         let now = Utc::now();
-        let txn = self.db.begin().await?;
+        let txn = thali_platform::db::begin_write(&self.db).await?;
         if let Some(idem) = idem
             && !self.claim(&txn, SCOPE, owner, idem, id).await?
         {
@@ -293,7 +293,7 @@ impl StorefrontStore {
         username: &str,
         changes: &ProfileChanges,
     ) -> Result<Creator, StorefrontError> {
-        let txn = self.db.begin().await?;
+        let txn = thali_platform::db::begin_write(&self.db).await?;
         let found = self.owned_creator(&txn, caller, username).await?;
         if changes.display_name.is_none() && changes.bio.is_none() {
             return Ok(found.into());
@@ -319,7 +319,8 @@ impl StorefrontStore {
         new: &NewProduct,
         idem: Option<&Idempotency>,
     ) -> Result<Product, StorefrontError> {
-        let scope = format!("create_product:{username}");
+        // The username is part of the fingerprint (see grpc.rs), not of the scope.
+        let scope = "create_product".to_owned();
         if let Some(idem) = idem
             && let Some(id) = self.replay(&scope, caller, idem).await?
         {
@@ -327,7 +328,7 @@ impl StorefrontStore {
         }
         let id = Uuid::now_v7();
         let now = Utc::now();
-        let txn = self.db.begin().await?;
+        let txn = thali_platform::db::begin_write(&self.db).await?;
         let owner = self.owned_creator(&txn, caller, username).await?;
         if let Some(idem) = idem
             && !self.claim(&txn, &scope, caller, idem, id).await?
@@ -372,7 +373,10 @@ impl StorefrontStore {
         caller: &str,
         id: Uuid,
     ) -> Result<product::Model, StorefrontError> {
+        // Locked, so an archive cannot slip between this read and the update (PostgreSQL);
+        // SQLite's IMMEDIATE transaction already holds the write lock.
         let found = product::Entity::find_by_id(id)
+            .lock_exclusive()
             .one(txn)
             .await?
             .ok_or(StorefrontError::ProductNotFound)?;
@@ -393,7 +397,7 @@ impl StorefrontStore {
         id: Uuid,
         changes: &ProductChanges,
     ) -> Result<Product, StorefrontError> {
-        let txn = self.db.begin().await?;
+        let txn = thali_platform::db::begin_write(&self.db).await?;
         let found = self.owned_product(&txn, caller, id).await?;
         // An empty change changes nothing, archived or not.
         if changes.is_empty() {
@@ -427,7 +431,7 @@ impl StorefrontStore {
 
     /// Archives a product (kept for orders, never shown again). Archiving twice is a no-op.
     pub async fn archive_product(&self, caller: &str, id: Uuid) -> Result<Product, StorefrontError> {
-        let txn = self.db.begin().await?;
+        let txn = thali_platform::db::begin_write(&self.db).await?;
         let found = self.owned_product(&txn, caller, id).await?;
         if found.archived_at.is_some() {
             return Ok(found.into());

@@ -2,11 +2,13 @@
 //! platform server stack: every RPC, its error statuses and details, health and reflection.
 use std::time::Duration;
 
+use std::sync::Arc;
 use thali_migrations::{Migrator, MigratorTrait};
+
 use thali_platform::{
     auth::{Signer, Verifier, ensure_key_pair},
-    client::{GrpcChannel, channel},
-    server::{Health, serve},
+    client::{GrpcChannel, ServiceIdentity, channel},
+    server::{AuthPolicy, Health, serve},
     testing,
 };
 use thali_proto::{
@@ -23,7 +25,7 @@ use tonic_types::StatusExt;
 
 struct Harness {
     url: String,
-    signer: Signer,
+    signer: Arc<Signer>,
     db: sea_orm::DatabaseConnection,
     _stop: oneshot::Sender<()>,
 }
@@ -41,19 +43,31 @@ impl Harness {
         let routes = Routes::new(thali_storefront::service(t.db.clone()));
         let (stop, stopped) = oneshot::channel::<()>();
         let verifier = Verifier::load(&keys).unwrap();
-        tokio::spawn(serve(listener, routes, health, verifier, async {
+        tokio::spawn(serve(listener, routes, health, AuthPolicy::new(verifier), async {
             let _ = stopped.await;
         }));
         Self {
             url,
-            signer: Signer::load(&keys).unwrap(),
+            signer: Arc::new(Signer::load(&keys).unwrap()),
             db: t.db,
             _stop: stop,
         }
     }
 
+    /// The platform client stack, as another Thali service (here: a test) uses it.
     fn channel(&self) -> GrpcChannel {
-        channel(&self.url, Duration::from_secs(2), Duration::from_secs(5)).unwrap()
+        let me = ServiceIdentity {
+            name: "test".into(),
+            signer: self.signer.clone(),
+        };
+        channel(
+            &self.url,
+            "storefront",
+            &me,
+            Duration::from_secs(2),
+            Duration::from_secs(5),
+        )
+        .unwrap()
     }
 
     fn client(&self) -> StorefrontServiceClient<GrpcChannel> {
@@ -62,6 +76,10 @@ impl Harness {
 
     fn token(&self, subject: &str) -> String {
         self.signer.mint(subject, &["creator".into()], Duration::from_secs(600))
+    }
+
+    fn buyer_token(&self, subject: &str) -> String {
+        self.signer.mint(subject, &["buyer".into()], Duration::from_secs(600))
     }
 }
 
@@ -107,7 +125,20 @@ async fn creator_lifecycle_and_its_errors() {
     let bob = h.token("bob");
 
     let err = client.create_creator(new_creator("chai_point")).await.unwrap_err();
-    assert_eq!(err.code(), Code::Unauthenticated);
+    assert_eq!(
+        err.code(),
+        Code::Unauthenticated,
+        "a service call on behalf of nobody cannot write"
+    );
+
+    let err = client
+        .create_creator(as_user(&h.buyer_token("carol"), new_creator("chai_point")))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.code(), reason(&err).as_str()),
+        (Code::PermissionDenied, "CREATOR_ROLE_REQUIRED")
+    );
 
     let err = client
         .create_creator(as_user("garbage", new_creator("chai_point")))
@@ -418,6 +449,53 @@ async fn products_lifecycle_and_storefront() {
         .await
         .unwrap_err();
     assert_eq!(bad_fields(&err), ["page_size"]);
+}
+
+#[tokio::test]
+async fn only_health_and_reflection_answer_without_credentials() {
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let h = Harness::start().await;
+    let raw = tonic::transport::Endpoint::from_shared(h.url.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let err = StorefrontServiceClient::new(raw.clone())
+        .get_storefront(pb::GetStorefrontRequest {
+            username: "anyone".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    let mut health = HealthClient::new(raw);
+    let mut answered = false;
+    for _ in 0..100 {
+        if health
+            .check(HealthCheckRequest { service: String::new() })
+            .await
+            .is_ok()
+        {
+            answered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(answered, "health answers without credentials");
+
+    // A service token for another service does not open this one.
+    let foreign = h.signer.mint_service("test", "thali-identity", Duration::from_secs(60));
+    let mut req = Request::new(pb::GetStorefrontRequest {
+        username: "anyone".into(),
+    });
+    req.metadata_mut()
+        .insert("authorization", format!("Bearer {foreign}").parse().unwrap());
+    let raw = tonic::transport::Endpoint::from_shared(h.url.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let err = StorefrontServiceClient::new(raw).get_storefront(req).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
 }
 
 #[tokio::test]

@@ -3,18 +3,24 @@
 //! in both modes.
 #![forbid(unsafe_code)]
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use axum::{Router, routing::get};
 use sea_orm::DatabaseConnection;
+use thali_identity::grpc::IdentityGrpc;
 use thali_migrations::{Migrator, MigratorTrait};
 use thali_platform::{
     Config,
-    auth::{Verifier, ensure_key_pair},
-    server::Health,
+    api_keys::IdentityApiKeys,
+    auth::{Signer, Verifier, ensure_key_pair},
+    client::{ServiceIdentity, channel},
+    server::{AuthPolicy, Health},
 };
-use thali_proto::storefront::v1::storefront_service_server::StorefrontServiceServer;
+use thali_proto::{
+    identity::v1::identity_service_server::IdentityServiceServer,
+    storefront::v1::storefront_service_server::StorefrontServiceServer,
+};
 use thali_storefront::grpc::StorefrontGrpc;
 use tokio::{net::TcpListener, sync::watch, task::JoinSet};
 
@@ -23,26 +29,53 @@ use tokio::{net::TcpListener, sync::watch, task::JoinSet};
 pub enum Part {
     /// Every service and the facade, embedded defaults (SQLite, generated keys).
     All,
+    /// The identity gRPC service (plus /metrics and /healthz on the HTTP address).
+    Identity,
     /// The storefront gRPC service (plus /metrics and /healthz on the HTTP address).
     Storefront,
     /// The REST facade.
     Facade,
 }
 
+impl Part {
+    fn runs_identity(self) -> bool {
+        matches!(self, Part::All | Part::Identity)
+    }
+    fn runs_storefront(self) -> bool {
+        matches!(self, Part::All | Part::Storefront)
+    }
+    fn runs_facade(self) -> bool {
+        matches!(self, Part::All | Part::Facade)
+    }
+    /// The name this part signs its service tokens with.
+    fn service_name(self) -> &'static str {
+        match self {
+            Part::All => "thali",
+            Part::Identity => "identity",
+            Part::Storefront => "storefront",
+            Part::Facade => "facade",
+        }
+    }
+}
+
 /// A running platform: where it listens and how to stop it.
 pub struct Platform {
-    /// REST facade (or, for `storefront`, the metrics/health endpoint).
+    /// REST facade (or, for a single service, its metrics/health endpoint).
     pub http_addr: Option<SocketAddr>,
     /// gRPC services.
     pub grpc_addr: Option<SocketAddr>,
     stop: watch::Sender<bool>,
     tasks: JoinSet<anyhow::Result<()>>,
+    watchers: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Platform {
     /// Asks every server to stop and waits for them.
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
         let _ = self.stop.send(true);
+        for watcher in &self.watchers {
+            watcher.abort();
+        }
         while let Some(done) = self.tasks.join_next().await {
             done??;
         }
@@ -85,72 +118,127 @@ pub async fn migrate(cfg: &Config) -> anyhow::Result<DatabaseConnection> {
     Ok(db)
 }
 
+/// Connects to a database that must already be migrated.
+async fn migrated(cfg: &Config) -> anyhow::Result<DatabaseConnection> {
+    let db = thali_platform::db::connect(&cfg.database_url())
+        .await
+        .context("connecting to the database")?;
+    let pending = Migrator::get_pending_migrations(&db).await?;
+    anyhow::ensure!(
+        pending.is_empty(),
+        "{} migration(s) pending: run `thali migrate` first",
+        pending.len()
+    );
+    Ok(db)
+}
+
 /// Starts `part` with `cfg`. Listens on the configured addresses (port 0 picks a free port).
 pub async fn start(cfg: &Config, part: Part) -> anyhow::Result<Platform> {
     let (stop, stop_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
+    let mut watchers = Vec::new();
     let keys_dir = cfg.keys_dir();
     if part == Part::All {
         ensure_key_pair(&keys_dir).context("creating the JWT key pair")?;
     }
     let verifier =
         Verifier::load(&keys_dir).with_context(|| format!("loading JWT public keys from {}", keys_dir.display()))?;
+    let signer = Arc::new(
+        Signer::load(&keys_dir).with_context(|| format!("loading the signing key from {}", keys_dir.display()))?,
+    );
+    let identity = ServiceIdentity {
+        name: part.service_name().to_owned(),
+        signer: signer.clone(),
+    };
     let metrics = thali_platform::telemetry::metrics_handle();
 
+    // gRPC: every service this part runs, on one server.
     let mut grpc_addr = None;
-    if matches!(part, Part::All | Part::Storefront) {
+    if part.runs_identity() || part.runs_storefront() {
         let db = if part == Part::All {
             migrate(cfg).await?
         } else {
-            let db = thali_platform::db::connect(&cfg.database_url())
-                .await
-                .context("connecting to the database")?;
-            let pending = Migrator::get_pending_migrations(&db).await?;
-            anyhow::ensure!(
-                pending.is_empty(),
-                "{} migration(s) pending: run `thali migrate` first",
-                pending.len()
-            );
-            db
+            migrated(cfg).await?
         };
         let listener = TcpListener::bind(cfg.grpc_addr)
             .await
             .with_context(|| format!("binding {}", cfg.grpc_addr))?;
-        grpc_addr = Some(listener.local_addr()?);
+        let own = listener.local_addr()?;
+        grpc_addr = Some(own);
+        let identity_url = cfg.identity_url.clone().unwrap_or_else(|| format!("http://{own}"));
+        let identity_channel = channel(
+            &identity_url,
+            "identity",
+            &identity,
+            cfg.connect_timeout(),
+            cfg.rpc_timeout(),
+        )
+        .with_context(|| format!("identity_url `{identity_url}`"))?;
+        let scopes: Vec<(&str, &str)> = thali_storefront::API_KEY_SCOPES
+            .iter()
+            .chain(thali_identity::API_KEY_SCOPES)
+            .copied()
+            .collect();
+        let policy =
+            AuthPolicy::new(verifier.clone()).with_api_keys(Arc::new(IdentityApiKeys::new(identity_channel)), &scopes);
+
         let health = Health::new();
-        health.watch_database::<StorefrontServiceServer<StorefrontGrpc>>(db.clone(), Duration::from_secs(2));
-        let routes = tonic::service::Routes::new(thali_storefront::service(db));
-        let verifier = verifier.clone();
+        let mut routes = tonic::service::RoutesBuilder::default();
+        if part.runs_identity() {
+            watchers.push(health.watch_database::<IdentityServiceServer<IdentityGrpc>>(db.clone(), HEALTH_INTERVAL));
+            routes.add_service(thali_identity::service(db.clone(), signer.clone(), verifier.clone()));
+        }
+        if part.runs_storefront() {
+            watchers
+                .push(health.watch_database::<StorefrontServiceServer<StorefrontGrpc>>(db.clone(), HEALTH_INTERVAL));
+            routes.add_service(thali_storefront::service(db.clone()));
+        }
+        let routes = routes.routes();
         let shutdown = stopped(stop_rx.clone());
         tasks.spawn(async move {
-            thali_platform::server::serve(listener, routes, health, verifier, shutdown)
+            thali_platform::server::serve(listener, routes, health, policy, shutdown)
                 .await
                 .context("gRPC server")
         });
     }
 
-    let mut http_addr = None;
-    let router = match part {
-        Part::All | Part::Facade => {
-            let target = match (&cfg.storefront_url, grpc_addr) {
-                (Some(url), _) => url.clone(),
-                (None, Some(addr)) => format!("http://{addr}"),
-                (None, None) => format!("http://{}", cfg.grpc_addr),
-            };
-            let channel = thali_platform::client::channel(&target, cfg.connect_timeout(), cfg.rpc_timeout())
-                .with_context(|| format!("storefront_url `{target}`"))?;
-            let state = thali_facade::FacadeState::new(channel, verifier, metrics);
-            thali_facade::router(state, cfg.max_body_bytes)
-        }
-        Part::Storefront => ops_router(metrics),
+    // HTTP: the facade, or the metrics and health of a single service.
+    let router = if part.runs_facade() {
+        let url_of = |configured: &Option<String>| match (configured, grpc_addr) {
+            (Some(url), _) => url.clone(),
+            (None, Some(addr)) => format!("http://{addr}"),
+            (None, None) => format!("http://{}", cfg.grpc_addr),
+        };
+        let storefront_url = url_of(&cfg.storefront_url);
+        let identity_url = url_of(&cfg.identity_url);
+        let storefront = channel(
+            &storefront_url,
+            "storefront",
+            &identity,
+            cfg.connect_timeout(),
+            cfg.rpc_timeout(),
+        )
+        .with_context(|| format!("storefront_url `{storefront_url}`"))?;
+        let identity_service = channel(
+            &identity_url,
+            "identity",
+            &identity,
+            cfg.connect_timeout(),
+            cfg.rpc_timeout(),
+        )
+        .with_context(|| format!("identity_url `{identity_url}`"))?;
+        let state = thali_facade::FacadeState::new(storefront, identity_service, verifier, metrics);
+        thali_facade::router(state, cfg.max_body_bytes)
+    } else {
+        ops_router(metrics)
     };
     let listener = TcpListener::bind(cfg.http_addr)
         .await
         .with_context(|| format!("binding {}", cfg.http_addr))?;
-    http_addr = http_addr.or(Some(listener.local_addr()?));
+    let http_addr = Some(listener.local_addr()?);
     let shutdown = stopped(stop_rx);
     tasks.spawn(async move {
-        axum::serve(listener, router)
+        axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
             .with_graceful_shutdown(shutdown)
             .await
             .context("HTTP server")
@@ -161,8 +249,12 @@ pub async fn start(cfg: &Config, part: Part) -> anyhow::Result<Platform> {
         grpc_addr,
         stop,
         tasks,
+        watchers,
     })
 }
+
+/// How often each service checks its database for health.
+const HEALTH_INTERVAL: Duration = Duration::from_secs(2);
 
 /// `/metrics` and `/healthz` for a process that serves no REST API.
 fn ops_router(metrics: metrics_exporter_prometheus::PrometheusHandle) -> Router {

@@ -48,6 +48,9 @@ struct ConfigFlags {
     /// Storefront service URL for the facade [THALI_STOREFRONT_URL]
     #[arg(long, global = true)]
     storefront_url: Option<String>,
+    /// Identity service URL for the facade and other services [THALI_IDENTITY_URL]
+    #[arg(long, global = true)]
+    identity_url: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -67,10 +70,44 @@ enum Command {
         /// Role to grant; repeat for several.
         #[arg(long = "role")]
         roles: Vec<String>,
-        /// Lifetime in hours.
-        #[arg(long, default_value_t = 168)]
+        /// Lifetime in hours (at most a year).
+        #[arg(long, default_value_t = 168, value_parser = clap::value_parser!(u64).range(1..=8760))]
         ttl_hours: u64,
     },
+    /// Manage accounts (operator tool).
+    Users {
+        #[command(subcommand)]
+        command: UsersCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum UsersCommand {
+    /// Create an account; the password is read from standard input (one line).
+    Create {
+        #[arg(long)]
+        email: String,
+        #[arg(long, default_value = "Administrator")]
+        display_name: String,
+        /// Make it an administrator (the only way to get one).
+        #[arg(long)]
+        admin: bool,
+        /// Role when not --admin: buyer, creator or restaurant_owner.
+        #[arg(long, default_value = "buyer")]
+        role: String,
+    },
+}
+
+/// A database URL without its password, for printing.
+fn redacted(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
 }
 
 impl From<ConfigFlags> for Overrides {
@@ -84,6 +121,7 @@ impl From<ConfigFlags> for Overrides {
             log: f.log,
             log_format: f.log_format,
             storefront_url: f.storefront_url,
+            identity_url: f.identity_url,
         }
     }
 }
@@ -116,6 +154,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Serve { part } => {
             let name = match part {
                 Part::All => "thali",
+                Part::Identity => "thali-identity",
                 Part::Storefront => "thali-storefront",
                 Part::Facade => "thali-facade",
             };
@@ -126,7 +165,7 @@ async fn main() -> anyhow::Result<()> {
             }
             if let Some(addr) = platform.http_addr {
                 match part {
-                    Part::Storefront => println!("thali: metrics on http://{addr}/metrics"),
+                    Part::Storefront | Part::Identity => println!("thali: metrics on http://{addr}/metrics"),
                     _ => println!("thali: REST facade on http://{addr}/api/v1 (docs: http://{addr}/docs)"),
                 }
             }
@@ -134,7 +173,7 @@ async fn main() -> anyhow::Result<()> {
                 println!(
                     "thali: data in {} (database {})",
                     cfg.data_dir.display(),
-                    cfg.database_url()
+                    redacted(&cfg.database_url())
                 );
             }
             tracing::info!(part = ?part, "serving");
@@ -146,6 +185,38 @@ async fn main() -> anyhow::Result<()> {
         Command::Migrate => {
             thali::migrate(&cfg).await?;
             eprintln!("migrate: database is up to date");
+            Ok(())
+        }
+        Command::Users {
+            command:
+                UsersCommand::Create {
+                    email,
+                    display_name,
+                    admin,
+                    role,
+                },
+        } => {
+            use thali_identity::domain::{AccountStatus, NewAccount, Role};
+            let mut password = String::new();
+            std::io::stdin()
+                .read_line(&mut password)
+                .context("reading the password from standard input")?;
+            let password = password.trim_end_matches(['\n', '\r']).to_owned();
+            let chosen = if admin {
+                Role::Buyer
+            } else {
+                Role::parse(&role).context("--role must be buyer, creator or restaurant_owner")?
+            };
+            let new = NewAccount::parse(&email, &password, &display_name, Some(chosen))
+                .map_err(|e| anyhow::anyhow!("{e}: {e:?}"))?;
+            let db = thali::migrate(&cfg).await?;
+            let hash = thali_identity::passwords::hash_async(password).await;
+            let store = thali_identity::store::IdentityStore::new(db);
+            let account = store
+                .register(&new, hash, AccountStatus::Active, admin.then_some(Role::Admin), None)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            println!("{} {} ({})", account.id, account.email, account.role.as_str());
             Ok(())
         }
         Command::Token { sub, roles, ttl_hours } => {

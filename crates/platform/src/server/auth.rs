@@ -1,25 +1,168 @@
-//! Authentication of gRPC calls: a bearer token in the `authorization` metadata is verified and
-//! its [`Principal`] put in the request extensions for the handler. A call without credentials
-//! goes on without a principal (each RPC decides whether it needs one); a call with bad
-//! credentials stops here with UNAUTHENTICATED. Health and reflection never need credentials.
+//! Authentication and scope checks of gRPC calls, one layer for every service:
+//!
+//! - `authorization: Bearer <user JWT>` (audience `thali-api`): the account, with its roles;
+//! - `authorization: Bearer <service token>` (audience `thali-<service called>`): another Thali
+//!   service; the end user it acts for, if any, comes in `x-thali-user-token` as a user JWT;
+//! - `authorization: Bearer thali_pk_…`: a partner API key, resolved through identity (cached
+//!   briefly) and held to the scope the method requires.
+//!
+//! Only health and reflection answer without credentials. Missing or bad credentials:
+//! UNAUTHENTICATED; a key without the method's scope: PERMISSION_DENIED.
 use std::{
+    collections::HashMap,
     pin::Pin,
+    sync::Arc,
     task::{Context, Poll},
 };
 
 use tower::{Layer, Service};
 
-use crate::auth::{Principal, Verifier};
+use crate::{
+    audit::{SecurityEvent, security_event},
+    auth::{AuthError, Principal, Verifier, service_audience},
+};
+
+/// Header carrying the end user's token on a service-to-service call.
+pub const USER_TOKEN_HEADER: &str = "x-thali-user-token";
+
+/// Resolves a presented partner API key into its owner and scopes.
+pub trait ApiKeyResolver: Send + Sync + 'static {
+    fn resolve(&self, key: &str) -> Pin<Box<dyn Future<Output = Result<Principal, AuthError>> + Send + '_>>;
+}
+
+/// The calling Thali service, on a service-to-service call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceCaller(pub String);
+
+/// Who may call what.
+#[derive(Clone)]
+pub struct AuthPolicy {
+    verifier: Verifier,
+    api_keys: Option<Arc<dyn ApiKeyResolver>>,
+    /// Method path (`/pkg.Service/Method`) → scope an API key needs to call it.
+    scopes: Arc<HashMap<String, String>>,
+}
+
+impl AuthPolicy {
+    /// A policy verifying tokens with `verifier`; API keys are refused until a resolver is set.
+    pub fn new(verifier: Verifier) -> Self {
+        Self {
+            verifier,
+            api_keys: None,
+            scopes: Arc::default(),
+        }
+    }
+
+    /// Accepts partner API keys through `resolver`, for the methods in `scopes`.
+    pub fn with_api_keys(mut self, resolver: Arc<dyn ApiKeyResolver>, scopes: &[(&str, &str)]) -> Self {
+        self.api_keys = Some(resolver);
+        self.scopes = Arc::new(scopes.iter().map(|(m, s)| ((*m).to_owned(), (*s).to_owned())).collect());
+        self
+    }
+
+    async fn authenticate(&self, path: &str, headers: &http::HeaderMap) -> Result<Grant, tonic::Status> {
+        let unauthenticated = |why: &str| tonic::Status::unauthenticated(why.to_owned());
+        let value = headers
+            .get(http::header::AUTHORIZATION)
+            .ok_or_else(|| unauthenticated("credentials required"))?
+            .to_str()
+            .map_err(|_| unauthenticated("the token is malformed"))?;
+        let token =
+            crate::auth::bearer_token(value).ok_or_else(|| unauthenticated("expected `authorization: Bearer …`"))?;
+
+        if token.starts_with("thali_pk_") {
+            let resolver = self
+                .api_keys
+                .as_ref()
+                .ok_or_else(|| unauthenticated("API keys are not accepted here"))?;
+            let principal = resolver.resolve(token).await.map_err(|e| {
+                security_event(SecurityEvent::ApiKeyDenied, key_hint(token), path, "", &e.to_string());
+                unauthenticated(&e.to_string())
+            })?;
+            let grant = principal.api_key.as_ref().expect("a resolved key carries its grant");
+            let needed = self.scopes.get(path);
+            if !needed.is_some_and(|scope| grant.scopes.iter().any(|s| s == scope)) {
+                security_event(SecurityEvent::AccessDenied, &grant.key_id, path, "", "missing scope");
+                let message = match needed {
+                    Some(scope) => format!("this API key lacks the `{scope}` scope"),
+                    None => "API keys may not call this method".to_owned(),
+                };
+                return Err(tonic::Status::permission_denied(message));
+            }
+            security_event(SecurityEvent::ApiKeyUsed, &grant.key_id, path, "", "");
+            return Ok(Grant {
+                principal: Some(principal),
+                service: None,
+            });
+        }
+
+        let audience = Verifier::peek_audience(token).unwrap_or_default();
+        if audience == crate::auth::AUDIENCE {
+            let principal = self
+                .verifier
+                .verify(token)
+                .map_err(|e| unauthenticated(&e.to_string()))?;
+            return Ok(Grant {
+                principal: Some(principal),
+                service: None,
+            });
+        }
+        let wanted = service_audience(service_of(path));
+        let service = self
+            .verifier
+            .verify_service(token, &wanted)
+            .map_err(|e| unauthenticated(&e.to_string()))?;
+        let principal = match headers.get(USER_TOKEN_HEADER) {
+            Some(user) => {
+                let user = user
+                    .to_str()
+                    .map_err(|_| unauthenticated("the user token is malformed"))?;
+                Some(
+                    self.verifier
+                        .verify(user)
+                        .map_err(|e| unauthenticated(&e.to_string()))?,
+                )
+            }
+            None => None,
+        };
+        Ok(Grant {
+            principal,
+            service: Some(ServiceCaller(service)),
+        })
+    }
+}
+
+struct Grant {
+    principal: Option<Principal>,
+    service: Option<ServiceCaller>,
+}
+
+/// `storefront` for `/thali.storefront.v1.StorefrontService/GetStorefront`.
+fn service_of(path: &str) -> &str {
+    path.trim_start_matches('/')
+        .strip_prefix("thali.")
+        .and_then(|rest| rest.split('.').next())
+        .unwrap_or("")
+}
+
+/// The public prefix of a key, safe to log.
+fn key_hint(key: &str) -> &str {
+    key.get(..21).unwrap_or("thali_pk_")
+}
+
+fn is_open(path: &str) -> bool {
+    path.starts_with("/grpc.health.v1.Health/") || path.starts_with("/grpc.reflection.")
+}
 
 /// Layer adding [`Auth`] to a gRPC server.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct AuthLayer {
-    verifier: Verifier,
+    policy: AuthPolicy,
 }
 
 impl AuthLayer {
-    pub fn new(verifier: Verifier) -> Self {
-        Self { verifier }
+    pub fn new(policy: AuthPolicy) -> Self {
+        Self { policy }
     }
 }
 
@@ -28,31 +171,28 @@ impl<S> Layer<S> for AuthLayer {
     fn layer(&self, inner: S) -> Self::Service {
         Auth {
             inner,
-            verifier: self.verifier.clone(),
+            policy: self.policy.clone(),
         }
     }
 }
 
 /// See [`AuthLayer`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Auth<S> {
     inner: S,
-    verifier: Verifier,
+    policy: AuthPolicy,
 }
 
-/// The verified caller of a request, if it sent credentials.
+/// The verified account behind a request, if the caller acts for one.
 pub fn principal<T>(request: &tonic::Request<T>) -> Option<&Principal> {
     request.extensions().get::<Principal>()
 }
 
-fn is_open(path: &str) -> bool {
-    path.starts_with("/grpc.health.v1.Health/") || path.starts_with("/grpc.reflection.")
-}
-
 impl<S, B> Service<http::Request<B>> for Auth<S>
 where
-    S: Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
+    S: Service<http::Request<B>, Response = http::Response<tonic::body::Body>> + Clone + Send + 'static,
     S::Future: Send + 'static,
+    B: Send + 'static,
 {
     type Response = S::Response;
     type Error = S::Error;
@@ -63,25 +203,45 @@ where
     }
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
-        if !is_open(req.uri().path())
-            && let Some(value) = req.headers().get(http::header::AUTHORIZATION)
-        {
-            let verified = value
-                .to_str()
-                .map_err(|_| crate::auth::AuthError::Malformed)
-                .and_then(|v| self.verifier.verify_bearer(v));
-            match verified {
-                Ok(principal) => {
-                    req.extensions_mut().insert(principal);
+        if is_open(req.uri().path()) {
+            return Box::pin(self.inner.call(req));
+        }
+        // The ready inner service goes with this call; a fresh clone waits for the next one.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let policy = self.policy.clone();
+        Box::pin(async move {
+            let path = req.uri().path().to_owned();
+            match policy.authenticate(&path, req.headers()).await {
+                Ok(grant) => {
+                    if let Some(p) = grant.principal {
+                        req.extensions_mut().insert(p);
+                    }
+                    if let Some(s) = grant.service {
+                        req.extensions_mut().insert(s);
+                    }
+                    inner.call(req).await
                 }
-                Err(e) => {
-                    tracing::info!(reason = %e, path = req.uri().path(), "gRPC call refused: bad credentials");
-                    let status = tonic::Status::unauthenticated(e.to_string());
-                    return Box::pin(async move { Ok(status.into_http()) });
+                Err(status) => {
+                    if status.code() == tonic::Code::Unauthenticated {
+                        security_event(SecurityEvent::AuthenticationFailed, "", &path, "", status.message());
+                    }
+                    Ok(status.into_http())
                 }
             }
-        }
-        let future = self.inner.call(req);
-        Box::pin(future)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_called_service_is_read_from_the_path() {
+        assert_eq!(
+            super::service_of("/thali.storefront.v1.StorefrontService/GetStorefront"),
+            "storefront"
+        );
+        assert_eq!(super::service_of("/thali.identity.v1.IdentityService/Me"), "identity");
+        assert_eq!(super::service_of("/other.Service/M"), "");
     }
 }

@@ -17,11 +17,9 @@ use tonic_health::{
 };
 use tower::ServiceBuilder;
 
-pub use auth::{AuthLayer, principal};
+pub use auth::{ApiKeyResolver, AuthLayer, AuthPolicy, ServiceCaller, USER_TOKEN_HEADER, principal};
 pub use metrics::MetricsLayer;
 pub use trace::TraceLayer;
-
-use crate::auth::Verifier;
 
 /// The health service of one process, and the handle that changes what it answers.
 pub struct Health {
@@ -83,12 +81,12 @@ pub async fn serve(
     listener: TcpListener,
     routes: Routes,
     health: Health,
-    verifier: Verifier,
+    policy: AuthPolicy,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
     let stack = ServiceBuilder::new()
         .layer(TraceLayer)
-        .layer(AuthLayer::new(verifier))
+        .layer(AuthLayer::new(policy))
         .layer(MetricsLayer)
         .into_inner();
     let reflection_v1 = tonic_reflection::server::Builder::configure()

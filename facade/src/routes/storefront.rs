@@ -1,50 +1,14 @@
-//! REST handlers: authenticate, take the JSON, call one RPC, map the answer.
-use axum::{
-    Json,
-    extract::State,
-    http::{HeaderMap, HeaderValue, StatusCode, header},
-    response::{IntoResponse, Response},
-};
+//! Storefront routes: creators, products, the public storefront.
+use axum::{Json, extract::State, http::HeaderMap, response::Response};
 use thali_proto::storefront::v1 as pb;
 
+use super::{created, idempotency_key, missing};
 use crate::{
     FacadeState,
     dto::{self, CreateCreator, CreateProduct, ListProductsQuery, UpdateProduct, UpdateProfile},
-    middleware::{ApiJson, ApiPath, ApiQuery, Caller},
+    middleware::{ApiJson, ApiPath, ApiQuery, Caller, request_as},
     problem::Problem,
 };
-
-fn idempotency_key(headers: &HeaderMap) -> Result<String, Problem> {
-    match headers.get("idempotency-key") {
-        None => Ok(String::new()),
-        // Present but empty is a malformed key, not "no key".
-        Some(v) => v
-            .to_str()
-            .ok()
-            .filter(|k| !k.is_empty())
-            .map(str::to_owned)
-            .ok_or_else(|| {
-                Problem::new(
-                    StatusCode::BAD_REQUEST,
-                    "INVALID_HEADER",
-                    "Idempotency-Key must be 1-200 visible ASCII characters",
-                )
-            }),
-    }
-}
-
-fn created<T: serde::Serialize>(location: String, body: T) -> Response {
-    let mut response = (StatusCode::CREATED, Json(body)).into_response();
-    if let Ok(value) = HeaderValue::from_str(&location) {
-        response.headers_mut().insert(header::LOCATION, value);
-    }
-    response
-}
-
-fn missing(what: &str) -> Problem {
-    tracing::error!(what, "service answered without a required field");
-    Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", "internal error")
-}
 
 /// Create a creator page; the caller becomes its owner.
 #[utoipa::path(
@@ -173,10 +137,7 @@ pub async fn list_products(
         page_size: query.page_size.unwrap_or(0),
         page_token: query.page_token.unwrap_or_default(),
     };
-    let req = match &caller {
-        Some(c) => c.request(req),
-        None => tonic::Request::new(req),
-    };
+    let req = request_as(&caller, req);
     let page = state.storefront.clone().list_products(req).await?.into_inner();
     Ok(Json(dto::ProductPage {
         products: page.products.into_iter().map(Into::into).collect(),
@@ -235,14 +196,11 @@ pub async fn archive_product(
 )]
 pub async fn get_storefront(
     State(state): State<FacadeState>,
+    caller: Option<Caller>,
     ApiPath(username): ApiPath<String>,
 ) -> Result<Json<dto::Storefront>, Problem> {
-    let res = state
-        .storefront
-        .clone()
-        .get_storefront(pb::GetStorefrontRequest { username })
-        .await?
-        .into_inner();
+    let req = request_as(&caller, pb::GetStorefrontRequest { username });
+    let res = state.storefront.clone().get_storefront(req).await?.into_inner();
     Ok(Json(dto::Storefront {
         creator: res.creator.ok_or_else(|| missing("creator"))?.into(),
         products: res.products.into_iter().map(Into::into).collect(),

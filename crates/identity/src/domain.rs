@@ -1,0 +1,365 @@
+//! Identity rules: emails, passwords, roles, API key format and scopes, login throttling. Pure:
+//! no I/O, no database, no gRPC.
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use thali_platform::errors::Violation;
+use uuid::Uuid;
+
+pub const EMAIL_MAX: usize = 254;
+pub const PASSWORD_MIN: usize = 12;
+pub const PASSWORD_MAX: usize = 128;
+pub const DISPLAY_NAME_MAX: usize = 80;
+pub const KEY_NAME_MAX: usize = 80;
+/// Access tokens live a week and are renewed on activity.
+pub const ACCESS_TOKEN_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+/// A token older than this is renewed when its holder makes a request.
+pub const RENEW_AFTER: Duration = Duration::from_secs(24 * 3600);
+/// Refresh tokens live 30 days, and each works once.
+pub const REFRESH_TOKEN_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Failed logins per account before it is throttled.
+pub const ACCOUNT_FAILURES_ALLOWED: i32 = 5;
+/// Failed logins per client address before it is throttled.
+pub const ADDRESS_FAILURES_ALLOWED: i32 = 20;
+/// First lockout; it doubles with every further failure up to [`LOCKOUT_MAX`].
+pub const LOCKOUT_BASE: Duration = Duration::from_secs(30);
+pub const LOCKOUT_MAX: Duration = Duration::from_secs(3600);
+/// Prefix of every partner API key.
+pub const API_KEY_PREFIX: &str = "thali_pk_";
+/// Scopes a partner API key can hold; each service adds its own.
+pub const SCOPES: &[&str] = &["storefront.read", "storefront.write"];
+
+/// Everything that can go wrong in an identity use case.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error("invalid request")]
+    Invalid(Vec<Violation>),
+    #[error("authentication required")]
+    Unauthenticated,
+    #[error("email or password is wrong")]
+    BadCredentials,
+    #[error("too many failed logins; try again later")]
+    Throttled { retry_after: Duration },
+    #[error("the account is not active")]
+    AccountInactive,
+    #[error("an account with this email exists")]
+    EmailTaken,
+    #[error("the refresh token is not valid")]
+    BadRefreshToken,
+    #[error("the API key is not valid")]
+    BadApiKey,
+    #[error("not allowed")]
+    Forbidden,
+    #[error("no such API key")]
+    ApiKeyNotFound,
+    #[error("the idempotency key was used for a different request")]
+    IdempotencyKeyReused,
+    #[error("the database does not answer")]
+    Unavailable,
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+impl IdentityError {
+    pub fn invalid(field: &str, description: impl Into<String>) -> Self {
+        Self::Invalid(vec![Violation::new(field, description)])
+    }
+}
+
+/// What an account may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum Role {
+    Buyer,
+    Creator,
+    RestaurantOwner,
+    Admin,
+}
+
+impl Role {
+    /// Name in tokens and the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Buyer => "buyer",
+            Role::Creator => "creator",
+            Role::RestaurantOwner => "restaurant_owner",
+            Role::Admin => "admin",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        Some(match name {
+            "buyer" => Role::Buyer,
+            "creator" => Role::Creator,
+            "restaurant_owner" => Role::RestaurantOwner,
+            "admin" => Role::Admin,
+            _ => return None,
+        })
+    }
+}
+
+/// Whether an account may sign in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccountStatus {
+    Active,
+    Locked,
+    Disabled,
+}
+
+impl AccountStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AccountStatus::Active => "active",
+            AccountStatus::Locked => "locked",
+            AccountStatus::Disabled => "disabled",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        Some(match name {
+            "active" => AccountStatus::Active,
+            "locked" => AccountStatus::Locked,
+            "disabled" => AccountStatus::Disabled,
+            _ => return None,
+        })
+    }
+}
+
+/// An account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Account {
+    pub id: Uuid,
+    pub email: String,
+    pub display_name: String,
+    pub role: Role,
+    pub status: AccountStatus,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A validated registration.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct NewAccount {
+    pub email: String,
+    pub display_name: String,
+    pub role: Role,
+}
+
+/// Trims and lower-cases an email and checks its shape (one `@`, a dot in the domain, no spaces).
+pub fn normalize_email(raw: &str) -> Result<String, String> {
+    let email = raw.trim().to_lowercase();
+    if email.is_empty() || email.len() > EMAIL_MAX {
+        return Err(format!("must be 3 to {EMAIL_MAX} characters"));
+    }
+    let Some((local, domain)) = email.split_once('@') else {
+        return Err("must be an email address".into());
+    };
+    let valid = !local.is_empty()
+        && !domain.is_empty()
+        && !domain.contains('@')
+        && domain.contains('.')
+        && !domain.starts_with('.')
+        && !domain.ends_with('.')
+        && !email.chars().any(|c| c.is_whitespace() || c.is_control());
+    if valid {
+        Ok(email)
+    } else {
+        Err("must be an email address".into())
+    }
+}
+
+/// OWASP ASVS length rules: 12–128 characters, no composition rules, not all one character.
+pub fn check_password(password: &str) -> Result<(), String> {
+    let len = password.chars().count();
+    if len < PASSWORD_MIN {
+        return Err(format!("must be at least {PASSWORD_MIN} characters"));
+    }
+    if len > PASSWORD_MAX {
+        return Err(format!("must be at most {PASSWORD_MAX} characters"));
+    }
+    let first = password.chars().next();
+    if password.chars().all(|c| Some(c) == first) {
+        return Err("must not be one repeated character".into());
+    }
+    Ok(())
+}
+
+impl NewAccount {
+    /// Validates a registration; `role` must be one a person may choose (not admin).
+    pub fn parse(email: &str, password: &str, display_name: &str, role: Option<Role>) -> Result<Self, IdentityError> {
+        let mut violations = Vec::new();
+        let email = normalize_email(email).unwrap_or_else(|why| {
+            violations.push(Violation::new("email", why));
+            String::new()
+        });
+        if let Err(why) = check_password(password) {
+            violations.push(Violation::new("password", why));
+        }
+        let display_name = display_name.trim().to_owned();
+        let len = display_name.chars().count();
+        if len == 0 || len > DISPLAY_NAME_MAX || display_name.chars().any(char::is_control) {
+            violations.push(Violation::new(
+                "display_name",
+                format!("must be 1 to {DISPLAY_NAME_MAX} visible characters"),
+            ));
+        }
+        let role = match role {
+            Some(r @ (Role::Buyer | Role::Creator | Role::RestaurantOwner)) => r,
+            Some(Role::Admin) => {
+                violations.push(Violation::new("role", "admins are created by an operator"));
+                Role::Buyer
+            }
+            None => {
+                violations.push(Violation::new("role", "must be buyer, creator or restaurant_owner"));
+                Role::Buyer
+            }
+        };
+        if violations.is_empty() {
+            Ok(Self {
+                email,
+                display_name,
+                role,
+            })
+        } else {
+            Err(IdentityError::Invalid(violations))
+        }
+    }
+}
+
+/// How long a key is locked after `failures` failures, `allowed` of which are free.
+pub fn lockout(failures: i32, allowed: i32) -> Option<Duration> {
+    if failures < allowed {
+        return None;
+    }
+    let doublings = (failures - allowed).min(16) as u32;
+    Some(LOCKOUT_BASE.saturating_mul(1 << doublings).min(LOCKOUT_MAX))
+}
+
+/// A partner API key as presented: `thali_pk_<prefix>_<secret>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PresentedKey<'a> {
+    pub prefix: &'a str,
+    pub whole: &'a str,
+}
+
+/// Splits a presented key; None when it does not have Thali's shape.
+pub fn parse_api_key(key: &str) -> Option<PresentedKey<'_>> {
+    let rest = key.strip_prefix(API_KEY_PREFIX)?;
+    let (prefix, secret) = rest.split_once('_')?;
+    let ok = prefix.len() == 12
+        && secret.len() == 43
+        && prefix.bytes().all(|b| b.is_ascii_alphanumeric())
+        && secret
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    ok.then_some(PresentedKey { prefix, whole: key })
+}
+
+/// Checks requested scopes: known, not repeated, at least one.
+pub fn check_scopes(scopes: &[String]) -> Result<Vec<String>, IdentityError> {
+    if scopes.is_empty() {
+        return Err(IdentityError::invalid("scopes", "name at least one scope"));
+    }
+    let mut out: Vec<String> = Vec::new();
+    for s in scopes {
+        if !SCOPES.contains(&s.as_str()) {
+            return Err(IdentityError::invalid(
+                "scopes",
+                format!("unknown scope `{s}`; known: {}", SCOPES.join(", ")),
+            ));
+        }
+        if !out.contains(s) {
+            out.push(s.clone());
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Checks an idempotency key: empty means none; otherwise 1–200 visible ASCII characters.
+pub fn parse_idempotency_key(key: &str) -> Result<Option<String>, IdentityError> {
+    if key.is_empty() {
+        return Ok(None);
+    }
+    if key.len() > 200 || !key.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(IdentityError::invalid(
+            "idempotency_key",
+            "must be 1 to 200 visible ASCII characters",
+        ));
+    }
+    Ok(Some(key.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn emails_are_normalised_and_checked() {
+        assert_eq!(normalize_email("  Asha@Example.COM ").unwrap(), "asha@example.com");
+        for bad in [
+            "",
+            "no-at-sign",
+            "a@b",
+            "a@@b.com",
+            "a b@c.com",
+            "@x.com",
+            "a@.com",
+            "a@x.",
+        ] {
+            assert!(normalize_email(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn passwords_follow_length_rules() {
+        assert!(check_password("correct horse battery").is_ok());
+        assert!(check_password("short").is_err());
+        assert!(check_password(&"x".repeat(129)).is_err());
+        assert!(check_password("aaaaaaaaaaaaaaaa").is_err());
+    }
+
+    #[test]
+    fn admins_cannot_register_themselves() {
+        let err = NewAccount::parse("a@x.com", "long enough password", "A", Some(Role::Admin)).unwrap_err();
+        assert!(matches!(err, IdentityError::Invalid(v) if v[0].field == "role"));
+        assert!(NewAccount::parse("a@x.com", "long enough password", "A", None).is_err());
+        assert_eq!(
+            NewAccount::parse("A@X.com", "long enough password", " A ", Some(Role::Creator))
+                .unwrap()
+                .email,
+            "a@x.com"
+        );
+    }
+
+    #[test]
+    fn lockout_starts_after_the_allowance_and_doubles_to_a_cap() {
+        assert_eq!(lockout(4, 5), None);
+        assert_eq!(lockout(5, 5), Some(Duration::from_secs(30)));
+        assert_eq!(lockout(6, 5), Some(Duration::from_secs(60)));
+        assert_eq!(lockout(8, 5), Some(Duration::from_secs(240)));
+        assert_eq!(lockout(40, 5), Some(LOCKOUT_MAX));
+    }
+
+    #[test]
+    fn api_keys_have_one_shape() {
+        let key = format!("thali_pk_AbCdEf123456_{}", "s".repeat(43));
+        assert_eq!(parse_api_key(&key).unwrap().prefix, "AbCdEf123456");
+        assert!(parse_api_key("thali_pk_short_x").is_none());
+        assert!(parse_api_key(&key.replace("thali_pk_", "other_")).is_none());
+        assert!(parse_api_key("eyJhbGciOi.jwt.token").is_none());
+    }
+
+    #[test]
+    fn scopes_must_be_known() {
+        assert_eq!(
+            check_scopes(&[
+                "storefront.write".into(),
+                "storefront.read".into(),
+                "storefront.read".into()
+            ])
+            .unwrap(),
+            ["storefront.read", "storefront.write"]
+        );
+        assert!(check_scopes(&[]).is_err());
+        assert!(check_scopes(&["admin.everything".into()]).is_err());
+    }
+}

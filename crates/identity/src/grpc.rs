@@ -1,0 +1,417 @@
+//! The tonic implementation of `thali.identity.v1.IdentityService`, and the one mapping of
+//! identity errors to `Status`.
+use std::{sync::Arc, time::Duration};
+
+use chrono::{DateTime, Utc};
+use thali_platform::{
+    audit::{SecurityEvent, security_event},
+    auth::{Principal, Signer, Verifier},
+    errors,
+    server::{ServiceCaller, principal},
+};
+use thali_proto::identity::v1 as pb;
+use tonic::{Code, Request, Response, Status};
+use uuid::Uuid;
+
+use crate::{
+    domain::{
+        self, ACCESS_TOKEN_TTL, ACCOUNT_FAILURES_ALLOWED, ADDRESS_FAILURES_ALLOWED, Account, AccountStatus,
+        IdentityError, KEY_NAME_MAX, NewAccount, Role,
+    },
+    passwords,
+    store::{ApiKey, Idempotency, IdentityStore, RotateError},
+};
+
+/// The identity gRPC service.
+pub struct IdentityGrpc {
+    store: IdentityStore,
+    signer: Arc<Signer>,
+    verifier: Verifier,
+}
+
+impl IdentityGrpc {
+    pub fn new(store: IdentityStore, signer: Arc<Signer>, verifier: Verifier) -> Self {
+        Self {
+            store,
+            signer,
+            verifier,
+        }
+    }
+
+    fn access_token(&self, account: &Account) -> (String, DateTime<Utc>) {
+        let token = self.signer.mint(
+            &account.id.to_string(),
+            &[account.role.as_str().to_owned()],
+            ACCESS_TOKEN_TTL,
+        );
+        (
+            token,
+            Utc::now() + chrono::Duration::from_std(ACCESS_TOKEN_TTL).expect("a week fits"),
+        )
+    }
+}
+
+impl From<IdentityError> for Status {
+    fn from(err: IdentityError) -> Self {
+        let message = err.to_string();
+        match err {
+            IdentityError::Invalid(violations) => errors::invalid_argument(&violations),
+            IdentityError::Unauthenticated => errors::with_reason(Code::Unauthenticated, "UNAUTHENTICATED", message),
+            IdentityError::BadCredentials => errors::with_reason(Code::Unauthenticated, "BAD_CREDENTIALS", message),
+            IdentityError::Throttled { retry_after } => {
+                errors::resource_exhausted("LOGIN_THROTTLED", message, retry_after)
+            }
+            IdentityError::AccountInactive => errors::with_reason(Code::PermissionDenied, "ACCOUNT_INACTIVE", message),
+            IdentityError::EmailTaken => errors::with_reason(Code::AlreadyExists, "EMAIL_TAKEN", message),
+            IdentityError::BadRefreshToken => {
+                errors::with_reason(Code::Unauthenticated, "REFRESH_TOKEN_INVALID", message)
+            }
+            IdentityError::BadApiKey => errors::with_reason(Code::Unauthenticated, "API_KEY_INVALID", message),
+            IdentityError::Forbidden => errors::with_reason(Code::PermissionDenied, "FORBIDDEN", message),
+            IdentityError::ApiKeyNotFound => errors::with_reason(Code::NotFound, "API_KEY_NOT_FOUND", message),
+            IdentityError::IdempotencyKeyReused => {
+                errors::with_reason(Code::Aborted, "IDEMPOTENCY_KEY_REUSED", message)
+            }
+            IdentityError::Unavailable => errors::unavailable("DATABASE_UNAVAILABLE", message, Duration::from_secs(2)),
+            IdentityError::Internal(cause) => errors::internal(&cause),
+        }
+    }
+}
+
+fn timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: t.timestamp(),
+        nanos: t.timestamp_subsec_nanos() as i32,
+    }
+}
+
+fn role_pb(role: Role) -> pb::Role {
+    match role {
+        Role::Buyer => pb::Role::Buyer,
+        Role::Creator => pb::Role::Creator,
+        Role::RestaurantOwner => pb::Role::RestaurantOwner,
+        Role::Admin => pb::Role::Admin,
+    }
+}
+
+fn role_from_pb(role: i32) -> Option<Role> {
+    match pb::Role::try_from(role).ok()? {
+        pb::Role::Buyer => Some(Role::Buyer),
+        pb::Role::Creator => Some(Role::Creator),
+        pb::Role::RestaurantOwner => Some(Role::RestaurantOwner),
+        pb::Role::Admin => Some(Role::Admin),
+        pb::Role::Unspecified => None,
+    }
+}
+
+fn account_pb(a: &Account) -> pb::Account {
+    pb::Account {
+        id: a.id.to_string(),
+        email: a.email.clone(),
+        display_name: a.display_name.clone(),
+        role: role_pb(a.role) as i32,
+        status: match a.status {
+            AccountStatus::Active => pb::AccountStatus::Active,
+            AccountStatus::Locked => pb::AccountStatus::Locked,
+            AccountStatus::Disabled => pb::AccountStatus::Disabled,
+        } as i32,
+        create_time: Some(timestamp(a.created_at)),
+    }
+}
+
+fn api_key_pb(k: ApiKey) -> pb::ApiKey {
+    pb::ApiKey {
+        id: k.id.to_string(),
+        owner_id: k.owner_id.to_string(),
+        name: k.name,
+        prefix: k.prefix,
+        scopes: k.scopes,
+        create_time: Some(timestamp(k.created_at)),
+        expire_time: k.expires_at.map(timestamp),
+        last_use_time: k.last_used_at.map(timestamp),
+        revoke_time: k.revoked_at.map(timestamp),
+    }
+}
+
+/// The account acting through a user token (API keys cannot manage accounts or keys).
+fn account_caller<T>(request: &Request<T>) -> Result<(Uuid, bool), IdentityError> {
+    let p: &Principal = principal(request).ok_or(IdentityError::Unauthenticated)?;
+    if p.api_key.is_some() {
+        return Err(IdentityError::Forbidden);
+    }
+    let id = Uuid::parse_str(&p.subject).map_err(|_| IdentityError::Unauthenticated)?;
+    Ok((id, p.has_role("admin")))
+}
+
+fn owner_for(caller: (Uuid, bool), requested: &str) -> Result<Uuid, IdentityError> {
+    if requested.is_empty() {
+        return Ok(caller.0);
+    }
+    let wanted = Uuid::parse_str(requested).map_err(|_| IdentityError::invalid("owner_id", "must be a UUID"))?;
+    if wanted != caller.0 && !caller.1 {
+        return Err(IdentityError::Forbidden);
+    }
+    Ok(wanted)
+}
+
+#[tonic::async_trait]
+impl pb::identity_service_server::IdentityService for IdentityGrpc {
+    async fn register(&self, request: Request<pb::RegisterRequest>) -> Result<Response<pb::RegisterResponse>, Status> {
+        let req = request.into_inner();
+        let new = NewAccount::parse(&req.email, &req.password, &req.display_name, role_from_pb(req.role))?;
+        let idem = domain::parse_idempotency_key(&req.idempotency_key)?.map(|k| Idempotency::new(k, &new));
+        let hash = passwords::hash_async(req.password).await;
+        let account = self
+            .store
+            .register(&new, hash, AccountStatus::Active, None, idem.as_ref())
+            .await?;
+        tracing::info!(account_id = %account.id, role = account.role.as_str(), "account registered");
+        Ok(Response::new(pb::RegisterResponse {
+            account: Some(account_pb(&account)),
+        }))
+    }
+
+    async fn login(&self, request: Request<pb::LoginRequest>) -> Result<Response<pb::LoginResponse>, Status> {
+        let req = request.into_inner();
+        let email = domain::normalize_email(&req.email).unwrap_or_else(|_| req.email.trim().to_lowercase());
+        let address = req.client_address.trim().to_owned();
+        let account_key = format!("account:{email}");
+        let address_key = format!("address:{address}");
+        let keys = if address.is_empty() {
+            vec![account_key.clone()]
+        } else {
+            vec![account_key.clone(), address_key.clone()]
+        };
+        if let Some(retry_after) = self.store.throttled(&keys).await? {
+            security_event(SecurityEvent::LoginFailed, &email, "", &address, "throttled");
+            return Err(IdentityError::Throttled {
+                retry_after: retry_after.max(Duration::from_secs(1)),
+            }
+            .into());
+        }
+        let found = self.store.account_for_login(&email).await?;
+        let (account, hash) = match found {
+            Some((account, hash)) => (Some(account), Some(hash)),
+            None => (None, None),
+        };
+        let ok = passwords::verify_async(req.password, hash).await;
+        let Some(account) = account.filter(|_| ok) else {
+            security_event(SecurityEvent::LoginFailed, &email, "", &address, "bad credentials");
+            let mut locked = self
+                .store
+                .record_failure(&account_key, ACCOUNT_FAILURES_ALLOWED)
+                .await?;
+            if !address.is_empty() {
+                locked = locked.max(
+                    self.store
+                        .record_failure(&address_key, ADDRESS_FAILURES_ALLOWED)
+                        .await?,
+                );
+            }
+            if let Some(lock) = locked {
+                security_event(
+                    SecurityEvent::LockedOut,
+                    &email,
+                    "",
+                    &address,
+                    &format!("{} s", lock.as_secs()),
+                );
+            }
+            return Err(IdentityError::BadCredentials.into());
+        };
+        if account.status != AccountStatus::Active {
+            security_event(
+                SecurityEvent::LoginFailed,
+                &account.id.to_string(),
+                "",
+                &address,
+                "account not active",
+            );
+            return Err(IdentityError::AccountInactive.into());
+        }
+        self.store.clear_failures(&account_key).await?;
+        let (access, access_expires) = self.access_token(&account);
+        let refresh = self.store.start_family(account.id).await?;
+        security_event(SecurityEvent::LoginSucceeded, &account.id.to_string(), "", &address, "");
+        Ok(Response::new(pb::LoginResponse {
+            account: Some(account_pb(&account)),
+            tokens: Some(pb::Tokens {
+                access_token: access,
+                access_token_expire_time: Some(timestamp(access_expires)),
+                refresh_token: refresh.token,
+                refresh_token_expire_time: Some(timestamp(refresh.expires_at)),
+            }),
+        }))
+    }
+
+    async fn refresh(&self, request: Request<pb::RefreshRequest>) -> Result<Response<pb::RefreshResponse>, Status> {
+        let req = request.into_inner();
+        let (account, refresh) = match self.store.rotate(&req.refresh_token).await {
+            Ok(pair) => pair,
+            Err(RotateError::Invalid) => return Err(IdentityError::BadRefreshToken.into()),
+            Err(RotateError::Reused {
+                account_id,
+                family_id,
+                revoked,
+            }) => {
+                security_event(
+                    SecurityEvent::RefreshReused,
+                    &account_id.to_string(),
+                    &family_id.to_string(),
+                    &req.client_address,
+                    &format!("family revoked ({revoked} live tokens)"),
+                );
+                return Err(IdentityError::BadRefreshToken.into());
+            }
+            Err(RotateError::Store(e)) => return Err(e.into()),
+        };
+        if account.status != AccountStatus::Active {
+            return Err(IdentityError::AccountInactive.into());
+        }
+        let (access, access_expires) = self.access_token(&account);
+        Ok(Response::new(pb::RefreshResponse {
+            tokens: Some(pb::Tokens {
+                access_token: access,
+                access_token_expire_time: Some(timestamp(access_expires)),
+                refresh_token: refresh.token,
+                refresh_token_expire_time: Some(timestamp(refresh.expires_at)),
+            }),
+        }))
+    }
+
+    async fn logout(&self, request: Request<pb::LogoutRequest>) -> Result<Response<pb::LogoutResponse>, Status> {
+        if let Some(account) = self.store.logout(&request.get_ref().refresh_token).await? {
+            security_event(
+                SecurityEvent::Logout,
+                &account.to_string(),
+                "",
+                "",
+                "refresh family revoked",
+            );
+        }
+        Ok(Response::new(pb::LogoutResponse {}))
+    }
+
+    async fn me(&self, request: Request<pb::MeRequest>) -> Result<Response<pb::MeResponse>, Status> {
+        let (id, _) = account_caller(&request)?;
+        let account = self.store.account(id).await?;
+        Ok(Response::new(pb::MeResponse {
+            account: Some(account_pb(&account)),
+        }))
+    }
+
+    async fn renew_access_token(
+        &self,
+        request: Request<pb::RenewAccessTokenRequest>,
+    ) -> Result<Response<pb::RenewAccessTokenResponse>, Status> {
+        let (id, _) = account_caller(&request)?;
+        let account = self.store.account(id).await?;
+        if account.status != AccountStatus::Active {
+            return Err(IdentityError::AccountInactive.into());
+        }
+        let (access, expires) = self.access_token(&account);
+        Ok(Response::new(pb::RenewAccessTokenResponse {
+            access_token: access,
+            access_token_expire_time: Some(timestamp(expires)),
+        }))
+    }
+
+    async fn create_api_key(
+        &self,
+        request: Request<pb::CreateApiKeyRequest>,
+    ) -> Result<Response<pb::CreateApiKeyResponse>, Status> {
+        let caller = account_caller(&request)?;
+        let req = request.into_inner();
+        let owner = owner_for(caller, &req.owner_id)?;
+        let name = req.name.trim();
+        if name.is_empty() || name.chars().count() > KEY_NAME_MAX || name.chars().any(char::is_control) {
+            return Err(
+                IdentityError::invalid("name", format!("must be 1 to {KEY_NAME_MAX} visible characters")).into(),
+            );
+        }
+        let scopes = domain::check_scopes(&req.scopes)?;
+        let expires_at = match req.expire_time {
+            Some(t) => {
+                let at = DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32)
+                    .filter(|at| *at > Utc::now())
+                    .ok_or_else(|| IdentityError::invalid("expire_time", "must be in the future"))?;
+                Some(at)
+            }
+            None => None,
+        };
+        let (key, secret) = self.store.create_api_key(owner, name, &scopes, expires_at).await?;
+        security_event(
+            SecurityEvent::ApiKeyCreated,
+            &caller.0.to_string(),
+            &key.id.to_string(),
+            "",
+            &scopes.join(" "),
+        );
+        Ok(Response::new(pb::CreateApiKeyResponse {
+            api_key: Some(api_key_pb(key)),
+            secret,
+        }))
+    }
+
+    async fn list_api_keys(
+        &self,
+        request: Request<pb::ListApiKeysRequest>,
+    ) -> Result<Response<pb::ListApiKeysResponse>, Status> {
+        let caller = account_caller(&request)?;
+        let owner = owner_for(caller, &request.get_ref().owner_id)?;
+        let keys = self.store.api_keys(owner).await?;
+        Ok(Response::new(pb::ListApiKeysResponse {
+            api_keys: keys.into_iter().map(api_key_pb).collect(),
+        }))
+    }
+
+    async fn revoke_api_key(
+        &self,
+        request: Request<pb::RevokeApiKeyRequest>,
+    ) -> Result<Response<pb::RevokeApiKeyResponse>, Status> {
+        let caller = account_caller(&request)?;
+        let id = Uuid::parse_str(&request.get_ref().id).map_err(|_| IdentityError::ApiKeyNotFound)?;
+        let key = self.store.revoke_api_key(caller.0, caller.1, id).await?;
+        security_event(
+            SecurityEvent::ApiKeyRevoked,
+            &caller.0.to_string(),
+            &key.id.to_string(),
+            "",
+            "",
+        );
+        Ok(Response::new(pb::RevokeApiKeyResponse {
+            api_key: Some(api_key_pb(key)),
+        }))
+    }
+
+    async fn verify_api_key(
+        &self,
+        request: Request<pb::VerifyApiKeyRequest>,
+    ) -> Result<Response<pb::VerifyApiKeyResponse>, Status> {
+        if request.extensions().get::<ServiceCaller>().is_none() {
+            return Err(IdentityError::Forbidden.into());
+        }
+        let req = request.into_inner();
+        let presented = domain::parse_api_key(&req.key).ok_or(IdentityError::BadApiKey)?;
+        let (key, owner) = self.store.verify_api_key(&presented).await?;
+        Ok(Response::new(pb::VerifyApiKeyResponse {
+            key_id: key.id.to_string(),
+            owner_id: owner.id.to_string(),
+            owner_role: role_pb(owner.role) as i32,
+            scopes: key.scopes,
+        }))
+    }
+
+    async fn list_signing_keys(
+        &self,
+        _request: Request<pb::ListSigningKeysRequest>,
+    ) -> Result<Response<pb::ListSigningKeysResponse>, Status> {
+        let keys = self
+            .verifier
+            .public_keys()
+            .into_iter()
+            .map(|(kid, x)| pb::SigningKey { kid, x })
+            .collect();
+        Ok(Response::new(pb::ListSigningKeysResponse { keys }))
+    }
+}

@@ -1,0 +1,664 @@
+//! Identity persistence: accounts, refresh-token families, API keys, login throttling. One
+//! transaction per use case; uniqueness and one-time use of refresh tokens are enforced by the
+//! database (unique hashes, conditional updates), not by read-then-write.
+use std::time::Duration;
+
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use chrono::{DateTime, Utc};
+use ring::rand::{SecureRandom, SystemRandom};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, DatabaseConnection, DbErr, EntityTrait, ExprTrait, QueryFilter, QueryOrder, Set,
+    SqlErr, TransactionTrait,
+    sea_query::{Expr, OnConflict},
+};
+use uuid::Uuid;
+
+use crate::domain::{
+    API_KEY_PREFIX, Account, AccountStatus, IdentityError, NewAccount, PresentedKey, REFRESH_TOKEN_TTL, Role, lockout,
+};
+
+pub mod account {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "accounts")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: Uuid,
+        #[sea_orm(unique)]
+        pub email: String,
+        pub display_name: String,
+        pub role: String,
+        pub status: String,
+        #[sea_orm(column_type = "Text")]
+        pub password_hash: String,
+        pub created_at: DateTimeUtc,
+        pub updated_at: DateTimeUtc,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod refresh_token {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "refresh_tokens")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: Uuid,
+        pub family_id: Uuid,
+        pub account_id: Uuid,
+        #[sea_orm(unique)]
+        pub token_hash: String,
+        pub created_at: DateTimeUtc,
+        pub expires_at: DateTimeUtc,
+        pub used_at: Option<DateTimeUtc>,
+        pub revoked_at: Option<DateTimeUtc>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod api_key {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "api_keys")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: Uuid,
+        pub owner_id: Uuid,
+        pub name: String,
+        #[sea_orm(unique)]
+        pub prefix: String,
+        pub key_hash: String,
+        pub scopes: String,
+        pub created_at: DateTimeUtc,
+        pub expires_at: Option<DateTimeUtc>,
+        pub last_used_at: Option<DateTimeUtc>,
+        pub revoked_at: Option<DateTimeUtc>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod login_throttle {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "login_throttle")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub throttle_key: String,
+        pub failures: i32,
+        pub last_failure_at: DateTimeUtc,
+        pub locked_until: Option<DateTimeUtc>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod idempotency {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "identity_idempotency")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub scope: String,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub subject: String,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub idempotency_key: String,
+        pub request_hash: String,
+        pub resource_id: Uuid,
+        pub created_at: DateTimeUtc,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+impl From<DbErr> for IdentityError {
+    fn from(err: DbErr) -> Self {
+        if thali_platform::db::is_unavailable(&err) {
+            tracing::warn!(error = %err, "database unavailable");
+            IdentityError::Unavailable
+        } else {
+            IdentityError::Internal(err.to_string())
+        }
+    }
+}
+
+impl TryFrom<account::Model> for Account {
+    type Error = IdentityError;
+    fn try_from(m: account::Model) -> Result<Self, IdentityError> {
+        Ok(Account {
+            id: m.id,
+            email: m.email,
+            display_name: m.display_name,
+            role: Role::parse(&m.role).ok_or_else(|| IdentityError::Internal(format!("unknown role {}", m.role)))?,
+            status: AccountStatus::parse(&m.status)
+                .ok_or_else(|| IdentityError::Internal(format!("unknown status {}", m.status)))?,
+            created_at: m.created_at,
+        })
+    }
+}
+
+/// An API key as stored (never the secret).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKey {
+    pub id: Uuid,
+    pub owner_id: Uuid,
+    pub name: String,
+    pub prefix: String,
+    pub scopes: Vec<String>,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub last_used_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+impl From<api_key::Model> for ApiKey {
+    fn from(m: api_key::Model) -> Self {
+        ApiKey {
+            id: m.id,
+            owner_id: m.owner_id,
+            name: m.name,
+            prefix: m.prefix,
+            scopes: m.scopes.split_whitespace().map(str::to_owned).collect(),
+            created_at: m.created_at,
+            expires_at: m.expires_at,
+            last_used_at: m.last_used_at,
+            revoked_at: m.revoked_at,
+        }
+    }
+}
+
+/// A refresh token as handed to the client, with its expiry.
+#[derive(Debug, Clone)]
+pub struct IssuedRefresh {
+    pub token: String,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// SHA-256 of a secret, hex.
+pub fn sha256_hex(secret: &str) -> String {
+    ring::digest::digest(&ring::digest::SHA256, secret.as_bytes())
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut out = [0u8; N];
+    SystemRandom::new().fill(&mut out).expect("the OS random source works");
+    out
+}
+
+fn random_alphanumeric(len: usize) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut out = String::with_capacity(len);
+    while out.len() < len {
+        for b in random_bytes::<32>() {
+            // Rejection sampling keeps every character equally likely.
+            if (b as usize) < 248 && out.len() < len {
+                out.push(ALPHABET[b as usize % 62] as char);
+            }
+        }
+    }
+    out
+}
+
+/// Equality whose time does not depend on where the inputs differ.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Failures older than this are forgotten before a new one is counted.
+const FAILURE_MEMORY: chrono::TimeDelta = chrono::TimeDelta::minutes(15);
+
+fn is_unique_violation(err: &DbErr) -> bool {
+    matches!(err.sql_err(), Some(SqlErr::UniqueConstraintViolation(_)))
+}
+
+/// An idempotency key with the fingerprint of its request.
+#[derive(Debug, Clone)]
+pub struct Idempotency {
+    pub key: String,
+    pub request_hash: String,
+}
+
+impl Idempotency {
+    pub fn new(key: String, request: &impl serde::Serialize) -> Self {
+        let bytes = serde_json::to_vec(request).expect("domain values serialise");
+        let request_hash = ring::digest::digest(&ring::digest::SHA256, &bytes)
+            .as_ref()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        Self { key, request_hash }
+    }
+}
+
+/// The identity service's database.
+#[derive(Debug, Clone)]
+pub struct IdentityStore {
+    db: DatabaseConnection,
+}
+
+impl IdentityStore {
+    pub fn new(db: DatabaseConnection) -> Self {
+        Self { db }
+    }
+
+    async fn replay(&self, scope: &str, subject: &str, idem: &Idempotency) -> Result<Option<Uuid>, IdentityError> {
+        let found = idempotency::Entity::find_by_id((scope.to_owned(), subject.to_owned(), idem.key.clone()))
+            .one(&self.db)
+            .await?;
+        match found {
+            None => Ok(None),
+            Some(row) if row.request_hash == idem.request_hash => Ok(Some(row.resource_id)),
+            Some(_) => Err(IdentityError::IdempotencyKeyReused),
+        }
+    }
+
+    /// Creates an account. The email is unique in the database.
+    pub async fn register(
+        &self,
+        new: &NewAccount,
+        password_hash: String,
+        status: AccountStatus,
+        role_override: Option<Role>,
+        idem: Option<&Idempotency>,
+    ) -> Result<Account, IdentityError> {
+        const SCOPE: &str = "register";
+        if let Some(idem) = idem
+            && let Some(id) = self.replay(SCOPE, &new.email, idem).await?
+        {
+            return self.account(id).await;
+        }
+        let id = Uuid::now_v7();
+        let now = Utc::now();
+        let txn = self.db.begin().await?;
+        if let Some(idem) = idem {
+            let row = idempotency::ActiveModel {
+                scope: Set(SCOPE.to_owned()),
+                subject: Set(new.email.clone()),
+                idempotency_key: Set(idem.key.clone()),
+                request_hash: Set(idem.request_hash.clone()),
+                resource_id: Set(id),
+                created_at: Set(now),
+            };
+            if let Err(e) = idempotency::Entity::insert(row).exec_without_returning(&txn).await {
+                drop(txn);
+                if is_unique_violation(&e) {
+                    let id = self
+                        .replay(SCOPE, &new.email, idem)
+                        .await?
+                        .ok_or(IdentityError::Unavailable)?;
+                    return self.account(id).await;
+                }
+                return Err(e.into());
+            }
+        }
+        let row = account::ActiveModel {
+            id: Set(id),
+            email: Set(new.email.clone()),
+            display_name: Set(new.display_name.clone()),
+            role: Set(role_override.unwrap_or(new.role).as_str().to_owned()),
+            status: Set(status.as_str().to_owned()),
+            password_hash: Set(password_hash),
+            created_at: Set(now),
+            updated_at: Set(now),
+        };
+        let model = match row.insert(&txn).await {
+            Ok(m) => m,
+            Err(e) if is_unique_violation(&e) => return Err(IdentityError::EmailTaken),
+            Err(e) => return Err(e.into()),
+        };
+        txn.commit().await?;
+        model.try_into()
+    }
+
+    /// The account with this id.
+    pub async fn account(&self, id: Uuid) -> Result<Account, IdentityError> {
+        account::Entity::find_by_id(id)
+            .one(&self.db)
+            .await?
+            .ok_or(IdentityError::Unauthenticated)?
+            .try_into()
+    }
+
+    /// The account with this (normalised) email and its password hash.
+    pub async fn account_for_login(&self, email: &str) -> Result<Option<(Account, String)>, IdentityError> {
+        match account::Entity::find()
+            .filter(account::Column::Email.eq(email))
+            .one(&self.db)
+            .await?
+        {
+            Some(m) => {
+                let hash = m.password_hash.clone();
+                Ok(Some((m.try_into()?, hash)))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// The longest lock still running on any of `keys`.
+    pub async fn throttled(&self, keys: &[String]) -> Result<Option<Duration>, IdentityError> {
+        let now = Utc::now();
+        let rows = login_throttle::Entity::find()
+            .filter(login_throttle::Column::ThrottleKey.is_in(keys.iter().cloned()))
+            .all(&self.db)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|r| r.locked_until)
+            .filter(|until| *until > now)
+            .map(|until| (until - now).to_std().unwrap_or_default())
+            .max())
+    }
+
+    /// Counts a failed login against `key` (atomically) and locks it once it has failed more
+    /// than `allowed` times. Returns the new lock, if any.
+    pub async fn record_failure(&self, key: &str, allowed: i32) -> Result<Option<Duration>, IdentityError> {
+        let now = Utc::now();
+        login_throttle::Entity::delete_many()
+            .filter(login_throttle::Column::ThrottleKey.eq(key))
+            .filter(login_throttle::Column::LastFailureAt.lt(now - FAILURE_MEMORY))
+            .filter(
+                login_throttle::Column::LockedUntil
+                    .is_null()
+                    .or(login_throttle::Column::LockedUntil.lt(now)),
+            )
+            .exec(&self.db)
+            .await?;
+        let row = login_throttle::ActiveModel {
+            throttle_key: Set(key.to_owned()),
+            failures: Set(1),
+            last_failure_at: Set(now),
+            locked_until: Set(None),
+        };
+        login_throttle::Entity::insert(row)
+            .on_conflict(
+                OnConflict::column(login_throttle::Column::ThrottleKey)
+                    .value(
+                        login_throttle::Column::Failures,
+                        Expr::col((login_throttle::Entity, login_throttle::Column::Failures)).add(1),
+                    )
+                    .value(login_throttle::Column::LastFailureAt, now)
+                    .to_owned(),
+            )
+            .exec_without_returning(&self.db)
+            .await?;
+        let failures = login_throttle::Entity::find_by_id(key.to_owned())
+            .one(&self.db)
+            .await?
+            .map(|r| r.failures)
+            .unwrap_or(1);
+        let lock = lockout(failures, allowed);
+        if let Some(lock) = lock {
+            let until = now + chrono::Duration::from_std(lock).unwrap_or_default();
+            login_throttle::Entity::update_many()
+                .col_expr(login_throttle::Column::LockedUntil, Expr::value(until))
+                .filter(login_throttle::Column::ThrottleKey.eq(key))
+                .exec(&self.db)
+                .await?;
+        }
+        Ok(lock)
+    }
+
+    /// Forgets the failures of `key` (after a successful login).
+    pub async fn clear_failures(&self, key: &str) -> Result<(), IdentityError> {
+        login_throttle::Entity::delete_by_id(key.to_owned())
+            .exec(&self.db)
+            .await?;
+        Ok(())
+    }
+
+    /// Starts a refresh-token family for `account_id` (a login).
+    pub async fn start_family(&self, account_id: Uuid) -> Result<IssuedRefresh, IdentityError> {
+        self.insert_refresh(&self.db, account_id, Uuid::now_v7()).await
+    }
+
+    async fn insert_refresh(
+        &self,
+        conn: &impl sea_orm::ConnectionTrait,
+        account_id: Uuid,
+        family_id: Uuid,
+    ) -> Result<IssuedRefresh, IdentityError> {
+        let token = format!("thali_rt_{}", URL_SAFE_NO_PAD.encode(random_bytes::<32>()));
+        let now = Utc::now();
+        let expires_at = now + chrono::Duration::from_std(REFRESH_TOKEN_TTL).expect("a month fits");
+        refresh_token::ActiveModel {
+            id: Set(Uuid::now_v7()),
+            family_id: Set(family_id),
+            account_id: Set(account_id),
+            token_hash: Set(sha256_hex(&token)),
+            created_at: Set(now),
+            expires_at: Set(expires_at),
+            used_at: Set(None),
+            revoked_at: Set(None),
+        }
+        .insert(conn)
+        .await?;
+        Ok(IssuedRefresh { token, expires_at })
+    }
+
+    async fn revoke_family(&self, family_id: Uuid) -> Result<u64, IdentityError> {
+        let result = refresh_token::Entity::update_many()
+            .col_expr(refresh_token::Column::RevokedAt, Expr::value(Utc::now()))
+            .filter(refresh_token::Column::FamilyId.eq(family_id))
+            .filter(refresh_token::Column::RevokedAt.is_null())
+            .exec(&self.db)
+            .await?;
+        Ok(result.rows_affected)
+    }
+
+    /// Trades a refresh token for a new one in the same family. A token that was already used
+    /// revokes its family: whoever holds the newer token (thief or owner) must log in again.
+    /// Returns the account, the new token, and whether a reuse was detected.
+    pub async fn rotate(&self, token: &str) -> Result<(Account, IssuedRefresh), RotateError> {
+        let now = Utc::now();
+        let found = refresh_token::Entity::find()
+            .filter(refresh_token::Column::TokenHash.eq(sha256_hex(token)))
+            .one(&self.db)
+            .await?
+            .ok_or(RotateError::Invalid)?;
+        if found.revoked_at.is_some() || found.expires_at <= now {
+            return Err(RotateError::Invalid);
+        }
+        if found.used_at.is_some() {
+            let revoked = self.revoke_family(found.family_id).await?;
+            return Err(RotateError::Reused {
+                account_id: found.account_id,
+                family_id: found.family_id,
+                revoked,
+            });
+        }
+        let txn = self.db.begin().await?;
+        // Only one of two racing rotations of the same token can flip used_at.
+        let claimed = refresh_token::Entity::update_many()
+            .col_expr(refresh_token::Column::UsedAt, Expr::value(now))
+            .filter(refresh_token::Column::Id.eq(found.id))
+            .filter(refresh_token::Column::UsedAt.is_null())
+            .filter(refresh_token::Column::RevokedAt.is_null())
+            .exec(&txn)
+            .await?;
+        if claimed.rows_affected != 1 {
+            drop(txn);
+            let revoked = self.revoke_family(found.family_id).await?;
+            return Err(RotateError::Reused {
+                account_id: found.account_id,
+                family_id: found.family_id,
+                revoked,
+            });
+        }
+        let issued = self.insert_refresh(&txn, found.account_id, found.family_id).await?;
+        txn.commit().await?;
+        let account = self.account(found.account_id).await?;
+        Ok((account, issued))
+    }
+
+    /// Revokes the family of `token`; an unknown token is not an error (logout is idempotent).
+    pub async fn logout(&self, token: &str) -> Result<Option<Uuid>, IdentityError> {
+        let found = refresh_token::Entity::find()
+            .filter(refresh_token::Column::TokenHash.eq(sha256_hex(token)))
+            .one(&self.db)
+            .await?;
+        match found {
+            Some(row) => {
+                self.revoke_family(row.family_id).await?;
+                Ok(Some(row.account_id))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Creates an API key for `owner`; returns it and the whole secret (shown once).
+    pub async fn create_api_key(
+        &self,
+        owner: Uuid,
+        name: &str,
+        scopes: &[String],
+        expires_at: Option<DateTime<Utc>>,
+    ) -> Result<(ApiKey, String), IdentityError> {
+        account::Entity::find_by_id(owner)
+            .one(&self.db)
+            .await?
+            .ok_or(IdentityError::ApiKeyNotFound)?;
+        for _ in 0..3 {
+            let prefix = random_alphanumeric(12);
+            let secret = format!(
+                "{API_KEY_PREFIX}{prefix}_{}",
+                URL_SAFE_NO_PAD.encode(random_bytes::<32>())
+            );
+            let row = api_key::ActiveModel {
+                id: Set(Uuid::now_v7()),
+                owner_id: Set(owner),
+                name: Set(name.to_owned()),
+                prefix: Set(prefix),
+                key_hash: Set(sha256_hex(&secret)),
+                scopes: Set(scopes.join(" ")),
+                created_at: Set(Utc::now()),
+                expires_at: Set(expires_at),
+                last_used_at: Set(None),
+                revoked_at: Set(None),
+            };
+            match row.insert(&self.db).await {
+                Ok(model) => return Ok((model.into(), secret)),
+                // A prefix collision (1 in 62^12): draw again.
+                Err(e) if is_unique_violation(&e) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(IdentityError::Internal("could not draw a unique API key prefix".into()))
+    }
+
+    /// API keys of `owner`, newest first.
+    pub async fn api_keys(&self, owner: Uuid) -> Result<Vec<ApiKey>, IdentityError> {
+        let rows = api_key::Entity::find()
+            .filter(api_key::Column::OwnerId.eq(owner))
+            .order_by_desc(api_key::Column::Id)
+            .all(&self.db)
+            .await?;
+        Ok(rows.into_iter().map(Into::into).collect())
+    }
+
+    /// Revokes key `id`, if `caller` owns it or is an admin. Unknown and foreign keys are both
+    /// "not found", so ids of other accounts' keys cannot be probed.
+    pub async fn revoke_api_key(&self, caller: Uuid, caller_is_admin: bool, id: Uuid) -> Result<ApiKey, IdentityError> {
+        let found = api_key::Entity::find_by_id(id)
+            .one(&self.db)
+            .await?
+            .ok_or(IdentityError::ApiKeyNotFound)?;
+        if found.owner_id != caller && !caller_is_admin {
+            return Err(IdentityError::ApiKeyNotFound);
+        }
+        if found.revoked_at.is_some() {
+            return Ok(found.into());
+        }
+        let mut row: api_key::ActiveModel = found.into();
+        row.revoked_at = Set(Some(Utc::now()));
+        Ok(row.update(&self.db).await?.into())
+    }
+
+    /// Resolves a presented key: it must exist, match its hash, be unrevoked and unexpired, and
+    /// its owner must be active. Notes the use (at most once a minute per key).
+    pub async fn verify_api_key(&self, presented: &PresentedKey<'_>) -> Result<(ApiKey, Account), IdentityError> {
+        let found = api_key::Entity::find()
+            .filter(api_key::Column::Prefix.eq(presented.prefix))
+            .one(&self.db)
+            .await?
+            .ok_or(IdentityError::BadApiKey)?;
+        let presented_hash = sha256_hex(presented.whole);
+        if !constant_time_eq(presented_hash.as_bytes(), found.key_hash.as_bytes()) {
+            return Err(IdentityError::BadApiKey);
+        }
+        let now = Utc::now();
+        if found.revoked_at.is_some() || found.expires_at.is_some_and(|e| e <= now) {
+            return Err(IdentityError::BadApiKey);
+        }
+        let owner = self
+            .account(found.owner_id)
+            .await
+            .map_err(|_| IdentityError::BadApiKey)?;
+        if owner.status != AccountStatus::Active {
+            return Err(IdentityError::BadApiKey);
+        }
+        if found
+            .last_used_at
+            .is_none_or(|t| now - t > chrono::Duration::minutes(1))
+        {
+            api_key::Entity::update_many()
+                .col_expr(api_key::Column::LastUsedAt, Expr::value(now))
+                .filter(api_key::Column::Id.eq(found.id))
+                .exec(&self.db)
+                .await?;
+        }
+        Ok((found.into(), owner))
+    }
+}
+
+/// Why a refresh token was refused.
+#[derive(Debug)]
+pub enum RotateError {
+    /// Unknown, expired or revoked.
+    Invalid,
+    /// Already used once: its family has been revoked.
+    Reused {
+        account_id: Uuid,
+        family_id: Uuid,
+        revoked: u64,
+    },
+    Store(IdentityError),
+}
+
+impl From<DbErr> for RotateError {
+    fn from(e: DbErr) -> Self {
+        RotateError::Store(e.into())
+    }
+}
+
+impl From<IdentityError> for RotateError {
+    fn from(e: IdentityError) -> Self {
+        RotateError::Store(e)
+    }
+}

@@ -1,0 +1,259 @@
+//! Identity routes: register, login, refresh, logout, me, partner API keys, JWKS.
+use std::net::SocketAddr;
+
+use axum::{
+    Json,
+    extract::{ConnectInfo, State},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+};
+use thali_proto::identity::v1 as pb;
+
+use super::{created, idempotency_key, missing};
+use crate::{
+    FacadeState,
+    dto::{self, CreateApiKey, ListApiKeysQuery, Login, RefreshToken, Register},
+    middleware::{ApiJson, ApiPath, ApiQuery, Caller},
+    problem::Problem,
+};
+
+/// Create an account.
+#[utoipa::path(
+    post, path = "/api/v1/auth/register", tag = "auth",
+    request_body = Register,
+    params(("Idempotency-Key" = Option<String>, Header, pattern = r"^[\x21-\x7E]{1,200}$")),
+    responses((status = 201, description = "Registered", body = dto::Account))
+)]
+pub async fn register(
+    State(state): State<FacadeState>,
+    headers: axum::http::HeaderMap,
+    ApiJson(body): ApiJson<Register>,
+) -> Result<Response, Problem> {
+    let req = pb::RegisterRequest {
+        email: body.email,
+        password: body.password,
+        display_name: body.display_name,
+        role: body.role.to_pb() as i32,
+        idempotency_key: idempotency_key(&headers)?,
+    };
+    let account = state.identity.clone().register(req).await?.into_inner().account;
+    Ok(created(
+        "/api/v1/auth/me".to_owned(),
+        dto::Account::from(account.ok_or_else(|| missing("account"))?),
+    ))
+}
+
+/// Log in with email and password. Repeated failures answer 429 with Retry-After.
+#[utoipa::path(
+    post, path = "/api/v1/auth/login", tag = "auth",
+    request_body = Login,
+    responses(
+        (status = 200, description = "Signed in", body = dto::Session),
+        (status = 429, description = "Too many failed logins; see Retry-After", body = crate::problem::ProblemDetails,
+         content_type = "application/problem+json"),
+    )
+)]
+pub async fn login(
+    State(state): State<FacadeState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ApiJson(body): ApiJson<Login>,
+) -> Result<Json<dto::Session>, Problem> {
+    let req = pb::LoginRequest {
+        email: body.email,
+        password: body.password,
+        client_address: peer.ip().to_string(),
+    };
+    let res = state.identity.clone().login(req).await?.into_inner();
+    Ok(Json(dto::Session {
+        account: res.account.ok_or_else(|| missing("account"))?.into(),
+        tokens: res.tokens.ok_or_else(|| missing("tokens"))?.into(),
+    }))
+}
+
+/// Trade a refresh token for new tokens. Each refresh token works once; presenting a used one
+/// signs out every session descended from the same login.
+#[utoipa::path(
+    post, path = "/api/v1/auth/refresh", tag = "auth",
+    request_body = RefreshToken,
+    responses((status = 200, description = "New tokens", body = dto::Tokens))
+)]
+pub async fn refresh(
+    State(state): State<FacadeState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ApiJson(body): ApiJson<RefreshToken>,
+) -> Result<Json<dto::Tokens>, Problem> {
+    let req = pb::RefreshRequest {
+        refresh_token: body.refresh_token,
+        client_address: peer.ip().to_string(),
+    };
+    let res = state.identity.clone().refresh(req).await?.into_inner();
+    Ok(Json(res.tokens.ok_or_else(|| missing("tokens"))?.into()))
+}
+
+/// Log out: the refresh token's whole family stops working.
+#[utoipa::path(
+    post, path = "/api/v1/auth/logout", tag = "auth",
+    request_body = RefreshToken,
+    responses((status = 204, description = "Signed out"))
+)]
+pub async fn logout(
+    State(state): State<FacadeState>,
+    ApiJson(body): ApiJson<RefreshToken>,
+) -> Result<StatusCode, Problem> {
+    state
+        .identity
+        .clone()
+        .logout(pb::LogoutRequest {
+            refresh_token: body.refresh_token,
+        })
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The signed-in account.
+#[utoipa::path(
+    get, path = "/api/v1/auth/me", tag = "auth",
+    responses((status = 200, description = "The account", body = dto::Account)),
+    security(("bearer" = []))
+)]
+pub async fn me(State(state): State<FacadeState>, caller: Caller) -> Result<Json<dto::Account>, Problem> {
+    let res = state.identity.clone().me(caller.request(pb::MeRequest {})).await?;
+    Ok(Json(res.into_inner().account.ok_or_else(|| missing("account"))?.into()))
+}
+
+/// Create a partner API key. The secret is in this answer once and never again.
+#[utoipa::path(
+    post, path = "/api/v1/api-keys", tag = "api-keys",
+    request_body = CreateApiKey,
+    responses((status = 201, description = "Created", body = dto::CreatedApiKey)),
+    security(("bearer" = []))
+)]
+pub async fn create_api_key(
+    State(state): State<FacadeState>,
+    caller: Caller,
+    ApiJson(body): ApiJson<CreateApiKey>,
+) -> Result<Response, Problem> {
+    let expire_time = match body.expires_at.as_deref() {
+        Some(text) => {
+            let at = chrono::DateTime::parse_from_rfc3339(text).map_err(|_| {
+                Problem::new(
+                    StatusCode::BAD_REQUEST,
+                    "VALIDATION_FAILED",
+                    "expires_at must be an RFC 3339 time",
+                )
+                .with_errors(vec![crate::problem::FieldError {
+                    field: "expires_at".into(),
+                    message: "must be an RFC 3339 time".into(),
+                }])
+            })?;
+            Some(prost_types::Timestamp {
+                seconds: at.timestamp(),
+                nanos: at.timestamp_subsec_nanos() as i32,
+            })
+        }
+        None => None,
+    };
+    let req = pb::CreateApiKeyRequest {
+        name: body.name,
+        scopes: body.scopes,
+        expire_time,
+        owner_id: body.owner_id.unwrap_or_default(),
+        idempotency_key: String::new(),
+    };
+    let res = state
+        .identity
+        .clone()
+        .create_api_key(caller.request(req))
+        .await?
+        .into_inner();
+    let key = dto::ApiKey::from(res.api_key.ok_or_else(|| missing("api_key"))?);
+    let mut response = created(
+        format!("/api/v1/api-keys/{}", key.id),
+        dto::CreatedApiKey {
+            api_key: key,
+            secret: res.secret,
+        },
+    );
+    response.headers_mut().insert(
+        axum::http::header::CACHE_CONTROL,
+        axum::http::HeaderValue::from_static("no-store"),
+    );
+    Ok(response)
+}
+
+/// The caller's API keys (admins: any account's with `owner_id`).
+#[utoipa::path(
+    get, path = "/api/v1/api-keys", tag = "api-keys",
+    params(ListApiKeysQuery),
+    responses((status = 200, description = "API keys", body = dto::ApiKeyList)),
+    security(("bearer" = []))
+)]
+pub async fn list_api_keys(
+    State(state): State<FacadeState>,
+    caller: Caller,
+    ApiQuery(query): ApiQuery<ListApiKeysQuery>,
+) -> Result<Json<dto::ApiKeyList>, Problem> {
+    let req = pb::ListApiKeysRequest {
+        owner_id: query.owner_id.unwrap_or_default(),
+    };
+    let res = state
+        .identity
+        .clone()
+        .list_api_keys(caller.request(req))
+        .await?
+        .into_inner();
+    Ok(Json(dto::ApiKeyList {
+        api_keys: res.api_keys.into_iter().map(Into::into).collect(),
+    }))
+}
+
+/// Revoke an API key: calls with it are refused within seconds.
+#[utoipa::path(
+    delete, path = "/api/v1/api-keys/{id}", tag = "api-keys",
+    params(("id" = String, Path, format = Uuid)),
+    responses((status = 200, description = "The revoked key", body = dto::ApiKey)),
+    security(("bearer" = []))
+)]
+pub async fn revoke_api_key(
+    State(state): State<FacadeState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<dto::ApiKey>, Problem> {
+    let res = state
+        .identity
+        .clone()
+        .revoke_api_key(caller.request(pb::RevokeApiKeyRequest { id }))
+        .await?;
+    Ok(Json(res.into_inner().api_key.ok_or_else(|| missing("api_key"))?.into()))
+}
+
+/// Public keys that verify Thali access tokens.
+#[utoipa::path(
+    get, path = "/.well-known/jwks.json", tag = "auth",
+    responses((status = 200, description = "JWKS", body = dto::Jwks))
+)]
+pub async fn jwks(State(state): State<FacadeState>) -> Result<Response, Problem> {
+    let res = state
+        .identity
+        .clone()
+        .list_signing_keys(pb::ListSigningKeysRequest {})
+        .await?
+        .into_inner();
+    let keys = res
+        .keys
+        .into_iter()
+        .map(|k| dto::Jwk {
+            kty: "OKP".into(),
+            crv: "Ed25519".into(),
+            alg: "EdDSA".into(),
+            usage: "sig".into(),
+            kid: k.kid,
+            x: k.x,
+        })
+        .collect();
+    Ok((
+        [(axum::http::header::CACHE_CONTROL, "public, max-age=300")],
+        Json(dto::Jwks { keys }),
+    )
+        .into_response())
+}

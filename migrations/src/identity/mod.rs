@@ -1,0 +1,8 @@
+//! Identity service schema.
+use sea_orm_migration::MigrationTrait;
+
+mod m20261122_000001_accounts_sessions_keys;
+
+pub(crate) fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+    vec![Box::new(m20261122_000001_accounts_sessions_keys::Migration)]
+}
