@@ -64,8 +64,9 @@ pub struct Creator {
     pub username: String,
     pub display_name: String,
     pub bio: String,
-    /// Subject of the owning account.
-    pub owner_subject: String,
+    /// The owning account; shown to the owner only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner_subject: Option<String>,
     #[schema(format = DateTime)]
     pub created_at: Option<String>,
     #[schema(format = DateTime)]
@@ -79,7 +80,7 @@ impl From<pb::Creator> for Creator {
             username: c.username,
             display_name: c.display_name,
             bio: c.bio,
-            owner_subject: c.owner_subject,
+            owner_subject: Some(c.owner_subject).filter(|s| !s.is_empty()),
             created_at: rfc3339(c.create_time),
             updated_at: rfc3339(c.update_time),
         }

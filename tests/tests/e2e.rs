@@ -1,112 +1,15 @@
 //! End-to-end: the embedded platform started in-process on ephemeral ports (SQLite, generated
 //! keys, storefront over real gRPC on loopback), driven over HTTP as a client would.
-use std::{collections::HashMap, sync::OnceLock, time::Duration};
+use std::time::Duration;
 
 use opentelemetry::trace::{SpanKind, TraceId};
-use opentelemetry_sdk::trace::InMemorySpanExporter;
-use reqwest::{Client, Response, StatusCode};
+use reqwest::StatusCode;
 use serde_json::{Value, json};
-use thali::{Part, Platform};
-use thali_platform::{Config, auth::Signer, config::Overrides};
+use thali_platform::auth::Signer;
 
-/// Spans of every test in this binary, collected in-process.
-fn spans() -> &'static InMemorySpanExporter {
-    static EXPORTER: OnceLock<InMemorySpanExporter> = OnceLock::new();
-    EXPORTER.get_or_init(|| {
-        let exporter = InMemorySpanExporter::default();
-        let telemetry = thali_platform::telemetry::init_with_exporter(exporter.clone(), "info,sea_orm=warn")
-            .expect("telemetry is installed once per test binary");
-        std::mem::forget(telemetry);
-        exporter
-    })
-}
+mod support;
 
-struct Mesh {
-    platform: Option<Platform>,
-    base: String,
-    signer: Signer,
-    http: Client,
-}
-
-impl Mesh {
-    async fn start() -> Self {
-        spans();
-        let data_dir = std::env::temp_dir().join(format!("thali-e2e-{}", uuid::Uuid::now_v7()));
-        let env: HashMap<String, String> = [
-            ("THALI_DATA_DIR", data_dir.display().to_string()),
-            ("THALI_HTTP_ADDR", "127.0.0.1:0".into()),
-            ("THALI_GRPC_ADDR", "127.0.0.1:0".into()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect();
-        let cfg = Config::load_from(None, Some(env), &Overrides::default()).unwrap();
-        let platform = thali::start(&cfg, Part::All).await.unwrap();
-        let base = format!("http://{}", platform.http_addr.unwrap());
-        let signer = Signer::load(&cfg.keys_dir()).unwrap();
-        Self {
-            platform: Some(platform),
-            base,
-            signer,
-            http: Client::new(),
-        }
-    }
-
-    fn token(&self, subject: &str) -> String {
-        self.signer.mint(subject, &["creator".into()], Duration::from_secs(600))
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
-    async fn get(&self, path: &str) -> Response {
-        self.http.get(self.url(path)).send().await.unwrap()
-    }
-
-    async fn send(&self, method: reqwest::Method, path: &str, token: Option<&str>, body: Value) -> Response {
-        let mut req = self.http.request(method, self.url(path)).json(&body);
-        if let Some(t) = token {
-            req = req.bearer_auth(t);
-        }
-        req.send().await.unwrap()
-    }
-
-    async fn post(&self, path: &str, token: Option<&str>, body: Value) -> Response {
-        self.send(reqwest::Method::POST, path, token, body).await
-    }
-
-    async fn create_creator(&self, token: &str, username: &str) -> Value {
-        let res = self
-            .post(
-                "/api/v1/creators",
-                Some(token),
-                json!({"username": username, "display_name": "Chai Point"}),
-            )
-            .await;
-        assert_eq!(res.status(), StatusCode::CREATED);
-        res.json().await.unwrap()
-    }
-}
-
-impl Drop for Mesh {
-    fn drop(&mut self) {
-        if let Some(p) = self.platform.take() {
-            tokio::spawn(p.shutdown());
-        }
-    }
-}
-
-/// Asserts an RFC 9457 answer with this status and code; returns its body.
-async fn problem(res: Response, status: StatusCode, code: &str) -> Value {
-    assert_eq!(res.status(), status);
-    assert_eq!(res.headers()["content-type"], "application/problem+json");
-    let body: Value = res.json().await.unwrap();
-    assert_eq!(body["status"], status.as_u16());
-    assert_eq!(body["code"], code, "{body}");
-    assert_eq!(body["trace_id"].as_str().unwrap().len(), 32, "{body}");
-    body
-}
+use support::{Mesh, problem, spans};
 
 fn fields(body: &Value) -> Vec<String> {
     body["errors"]

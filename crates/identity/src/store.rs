@@ -234,6 +234,9 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 /// Failures older than this are forgotten before a new one is counted.
 const FAILURE_MEMORY: chrono::TimeDelta = chrono::TimeDelta::minutes(15);
 
+/// How long an idempotency key answers with its first result.
+const IDEMPOTENCY_WINDOW: chrono::TimeDelta = chrono::TimeDelta::hours(24);
+
 fn is_unique_violation(err: &DbErr) -> bool {
     matches!(err.sql_err(), Some(SqlErr::UniqueConstraintViolation(_)))
 }
@@ -274,6 +277,13 @@ impl IdentityStore {
             .await?;
         match found {
             None => Ok(None),
+            // Keys are kept for a day (ADR 0005); after that the key is free again.
+            Some(row) if row.created_at < Utc::now() - IDEMPOTENCY_WINDOW => {
+                idempotency::Entity::delete_by_id((row.scope, row.subject, row.idempotency_key))
+                    .exec(&self.db)
+                    .await?;
+                Ok(None)
+            }
             Some(row) if row.request_hash == idem.request_hash => Ok(Some(row.resource_id)),
             Some(_) => Err(IdentityError::IdempotencyKeyReused),
         }

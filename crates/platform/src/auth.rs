@@ -193,13 +193,27 @@ impl Signer {
 
     /// A token for another audience (service tokens, and tests of audience checks).
     pub fn mint_for(&self, subject: &str, roles: &[String], ttl: Duration, audience: &str) -> String {
-        let now = chrono::Utc::now().timestamp();
+        self.mint_claims(subject, roles, chrono::Utc::now().timestamp(), ttl, audience)
+    }
+
+    /// A user token issued `age` ago (still valid for `ttl` from its issue): for tests of renewal.
+    pub fn mint_aged(&self, subject: &str, roles: &[String], age: Duration, ttl: Duration) -> String {
+        self.mint_claims(
+            subject,
+            roles,
+            chrono::Utc::now().timestamp() - age.as_secs() as i64,
+            ttl,
+            AUDIENCE,
+        )
+    }
+
+    fn mint_claims(&self, subject: &str, roles: &[String], issued_at: i64, ttl: Duration, audience: &str) -> String {
         let claims = Claims {
             sub: subject.to_owned(),
             iss: ISSUER.to_owned(),
             aud: audience.to_owned(),
-            iat: now,
-            exp: now + ttl.as_secs() as i64,
+            iat: issued_at,
+            exp: issued_at.saturating_add(i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX)),
             roles: roles.to_vec(),
         };
         let mut header = Header::new(Algorithm::EdDSA);
@@ -280,6 +294,10 @@ impl Verifier {
         })?;
         if data.claims.sub.starts_with(SERVICE_SUBJECT_PREFIX) {
             return Err(AuthError::WrongAudience);
+        }
+        // Subjects are stored as owners (at most 128 characters): refuse what cannot be one.
+        if data.claims.sub.is_empty() || data.claims.sub.len() > 128 {
+            return Err(AuthError::Malformed);
         }
         Ok(Principal {
             subject: data.claims.sub,

@@ -82,6 +82,16 @@ fn creator_pb(c: Creator) -> pb::Creator {
     }
 }
 
+/// A creator as anyone may see it: the owning account is shown to the owner only.
+fn public_creator_pb(c: Creator, viewer: Option<&str>) -> pb::Creator {
+    let is_owner = viewer == Some(c.owner_subject.as_str());
+    let mut out = creator_pb(c);
+    if !is_owner {
+        out.owner_subject.clear();
+    }
+    out
+}
+
 fn product_pb(p: Product) -> pb::Product {
     pb::Product {
         id: p.id.to_string(),
@@ -149,10 +159,11 @@ impl pb::storefront_service_server::StorefrontService for StorefrontGrpc {
         &self,
         request: Request<pb::GetCreatorRequest>,
     ) -> Result<Response<pb::GetCreatorResponse>, Status> {
+        let viewer = principal(&request).map(|p| p.subject.clone());
         let req = request.into_inner();
         let creator = self.store.creator(lookup_username(&req.username)?).await?;
         Ok(Response::new(pb::GetCreatorResponse {
-            creator: Some(creator_pb(creator)),
+            creator: Some(public_creator_pb(creator, viewer.as_deref())),
         }))
     }
 
@@ -251,10 +262,11 @@ impl pb::storefront_service_server::StorefrontService for StorefrontGrpc {
         &self,
         request: Request<pb::GetStorefrontRequest>,
     ) -> Result<Response<pb::GetStorefrontResponse>, Status> {
+        let viewer = principal(&request).map(|p| p.subject.clone());
         let req = request.into_inner();
         let (creator, products) = self.store.storefront(lookup_username(&req.username)?).await?;
         Ok(Response::new(pb::GetStorefrontResponse {
-            creator: Some(creator_pb(creator)),
+            creator: Some(public_creator_pb(creator, viewer.as_deref())),
             products: products.into_iter().map(product_pb).collect(),
         }))
     }

@@ -57,9 +57,16 @@ where
         Box::pin(async move {
             let result = future.await;
             let code = match &result {
-                Ok(response) => format!("{:?}", response_code(response)),
-                Err(_) => "Unknown".to_owned(),
+                Ok(response) => response_code(response),
+                Err(_) => tonic::Code::Unknown,
             };
+            // Paths nobody serves are one label value, so probing cannot grow the registry.
+            let method = if code == tonic::Code::Unimplemented {
+                "unknown".to_owned()
+            } else {
+                method
+            };
+            let code = format!("{code:?}");
             metrics::histogram!("rpc_server_call_duration_seconds", "method" => method, "code" => code)
                 .record(started.elapsed().as_secs_f64());
             result

@@ -1,0 +1,135 @@
+//! Identity store on every configured backend (SQLite always; PostgreSQL with
+//! THALI_TEST_DATABASE_URL, required under CI=true).
+use thali_identity::{
+    domain::{AccountStatus, IdentityError, NewAccount, Role, parse_api_key},
+    store::{IdentityStore, RotateError},
+};
+use thali_migrations::{Migrator, MigratorTrait};
+use thali_platform::testing;
+
+async fn stores() -> Vec<(&'static str, IdentityStore)> {
+    let mut out = Vec::new();
+    for t in testing::all().await {
+        Migrator::up(&t.db, None).await.unwrap();
+        out.push((t.backend, IdentityStore::new(t.db)));
+    }
+    out
+}
+
+async fn account(store: &IdentityStore, email: &str) -> uuid::Uuid {
+    let new = NewAccount::parse(email, "correct horse battery", "Someone", Some(Role::Creator)).unwrap();
+    store
+        .register(
+            &new,
+            "$argon2id$not-checked-here".into(),
+            AccountStatus::Active,
+            None,
+            None,
+        )
+        .await
+        .unwrap()
+        .id
+}
+
+#[tokio::test]
+async fn emails_are_unique_in_the_database() {
+    for (backend, store) in stores().await {
+        account(&store, "same@example.com").await;
+        let again = NewAccount::parse("same@example.com", "correct horse battery", "Other", Some(Role::Buyer)).unwrap();
+        let err = store
+            .register(&again, "x".into(), AccountStatus::Active, None, None)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, IdentityError::EmailTaken), "{backend}: {err:?}");
+    }
+}
+
+#[tokio::test]
+async fn two_racing_rotations_of_one_token_leave_one_winner_and_kill_the_family() {
+    for (backend, store) in stores().await {
+        let id = account(&store, "race@example.com").await;
+        let first = store.start_family(id).await.unwrap();
+        let (a, b) = tokio::join!(store.rotate(&first.token), store.rotate(&first.token));
+        let winners = [&a, &b].iter().filter(|r| r.is_ok()).count();
+        assert_eq!(winners, 1, "{backend}: exactly one rotation wins");
+        let loser_reused = [&a, &b].iter().any(|r| matches!(r, Err(RotateError::Reused { .. })));
+        assert!(loser_reused, "{backend}: the other is a reuse");
+        let (_, issued) = [a, b].into_iter().find_map(Result::ok).unwrap();
+        assert!(
+            matches!(store.rotate(&issued.token).await, Err(RotateError::Invalid)),
+            "{backend}: family revoked"
+        );
+    }
+}
+
+#[tokio::test]
+async fn api_keys_verify_only_while_valid() {
+    for (backend, store) in stores().await {
+        let owner = account(&store, "keys@example.com").await;
+        let scopes = vec!["storefront.read".to_owned()];
+        let (key, secret) = store.create_api_key(owner, "pos", &scopes, None).await.unwrap();
+        let presented = parse_api_key(&secret).expect("a minted key has the key shape");
+        let (found, found_owner) = store.verify_api_key(&presented).await.unwrap();
+        assert_eq!((found.id, found_owner.id), (key.id, owner), "{backend}");
+        assert!(found.last_used_at.is_none());
+        assert!(
+            store.api_keys(owner).await.unwrap()[0].last_used_at.is_some(),
+            "{backend}: use is noted"
+        );
+
+        let forged = format!("{}{}", &secret[..secret.len() - 3], "AAA");
+        let forged = parse_api_key(&forged).unwrap();
+        assert!(
+            matches!(store.verify_api_key(&forged).await, Err(IdentityError::BadApiKey)),
+            "{backend}"
+        );
+
+        let past = chrono::Utc::now() - chrono::Duration::seconds(1);
+        let (_, expired) = store.create_api_key(owner, "old", &scopes, Some(past)).await.unwrap();
+        let expired = parse_api_key(&expired).unwrap();
+        assert!(
+            matches!(store.verify_api_key(&expired).await, Err(IdentityError::BadApiKey)),
+            "{backend}"
+        );
+
+        store.revoke_api_key(owner, false, key.id).await.unwrap();
+        assert!(
+            matches!(store.verify_api_key(&presented).await, Err(IdentityError::BadApiKey)),
+            "{backend}"
+        );
+        let stranger = account(&store, "stranger@example.com").await;
+        assert!(matches!(
+            store.revoke_api_key(stranger, false, key.id).await,
+            Err(IdentityError::ApiKeyNotFound)
+        ));
+    }
+}
+
+#[tokio::test]
+async fn failures_lock_a_key_and_success_clears_it() {
+    for (backend, store) in stores().await {
+        let key = "account:lock@example.com";
+        for _ in 0..4 {
+            assert_eq!(store.record_failure(key, 5).await.unwrap(), None, "{backend}");
+        }
+        let lock = store
+            .record_failure(key, 5)
+            .await
+            .unwrap()
+            .expect("the fifth failure locks");
+        assert_eq!(lock.as_secs(), 30, "{backend}");
+        let left = store
+            .throttled(&[key.to_owned(), "address:1.2.3.4".into()])
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(left.as_secs() <= 30 && left.as_secs() >= 28, "{backend}: {left:?}");
+        assert_eq!(
+            store.record_failure(key, 5).await.unwrap().unwrap().as_secs(),
+            60,
+            "{backend}: doubles"
+        );
+        store.clear_failures(key).await.unwrap();
+        assert_eq!(store.throttled(&[key.to_owned()]).await.unwrap(), None, "{backend}");
+    }
+}

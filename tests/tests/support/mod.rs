@@ -1,0 +1,155 @@
+//! The whole platform started in-process on ephemeral ports, and helpers to drive it over
+//! HTTP as a client would. Shared by the end-to-end test binaries.
+#![allow(dead_code)]
+
+use std::{collections::HashMap, net::SocketAddr, sync::OnceLock, time::Duration};
+
+use opentelemetry_sdk::trace::InMemorySpanExporter;
+
+use reqwest::{Client, Response, StatusCode};
+use serde_json::{Value, json};
+use thali::{Part, Platform};
+use thali_platform::{Config, auth::Signer, config::Overrides};
+
+/// Telemetry as a real process has it (so answers carry trace ids), with the spans of every test
+/// in this binary collected in-process.
+pub fn spans() -> &'static InMemorySpanExporter {
+    static EXPORTER: OnceLock<InMemorySpanExporter> = OnceLock::new();
+    EXPORTER.get_or_init(|| {
+        let exporter = InMemorySpanExporter::default();
+        let telemetry = thali_platform::telemetry::init_with_exporter(exporter.clone(), "info,sea_orm=warn")
+            .expect("telemetry is installed once per test binary");
+        std::mem::forget(telemetry);
+        exporter
+    })
+}
+
+pub struct Mesh {
+    platform: Option<Platform>,
+    pub base: String,
+    pub grpc_addr: SocketAddr,
+    pub signer: Signer,
+    pub http: Client,
+}
+
+impl Mesh {
+    /// The embedded platform: SQLite in a fresh data dir.
+    pub async fn start() -> Self {
+        Self::start_on(None).await
+    }
+
+    /// The platform on `database_url` (None: embedded SQLite).
+    pub async fn start_on(database_url: Option<String>) -> Self {
+        spans();
+        let data_dir = std::env::temp_dir().join(format!("thali-e2e-{}", uuid::Uuid::now_v7()));
+        let mut env: HashMap<String, String> = [
+            ("THALI_DATA_DIR", data_dir.display().to_string()),
+            ("THALI_HTTP_ADDR", "127.0.0.1:0".into()),
+            ("THALI_GRPC_ADDR", "127.0.0.1:0".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        if let Some(url) = database_url {
+            env.insert("THALI_DATABASE_URL".into(), url);
+        }
+        let cfg = Config::load_from(None, Some(env), &Overrides::default()).unwrap();
+        let platform = thali::start(&cfg, Part::All).await.unwrap();
+        let base = format!("http://{}", platform.http_addr.unwrap());
+        let grpc_addr = platform.grpc_addr.unwrap();
+        let signer = Signer::load(&cfg.keys_dir()).unwrap();
+        Self {
+            platform: Some(platform),
+            base,
+            grpc_addr,
+            signer,
+            http: Client::new(),
+        }
+    }
+
+    /// A token minted with the platform's key for `subject` as a creator.
+    pub fn token(&self, subject: &str) -> String {
+        self.signer.mint(subject, &["creator".into()], Duration::from_secs(600))
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn get(&self, path: &str) -> Response {
+        self.http.get(self.url(path)).send().await.unwrap()
+    }
+
+    pub async fn get_as(&self, path: &str, token: &str) -> Response {
+        self.http.get(self.url(path)).bearer_auth(token).send().await.unwrap()
+    }
+
+    pub async fn send(&self, method: reqwest::Method, path: &str, token: Option<&str>, body: Value) -> Response {
+        let mut req = self.http.request(method, self.url(path)).json(&body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        req.send().await.unwrap()
+    }
+
+    pub async fn post(&self, path: &str, token: Option<&str>, body: Value) -> Response {
+        self.send(reqwest::Method::POST, path, token, body).await
+    }
+
+    pub async fn create_creator(&self, token: &str, username: &str) -> Value {
+        let res = self
+            .post(
+                "/api/v1/creators",
+                Some(token),
+                json!({"username": username, "display_name": "Chai Point"}),
+            )
+            .await;
+        assert_eq!(res.status(), StatusCode::CREATED);
+        res.json().await.unwrap()
+    }
+
+    /// Registers an account and logs it in; returns the login answer.
+    pub async fn sign_up(&self, email: &str, role: &str) -> Value {
+        let res = self
+            .post(
+                "/api/v1/auth/register",
+                None,
+                json!({"email": email, "password": "correct horse battery", "display_name": "Someone", "role": role}),
+            )
+            .await;
+        assert_eq!(res.status(), StatusCode::CREATED, "{}", res.text().await.unwrap());
+        let res = self
+            .post(
+                "/api/v1/auth/login",
+                None,
+                json!({"email": email, "password": "correct horse battery"}),
+            )
+            .await;
+        assert_eq!(res.status(), StatusCode::OK);
+        res.json().await.unwrap()
+    }
+}
+
+impl Drop for Mesh {
+    fn drop(&mut self) {
+        if let Some(p) = self.platform.take() {
+            tokio::spawn(p.shutdown());
+        }
+    }
+}
+
+/// The access token of a login answer.
+pub fn access(session: &Value) -> String {
+    session["tokens"]["access_token"].as_str().unwrap().to_owned()
+}
+
+/// Asserts an RFC 9457 answer with this status and code; returns its body.
+pub async fn problem(res: Response, status: StatusCode, code: &str) -> Value {
+    assert_eq!(res.status(), status);
+    assert_eq!(res.headers()["content-type"], "application/problem+json");
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["status"], status.as_u16());
+    assert_eq!(body["code"], code, "{body}");
+    assert_eq!(body["trace_id"].as_str().unwrap().len(), 32, "{body}");
+    body
+}
