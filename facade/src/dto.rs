@@ -333,8 +333,27 @@ pub struct Register {
     pub password: String,
     #[schema(example = "Asha", min_length = 1, max_length = 80)]
     pub display_name: String,
-    /// buyer, creator or restaurant_owner (admins are made by an operator).
-    pub role: Role,
+    /// Admins are made by an operator (`thali users create --admin`).
+    pub role: RegisterRole,
+}
+
+/// The roles a person may choose when registering.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RegisterRole {
+    Buyer,
+    Creator,
+    RestaurantOwner,
+}
+
+impl From<RegisterRole> for Role {
+    fn from(r: RegisterRole) -> Self {
+        match r {
+            RegisterRole::Buyer => Role::Buyer,
+            RegisterRole::Creator => Role::Creator,
+            RegisterRole::RestaurantOwner => Role::RestaurantOwner,
+        }
+    }
 }
 
 /// Body of `POST /api/v1/auth/login`.
@@ -427,13 +446,27 @@ impl From<thali_proto::identity::v1::ApiKey> for ApiKey {
 pub struct CreateApiKey {
     #[schema(example = "pos-integration", min_length = 1, max_length = 80)]
     pub name: String,
-    /// e.g. `storefront.read`, `storefront.write`.
+    /// What the key may do; at least one.
+    #[schema(schema_with = scopes_schema)]
     pub scopes: Vec<String>,
-    /// RFC 3339; absent: never expires.
+    /// RFC 3339, in the future; absent: never expires.
     #[schema(format = DateTime)]
     pub expires_at: Option<String>,
     /// Admins only: create the key for this account.
+    #[schema(format = Uuid)]
     pub owner_id: Option<String>,
+}
+
+fn scopes_schema() -> utoipa::openapi::Array {
+    utoipa::openapi::ArrayBuilder::new()
+        .items(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .enum_values(Some(["storefront.read", "storefront.write"])),
+        )
+        .min_items(Some(1))
+        .unique_items(true)
+        .build()
 }
 
 /// A new API key: the secret is shown here once and never again.
@@ -456,6 +489,7 @@ pub struct ApiKeyList {
 #[into_params(parameter_in = Query)]
 pub struct ListApiKeysQuery {
     /// Admins only: another account's keys.
+    #[param(format = Uuid)]
     pub owner_id: Option<String>,
 }
 

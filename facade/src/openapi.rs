@@ -43,6 +43,7 @@ use crate::{dto, problem, routes};
         dto::CreateProduct,
         dto::UpdateProduct,
         dto::Role,
+        dto::RegisterRole,
         dto::Account,
         dto::Register,
         dto::Login,

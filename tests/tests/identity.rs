@@ -151,7 +151,7 @@ async fn registration_rules_and_taken_emails() {
     let res = mesh
         .post("/api/v1/auth/register", None, json!({"email": "boss@example.com", "password": "correct horse battery", "display_name": "Boss", "role": "admin"}))
         .await;
-    problem(res, StatusCode::BAD_REQUEST, "VALIDATION_FAILED").await;
+    problem(res, StatusCode::BAD_REQUEST, "INVALID_JSON").await;
     mesh.sign_up("taken@example.com", "buyer").await;
     let res = mesh
         .post("/api/v1/auth/register", None, json!({"email": "TAKEN@example.com", "password": "correct horse battery", "display_name": "Copy", "role": "buyer"}))

@@ -117,6 +117,12 @@ pub fn ensure_key_pair(dir: &Path) -> Result<String, KeyError> {
     if let Ok(signer) = Signer::load(dir) {
         return Ok(signer.kid);
     }
+    add_key_pair(dir)
+}
+
+/// Writes a new Ed25519 key pair into `dir` (private key mode 0600); being the newest, it signs
+/// from now on while older public keys keep verifying. Returns its key id.
+pub fn add_key_pair(dir: &Path) -> Result<String, KeyError> {
     fs::create_dir_all(dir).map_err(io_err(dir))?;
     let rng = ring::rand::SystemRandom::new();
     let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng).map_err(|_| KeyError::Invalid { path: dir.to_owned() })?;
@@ -391,6 +397,25 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn after_rotation_the_new_key_signs_and_old_tokens_still_verify() {
+        let dir = temp_dir("rotate");
+        let old_kid = ensure_key_pair(&dir).unwrap();
+        let old_token = Signer::load(&dir).unwrap().mint("u", &[], Duration::from_secs(60));
+        std::thread::sleep(Duration::from_millis(20));
+        let new_kid = add_key_pair(&dir).unwrap();
+        assert_ne!(old_kid, new_kid);
+        let signer = Signer::load(&dir).unwrap();
+        assert_eq!(signer.kid(), new_kid, "the newest key signs");
+        let verifier = Verifier::load(&dir).unwrap();
+        assert!(
+            verifier.verify(&old_token).is_ok(),
+            "tokens of the old key still verify"
+        );
+        assert!(verifier.verify(&signer.mint("u", &[], Duration::from_secs(60))).is_ok());
+        assert_eq!(verifier.public_keys().len(), 2);
     }
 
     #[test]

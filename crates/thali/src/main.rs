@@ -74,11 +74,26 @@ enum Command {
         #[arg(long, default_value_t = 168, value_parser = clap::value_parser!(u64).range(1..=8760))]
         ttl_hours: u64,
     },
+    /// Manage the JWT signing keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
     /// Manage accounts (operator tool).
     Users {
         #[command(subcommand)]
         command: UsersCommand,
     },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Create an Ed25519 key pair in the keys dir unless one is there; prints its key id.
+    Init,
+    /// Add a new key pair: it signs from now on; older public keys keep verifying (ADR 0007).
+    Rotate,
+    /// List the key ids that verify tokens.
+    List,
 }
 
 #[derive(Subcommand)]
@@ -217,6 +232,25 @@ async fn main() -> anyhow::Result<()> {
                 .await
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
             println!("{} {} ({})", account.id, account.email, account.role.as_str());
+            Ok(())
+        }
+        Command::Keys { command } => {
+            let dir = cfg.keys_dir();
+            match command {
+                KeysCommand::Init => println!("{}", ensure_key_pair(&dir).context("creating the JWT key pair")?),
+                KeysCommand::Rotate => println!(
+                    "{}",
+                    thali_platform::auth::add_key_pair(&dir).context("adding a key pair")?
+                ),
+                KeysCommand::List => {
+                    let verifier = thali_platform::auth::Verifier::load(&dir)?;
+                    let signing = Signer::load(&dir)?;
+                    for (kid, _) in verifier.public_keys() {
+                        let mark = if kid == signing.kid() { "  (signs)" } else { "" };
+                        println!("{kid}{mark}");
+                    }
+                }
+            }
             Ok(())
         }
         Command::Token { sub, roles, ttl_hours } => {

@@ -33,7 +33,7 @@ pub async fn register(
         email: body.email,
         password: body.password,
         display_name: body.display_name,
-        role: body.role.to_pb() as i32,
+        role: dto::Role::from(body.role).to_pb() as i32,
         idempotency_key: idempotency_key(&headers)?,
     };
     let account = state.identity.clone().register(req).await?.into_inner().account;
