@@ -52,3 +52,54 @@ pub fn security_event(event: SecurityEvent, actor: &str, target: &str, client_ad
         "security event"
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use tracing_subscriber::layer::SubscriberExt;
+
+    use super::*;
+
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn an_event_carries_actor_target_address_and_kind() {
+        let out = Captured::default();
+        let writer = out.clone();
+        let subscriber = tracing_subscriber::registry().with(
+            tracing_subscriber::fmt::layer()
+                .json()
+                .with_writer(move || writer.clone()),
+        );
+        tracing::subscriber::with_default(subscriber, || {
+            security_event(
+                SecurityEvent::LockedOut,
+                "asha@example.com",
+                "account",
+                "203.0.113.7",
+                "30 s",
+            );
+        });
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        let line: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+        assert_eq!(line["target"], "thali::security");
+        let fields = &line["fields"];
+        assert_eq!(fields["event"], "login.locked_out");
+        assert_eq!(fields["actor"], "asha@example.com");
+        assert_eq!(fields["subject"], "account");
+        assert_eq!(fields["client_address"], "203.0.113.7");
+        assert!(fields.get("trace_id").is_some());
+    }
+}

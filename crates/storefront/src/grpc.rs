@@ -3,7 +3,12 @@
 use std::time::Duration;
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
-use thali_platform::{auth::Principal, errors, server::principal};
+use thali_platform::{
+    audit::{SecurityEvent, security_event},
+    auth::Principal,
+    errors,
+    server::principal,
+};
 use thali_proto::{common::v1 as common, storefront::v1 as pb};
 use tonic::{Code, Request, Response, Status};
 use uuid::Uuid;
@@ -61,6 +66,25 @@ impl From<StorefrontError> for Status {
 
 fn caller<T>(request: &Request<T>) -> Result<Principal, StorefrontError> {
     principal(request).cloned().ok_or(StorefrontError::Unauthenticated)
+}
+
+/// Records a refused write (not the owner, not a creator) as a security event, then passes the
+/// error on.
+fn audited<T>(who: &Principal, target: &str, result: Result<T, StorefrontError>) -> Result<T, StorefrontError> {
+    if let Err(e @ (StorefrontError::NotOwner | StorefrontError::RoleRequired)) = &result {
+        let actor = who
+            .api_key
+            .as_ref()
+            .map(|k| format!("{} (key {})", who.subject, k.key_id));
+        security_event(
+            SecurityEvent::AccessDenied,
+            actor.as_deref().unwrap_or(&who.subject),
+            target,
+            "",
+            &e.to_string(),
+        );
+    }
+    result
 }
 
 fn timestamp(t: chrono::DateTime<chrono::Utc>) -> prost_types::Timestamp {
@@ -143,7 +167,11 @@ impl pb::storefront_service_server::StorefrontService for StorefrontGrpc {
     ) -> Result<Response<pb::CreateCreatorResponse>, Status> {
         let owner = caller(&request)?;
         if !domain::may_open_creator_page(&owner.roles) {
-            return Err(StorefrontError::RoleRequired.into());
+            return Err(
+                audited(&owner, "creator page", Err::<(), _>(StorefrontError::RoleRequired))
+                    .unwrap_err()
+                    .into(),
+            );
         }
         let req = request.into_inner();
         let new = NewCreator::parse(&req.username, &req.display_name, &req.bio)?;
@@ -174,10 +202,11 @@ impl pb::storefront_service_server::StorefrontService for StorefrontGrpc {
         let who = caller(&request)?;
         let req = request.into_inner();
         let changes = ProfileChanges::parse(req.display_name.as_deref(), req.bio.as_deref())?;
-        let creator = self
+        let result = self
             .store
             .update_profile(&who.subject, lookup_username(&req.username)?, &changes)
-            .await?;
+            .await;
+        let creator = audited(&who, &req.username, result)?;
         Ok(Response::new(pb::UpdateProfileResponse {
             creator: Some(creator_pb(creator)),
         }))
@@ -198,10 +227,11 @@ impl pb::storefront_service_server::StorefrontService for StorefrontGrpc {
         )?;
         let idem =
             domain::parse_idempotency_key(&req.idempotency_key)?.map(|k| Idempotency::new(k, &(&req.username, &new)));
-        let product = self
+        let result = self
             .store
             .create_product(&who.subject, lookup_username(&req.username)?, &new, idem.as_ref())
-            .await?;
+            .await;
+        let product = audited(&who, &req.username, result)?;
         tracing::info!(product_id = %product.id, "product created");
         Ok(Response::new(pb::CreateProductResponse {
             product: Some(product_pb(product)),
@@ -222,7 +252,11 @@ impl pb::storefront_service_server::StorefrontService for StorefrontGrpc {
             req.active,
             req.stock.map(|s| s.quantity),
         )?;
-        let product = self.store.update_product(&who.subject, id, &changes).await?;
+        let product = audited(
+            &who,
+            &id.to_string(),
+            self.store.update_product(&who.subject, id, &changes).await,
+        )?;
         Ok(Response::new(pb::UpdateProductResponse {
             product: Some(product_pb(product)),
         }))
@@ -234,7 +268,11 @@ impl pb::storefront_service_server::StorefrontService for StorefrontGrpc {
     ) -> Result<Response<pb::ArchiveProductResponse>, Status> {
         let who = caller(&request)?;
         let id = product_id(&request.get_ref().product_id)?;
-        let product = self.store.archive_product(&who.subject, id).await?;
+        let product = audited(
+            &who,
+            &id.to_string(),
+            self.store.archive_product(&who.subject, id).await,
+        )?;
         Ok(Response::new(pb::ArchiveProductResponse {
             product: Some(product_pb(product)),
         }))

@@ -60,7 +60,7 @@ impl AuthPolicy {
         self
     }
 
-    async fn authenticate(&self, path: &str, headers: &http::HeaderMap) -> Result<Grant, tonic::Status> {
+    async fn authenticate(&self, path: &str, headers: &http::HeaderMap, peer: &str) -> Result<Grant, tonic::Status> {
         let unauthenticated = |why: &str| tonic::Status::unauthenticated(why.to_owned());
         let value = headers
             .get(http::header::AUTHORIZATION)
@@ -76,20 +76,20 @@ impl AuthPolicy {
                 .as_ref()
                 .ok_or_else(|| unauthenticated("API keys are not accepted here"))?;
             let principal = resolver.resolve(token).await.map_err(|e| {
-                security_event(SecurityEvent::ApiKeyDenied, key_hint(token), path, "", &e.to_string());
+                security_event(SecurityEvent::ApiKeyDenied, key_hint(token), path, peer, &e.to_string());
                 unauthenticated(&e.to_string())
             })?;
             let grant = principal.api_key.as_ref().expect("a resolved key carries its grant");
             let needed = self.scopes.get(path);
             if !needed.is_some_and(|scope| grant.scopes.iter().any(|s| s == scope)) {
-                security_event(SecurityEvent::AccessDenied, &grant.key_id, path, "", "missing scope");
+                security_event(SecurityEvent::AccessDenied, &grant.key_id, path, peer, "missing scope");
                 let message = match needed {
                     Some(scope) => format!("this API key lacks the `{scope}` scope"),
                     None => "API keys may not call this method".to_owned(),
                 };
                 return Err(tonic::Status::permission_denied(message));
             }
-            security_event(SecurityEvent::ApiKeyUsed, &grant.key_id, path, "", "");
+            security_event(SecurityEvent::ApiKeyUsed, &grant.key_id, path, peer, "");
             return Ok(Grant {
                 principal: Some(principal),
                 service: None,
@@ -212,7 +212,14 @@ where
         let policy = self.policy.clone();
         Box::pin(async move {
             let path = req.uri().path().to_owned();
-            match policy.authenticate(&path, req.headers()).await {
+            // The caller's address as this server sees it (a partner, or the facade).
+            let peer = req
+                .extensions()
+                .get::<tonic::transport::server::TcpConnectInfo>()
+                .and_then(|c| c.remote_addr())
+                .map(|a| a.ip().to_string())
+                .unwrap_or_default();
+            match policy.authenticate(&path, req.headers(), &peer).await {
                 Ok(grant) => {
                     if let Some(p) = grant.principal {
                         req.extensions_mut().insert(p);
@@ -224,7 +231,7 @@ where
                 }
                 Err(status) => {
                     if status.code() == tonic::Code::Unauthenticated {
-                        security_event(SecurityEvent::AuthenticationFailed, "", &path, "", status.message());
+                        security_event(SecurityEvent::AuthenticationFailed, "", &path, &peer, status.message());
                     }
                     Ok(status.into_http())
                 }
