@@ -8,9 +8,11 @@ use chrono::{DateTime, Utc};
 use ring::rand::{SecureRandom, SystemRandom};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, DatabaseConnection, DbErr, EntityTrait, ExprTrait, QueryFilter, QueryOrder, Set,
-    SqlErr, TransactionTrait,
+    TransactionTrait,
     sea_query::{Expr, OnConflict},
 };
+use thali_platform::db::is_unique_violation;
+pub use thali_platform::idempotency::Idempotency;
 use uuid::Uuid;
 
 use crate::domain::{
@@ -199,11 +201,7 @@ pub struct IssuedRefresh {
 
 /// SHA-256 of a secret, hex.
 pub fn sha256_hex(secret: &str) -> String {
-    ring::digest::digest(&ring::digest::SHA256, secret.as_bytes())
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    thali_platform::idempotency::sha256_hex(secret.as_bytes())
 }
 
 fn random_bytes<const N: usize>() -> [u8; N] {
@@ -236,29 +234,6 @@ const FAILURE_MEMORY: chrono::TimeDelta = chrono::TimeDelta::minutes(15);
 
 /// How long an idempotency key answers with its first result.
 const IDEMPOTENCY_WINDOW: chrono::TimeDelta = chrono::TimeDelta::hours(24);
-
-fn is_unique_violation(err: &DbErr) -> bool {
-    matches!(err.sql_err(), Some(SqlErr::UniqueConstraintViolation(_)))
-}
-
-/// An idempotency key with the fingerprint of its request.
-#[derive(Debug, Clone)]
-pub struct Idempotency {
-    pub key: String,
-    pub request_hash: String,
-}
-
-impl Idempotency {
-    pub fn new(key: String, request: &impl serde::Serialize) -> Self {
-        let bytes = serde_json::to_vec(request).expect("domain values serialise");
-        let request_hash = ring::digest::digest(&ring::digest::SHA256, &bytes)
-            .as_ref()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        Self { key, request_hash }
-    }
-}
 
 /// The identity service's database.
 #[derive(Debug, Clone)]

@@ -278,8 +278,9 @@ impl Verifier {
         })
     }
 
-    /// Checks signature, key id, issuer, audience and expiry.
-    pub fn verify(&self, token: &str) -> Result<Principal, AuthError> {
+    /// Decodes `token` after checking its algorithm (EdDSA only), key id, signature, issuer,
+    /// expiry and the audience `validation` names.
+    fn decode(&self, token: &str, validation: &Validation) -> Result<Claims, AuthError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Malformed)?;
         if header.alg != Algorithm::EdDSA {
             return Err(AuthError::Malformed);
@@ -289,7 +290,7 @@ impl Verifier {
             .as_deref()
             .and_then(|kid| self.keys.get(kid))
             .ok_or(AuthError::UnknownKey)?;
-        let data = jsonwebtoken::decode::<Claims>(token, key, &self.validation).map_err(|e| {
+        let data = jsonwebtoken::decode::<Claims>(token, key, validation).map_err(|e| {
             use jsonwebtoken::errors::ErrorKind;
             match e.kind() {
                 ErrorKind::ExpiredSignature => AuthError::Expired,
@@ -298,44 +299,33 @@ impl Verifier {
                 _ => AuthError::Malformed,
             }
         })?;
-        if data.claims.sub.starts_with(SERVICE_SUBJECT_PREFIX) {
+        Ok(data.claims)
+    }
+
+    /// Checks a user access token: signature, key id, issuer, audience `thali-api`, expiry.
+    pub fn verify(&self, token: &str) -> Result<Principal, AuthError> {
+        let claims = self.decode(token, &self.validation)?;
+        if claims.sub.starts_with(SERVICE_SUBJECT_PREFIX) {
             return Err(AuthError::WrongAudience);
         }
         // Subjects are stored as owners (at most 128 characters): refuse what cannot be one.
-        if data.claims.sub.is_empty() || data.claims.sub.len() > 128 {
+        if claims.sub.is_empty() || claims.sub.len() > 128 {
             return Err(AuthError::Malformed);
         }
         Ok(Principal {
-            subject: data.claims.sub,
-            roles: data.claims.roles,
+            subject: claims.sub,
+            roles: claims.roles,
             api_key: None,
-            issued_at: data.claims.iat,
+            issued_at: claims.iat,
         })
     }
 
     /// Checks a service token addressed to `audience`; returns the calling service's name.
     pub fn verify_service(&self, token: &str, audience: &str) -> Result<String, AuthError> {
-        let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Malformed)?;
-        if header.alg != Algorithm::EdDSA {
-            return Err(AuthError::Malformed);
-        }
-        let key = header
-            .kid
-            .as_deref()
-            .and_then(|kid| self.keys.get(kid))
-            .ok_or(AuthError::UnknownKey)?;
         let mut validation = (*self.validation).clone();
         validation.set_audience(&[audience]);
-        let data = jsonwebtoken::decode::<Claims>(token, key, &validation).map_err(|e| {
-            use jsonwebtoken::errors::ErrorKind;
-            match e.kind() {
-                ErrorKind::ExpiredSignature => AuthError::Expired,
-                ErrorKind::InvalidAudience | ErrorKind::InvalidIssuer => AuthError::WrongAudience,
-                ErrorKind::InvalidSignature => AuthError::BadSignature,
-                _ => AuthError::Malformed,
-            }
-        })?;
-        data.claims
+        let claims = self.decode(token, &validation)?;
+        claims
             .sub
             .strip_prefix(SERVICE_SUBJECT_PREFIX)
             .map(str::to_owned)

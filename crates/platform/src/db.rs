@@ -36,6 +36,11 @@ fn sqlite_dir(url: &str) -> Option<&Path> {
     Path::new(path).parent().filter(|p| !p.as_os_str().is_empty())
 }
 
+/// Whether `err` is a unique-constraint violation (a taken name, a replayed key).
+pub fn is_unique_violation(err: &DbErr) -> bool {
+    matches!(err.sql_err(), Some(sea_orm::SqlErr::UniqueConstraintViolation(_)))
+}
+
 /// Begins a transaction that will write. On SQLite it takes the write lock at `BEGIN`
 /// (IMMEDIATE), where the busy timeout applies, instead of failing when a read-then-write
 /// transaction meets another writer; PostgreSQL ignores the mode.

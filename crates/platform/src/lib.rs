@@ -9,6 +9,7 @@ pub mod client;
 pub mod config;
 pub mod db;
 pub mod errors;
+pub mod idempotency;
 pub mod money;
 pub mod server;
 pub mod telemetry;

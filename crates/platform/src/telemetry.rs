@@ -314,27 +314,13 @@ impl Visit for FieldMap {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Mutex;
-
     use super::*;
-
-    #[derive(Clone, Default)]
-    struct Captured(Arc<Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Captured {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
+    use crate::testing::CapturedWriter;
 
     #[test]
     fn every_json_log_line_carries_trace_and_span_ids() {
         let provider = SdkTracerProvider::builder().build();
-        let out = Captured::default();
+        let out = CapturedWriter::default();
         let writer = out.clone();
         let line = LogLine::new(LogFormat::Json);
         let cell = line.dispatch.clone();
@@ -353,7 +339,7 @@ mod tests {
             let span = tracing::info_span!("http.server", route = "/api/v1/store/{username}");
             span.in_scope(|| tracing::info!(status = 200, "request"));
         });
-        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        let text = out.text();
         let line: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
         assert_eq!(line["message"], "request");
         assert_eq!(line["status"], 200);

@@ -11,6 +11,27 @@ pub struct TestDatabase {
     pub db: DatabaseConnection,
 }
 
+/// A writer that keeps what is written, for tests of log output.
+#[derive(Clone, Default)]
+pub struct CapturedWriter(pub std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl CapturedWriter {
+    /// Everything written so far, as text.
+    pub fn text(&self) -> String {
+        String::from_utf8(self.0.lock().expect("captured writer lock").clone()).expect("logs are UTF-8")
+    }
+}
+
+impl std::io::Write for CapturedWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("captured writer lock").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Whether this run must not skip backends.
 pub fn is_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")

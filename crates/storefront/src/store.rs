@@ -4,8 +4,10 @@
 use chrono::Utc;
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect, Set, SqlErr,
+    QuerySelect, Set,
 };
+use thali_platform::db::is_unique_violation;
+pub use thali_platform::idempotency::Idempotency;
 use uuid::Uuid;
 
 use crate::domain::{
@@ -132,30 +134,8 @@ impl From<product::Model> for Product {
     }
 }
 
-/// An idempotency key with the fingerprint of the request it came with.
-#[derive(Debug, Clone)]
-pub struct Idempotency {
-    pub key: String,
-    /// SHA-256 (hex) of the canonical request.
-    pub request_hash: String,
-}
-
-impl Idempotency {
-    /// Fingerprints `request` (any serialisable, already validated value) under `key`.
-    pub fn new(key: String, request: &impl serde::Serialize) -> Self {
-        let bytes = serde_json::to_vec(request).expect("domain values serialise");
-        let digest = ring::digest::digest(&ring::digest::SHA256, &bytes);
-        let request_hash = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-        Self { key, request_hash }
-    }
-}
-
 /// How long an idempotency key answers with its first result.
 const IDEMPOTENCY_WINDOW: chrono::TimeDelta = chrono::TimeDelta::hours(24);
-
-fn is_unique_violation(err: &DbErr) -> bool {
-    matches!(err.sql_err(), Some(SqlErr::UniqueConstraintViolation(_)))
-}
 
 /// The storefront's database.
 #[derive(Debug, Clone)]
