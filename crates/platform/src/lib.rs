@@ -5,6 +5,7 @@
 pub mod api_keys;
 pub mod audit;
 pub mod auth;
+pub mod cache;
 pub mod client;
 pub mod config;
 pub mod db;

@@ -11,6 +11,91 @@ pub struct TestDatabase {
     pub db: DatabaseConnection,
 }
 
+/// The Redis of `THALI_TEST_REDIS_URL`, or None when that is unset outside CI.
+pub fn redis_url() -> Option<String> {
+    match std::env::var("THALI_TEST_REDIS_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ if is_ci() => panic!("CI=true but THALI_TEST_REDIS_URL is not set: Redis tests cannot be skipped"),
+        _ => {
+            eprintln!("THALI_TEST_REDIS_URL unset: Redis tests skipped (they run in CI)");
+            None
+        }
+    }
+}
+
+/// A Redis server of the test's own (`redis-server` on a free port), to stop and start.
+pub struct RedisServer {
+    port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl RedisServer {
+    /// Starts one, or None when `redis-server` is not installed outside CI.
+    pub async fn start() -> Option<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .ok()?
+            .local_addr()
+            .ok()?
+            .port();
+        let mut server = Self { port, child: None };
+        if let Err(e) = server.spawn().await {
+            if is_ci() {
+                panic!("CI=true but redis-server cannot be started: {e}");
+            }
+            eprintln!("redis-server unavailable ({e}): test skipped");
+            return None;
+        }
+        Some(server)
+    }
+
+    async fn spawn(&mut self) -> std::io::Result<()> {
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn()?;
+        self.child = Some(child);
+        for _ in 0..100 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.is_ok() {
+                return Ok(());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        Err(std::io::Error::other("redis-server did not start listening"))
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// Kills the server (its data goes with it).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port.
+    pub async fn restart(&mut self) {
+        self.spawn().await.expect("redis-server restarts");
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
 /// A writer that keeps what is written, for tests of log output.
 #[derive(Clone, Default)]
 pub struct CapturedWriter(pub std::sync::Arc<std::sync::Mutex<Vec<u8>>>);

@@ -1,0 +1,421 @@
+//! The platform cache: L1 in-process (moka, bounded by bytes) in front of L2 Redis (fred;
+//! standalone, sentinel or cluster, chosen by the URL), cache-aside with per-entry TTL.
+//!
+//! - Keys are partitioned by tenant and schema version: `t:{tenant}:v{version}:{kind}:{id}`, so
+//!   tenants never share an entry and a format change never reads old bytes.
+//! - Misses are single-flight: concurrent misses for one key run one load.
+//! - Writers call [`TwoLevelCache::invalidate`] in the use case that committed: the entry is
+//!   dropped here, deleted in Redis, and the key is published so every replica drops its L1 copy.
+//! - Stale-if-error: when the load fails because the database is unavailable, the last value is
+//!   served (marked stale) for up to `stale_for` past its freshness.
+//! - Redis is optional: without it (embedded mode) L1 is the only level, the same code path;
+//!   when it stops answering, reads go on from L1 and the loader, errors are counted, health
+//!   reports it, and the client reconnects by itself.
+use std::{
+    collections::HashMap,
+    future::Future,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use fred::{
+    clients::{Client as RedisClient, SubscriberClient},
+    interfaces::{ClientLike, EventInterface, KeysInterface, PubsubInterface},
+    prelude::{Builder, Config as RedisConfig, Expiration, ReconnectPolicy},
+};
+use futures::{
+    FutureExt,
+    future::{BoxFuture, Shared},
+};
+use tokio::time::Instant;
+
+/// Schema version of cached bytes; bump it when a cached format changes.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Redis commands that take longer than this count as failures (the read goes on without L2).
+const REDIS_COMMAND_TIMEOUT: Duration = Duration::from_millis(250);
+
+/// One cache's policy.
+#[derive(Debug, Clone)]
+pub struct CacheSettings {
+    /// Name in keys, channels and metrics, e.g. `storefront`.
+    pub name: &'static str,
+    /// Freshness of an entry (and its TTL in Redis).
+    pub ttl: Duration,
+    /// Freshness of an L1 copy when Redis holds the entry too: short, so replicas converge even
+    /// if an invalidation message is lost.
+    pub l1_ttl: Duration,
+    /// How long past its freshness an entry may still be served when the database is down.
+    pub stale_for: Duration,
+    /// Bound on the bytes L1 holds.
+    pub l1_max_bytes: u64,
+}
+
+/// Where an answer came from and whether it is fresh.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    L1,
+    L2,
+    Loaded,
+    /// An expired copy, served because the loader failed with an outage.
+    Stale,
+}
+
+/// A cached value and its source.
+#[derive(Debug, Clone)]
+pub struct Cached {
+    pub bytes: Arc<[u8]>,
+    pub source: Source,
+}
+
+/// An error a loader can report; outages allow serving stale copies.
+pub trait LoadError: Clone + Send + Sync + 'static {
+    /// Whether the failure is an outage (the database does not answer), not a bad request.
+    fn is_outage(&self) -> bool;
+}
+
+/// A tenant-partitioned, versioned cache key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CacheKey(String);
+
+impl CacheKey {
+    /// `t:{tenant}:v{SCHEMA_VERSION}:{kind}:{id}`.
+    pub fn new(tenant: &str, kind: &str, id: &str) -> Self {
+        Self(format!("t:{tenant}:v{SCHEMA_VERSION}:{kind}:{id}"))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+#[derive(Clone)]
+struct Entry {
+    bytes: Arc<[u8]>,
+    stored_at: Instant,
+}
+
+type Flight<E> = Shared<BoxFuture<'static, Result<Arc<[u8]>, E>>>;
+
+/// A Redis connection shared by every cache of a process, with its subscriber.
+#[derive(Clone)]
+pub struct Redis {
+    client: RedisClient,
+    subscriber: SubscriberClient,
+}
+
+impl Redis {
+    /// Connects to `url` (`redis://` standalone, `redis-sentinel://` sentinel, `redis-cluster://`
+    /// cluster; `rediss://` for TLS) without waiting: a Redis that is down at start is retried
+    /// in the background with exponential backoff.
+    pub async fn connect(url: &str) -> Result<Self, fred::error::Error> {
+        let config = RedisConfig {
+            fail_fast: false,
+            ..RedisConfig::from_url(url)?
+        };
+        let builder = {
+            let mut b = Builder::from_config(config);
+            b.with_performance_config(|p| p.default_command_timeout = REDIS_COMMAND_TIMEOUT)
+                .with_connection_config(|c| {
+                    c.connection_timeout = Duration::from_secs(2);
+                    c.internal_command_timeout = Duration::from_secs(2);
+                    c.max_command_attempts = 1;
+                })
+                .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2));
+            b
+        };
+        let client = builder.build()?;
+        let subscriber = builder.build_subscriber_client()?;
+        client.connect();
+        subscriber.connect();
+        let _reconnects = client.on_reconnect(|server| async move {
+            tracing::info!(%server, "redis connected");
+            Ok(())
+        });
+        let _errors = client.on_error(|(error, server)| async move {
+            tracing::warn!(%error, server = ?server, "redis error");
+            Ok(())
+        });
+        // Re-subscribe to every channel after a reconnect.
+        let _ = subscriber.manage_subscriptions();
+        // Give a Redis that is up a moment to answer, so the first reads use it.
+        let _ = tokio::time::timeout(Duration::from_secs(2), client.wait_for_connect()).await;
+        Ok(Self { client, subscriber })
+    }
+
+    /// Whether the client is connected now.
+    pub fn is_up(&self) -> bool {
+        self.client.is_connected()
+    }
+
+    /// The client, for callers that keep other data in Redis.
+    pub fn client(&self) -> &RedisClient {
+        &self.client
+    }
+}
+
+/// A two-level cache for one kind of value.
+pub struct TwoLevelCache {
+    settings: CacheSettings,
+    l1: moka::future::Cache<String, Entry>,
+    redis: Option<Redis>,
+    /// Loads in flight by key (type-erased: each cache's loader has its own error type).
+    inflight: Mutex<HashMap<String, Box<dyn std::any::Any + Send + Sync>>>,
+    /// When each key was last invalidated, so a load that began before cannot store old bytes.
+    invalidated: Mutex<HashMap<String, Instant>>,
+    channel: String,
+}
+
+impl TwoLevelCache {
+    /// A cache with `settings`, over `redis` when given. Subscribes to the invalidation channel.
+    pub async fn new(settings: CacheSettings, redis: Option<Redis>) -> Arc<Self> {
+        let fresh_for = if redis.is_some() {
+            settings.l1_ttl.min(settings.ttl)
+        } else {
+            settings.ttl
+        };
+        let l1 = moka::future::Cache::builder()
+            .max_capacity(settings.l1_max_bytes)
+            .weigher(|k: &String, v: &Entry| (k.len() + v.bytes.len()).try_into().unwrap_or(u32::MAX))
+            .time_to_live(fresh_for + settings.stale_for)
+            .build();
+        let channel = format!("thali:cache:invalidate:{}", settings.name);
+        let cache = Arc::new(Self {
+            settings,
+            l1,
+            redis,
+            inflight: Mutex::default(),
+            invalidated: Mutex::default(),
+            channel,
+        });
+        if let Some(redis) = &cache.redis {
+            if let Err(e) = redis.subscriber.subscribe(cache.channel.clone()).await {
+                tracing::warn!(error = %e, "cache: subscribing to invalidations failed; retried on reconnect");
+            }
+            let weak = Arc::downgrade(&cache);
+            let mut messages = redis.subscriber.message_rx();
+            let channel = cache.channel.clone();
+            tokio::spawn(async move {
+                while let Ok(message) = messages.recv().await {
+                    if message.channel != channel {
+                        continue;
+                    }
+                    let Some(cache) = weak.upgrade() else { break };
+                    if let Ok(key) = message.value.convert::<String>() {
+                        cache.drop_local(&key).await;
+                    }
+                }
+            });
+        }
+        cache
+    }
+
+    fn fresh_for(&self) -> Duration {
+        if self.redis.is_some() {
+            self.settings.l1_ttl.min(self.settings.ttl)
+        } else {
+            self.settings.ttl
+        }
+    }
+
+    fn count(&self, level: &'static str, result: &'static str) {
+        metrics::counter!("cache_requests_total", "cache" => self.settings.name, "level" => level, "result" => result)
+            .increment(1);
+    }
+
+    fn saved(&self) {
+        metrics::counter!("cache_db_reads_saved_total", "cache" => self.settings.name).increment(1);
+    }
+
+    fn redis_error(&self, op: &str, e: &fred::error::Error) {
+        tracing::debug!(error = %e, op, "cache: redis unavailable");
+        metrics::counter!("cache_redis_errors_total", "cache" => self.settings.name).increment(1);
+    }
+
+    /// Whether Redis (when configured) answers; None without Redis.
+    pub fn redis_up(&self) -> Option<bool> {
+        let up = self.redis.as_ref().map(Redis::is_up);
+        if let Some(up) = up {
+            metrics::gauge!("cache_redis_up", "cache" => self.settings.name).set(if up { 1.0 } else { 0.0 });
+        }
+        up
+    }
+
+    /// The value under `key`: L1, then L2, then `load` (once for all concurrent callers). When
+    /// `load` fails with an outage, an expired copy within `stale_for` is served instead.
+    pub async fn get_or_load<E, F, Fut>(self: &Arc<Self>, key: &CacheKey, load: F) -> Result<Cached, E>
+    where
+        E: LoadError,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Vec<u8>, E>> + Send + 'static,
+    {
+        let k = key.as_str();
+        let local = self.l1.get(k).await;
+        if let Some(entry) = &local
+            && entry.stored_at.elapsed() < self.fresh_for()
+        {
+            self.count("l1", "hit");
+            self.saved();
+            return Ok(Cached {
+                bytes: entry.bytes.clone(),
+                source: Source::L1,
+            });
+        }
+        self.count("l1", "miss");
+
+        if let Some(bytes) = self.l2_get(k).await {
+            self.count("l2", "hit");
+            self.saved();
+            self.l1
+                .insert(
+                    k.to_owned(),
+                    Entry {
+                        bytes: bytes.clone(),
+                        stored_at: Instant::now(),
+                    },
+                )
+                .await;
+            return Ok(Cached {
+                bytes,
+                source: Source::L2,
+            });
+        }
+        if self.redis.is_some() {
+            self.count("l2", "miss");
+        }
+
+        let (flight, leader) = self.join_flight(k, load);
+        match flight.await {
+            Ok(bytes) => {
+                if !leader {
+                    self.saved();
+                }
+                Ok(Cached {
+                    bytes,
+                    source: Source::Loaded,
+                })
+            }
+            Err(e) if e.is_outage() => {
+                let stale = self.l1.get(k).await.or(local);
+                match stale {
+                    Some(entry) if entry.stored_at.elapsed() < self.fresh_for() + self.settings.stale_for => {
+                        self.count("l1", "stale");
+                        Ok(Cached {
+                            bytes: entry.bytes,
+                            source: Source::Stale,
+                        })
+                    }
+                    _ => Err(e),
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Joins the load in flight for `key`, or starts it; returns the flight and whether this
+    /// caller started it. The flight stores its result and leaves the table itself, so it
+    /// completes even if the caller that started it goes away.
+    fn join_flight<E, F, Fut>(self: &Arc<Self>, key: &str, load: F) -> (Flight<E>, bool)
+    where
+        E: LoadError,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Vec<u8>, E>> + Send + 'static,
+    {
+        let mut inflight = self.inflight.lock().expect("cache in-flight lock");
+        if let Some(existing) = inflight.get(key).and_then(|f| f.downcast_ref::<Flight<E>>()) {
+            return (existing.clone(), false);
+        }
+        let started = Instant::now();
+        let fut = load();
+        let this = self.clone();
+        let owned_key = key.to_owned();
+        let flight: Flight<E> = async move {
+            let result = fut.await.map(Arc::<[u8]>::from);
+            if let Ok(bytes) = &result {
+                this.store(&owned_key, bytes, started).await;
+            }
+            this.inflight.lock().expect("cache in-flight lock").remove(&owned_key);
+            result
+        }
+        .boxed()
+        .shared();
+        inflight.insert(key.to_owned(), Box::new(flight.clone()));
+        (flight, true)
+    }
+
+    /// Stores a freshly loaded value in both levels, unless the key was invalidated after the
+    /// load began (then the value may predate the write).
+    async fn store(&self, key: &str, bytes: &Arc<[u8]>, started: Instant) {
+        let invalidated_later = self
+            .invalidated
+            .lock()
+            .expect("cache invalidation lock")
+            .get(key)
+            .is_some_and(|at| *at >= started);
+        if invalidated_later {
+            return;
+        }
+        self.l1
+            .insert(
+                key.to_owned(),
+                Entry {
+                    bytes: bytes.clone(),
+                    stored_at: Instant::now(),
+                },
+            )
+            .await;
+        if let Some(redis) = &self.redis
+            && redis.is_up()
+        {
+            let ttl = Expiration::PX(self.settings.ttl.as_millis() as i64);
+            let set: Result<(), _> = redis.client.set(key, bytes.as_ref(), Some(ttl), None, false).await;
+            if let Err(e) = set {
+                self.redis_error("set", &e);
+            }
+        }
+    }
+
+    async fn l2_get(&self, key: &str) -> Option<Arc<[u8]>> {
+        let redis = self.redis.as_ref()?;
+        if !redis.is_up() {
+            self.redis_up();
+            return None;
+        }
+        match redis.client.get::<Option<Vec<u8>>, _>(key).await {
+            Ok(v) => v.map(Arc::from),
+            Err(e) => {
+                self.redis_error("get", &e);
+                None
+            }
+        }
+    }
+
+    async fn drop_local(&self, key: &str) {
+        {
+            let mut invalidated = self.invalidated.lock().expect("cache invalidation lock");
+            if invalidated.len() > 10_000 {
+                let horizon = Instant::now() - Duration::from_secs(60);
+                invalidated.retain(|_, at| *at > horizon);
+            }
+            invalidated.insert(key.to_owned(), Instant::now());
+        }
+        self.l1.invalidate(key).await;
+    }
+
+    /// Drops `key` everywhere: here, in Redis, and (by a published message) in every replica's L1.
+    pub async fn invalidate(&self, key: &CacheKey) {
+        let k = key.as_str();
+        metrics::counter!("cache_invalidations_total", "cache" => self.settings.name).increment(1);
+        self.drop_local(k).await;
+        if let Some(redis) = &self.redis {
+            let deleted: Result<i64, _> = redis.client.del(k).await;
+            if let Err(e) = deleted {
+                self.redis_error("del", &e);
+            }
+            let published: Result<i64, _> = redis.client.publish(self.channel.as_str(), k).await;
+            if let Err(e) = published {
+                self.redis_error("publish", &e);
+            }
+        }
+    }
+}
