@@ -137,7 +137,7 @@ impl Redis {
             Ok(())
         });
         // Re-subscribe to every channel after a reconnect.
-        let _ = subscriber.manage_subscriptions();
+        drop(subscriber.manage_subscriptions());
         // Give a Redis that is up a moment to answer, so the first reads use it.
         let _ = tokio::time::timeout(Duration::from_secs(2), client.wait_for_connect()).await;
         Ok(Self { client, subscriber })
