@@ -130,6 +130,9 @@ impl From<pb::Product> for Product {
 pub struct Storefront {
     pub creator: Creator,
     pub products: Vec<Product>,
+    /// True when the database did not answer and this is the last cached copy (minutes old at
+    /// most).
+    pub stale: bool,
 }
 
 /// A page of products.

@@ -13,8 +13,10 @@ pub struct Migrator;
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        // Applied in name (date) order across services.
         let mut all = storefront::migrations();
         all.extend(identity::migrations());
+        all.sort_by_key(|m| m.name().to_owned());
         all
     }
 }

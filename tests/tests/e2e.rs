@@ -441,3 +441,96 @@ async fn health_openapi_and_docs_are_served_offline() {
         assert_eq!(mesh.get(asset).await.status(), StatusCode::OK, "{asset}");
     }
 }
+
+#[tokio::test]
+async fn storefront_answers_carry_an_etag_and_304_when_unchanged() {
+    let mesh = Mesh::start().await;
+    let alice = mesh.token("alice");
+    mesh.create_creator(&alice, "etag_shop").await;
+    let first = mesh.get("/api/v1/store/etag_shop").await;
+    assert_eq!(first.status(), StatusCode::OK);
+    assert_eq!(first.headers()["cache-control"], "public, max-age=60");
+    let etag = first.headers()["etag"].to_str().unwrap().to_owned();
+    assert!(etag.starts_with('"') && etag.len() == 34, "{etag}");
+
+    let again = mesh
+        .http
+        .get(mesh.url("/api/v1/store/etag_shop"))
+        .header("if-none-match", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), StatusCode::NOT_MODIFIED);
+    assert_eq!(again.headers()["etag"], etag.as_str());
+    assert!(again.bytes().await.unwrap().is_empty());
+
+    let res = mesh
+        .post(
+            "/api/v1/creators/etag_shop/products",
+            Some(&alice),
+            json!({"title": "Chai", "price": {"amount_minor": 100, "currency": "INR"}}),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let changed = mesh
+        .http
+        .get(mesh.url("/api/v1/store/etag_shop"))
+        .header("if-none-match", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(changed.status(), StatusCode::OK, "a write changes the ETag");
+    assert_ne!(changed.headers()["etag"], etag.as_str());
+
+    let signed_in = mesh.get_as("/api/v1/store/etag_shop", &alice).await;
+    assert_eq!(
+        signed_in.headers()["cache-control"],
+        "no-store",
+        "answers for a signed-in caller are not cached"
+    );
+}
+
+/// PostgreSQL only: the test makes the platform's database refuse connections.
+#[tokio::test]
+async fn with_the_database_down_cached_pages_answer_and_others_get_503() {
+    use sea_orm::ConnectionTrait;
+    let Some(pg) = thali_platform::testing::postgres().await else {
+        return;
+    };
+    let name = pg.url.rsplit('/').next().unwrap().split('?').next().unwrap().to_owned();
+    let mesh = Mesh::start_on(Some(pg.url.clone())).await;
+    let alice = mesh.token("alice");
+    mesh.create_creator(&alice, "kept_shop").await;
+    mesh.create_creator(&alice, "cold_shop").await;
+    assert_eq!(mesh.get("/api/v1/store/kept_shop").await.status(), StatusCode::OK);
+
+    let admin = thali_platform::db::connect(&std::env::var("THALI_TEST_DATABASE_URL").unwrap())
+        .await
+        .unwrap();
+    admin
+        .execute_unprepared(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS false"))
+        .await
+        .unwrap();
+    admin
+        .execute_unprepared(&format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}' AND pid <> pg_backend_pid()"
+        ))
+        .await
+        .unwrap();
+    drop(pg);
+
+    assert_eq!(
+        mesh.get("/api/v1/store/kept_shop").await.status(),
+        StatusCode::OK,
+        "served from the cache"
+    );
+    let res = mesh.get("/api/v1/store/cold_shop").await;
+    let retry_after: u64 = res.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!(retry_after >= 1);
+    problem(res, StatusCode::SERVICE_UNAVAILABLE, "DATABASE_UNAVAILABLE").await;
+
+    admin
+        .execute_unprepared(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true"))
+        .await
+        .unwrap();
+}

@@ -42,6 +42,11 @@ pub struct Config {
     /// Where the facade and other services find identity (`THALI_IDENTITY_URL`); unset means
     /// this process's own gRPC address.
     pub identity_url: Option<String>,
+    /// Redis for the L2 cache and cross-replica invalidation (`THALI_REDIS_URL`): `redis://`,
+    /// `rediss://`, `redis-sentinel://` or `redis-cluster://`; unset means L1 only.
+    pub redis_url: Option<String>,
+    /// Tenant partition of cache keys (`THALI_TENANT`).
+    pub tenant: String,
     /// Directory holding the JWT keys (`THALI_KEYS_DIR`); unset means `<data_dir>/keys`.
     pub keys_dir: Option<PathBuf>,
     /// Deadline of one internal gRPC call, in milliseconds (`THALI_RPC_TIMEOUT_MS`).
@@ -97,7 +102,8 @@ impl Config {
             .set_default("log_format", "json")?
             .set_default("rpc_timeout_ms", 5_000)?
             .set_default("connect_timeout_ms", 2_000)?
-            .set_default("max_body_bytes", 64 * 1024)?;
+            .set_default("max_body_bytes", 64 * 1024)?
+            .set_default("tenant", "default")?;
         if let Some(file) = file {
             builder = builder.add_source(config::File::from(file).required(false));
         }
@@ -145,6 +151,27 @@ impl Config {
                     reason: format!("`{url}` is not an http(s) URL"),
                 });
             }
+        }
+        if let Some(url) = &self.redis_url
+            && !["redis://", "rediss://", "redis-sentinel://", "redis-cluster://"]
+                .iter()
+                .any(|p| url.starts_with(p))
+        {
+            return Err(ConfigError::Invalid {
+                key: "redis_url",
+                reason: "must start with redis://, rediss://, redis-sentinel:// or redis-cluster://".into(),
+            });
+        }
+        if self.tenant.is_empty()
+            || !self
+                .tenant
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(ConfigError::Invalid {
+                key: "tenant",
+                reason: "must be letters, digits, '-' or '_'".into(),
+            });
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log) {
             return Err(ConfigError::Invalid {

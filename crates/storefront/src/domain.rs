@@ -60,7 +60,7 @@ pub const PAGE_SIZE_MAX: u64 = 100;
 pub const IDEMPOTENCY_KEY_MAX: usize = 200;
 
 /// Everything that can go wrong in a storefront use case.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StorefrontError {
     #[error("invalid request")]
     Invalid(Vec<Violation>),

@@ -1,11 +1,14 @@
 //! The tonic implementation of `thali.storefront.v1.StorefrontService`: proto ↔ domain, the
 //! caller from the platform auth layer, and the one mapping of domain errors to `Status`.
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
+
+use prost::Message;
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use thali_platform::{
     audit::{SecurityEvent, security_event},
     auth::Principal,
+    cache::{CacheKey, LoadError, Source, TwoLevelCache},
     errors,
     server::principal,
 };
@@ -16,17 +19,71 @@ use uuid::Uuid;
 use crate::{
     domain::{self, Creator, NewCreator, NewProduct, Product, ProductChanges, ProfileChanges, StorefrontError},
     store::{Idempotency, StorefrontStore},
+    workers::ReadCounter,
 };
 
 /// The storefront gRPC service.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct StorefrontGrpc {
     store: StorefrontStore,
+    cache: Arc<TwoLevelCache>,
+    tenant: String,
+    reads: Arc<ReadCounter>,
 }
 
 impl StorefrontGrpc {
-    pub fn new(store: StorefrontStore) -> Self {
-        Self { store }
+    pub fn new(store: StorefrontStore, cache: Arc<TwoLevelCache>, tenant: String, reads: Arc<ReadCounter>) -> Self {
+        Self {
+            store,
+            cache,
+            tenant,
+            reads,
+        }
+    }
+
+    /// `t:{tenant}:v{n}:store:{username}`.
+    fn storefront_key(&self, username: &str) -> CacheKey {
+        CacheKey::new(&self.tenant, "store", username)
+    }
+
+    /// The storefront of `username`, through the cache (encoded, with the owner's id).
+    pub async fn cached_storefront(
+        &self,
+        username: &str,
+    ) -> Result<(pb::GetStorefrontResponse, Source), StorefrontError> {
+        let store = self.store.clone();
+        let owned = username.to_owned();
+        let cached = self
+            .cache
+            .get_or_load(&self.storefront_key(username), move || async move {
+                let (creator, products) = store.storefront(&owned).await?;
+                let full = pb::GetStorefrontResponse {
+                    creator: Some(creator_pb(creator)),
+                    products: products.into_iter().map(product_pb).collect(),
+                    stale: false,
+                };
+                Ok::<_, StorefrontError>(full.encode_to_vec())
+            })
+            .await?;
+        let decoded = pb::GetStorefrontResponse::decode(&cached.bytes[..])
+            .map_err(|e| StorefrontError::Internal(format!("cached storefront does not decode: {e}")))?;
+        Ok((decoded, cached.source))
+    }
+
+    /// Whether the cache's Redis answers (None without Redis).
+    pub fn redis_up(&self) -> Option<bool> {
+        self.cache.redis_up()
+    }
+
+    /// Drops the cached storefront of `username` (after a committed write).
+    async fn invalidate(&self, username: &str) {
+        self.cache.invalidate(&self.storefront_key(username)).await;
+    }
+}
+
+impl LoadError for StorefrontError {
+    fn is_outage(&self) -> bool {
+        matches!(self, StorefrontError::Unavailable)
     }
 }
 
@@ -207,6 +264,7 @@ impl pb::storefront_service_server::StorefrontService for StorefrontGrpc {
             .update_profile(&who.subject, lookup_username(&req.username)?, &changes)
             .await;
         let creator = audited(&who, &req.username, result)?;
+        self.invalidate(&creator.username).await;
         Ok(Response::new(pb::UpdateProfileResponse {
             creator: Some(creator_pb(creator)),
         }))
@@ -232,6 +290,7 @@ impl pb::storefront_service_server::StorefrontService for StorefrontGrpc {
             .create_product(&who.subject, lookup_username(&req.username)?, &new, idem.as_ref())
             .await;
         let product = audited(&who, &req.username, result)?;
+        self.invalidate(&req.username).await;
         tracing::info!(product_id = %product.id, "product created");
         Ok(Response::new(pb::CreateProductResponse {
             product: Some(product_pb(product)),
@@ -257,6 +316,8 @@ impl pb::storefront_service_server::StorefrontService for StorefrontGrpc {
             &id.to_string(),
             self.store.update_product(&who.subject, id, &changes).await,
         )?;
+        self.invalidate(&self.store.creator_username(product.creator_id).await?)
+            .await;
         Ok(Response::new(pb::UpdateProductResponse {
             product: Some(product_pb(product)),
         }))
@@ -273,6 +334,8 @@ impl pb::storefront_service_server::StorefrontService for StorefrontGrpc {
             &id.to_string(),
             self.store.archive_product(&who.subject, id).await,
         )?;
+        self.invalidate(&self.store.creator_username(product.creator_id).await?)
+            .await;
         Ok(Response::new(pb::ArchiveProductResponse {
             product: Some(product_pb(product)),
         }))
@@ -301,11 +364,15 @@ impl pb::storefront_service_server::StorefrontService for StorefrontGrpc {
         request: Request<pb::GetStorefrontRequest>,
     ) -> Result<Response<pb::GetStorefrontResponse>, Status> {
         let viewer = principal(&request).map(|p| p.subject.clone());
-        let req = request.into_inner();
-        let (creator, products) = self.store.storefront(lookup_username(&req.username)?).await?;
-        Ok(Response::new(pb::GetStorefrontResponse {
-            creator: Some(public_creator_pb(creator, viewer.as_deref())),
-            products: products.into_iter().map(product_pb).collect(),
-        }))
+        let username = lookup_username(&request.get_ref().username)?;
+        let (mut res, source) = self.cached_storefront(username).await?;
+        self.reads.record(username);
+        if let Some(creator) = res.creator.as_mut()
+            && viewer.as_deref() != Some(creator.owner_subject.as_str())
+        {
+            creator.owner_subject.clear();
+        }
+        res.stale = source == Source::Stale;
+        Ok(Response::new(res))
     }
 }

@@ -1,11 +1,15 @@
-//! Storefront service: creators, their profiles and products, and the public storefront read.
+//! Storefront service: creators, their profiles and products, and the cached public storefront.
 #![forbid(unsafe_code)]
 
 pub mod domain;
 pub mod grpc;
 pub mod store;
+pub mod workers;
+
+use std::{sync::Arc, time::Duration};
 
 use sea_orm::DatabaseConnection;
+use thali_platform::cache::{CacheSettings, Redis, TwoLevelCache};
 use thali_proto::storefront::v1::storefront_service_server::StorefrontServiceServer;
 
 /// Scope a partner API key needs for each storefront method.
@@ -38,7 +42,96 @@ pub const API_KEY_SCOPES: &[(&str, &str)] = &[
     ),
 ];
 
-/// The storefront gRPC service over `db`, ready to add to a server.
-pub fn service(db: DatabaseConnection) -> StorefrontServiceServer<grpc::StorefrontGrpc> {
-    StorefrontServiceServer::new(grpc::StorefrontGrpc::new(store::StorefrontStore::new(db)))
+/// The storefront cache policy: entries fresh 60 s (`store:{username}`), L1 copies 5 s when
+/// Redis is there, stale copies served up to 5 minutes when the database is down.
+pub fn cache_settings() -> CacheSettings {
+    CacheSettings {
+        name: "storefront",
+        ttl: Duration::from_secs(60),
+        l1_ttl: Duration::from_secs(5),
+        stale_for: Duration::from_secs(300),
+        l1_max_bytes: 64 * 1024 * 1024,
+    }
+}
+
+/// How many of the most-read storefronts are loaded before the service reports SERVING.
+pub const WARM_TOP: u64 = 200;
+
+/// The storefront service: its gRPC handlers, cache and read counter.
+pub struct Storefront {
+    grpc: Arc<grpc::StorefrontGrpc>,
+    store: store::StorefrontStore,
+    reads: Arc<workers::ReadCounter>,
+}
+
+impl Storefront {
+    /// The service over `db`, caching in-process and, when given, in Redis.
+    pub async fn new(db: DatabaseConnection, redis: Option<Redis>, tenant: &str) -> Self {
+        Self::with_settings(db, redis, tenant, cache_settings()).await
+    }
+
+    /// The service with another cache policy (tests use short lifetimes).
+    pub async fn with_settings(
+        db: DatabaseConnection,
+        redis: Option<Redis>,
+        tenant: &str,
+        settings: CacheSettings,
+    ) -> Self {
+        let cache = TwoLevelCache::new(settings, redis).await;
+        Self::with_cache(db, cache, tenant)
+    }
+
+    /// The service over `db` with a cache built by the caller (tests).
+    pub fn with_cache(db: DatabaseConnection, cache: Arc<TwoLevelCache>, tenant: &str) -> Self {
+        let store = store::StorefrontStore::new(db);
+        let reads = Arc::new(workers::ReadCounter::default());
+        let grpc = Arc::new(grpc::StorefrontGrpc::new(
+            store.clone(),
+            cache,
+            tenant.to_owned(),
+            reads.clone(),
+        ));
+        Self { grpc, store, reads }
+    }
+
+    /// Loads the most-read storefronts into the cache; call before reporting SERVING. Returns
+    /// how many were loaded.
+    pub async fn warm(&self) -> usize {
+        let names = match self.store.most_read(WARM_TOP).await {
+            Ok(names) => names,
+            Err(e) => {
+                tracing::warn!(error = %e, "cache warming skipped");
+                return 0;
+            }
+        };
+        let mut loaded = 0;
+        for name in names {
+            if self.grpc.cached_storefront(&name).await.is_ok() {
+                loaded += 1;
+            }
+        }
+        tracing::info!(loaded, "storefront cache warmed");
+        loaded
+    }
+
+    /// Starts the background flush of read counts.
+    pub fn spawn_workers(&self, every: Duration) -> tokio::task::JoinHandle<()> {
+        workers::spawn_read_flush(self.store.clone(), self.reads.clone(), every)
+    }
+
+    /// Flushes the read counts now (tests, shutdown).
+    pub async fn flush_reads(&self) -> Result<(), domain::StorefrontError> {
+        self.store.record_reads(&self.reads.drain()).await
+    }
+
+    /// A probe of the cache's Redis for health reporting (true without Redis).
+    pub fn redis_probe(&self) -> impl Fn() -> bool + Send + Sync + 'static {
+        let grpc = self.grpc.clone();
+        move || grpc.redis_up().unwrap_or(true)
+    }
+
+    /// The gRPC service, ready to add to a server.
+    pub fn server(&self) -> StorefrontServiceServer<grpc::StorefrontGrpc> {
+        StorefrontServiceServer::from_arc(self.grpc.clone())
+    }
 }

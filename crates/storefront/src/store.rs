@@ -89,6 +89,24 @@ pub mod idempotency {
     impl ActiveModelBehavior for ActiveModel {}
 }
 
+pub mod popularity {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "storefront_popularity")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub username: String,
+        pub reads: i64,
+        pub updated_at: DateTimeUtc,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
 impl From<DbErr> for StorefrontError {
     fn from(err: DbErr) -> Self {
         if thali_platform::db::is_unavailable(&err) {
@@ -478,5 +496,51 @@ impl StorefrontStore {
             .all(&self.db)
             .await?;
         Ok((owner, rows.into_iter().map(Into::into).collect()))
+    }
+
+    /// The username of a creator page, by id (to invalidate its cached storefront).
+    pub async fn creator_username(&self, creator_id: Uuid) -> Result<String, StorefrontError> {
+        creator::Entity::find_by_id(creator_id)
+            .one(&self.db)
+            .await?
+            .map(|c| c.username)
+            .ok_or(StorefrontError::CreatorNotFound)
+    }
+
+    /// Adds read counts of storefronts (an atomic upsert per username).
+    pub async fn record_reads(&self, counts: &[(String, u64)]) -> Result<(), StorefrontError> {
+        use sea_orm::{ExprTrait, sea_query::OnConflict};
+        let now = Utc::now();
+        for (username, reads) in counts {
+            let reads = i64::try_from(*reads).unwrap_or(i64::MAX);
+            let row = popularity::ActiveModel {
+                username: Set(username.clone()),
+                reads: Set(reads),
+                updated_at: Set(now),
+            };
+            popularity::Entity::insert(row)
+                .on_conflict(
+                    OnConflict::column(popularity::Column::Username)
+                        .value(
+                            popularity::Column::Reads,
+                            sea_orm::sea_query::Expr::col((popularity::Entity, popularity::Column::Reads)).add(reads),
+                        )
+                        .value(popularity::Column::UpdatedAt, now)
+                        .to_owned(),
+                )
+                .exec_without_returning(&self.db)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// The most-read storefronts, most read first.
+    pub async fn most_read(&self, limit: u64) -> Result<Vec<String>, StorefrontError> {
+        let rows = popularity::Entity::find()
+            .order_by_desc(popularity::Column::Reads)
+            .limit(limit)
+            .all(&self.db)
+            .await?;
+        Ok(rows.into_iter().map(|r| r.username).collect())
     }
 }

@@ -1,121 +1,15 @@
 //! The storefront service through a real tonic server on an ephemeral port, behind the
 //! platform server stack: every RPC, its error statuses and details, health and reflection.
+mod support;
+
 use std::time::Duration;
 
-use std::sync::Arc;
-use thali_migrations::{Migrator, MigratorTrait};
-
-use thali_platform::{
-    auth::{Signer, Verifier, ensure_key_pair},
-    client::{GrpcChannel, ServiceIdentity, channel},
-    server::{AuthPolicy, Health, serve},
-    testing,
-};
+use support::{Harness, as_user, bad_fields, inr, new_creator, reason};
 use thali_proto::{
     common::v1::Money,
-    storefront::v1::{
-        self as pb, storefront_service_client::StorefrontServiceClient,
-        storefront_service_server::StorefrontServiceServer,
-    },
+    storefront::v1::{self as pb, storefront_service_client::StorefrontServiceClient},
 };
-use thali_storefront::grpc::StorefrontGrpc;
-use tokio::sync::oneshot;
-use tonic::{Code, Request, service::Routes};
-use tonic_types::StatusExt;
-
-struct Harness {
-    url: String,
-    signer: Arc<Signer>,
-    db: sea_orm::DatabaseConnection,
-    _stop: oneshot::Sender<()>,
-}
-
-impl Harness {
-    async fn start() -> Self {
-        let t = testing::sqlite().await;
-        Migrator::up(&t.db, None).await.unwrap();
-        let keys = std::env::temp_dir().join(format!("thali-grpc-keys-{}", uuid::Uuid::now_v7()));
-        ensure_key_pair(&keys).unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let health = Health::new();
-        health.watch_database::<StorefrontServiceServer<StorefrontGrpc>>(t.db.clone(), Duration::from_millis(50));
-        let routes = Routes::new(thali_storefront::service(t.db.clone()));
-        let (stop, stopped) = oneshot::channel::<()>();
-        let verifier = Verifier::load(&keys).unwrap();
-        tokio::spawn(serve(listener, routes, health, AuthPolicy::new(verifier), async {
-            let _ = stopped.await;
-        }));
-        Self {
-            url,
-            signer: Arc::new(Signer::load(&keys).unwrap()),
-            db: t.db,
-            _stop: stop,
-        }
-    }
-
-    /// The platform client stack, as another Thali service (here: a test) uses it.
-    fn channel(&self) -> GrpcChannel {
-        let me = ServiceIdentity {
-            name: "test".into(),
-            signer: self.signer.clone(),
-        };
-        channel(
-            &self.url,
-            "storefront",
-            &me,
-            Duration::from_secs(2),
-            Duration::from_secs(5),
-        )
-        .unwrap()
-    }
-
-    fn client(&self) -> StorefrontServiceClient<GrpcChannel> {
-        StorefrontServiceClient::new(self.channel())
-    }
-
-    fn token(&self, subject: &str) -> String {
-        self.signer.mint(subject, &["creator".into()], Duration::from_secs(600))
-    }
-
-    fn buyer_token(&self, subject: &str) -> String {
-        self.signer.mint(subject, &["buyer".into()], Duration::from_secs(600))
-    }
-}
-
-fn as_user<T>(token: &str, message: T) -> Request<T> {
-    let mut req = Request::new(message);
-    req.metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    req
-}
-
-fn inr(amount_minor: i64) -> Option<Money> {
-    Some(Money {
-        amount_minor,
-        currency: "INR".into(),
-    })
-}
-
-fn new_creator(username: &str) -> pb::CreateCreatorRequest {
-    pb::CreateCreatorRequest {
-        username: username.into(),
-        display_name: "Chai Point".into(),
-        bio: "Tea".into(),
-        idempotency_key: String::new(),
-    }
-}
-
-fn bad_fields(status: &tonic::Status) -> Vec<String> {
-    status
-        .get_details_bad_request()
-        .map(|b| b.field_violations.into_iter().map(|v| v.field).collect())
-        .unwrap_or_default()
-}
-
-fn reason(status: &tonic::Status) -> String {
-    status.get_details_error_info().map(|i| i.reason).unwrap_or_default()
-}
+use tonic::{Code, Request};
 
 #[tokio::test]
 async fn creator_lifecycle_and_its_errors() {

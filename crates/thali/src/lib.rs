@@ -14,6 +14,7 @@ use thali_platform::{
     Config,
     api_keys::IdentityApiKeys,
     auth::{Signer, Verifier, ensure_key_pair},
+    cache::Redis,
     client::{ServiceIdentity, channel},
     server::{AuthPolicy, Health},
 };
@@ -189,9 +190,20 @@ pub async fn start(cfg: &Config, part: Part) -> anyhow::Result<Platform> {
             routes.add_service(thali_identity::service(db.clone(), signer.clone(), verifier.clone()));
         }
         if part.runs_storefront() {
+            let redis = match &cfg.redis_url {
+                Some(url) => Some(Redis::connect(url).await.context("redis_url")?),
+                None => None,
+            };
+            let storefront = thali_storefront::Storefront::new(db.clone(), redis, &cfg.tenant).await;
+            // The most-read storefronts are in the cache before the service says SERVING.
+            storefront.warm().await;
+            watchers.push(storefront.spawn_workers(Duration::from_secs(30)));
+            if cfg.redis_url.is_some() {
+                watchers.push(health.watch_dependency("redis", HEALTH_INTERVAL, storefront.redis_probe()));
+            }
             watchers
                 .push(health.watch_database::<StorefrontServiceServer<StorefrontGrpc>>(db.clone(), HEALTH_INTERVAL));
-            routes.add_service(thali_storefront::service(db.clone()));
+            routes.add_service(storefront.server());
         }
         let routes = routes.routes();
         let shutdown = stopped(stop_rx.clone());

@@ -2,7 +2,7 @@
 use axum::{Json, extract::State, http::HeaderMap, response::Response};
 use thali_proto::storefront::v1 as pb;
 
-use super::{created, idempotency_key, missing};
+use super::{created, http_cache, idempotency_key, missing};
 use crate::{
     FacadeState,
     dto::{self, CreateCreator, CreateProduct, ListProductsQuery, UpdateProduct, UpdateProfile},
@@ -188,21 +188,41 @@ pub async fn archive_product(
     Ok(Json(res.into_inner().product.ok_or_else(|| missing("product"))?.into()))
 }
 
-/// The public storefront of a creator: profile and products on sale.
+/// The public storefront of a creator: profile and products on sale. Anonymous answers are
+/// cacheable for 60 s and carry a strong `ETag`; `If-None-Match` with it answers 304.
+/// Answers to signed-in callers are `no-store`.
 #[utoipa::path(
     get, path = "/api/v1/store/{username}", tag = "storefront",
-    params(("username" = String, Path)),
-    responses((status = 200, description = "The storefront", body = dto::Storefront))
+    params(
+        ("username" = String, Path),
+        ("If-None-Match" = Option<String>, Header, description = "An ETag from an earlier answer"),
+    ),
+    responses(
+        (status = 200, description = "The storefront", body = dto::Storefront,
+         headers(("ETag" = String), ("Cache-Control" = String))),
+        (status = 304, description = "Not modified since the ETag sent", headers(("ETag" = String))),
+    )
 )]
 pub async fn get_storefront(
     State(state): State<FacadeState>,
     caller: Option<Caller>,
+    headers: HeaderMap,
     ApiPath(username): ApiPath<String>,
-) -> Result<Json<dto::Storefront>, Problem> {
+) -> Result<Response, Problem> {
     let req = request_as(&caller, pb::GetStorefrontRequest { username });
     let res = state.storefront.clone().get_storefront(req).await?.into_inner();
-    Ok(Json(dto::Storefront {
+    let body = dto::Storefront {
         creator: res.creator.ok_or_else(|| missing("creator"))?.into(),
         products: res.products.into_iter().map(Into::into).collect(),
-    }))
+        stale: res.stale,
+    };
+    let bytes = serde_json::to_vec(&body).map_err(|_| missing("storefront json"))?;
+    let cache_control = if caller.is_some() {
+        "no-store"
+    } else if body.stale {
+        "no-cache"
+    } else {
+        "public, max-age=60"
+    };
+    Ok(http_cache::conditional(&headers, bytes, cache_control))
 }

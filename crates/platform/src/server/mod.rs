@@ -69,6 +69,41 @@ impl Health {
     }
 }
 
+impl Health {
+    /// Reports `name` SERVING while `probe` says up (every `interval`), for dependencies that
+    /// degrade the service without stopping it (e.g. the cache's Redis: `grpc.health.v1` check of
+    /// service "redis").
+    pub fn watch_dependency(
+        &self,
+        name: &'static str,
+        interval: Duration,
+        probe: impl Fn() -> bool + Send + 'static,
+    ) -> tokio::task::JoinHandle<()> {
+        let reporter = self.reporter.clone();
+        tokio::spawn(async move {
+            let mut last = None;
+            loop {
+                let up = probe();
+                if last != Some(up) {
+                    let status = if up {
+                        ServingStatus::Serving
+                    } else {
+                        ServingStatus::NotServing
+                    };
+                    reporter.set_service_status(name, status).await;
+                    if up {
+                        tracing::info!(dependency = name, "dependency answers");
+                    } else {
+                        tracing::warn!(dependency = name, "dependency does not answer; degraded");
+                    }
+                    last = Some(up);
+                }
+                tokio::time::sleep(interval).await;
+            }
+        })
+    }
+}
+
 impl Default for Health {
     fn default() -> Self {
         Self::new()

@@ -1,0 +1,52 @@
+//! Background work of the storefront: counting which storefronts buyers read (to warm the cache
+//! with them after a restart) and flushing the counts to the database.
+use std::{collections::HashMap, sync::Mutex, time::Duration};
+
+use crate::store::StorefrontStore;
+
+/// Reads per storefront since the last flush.
+#[derive(Debug, Default)]
+pub struct ReadCounter {
+    counts: Mutex<HashMap<String, u64>>,
+}
+
+impl ReadCounter {
+    /// Counts one read of `username`'s storefront.
+    pub fn record(&self, username: &str) {
+        let mut counts = self.counts.lock().expect("read counter lock");
+        // Bounded: a flood of distinct names cannot grow this past what one flush writes.
+        if counts.len() < 100_000 || counts.contains_key(username) {
+            *counts.entry(username.to_owned()).or_default() += 1;
+        }
+    }
+
+    /// Takes the counts gathered so far.
+    pub fn drain(&self) -> Vec<(String, u64)> {
+        std::mem::take(&mut *self.counts.lock().expect("read counter lock"))
+            .into_iter()
+            .collect()
+    }
+}
+
+/// Adds the gathered read counts to the database every `every`, until the process ends. A
+/// failed flush puts nothing back (a popularity count may lose a few reads, never break).
+pub fn spawn_read_flush(
+    store: StorefrontStore,
+    reads: std::sync::Arc<ReadCounter>,
+    every: Duration,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let counts = reads.drain();
+            if counts.is_empty() {
+                continue;
+            }
+            if let Err(e) = store.record_reads(&counts).await {
+                tracing::warn!(error = %e, "storefront read counts not saved");
+            }
+        }
+    })
+}

@@ -1,0 +1,77 @@
+//! HTTP caching of JSON answers: a strong `ETag` (SHA-256 of the body), `Cache-Control`, and
+//! 304 Not Modified when the client already holds the same body.
+use axum::{
+    body::Body,
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::Response,
+};
+
+/// A strong ETag for `body`: the first 128 bits of its SHA-256, quoted.
+pub fn etag(body: &[u8]) -> String {
+    format!("\"{}\"", &thali_platform::idempotency::sha256_hex(body)[..32])
+}
+
+/// Whether an `If-None-Match` value names `etag` (weak comparison, RFC 9110 §13.1.2).
+fn matches(if_none_match: &str, etag: &str) -> bool {
+    if_none_match.trim() == "*"
+        || if_none_match
+            .split(',')
+            .any(|candidate| candidate.trim().trim_start_matches("W/") == etag)
+}
+
+/// 200 with `body` as JSON, or 304 when `request` already holds it; both with `ETag` and
+/// `Cache-Control`.
+pub fn conditional(request: &HeaderMap, body: Vec<u8>, cache_control: &'static str) -> Response {
+    let tag = etag(&body);
+    let not_modified = request
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| matches(v, &tag));
+    let mut response = if not_modified {
+        let mut r = Response::new(Body::empty());
+        *r.status_mut() = StatusCode::NOT_MODIFIED;
+        r
+    } else {
+        let mut r = Response::new(Body::from(body));
+        r.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        r
+    };
+    let headers = response.headers_mut();
+    headers.insert(
+        header::ETAG,
+        HeaderValue::from_str(&tag).expect("hex in quotes is a valid header"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache_control));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn if_none_match_compares_weakly_and_accepts_lists_and_star() {
+        let tag = etag(b"{}");
+        assert!(matches(&tag, &tag));
+        assert!(matches(&format!("\"other\", W/{tag}"), &tag));
+        assert!(matches("*", &tag));
+        assert!(!matches("\"other\"", &tag));
+    }
+
+    #[test]
+    fn the_same_body_gets_304_another_gets_200() {
+        let mut request = HeaderMap::new();
+        request.insert(
+            header::IF_NONE_MATCH,
+            HeaderValue::from_str(&etag(b"{\"a\":1}")).unwrap(),
+        );
+        assert_eq!(
+            conditional(&request, b"{\"a\":1}".to_vec(), "public, max-age=60").status(),
+            StatusCode::NOT_MODIFIED
+        );
+        let changed = conditional(&request, b"{\"a\":2}".to_vec(), "public, max-age=60");
+        assert_eq!(changed.status(), StatusCode::OK);
+        assert_eq!(changed.headers()[header::CACHE_CONTROL], "public, max-age=60");
+    }
+}
