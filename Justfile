@@ -28,3 +28,7 @@ token sub role="creator":
 # Run one part: `just serve storefront`, `just serve facade`.
 serve part="all":
     cargo run --release -- serve {{part}}
+
+# Load scenario and baseline: `just load-test storefront` (writes docs/perf/storefront.md).
+load-test target="storefront":
+    bash tests/load/{{target}}.sh
