@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod dto;
+pub mod edge;
 pub mod middleware;
 pub mod openapi;
 pub mod problem;
@@ -39,6 +40,8 @@ pub struct FacadeState {
     pub health: Vec<(&'static str, HealthClient<GrpcChannel>)>,
     pub verifier: Verifier,
     pub metrics: PrometheusHandle,
+    /// Response cache of anonymous storefront reads, where invalidations reach the facade.
+    pub edge: Option<edge::EdgeCache>,
 }
 
 impl FacadeState {
@@ -53,7 +56,14 @@ impl FacadeState {
             ],
             verifier,
             metrics,
+            edge: None,
         }
+    }
+
+    /// Keeps anonymous storefront answers, dropped on `invalidations` (see [`edge`]).
+    pub fn with_edge_cache(mut self, edge: edge::EdgeCache) -> Self {
+        self.edge = Some(edge);
+        self
     }
 }
 

@@ -27,7 +27,8 @@ if ! command -v wrk >/dev/null; then
 fi
 
 step "building (release)"
-cargo build --release -q -p thali -p thali-tests --example bare_http
+cargo build --release -q -p thali
+cargo build --release -q -p thali-tests --example bare_http
 
 work=$(mktemp -d /tmp/thali-load.XXXXXX)
 pids=()
@@ -85,12 +86,14 @@ fi
 
 run_wrk() { # duration connections out_prefix urls...
   local duration=$1 conns=$2 out=$3; shift 3
-  local n=$#; local per=$(( conns / n )); local i=0
+  local n=$#; local per=$(( conns / n )); local i=0; local runs=()
   for url in "$@"; do
     wrk -t"$THREADS" -c"$per" -d"$duration" --timeout 10s -s tests/load/zipf.lua "$url" >"$out.$i.txt" 2>&1 &
+    runs+=($!)
     i=$((i + 1))
   done
-  wait
+  # Only the wrk runs: the servers are background jobs of this shell too.
+  wait "${runs[@]}"
 }
 
 merge() { # out_prefix count -> one JSON summary (sums rates and errors, worst percentiles)

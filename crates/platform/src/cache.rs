@@ -154,6 +154,30 @@ impl Redis {
     }
 }
 
+/// The keys invalidated in cache `name` anywhere, as published through Redis: for a process that
+/// keeps copies of another service's cached answers (the facade in distributed mode).
+pub async fn invalidation_feed(redis: &Redis, name: &str) -> tokio::sync::broadcast::Receiver<String> {
+    let channel = format!("thali:cache:invalidate:{name}");
+    if let Err(e) = redis.subscriber.subscribe(channel.clone()).await {
+        tracing::warn!(error = %e, "cache: subscribing to invalidations failed; retried on reconnect");
+    }
+    let (tx, rx) = tokio::sync::broadcast::channel(1024);
+    let mut messages = redis.subscriber.message_rx();
+    tokio::spawn(async move {
+        while let Ok(message) = messages.recv().await {
+            if message.channel != channel {
+                continue;
+            }
+            if let Ok(key) = message.value.convert::<String>()
+                && tx.send(key).is_err()
+            {
+                break;
+            }
+        }
+    });
+    rx
+}
+
 /// A two-level cache for one kind of value.
 pub struct TwoLevelCache {
     settings: CacheSettings,
@@ -164,6 +188,9 @@ pub struct TwoLevelCache {
     /// When each key was last invalidated, so a load that began before cannot store old bytes.
     invalidated: Mutex<HashMap<String, Instant>>,
     channel: String,
+    /// Every key dropped here (by a local write or a message from another replica), for caches
+    /// layered on this one in the same process (the facade's response cache).
+    bus: tokio::sync::broadcast::Sender<String>,
 }
 
 impl TwoLevelCache {
@@ -187,6 +214,7 @@ impl TwoLevelCache {
             inflight: Mutex::default(),
             invalidated: Mutex::default(),
             channel,
+            bus: tokio::sync::broadcast::channel(1024).0,
         });
         if let Some(redis) = &cache.redis {
             if let Err(e) = redis.subscriber.subscribe(cache.channel.clone()).await {
@@ -400,6 +428,23 @@ impl TwoLevelCache {
             invalidated.insert(key.to_owned(), Instant::now());
         }
         self.l1.invalidate(key).await;
+        // Nobody listening is fine.
+        let _ = self.bus.send(key.to_owned());
+    }
+
+    /// Keys this cache drops from now on, locally or on another replica's word.
+    pub fn invalidations(&self) -> tokio::sync::broadcast::Receiver<String> {
+        self.bus.subscribe()
+    }
+
+    /// Drops every entry of this process (when invalidation messages may have been missed).
+    pub fn forget_all(&self) {
+        self.l1.invalidate_all();
+    }
+
+    /// Drops `key` from this process only (an invalidation heard from elsewhere).
+    pub async fn forget(&self, key: &str) {
+        self.drop_local(key).await;
     }
 
     /// Drops `key` everywhere: here, in Redis, and (by a published message) in every replica's L1.

@@ -129,6 +129,37 @@ async fn l1_and_redis_hit_miss_and_share_between_instances() {
     assert_eq!(db.reads(), 1, "one database read for two replicas");
 }
 
+/// Real time (Redis keeps real time), sub-second lifetimes.
+#[tokio::test]
+async fn with_redis_l1_copies_expire_to_l2_and_l2_entries_expire_to_the_loader() {
+    let Some(url) = testing::redis_url() else { return };
+    let short = CacheSettings {
+        ttl: Duration::from_millis(400),
+        l1_ttl: Duration::from_millis(100),
+        ..settings("t8")
+    };
+    let cache = TwoLevelCache::new(short, Some(Redis::connect(&url).await.unwrap())).await;
+    let db = Source_::default();
+    db.set("k", "v1");
+    let key = CacheKey::new(&tenant(), "store", "k");
+    assert_eq!(read(&cache, &db, &key, "k").await.1, Source::Loaded);
+    assert_eq!(read(&cache, &db, &key, "k").await.1, Source::L1);
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(
+        read(&cache, &db, &key, "k").await.1,
+        Source::L2,
+        "L1 copy expired, Redis still holds it"
+    );
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    db.set("k", "v2");
+    assert_eq!(
+        read(&cache, &db, &key, "k").await,
+        ("v2".into(), Source::Loaded),
+        "expired in Redis too"
+    );
+    assert_eq!(db.reads(), 2);
+}
+
 #[tokio::test]
 async fn a_write_through_one_replica_is_seen_through_the_other_at_once() {
     let Some(url) = testing::redis_url() else { return };

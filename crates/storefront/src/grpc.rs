@@ -70,6 +70,11 @@ impl StorefrontGrpc {
         Ok((decoded, cached.source))
     }
 
+    /// Cache keys dropped from now on.
+    pub fn invalidations(&self) -> tokio::sync::broadcast::Receiver<String> {
+        self.cache.invalidations()
+    }
+
     /// Whether the cache's Redis answers (None without Redis).
     pub fn redis_up(&self) -> Option<bool> {
         self.cache.redis_up()

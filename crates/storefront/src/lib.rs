@@ -124,6 +124,11 @@ impl Storefront {
         self.store.record_reads(&self.reads.drain()).await
     }
 
+    /// Storefront cache keys dropped from now on (for the facade's response cache).
+    pub fn invalidations(&self) -> tokio::sync::broadcast::Receiver<String> {
+        self.grpc.invalidations()
+    }
+
     /// A probe of the cache's Redis for health reporting (true without Redis).
     pub fn redis_probe(&self) -> impl Fn() -> bool + Send + Sync + 'static {
         let grpc = self.grpc.clone();

@@ -155,6 +155,7 @@ pub async fn start(cfg: &Config, part: Part) -> anyhow::Result<Platform> {
 
     // gRPC: every service this part runs, on one server.
     let mut grpc_addr = None;
+    let mut storefront_invalidations = None;
     if part.runs_identity() || part.runs_storefront() {
         let db = if part == Part::All {
             migrate(cfg).await?
@@ -197,6 +198,7 @@ pub async fn start(cfg: &Config, part: Part) -> anyhow::Result<Platform> {
             let storefront = thali_storefront::Storefront::new(db.clone(), redis, &cfg.tenant).await;
             // The most-read storefronts are in the cache before the service says SERVING.
             storefront.warm().await;
+            storefront_invalidations = Some(storefront.invalidations());
             watchers.push(storefront.spawn_workers(Duration::from_secs(30)));
             if cfg.redis_url.is_some() {
                 watchers.push(health.watch_dependency("redis", HEALTH_INTERVAL, storefront.redis_probe()));
@@ -239,7 +241,19 @@ pub async fn start(cfg: &Config, part: Part) -> anyhow::Result<Platform> {
             cfg.rpc_timeout(),
         )
         .with_context(|| format!("identity_url `{identity_url}`"))?;
-        let state = thali_facade::FacadeState::new(storefront, identity_service, verifier, metrics);
+        let mut state = thali_facade::FacadeState::new(storefront, identity_service, verifier, metrics);
+        // The response cache needs the storefront's invalidations: in-process, or through Redis.
+        let invalidations = match (storefront_invalidations, &cfg.redis_url) {
+            (Some(local), _) => Some(local),
+            (None, Some(url)) => {
+                let redis = Redis::connect(url).await.context("redis_url")?;
+                Some(thali_platform::cache::invalidation_feed(&redis, "storefront").await)
+            }
+            (None, None) => None,
+        };
+        if let Some(invalidations) = invalidations {
+            state = state.with_edge_cache(thali_facade::edge::EdgeCache::new(&cfg.tenant, invalidations).await);
+        }
         thali_facade::router(state, cfg.max_body_bytes)
     } else {
         ops_router(metrics)

@@ -6,6 +6,7 @@ use super::{created, http_cache, idempotency_key, missing};
 use crate::{
     FacadeState,
     dto::{self, CreateCreator, CreateProduct, ListProductsQuery, UpdateProduct, UpdateProfile},
+    edge::EdgeMiss,
     middleware::{ApiJson, ApiPath, ApiQuery, Caller, request_as},
     problem::Problem,
 };
@@ -209,13 +210,41 @@ pub async fn get_storefront(
     headers: HeaderMap,
     ApiPath(username): ApiPath<String>,
 ) -> Result<Response, Problem> {
+    if caller.is_none()
+        && let Some(edge) = &state.edge
+    {
+        let client = state.storefront.clone();
+        let owned = username.clone();
+        let loaded = edge
+            .cache
+            .get_or_load(&edge.key(&username), move || async move {
+                let req = tonic::Request::new(pb::GetStorefrontRequest { username: owned });
+                let res = client
+                    .clone()
+                    .get_storefront(req)
+                    .await
+                    .map_err(|s| EdgeMiss::Problem(s.into()))?;
+                let body = storefront_body(res.into_inner()).map_err(EdgeMiss::Problem)?;
+                let bytes = serde_json::to_vec(&body).map_err(|_| EdgeMiss::Problem(missing("storefront json")))?;
+                if body.stale {
+                    Err(EdgeMiss::Uncacheable(bytes))
+                } else {
+                    Ok(bytes)
+                }
+            })
+            .await;
+        return match loaded {
+            Ok(cached) => Ok(http_cache::conditional(
+                &headers,
+                cached.bytes.to_vec(),
+                "public, max-age=60",
+            )),
+            Err(EdgeMiss::Uncacheable(bytes)) => Ok(http_cache::conditional(&headers, bytes, "no-cache")),
+            Err(EdgeMiss::Problem(problem)) => Err(problem),
+        };
+    }
     let req = request_as(&caller, pb::GetStorefrontRequest { username });
-    let res = state.storefront.clone().get_storefront(req).await?.into_inner();
-    let body = dto::Storefront {
-        creator: res.creator.ok_or_else(|| missing("creator"))?.into(),
-        products: res.products.into_iter().map(Into::into).collect(),
-        stale: res.stale,
-    };
+    let body = storefront_body(state.storefront.clone().get_storefront(req).await?.into_inner())?;
     let bytes = serde_json::to_vec(&body).map_err(|_| missing("storefront json"))?;
     let cache_control = if caller.is_some() {
         "no-store"
@@ -225,4 +254,12 @@ pub async fn get_storefront(
         "public, max-age=60"
     };
     Ok(http_cache::conditional(&headers, bytes, cache_control))
+}
+
+fn storefront_body(res: pb::GetStorefrontResponse) -> Result<dto::Storefront, Problem> {
+    Ok(dto::Storefront {
+        creator: res.creator.ok_or_else(|| missing("creator"))?.into(),
+        products: res.products.into_iter().map(Into::into).collect(),
+        stale: res.stale,
+    })
 }
