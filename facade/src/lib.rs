@@ -9,6 +9,8 @@ pub mod openapi;
 pub mod problem;
 pub mod routes;
 
+use std::sync::Arc;
+
 use axum::{
     Json, Router,
     extract::{DefaultBodyLimit, State},
@@ -31,9 +33,19 @@ use utoipa_swagger_ui::SwaggerUi;
 
 use crate::problem::Problem;
 
-/// What every handler shares.
+/// What every handler shares; axum clones it for every request, so it is one `Arc`.
 #[derive(Clone)]
-pub struct FacadeState {
+pub struct FacadeState(Arc<FacadeInner>);
+
+impl std::ops::Deref for FacadeState {
+    type Target = FacadeInner;
+    fn deref(&self) -> &FacadeInner {
+        &self.0
+    }
+}
+
+/// The clients, keys and caches behind [`FacadeState`].
+pub struct FacadeInner {
     pub storefront: StorefrontServiceClient<GrpcChannel>,
     pub identity: IdentityServiceClient<GrpcChannel>,
     /// Health of each service the facade depends on, by gRPC service name.
@@ -45,9 +57,16 @@ pub struct FacadeState {
 }
 
 impl FacadeState {
-    /// State over one channel to each service.
-    pub fn new(storefront: GrpcChannel, identity: GrpcChannel, verifier: Verifier, metrics: PrometheusHandle) -> Self {
-        Self {
+    /// State over one channel to each service; `edge` keeps anonymous storefront answers (see
+    /// [`edge`]).
+    pub fn new(
+        storefront: GrpcChannel,
+        identity: GrpcChannel,
+        verifier: Verifier,
+        metrics: PrometheusHandle,
+        edge: Option<edge::EdgeCache>,
+    ) -> Self {
+        Self(Arc::new(FacadeInner {
             storefront: StorefrontServiceClient::new(storefront.clone()),
             identity: IdentityServiceClient::new(identity.clone()),
             health: vec![
@@ -56,14 +75,8 @@ impl FacadeState {
             ],
             verifier,
             metrics,
-            edge: None,
-        }
-    }
-
-    /// Keeps anonymous storefront answers, dropped on `invalidations` (see [`edge`]).
-    pub fn with_edge_cache(mut self, edge: edge::EdgeCache) -> Self {
-        self.edge = Some(edge);
-        self
+            edge,
+        }))
     }
 }
 

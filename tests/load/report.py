@@ -10,7 +10,9 @@ import re
 import sys
 from pathlib import Path
 
-LINE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{([^}]*)\})?\s+([0-9.eE+-]+|NaN|\+Inf)$')
+# Label values may hold braces (route templates like /store/{username}): take the labels up to
+# the last closing brace before the value.
+LINE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})?\s+([0-9.eE+-]+|NaN|\+Inf)$')
 
 
 def parse(text):

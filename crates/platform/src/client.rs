@@ -139,31 +139,39 @@ const SERVICE_TOKEN_TTL: Duration = Duration::from_secs(300);
 /// service, unless the call already carries credentials.
 #[derive(Clone)]
 pub struct ServiceTokenLayer {
+    /// Shared by every clone: a client is cloned for each call, so this must cost one Arc.
+    shared: Arc<TokenSource>,
+}
+
+struct TokenSource {
     identity: ServiceIdentity,
     audience: String,
-    cached: Arc<Mutex<Option<(http::HeaderValue, Instant)>>>,
+    cached: Mutex<Option<(http::HeaderValue, Instant)>>,
 }
 
 impl ServiceTokenLayer {
     pub fn new(identity: ServiceIdentity, target: &str) -> Self {
         Self {
-            identity,
-            audience: service_audience(target),
-            cached: Arc::default(),
+            shared: Arc::new(TokenSource {
+                identity,
+                audience: service_audience(target),
+                cached: Mutex::default(),
+            }),
         }
     }
 
     fn header(&self) -> http::HeaderValue {
-        let mut cached = self.cached.lock().expect("service token cache lock");
+        let source = &*self.shared;
+        let mut cached = source.cached.lock().expect("service token cache lock");
         if let Some((value, minted)) = cached.as_ref()
             && minted.elapsed() < SERVICE_TOKEN_TTL - Duration::from_secs(60)
         {
             return value.clone();
         }
-        let token = self
+        let token = source
             .identity
             .signer
-            .mint_service(&self.identity.name, &self.audience, SERVICE_TOKEN_TTL);
+            .mint_service(&source.identity.name, &source.audience, SERVICE_TOKEN_TTL);
         let value = http::HeaderValue::try_from(format!("Bearer {token}")).expect("a JWT is a valid header value");
         *cached = Some((value.clone(), Instant::now()));
         value

@@ -241,7 +241,6 @@ pub async fn start(cfg: &Config, part: Part) -> anyhow::Result<Platform> {
             cfg.rpc_timeout(),
         )
         .with_context(|| format!("identity_url `{identity_url}`"))?;
-        let mut state = thali_facade::FacadeState::new(storefront, identity_service, verifier, metrics);
         // The response cache needs the storefront's invalidations: in-process, or through Redis.
         let invalidations = match (storefront_invalidations, &cfg.redis_url) {
             (Some(local), _) => Some(local),
@@ -251,9 +250,11 @@ pub async fn start(cfg: &Config, part: Part) -> anyhow::Result<Platform> {
             }
             (None, None) => None,
         };
-        if let Some(invalidations) = invalidations {
-            state = state.with_edge_cache(thali_facade::edge::EdgeCache::new(&cfg.tenant, invalidations).await);
-        }
+        let edge = match invalidations {
+            Some(feed) => Some(thali_facade::edge::EdgeCache::new(&cfg.tenant, feed).await),
+            None => None,
+        };
+        let state = thali_facade::FacadeState::new(storefront, identity_service, verifier, metrics, edge);
         thali_facade::router(state, cfg.max_body_bytes)
     } else {
         ops_router(metrics)

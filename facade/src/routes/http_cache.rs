@@ -19,10 +19,30 @@ fn matches(if_none_match: &str, etag: &str) -> bool {
             .any(|candidate| candidate.trim().trim_start_matches("W/") == etag)
 }
 
+/// `body` with its ETag in front (`"…"` is 34 bytes), so a cached answer needs no hashing.
+pub fn with_etag(body: Vec<u8>) -> Vec<u8> {
+    let mut out = etag(&body).into_bytes();
+    out.extend_from_slice(&body);
+    out
+}
+
+/// As [`conditional`], for bytes made by [`with_etag`], without copying the body.
+pub fn conditional_tagged(request: &HeaderMap, tagged: std::sync::Arc<[u8]>, cache_control: &'static str) -> Response {
+    let tag = std::str::from_utf8(&tagged[..34])
+        .expect("the ETag prefix is ASCII")
+        .to_owned();
+    let body = axum::body::Bytes::from_owner(tagged).slice(34..);
+    respond(request, tag, body, cache_control)
+}
+
 /// 200 with `body` as JSON, or 304 when `request` already holds it; both with `ETag` and
 /// `Cache-Control`.
 pub fn conditional(request: &HeaderMap, body: Vec<u8>, cache_control: &'static str) -> Response {
     let tag = etag(&body);
+    respond(request, tag, axum::body::Bytes::from(body), cache_control)
+}
+
+fn respond(request: &HeaderMap, tag: String, body: axum::body::Bytes, cache_control: &'static str) -> Response {
     let not_modified = request
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
