@@ -75,11 +75,19 @@ def main():
     def delta(name, **labels):
         return total(after, name, **labels) - total(before, name, **labels)
 
+    # Reads answered by a cache at either stop (the facade's response cache, or the storefront
+    # service's two levels) over all reads: what reached the database is the rest.
+    edge_hits = delta('cache_requests_total', cache='facade_storefront', level='l1', result='hit')
+    edge_misses = delta('cache_requests_total', cache='facade_storefront', level='l1', result='miss')
     hits = delta('cache_requests_total', cache='storefront', level='l1', result='hit')
     misses = delta('cache_requests_total', cache='storefront', level='l1', result='miss')
     l2_hits = delta('cache_requests_total', cache='storefront', level='l2', result='hit')
-    served = hits + l2_hits
-    ratio = served / (hits + misses) if hits + misses else None
+    l2_misses = delta('cache_requests_total', cache='storefront', level='l2', result='miss')
+    reads = edge_hits + edge_misses if edge_hits + edge_misses else hits + misses
+    db_reads = (misses - l2_hits) if l2_hits + l2_misses else misses
+    ratio = (reads - db_reads) / reads if reads else None
+    hit_b = buckets(before, 'cache_hit_duration_seconds', level='l1')
+    hit_a = buckets(after, 'cache_hit_duration_seconds', level='l1')
     route = dict(route='/api/v1/store/{username}', method='GET', status='200')
     http_b = buckets(before, 'http_server_request_duration_seconds', **route)
     http_a = buckets(after, 'http_server_request_duration_seconds', **route)
@@ -118,7 +126,7 @@ def main():
         '| target | measured | met |',
         '|---|---|---|',
         f"| cache hit ratio ≥ 99 % after warm-up | {'–' if ratio is None else f'{ratio * 100:.2f} %'} | {'yes' if ratio is not None and ratio >= 0.99 else 'no'} |",
-        f"| server-side cache-hit latency p99 < 1 ms (gRPC GetStorefront) | {ms(quantile(0.99, rpc_b, rpc_a))} | {'yes' if (quantile(0.99, rpc_b, rpc_a) or 1) < 0.001 else 'no'} |",
+        f"| server-side cache-hit latency p99 < 1 ms (cache lookup that hits) | {ms(quantile(0.99, hit_b, hit_a))} | {'yes' if (quantile(0.99, hit_b, hit_a) or 1) < 0.001 else 'no'} |",
         f"| full-path throughput ≥ 1/3 of the bare handler | {'–' if share is None else f'{share * 100:.1f} %'} | {'yes' if share is not None and share >= 1 / 3 else 'no'} |",
         f"| zero errors at {params['connections']} connections | {platform['errors']} errors | {'yes' if platform['errors'] == 0 else 'no'} |",
         '',
@@ -126,8 +134,10 @@ def main():
         '',
         f"- facade route, p50 / p99: {ms(quantile(0.5, http_b, http_a))} / {ms(quantile(0.99, http_b, http_a))}",
         f"- storefront GetStorefront RPC, p50 / p99: {ms(quantile(0.5, rpc_b, rpc_a))} / {ms(quantile(0.99, rpc_b, rpc_a))}",
-        f"- cache: {hits:.0f} L1 hits, {l2_hits:.0f} L2 hits, {misses:.0f} L1 misses; database reads saved: "
-        f"{delta('cache_db_reads_saved_total', cache='storefront'):.0f}",
+        f"- reads: {reads:.0f}; facade response cache {edge_hits:.0f} hits / {edge_misses:.0f} misses; storefront cache "
+        f"{hits:.0f} L1 hits, {l2_hits:.0f} L2 hits, {misses:.0f} L1 misses; database reads: {db_reads:.0f}",
+        f"- cache lookup that hits, p50 / p99: {ms(quantile(0.5, hit_b, hit_a))} / {ms(quantile(0.99, hit_b, hit_a))} "
+        "(the time to answer from the cache, inside the process)",
         '',
         'wrk errors by kind (platform): '
         f"connect {platform['errors_connect']}, read {platform['errors_read']}, write {platform['errors_write']}, "

@@ -12,6 +12,7 @@ pub mod db;
 pub mod errors;
 pub mod idempotency;
 pub mod money;
+pub mod net;
 pub mod server;
 pub mod telemetry;
 

@@ -23,7 +23,7 @@ use thali_proto::{
     storefront::v1::storefront_service_server::StorefrontServiceServer,
 };
 use thali_storefront::grpc::StorefrontGrpc;
-use tokio::{net::TcpListener, sync::watch, task::JoinSet};
+use tokio::{sync::watch, task::JoinSet};
 
 /// Which part of the platform a process runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -162,9 +162,8 @@ pub async fn start(cfg: &Config, part: Part) -> anyhow::Result<Platform> {
         } else {
             migrated(cfg).await?
         };
-        let listener = TcpListener::bind(cfg.grpc_addr)
-            .await
-            .with_context(|| format!("binding {}", cfg.grpc_addr))?;
+        let listener =
+            thali_platform::net::bind(cfg.grpc_addr).with_context(|| format!("binding {}", cfg.grpc_addr))?;
         let own = listener.local_addr()?;
         grpc_addr = Some(own);
         let identity_url = cfg.identity_url.clone().unwrap_or_else(|| format!("http://{own}"));
@@ -259,9 +258,7 @@ pub async fn start(cfg: &Config, part: Part) -> anyhow::Result<Platform> {
     } else {
         ops_router(metrics)
     };
-    let listener = TcpListener::bind(cfg.http_addr)
-        .await
-        .with_context(|| format!("binding {}", cfg.http_addr))?;
+    let listener = thali_platform::net::bind(cfg.http_addr).with_context(|| format!("binding {}", cfg.http_addr))?;
     let http_addr = Some(listener.local_addr()?);
     let shutdown = stopped(stop_rx);
     tasks.spawn(async move {
