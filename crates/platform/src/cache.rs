@@ -251,6 +251,12 @@ impl TwoLevelCache {
             .increment(1);
     }
 
+    /// Time from lookup to answer of a hit: what a cache-hit costs inside the process.
+    fn hit_took(&self, level: &'static str, since: std::time::Instant) {
+        metrics::histogram!("cache_hit_duration_seconds", "cache" => self.settings.name, "level" => level)
+            .record(since.elapsed().as_secs_f64());
+    }
+
     fn saved(&self) {
         metrics::counter!("cache_db_reads_saved_total", "cache" => self.settings.name).increment(1);
     }
@@ -278,12 +284,14 @@ impl TwoLevelCache {
         Fut: Future<Output = Result<Vec<u8>, E>> + Send + 'static,
     {
         let k = key.as_str();
+        let lookup = std::time::Instant::now();
         let local = self.l1.get(k).await;
         if let Some(entry) = &local
             && entry.stored_at.elapsed() < self.fresh_for()
         {
             self.count("l1", "hit");
             self.saved();
+            self.hit_took("l1", lookup);
             return Ok(Cached {
                 bytes: entry.bytes.clone(),
                 source: Source::L1,
@@ -294,6 +302,7 @@ impl TwoLevelCache {
         if let Some(bytes) = self.l2_get(k).await {
             self.count("l2", "hit");
             self.saved();
+            self.hit_took("l2", lookup);
             self.l1
                 .insert(
                     k.to_owned(),
