@@ -145,5 +145,7 @@ cat >"$work/params.json" <<JSON
  "duration": "$DURATION", "warmup": "$WARMUP", "mode": "$mode", "body_bytes": $body_bytes}
 JSON
 [ -f tests/load/notes.md ] && cp tests/load/notes.md "$work/notes.md"
-python3 tests/load/report.py "$work" docs/perf/storefront.md
-step "written docs/perf/storefront.md (raw data in $work)"
+out=docs/perf/storefront.md
+if [ -n "${THALI_REDIS_URL:-}" ]; then out=docs/perf/storefront-two-replicas.md; fi
+python3 tests/load/report.py "$work" "$out"
+step "written $out (raw data in $work)"
