@@ -534,3 +534,37 @@ async fn with_the_database_down_cached_pages_answer_and_others_get_503() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn storefront_reads_keep_answering_while_redis_is_down() {
+    let Some(mut redis) = thali_platform::testing::RedisServer::start().await else {
+        return;
+    };
+    let mesh = Mesh::start_with(None, Some(redis.url())).await;
+    let alice = mesh.token("alice");
+    mesh.create_creator(&alice, "redis_shop").await;
+    assert_eq!(mesh.get("/api/v1/store/redis_shop").await.status(), StatusCode::OK);
+
+    redis.stop();
+    for _ in 0..5 {
+        assert_eq!(mesh.get("/api/v1/store/redis_shop").await.status(), StatusCode::OK);
+        assert_eq!(
+            mesh.get_as("/api/v1/store/redis_shop", &alice).await.status(),
+            StatusCode::OK
+        );
+    }
+    // Writes go on too, and are seen at once.
+    let res = mesh
+        .post(
+            "/api/v1/creators/redis_shop/products",
+            Some(&alice),
+            json!({"title": "Chai", "price": {"amount_minor": 100, "currency": "INR"}}),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let page: Value = mesh.get("/api/v1/store/redis_shop").await.json().await.unwrap();
+    assert_eq!(page["products"].as_array().unwrap().len(), 1);
+
+    redis.restart().await;
+    assert_eq!(mesh.get("/api/v1/store/redis_shop").await.status(), StatusCode::OK);
+}

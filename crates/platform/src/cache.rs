@@ -188,6 +188,8 @@ pub struct TwoLevelCache {
     /// When each key was last invalidated, so a load that began before cannot store old bytes.
     invalidated: Mutex<HashMap<String, Instant>>,
     channel: String,
+    /// Invalidations made while Redis was away, sent when it is back.
+    pending: Mutex<std::collections::HashSet<String>>,
     /// Every key dropped here (by a local write or a message from another replica), for caches
     /// layered on this one in the same process (the facade's response cache).
     bus: tokio::sync::broadcast::Sender<String>,
@@ -214,12 +216,21 @@ impl TwoLevelCache {
             inflight: Mutex::default(),
             invalidated: Mutex::default(),
             channel,
+            pending: Mutex::default(),
             bus: tokio::sync::broadcast::channel(1024).0,
         });
         if let Some(redis) = &cache.redis {
             if let Err(e) = redis.subscriber.subscribe(cache.channel.clone()).await {
                 tracing::warn!(error = %e, "cache: subscribing to invalidations failed; retried on reconnect");
             }
+            let weak = Arc::downgrade(&cache);
+            let mut reconnects = redis.client.reconnect_rx();
+            tokio::spawn(async move {
+                while reconnects.recv().await.is_ok() {
+                    let Some(cache) = weak.upgrade() else { break };
+                    cache.flush_pending().await;
+                }
+            });
             let weak = Arc::downgrade(&cache);
             let mut messages = redis.subscriber.message_rx();
             let channel = cache.channel.clone();
@@ -461,14 +472,38 @@ impl TwoLevelCache {
         let k = key.as_str();
         metrics::counter!("cache_invalidations_total", "cache" => self.settings.name).increment(1);
         self.drop_local(k).await;
-        if let Some(redis) = &self.redis {
-            let deleted: Result<i64, _> = redis.client.del(k).await;
-            if let Err(e) = deleted {
-                self.redis_error("del", &e);
-            }
-            let published: Result<i64, _> = redis.client.publish(self.channel.as_str(), k).await;
-            if let Err(e) = published {
-                self.redis_error("publish", &e);
+        if self.redis.is_some() && !self.propagate(k).await {
+            // Redis is away: its copy and the other replicas must still hear of this write, so
+            // the key waits and goes out as soon as the client reconnects.
+            self.pending.lock().expect("cache pending lock").insert(k.to_owned());
+        }
+    }
+
+    /// Deletes `key` in Redis and tells the other replicas; false if Redis did not take it.
+    async fn propagate(&self, key: &str) -> bool {
+        let Some(redis) = &self.redis else { return true };
+        if !redis.is_up() {
+            return false;
+        }
+        let deleted: Result<i64, _> = redis.client.del(key).await;
+        if let Err(e) = deleted {
+            self.redis_error("del", &e);
+            return false;
+        }
+        let published: Result<i64, _> = redis.client.publish(self.channel.as_str(), key).await;
+        if let Err(e) = published {
+            self.redis_error("publish", &e);
+            return false;
+        }
+        true
+    }
+
+    /// Sends the invalidations Redis missed while it was away.
+    async fn flush_pending(&self) {
+        let keys: Vec<String> = self.pending.lock().expect("cache pending lock").drain().collect();
+        for key in keys {
+            if !self.propagate(&key).await {
+                self.pending.lock().expect("cache pending lock").insert(key);
             }
         }
     }

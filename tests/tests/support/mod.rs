@@ -40,6 +40,11 @@ impl Mesh {
 
     /// The platform on `database_url` (None: embedded SQLite).
     pub async fn start_on(database_url: Option<String>) -> Self {
+        Self::start_with(database_url, None).await
+    }
+
+    /// The platform on `database_url` (None: embedded SQLite), caching in `redis_url` too.
+    pub async fn start_with(database_url: Option<String>, redis_url: Option<String>) -> Self {
         spans();
         let data_dir = std::env::temp_dir().join(format!("thali-e2e-{}", uuid::Uuid::now_v7()));
         let mut env: HashMap<String, String> = [
@@ -52,6 +57,9 @@ impl Mesh {
         .collect();
         if let Some(url) = database_url {
             env.insert("THALI_DATABASE_URL".into(), url);
+        }
+        if let Some(url) = redis_url {
+            env.insert("THALI_REDIS_URL".into(), url);
         }
         let cfg = Config::load_from(None, Some(env), &Overrides::default()).unwrap();
         let platform = thali::start(&cfg, Part::All).await.unwrap();
