@@ -193,6 +193,17 @@ pub async fn list_api_keys(
     caller: Caller,
     ApiQuery(query): ApiQuery<ListApiKeysQuery>,
 ) -> Result<Json<dto::ApiKeyList>, Problem> {
+    if query.owner_id.as_deref() == Some("") {
+        return Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            "INVALID_QUERY",
+            "owner_id must be an account id",
+        )
+        .with_errors(vec![crate::problem::FieldError {
+            field: "owner_id".into(),
+            message: "must be a UUID".into(),
+        }]));
+    }
     let req = pb::ListApiKeysRequest {
         owner_id: query.owner_id.unwrap_or_default(),
     };
