@@ -190,6 +190,8 @@ async fn accounts_cannot_reach_each_others_resources() {
         "FORBIDDEN",
     )
     .await;
+    let res = mesh.get_as("/api/v1/api-keys?owner_id=", &ta).await;
+    problem(res, StatusCode::BAD_REQUEST, "INVALID_QUERY").await;
     let res = mesh
         .send(
             Method::DELETE,
