@@ -23,6 +23,13 @@ impl LoadError for EdgeMiss {
     fn is_outage(&self) -> bool {
         false
     }
+    fn timed_out() -> Self {
+        EdgeMiss::Problem(Problem::new(
+            axum::http::StatusCode::GATEWAY_TIMEOUT,
+            "DEADLINE_EXCEEDED",
+            "the service did not answer in time",
+        ))
+    }
 }
 
 /// Response cache of the storefront read.
@@ -49,6 +56,8 @@ impl EdgeCache {
                 let received = invalidations.recv().await;
                 let Some(cache) = weak.upgrade() else { break };
                 match received {
+                    // An empty key means the feed missed messages: drop everything.
+                    Ok(key) if key.is_empty() => cache.forget_all(),
                     Ok(key) => cache.forget(&key).await,
                     // Messages were missed: drop everything rather than serve a stale page.
                     Err(RecvError::Lagged(_)) => cache.forget_all(),

@@ -160,7 +160,9 @@ impl pb::identity_service_server::IdentityService for IdentityGrpc {
         let req = request.into_inner();
         let new = NewAccount::parse(&req.email, &req.password, &req.display_name, role_from_pb(req.role))?;
         let idem = domain::parse_idempotency_key(&req.idempotency_key)?.map(|k| Idempotency::new(k, &new));
-        let hash = passwords::hash_async(req.password).await;
+        let hash = passwords::hash_async(req.password)
+            .await
+            .map_err(|_| IdentityError::Unavailable)?;
         let account = self
             .store
             .register(&new, hash, AccountStatus::Active, None, idem.as_ref())
@@ -172,9 +174,17 @@ impl pb::identity_service_server::IdentityService for IdentityGrpc {
     }
 
     async fn login(&self, request: Request<pb::LoginRequest>) -> Result<Response<pb::LoginResponse>, Status> {
+        // Only another Thali service (the facade) may say which address a login comes from;
+        // anyone else is counted by the address they connect from.
+        let trusted = request.extensions().get::<ServiceCaller>().is_some();
+        let peer = request.remote_addr().map(|a| a.ip().to_string()).unwrap_or_default();
         let req = request.into_inner();
+        let address = if trusted {
+            req.client_address.trim().to_owned()
+        } else {
+            peer
+        };
         let email = domain::normalize_email(&req.email).unwrap_or_else(|_| req.email.trim().to_lowercase());
-        let address = req.client_address.trim().to_owned();
         let account_key = format!("account:{email}");
         let address_key = format!("address:{address}");
         let keys = if address.is_empty() {
@@ -189,23 +199,34 @@ impl pb::identity_service_server::IdentityService for IdentityGrpc {
             }
             .into());
         }
+        // The attempt counts before the password is checked, so parallel guesses cannot slip
+        // past the limit together; a success clears it.
+        let (attempts, lock) = self
+            .store
+            .record_failure(&account_key, ACCOUNT_FAILURES_ALLOWED)
+            .await?;
+        if attempts > ACCOUNT_FAILURES_ALLOWED {
+            security_event(SecurityEvent::LoginFailed, &email, "", &address, "throttled");
+            let retry_after = lock.unwrap_or(domain::LOCKOUT_BASE);
+            return Err(IdentityError::Throttled { retry_after }.into());
+        }
         let found = self.store.account_for_login(&email).await?;
         let (account, hash) = match found {
             Some((account, hash)) => (Some(account), Some(hash)),
             None => (None, None),
         };
-        let ok = passwords::verify_async(req.password, hash).await;
+        let ok = passwords::verify_async(req.password, hash)
+            .await
+            .map_err(|_| IdentityError::Unavailable)?;
         let Some(account) = account.filter(|_| ok) else {
             security_event(SecurityEvent::LoginFailed, &email, "", &address, "bad credentials");
-            let mut locked = self
-                .store
-                .record_failure(&account_key, ACCOUNT_FAILURES_ALLOWED)
-                .await?;
+            let mut locked = lock;
             if !address.is_empty() {
                 locked = locked.max(
                     self.store
                         .record_failure(&address_key, ADDRESS_FAILURES_ALLOWED)
-                        .await?,
+                        .await?
+                        .1,
                 );
             }
             if let Some(lock) = locked {
@@ -219,6 +240,7 @@ impl pb::identity_service_server::IdentityService for IdentityGrpc {
             }
             return Err(IdentityError::BadCredentials.into());
         };
+        self.store.clear_failures(&account_key).await?;
         if account.status != AccountStatus::Active {
             security_event(
                 SecurityEvent::LoginFailed,
@@ -229,7 +251,6 @@ impl pb::identity_service_server::IdentityService for IdentityGrpc {
             );
             return Err(IdentityError::AccountInactive.into());
         }
-        self.store.clear_failures(&account_key).await?;
         let (access, access_expires) = self.access_token(&account);
         let refresh = self.store.start_family(account.id).await?;
         security_event(SecurityEvent::LoginSucceeded, &account.id.to_string(), "", &address, "");

@@ -35,16 +35,42 @@ pub fn verify_nobody(password: &str) {
     let _ = verify(password, dummy);
 }
 
-/// [`hash`] on the blocking pool.
-pub async fn hash_async(password: String) -> String {
-    tokio::task::spawn_blocking(move || hash(&password))
-        .await
-        .expect("password hashing does not panic")
+/// Hashes running at once: each holds 19 MiB and a core, so a burst of logins must wait its
+/// turn (or be told to come back) instead of exhausting memory.
+fn permits() -> &'static tokio::sync::Semaphore {
+    static PERMITS: OnceLock<tokio::sync::Semaphore> = OnceLock::new();
+    PERMITS.get_or_init(|| {
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+        tokio::sync::Semaphore::new(cores * 2)
+    })
 }
 
-/// [`verify`] (or [`verify_nobody`] without a hash) on the blocking pool.
-pub async fn verify_async(password: String, phc: Option<String>) -> bool {
-    tokio::task::spawn_blocking(move || match phc {
+/// How long a login waits for a free hashing slot before it is turned away.
+const QUEUE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// No hashing slot came free in time: the service is overloaded.
+#[derive(Debug, Clone, Copy)]
+pub struct Busy;
+
+async fn slot() -> Result<tokio::sync::SemaphorePermit<'static>, Busy> {
+    tokio::time::timeout(QUEUE_WAIT, permits().acquire())
+        .await
+        .map_err(|_| Busy)?
+        .map_err(|_| Busy)
+}
+
+/// [`hash`] on the blocking pool, within the concurrency bound.
+pub async fn hash_async(password: String) -> Result<String, Busy> {
+    let _slot = slot().await?;
+    Ok(tokio::task::spawn_blocking(move || hash(&password))
+        .await
+        .expect("password hashing does not panic"))
+}
+
+/// [`verify`] (or [`verify_nobody`] without a hash) on the blocking pool, within the bound.
+pub async fn verify_async(password: String, phc: Option<String>) -> Result<bool, Busy> {
+    let _slot = slot().await?;
+    let verified = tokio::task::spawn_blocking(move || match phc {
         Some(phc) => verify(&password, &phc),
         None => {
             verify_nobody(&password);
@@ -52,7 +78,8 @@ pub async fn verify_async(password: String, phc: Option<String>) -> bool {
         }
     })
     .await
-    .expect("password verification does not panic")
+    .expect("password verification does not panic");
+    Ok(verified)
 }
 
 #[cfg(test)]

@@ -362,8 +362,8 @@ impl IdentityStore {
     }
 
     /// Counts a failed login against `key` (atomically) and locks it once it has failed more
-    /// than `allowed` times. Returns the new lock, if any.
-    pub async fn record_failure(&self, key: &str, allowed: i32) -> Result<Option<Duration>, IdentityError> {
+    /// than `allowed` times. Returns the failures counted so far and the lock, if any.
+    pub async fn record_failure(&self, key: &str, allowed: i32) -> Result<(i32, Option<Duration>), IdentityError> {
         let now = Utc::now();
         login_throttle::Entity::delete_many()
             .filter(login_throttle::Column::ThrottleKey.eq(key))
@@ -407,7 +407,7 @@ impl IdentityStore {
                 .exec(&self.db)
                 .await?;
         }
-        Ok(lock)
+        Ok((failures, lock))
     }
 
     /// Forgets the failures of `key` (after a successful login).
@@ -601,10 +601,11 @@ impl IdentityStore {
         if found.revoked_at.is_some() || found.expires_at.is_some_and(|e| e <= now) {
             return Err(IdentityError::BadApiKey);
         }
-        let owner = self
-            .account(found.owner_id)
-            .await
-            .map_err(|_| IdentityError::BadApiKey)?;
+        // An owner that is gone makes the key invalid; a database that does not answer does not.
+        let owner = self.account(found.owner_id).await.map_err(|e| match e {
+            IdentityError::Unauthenticated => IdentityError::BadApiKey,
+            other => other,
+        })?;
         if owner.status != AccountStatus::Active {
             return Err(IdentityError::BadApiKey);
         }

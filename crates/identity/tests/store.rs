@@ -109,26 +109,24 @@ async fn api_keys_verify_only_while_valid() {
 async fn failures_lock_a_key_and_success_clears_it() {
     for (backend, store) in stores().await {
         let key = "account:lock@example.com";
-        for _ in 0..4 {
-            assert_eq!(store.record_failure(key, 5).await.unwrap(), None, "{backend}");
+        for attempt in 1..=4 {
+            assert_eq!(
+                store.record_failure(key, 5).await.unwrap(),
+                (attempt, None),
+                "{backend}"
+            );
         }
-        let lock = store
-            .record_failure(key, 5)
-            .await
-            .unwrap()
-            .expect("the fifth failure locks");
-        assert_eq!(lock.as_secs(), 30, "{backend}");
+        let (failures, lock) = store.record_failure(key, 5).await.unwrap();
+        assert_eq!(failures, 5);
+        assert_eq!(lock.expect("the fifth failure locks").as_secs(), 30, "{backend}");
         let left = store
             .throttled(&[key.to_owned(), "address:1.2.3.4".into()])
             .await
             .unwrap()
             .unwrap();
         assert!(left.as_secs() <= 30 && left.as_secs() >= 28, "{backend}: {left:?}");
-        assert_eq!(
-            store.record_failure(key, 5).await.unwrap().unwrap().as_secs(),
-            60,
-            "{backend}: doubles"
-        );
+        let (_, doubled) = store.record_failure(key, 5).await.unwrap();
+        assert_eq!(doubled.unwrap().as_secs(), 60, "{backend}: doubles");
         store.clear_failures(key).await.unwrap();
         assert_eq!(store.throttled(&[key.to_owned()]).await.unwrap(), None, "{backend}");
     }

@@ -72,7 +72,13 @@ pub struct Cached {
 pub trait LoadError: Clone + Send + Sync + 'static {
     /// Whether the failure is an outage (the database does not answer), not a bad request.
     fn is_outage(&self) -> bool;
+    /// The outage a load that hangs past [`LOAD_TIMEOUT`] becomes.
+    fn timed_out() -> Self;
 }
+
+/// A load that has not answered by then counts as an outage (stale copies may be served): a
+/// database that hangs must not hold readers until their deadline.
+pub const LOAD_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A tenant-partitioned, versioned cache key.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -96,6 +102,9 @@ struct Entry {
 }
 
 type Flight<E> = Shared<BoxFuture<'static, Result<Arc<[u8]>, E>>>;
+
+/// A [`Flight`] with its error type erased: each cache's loader has its own.
+type ErasedFlight = Box<dyn std::any::Any + Send + Sync>;
 
 /// A Redis connection shared by every cache of a process, with its subscriber.
 #[derive(Clone)]
@@ -158,19 +167,22 @@ impl Redis {
 /// keeps copies of another service's cached answers (the facade in distributed mode).
 pub async fn invalidation_feed(redis: &Redis, name: &str) -> tokio::sync::broadcast::Receiver<String> {
     let channel = format!("thali:cache:invalidate:{name}");
-    if let Err(e) = redis.subscriber.subscribe(channel.clone()).await {
-        tracing::warn!(error = %e, "cache: subscribing to invalidations failed; retried on reconnect");
-    }
+    subscribe(redis.subscriber.clone(), channel.clone()).await;
     let (tx, rx) = tokio::sync::broadcast::channel(1024);
     let mut messages = redis.subscriber.message_rx();
     tokio::spawn(async move {
-        while let Ok(message) = messages.recv().await {
-            if message.channel != channel {
-                continue;
-            }
-            if let Ok(key) = message.value.convert::<String>()
-                && tx.send(key).is_err()
-            {
+        loop {
+            let key = match messages.recv().await {
+                Ok(message) if message.channel == channel => match message.value.convert::<String>() {
+                    Ok(key) => key,
+                    Err(_) => continue,
+                },
+                Ok(_) => continue,
+                // Missed messages: an empty key tells listeners to drop everything.
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => String::new(),
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+            };
+            if tx.send(key).is_err() {
                 break;
             }
         }
@@ -178,13 +190,34 @@ pub async fn invalidation_feed(redis: &Redis, name: &str) -> tokio::sync::broadc
     rx
 }
 
+/// Subscribes to `channel` (waiting for Redis's answer when it is up, so messages published
+/// right after are heard), else retrying every second until Redis takes it; from then on fred
+/// re-subscribes after every reconnect.
+async fn subscribe(subscriber: SubscriberClient, channel: String) {
+    if subscriber.subscribe(channel.clone()).await.is_ok() {
+        return;
+    }
+    tokio::spawn(async move {
+        loop {
+            match subscriber.subscribe(channel.clone()).await {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::debug!(error = %e, channel, "cache: subscribing to invalidations; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    });
+}
+
 /// A two-level cache for one kind of value.
 pub struct TwoLevelCache {
     settings: CacheSettings,
     l1: moka::future::Cache<String, Entry>,
     redis: Option<Redis>,
-    /// Loads in flight by key (type-erased: each cache's loader has its own error type).
-    inflight: Mutex<HashMap<String, Box<dyn std::any::Any + Send + Sync>>>,
+    /// Loads in flight by key, with an id so a finished load removes only itself.
+    inflight: Mutex<HashMap<String, (u64, ErasedFlight)>>,
+    next_flight: std::sync::atomic::AtomicU64,
     /// When each key was last invalidated, so a load that began before cannot store old bytes.
     invalidated: Mutex<HashMap<String, Instant>>,
     channel: String,
@@ -214,15 +247,23 @@ impl TwoLevelCache {
             l1,
             redis,
             inflight: Mutex::default(),
+            next_flight: std::sync::atomic::AtomicU64::new(0),
             invalidated: Mutex::default(),
             channel,
             pending: Mutex::default(),
             bus: tokio::sync::broadcast::channel(1024).0,
         });
         if let Some(redis) = &cache.redis {
-            if let Err(e) = redis.subscriber.subscribe(cache.channel.clone()).await {
-                tracing::warn!(error = %e, "cache: subscribing to invalidations failed; retried on reconnect");
-            }
+            subscribe(redis.subscriber.clone(), cache.channel.clone()).await;
+            let weak = Arc::downgrade(&cache);
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                loop {
+                    tick.tick().await;
+                    let Some(cache) = weak.upgrade() else { break };
+                    cache.flush_pending().await;
+                }
+            });
             let weak = Arc::downgrade(&cache);
             let mut reconnects = redis.client.reconnect_rx();
             tokio::spawn(async move {
@@ -235,13 +276,19 @@ impl TwoLevelCache {
             let mut messages = redis.subscriber.message_rx();
             let channel = cache.channel.clone();
             tokio::spawn(async move {
-                while let Ok(message) = messages.recv().await {
-                    if message.channel != channel {
-                        continue;
-                    }
+                loop {
+                    let received = messages.recv().await;
                     let Some(cache) = weak.upgrade() else { break };
-                    if let Ok(key) = message.value.convert::<String>() {
-                        cache.drop_local(&key).await;
+                    match received {
+                        Ok(message) if message.channel == channel => {
+                            if let Ok(key) = message.value.convert::<String>() {
+                                cache.drop_local(&key).await;
+                            }
+                        }
+                        Ok(_) => {}
+                        // Messages were missed: drop every local copy rather than serve old ones.
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => cache.forget_all(),
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
                     }
                 }
             });
@@ -296,6 +343,7 @@ impl TwoLevelCache {
     {
         let k = key.as_str();
         let lookup = std::time::Instant::now();
+        let lookup_started = Instant::now();
         let local = self.l1.get(k).await;
         if let Some(entry) = &local
             && entry.stored_at.elapsed() < self.fresh_for()
@@ -314,6 +362,12 @@ impl TwoLevelCache {
             self.count("l2", "hit");
             self.saved();
             self.hit_took("l2", lookup);
+            if self.invalidated_since(k, lookup_started) {
+                return Ok(Cached {
+                    bytes,
+                    source: Source::L2,
+                });
+            }
             self.l1
                 .insert(
                     k.to_owned(),
@@ -370,25 +424,45 @@ impl TwoLevelCache {
         Fut: Future<Output = Result<Vec<u8>, E>> + Send + 'static,
     {
         let mut inflight = self.inflight.lock().expect("cache in-flight lock");
-        if let Some(existing) = inflight.get(key).and_then(|f| f.downcast_ref::<Flight<E>>()) {
+        if let Some(existing) = inflight.get(key).and_then(|(_, f)| f.downcast_ref::<Flight<E>>()) {
             return (existing.clone(), false);
         }
         let started = Instant::now();
+        let id = self.next_flight.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let fut = load();
         let this = self.clone();
         let owned_key = key.to_owned();
         let flight: Flight<E> = async move {
-            let result = fut.await.map(Arc::<[u8]>::from);
+            let result = match tokio::time::timeout(LOAD_TIMEOUT, fut).await {
+                Ok(result) => result.map(Arc::<[u8]>::from),
+                Err(_) => Err(E::timed_out()),
+            };
             if let Ok(bytes) = &result {
                 this.store(&owned_key, bytes, started).await;
             }
-            this.inflight.lock().expect("cache in-flight lock").remove(&owned_key);
+            let mut inflight = this.inflight.lock().expect("cache in-flight lock");
+            if inflight.get(&owned_key).is_some_and(|(current, _)| *current == id) {
+                inflight.remove(&owned_key);
+            }
+            drop(inflight);
             result
         }
         .boxed()
         .shared();
-        inflight.insert(key.to_owned(), Box::new(flight.clone()));
+        inflight.insert(key.to_owned(), (id, Box::new(flight.clone())));
+        drop(inflight);
+        // Driven to the end on its own, even if every caller goes away.
+        tokio::spawn(flight.clone());
         (flight, true)
+    }
+
+    /// Whether `key` was invalidated at or after `since`.
+    fn invalidated_since(&self, key: &str, since: Instant) -> bool {
+        self.invalidated
+            .lock()
+            .expect("cache invalidation lock")
+            .get(key)
+            .is_some_and(|at| *at >= since)
     }
 
     /// Stores a freshly loaded value in both levels, unless the key was invalidated after the
@@ -425,6 +499,10 @@ impl TwoLevelCache {
 
     async fn l2_get(&self, key: &str) -> Option<Arc<[u8]>> {
         let redis = self.redis.as_ref()?;
+        // Redis may still hold the value this key's pending invalidation is about.
+        if self.pending.lock().expect("cache pending lock").contains(key) {
+            return None;
+        }
         if !redis.is_up() {
             self.redis_up();
             return None;
@@ -447,6 +525,8 @@ impl TwoLevelCache {
             }
             invalidated.insert(key.to_owned(), Instant::now());
         }
+        // A load that began before this write must not answer readers who come after it.
+        self.inflight.lock().expect("cache in-flight lock").remove(key);
         self.l1.invalidate(key).await;
         // Nobody listening is fine.
         let _ = self.bus.send(key.to_owned());
@@ -472,10 +552,14 @@ impl TwoLevelCache {
         let k = key.as_str();
         metrics::counter!("cache_invalidations_total", "cache" => self.settings.name).increment(1);
         self.drop_local(k).await;
-        if self.redis.is_some() && !self.propagate(k).await {
-            // Redis is away: its copy and the other replicas must still hear of this write, so
-            // the key waits and goes out as soon as the client reconnects.
-            self.pending.lock().expect("cache pending lock").insert(k.to_owned());
+        if self.redis.is_some() {
+            if !self.propagate(k).await {
+                // Redis is away: its copy and the other replicas must still hear of this write,
+                // so the key waits and goes out as soon as Redis takes it (retried every second).
+                self.pending.lock().expect("cache pending lock").insert(k.to_owned());
+            }
+            // A reader may have copied Redis's old value into L1 between the drop and the DEL.
+            self.l1.invalidate(k).await;
         }
     }
 

@@ -22,6 +22,9 @@ impl LoadError for Failure {
     fn is_outage(&self) -> bool {
         matches!(self, Failure::Outage)
     }
+    fn timed_out() -> Self {
+        Failure::Outage
+    }
 }
 
 /// A stand-in for the database: a value per id, a read counter, and a switch to take it down.

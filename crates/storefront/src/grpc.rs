@@ -81,14 +81,33 @@ impl StorefrontGrpc {
     }
 
     /// Drops the cached storefront of `username` (after a committed write).
+    /// Runs in a task of its own, so a caller that goes away after the commit cannot skip it.
     async fn invalidate(&self, username: &str) {
-        self.cache.invalidate(&self.storefront_key(username)).await;
+        let cache = self.cache.clone();
+        let key = self.storefront_key(username);
+        let _ = tokio::spawn(async move { cache.invalidate(&key).await }).await;
+    }
+
+    /// As [`Self::invalidate`], for the creator page a product belongs to. A failed lookup is
+    /// logged, not returned: the write it follows has committed.
+    async fn invalidate_creator(&self, creator_id: Uuid) {
+        let (store, cache, tenant) = (self.store.clone(), self.cache.clone(), self.tenant.clone());
+        let _ = tokio::spawn(async move {
+            match store.creator_username(creator_id).await {
+                Ok(username) => cache.invalidate(&CacheKey::new(&tenant, "store", &username)).await,
+                Err(e) => tracing::error!(error = %e, %creator_id, "storefront cache not invalidated after a write"),
+            }
+        })
+        .await;
     }
 }
 
 impl LoadError for StorefrontError {
     fn is_outage(&self) -> bool {
         matches!(self, StorefrontError::Unavailable)
+    }
+    fn timed_out() -> Self {
+        StorefrontError::Unavailable
     }
 }
 
@@ -321,8 +340,7 @@ impl pb::storefront_service_server::StorefrontService for StorefrontGrpc {
             &id.to_string(),
             self.store.update_product(&who.subject, id, &changes).await,
         )?;
-        self.invalidate(&self.store.creator_username(product.creator_id).await?)
-            .await;
+        self.invalidate_creator(product.creator_id).await;
         Ok(Response::new(pb::UpdateProductResponse {
             product: Some(product_pb(product)),
         }))
@@ -339,8 +357,7 @@ impl pb::storefront_service_server::StorefrontService for StorefrontGrpc {
             &id.to_string(),
             self.store.archive_product(&who.subject, id).await,
         )?;
-        self.invalidate(&self.store.creator_username(product.creator_id).await?)
-            .await;
+        self.invalidate_creator(product.creator_id).await;
         Ok(Response::new(pb::ArchiveProductResponse {
             product: Some(product_pb(product)),
         }))

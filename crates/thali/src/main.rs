@@ -225,7 +225,9 @@ async fn main() -> anyhow::Result<()> {
             let new = NewAccount::parse(&email, &password, &display_name, Some(chosen))
                 .map_err(|e| anyhow::anyhow!("{e}: {e:?}"))?;
             let db = thali::migrate(&cfg).await?;
-            let hash = thali_identity::passwords::hash_async(password).await;
+            let hash = thali_identity::passwords::hash_async(password)
+                .await
+                .map_err(|_| anyhow::anyhow!("password hashing is busy"))?;
             let store = thali_identity::store::IdentityStore::new(db);
             let account = store
                 .register(&new, hash, AccountStatus::Active, admin.then_some(Role::Admin), None)

@@ -17,6 +17,18 @@ use crate::{
     problem::Problem,
 };
 
+/// Token answers must not be kept by any cache (RFC 6749 §5.1).
+fn no_store(body: impl serde::Serialize) -> Response {
+    (
+        [
+            (axum::http::header::CACHE_CONTROL, "no-store"),
+            (axum::http::header::PRAGMA, "no-cache"),
+        ],
+        Json(body),
+    )
+        .into_response()
+}
+
 /// Create an account.
 #[utoipa::path(
     post, path = "/api/v1/auth/register", tag = "auth",
@@ -57,14 +69,14 @@ pub async fn login(
     State(state): State<FacadeState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     ApiJson(body): ApiJson<Login>,
-) -> Result<Json<dto::Session>, Problem> {
+) -> Result<Response, Problem> {
     let req = pb::LoginRequest {
         email: body.email,
         password: body.password,
         client_address: peer.ip().to_string(),
     };
     let res = state.identity.clone().login(req).await?.into_inner();
-    Ok(Json(dto::Session {
+    Ok(no_store(dto::Session {
         account: res.account.ok_or_else(|| missing("account"))?.into(),
         tokens: res.tokens.ok_or_else(|| missing("tokens"))?.into(),
     }))
@@ -81,13 +93,15 @@ pub async fn refresh(
     State(state): State<FacadeState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     ApiJson(body): ApiJson<RefreshToken>,
-) -> Result<Json<dto::Tokens>, Problem> {
+) -> Result<Response, Problem> {
     let req = pb::RefreshRequest {
         refresh_token: body.refresh_token,
         client_address: peer.ip().to_string(),
     };
     let res = state.identity.clone().refresh(req).await?.into_inner();
-    Ok(Json(res.tokens.ok_or_else(|| missing("tokens"))?.into()))
+    Ok(no_store(dto::Tokens::from(
+        res.tokens.ok_or_else(|| missing("tokens"))?,
+    )))
 }
 
 /// Log out: the refresh token's whole family stops working.

@@ -213,13 +213,15 @@ pub async fn get_storefront(
     if caller.is_none()
         && let Some(edge) = &state.edge
     {
-        let client = state.storefront.clone();
+        // Only a miss pays for a gRPC client; a hit is a map lookup.
+        let for_miss = state.clone();
         let owned = username.clone();
         let loaded = edge
             .cache
             .get_or_load(&edge.key(&username), move || async move {
                 let req = tonic::Request::new(pb::GetStorefrontRequest { username: owned });
-                let res = client
+                let res = for_miss
+                    .storefront
                     .clone()
                     .get_storefront(req)
                     .await
@@ -229,14 +231,14 @@ pub async fn get_storefront(
                 if body.stale {
                     Err(EdgeMiss::Uncacheable(bytes))
                 } else {
-                    Ok(bytes)
+                    Ok(http_cache::with_etag(bytes))
                 }
             })
             .await;
         return match loaded {
-            Ok(cached) => Ok(http_cache::conditional(
+            Ok(cached) => Ok(http_cache::conditional_tagged(
                 &headers,
-                cached.bytes.to_vec(),
+                cached.bytes,
                 "public, max-age=60",
             )),
             Err(EdgeMiss::Uncacheable(bytes)) => Ok(http_cache::conditional(&headers, bytes, "no-cache")),
