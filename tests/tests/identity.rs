@@ -247,9 +247,13 @@ async fn foreign_expired_and_misaddressed_tokens_are_refused() {
     let foreign = thali_platform::auth::Signer::load(&foreign_dir)
         .unwrap()
         .mint("x", &[], Duration::from_secs(600));
-    let expired = mesh
-        .signer
-        .mint_aged("x", &[], Duration::from_secs(3 * 24 * 3600), Duration::from_secs(3600));
+    let expired = mesh.signer.mint_aged(
+        "x",
+        &[],
+        Duration::from_secs(3 * 24 * 3600),
+        Duration::from_secs(3600),
+        None,
+    );
     let misaddressed = mesh
         .signer
         .mint_for("x", &[], Duration::from_secs(600), "thali-storefront");
@@ -261,7 +265,7 @@ async fn foreign_expired_and_misaddressed_tokens_are_refused() {
 }
 
 #[tokio::test]
-async fn an_active_users_day_old_token_is_renewed() {
+async fn an_active_users_day_old_token_is_renewed_until_the_session_ends() {
     let mesh = Mesh::start().await;
     let session = mesh.sign_up("dev@example.com", "buyer").await;
     let id = session["account"]["id"].as_str().unwrap();
@@ -270,18 +274,43 @@ async fn an_active_users_day_old_token_is_renewed() {
         fresh.headers().get("x-thali-access-token").is_none(),
         "a fresh token is not renewed"
     );
-    let old = mesh.signer.mint_aged(
-        id,
-        &["buyer".into()],
-        Duration::from_secs(2 * 24 * 3600),
-        Duration::from_secs(7 * 24 * 3600),
-    );
-    let res = mesh.get_as("/api/v1/auth/me", &old).await;
+
+    // The same session's token, a day and more old.
+    let claims: Value =
+        serde_json::from_slice(&base64_url_decode(access(&session).split('.').nth(1).unwrap())).unwrap();
+    let sid = claims["sid"]
+        .as_str()
+        .expect("access tokens name their session")
+        .to_owned();
+    let aged = |sid: &str| {
+        mesh.signer.mint_aged(
+            id,
+            &["buyer".into()],
+            Duration::from_secs(2 * 24 * 3600),
+            Duration::from_secs(7 * 24 * 3600),
+            Some(sid),
+        )
+    };
+    let res = mesh.get_as("/api/v1/auth/me", &aged(&sid)).await;
     assert_eq!(res.status(), StatusCode::OK);
     let renewed = res.headers()["x-thali-access-token"].to_str().unwrap().to_owned();
     let res = mesh.get_as("/api/v1/auth/me", &renewed).await;
     assert_eq!(res.status(), StatusCode::OK);
     assert!(res.headers().get("x-thali-access-token").is_none());
+
+    // After logout the session is over: its tokens still work until they expire, but are no
+    // longer renewed.
+    let refresh = session["tokens"]["refresh_token"].as_str().unwrap();
+    let res = mesh
+        .post("/api/v1/auth/logout", None, json!({"refresh_token": refresh}))
+        .await;
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    let res = mesh.get_as("/api/v1/auth/me", &aged(&sid)).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert!(
+        res.headers().get("x-thali-access-token").is_none(),
+        "an ended session is not renewed"
+    );
 }
 
 #[tokio::test]

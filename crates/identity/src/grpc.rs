@@ -38,12 +38,15 @@ impl IdentityGrpc {
         }
     }
 
-    fn access_token(&self, account: &Account) -> (String, DateTime<Utc>) {
-        let token = self.signer.mint(
-            &account.id.to_string(),
-            &[account.role.as_str().to_owned()],
-            ACCESS_TOKEN_TTL,
-        );
+    /// An access token of `account` in login session `session` (its refresh-token family).
+    fn access_token(&self, account: &Account, session: Option<Uuid>) -> (String, DateTime<Utc>) {
+        let (subject, roles) = (account.id.to_string(), [account.role.as_str().to_owned()]);
+        let token = match session {
+            Some(sid) => self
+                .signer
+                .mint_session(&subject, &roles, ACCESS_TOKEN_TTL, &sid.to_string()),
+            None => self.signer.mint(&subject, &roles, ACCESS_TOKEN_TTL),
+        };
         (
             token,
             Utc::now() + chrono::Duration::from_std(ACCESS_TOKEN_TTL).expect("a week fits"),
@@ -251,8 +254,8 @@ impl pb::identity_service_server::IdentityService for IdentityGrpc {
             );
             return Err(IdentityError::AccountInactive.into());
         }
-        let (access, access_expires) = self.access_token(&account);
         let refresh = self.store.start_family(account.id).await?;
+        let (access, access_expires) = self.access_token(&account, Some(refresh.family_id));
         security_event(SecurityEvent::LoginSucceeded, &account.id.to_string(), "", &address, "");
         Ok(Response::new(pb::LoginResponse {
             account: Some(account_pb(&account)),
@@ -289,7 +292,7 @@ impl pb::identity_service_server::IdentityService for IdentityGrpc {
         if account.status != AccountStatus::Active {
             return Err(IdentityError::AccountInactive.into());
         }
-        let (access, access_expires) = self.access_token(&account);
+        let (access, access_expires) = self.access_token(&account, Some(refresh.family_id));
         Ok(Response::new(pb::RefreshResponse {
             tokens: Some(pb::Tokens {
                 access_token: access,
@@ -326,11 +329,23 @@ impl pb::identity_service_server::IdentityService for IdentityGrpc {
         request: Request<pb::RenewAccessTokenRequest>,
     ) -> Result<Response<pb::RenewAccessTokenResponse>, Status> {
         let (id, _) = account_caller(&request)?;
+        // A token of a login session is renewed only while that session lives: after logout or
+        // a detected refresh-token reuse, its access tokens run out instead of renewing forever.
+        let session = match principal(&request).and_then(|p| p.session.as_deref()) {
+            Some(sid) => {
+                let sid = Uuid::parse_str(sid).map_err(|_| IdentityError::Unauthenticated)?;
+                if !self.store.session_is_live(sid).await? {
+                    return Err(IdentityError::Unauthenticated.into());
+                }
+                Some(sid)
+            }
+            None => None,
+        };
         let account = self.store.account(id).await?;
         if account.status != AccountStatus::Active {
             return Err(IdentityError::AccountInactive.into());
         }
-        let (access, expires) = self.access_token(&account);
+        let (access, expires) = self.access_token(&account, session);
         Ok(Response::new(pb::RenewAccessTokenResponse {
             access_token: access,
             access_token_expire_time: Some(timestamp(expires)),

@@ -197,6 +197,8 @@ impl From<api_key::Model> for ApiKey {
 pub struct IssuedRefresh {
     pub token: String,
     pub expires_at: DateTime<Utc>,
+    /// The login session (refresh-token family) it belongs to.
+    pub family_id: Uuid,
 }
 
 /// SHA-256 of a secret, hex.
@@ -444,7 +446,11 @@ impl IdentityStore {
         }
         .insert(conn)
         .await?;
-        Ok(IssuedRefresh { token, expires_at })
+        Ok(IssuedRefresh {
+            token,
+            expires_at,
+            family_id,
+        })
     }
 
     async fn revoke_family(&self, family_id: Uuid) -> Result<u64, IdentityError> {
@@ -500,6 +506,18 @@ impl IdentityStore {
         txn.commit().await?;
         let account = self.account(found.account_id).await?;
         Ok((account, issued))
+    }
+
+    /// Whether login session `family_id` still has a live refresh token (not revoked, not
+    /// expired): tokens of a revoked or ended session are not renewed.
+    pub async fn session_is_live(&self, family_id: Uuid) -> Result<bool, IdentityError> {
+        let live = refresh_token::Entity::find()
+            .filter(refresh_token::Column::FamilyId.eq(family_id))
+            .filter(refresh_token::Column::RevokedAt.is_null())
+            .filter(refresh_token::Column::ExpiresAt.gt(Utc::now()))
+            .one(&self.db)
+            .await?;
+        Ok(live.is_some())
     }
 
     /// Revokes the family of `token`; an unknown token is not an error (logout is idempotent).

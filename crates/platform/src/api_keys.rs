@@ -76,6 +76,7 @@ impl ApiKeyResolver for IdentityApiKeys {
                             scopes: res.scopes,
                         }),
                         issued_at: 0,
+                        session: None,
                     })
                 }
                 Err(status) if status.code() == tonic::Code::Unauthenticated => Err(AuthError::UnknownApiKey),

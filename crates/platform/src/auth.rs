@@ -31,6 +31,8 @@ pub struct Principal {
     pub api_key: Option<ApiKeyGrant>,
     /// When the presented token was issued (seconds since the epoch; 0 for API keys).
     pub issued_at: i64,
+    /// The login session the token belongs to, if it came from one.
+    pub session: Option<String>,
 }
 
 /// What a partner API key grants.
@@ -72,6 +74,9 @@ pub struct Claims {
     pub exp: i64,
     #[serde(default)]
     pub roles: Vec<String>,
+    /// The session (refresh-token family) a user token belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sid: Option<String>,
 }
 
 /// Why a token was refused. The text is safe to show to the caller.
@@ -197,23 +202,39 @@ impl Signer {
         )
     }
 
+    /// A user token of login session `sid` (its refresh-token family).
+    pub fn mint_session(&self, subject: &str, roles: &[String], ttl: Duration, sid: &str) -> String {
+        self.mint_claims(subject, roles, chrono::Utc::now().timestamp(), ttl, AUDIENCE, Some(sid))
+    }
+
     /// A token for another audience (service tokens, and tests of audience checks).
     pub fn mint_for(&self, subject: &str, roles: &[String], ttl: Duration, audience: &str) -> String {
-        self.mint_claims(subject, roles, chrono::Utc::now().timestamp(), ttl, audience)
+        self.mint_claims(subject, roles, chrono::Utc::now().timestamp(), ttl, audience, None)
     }
 
-    /// A user token issued `age` ago (still valid for `ttl` from its issue): for tests of renewal.
-    pub fn mint_aged(&self, subject: &str, roles: &[String], age: Duration, ttl: Duration) -> String {
-        self.mint_claims(
-            subject,
-            roles,
-            chrono::Utc::now().timestamp() - age.as_secs() as i64,
-            ttl,
-            AUDIENCE,
-        )
+    /// A user token issued `age` ago (still valid for `ttl` from its issue), of session `sid`:
+    /// for tests of renewal.
+    pub fn mint_aged(
+        &self,
+        subject: &str,
+        roles: &[String],
+        age: Duration,
+        ttl: Duration,
+        sid: Option<&str>,
+    ) -> String {
+        let issued_at = chrono::Utc::now().timestamp() - age.as_secs() as i64;
+        self.mint_claims(subject, roles, issued_at, ttl, AUDIENCE, sid)
     }
 
-    fn mint_claims(&self, subject: &str, roles: &[String], issued_at: i64, ttl: Duration, audience: &str) -> String {
+    fn mint_claims(
+        &self,
+        subject: &str,
+        roles: &[String],
+        issued_at: i64,
+        ttl: Duration,
+        audience: &str,
+        sid: Option<&str>,
+    ) -> String {
         let claims = Claims {
             sub: subject.to_owned(),
             iss: ISSUER.to_owned(),
@@ -221,6 +242,7 @@ impl Signer {
             iat: issued_at,
             exp: issued_at.saturating_add(i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX)),
             roles: roles.to_vec(),
+            sid: sid.map(str::to_owned),
         };
         let mut header = Header::new(Algorithm::EdDSA);
         header.kid = Some(self.kid.clone());
@@ -317,6 +339,7 @@ impl Verifier {
             roles: claims.roles,
             api_key: None,
             issued_at: claims.iat,
+            session: claims.sid,
         })
     }
 
