@@ -452,7 +452,7 @@ impl TwoLevelCache {
         inflight.insert(key.to_owned(), (id, Box::new(flight.clone())));
         drop(inflight);
         // Driven to the end on its own, even if every caller goes away.
-        tokio::spawn(flight.clone());
+        tokio::spawn(tracing::Instrument::in_current_span(flight.clone()));
         (flight, true)
     }
 

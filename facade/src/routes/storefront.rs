@@ -242,7 +242,11 @@ pub async fn get_storefront(
                 "public, max-age=60",
             )),
             Err(EdgeMiss::Uncacheable(bytes)) => Ok(http_cache::conditional(&headers, bytes, "no-cache")),
-            Err(EdgeMiss::Problem(problem)) => Err(problem),
+            Err(EdgeMiss::Problem(mut problem)) => {
+                // The load may have run in another request's trace: this answer is this one's.
+                problem.trace_id = thali_platform::telemetry::current_trace_id();
+                Err(problem)
+            }
         };
     }
     let req = request_as(&caller, pb::GetStorefrontRequest { username });
