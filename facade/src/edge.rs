@@ -48,6 +48,8 @@ impl EdgeCache {
             l1_ttl: Duration::from_secs(5),
             stale_for: Duration::ZERO,
             l1_max_bytes: 64 * 1024 * 1024,
+            // The gRPC call's own deadline (5 s) decides; this only bounds a call that hangs.
+            load_timeout: Duration::from_secs(10),
         };
         let cache = TwoLevelCache::new(settings, None).await;
         let weak = Arc::downgrade(&cache);

@@ -49,6 +49,10 @@ pub struct CacheSettings {
     pub stale_for: Duration,
     /// Bound on the bytes L1 holds.
     pub l1_max_bytes: u64,
+    /// A load that has not answered by then counts as an outage (stale copies may be served): a
+    /// database that hangs must not hold readers until their deadline. A cache in front of a
+    /// service call sets it above the call's own deadline.
+    pub load_timeout: Duration,
 }
 
 /// Where an answer came from and whether it is fresh.
@@ -72,13 +76,9 @@ pub struct Cached {
 pub trait LoadError: Clone + Send + Sync + 'static {
     /// Whether the failure is an outage (the database does not answer), not a bad request.
     fn is_outage(&self) -> bool;
-    /// The outage a load that hangs past [`LOAD_TIMEOUT`] becomes.
+    /// The outage a load that hangs past [`CacheSettings::load_timeout`] becomes.
     fn timed_out() -> Self;
 }
-
-/// A load that has not answered by then counts as an outage (stale copies may be served): a
-/// database that hangs must not hold readers until their deadline.
-pub const LOAD_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A tenant-partitioned, versioned cache key.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -433,7 +433,7 @@ impl TwoLevelCache {
         let this = self.clone();
         let owned_key = key.to_owned();
         let flight: Flight<E> = async move {
-            let result = match tokio::time::timeout(LOAD_TIMEOUT, fut).await {
+            let result = match tokio::time::timeout(this.settings.load_timeout, fut).await {
                 Ok(result) => result.map(Arc::<[u8]>::from),
                 Err(_) => Err(E::timed_out()),
             };

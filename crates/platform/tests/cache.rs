@@ -74,6 +74,7 @@ fn settings(name: &'static str) -> CacheSettings {
         l1_ttl: Duration::from_secs(5),
         stale_for: Duration::from_secs(300),
         l1_max_bytes: 1 << 20,
+        load_timeout: Duration::from_secs(2),
     }
 }
 
@@ -316,4 +317,20 @@ async fn a_database_outage_serves_stale_within_the_bound_and_fails_without_a_cop
         .await
         .unwrap_err();
     assert_eq!(err, Failure::Outage, "past the stale bound the outage shows");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_database_that_hangs_counts_as_an_outage() {
+    let cache = TwoLevelCache::new(settings("t9"), None).await;
+    let db = Source_::default();
+    db.set("slow", "kept");
+    let key = CacheKey::new("default", "store", "slow");
+    read(&cache, &db, &key, "slow").await;
+    tokio::time::advance(Duration::from_secs(61)).await;
+    // The load hangs for a minute; after its 2 s bound the last copy answers, marked stale.
+    let got = cache
+        .get_or_load(&key, || db.loader("slow", Duration::from_secs(60)))
+        .await
+        .unwrap();
+    assert_eq!((&*got.bytes, got.source), (&b"kept"[..], Source::Stale));
 }

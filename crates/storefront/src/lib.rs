@@ -51,6 +51,7 @@ pub fn cache_settings() -> CacheSettings {
         l1_ttl: Duration::from_secs(5),
         stale_for: Duration::from_secs(300),
         l1_max_bytes: 64 * 1024 * 1024,
+        load_timeout: Duration::from_secs(2),
     }
 }
 
