@@ -156,11 +156,6 @@ impl Redis {
     pub fn is_up(&self) -> bool {
         self.client.is_connected()
     }
-
-    /// The client, for callers that keep other data in Redis.
-    pub fn client(&self) -> &RedisClient {
-        &self.client
-    }
 }
 
 /// The keys invalidated in cache `name` anywhere, as published through Redis: for a process that
@@ -260,14 +255,6 @@ impl TwoLevelCache {
                 let mut tick = tokio::time::interval(Duration::from_secs(1));
                 loop {
                     tick.tick().await;
-                    let Some(cache) = weak.upgrade() else { break };
-                    cache.flush_pending().await;
-                }
-            });
-            let weak = Arc::downgrade(&cache);
-            let mut reconnects = redis.client.reconnect_rx();
-            tokio::spawn(async move {
-                while reconnects.recv().await.is_ok() {
                     let Some(cache) = weak.upgrade() else { break };
                     cache.flush_pending().await;
                 }
