@@ -1,8 +1,14 @@
 //! The facade's response cache for the public storefront: the JSON answer (and so its ETag)
 //! kept under the same key as the storefront's cache and dropped on the same invalidations, so a
-//! hot read costs no gRPC hop (DESIGN.md, "a response cache at the edge"). It holds anonymous,
-//! fresh answers only, for at most 5 s even if an invalidation were lost; it exists only where
+//! hot read costs no gRPC hop (DESIGN.md, "a response cache at the edge"). It holds anonymous
+//! answers, fresh for at most 5 s even if an invalidation were lost; it exists only where
 //! invalidations reach it (in-process, or through Redis).
+//!
+//! Stale-if-error (RFC 5861, ADR 0010): when the storefront cannot be reached at all
+//! (UNAVAILABLE: every replica down, breakers open, shed; or no answer in time), the last copy
+//! of a page is served for up to `stale_if_error` past its freshness, marked stale. A page
+//! changed by its owner is dropped at once, so a stale copy is never older than the last write
+//! the facade heard of.
 use std::{sync::Arc, time::Duration};
 
 use thali_platform::cache::{CacheKey, CacheSettings, LoadError, TwoLevelCache};
@@ -21,7 +27,7 @@ pub enum EdgeMiss {
 
 impl LoadError for EdgeMiss {
     fn is_outage(&self) -> bool {
-        false
+        matches!(self, EdgeMiss::Problem(p) if p.status == 503 || p.status == 504)
     }
     fn timed_out() -> Self {
         EdgeMiss::Problem(Problem::new(
@@ -37,16 +43,18 @@ impl LoadError for EdgeMiss {
 pub struct EdgeCache {
     pub(crate) cache: Arc<TwoLevelCache>,
     tenant: String,
+    fresh_cache_control: axum::http::HeaderValue,
 }
 
 impl EdgeCache {
-    /// A response cache fed by `invalidations` (storefront cache keys).
-    pub async fn new(tenant: &str, mut invalidations: Receiver<String>) -> Self {
+    /// A response cache fed by `invalidations` (storefront cache keys), serving its last copy
+    /// for up to `stale_if_error` while the storefront cannot be reached.
+    pub async fn new(tenant: &str, mut invalidations: Receiver<String>, stale_if_error: Duration) -> Self {
         let settings = CacheSettings {
             name: "facade_storefront",
             ttl: Duration::from_secs(5),
             l1_ttl: Duration::from_secs(5),
-            stale_for: Duration::ZERO,
+            stale_for: stale_if_error,
             l1_max_bytes: 64 * 1024 * 1024,
             // The gRPC call's own deadline (5 s) decides; this only bounds a call that hangs.
             load_timeout: Duration::from_secs(10),
@@ -70,11 +78,22 @@ impl EdgeCache {
         Self {
             cache,
             tenant: tenant.to_owned(),
+            fresh_cache_control: axum::http::HeaderValue::try_from(format!(
+                "public, max-age=60, stale-if-error={}",
+                stale_if_error.as_secs()
+            ))
+            .expect("digits make a valid header"),
         }
     }
 
     /// The key of `username`'s storefront: the storefront service's own.
     pub fn key(&self, username: &str) -> CacheKey {
-        CacheKey::new(&self.tenant, "store", username)
+        CacheKey::storefront(&self.tenant, username)
+    }
+
+    /// `Cache-Control` of a fresh anonymous answer: cacheable for 60 s and, per RFC 5861,
+    /// usable by caches for `stale_if_error` more when the origin fails. Made once.
+    pub fn fresh_cache_control(&self) -> axum::http::HeaderValue {
+        self.fresh_cache_control.clone()
     }
 }

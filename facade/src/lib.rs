@@ -12,19 +12,19 @@ pub mod routes;
 use std::sync::Arc;
 
 use axum::{
-    Json, Router,
-    extract::{DefaultBodyLimit, State},
+    Router,
+    extract::DefaultBodyLimit,
     http::{HeaderName, HeaderValue, StatusCode, header},
-    response::{IntoResponse, Response},
     routing::{delete, get, patch, post},
 };
-use metrics_exporter_prometheus::PrometheusHandle;
-use thali_platform::{auth::Verifier, client::GrpcChannel};
+use thali_platform::{
+    auth::Verifier,
+    client::{Client, GrpcChannel, Target},
+};
 use thali_proto::{
     identity::v1::identity_service_client::IdentityServiceClient,
     storefront::v1::storefront_service_client::StorefrontServiceClient,
 };
-use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
 use tower_http::{
     request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
     set_header::SetResponseHeaderLayer,
@@ -46,35 +46,21 @@ impl std::ops::Deref for FacadeState {
 
 /// The clients, keys and caches behind [`FacadeState`].
 pub struct FacadeInner {
-    pub storefront: StorefrontServiceClient<GrpcChannel>,
-    pub identity: IdentityServiceClient<GrpcChannel>,
-    /// Health of each service the facade depends on, by gRPC service name.
-    pub health: Vec<(&'static str, HealthClient<GrpcChannel>)>,
+    pub storefront: Client<StorefrontServiceClient<GrpcChannel>>,
+    pub identity: Client<IdentityServiceClient<GrpcChannel>>,
     pub verifier: Verifier,
-    pub metrics: PrometheusHandle,
     /// Response cache of anonymous storefront reads, where invalidations reach the facade.
     pub edge: Option<edge::EdgeCache>,
 }
 
 impl FacadeState {
-    /// State over one channel to each service; `edge` keeps anonymous storefront answers (see
-    /// [`edge`]).
-    pub fn new(
-        storefront: GrpcChannel,
-        identity: GrpcChannel,
-        verifier: Verifier,
-        metrics: PrometheusHandle,
-        edge: Option<edge::EdgeCache>,
-    ) -> Self {
+    /// State over the client stack of each service; `edge` keeps anonymous storefront answers
+    /// (see [`edge`]).
+    pub fn new(storefront: Target, identity: Target, verifier: Verifier, edge: Option<edge::EdgeCache>) -> Self {
         Self(Arc::new(FacadeInner {
-            storefront: StorefrontServiceClient::new(storefront.clone()),
-            identity: IdentityServiceClient::new(identity.clone()),
-            health: vec![
-                ("thali.storefront.v1.StorefrontService", HealthClient::new(storefront)),
-                ("thali.identity.v1.IdentityService", HealthClient::new(identity)),
-            ],
+            storefront: Client::new(storefront, StorefrontServiceClient::new),
+            identity: Client::new(identity, IdentityServiceClient::new),
             verifier,
-            metrics,
             edge,
         }))
     }
@@ -115,9 +101,6 @@ pub fn router(state: FacadeState, max_body_bytes: usize) -> Router {
             state.clone(),
             middleware::renew_token,
         ))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
         .merge(SwaggerUi::new("/docs").url("/api/v1/openapi.json", openapi::document()))
@@ -151,52 +134,4 @@ async fn method_not_allowed() -> Problem {
         "METHOD_NOT_ALLOWED",
         "this route does not take that method",
     )
-}
-
-/// The process is alive.
-async fn healthz() -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "status": "ok" }))
-}
-
-/// The services behind the facade answer SERVING.
-async fn readyz(State(state): State<FacadeState>) -> Response {
-    let mut report = serde_json::Map::new();
-    let mut ready = true;
-    for (service, client) in &state.health {
-        let check = HealthCheckRequest {
-            service: (*service).to_owned(),
-        };
-        let status = match client.clone().check(check).await {
-            Ok(res) if res.get_ref().status == ServingStatus::Serving as i32 => "SERVING",
-            Ok(_) => "NOT_SERVING",
-            Err(status) => {
-                tracing::warn!(service, error = %status, "readiness: health check failed");
-                "UNREACHABLE"
-            }
-        };
-        ready &= status == "SERVING";
-        report.insert((*service).to_owned(), status.into());
-    }
-    if ready {
-        Json(serde_json::json!({ "status": "ready", "services": report })).into_response()
-    } else {
-        Problem::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "NOT_READY",
-            format!("not every service is serving: {}", serde_json::Value::Object(report)),
-        )
-        .into_response()
-    }
-}
-
-/// Prometheus text exposition.
-async fn metrics(State(state): State<FacadeState>) -> Response {
-    (
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; version=0.0.4"),
-        )],
-        state.metrics.render(),
-    )
-        .into_response()
 }

@@ -185,8 +185,9 @@ pub async fn renew_token(State(state): State<FacadeState>, req: Request, next: N
         let caller = Caller { principal, token };
         match state
             .identity
-            .clone()
-            .renew_access_token(caller.request(RenewAccessTokenRequest {}))
+            .call(caller.request(RenewAccessTokenRequest {}), |mut c, r| async move {
+                c.renew_access_token(r).await
+            })
             .await
         {
             Ok(renewed) => {

@@ -382,12 +382,12 @@ fn metric_count(text: &str, route: &str, method: &str, status: &str) -> u64 {
 async fn metrics_count_the_routes_called() {
     let mesh = Mesh::start().await;
     mesh.create_creator(&mesh.token("alice"), "metered").await;
-    let before = mesh.get("/metrics").await.text().await.unwrap();
+    let before = mesh.admin_get("/metrics").await.text().await.unwrap();
     for _ in 0..3 {
         assert_eq!(mesh.get("/api/v1/store/metered").await.status(), StatusCode::OK);
     }
     mesh.get("/api/v1/store/absent_shop").await;
-    let after = mesh.get("/metrics").await.text().await.unwrap();
+    let after = mesh.admin_get("/metrics").await.text().await.unwrap();
     let route = "/api/v1/store/{username}";
     assert!(
         metric_count(&after, route, "GET", "200") >= metric_count(&before, route, "GET", "200") + 3,
@@ -401,16 +401,16 @@ async fn metrics_count_the_routes_called() {
 #[tokio::test]
 async fn health_openapi_and_docs_are_served_offline() {
     let mesh = Mesh::start().await;
-    assert_eq!(mesh.get("/healthz").await.status(), StatusCode::OK);
-    let mut ready = false;
-    for _ in 0..100 {
-        if mesh.get("/readyz").await.status() == StatusCode::OK {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(mesh.admin_get("/healthz").await.status(), StatusCode::OK);
+    assert_eq!(
+        mesh.admin_get("/readyz").await.status(),
+        StatusCode::OK,
+        "ready once started"
+    );
+    // Operations endpoints are not on the public listener.
+    for path in ["/metrics", "/readyz"] {
+        assert_eq!(mesh.get(path).await.status(), StatusCode::NOT_FOUND, "{path}");
     }
-    assert!(ready, "/readyz answers 200 once the storefront is SERVING");
     let spec: Value = mesh.get("/api/v1/openapi.json").await.json().await.unwrap();
     assert!(spec["openapi"].as_str().unwrap().starts_with("3.1"));
     for path in [
@@ -449,7 +449,10 @@ async fn storefront_answers_carry_an_etag_and_304_when_unchanged() {
     mesh.create_creator(&alice, "etag_shop").await;
     let first = mesh.get("/api/v1/store/etag_shop").await;
     assert_eq!(first.status(), StatusCode::OK);
-    assert_eq!(first.headers()["cache-control"], "public, max-age=60");
+    assert_eq!(
+        first.headers()["cache-control"],
+        "public, max-age=60, stale-if-error=300"
+    );
     let etag = first.headers()["etag"].to_str().unwrap().to_owned();
     assert!(etag.starts_with('"') && etag.len() == 34, "{etag}");
 
@@ -528,6 +531,25 @@ async fn with_the_database_down_cached_pages_answer_and_others_get_503() {
     let retry_after: u64 = res.headers()["retry-after"].to_str().unwrap().parse().unwrap();
     assert!(retry_after >= 1);
     problem(res, StatusCode::SERVICE_UNAVAILABLE, "DATABASE_UNAVAILABLE").await;
+
+    // The process stays ready (readiness never follows the database); /healthz says why.
+    assert_eq!(mesh.admin_get("/readyz").await.status(), StatusCode::OK);
+    let mut reported = false;
+    for _ in 0..50 {
+        let health: Value = mesh.admin_get("/healthz").await.json().await.unwrap();
+        if health["dependencies"]["database"] == "down" {
+            reported = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(reported, "/healthz reports the database down");
+    let metrics = mesh.admin_get("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics.contains("dependency_up{dependency=\"database\"} 0"),
+        "{metrics}"
+    );
+    assert_eq!(mesh.admin_get("/readyz").await.status(), StatusCode::OK);
 
     admin
         .execute_unprepared(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true"))

@@ -46,6 +46,7 @@ async fn spans_of_one_request_reach_the_otlp_collector() {
         ("THALI_DATA_DIR", data_dir.display().to_string()),
         ("THALI_HTTP_ADDR", "127.0.0.1:0".into()),
         ("THALI_GRPC_ADDR", "127.0.0.1:0".into()),
+        ("THALI_ADMIN_ADDR", "127.0.0.1:0".into()),
         ("THALI_OTLP_ENDPOINT", endpoint),
         ("THALI_LOG", "warn".into()),
     ]

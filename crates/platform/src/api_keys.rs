@@ -12,7 +12,7 @@ use thali_proto::identity::v1::{Role, VerifyApiKeyRequest, identity_service_clie
 
 use crate::{
     auth::{ApiKeyGrant, AuthError, Principal},
-    client::GrpcChannel,
+    client::{Client, GrpcChannel, Target},
     server::ApiKeyResolver,
 };
 
@@ -25,14 +25,14 @@ type CachedAnswer = (Instant, Result<Principal, AuthError>);
 
 /// Resolves keys with identity's `VerifyApiKey`.
 pub struct IdentityApiKeys {
-    client: IdentityServiceClient<GrpcChannel>,
+    client: Client<IdentityServiceClient<GrpcChannel>>,
     cache: Mutex<HashMap<String, CachedAnswer>>,
 }
 
 impl IdentityApiKeys {
-    pub fn new(identity: GrpcChannel) -> Self {
+    pub fn new(identity: Target) -> Self {
         Self {
-            client: IdentityServiceClient::new(identity),
+            client: Client::new(identity, IdentityServiceClient::new),
             cache: Mutex::default(),
         }
     }
@@ -64,7 +64,13 @@ impl ApiKeyResolver for IdentityApiKeys {
             {
                 return answer.clone();
             }
-            let answer = match self.client.clone().verify_api_key(VerifyApiKeyRequest { key }).await {
+            let answer = match self
+                .client
+                .call(VerifyApiKeyRequest { key }, |mut c, r| async move {
+                    c.verify_api_key(r).await
+                })
+                .await
+            {
                 Ok(res) => {
                     let res = res.into_inner();
                     let role = Role::try_from(res.owner_role).ok().and_then(role_name);

@@ -90,6 +90,12 @@ impl CacheKey {
         Self(format!("t:{tenant}:v{SCHEMA_VERSION}:{kind}:{id}"))
     }
 
+    /// The one key of a creator's public storefront page, for the storefront service's cache
+    /// and the facade's response cache alike.
+    pub fn storefront(tenant: &str, username: &str) -> Self {
+        Self::new(tenant, "store", username)
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }

@@ -55,6 +55,40 @@ pub struct Config {
     pub connect_timeout_ms: u64,
     /// Largest request body the facade accepts, in bytes (`THALI_MAX_BODY_BYTES`).
     pub max_body_bytes: usize,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served (`THALI_ADMIN_ADDR`).
+    pub admin_addr: SocketAddr,
+    /// Calls one process's gRPC server runs at once; more are shed with UNAVAILABLE
+    /// (`THALI_MAX_CONCURRENT_RPCS`).
+    pub max_concurrent_rpcs: usize,
+    /// Time in-flight calls get to finish after SIGTERM, in seconds (`THALI_SHUTDOWN_GRACE_S`).
+    pub shutdown_grace_s: u64,
+    /// How long the facade may serve its last copy of a storefront page while the storefront
+    /// cannot be reached, in seconds (`THALI_EDGE_STALE_IF_ERROR_S`).
+    pub edge_stale_if_error_s: u64,
+    /// Retry budget window, seconds (1-60) (`THALI_RETRY_BUDGET_WINDOW_S`).
+    pub retry_budget_window_s: u64,
+    /// Retries per second always allowed (`THALI_RETRY_BUDGET_MIN_PER_S`).
+    pub retry_budget_min_per_s: u32,
+    /// Retries allowed as a percentage of calls (`THALI_RETRY_BUDGET_PERCENT`).
+    pub retry_budget_percent: u32,
+    /// First retry backoff, milliseconds (`THALI_RETRY_BACKOFF_BASE_MS`).
+    pub retry_backoff_base_ms: u64,
+    /// Largest retry backoff, milliseconds (`THALI_RETRY_BACKOFF_MAX_MS`).
+    pub retry_backoff_max_ms: u64,
+    /// Failures in a row that open an endpoint's breaker (`THALI_BREAKER_CONSECUTIVE_FAILURES`).
+    pub breaker_consecutive_failures: u32,
+    /// Failure percentage over the window that opens it (`THALI_BREAKER_FAILURE_RATE_PERCENT`).
+    pub breaker_failure_rate_percent: u32,
+    /// Calls in the window before the rate counts (`THALI_BREAKER_MIN_CALLS`).
+    pub breaker_min_calls: u32,
+    /// The failure-rate window, seconds (`THALI_BREAKER_WINDOW_S`).
+    pub breaker_window_s: u64,
+    /// First ejection, milliseconds (`THALI_BREAKER_BACKOFF_MIN_MS`).
+    pub breaker_backoff_min_ms: u64,
+    /// Longest ejection, milliseconds (`THALI_BREAKER_BACKOFF_MAX_MS`).
+    pub breaker_backoff_max_ms: u64,
+    /// How often a target given by DNS name is resolved again, seconds (`THALI_RESOLVE_INTERVAL_S`).
+    pub resolve_interval_s: u64,
 }
 
 /// Values given on the command line; they win over every other source.
@@ -69,6 +103,7 @@ pub struct Overrides {
     pub log_format: Option<String>,
     pub storefront_url: Option<String>,
     pub identity_url: Option<String>,
+    pub admin_addr: Option<String>,
 }
 
 /// A configuration value that cannot be used, named by its key.
@@ -103,7 +138,23 @@ impl Config {
             .set_default("rpc_timeout_ms", 5_000)?
             .set_default("connect_timeout_ms", 2_000)?
             .set_default("max_body_bytes", 64 * 1024)?
-            .set_default("tenant", "default")?;
+            .set_default("tenant", "default")?
+            .set_default("admin_addr", "127.0.0.1:9464")?
+            .set_default("max_concurrent_rpcs", 1_000)?
+            .set_default("shutdown_grace_s", 25)?
+            .set_default("edge_stale_if_error_s", 300)?
+            .set_default("retry_budget_window_s", 10)?
+            .set_default("retry_budget_min_per_s", 10)?
+            .set_default("retry_budget_percent", 20)?
+            .set_default("retry_backoff_base_ms", 25)?
+            .set_default("retry_backoff_max_ms", 1_000)?
+            .set_default("breaker_consecutive_failures", 5)?
+            .set_default("breaker_failure_rate_percent", 50)?
+            .set_default("breaker_min_calls", 20)?
+            .set_default("breaker_window_s", 10)?
+            .set_default("breaker_backoff_min_ms", 1_000)?
+            .set_default("breaker_backoff_max_ms", 60_000)?
+            .set_default("resolve_interval_s", 5)?;
         if let Some(file) = file {
             builder = builder.add_source(config::File::from(file).required(false));
         }
@@ -122,6 +173,7 @@ impl Config {
             .set_override_option("log_format", overrides.log_format.clone())?
             .set_override_option("storefront_url", overrides.storefront_url.clone())?
             .set_override_option("identity_url", overrides.identity_url.clone())?
+            .set_override_option("admin_addr", overrides.admin_addr.clone())?
             .build()?
             .try_deserialize()?;
         cfg.validate()?;
@@ -138,19 +190,62 @@ impl Config {
                 reason: "must start with sqlite:, postgres:// or postgresql://".into(),
             });
         }
+        if let Some(url) = &self.otlp_endpoint
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(ConfigError::Invalid {
+                key: "otlp_endpoint",
+                reason: format!("`{url}` is not an http(s) URL"),
+            });
+        }
         for (key, value) in [
-            ("otlp_endpoint", &self.otlp_endpoint),
             ("storefront_url", &self.storefront_url),
             ("identity_url", &self.identity_url),
         ] {
-            if let Some(url) = value
-                && !(url.starts_with("http://") || url.starts_with("https://"))
+            if let Some(spec) = value
+                && let Err(reason) = crate::client::Discovery::parse(spec)
             {
-                return Err(ConfigError::Invalid {
-                    key,
-                    reason: format!("`{url}` is not an http(s) URL"),
-                });
+                return Err(ConfigError::Invalid { key, reason });
             }
+        }
+        let invalid = |key: &'static str, reason: &str| {
+            Err(ConfigError::Invalid {
+                key,
+                reason: reason.to_owned(),
+            })
+        };
+        if !(1..=60).contains(&self.retry_budget_window_s) {
+            return invalid("retry_budget_window_s", "must be 1 to 60");
+        }
+        if self.retry_budget_percent > 1000 {
+            return invalid("retry_budget_percent", "must be 0 to 1000");
+        }
+        if self.retry_backoff_base_ms == 0 || self.retry_backoff_max_ms < self.retry_backoff_base_ms {
+            return invalid(
+                "retry_backoff_max_ms",
+                "needs 0 < retry_backoff_base_ms <= retry_backoff_max_ms",
+            );
+        }
+        if self.breaker_consecutive_failures == 0 {
+            return invalid("breaker_consecutive_failures", "must be above 0");
+        }
+        if !(1..=100).contains(&self.breaker_failure_rate_percent) {
+            return invalid("breaker_failure_rate_percent", "must be 1 to 100");
+        }
+        if self.breaker_window_s == 0 {
+            return invalid("breaker_window_s", "must be above 0");
+        }
+        if self.breaker_backoff_min_ms == 0 || self.breaker_backoff_max_ms < self.breaker_backoff_min_ms {
+            return invalid(
+                "breaker_backoff_max_ms",
+                "needs 0 < breaker_backoff_min_ms <= breaker_backoff_max_ms",
+            );
+        }
+        if self.resolve_interval_s == 0 {
+            return invalid("resolve_interval_s", "must be above 0");
+        }
+        if self.max_concurrent_rpcs == 0 {
+            return invalid("max_concurrent_rpcs", "must be above 0");
         }
         if let Some(url) = &self.redis_url
             && !["redis://", "rediss://", "redis-sentinel://", "redis-cluster://"]
@@ -216,6 +311,35 @@ impl Config {
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_millis(self.connect_timeout_ms)
     }
+
+    /// Time in-flight calls get after SIGTERM.
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_s)
+    }
+
+    /// Every number of the client stack.
+    pub fn client_settings(&self) -> crate::client::ClientSettings {
+        crate::client::ClientSettings {
+            deadline: self.rpc_timeout(),
+            connect_timeout: self.connect_timeout(),
+            retry: crate::client::RetrySettings {
+                budget_window: Duration::from_secs(self.retry_budget_window_s),
+                budget_min_per_sec: self.retry_budget_min_per_s,
+                budget_ratio: self.retry_budget_percent as f32 / 100.0,
+                backoff_base: Duration::from_millis(self.retry_backoff_base_ms),
+                backoff_max: Duration::from_millis(self.retry_backoff_max_ms),
+            },
+            breaker: crate::client::BreakerSettings {
+                consecutive_failures: self.breaker_consecutive_failures,
+                failure_rate: f64::from(self.breaker_failure_rate_percent) / 100.0,
+                min_calls: self.breaker_min_calls,
+                window: Duration::from_secs(self.breaker_window_s),
+                backoff_min: Duration::from_millis(self.breaker_backoff_min_ms),
+                backoff_max: Duration::from_millis(self.breaker_backoff_max_ms),
+            },
+            resolve_every: Duration::from_secs(self.resolve_interval_s),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -233,6 +357,45 @@ mod tests {
         assert_eq!(cfg.grpc_addr.to_string(), "127.0.0.1:50051");
         assert_eq!(cfg.log_format, LogFormat::Json);
         assert!(cfg.database_url().starts_with("sqlite://./data/thali.db"));
+        assert_eq!(cfg.admin_addr.to_string(), "127.0.0.1:9464");
+        let client = cfg.client_settings();
+        assert_eq!(client.retry.budget_window, Duration::from_secs(10));
+        assert_eq!(client.retry.budget_min_per_sec, 10);
+        assert!((client.retry.budget_ratio - 0.2).abs() < f32::EPSILON);
+        assert_eq!(client.retry.backoff_base, Duration::from_millis(25));
+        assert_eq!(client.retry.backoff_max, Duration::from_secs(1));
+        assert_eq!(client.breaker.consecutive_failures, 5);
+        assert_eq!(client.breaker.min_calls, 20);
+        assert_eq!(client.breaker.backoff_max, Duration::from_secs(60));
+        assert_eq!(cfg.max_concurrent_rpcs, 1000);
+        assert_eq!(cfg.shutdown_grace(), Duration::from_secs(25));
+    }
+
+    #[test]
+    fn service_urls_take_a_list_or_one_name() {
+        let ok = Config::load_from(
+            None,
+            env(&[
+                ("THALI_STOREFRONT_URL", "http://10.0.0.1:50051,http://10.0.0.2:50051"),
+                ("THALI_IDENTITY_URL", "http://identity-headless:50051"),
+            ]),
+            &Overrides::default(),
+        );
+        assert!(ok.is_ok());
+        let err = Config::load_from(
+            None,
+            env(&[("THALI_STOREFRONT_URL", "http://a:1,ftp://b")]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("storefront_url"), "{err}");
+        let err = Config::load_from(
+            None,
+            env(&[("THALI_RETRY_BUDGET_WINDOW_S", "90")]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("retry_budget_window_s"), "{err}");
     }
 
     #[test]

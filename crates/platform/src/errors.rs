@@ -50,7 +50,9 @@ pub fn with_reason(code: Code, reason: &str, message: impl Into<String>) -> Stat
     )
 }
 
-/// UNAVAILABLE with `RetryInfo` telling the caller when to try again.
+/// UNAVAILABLE with `RetryInfo` telling the caller when to try again. A `reason` ending in
+/// `_UNAVAILABLE` (`DATABASE_UNAVAILABLE`) says a dependency shared by every replica is down:
+/// callers neither retry it elsewhere nor count it against this endpoint's breaker.
 pub fn unavailable(reason: &str, message: impl Into<String>, retry_after: Duration) -> Status {
     let mut details = ErrorDetails::with_retry_info(Some(retry_after));
     details.set_error_info(reason, ERROR_DOMAIN, HashMap::new());

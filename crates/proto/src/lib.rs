@@ -5,6 +5,9 @@
 /// Encoded `FileDescriptorSet` of every Thali contract (with imports), for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/thali_descriptor.bin"));
 
+mod retry;
+pub use retry::RetryPolicy;
+
 pub mod common {
     pub mod v1 {
         tonic::include_proto!("thali.common.v1");
@@ -14,11 +17,39 @@ pub mod common {
 pub mod identity {
     pub mod v1 {
         tonic::include_proto!("thali.identity.v1");
+
+        crate::retry::retry_table! {
+            RegisterRequest => "Register", keyed;
+            // Each attempt is a counted login attempt and opens a session.
+            LoginRequest => "Login", never;
+            // A refresh token works once: a repeat would look like token theft.
+            RefreshRequest => "Refresh", never;
+            LogoutRequest => "Logout", never;
+            MeRequest => "Me", read;
+            RenewAccessTokenRequest => "RenewAccessToken", read;
+            CreateApiKeyRequest => "CreateApiKey", keyed;
+            ListApiKeysRequest => "ListApiKeys", read;
+            RevokeApiKeyRequest => "RevokeApiKey", never;
+            // Only touches the key's last use.
+            VerifyApiKeyRequest => "VerifyApiKey", read;
+            ListSigningKeysRequest => "ListSigningKeys", read;
+        }
     }
 }
 
 pub mod storefront {
     pub mod v1 {
         tonic::include_proto!("thali.storefront.v1");
+
+        crate::retry::retry_table! {
+            CreateCreatorRequest => "CreateCreator", keyed;
+            GetCreatorRequest => "GetCreator", read;
+            UpdateProfileRequest => "UpdateProfile", never;
+            CreateProductRequest => "CreateProduct", keyed;
+            UpdateProductRequest => "UpdateProduct", never;
+            ArchiveProductRequest => "ArchiveProduct", never;
+            ListProductsRequest => "ListProducts", read;
+            GetStorefrontRequest => "GetStorefront", read;
+        }
     }
 }

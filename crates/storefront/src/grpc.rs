@@ -43,7 +43,7 @@ impl StorefrontGrpc {
 
     /// `t:{tenant}:v{n}:store:{username}`.
     fn storefront_key(&self, username: &str) -> CacheKey {
-        CacheKey::new(&self.tenant, "store", username)
+        CacheKey::storefront(&self.tenant, username)
     }
 
     /// The storefront of `username`, through the cache (encoded, with the owner's id).
@@ -94,7 +94,7 @@ impl StorefrontGrpc {
         let (store, cache, tenant) = (self.store.clone(), self.cache.clone(), self.tenant.clone());
         let _ = tokio::spawn(async move {
             match store.creator_username(creator_id).await {
-                Ok(username) => cache.invalidate(&CacheKey::new(&tenant, "store", &username)).await,
+                Ok(username) => cache.invalidate(&CacheKey::storefront(&tenant, &username)).await,
                 Err(e) => tracing::error!(error = %e, %creator_id, "storefront cache not invalidated after a write"),
             }
         })

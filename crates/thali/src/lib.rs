@@ -1,6 +1,8 @@
 //! Starting Thali: the whole platform in one process (`all`), or one part per process. In `all`
 //! mode the facade still reaches the storefront over real gRPC on loopback, so every layer runs
-//! in both modes.
+//! in both modes. Every process also serves its admin listener (`/metrics`, `/healthz`,
+//! `/readyz`) and drains on shutdown: NOT_SERVING, no new connections, in-flight calls finish
+//! within the grace period.
 #![forbid(unsafe_code)]
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
@@ -15,8 +17,9 @@ use thali_platform::{
     api_keys::IdentityApiKeys,
     auth::{Signer, Verifier, ensure_key_pair},
     cache::Redis,
-    client::{ServiceIdentity, channel},
-    server::{AuthPolicy, Health},
+    client::{ServiceIdentity, Target},
+    health::Health,
+    server::AuthPolicy,
 };
 use thali_proto::{
     identity::v1::identity_service_server::IdentityServiceServer,
@@ -30,9 +33,9 @@ use tokio::{sync::watch, task::JoinSet};
 pub enum Part {
     /// Every service and the facade, embedded defaults (SQLite, generated keys).
     All,
-    /// The identity gRPC service (plus /metrics and /healthz on the HTTP address).
+    /// The identity gRPC service.
     Identity,
-    /// The storefront gRPC service (plus /metrics and /healthz on the HTTP address).
+    /// The storefront gRPC service.
     Storefront,
     /// The REST facade.
     Facade,
@@ -61,26 +64,59 @@ impl Part {
 
 /// A running platform: where it listens and how to stop it.
 pub struct Platform {
-    /// REST facade (or, for a single service, its metrics/health endpoint).
+    /// REST facade, when this part runs it.
     pub http_addr: Option<SocketAddr>,
     /// gRPC services.
     pub grpc_addr: Option<SocketAddr>,
+    /// `/metrics`, `/healthz`, `/readyz`.
+    pub admin_addr: SocketAddr,
+    health: Health,
+    grace: Duration,
     stop: watch::Sender<bool>,
     tasks: JoinSet<anyhow::Result<()>>,
+    admin_stop: watch::Sender<bool>,
+    admin: tokio::task::JoinHandle<anyhow::Result<()>>,
     watchers: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Platform {
-    /// Asks every server to stop and waits for them.
+    /// Drains and stops: reports NOT_SERVING (and `/readyz` 503), stops accepting connections,
+    /// lets the calls in flight finish for up to the grace period (then cuts them), and stops
+    /// the admin listener last.
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        self.health.drain().await;
+        tracing::info!(
+            grace_s = self.grace.as_secs(),
+            "draining: no new calls; in-flight calls finish"
+        );
         let _ = self.stop.send(true);
+        let tasks = &mut self.tasks;
+        let drained = tokio::time::timeout(self.grace, async {
+            while let Some(done) = tasks.join_next().await {
+                done??;
+            }
+            anyhow::Ok(())
+        })
+        .await;
+        let result = match drained {
+            Ok(result) => result,
+            Err(_) => {
+                tracing::warn!("calls still in flight at the end of the grace period; stopping them");
+                self.tasks.abort_all();
+                Ok(())
+            }
+        };
         for watcher in &self.watchers {
             watcher.abort();
         }
-        while let Some(done) = self.tasks.join_next().await {
-            done??;
-        }
-        Ok(())
+        let _ = self.admin_stop.send(true);
+        let _ = (&mut self.admin).await;
+        result
+    }
+
+    /// This process's health (readiness and dependencies).
+    pub fn health(&self) -> &Health {
+        &self.health
     }
 
     /// Waits until a server stops on its own (an error) or `signal` completes, then shuts down.
@@ -138,6 +174,8 @@ pub async fn start(cfg: &Config, part: Part) -> anyhow::Result<Platform> {
     let (stop, stop_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
     let mut watchers = Vec::new();
+    let health = Health::new();
+    let client_settings = cfg.client_settings();
     let keys_dir = cfg.keys_dir();
     if part == Part::All {
         ensure_key_pair(&keys_dir).context("creating the JWT key pair")?;
@@ -167,27 +205,31 @@ pub async fn start(cfg: &Config, part: Part) -> anyhow::Result<Platform> {
         let own = listener.local_addr()?;
         grpc_addr = Some(own);
         let identity_url = cfg.identity_url.clone().unwrap_or_else(|| format!("http://{own}"));
-        let identity_channel = channel(
-            &identity_url,
-            "identity",
-            &identity,
-            cfg.connect_timeout(),
-            cfg.rpc_timeout(),
-        )
-        .with_context(|| format!("identity_url `{identity_url}`"))?;
+        let identity_target = Target::new("identity", &identity_url, &identity, client_settings.clone()).await?;
+        if !part.runs_identity() {
+            let target = identity_target.clone();
+            watchers.push(health.watch_dependency("identity", HEALTH_INTERVAL, move || {
+                let up = target.is_up();
+                async move { up }
+            }));
+        }
         let scopes: Vec<(&str, &str)> = thali_storefront::API_KEY_SCOPES
             .iter()
             .chain(thali_identity::API_KEY_SCOPES)
             .copied()
             .collect();
         let policy =
-            AuthPolicy::new(verifier.clone()).with_api_keys(Arc::new(IdentityApiKeys::new(identity_channel)), &scopes);
+            AuthPolicy::new(verifier.clone()).with_api_keys(Arc::new(IdentityApiKeys::new(identity_target)), &scopes);
 
-        let health = Health::new();
+        let probe_db = db.clone();
+        watchers.push(health.watch_dependency("database", HEALTH_INTERVAL, move || {
+            let db = probe_db.clone();
+            async move { db.ping().await.is_ok() }
+        }));
         let mut routes = tonic::service::RoutesBuilder::default();
         if part.runs_identity() {
-            watchers.push(health.watch_database::<IdentityServiceServer<IdentityGrpc>>(db.clone(), HEALTH_INTERVAL));
             routes.add_service(thali_identity::service(db.clone(), signer.clone(), verifier.clone()));
+            health.serving::<IdentityServiceServer<IdentityGrpc>>().await;
         }
         if part.runs_storefront() {
             let redis = match &cfg.redis_url {
@@ -200,23 +242,29 @@ pub async fn start(cfg: &Config, part: Part) -> anyhow::Result<Platform> {
             storefront_invalidations = Some(storefront.invalidations());
             watchers.push(storefront.spawn_workers(Duration::from_secs(30)));
             if cfg.redis_url.is_some() {
-                watchers.push(health.watch_dependency("redis", HEALTH_INTERVAL, storefront.redis_probe()));
+                let probe = storefront.redis_probe();
+                watchers.push(health.watch_dependency("redis", HEALTH_INTERVAL, move || {
+                    let up = probe();
+                    async move { up }
+                }));
             }
-            watchers
-                .push(health.watch_database::<StorefrontServiceServer<StorefrontGrpc>>(db.clone(), HEALTH_INTERVAL));
             routes.add_service(storefront.server());
+            health.serving::<StorefrontServiceServer<StorefrontGrpc>>().await;
         }
         let routes = routes.routes();
         let shutdown = stopped(stop_rx.clone());
+        let server_health = health.clone();
+        let max_concurrent_rpcs = cfg.max_concurrent_rpcs;
         tasks.spawn(async move {
-            thali_platform::server::serve(listener, routes, health, policy, shutdown)
+            thali_platform::server::serve(listener, routes, &server_health, policy, max_concurrent_rpcs, shutdown)
                 .await
                 .context("gRPC server")
         });
     }
 
-    // HTTP: the facade, or the metrics and health of a single service.
-    let router = if part.runs_facade() {
+    // HTTP: the facade.
+    let mut http_addr = None;
+    if part.runs_facade() {
         let url_of = |configured: &Option<String>| match (configured, grpc_addr) {
             (Some(url), _) => url.clone(),
             (None, Some(addr)) => format!("http://{addr}"),
@@ -224,22 +272,20 @@ pub async fn start(cfg: &Config, part: Part) -> anyhow::Result<Platform> {
         };
         let storefront_url = url_of(&cfg.storefront_url);
         let identity_url = url_of(&cfg.identity_url);
-        let storefront = channel(
-            &storefront_url,
-            "storefront",
-            &identity,
-            cfg.connect_timeout(),
-            cfg.rpc_timeout(),
-        )
-        .with_context(|| format!("storefront_url `{storefront_url}`"))?;
-        let identity_service = channel(
-            &identity_url,
-            "identity",
-            &identity,
-            cfg.connect_timeout(),
-            cfg.rpc_timeout(),
-        )
-        .with_context(|| format!("identity_url `{identity_url}`"))?;
+        let storefront = Target::new("storefront", &storefront_url, &identity, client_settings.clone()).await?;
+        let identity_service = Target::new("identity", &identity_url, &identity, client_settings.clone()).await?;
+        for target in [&storefront, &identity_service] {
+            let target = target.clone();
+            let name: &'static str = if target.name() == "storefront" {
+                "storefront"
+            } else {
+                "identity"
+            };
+            watchers.push(health.watch_dependency(name, HEALTH_INTERVAL, move || {
+                let up = target.is_up();
+                async move { up }
+            }));
+        }
         // The response cache needs the storefront's invalidations: in-process, or through Redis.
         let invalidations = match (storefront_invalidations, &cfg.redis_url) {
             (Some(local), _) => Some(local),
@@ -250,42 +296,87 @@ pub async fn start(cfg: &Config, part: Part) -> anyhow::Result<Platform> {
             (None, None) => None,
         };
         let edge = match invalidations {
-            Some(feed) => Some(thali_facade::edge::EdgeCache::new(&cfg.tenant, feed).await),
+            Some(feed) => Some(
+                thali_facade::edge::EdgeCache::new(&cfg.tenant, feed, Duration::from_secs(cfg.edge_stale_if_error_s))
+                    .await,
+            ),
             None => None,
         };
-        let state = thali_facade::FacadeState::new(storefront, identity_service, verifier, metrics, edge);
-        thali_facade::router(state, cfg.max_body_bytes)
-    } else {
-        ops_router(metrics)
-    };
-    let listener = thali_platform::net::bind(cfg.http_addr).with_context(|| format!("binding {}", cfg.http_addr))?;
-    let http_addr = Some(listener.local_addr()?);
-    let shutdown = stopped(stop_rx);
-    tasks.spawn(async move {
-        axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(shutdown)
+        let state = thali_facade::FacadeState::new(storefront, identity_service, verifier, edge);
+        let router = thali_facade::router(state, cfg.max_body_bytes);
+        let listener =
+            thali_platform::net::bind(cfg.http_addr).with_context(|| format!("binding {}", cfg.http_addr))?;
+        http_addr = Some(listener.local_addr()?);
+        let shutdown = stopped(stop_rx);
+        tasks.spawn(async move {
+            axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
+                .with_graceful_shutdown(shutdown)
+                .await
+                .context("HTTP server")
+        });
+    }
+
+    // Admin: metrics, liveness with every dependency's state, readiness of this process.
+    let (admin_stop, admin_stop_rx) = watch::channel(false);
+    let listener =
+        thali_platform::net::bind(cfg.admin_addr).with_context(|| format!("binding {} (admin)", cfg.admin_addr))?;
+    let admin_addr = listener.local_addr()?;
+    let router = admin_router(metrics, health.clone());
+    let admin = tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(stopped(admin_stop_rx))
             .await
-            .context("HTTP server")
+            .context("admin server")
     });
+    health.set_ready();
 
     Ok(Platform {
         http_addr,
         grpc_addr,
+        admin_addr,
+        health,
+        grace: cfg.shutdown_grace(),
         stop,
         tasks,
+        admin_stop,
+        admin,
         watchers,
     })
 }
 
-/// How often each service checks its database for health.
+/// How often each dependency is probed.
 const HEALTH_INTERVAL: Duration = Duration::from_secs(2);
 
-/// `/metrics` and `/healthz` for a process that serves no REST API.
-fn ops_router(metrics: metrics_exporter_prometheus::PrometheusHandle) -> Router {
+/// The admin listener: `/metrics` (Prometheus), `/healthz` (alive, with each dependency's
+/// state), `/readyz` (this process takes traffic: started and not draining; never follows a
+/// dependency).
+fn admin_router(metrics: metrics_exporter_prometheus::PrometheusHandle, health: Health) -> Router {
+    let ready = health.clone();
     Router::new()
+        .route("/healthz", get(move || async move { axum::Json(health.report()) }))
         .route(
-            "/healthz",
-            get(|| async { axum::Json(serde_json::json!({ "status": "ok" })) }),
+            "/readyz",
+            get(move || async move {
+                if ready.is_ready() {
+                    (
+                        axum::http::StatusCode::OK,
+                        axum::Json(serde_json::json!({ "status": "ready" })),
+                    )
+                } else {
+                    (
+                        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                        axum::Json(serde_json::json!({ "status": "draining" })),
+                    )
+                }
+            }),
         )
-        .route("/metrics", get(move || async move { metrics.render() }))
+        .route(
+            "/metrics",
+            get(move || async move {
+                (
+                    [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                    metrics.render(),
+                )
+            }),
+        )
 }

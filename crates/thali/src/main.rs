@@ -51,6 +51,9 @@ struct ConfigFlags {
     /// Identity service URL for the facade and other services [THALI_IDENTITY_URL]
     #[arg(long, global = true)]
     identity_url: Option<String>,
+    /// Admin listener: /metrics, /healthz, /readyz [THALI_ADMIN_ADDR; default 127.0.0.1:9464]
+    #[arg(long, global = true)]
+    admin_addr: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -137,6 +140,7 @@ impl From<ConfigFlags> for Overrides {
             log_format: f.log_format,
             storefront_url: f.storefront_url,
             identity_url: f.identity_url,
+            admin_addr: f.admin_addr,
         }
     }
 }
@@ -179,11 +183,10 @@ async fn main() -> anyhow::Result<()> {
                 println!("thali: gRPC services on {addr} (reflection on; try `grpcurl -plaintext {addr} list`)");
             }
             if let Some(addr) = platform.http_addr {
-                match part {
-                    Part::Storefront | Part::Identity => println!("thali: metrics on http://{addr}/metrics"),
-                    _ => println!("thali: REST facade on http://{addr}/api/v1 (docs: http://{addr}/docs)"),
-                }
+                println!("thali: REST facade on http://{addr}/api/v1 (docs: http://{addr}/docs)");
             }
+            let admin = platform.admin_addr;
+            println!("thali: admin on http://{admin} (/metrics, /healthz, /readyz)");
             if part == Part::All {
                 println!(
                     "thali: data in {} (database {})",

@@ -19,6 +19,11 @@ fn matches(if_none_match: &str, etag: &str) -> bool {
             .any(|candidate| candidate.trim().trim_start_matches("W/") == etag)
 }
 
+/// The body of a tagged answer (after its ETag).
+pub fn untagged(tagged: &[u8]) -> &[u8] {
+    &tagged[34..]
+}
+
 /// `body` with its ETag in front (`"…"` is 34 bytes), so a cached answer needs no hashing.
 pub fn with_etag(body: Vec<u8>) -> Vec<u8> {
     let mut out = etag(&body).into_bytes();
@@ -27,7 +32,7 @@ pub fn with_etag(body: Vec<u8>) -> Vec<u8> {
 }
 
 /// As [`conditional`], for bytes made by [`with_etag`], without copying the body.
-pub fn conditional_tagged(request: &HeaderMap, tagged: std::sync::Arc<[u8]>, cache_control: &'static str) -> Response {
+pub fn conditional_tagged(request: &HeaderMap, tagged: std::sync::Arc<[u8]>, cache_control: HeaderValue) -> Response {
     let tag = std::str::from_utf8(&tagged[..34])
         .expect("the ETag prefix is ASCII")
         .to_owned();
@@ -37,12 +42,12 @@ pub fn conditional_tagged(request: &HeaderMap, tagged: std::sync::Arc<[u8]>, cac
 
 /// 200 with `body` as JSON, or 304 when `request` already holds it; both with `ETag` and
 /// `Cache-Control`.
-pub fn conditional(request: &HeaderMap, body: Vec<u8>, cache_control: &'static str) -> Response {
+pub fn conditional(request: &HeaderMap, body: Vec<u8>, cache_control: HeaderValue) -> Response {
     let tag = etag(&body);
     respond(request, tag, axum::body::Bytes::from(body), cache_control)
 }
 
-fn respond(request: &HeaderMap, tag: String, body: axum::body::Bytes, cache_control: &'static str) -> Response {
+fn respond(request: &HeaderMap, tag: String, body: axum::body::Bytes, cache_control: HeaderValue) -> Response {
     let not_modified = request
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
@@ -62,7 +67,7 @@ fn respond(request: &HeaderMap, tag: String, body: axum::body::Bytes, cache_cont
         header::ETAG,
         HeaderValue::from_str(&tag).expect("hex in quotes is a valid header"),
     );
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache_control));
+    headers.insert(header::CACHE_CONTROL, cache_control);
     response
 }
 
@@ -87,10 +92,19 @@ mod tests {
             HeaderValue::from_str(&etag(b"{\"a\":1}")).unwrap(),
         );
         assert_eq!(
-            conditional(&request, b"{\"a\":1}".to_vec(), "public, max-age=60").status(),
+            conditional(
+                &request,
+                b"{\"a\":1}".to_vec(),
+                HeaderValue::from_static("public, max-age=60")
+            )
+            .status(),
             StatusCode::NOT_MODIFIED
         );
-        let changed = conditional(&request, b"{\"a\":2}".to_vec(), "public, max-age=60");
+        let changed = conditional(
+            &request,
+            b"{\"a\":2}".to_vec(),
+            HeaderValue::from_static("public, max-age=60"),
+        );
         assert_eq!(changed.status(), StatusCode::OK);
         assert_eq!(changed.headers()[header::CACHE_CONTROL], "public, max-age=60");
     }

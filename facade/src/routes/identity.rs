@@ -48,7 +48,12 @@ pub async fn register(
         role: dto::Role::from(body.role).to_pb() as i32,
         idempotency_key: idempotency_key(&headers)?,
     };
-    let account = state.identity.clone().register(req).await?.into_inner().account;
+    let account = state
+        .identity
+        .call(req, |mut c, r| async move { c.register(r).await })
+        .await?
+        .into_inner()
+        .account;
     Ok(created(
         "/api/v1/auth/me".to_owned(),
         dto::Account::from(account.ok_or_else(|| missing("account"))?),
@@ -75,7 +80,11 @@ pub async fn login(
         password: body.password,
         client_address: peer.ip().to_string(),
     };
-    let res = state.identity.clone().login(req).await?.into_inner();
+    let res = state
+        .identity
+        .call(req, |mut c, r| async move { c.login(r).await })
+        .await?
+        .into_inner();
     Ok(no_store(dto::Session {
         account: res.account.ok_or_else(|| missing("account"))?.into(),
         tokens: res.tokens.ok_or_else(|| missing("tokens"))?.into(),
@@ -98,7 +107,11 @@ pub async fn refresh(
         refresh_token: body.refresh_token,
         client_address: peer.ip().to_string(),
     };
-    let res = state.identity.clone().refresh(req).await?.into_inner();
+    let res = state
+        .identity
+        .call(req, |mut c, r| async move { c.refresh(r).await })
+        .await?
+        .into_inner();
     Ok(no_store(dto::Tokens::from(
         res.tokens.ok_or_else(|| missing("tokens"))?,
     )))
@@ -116,10 +129,12 @@ pub async fn logout(
 ) -> Result<StatusCode, Problem> {
     state
         .identity
-        .clone()
-        .logout(pb::LogoutRequest {
-            refresh_token: body.refresh_token,
-        })
+        .call(
+            pb::LogoutRequest {
+                refresh_token: body.refresh_token,
+            },
+            |mut c, r| async move { c.logout(r).await },
+        )
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -131,7 +146,13 @@ pub async fn logout(
     security(("bearer" = []))
 )]
 pub async fn me(State(state): State<FacadeState>, caller: Caller) -> Result<Json<dto::Account>, Problem> {
-    let res = state.identity.clone().me(caller.request(pb::MeRequest {})).await?;
+    let res = state
+        .identity
+        .call(
+            caller.request(pb::MeRequest {}),
+            |mut c, r| async move { c.me(r).await },
+        )
+        .await?;
     Ok(Json(res.into_inner().account.ok_or_else(|| missing("account"))?.into()))
 }
 
@@ -176,8 +197,7 @@ pub async fn create_api_key(
     };
     let res = state
         .identity
-        .clone()
-        .create_api_key(caller.request(req))
+        .call(caller.request(req), |mut c, r| async move { c.create_api_key(r).await })
         .await?
         .into_inner();
     let key = dto::ApiKey::from(res.api_key.ok_or_else(|| missing("api_key"))?);
@@ -223,8 +243,7 @@ pub async fn list_api_keys(
     };
     let res = state
         .identity
-        .clone()
-        .list_api_keys(caller.request(req))
+        .call(caller.request(req), |mut c, r| async move { c.list_api_keys(r).await })
         .await?
         .into_inner();
     Ok(Json(dto::ApiKeyList {
@@ -246,8 +265,9 @@ pub async fn revoke_api_key(
 ) -> Result<Json<dto::ApiKey>, Problem> {
     let res = state
         .identity
-        .clone()
-        .revoke_api_key(caller.request(pb::RevokeApiKeyRequest { id }))
+        .call(caller.request(pb::RevokeApiKeyRequest { id }), |mut c, r| async move {
+            c.revoke_api_key(r).await
+        })
         .await?;
     Ok(Json(res.into_inner().api_key.ok_or_else(|| missing("api_key"))?.into()))
 }
@@ -260,8 +280,9 @@ pub async fn revoke_api_key(
 pub async fn jwks(State(state): State<FacadeState>) -> Result<Response, Problem> {
     let res = state
         .identity
-        .clone()
-        .list_signing_keys(pb::ListSigningKeysRequest {})
+        .call(pb::ListSigningKeysRequest {}, |mut c, r| async move {
+            c.list_signing_keys(r).await
+        })
         .await?
         .into_inner();
     let keys = res

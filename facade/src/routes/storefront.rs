@@ -1,5 +1,11 @@
 //! Storefront routes: creators, products, the public storefront.
-use axum::{Json, extract::State, http::HeaderMap, response::Response};
+use axum::{
+    Json,
+    extract::State,
+    http::{HeaderMap, HeaderValue},
+    response::Response,
+};
+use thali_platform::cache::Source;
 use thali_proto::storefront::v1 as pb;
 
 use super::{created, http_cache, idempotency_key, missing};
@@ -33,8 +39,7 @@ pub async fn create_creator(
     };
     let creator = state
         .storefront
-        .clone()
-        .create_creator(caller.request(req))
+        .call(caller.request(req), |mut c, r| async move { c.create_creator(r).await })
         .await?
         .into_inner()
         .creator;
@@ -54,8 +59,9 @@ pub async fn get_creator(
 ) -> Result<Json<dto::Creator>, Problem> {
     let res = state
         .storefront
-        .clone()
-        .get_creator(pb::GetCreatorRequest { username })
+        .call(pb::GetCreatorRequest { username }, |mut c, r| async move {
+            c.get_creator(r).await
+        })
         .await?;
     Ok(Json(res.into_inner().creator.ok_or_else(|| missing("creator"))?.into()))
 }
@@ -79,7 +85,10 @@ pub async fn update_profile(
         display_name: body.display_name,
         bio: body.bio,
     };
-    let res = state.storefront.clone().update_profile(caller.request(req)).await?;
+    let res = state
+        .storefront
+        .call(caller.request(req), |mut c, r| async move { c.update_profile(r).await })
+        .await?;
     Ok(Json(res.into_inner().creator.ok_or_else(|| missing("creator"))?.into()))
 }
 
@@ -112,8 +121,7 @@ pub async fn create_product(
     };
     let product = state
         .storefront
-        .clone()
-        .create_product(caller.request(req))
+        .call(caller.request(req), |mut c, r| async move { c.create_product(r).await })
         .await?
         .into_inner()
         .product;
@@ -139,7 +147,11 @@ pub async fn list_products(
         page_token: query.page_token.unwrap_or_default(),
     };
     let req = request_as(&caller, req);
-    let page = state.storefront.clone().list_products(req).await?.into_inner();
+    let page = state
+        .storefront
+        .call(req, |mut c, r| async move { c.list_products(r).await })
+        .await?
+        .into_inner();
     Ok(Json(dto::ProductPage {
         products: page.products.into_iter().map(Into::into).collect(),
         next_page_token: Some(page.next_page_token).filter(|t| !t.is_empty()),
@@ -168,7 +180,10 @@ pub async fn update_product(
         active: body.active,
         stock: body.stock.map(|quantity| pb::StockUpdate { quantity }),
     };
-    let res = state.storefront.clone().update_product(caller.request(req)).await?;
+    let res = state
+        .storefront
+        .call(caller.request(req), |mut c, r| async move { c.update_product(r).await })
+        .await?;
     Ok(Json(res.into_inner().product.ok_or_else(|| missing("product"))?.into()))
 }
 
@@ -185,7 +200,13 @@ pub async fn archive_product(
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<dto::Product>, Problem> {
     let req = pb::ArchiveProductRequest { product_id: id };
-    let res = state.storefront.clone().archive_product(caller.request(req)).await?;
+    let res = state
+        .storefront
+        .call(
+            caller.request(req),
+            |mut c, r| async move { c.archive_product(r).await },
+        )
+        .await?;
     Ok(Json(res.into_inner().product.ok_or_else(|| missing("product"))?.into()))
 }
 
@@ -222,8 +243,7 @@ pub async fn get_storefront(
                 let req = tonic::Request::new(pb::GetStorefrontRequest { username: owned });
                 let res = for_miss
                     .storefront
-                    .clone()
-                    .get_storefront(req)
+                    .call(req, |mut c, r| async move { c.get_storefront(r).await })
                     .await
                     .map_err(|s| EdgeMiss::Problem(s.into()))?;
                 let body = storefront_body(res.into_inner()).map_err(EdgeMiss::Problem)?;
@@ -236,12 +256,28 @@ pub async fn get_storefront(
             })
             .await;
         return match loaded {
+            Ok(cached) if cached.source == Source::Stale => {
+                // The storefront cannot be reached: the last copy, marked stale (ADR 0010).
+                let mut body: serde_json::Value = serde_json::from_slice(http_cache::untagged(&cached.bytes))
+                    .map_err(|_| missing("cached storefront json"))?;
+                body["stale"] = serde_json::Value::Bool(true);
+                let bytes = serde_json::to_vec(&body).map_err(|_| missing("storefront json"))?;
+                Ok(http_cache::conditional(
+                    &headers,
+                    bytes,
+                    HeaderValue::from_static("no-cache"),
+                ))
+            }
             Ok(cached) => Ok(http_cache::conditional_tagged(
                 &headers,
                 cached.bytes,
-                "public, max-age=60",
+                edge.fresh_cache_control(),
             )),
-            Err(EdgeMiss::Uncacheable(bytes)) => Ok(http_cache::conditional(&headers, bytes, "no-cache")),
+            Err(EdgeMiss::Uncacheable(bytes)) => Ok(http_cache::conditional(
+                &headers,
+                bytes,
+                HeaderValue::from_static("no-cache"),
+            )),
             Err(EdgeMiss::Problem(mut problem)) => {
                 // The load may have run in another request's trace: this answer is this one's.
                 problem.trace_id = thali_platform::telemetry::current_trace_id();
@@ -250,7 +286,13 @@ pub async fn get_storefront(
         };
     }
     let req = request_as(&caller, pb::GetStorefrontRequest { username });
-    let body = storefront_body(state.storefront.clone().get_storefront(req).await?.into_inner())?;
+    let body = storefront_body(
+        state
+            .storefront
+            .call(req, |mut c, r| async move { c.get_storefront(r).await })
+            .await?
+            .into_inner(),
+    )?;
     let bytes = serde_json::to_vec(&body).map_err(|_| missing("storefront json"))?;
     let cache_control = if caller.is_some() {
         "no-store"
@@ -259,7 +301,11 @@ pub async fn get_storefront(
     } else {
         "public, max-age=60"
     };
-    Ok(http_cache::conditional(&headers, bytes, cache_control))
+    Ok(http_cache::conditional(
+        &headers,
+        bytes,
+        HeaderValue::from_static(cache_control),
+    ))
 }
 
 fn storefront_body(res: pb::GetStorefrontResponse) -> Result<dto::Storefront, Problem> {

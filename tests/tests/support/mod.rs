@@ -27,6 +27,8 @@ pub fn spans() -> &'static InMemorySpanExporter {
 pub struct Mesh {
     platform: Option<Platform>,
     pub base: String,
+    /// The admin listener: `/metrics`, `/healthz`, `/readyz`.
+    pub admin: String,
     pub grpc_addr: SocketAddr,
     pub signer: Signer,
     pub http: Client,
@@ -51,6 +53,7 @@ impl Mesh {
             ("THALI_DATA_DIR", data_dir.display().to_string()),
             ("THALI_HTTP_ADDR", "127.0.0.1:0".into()),
             ("THALI_GRPC_ADDR", "127.0.0.1:0".into()),
+            ("THALI_ADMIN_ADDR", "127.0.0.1:0".into()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
@@ -64,11 +67,13 @@ impl Mesh {
         let cfg = Config::load_from(None, Some(env), &Overrides::default()).unwrap();
         let platform = thali::start(&cfg, Part::All).await.unwrap();
         let base = format!("http://{}", platform.http_addr.unwrap());
+        let admin = format!("http://{}", platform.admin_addr);
         let grpc_addr = platform.grpc_addr.unwrap();
         let signer = Signer::load(&cfg.keys_dir()).unwrap();
         Self {
             platform: Some(platform),
             base,
+            admin,
             grpc_addr,
             signer,
             http: Client::new(),
@@ -86,6 +91,11 @@ impl Mesh {
 
     pub async fn get(&self, path: &str) -> Response {
         self.http.get(self.url(path)).send().await.unwrap()
+    }
+
+    /// GET on the admin listener.
+    pub async fn admin_get(&self, path: &str) -> Response {
+        self.http.get(format!("{}{path}", self.admin)).send().await.unwrap()
     }
 
     pub async fn get_as(&self, path: &str, token: &str) -> Response {

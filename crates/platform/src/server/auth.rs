@@ -75,10 +75,21 @@ impl AuthPolicy {
                 .api_keys
                 .as_ref()
                 .ok_or_else(|| unauthenticated("API keys are not accepted here"))?;
-            let principal = resolver.resolve(token).await.map_err(|e| {
-                security_event(SecurityEvent::ApiKeyDenied, key_hint(token), path, peer, &e.to_string());
-                unauthenticated(&e.to_string())
-            })?;
+            let principal = match resolver.resolve(token).await {
+                Ok(principal) => principal,
+                // Identity could not say: the key is not denied, the call can succeed later.
+                Err(AuthError::Unavailable) => {
+                    return Err(crate::errors::unavailable(
+                        "AUTH_UNAVAILABLE",
+                        "API keys cannot be checked right now; try again",
+                        std::time::Duration::from_secs(1),
+                    ));
+                }
+                Err(e) => {
+                    security_event(SecurityEvent::ApiKeyDenied, key_hint(token), path, peer, &e.to_string());
+                    return Err(unauthenticated(&e.to_string()));
+                }
+            };
             let grant = principal.api_key.as_ref().expect("a resolved key carries its grant");
             let needed = self.scopes.get(path);
             if !needed.is_some_and(|scope| grant.scopes.iter().any(|s| s == scope)) {
@@ -150,7 +161,7 @@ fn key_hint(key: &str) -> &str {
     key.get(..21).unwrap_or("thali_pk_")
 }
 
-fn is_open(path: &str) -> bool {
+pub(crate) fn is_open(path: &str) -> bool {
     path.starts_with("/grpc.health.v1.Health/") || path.starts_with("/grpc.reflection.")
 }
 

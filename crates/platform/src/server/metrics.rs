@@ -1,9 +1,15 @@
-//! RED metrics per RPC: `rpc_server_call_duration_seconds{method, code}`.
+//! RED metrics per RPC: `rpc_server_call_duration_seconds{method, code}`. Outermost in the
+//! stack, so calls refused by authentication or shed are counted too; a path no service
+//! declares is counted as `unknown`, so probing cannot grow the registry.
 use std::{
+    collections::HashSet,
     pin::Pin,
+    sync::OnceLock,
     task::{Context, Poll},
     time::Instant,
 };
+
+use prost::Message;
 
 use tower::{Layer, Service};
 
@@ -37,6 +43,40 @@ pub(crate) fn response_code<B>(response: &http::Response<B>) -> tonic::Code {
         .unwrap_or(tonic::Code::Ok)
 }
 
+/// Every method path a Thali server can answer: the contracts, health and reflection.
+fn known_methods() -> &'static HashSet<String> {
+    static KNOWN: OnceLock<HashSet<String>> = OnceLock::new();
+    KNOWN.get_or_init(|| {
+        let mut known = HashSet::new();
+        for set in [thali_proto::FILE_DESCRIPTOR_SET, tonic_health::pb::FILE_DESCRIPTOR_SET] {
+            let set = prost_types::FileDescriptorSet::decode(set).expect("the embedded descriptor sets are valid");
+            for file in set.file {
+                for service in &file.service {
+                    for method in &service.method {
+                        known.insert(format!("{}.{}/{}", file.package(), service.name(), method.name()));
+                    }
+                }
+            }
+        }
+        for version in ["v1", "v1alpha"] {
+            known.insert(format!(
+                "grpc.reflection.{version}.ServerReflection/ServerReflectionInfo"
+            ));
+        }
+        known
+    })
+}
+
+/// The metrics label of a request path: the method, or `unknown`.
+fn method_label(path: &str) -> String {
+    let method = path.trim_start_matches('/');
+    if known_methods().contains(method) {
+        method.to_owned()
+    } else {
+        "unknown".to_owned()
+    }
+}
+
 impl<S, B, ResBody> Service<http::Request<B>> for Metrics<S>
 where
     S: Service<http::Request<B>, Response = http::Response<ResBody>>,
@@ -51,7 +91,7 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        let method = req.uri().path().trim_start_matches('/').to_owned();
+        let method = method_label(req.uri().path());
         let started = Instant::now();
         let future = self.inner.call(req);
         Box::pin(async move {
@@ -60,16 +100,30 @@ where
                 Ok(response) => response_code(response),
                 Err(_) => tonic::Code::Unknown,
             };
-            // Paths nobody serves are one label value, so probing cannot grow the registry.
-            let method = if code == tonic::Code::Unimplemented {
-                "unknown".to_owned()
-            } else {
-                method
-            };
             let code = format!("{code:?}");
             metrics::histogram!("rpc_server_call_duration_seconds", "method" => method, "code" => code)
                 .record(started.elapsed().as_secs_f64());
             result
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_declared_methods_are_labels() {
+        assert_eq!(
+            super::method_label("/thali.storefront.v1.StorefrontService/GetStorefront"),
+            "thali.storefront.v1.StorefrontService/GetStorefront"
+        );
+        assert_eq!(
+            super::method_label("/grpc.health.v1.Health/Check"),
+            "grpc.health.v1.Health/Check"
+        );
+        assert_eq!(
+            super::method_label("/thali.storefront.v1.StorefrontService/Nope"),
+            "unknown"
+        );
+        assert_eq!(super::method_label("/x/../y"), "unknown");
     }
 }

@@ -7,7 +7,7 @@ use thali_migrations::{Migrator, MigratorTrait};
 use thali_platform::{
     auth::{Signer, Verifier, ensure_key_pair},
     cache::Redis,
-    client::{GrpcChannel, ServiceIdentity, channel},
+    client::{GrpcChannel, ServiceIdentity, endpoint_channel},
     server::{AuthPolicy, Health, serve},
     testing,
 };
@@ -56,14 +56,22 @@ impl Harness {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let health = Health::new();
-        health.watch_database::<StorefrontServiceServer<StorefrontGrpc>>(db.clone(), Duration::from_millis(50));
+        let probe = db.clone();
+        health.watch_dependency("database", Duration::from_millis(50), move || {
+            let db = probe.clone();
+            async move { db.ping().await.is_ok() }
+        });
+        health.serving::<StorefrontServiceServer<StorefrontGrpc>>().await;
         let storefront = Arc::new(Storefront::with_settings(db.clone(), redis, tenant, settings).await);
         let routes = Routes::new(storefront.server());
         let (stop, stopped) = oneshot::channel::<()>();
         let verifier = Verifier::load(&keys).unwrap();
-        tokio::spawn(serve(listener, routes, health, AuthPolicy::new(verifier), async {
-            let _ = stopped.await;
-        }));
+        tokio::spawn(async move {
+            serve(listener, routes, &health, AuthPolicy::new(verifier), 1_000, async {
+                let _ = stopped.await;
+            })
+            .await
+        });
         Self {
             url,
             signer: Arc::new(Signer::load(&keys).unwrap()),
@@ -73,20 +81,14 @@ impl Harness {
         }
     }
 
-    /// The platform client stack, as another Thali service (here: a test) uses it.
+    /// One endpoint's channel with a service token, as another Thali service (here: a test)
+    /// would call this server.
     pub fn channel(&self) -> GrpcChannel {
         let me = ServiceIdentity {
             name: "test".into(),
             signer: self.signer.clone(),
         };
-        channel(
-            &self.url,
-            "storefront",
-            &me,
-            Duration::from_secs(2),
-            Duration::from_secs(5),
-        )
-        .unwrap()
+        endpoint_channel(&self.url, "storefront", &me, Duration::from_secs(2)).unwrap()
     }
 
     pub fn client(&self) -> StorefrontServiceClient<GrpcChannel> {
