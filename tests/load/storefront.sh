@@ -35,19 +35,20 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
 
-start_platform() { # http_port grpc_port
-  THALI_DATA_DIR="$work/data" THALI_HTTP_ADDR="127.0.0.1:$1" THALI_GRPC_ADDR="127.0.0.1:$2" THALI_LOG=warn \
+start_platform() { # http_port grpc_port admin_port
+  THALI_DATA_DIR="$work/data" THALI_HTTP_ADDR="127.0.0.1:$1" THALI_GRPC_ADDR="127.0.0.1:$2" \
+    THALI_ADMIN_ADDR="127.0.0.1:$3" THALI_LOG=warn \
     target/release/thali serve >"$work/thali-$1.log" 2>&1 &
   pids+=($!)
   for _ in $(seq 1 100); do
-    curl -sf "http://127.0.0.1:$1/readyz" >/dev/null && return 0
+    curl -sf "http://127.0.0.1:$3/readyz" >/dev/null && return 0
     sleep 0.2
   done
   step "platform on :$1 did not become ready"; cat "$work/thali-$1.log"; exit 1
 }
 
 step "starting the platform"
-start_platform 18180 18181
+start_platform 18180 18181 18182
 base=http://127.0.0.1:18180
 
 step "seeding $CREATORS creators × $PRODUCTS products"
@@ -74,13 +75,15 @@ curl -sf "$base/api/v1/store/shop_1" >"$work/body.json"
 body_bytes=$(wc -c <"$work/body.json")
 mode="single process"
 targets=("$base")
+admins=("http://127.0.0.1:18182")
 if [ -n "${THALI_REDIS_URL:-}" ]; then
   step "restarting as two replicas sharing Redis"
   cleanup; pids=()
   export THALI_REDIS_URL
-  start_platform 18180 18181
-  start_platform 18280 18281
+  start_platform 18180 18181 18182
+  start_platform 18280 18281 18282
   targets=("$base" "http://127.0.0.1:18280")
+  admins=("http://127.0.0.1:18182" "http://127.0.0.1:18282")
   mode="two replicas sharing Redis"
 fi
 
@@ -112,13 +115,13 @@ PY
 
 step "warming up ($WARMUP, 200 connections)"
 run_wrk "$WARMUP" 200 "$work/warmup" "${targets[@]}"
-for i in "${!targets[@]}"; do curl -sf "${targets[$i]}/metrics" >"$work/metrics-before-$i.txt"; done
+for i in "${!targets[@]}"; do curl -sf "${admins[$i]}/metrics" >"$work/metrics-before-$i.txt"; done
 cat "$work"/metrics-before-*.txt >"$work/metrics-before.txt"
 
 step "measuring the platform ($DURATION, $CONNECTIONS connections)"
 run_wrk "$DURATION" "$CONNECTIONS" "$work/platform" "${targets[@]}"
 merge "$work/platform" "${#targets[@]}" >"$work/wrk-platform.json"
-for i in "${!targets[@]}"; do curl -sf "${targets[$i]}/metrics" >"$work/metrics-after-$i.txt"; done
+for i in "${!targets[@]}"; do curl -sf "${admins[$i]}/metrics" >"$work/metrics-after-$i.txt"; done
 cat "$work"/metrics-after-*.txt >"$work/metrics-after.txt"
 cat "$work/wrk-platform.json"
 

@@ -14,9 +14,12 @@ pub async fn connect(url: &str) -> Result<DatabaseConnection, DbErr> {
         std::fs::create_dir_all(dir).map_err(|e| DbErr::Custom(format!("creating {}: {e}", dir.display())))?;
     }
     let mut opts = ConnectOptions::new(url.to_owned());
+    // Both stay under the 5 s call deadline: a database that refuses connections is answered
+    // as DATABASE_UNAVAILABLE (the caller's breaker leaves the replica alone), not as a call
+    // that ran out of time (which counts against the replica).
     opts.sqlx_logging(false)
-        .connect_timeout(Duration::from_secs(5))
-        .acquire_timeout(Duration::from_secs(5))
+        .connect_timeout(Duration::from_secs(2))
+        .acquire_timeout(Duration::from_secs(2))
         .max_connections(if is_sqlite { 8 } else { 20 })
         .map_sqlx_sqlite_opts(|o| {
             use sea_orm::sqlx::sqlite::SqliteJournalMode;

@@ -72,8 +72,12 @@ pub struct Platform {
     pub admin_addr: SocketAddr,
     health: Health,
     grace: Duration,
+    /// Stops the public HTTP server, then (`grpc_stop`) the gRPC server: a facade request in
+    /// flight may still need this process's own services.
     stop: watch::Sender<bool>,
+    grpc_stop: watch::Sender<bool>,
     tasks: JoinSet<anyhow::Result<()>>,
+    grpc_tasks: JoinSet<anyhow::Result<()>>,
     admin_stop: watch::Sender<bool>,
     admin: tokio::task::JoinHandle<anyhow::Result<()>>,
     watchers: Vec<tokio::task::JoinHandle<()>>,
@@ -89,10 +93,15 @@ impl Platform {
             grace_s = self.grace.as_secs(),
             "draining: no new calls; in-flight calls finish"
         );
-        let _ = self.stop.send(true);
-        let tasks = &mut self.tasks;
+        let (stop, grpc_stop) = (&self.stop, &self.grpc_stop);
+        let (tasks, grpc_tasks) = (&mut self.tasks, &mut self.grpc_tasks);
         let drained = tokio::time::timeout(self.grace, async {
+            let _ = stop.send(true);
             while let Some(done) = tasks.join_next().await {
+                done??;
+            }
+            let _ = grpc_stop.send(true);
+            while let Some(done) = grpc_tasks.join_next().await {
                 done??;
             }
             anyhow::Ok(())
@@ -103,6 +112,7 @@ impl Platform {
             Err(_) => {
                 tracing::warn!("calls still in flight at the end of the grace period; stopping them");
                 self.tasks.abort_all();
+                self.grpc_tasks.abort_all();
                 Ok(())
             }
         };
@@ -123,6 +133,10 @@ impl Platform {
     pub async fn run_until(mut self, signal: impl Future<Output = ()>) -> anyhow::Result<()> {
         tokio::select! {
             _ = signal => {}
+            Some(done) = self.grpc_tasks.join_next() => {
+                done??;
+                anyhow::bail!("a server stopped unexpectedly");
+            }
             Some(done) = self.tasks.join_next() => {
                 done??;
                 anyhow::bail!("a server stopped unexpectedly");
@@ -172,7 +186,9 @@ async fn migrated(cfg: &Config) -> anyhow::Result<DatabaseConnection> {
 /// Starts `part` with `cfg`. Listens on the configured addresses (port 0 picks a free port).
 pub async fn start(cfg: &Config, part: Part) -> anyhow::Result<Platform> {
     let (stop, stop_rx) = watch::channel(false);
+    let (grpc_stop, grpc_stop_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
+    let mut grpc_tasks = JoinSet::new();
     let mut watchers = Vec::new();
     let health = Health::new();
     let client_settings = cfg.client_settings();
@@ -252,10 +268,10 @@ pub async fn start(cfg: &Config, part: Part) -> anyhow::Result<Platform> {
             health.serving::<StorefrontServiceServer<StorefrontGrpc>>().await;
         }
         let routes = routes.routes();
-        let shutdown = stopped(stop_rx.clone());
+        let shutdown = stopped(grpc_stop_rx);
         let server_health = health.clone();
         let max_concurrent_rpcs = cfg.max_concurrent_rpcs;
-        tasks.spawn(async move {
+        grpc_tasks.spawn(async move {
             thali_platform::server::serve(listener, routes, &server_health, policy, max_concurrent_rpcs, shutdown)
                 .await
                 .context("gRPC server")
@@ -337,7 +353,9 @@ pub async fn start(cfg: &Config, part: Part) -> anyhow::Result<Platform> {
         health,
         grace: cfg.shutdown_grace(),
         stop,
+        grpc_stop,
         tasks,
+        grpc_tasks,
         admin_stop,
         admin,
         watchers,

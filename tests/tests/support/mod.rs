@@ -2,6 +2,8 @@
 //! HTTP as a client would. Shared by the end-to-end test binaries.
 #![allow(dead_code)]
 
+pub mod split;
+
 use std::{collections::HashMap, net::SocketAddr, sync::OnceLock, time::Duration};
 
 use opentelemetry_sdk::trace::InMemorySpanExporter;

@@ -360,6 +360,19 @@ impl<C> Client<C> {
             retries += 1;
             tokio::time::sleep(pause).await;
         };
+        // A failure of the connection (not an answer of the service) is UNAVAILABLE to the
+        // caller, whatever code tonic gave it: the facade answers 503, never 499 or 500.
+        let outcome = outcome.map_err(|status| {
+            if std::error::Error::source(&status).is_some() {
+                crate::errors::unavailable(
+                    "UPSTREAM_UNREACHABLE",
+                    format!("{} could not be reached: {}", target.name, status.message()),
+                    Duration::from_secs(1),
+                )
+            } else {
+                status
+            }
+        });
         let code = match &outcome {
             Ok(_) => tonic::Code::Ok,
             Err(status) => status.code(),

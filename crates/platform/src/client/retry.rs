@@ -73,7 +73,9 @@ pub fn classify<T>(outcome: &Result<T, Status>) -> Verdict {
     };
     let Err(status) = outcome else { return answered };
     if let Some(source) = status.source() {
-        let mut not_run = false;
+        // tonic maps hyper's "canceled" (a request dropped before it was sent, e.g. on a
+        // connection that got GOAWAY) to CANCELLED: it did not run.
+        let mut not_run = status.code() == Code::Cancelled;
         let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(source);
         while let Some(e) = cause {
             not_run |= e.is::<tonic::ConnectError>();
@@ -188,6 +190,15 @@ mod tests {
         let v = verdict(status);
         assert_eq!(v.retry, Some("transport"));
         assert!(v.not_run && v.endpoint_failed);
+    }
+
+    #[test]
+    fn a_local_cancellation_is_a_transport_error_that_did_not_run() {
+        let status = Status::from_error(Box::new(std::io::Error::other("connection closed")));
+        assert_eq!(verdict(status).retry, Some("transport"));
+        let mut canceled = Status::cancelled("request canceled");
+        canceled = Status::from_error(Box::new(canceled));
+        assert!(!verdict(canceled).not_run, "a status from the server has no source");
     }
 
     #[test]
