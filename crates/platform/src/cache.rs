@@ -8,6 +8,10 @@
 //!   dropped here, deleted in Redis, and the key is published so every replica drops its L1 copy.
 //! - Stale-if-error: when the load fails because the database is unavailable, the last value is
 //!   served (marked stale) for up to `stale_for` past its freshness.
+//! - Replicas agree: every key has a generation in Redis, bumped atomically with the DEL of an
+//!   invalidation. A load remembers the generation it saw before reading the database, and its
+//!   SET goes through (a Lua script, atomically) only if the generation has not moved: a replica
+//!   whose load read the rows before another replica's write cannot put the old page back.
 //! - Redis is optional: without it (embedded mode) L1 is the only level, the same code path;
 //!   when it stops answering, reads go on from L1 and the loader, errors are counted, health
 //!   reports it, and the client reconnects by itself.
@@ -21,7 +25,8 @@ use std::{
 use fred::{
     clients::{Client as RedisClient, SubscriberClient},
     interfaces::{ClientLike, EventInterface, KeysInterface, PubsubInterface},
-    prelude::{Builder, Config as RedisConfig, Expiration, ReconnectPolicy},
+    prelude::{Builder, Config as RedisConfig, ReconnectPolicy},
+    types::{Value as RedisValue, scripts::Script},
 };
 use futures::{
     FutureExt,
@@ -31,6 +36,40 @@ use tokio::time::Instant;
 
 /// Schema version of cached bytes; bump it when a cached format changes.
 pub const SCHEMA_VERSION: u32 = 1;
+
+/// How long a key's generation outlives its last invalidation: far longer than any load.
+const GENERATION_TTL: Duration = Duration::from_secs(3600);
+
+/// SET KEYS[1] = ARGV[1] for ARGV[3] ms, only if KEYS[2] (the generation) is still ARGV[2].
+const SET_IF_GENERATION: &str = r#"
+local seen = redis.call('GET', KEYS[2]) or '0'
+if seen == ARGV[2] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
+  return 1
+end
+return 0
+"#;
+
+/// Bumps the generation KEYS[2] (kept ARGV[1] ms) and deletes the value KEYS[1], at once.
+const BUMP_AND_DELETE: &str = r#"
+redis.call('INCR', KEYS[2])
+redis.call('PEXPIRE', KEYS[2], ARGV[1])
+redis.call('DEL', KEYS[1])
+return 1
+"#;
+
+/// The Redis keys of a cache key: its value and its generation, in one hash slot (`{…}`) so both
+/// scripts work on Redis Cluster.
+fn redis_keys(key: &str) -> Vec<String> {
+    vec![format!("{{{key}}}"), format!("{{{key}}}:gen")]
+}
+
+/// What L2 holds for a key: the value, and the generation seen with it (None: Redis did not
+/// answer, so a load must not be stored there).
+struct L2Read {
+    bytes: Option<Arc<[u8]>>,
+    generation: Option<i64>,
+}
 
 /// Redis commands that take longer than this count as failures (the read goes on without L2).
 const REDIS_COMMAND_TIMEOUT: Duration = Duration::from_millis(250);
@@ -117,6 +156,8 @@ type ErasedFlight = Box<dyn std::any::Any + Send + Sync>;
 pub struct Redis {
     client: RedisClient,
     subscriber: SubscriberClient,
+    set_if_generation: Arc<Script>,
+    bump_and_delete: Arc<Script>,
 }
 
 impl Redis {
@@ -155,7 +196,12 @@ impl Redis {
         drop(subscriber.manage_subscriptions());
         // Give a Redis that is up a moment to answer, so the first reads use it.
         let _ = tokio::time::timeout(Duration::from_secs(2), client.wait_for_connect()).await;
-        Ok(Self { client, subscriber })
+        Ok(Self {
+            client,
+            subscriber,
+            set_if_generation: Arc::new(Script::from_lua(SET_IF_GENERATION)),
+            bump_and_delete: Arc::new(Script::from_lua(BUMP_AND_DELETE)),
+        })
     }
 
     /// Whether the client is connected now.
@@ -351,7 +397,8 @@ impl TwoLevelCache {
         }
         self.count("l1", "miss");
 
-        if let Some(bytes) = self.l2_get(k).await {
+        let l2 = self.l2_get(k).await;
+        if let Some(bytes) = l2.bytes {
             self.count("l2", "hit");
             self.saved();
             self.hit_took("l2", lookup);
@@ -379,7 +426,7 @@ impl TwoLevelCache {
             self.count("l2", "miss");
         }
 
-        let (flight, leader) = self.join_flight(k, load);
+        let (flight, leader) = self.join_flight(k, l2.generation, load);
         match flight.await {
             Ok(bytes) => {
                 if !leader {
@@ -410,7 +457,7 @@ impl TwoLevelCache {
     /// Joins the load in flight for `key`, or starts it; returns the flight and whether this
     /// caller started it. The flight stores its result and leaves the table itself, so it
     /// completes even if the caller that started it goes away.
-    fn join_flight<E, F, Fut>(self: &Arc<Self>, key: &str, load: F) -> (Flight<E>, bool)
+    fn join_flight<E, F, Fut>(self: &Arc<Self>, key: &str, generation: Option<i64>, load: F) -> (Flight<E>, bool)
     where
         E: LoadError,
         F: FnOnce() -> Fut,
@@ -431,7 +478,7 @@ impl TwoLevelCache {
                 Err(_) => Err(E::timed_out()),
             };
             if let Ok(bytes) = &result {
-                this.store(&owned_key, bytes, started).await;
+                this.store(&owned_key, bytes, started, generation).await;
             }
             let mut inflight = this.inflight.lock().expect("cache in-flight lock");
             if inflight.get(&owned_key).is_some_and(|(current, _)| *current == id) {
@@ -459,8 +506,9 @@ impl TwoLevelCache {
     }
 
     /// Stores a freshly loaded value in both levels, unless the key was invalidated after the
-    /// load began (then the value may predate the write).
-    async fn store(&self, key: &str, bytes: &Arc<[u8]>, started: Instant) {
+    /// load began (then the value may predate the write): here by the local record, in Redis by
+    /// the generation seen before the load (any replica's invalidation moves it).
+    async fn store(&self, key: &str, bytes: &Arc<[u8]>, started: Instant, generation: Option<i64>) {
         let invalidated_later = self
             .invalidated
             .lock()
@@ -479,32 +527,61 @@ impl TwoLevelCache {
                 },
             )
             .await;
-        if let Some(redis) = &self.redis
+        if let (Some(redis), Some(generation)) = (&self.redis, generation)
             && redis.is_up()
         {
-            let ttl = Expiration::PX(self.settings.ttl.as_millis() as i64);
-            let set: Result<(), _> = redis.client.set(key, bytes.as_ref(), Some(ttl), None, false).await;
-            if let Err(e) = set {
-                self.redis_error("set", &e);
+            let args: Vec<RedisValue> = vec![
+                RedisValue::Bytes(bytes.to_vec().into()),
+                RedisValue::Integer(generation),
+                RedisValue::Integer(self.settings.ttl.as_millis() as i64),
+            ];
+            let set: Result<i64, _> = redis
+                .set_if_generation
+                .evalsha_with_reload(&redis.client, redis_keys(key), args)
+                .await;
+            match set {
+                Ok(0) => {
+                    tracing::debug!(
+                        key,
+                        "cache: another replica invalidated this key during the load; not stored"
+                    );
+                    metrics::counter!("cache_stale_sets_refused_total", "cache" => self.settings.name).increment(1);
+                }
+                Ok(_) => {}
+                Err(e) => self.redis_error("set", &e),
             }
         }
     }
 
-    async fn l2_get(&self, key: &str) -> Option<Arc<[u8]>> {
-        let redis = self.redis.as_ref()?;
+    async fn l2_get(&self, key: &str) -> L2Read {
+        let nothing = L2Read {
+            bytes: None,
+            generation: None,
+        };
+        let Some(redis) = self.redis.as_ref() else {
+            return nothing;
+        };
         // Redis may still hold the value this key's pending invalidation is about.
         if self.pending.lock().expect("cache pending lock").contains(key) {
-            return None;
+            return nothing;
         }
         if !redis.is_up() {
             self.redis_up();
-            return None;
+            return nothing;
         }
-        match redis.client.get::<Option<Vec<u8>>, _>(key).await {
-            Ok(v) => v.map(Arc::from),
+        match redis.client.mget::<Vec<Option<Vec<u8>>>, _>(redis_keys(key)).await {
+            Ok(found) => {
+                let mut found = found.into_iter();
+                let bytes = found.next().flatten().map(Arc::from);
+                let generation = match found.next().flatten() {
+                    None => Some(0),
+                    Some(raw) => std::str::from_utf8(&raw).ok().and_then(|g| g.parse().ok()),
+                };
+                L2Read { bytes, generation }
+            }
             Err(e) => {
                 self.redis_error("get", &e);
-                None
+                nothing
             }
         }
     }
@@ -562,7 +639,14 @@ impl TwoLevelCache {
         if !redis.is_up() {
             return false;
         }
-        let deleted: Result<i64, _> = redis.client.del(key).await;
+        let deleted: Result<i64, _> = redis
+            .bump_and_delete
+            .evalsha_with_reload(
+                &redis.client,
+                redis_keys(key),
+                vec![RedisValue::Integer(GENERATION_TTL.as_millis() as i64)],
+            )
+            .await;
         if let Err(e) = deleted {
             self.redis_error("del", &e);
             return false;

@@ -189,6 +189,49 @@ async fn a_write_through_one_replica_is_seen_through_the_other_at_once() {
     assert_eq!(read(&a, &db, &key, "shop").await.0, "after");
 }
 
+/// Two replicas with Redis: A's load reads the old rows, B's write commits and invalidates, then
+/// A's load finishes. The old page must not land in Redis for every replica to serve. A is
+/// deaf to B's invalidation message (another channel), as when that message is late: only the
+/// per-key generation in Redis can stop A.
+#[tokio::test]
+async fn a_load_that_read_before_another_replicas_write_cannot_put_the_old_page_back() {
+    let Some(url) = testing::redis_url() else { return };
+    let a = TwoLevelCache::new(settings("race_a"), Some(Redis::connect(&url).await.unwrap())).await;
+    let b = TwoLevelCache::new(settings("race_b"), Some(Redis::connect(&url).await.unwrap())).await;
+    let key = CacheKey::new(&tenant(), "store", "race");
+
+    let (read_rows, rows_read) = tokio::sync::oneshot::channel::<()>();
+    let (release, held) = tokio::sync::oneshot::channel::<()>();
+    let replica_a = tokio::spawn({
+        let (a, key) = (a.clone(), key.clone());
+        async move {
+            a.get_or_load(&key, move || async move {
+                let old = b"old page".to_vec();
+                let _ = read_rows.send(());
+                let _ = held.await;
+                Ok::<_, Failure>(old)
+            })
+            .await
+        }
+    });
+    rows_read.await.unwrap();
+    b.invalidate(&key).await;
+    release.send(()).unwrap();
+    // A's own caller asked before the write: the old page is a fair answer to it.
+    assert_eq!(&*replica_a.await.unwrap().unwrap().bytes, b"old page");
+
+    // Every later reader (B, or any replica that asks Redis) loads the new page.
+    let db = Source_::default();
+    db.set("race", "new page");
+    assert_eq!(read(&b, &db, &key, "race").await, ("new page".into(), Source::Loaded));
+    let c = TwoLevelCache::new(settings("race_b"), Some(Redis::connect(&url).await.unwrap())).await;
+    assert_eq!(read(&c, &db, &key, "race").await.0, "new page");
+
+    // And a load that saw no invalidation is stored as before.
+    let d = TwoLevelCache::new(settings("race_b"), Some(Redis::connect(&url).await.unwrap())).await;
+    assert_eq!(read(&d, &db, &key, "race").await, ("new page".into(), Source::L2));
+}
+
 async fn one_load_for_many_misses(cache: Arc<TwoLevelCache>) {
     let db = Source_::default();
     db.set("hot", "drop");
@@ -265,7 +308,15 @@ async fn redis_stopping_mid_test_changes_nothing_for_readers_and_is_used_again_w
         "a dead Redis does not stall reads: {:?}",
         started.elapsed()
     );
-    assert_eq!(cache.redis_up(), Some(false));
+    let mut down = false;
+    for _ in 0..40 {
+        if cache.redis_up() == Some(false) {
+            down = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(down, "the cache reports Redis down");
 
     server.restart().await;
     let mut up = false;

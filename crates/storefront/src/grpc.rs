@@ -87,19 +87,6 @@ impl StorefrontGrpc {
         let key = self.storefront_key(username);
         let _ = tokio::spawn(async move { cache.invalidate(&key).await }).await;
     }
-
-    /// As [`Self::invalidate`], for the creator page a product belongs to. A failed lookup is
-    /// logged, not returned: the write it follows has committed.
-    async fn invalidate_creator(&self, creator_id: Uuid) {
-        let (store, cache, tenant) = (self.store.clone(), self.cache.clone(), self.tenant.clone());
-        let _ = tokio::spawn(async move {
-            match store.creator_username(creator_id).await {
-                Ok(username) => cache.invalidate(&CacheKey::storefront(&tenant, &username)).await,
-                Err(e) => tracing::error!(error = %e, %creator_id, "storefront cache not invalidated after a write"),
-            }
-        })
-        .await;
-    }
 }
 
 impl LoadError for StorefrontError {
@@ -335,12 +322,13 @@ impl pb::storefront_service_server::StorefrontService for StorefrontGrpc {
             req.active,
             req.stock.map(|s| s.quantity),
         )?;
-        let product = audited(
+        let (product, page) = audited(
             &who,
             &id.to_string(),
             self.store.update_product(&who.subject, id, &changes).await,
         )?;
-        self.invalidate_creator(product.creator_id).await;
+        // The page read by the write's own transaction: no second query that could fail.
+        self.invalidate(&page).await;
         Ok(Response::new(pb::UpdateProductResponse {
             product: Some(product_pb(product)),
         }))
@@ -352,12 +340,12 @@ impl pb::storefront_service_server::StorefrontService for StorefrontGrpc {
     ) -> Result<Response<pb::ArchiveProductResponse>, Status> {
         let who = caller(&request)?;
         let id = product_id(&request.get_ref().product_id)?;
-        let product = audited(
+        let (product, page) = audited(
             &who,
             &id.to_string(),
             self.store.archive_product(&who.subject, id).await,
         )?;
-        self.invalidate_creator(product.creator_id).await;
+        self.invalidate(&page).await;
         Ok(Response::new(pb::ArchiveProductResponse {
             product: Some(product_pb(product)),
         }))

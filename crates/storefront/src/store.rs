@@ -374,13 +374,14 @@ impl StorefrontStore {
             .ok_or(StorefrontError::ProductNotFound)
     }
 
-    /// Loads a product and checks `caller` owns its creator page.
+    /// Loads a product and checks `caller` owns its creator page; also returns the page's
+    /// username, read in the same transaction (the cache key the write must invalidate).
     async fn owned_product(
         &self,
         txn: &impl ConnectionTrait,
         caller: &str,
         id: Uuid,
-    ) -> Result<product::Model, StorefrontError> {
+    ) -> Result<(product::Model, String), StorefrontError> {
         // Locked, so an archive cannot slip between this read and the update (PostgreSQL);
         // SQLite's IMMEDIATE transaction already holds the write lock.
         let found = product::Entity::find_by_id(id)
@@ -395,21 +396,22 @@ impl StorefrontStore {
         if owner.owner_subject != caller {
             return Err(StorefrontError::NotOwner);
         }
-        Ok(found)
+        Ok((found, owner.username))
     }
 
-    /// Changes a product, if `caller` owns it and it is not archived.
+    /// Changes a product, if `caller` owns it and it is not archived. Returns it with the
+    /// username of its page.
     pub async fn update_product(
         &self,
         caller: &str,
         id: Uuid,
         changes: &ProductChanges,
-    ) -> Result<Product, StorefrontError> {
+    ) -> Result<(Product, String), StorefrontError> {
         let txn = thali_platform::db::begin_write(&self.db).await?;
-        let found = self.owned_product(&txn, caller, id).await?;
+        let (found, page) = self.owned_product(&txn, caller, id).await?;
         // An empty change changes nothing, archived or not.
         if changes.is_empty() {
-            return Ok(found.into());
+            return Ok((found.into(), page));
         }
         if found.archived_at.is_some() {
             return Err(StorefrontError::ProductArchived);
@@ -434,15 +436,16 @@ impl StorefrontStore {
         row.updated_at = Set(Utc::now());
         let model = row.update(&txn).await?;
         txn.commit().await?;
-        Ok(model.into())
+        Ok((model.into(), page))
     }
 
     /// Archives a product (kept for orders, never shown again). Archiving twice is a no-op.
-    pub async fn archive_product(&self, caller: &str, id: Uuid) -> Result<Product, StorefrontError> {
+    /// Returns it with the username of its page.
+    pub async fn archive_product(&self, caller: &str, id: Uuid) -> Result<(Product, String), StorefrontError> {
         let txn = thali_platform::db::begin_write(&self.db).await?;
-        let found = self.owned_product(&txn, caller, id).await?;
+        let (found, page) = self.owned_product(&txn, caller, id).await?;
         if found.archived_at.is_some() {
-            return Ok(found.into());
+            return Ok((found.into(), page));
         }
         let now = Utc::now();
         let mut row: product::ActiveModel = found.into();
@@ -451,7 +454,7 @@ impl StorefrontStore {
         row.updated_at = Set(now);
         let model = row.update(&txn).await?;
         txn.commit().await?;
-        Ok(model.into())
+        Ok((model.into(), page))
     }
 
     /// One page of a creator's unarchived products, newest first; inactive ones only for the
@@ -496,15 +499,6 @@ impl StorefrontStore {
             .all(&self.db)
             .await?;
         Ok((owner, rows.into_iter().map(Into::into).collect()))
-    }
-
-    /// The username of a creator page, by id (to invalidate its cached storefront).
-    pub async fn creator_username(&self, creator_id: Uuid) -> Result<String, StorefrontError> {
-        creator::Entity::find_by_id(creator_id)
-            .one(&self.db)
-            .await?
-            .map(|c| c.username)
-            .ok_or(StorefrontError::CreatorNotFound)
     }
 
     /// Adds read counts of storefronts (an atomic upsert per username).

@@ -187,7 +187,11 @@ async fn only_the_owner_changes_a_page_and_its_products() {
             store.update_product("bob", product.id, &price).await,
             Err(StorefrontError::NotOwner)
         ));
-        let changed = store.update_product("alice", product.id, &price).await.unwrap();
+        let (changed, page) = store.update_product("alice", product.id, &price).await.unwrap();
+        assert_eq!(
+            page, "alice_snacks",
+            "the page to invalidate, from the same transaction"
+        );
         assert_eq!(changed.price.amount_minor, 150);
         assert_eq!(changed.stock, None, "stock cleared means unlimited");
         assert!(matches!(
@@ -223,10 +227,10 @@ async fn archived_products_leave_the_storefront_and_stay_archived() {
             .await
             .unwrap();
 
-        let archived = store.archive_product("alice", gone.id).await.unwrap();
+        let (archived, _) = store.archive_product("alice", gone.id).await.unwrap();
         assert!(archived.archived_at.is_some() && !archived.active);
         assert_eq!(
-            store.archive_product("alice", gone.id).await.unwrap(),
+            store.archive_product("alice", gone.id).await.unwrap().0,
             archived,
             "archiving twice is a no-op"
         );
