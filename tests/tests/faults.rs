@@ -160,7 +160,15 @@ async fn reads_under_load_survive_a_storefront_replica_killed() {
 
 /// Accepts and drops every connection on `addr`, counting them: a dead endpoint we can watch.
 async fn counting_listener(addr: std::net::SocketAddr) -> (Arc<AtomicUsize>, tokio::task::JoinHandle<()>) {
-    let listener = thali_platform::net::bind(addr).unwrap();
+    let mut bound = thali_platform::net::bind(addr);
+    for _ in 0..40 {
+        if bound.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        bound = thali_platform::net::bind(addr);
+    }
+    let listener = bound.expect("the killed replica's port is free again");
     let count = Arc::new(AtomicUsize::new(0));
     let counted = count.clone();
     let task = tokio::spawn(async move {
@@ -630,22 +638,33 @@ async fn the_platform_drains_requests_in_flight() {
     let shared = Shared::new(None, &[]).await;
     let mut platform = Proc::start(Part::All, &shared.env);
     let base = platform.http_url("");
-    // Registrations hash passwords (argon2): long enough to be in flight.
+    // Registrations hash passwords (argon2): long enough to be in flight. Each goes over a
+    // connection the server has already accepted (a first request opens it), as on a live pod
+    // once the preStop pause has let new connections go elsewhere.
+    let sent = Arc::new(tokio::sync::Barrier::new(5));
     let burst: Vec<_> = (0..4)
         .map(|i| {
-            let url = format!("{base}/api/v1/auth/register");
+            let (base, sent) = (base.clone(), sent.clone());
             tokio::spawn(async move {
-                http()
-                    .post(url)
+                let client = http();
+                client.get(format!("{base}/api/v1/openapi.json")).send().await.unwrap();
+                let request = client
+                    .post(format!("{base}/api/v1/auth/register"))
                     .json(&json!({"email": format!("drain{i}@example.com"), "password": "correct horse battery", "display_name": "D", "role": "buyer"}))
-                    .send()
-                    .await
-                    .map(|r| r.status())
+                    .send();
+                let (answer, _) = tokio::join!(request, sent.wait());
+                answer.map(|r| r.status())
             })
         })
         .collect();
+    sent.wait().await;
     tokio::time::sleep(Duration::from_millis(20)).await;
+    let drain_started = Instant::now();
     platform.drain().await.expect("a clean drain");
+    assert!(
+        drain_started.elapsed() >= Duration::from_millis(10),
+        "the drain waited for the requests in flight"
+    );
     for call in burst {
         assert_eq!(call.await.unwrap().unwrap(), StatusCode::CREATED);
     }

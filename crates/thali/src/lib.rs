@@ -290,13 +290,8 @@ pub async fn start(cfg: &Config, part: Part) -> anyhow::Result<Platform> {
         let identity_url = url_of(&cfg.identity_url);
         let storefront = Target::new("storefront", &storefront_url, &identity, client_settings.clone()).await?;
         let identity_service = Target::new("identity", &identity_url, &identity, client_settings.clone()).await?;
-        for target in [&storefront, &identity_service] {
+        for (name, target) in [("storefront", &storefront), ("identity", &identity_service)] {
             let target = target.clone();
-            let name: &'static str = if target.name() == "storefront" {
-                "storefront"
-            } else {
-                "identity"
-            };
             watchers.push(health.watch_dependency(name, HEALTH_INTERVAL, move || {
                 let up = target.is_up();
                 async move { up }
@@ -307,6 +302,11 @@ pub async fn start(cfg: &Config, part: Part) -> anyhow::Result<Platform> {
             (Some(local), _) => Some(local),
             (None, Some(url)) => {
                 let redis = Redis::connect(url).await.context("redis_url")?;
+                let probe = redis.clone();
+                watchers.push(health.watch_dependency("redis", HEALTH_INTERVAL, move || {
+                    let up = probe.is_up();
+                    async move { up }
+                }));
                 Some(thali_platform::cache::invalidation_feed(&redis, "storefront").await)
             }
             (None, None) => None,

@@ -43,8 +43,9 @@ impl Proc {
                     let _ = drained_tx.send(platform.shutdown().await);
                 }
             });
-            // Every task of this part (connections included) ends here.
-            runtime.shutdown_background();
+            // Every task of this part (listeners and connections included) is dropped here, before
+            // `kill` returns: its ports are free again.
+            runtime.shutdown_timeout(Duration::from_secs(5));
         });
         let (grpc, http, admin) = addrs_rx
             .recv_timeout(Duration::from_secs(30))

@@ -183,6 +183,16 @@ impl Breaker {
         }
     }
 
+    /// How long until this breaker may admit a call (None: it would now). Changes nothing.
+    pub fn retry_in(&self) -> Option<Duration> {
+        let now = Instant::now();
+        match self.lock().phase {
+            Phase::Open { until, .. } if now < until => Some(until - now),
+            Phase::HalfOpen { probing: true, .. } => Some(self.settings.backoff_min.min(Duration::from_secs(1))),
+            _ => None,
+        }
+    }
+
     /// Lets a call through, or says when to come back.
     pub fn admit(&self) -> Result<Permit<'_>, Rejected> {
         let mut state = self.lock();

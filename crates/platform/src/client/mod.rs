@@ -194,7 +194,7 @@ impl Target {
     fn nowhere_to_go(&self, endpoints: &[Arc<balance::Endpoint>]) -> Status {
         let retry_in = endpoints
             .iter()
-            .filter_map(|e| e.breaker.admit().err().map(|r| r.retry_in))
+            .filter_map(|e| e.breaker.retry_in())
             .min()
             .unwrap_or(Duration::from_secs(1));
         let reason = if endpoints.is_empty() {
