@@ -29,6 +29,12 @@ token sub role="creator":
 serve part="all":
     cargo run --release -- serve {{part}}
 
-# Load scenario and baseline: `just load-test storefront` (writes docs/perf/storefront.md).
+# Load scenario and baseline: `just load-test storefront` (writes docs/perf/storefront.md);
+# `just load-test kill-replica` (a storefront replica killed under wrk; MODE=rolling drains
+# and restarts each replica instead).
 load-test target="storefront":
     bash tests/load/{{target}}.sh
+
+# Cost of the gRPC client stack vs a raw channel, and breaker fail-fast latency (docs/perf/resilience.md).
+bench-client seconds="10" concurrency="64":
+    cargo run --release -q -p thali-tests --example client_stack -- {{seconds}} {{concurrency}}
