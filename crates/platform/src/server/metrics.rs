@@ -68,7 +68,7 @@ fn known_methods() -> &'static HashSet<String> {
 }
 
 /// The metrics label of a request path: the method, or `unknown`.
-fn method_label(path: &str) -> String {
+pub(crate) fn method_label(path: &str) -> String {
     let method = path.trim_start_matches('/');
     if known_methods().contains(method) {
         method.to_owned()

@@ -1,7 +1,7 @@
 //! A process-wide limit on calls in progress, with load shedding: a call over the limit is
 //! answered at once with UNAVAILABLE + RetryInfo and ErrorInfo `OVERLOADED` (it did not run, so
 //! the caller's client stack may send it to another replica), and counted in
-//! `rpc_server_shed_total`. tonic's own `load_shed` and `concurrency_limit_per_connection` act
+//! `rpc_server_shed_total{method}`. tonic's own `load_shed` and `concurrency_limit_per_connection` act
 //! per connection; this limit is shared by every connection of the server. Health and
 //! reflection are never shed.
 use std::{
@@ -79,7 +79,8 @@ where
                 })
             }
             Err(_) => {
-                metrics::counter!("rpc_server_shed_total").increment(1);
+                let method = super::metrics::method_label(req.uri().path());
+                metrics::counter!("rpc_server_shed_total", "method" => method).increment(1);
                 let status = crate::errors::unavailable(
                     OVERLOADED,
                     "the server is at its limit of calls in progress; try another replica",
