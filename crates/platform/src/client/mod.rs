@@ -134,7 +134,7 @@ impl Target {
         }));
         if let Discovery::Static(urls) = &discovery {
             for url in urls {
-                target.endpoint(url).map_err(|e| error(format!("`{url}`: {e}")))?;
+                TonicEndpoint::from_shared(url.clone()).map_err(|e| error(format!("`{url}`: {e}")))?;
             }
         }
         let first = tokio::time::timeout(target.0.settings.connect_timeout, discovery.resolve()).await;
