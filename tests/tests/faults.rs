@@ -631,42 +631,62 @@ async fn a_drain_lets_every_call_in_flight_complete() {
     );
 }
 
-/// g, whole process: a drained part answers the requests in flight, reports itself unready
-/// while draining, and exits cleanly.
+/// g, whole process: requests held inside their handlers (PostgreSQL: the `creators` table is
+/// locked, and `pg_stat_activity` shows them waiting) when the drain starts; the drain waits for
+/// them, every one completes, and the process stops cleanly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_platform_drains_requests_in_flight() {
+    use sea_orm::{ConnectionTrait, TransactionTrait};
     let shared = Shared::new(None, &[]).await;
+    let Some(database_url) = shared.env.get("THALI_DATABASE_URL").cloned() else {
+        eprintln!("PostgreSQL not configured: the whole-process drain test runs in CI");
+        return;
+    };
     let mut platform = Proc::start(Part::All, &shared.env);
     let base = platform.http_url("");
-    // Registrations hash passwords (argon2): long enough to be in flight. Each goes over a
-    // connection the server has already accepted (a first request opens it), as on a live pod
-    // once the preStop pause has let new connections go elsewhere.
-    let sent = Arc::new(tokio::sync::Barrier::new(5));
-    let burst: Vec<_> = (0..4)
+    let token = shared
+        .signer()
+        .mint("alice", &["creator".into()], Duration::from_secs(600));
+    for i in 0..4 {
+        create_creator(&platform, &token, &format!("held_{i}")).await;
+    }
+
+    // Hold every read of creators at the database.
+    let db = thali_platform::db::connect(&database_url).await.unwrap();
+    let lock = db.begin().await.unwrap();
+    lock.execute_unprepared("LOCK TABLE creators IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let reads: Vec<_> = (0..4)
         .map(|i| {
-            let (base, sent) = (base.clone(), sent.clone());
-            tokio::spawn(async move {
-                let client = http();
-                client.get(format!("{base}/api/v1/openapi.json")).send().await.unwrap();
-                let request = client
-                    .post(format!("{base}/api/v1/auth/register"))
-                    .json(&json!({"email": format!("drain{i}@example.com"), "password": "correct horse battery", "display_name": "D", "role": "buyer"}))
-                    .send();
-                let (answer, _) = tokio::join!(request, sent.wait());
-                answer.map(|r| r.status())
-            })
+            let (url, token) = (format!("{base}/api/v1/creators/held_{i}"), token.clone());
+            tokio::spawn(async move { http().get(url).bearer_auth(token).send().await.map(|r| r.status()) })
         })
         .collect();
-    sent.wait().await;
-    tokio::time::sleep(Duration::from_millis(20)).await;
-    let drain_started = Instant::now();
-    platform.drain().await.expect("a clean drain");
-    assert!(
-        drain_started.elapsed() >= Duration::from_millis(10),
-        "the drain waited for the requests in flight"
-    );
-    for call in burst {
-        assert_eq!(call.await.unwrap().unwrap(), StatusCode::CREATED);
+    let waiting = "SELECT count(*) AS n FROM pg_stat_activity \
+                   WHERE wait_event_type = 'Lock' AND datname = current_database()";
+    let in_flight_by = Instant::now() + Duration::from_secs(10);
+    loop {
+        let row = db
+            .query_one_raw(sea_orm::Statement::from_string(db.get_database_backend(), waiting))
+            .await
+            .unwrap()
+            .unwrap();
+        if row.try_get::<i64>("", "n").unwrap() >= 4 {
+            break;
+        }
+        assert!(Instant::now() < in_flight_by, "the reads never reached the database");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // SIGTERM's drain, while all four are inside their handlers.
+    let drain = tokio::spawn(async move { platform.drain().await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!drain.is_finished(), "the drain waits for the requests in flight");
+    lock.commit().await.unwrap();
+    drain.await.unwrap().expect("a clean drain");
+    for read in reads {
+        assert_eq!(read.await.unwrap().unwrap(), StatusCode::OK);
     }
     assert!(http().get(format!("{base}/api/v1/store/x")).send().await.is_err());
 }
