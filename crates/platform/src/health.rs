@@ -113,6 +113,17 @@ impl Health {
         })
     }
 
+    /// As [`Self::watch_dependency`], for a dependency whose state is already known in memory
+    /// (a client's connection flag, a target's breakers).
+    pub fn watch_flag(
+        &self,
+        name: &'static str,
+        interval: Duration,
+        is_up: impl Fn() -> bool + Send + 'static,
+    ) -> tokio::task::JoinHandle<()> {
+        self.watch_dependency(name, interval, move || std::future::ready(is_up()))
+    }
+
     /// `/healthz`: the process is alive; each dependency's state, in words.
     pub fn report(&self) -> serde_json::Value {
         let dependencies: serde_json::Map<String, serde_json::Value> = self

@@ -224,10 +224,7 @@ pub async fn start(cfg: &Config, part: Part) -> anyhow::Result<Platform> {
         let identity_target = Target::new("identity", &identity_url, &identity, client_settings.clone()).await?;
         if !part.runs_identity() {
             let target = identity_target.clone();
-            watchers.push(health.watch_dependency("identity", HEALTH_INTERVAL, move || {
-                let up = target.is_up();
-                async move { up }
-            }));
+            watchers.push(health.watch_flag("identity", HEALTH_INTERVAL, move || target.is_up()));
         }
         let scopes: Vec<(&str, &str)> = thali_storefront::API_KEY_SCOPES
             .iter()
@@ -258,11 +255,7 @@ pub async fn start(cfg: &Config, part: Part) -> anyhow::Result<Platform> {
             storefront_invalidations = Some(storefront.invalidations());
             watchers.push(storefront.spawn_workers(Duration::from_secs(30)));
             if cfg.redis_url.is_some() {
-                let probe = storefront.redis_probe();
-                watchers.push(health.watch_dependency("redis", HEALTH_INTERVAL, move || {
-                    let up = probe();
-                    async move { up }
-                }));
+                watchers.push(health.watch_flag("redis", HEALTH_INTERVAL, storefront.redis_probe()));
             }
             routes.add_service(storefront.server());
             health.serving::<StorefrontServiceServer<StorefrontGrpc>>().await;
@@ -292,10 +285,7 @@ pub async fn start(cfg: &Config, part: Part) -> anyhow::Result<Platform> {
         let identity_service = Target::new("identity", &identity_url, &identity, client_settings.clone()).await?;
         for (name, target) in [("storefront", &storefront), ("identity", &identity_service)] {
             let target = target.clone();
-            watchers.push(health.watch_dependency(name, HEALTH_INTERVAL, move || {
-                let up = target.is_up();
-                async move { up }
-            }));
+            watchers.push(health.watch_flag(name, HEALTH_INTERVAL, move || target.is_up()));
         }
         // The response cache needs the storefront's invalidations: in-process, or through Redis.
         let invalidations = match (storefront_invalidations, &cfg.redis_url) {
@@ -303,10 +293,7 @@ pub async fn start(cfg: &Config, part: Part) -> anyhow::Result<Platform> {
             (None, Some(url)) => {
                 let redis = Redis::connect(url).await.context("redis_url")?;
                 let probe = redis.clone();
-                watchers.push(health.watch_dependency("redis", HEALTH_INTERVAL, move || {
-                    let up = probe.is_up();
-                    async move { up }
-                }));
+                watchers.push(health.watch_flag("redis", HEALTH_INTERVAL, move || probe.is_up()));
                 Some(thali_platform::cache::invalidation_feed(&redis, "storefront").await)
             }
             (None, None) => None,
