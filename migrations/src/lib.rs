@@ -5,6 +5,7 @@
 pub use sea_orm_migration::prelude::*;
 
 mod identity;
+mod platform;
 mod storefront;
 
 /// Every migration of the platform, oldest first.
@@ -16,6 +17,7 @@ impl MigratorTrait for Migrator {
         // Applied in name (date) order across services.
         let mut all = storefront::migrations();
         all.extend(identity::migrations());
+        all.extend(platform::migrations());
         all.sort_by_key(|m| m.name().to_owned());
         all
     }

@@ -6,6 +6,7 @@ pub mod domain;
 pub mod grpc;
 pub mod passwords;
 pub mod store;
+pub mod workers;
 
 use std::sync::Arc;
 

@@ -248,6 +248,45 @@ impl IdentityStore {
         Self { db }
     }
 
+    /// The connection, for the service's workers.
+    pub fn connection(&self) -> &DatabaseConnection {
+        &self.db
+    }
+
+    /// Housekeeping: deletes refresh tokens (and so sessions) that expired before `now`.
+    /// Returns how many.
+    pub async fn prune_refresh_tokens(&self, now: DateTime<Utc>) -> Result<u64, DbErr> {
+        let done = refresh_token::Entity::delete_many()
+            .filter(refresh_token::Column::ExpiresAt.lt(now))
+            .exec(&self.db)
+            .await?;
+        Ok(done.rows_affected)
+    }
+
+    /// Housekeeping: deletes login-throttle rows that no longer count against anyone (their last
+    /// failure is forgotten and any lockout is over). Returns how many.
+    pub async fn prune_login_throttle(&self, now: DateTime<Utc>) -> Result<u64, DbErr> {
+        let done = login_throttle::Entity::delete_many()
+            .filter(login_throttle::Column::LastFailureAt.lt(now - FAILURE_MEMORY))
+            .filter(
+                login_throttle::Column::LockedUntil
+                    .is_null()
+                    .or(login_throttle::Column::LockedUntil.lt(now)),
+            )
+            .exec(&self.db)
+            .await?;
+        Ok(done.rows_affected)
+    }
+
+    /// Housekeeping: deletes idempotency records past their window. Returns how many.
+    pub async fn prune_idempotency(&self, now: DateTime<Utc>) -> Result<u64, DbErr> {
+        let done = idempotency::Entity::delete_many()
+            .filter(idempotency::Column::CreatedAt.lt(now - IDEMPOTENCY_WINDOW))
+            .exec(&self.db)
+            .await?;
+        Ok(done.rows_affected)
+    }
+
     async fn replay(&self, scope: &str, subject: &str, idem: &Idempotency) -> Result<Option<Uuid>, IdentityError> {
         let found = idempotency::Entity::find_by_id((scope.to_owned(), subject.to_owned(), idem.key.clone()))
             .one(&self.db)

@@ -131,3 +131,63 @@ async fn failures_lock_a_key_and_success_clears_it() {
         assert_eq!(store.throttled(&[key.to_owned()]).await.unwrap(), None, "{backend}");
     }
 }
+
+/// Rows of `table` in the store's database.
+async fn rows(store: &IdentityStore, table: &str) -> i64 {
+    use sea_orm::ConnectionTrait;
+    let db = store.connection();
+    let sql = format!("SELECT COUNT(*) AS n FROM {table}");
+    let row = db
+        .query_one_raw(sea_orm::Statement::from_string(db.get_database_backend(), sql))
+        .await
+        .unwrap()
+        .unwrap();
+    row.try_get("", "n").unwrap()
+}
+
+#[tokio::test]
+async fn hourly_housekeeping_deletes_what_no_request_can_use_and_keeps_the_rest() {
+    use std::{sync::Arc, time::Duration};
+
+    use thali_identity::workers;
+    use thali_platform::{
+        idempotency::Idempotency,
+        jobs::{ManualClock, Queue},
+    };
+    for (backend, store) in stores().await {
+        let new = NewAccount::parse("keep@example.com", "correct horse battery", "Keep", Some(Role::Buyer)).unwrap();
+        let idem = Idempotency::new("key-1".into(), &"register keep");
+        let account = store
+            .register(&new, "x".into(), AccountStatus::Active, None, Some(&idem))
+            .await
+            .unwrap();
+        let session = store.start_family(account.id).await.unwrap();
+        store.record_failure("login:someone@example.com", 5).await.unwrap();
+        assert_eq!(rows(&store, "login_throttle").await, 1);
+
+        // An hour on: the throttle row is forgotten; the session and the idempotency key are not.
+        let clock = ManualClock::new(chrono::Utc::now());
+        clock.advance(Duration::from_secs(3600));
+        let worker = workers::worker(
+            store.clone(),
+            Queue::with_clock(workers::SERVICE, Arc::new(clock.clone())),
+        );
+        assert_eq!(
+            worker.run_once().await.unwrap(),
+            4,
+            "{backend}: three prunes and the queue's own"
+        );
+        assert_eq!(rows(&store, "login_throttle").await, 0, "{backend}");
+        assert_eq!(rows(&store, "refresh_tokens").await, 1, "{backend}");
+        assert_eq!(rows(&store, "identity_idempotency").await, 1, "{backend}");
+        assert!(store.session_is_live(session.family_id).await.unwrap());
+        assert_eq!(worker.run_once().await.unwrap(), 0, "{backend}: once per hour");
+
+        // Past the refresh token's 30 days: the session and the key's 24 h are over.
+        clock.advance(Duration::from_secs(31 * 24 * 3600));
+        assert_eq!(worker.run_once().await.unwrap(), 4, "{backend}");
+        assert_eq!(rows(&store, "refresh_tokens").await, 0, "{backend}");
+        assert_eq!(rows(&store, "identity_idempotency").await, 0, "{backend}");
+        assert_eq!(rows(&store, "accounts").await, 1, "accounts stay");
+    }
+}

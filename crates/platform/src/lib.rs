@@ -13,6 +13,7 @@ pub mod deadline;
 pub mod errors;
 pub mod health;
 pub mod idempotency;
+pub mod jobs;
 pub mod money;
 pub mod net;
 pub mod server;

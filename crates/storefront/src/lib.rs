@@ -120,6 +120,11 @@ impl Storefront {
         workers::spawn_read_flush(self.store.clone(), self.reads.clone(), every)
     }
 
+    /// The service's job worker on `queue` (housekeeping), ready to spawn.
+    pub fn job_worker(&self, queue: thali_platform::jobs::Queue) -> thali_platform::jobs::Worker {
+        workers::job_worker(self.store.clone(), queue)
+    }
+
     /// Flushes the read counts now (tests, shutdown).
     pub async fn flush_reads(&self) -> Result<(), domain::StorefrontError> {
         self.store.record_reads(&self.reads.drain()).await

@@ -171,6 +171,15 @@ impl StorefrontStore {
         &self.db
     }
 
+    /// Housekeeping: deletes idempotency records past their window. Returns how many.
+    pub async fn prune_idempotency(&self, now: chrono::DateTime<Utc>) -> Result<u64, sea_orm::DbErr> {
+        let done = idempotency::Entity::delete_many()
+            .filter(idempotency::Column::CreatedAt.lt(now - IDEMPOTENCY_WINDOW))
+            .exec(&self.db)
+            .await?;
+        Ok(done.rows_affected)
+    }
+
     /// Looks up a key already used by `subject` in `scope`.
     async fn replay(&self, scope: &str, subject: &str, idem: &Idempotency) -> Result<Option<Uuid>, StorefrontError> {
         let found = idempotency::Entity::find_by_id((scope.to_owned(), subject.to_owned(), idem.key.clone()))

@@ -1,6 +1,8 @@
 //! Background work of the storefront: counting which storefronts buyers read (to warm the cache
-//! with them after a restart) and flushing the counts to the database.
+//! with them after a restart) and flushing the counts to the database; and its job worker.
 use std::{collections::HashMap, sync::Mutex, time::Duration};
+
+use thali_platform::jobs::{JobError, Queue, RetrySchedule, Worker};
 
 use crate::store::StorefrontStore;
 
@@ -49,4 +51,25 @@ pub fn spawn_read_flush(
             }
         }
     })
+}
+
+/// The service's name on the job queue.
+pub const SERVICE: &str = "storefront";
+
+pub const PRUNE_IDEMPOTENCY: &str = "storefront.prune_idempotency";
+
+/// The storefront's job worker: hourly housekeeping of idempotency records and of the queue.
+pub fn job_worker(store: StorefrontStore, queue: Queue) -> Worker {
+    let db = store.connection().clone();
+    Worker::new(db, queue.clone())
+        .with_housekeeping()
+        .handle(PRUNE_IDEMPOTENCY, RetrySchedule::default(), move |_| {
+            let (store, now) = (store.clone(), queue.now());
+            async move {
+                let deleted = store.prune_idempotency(now).await.map_err(JobError::retry)?;
+                tracing::info!(kind = PRUNE_IDEMPOTENCY, deleted, "housekeeping");
+                Ok(())
+            }
+        })
+        .every(PRUNE_IDEMPOTENCY, Duration::from_secs(3600))
 }

@@ -375,3 +375,43 @@ async fn the_database_refuses_rows_that_break_the_rules() {
         );
     }
 }
+
+#[tokio::test]
+async fn hourly_housekeeping_forgets_idempotency_keys_past_their_day() {
+    use std::{sync::Arc, time::Duration};
+
+    use sea_orm::{ConnectionTrait, Statement};
+    use thali_platform::jobs::{ManualClock, Queue};
+    for t in backends().await {
+        let store = StorefrontStore::new(t.db.clone());
+        let idem = Idempotency::new("k1".into(), &"create chai_point");
+        store
+            .create_creator("alice", &creator("chai_point"), Some(&idem))
+            .await
+            .unwrap();
+        let count = || async {
+            let sql = "SELECT COUNT(*) AS n FROM storefront_idempotency";
+            let row =
+                t.db.query_one_raw(Statement::from_string(t.db.get_database_backend(), sql))
+                    .await
+                    .unwrap()
+                    .unwrap();
+            row.try_get::<i64>("", "n").unwrap()
+        };
+        let clock = ManualClock::new(chrono::Utc::now());
+        let queue = Queue::with_clock(thali_storefront::workers::SERVICE, Arc::new(clock.clone()));
+        let worker = thali_storefront::workers::job_worker(store.clone(), queue);
+        assert_eq!(worker.run_once().await.unwrap(), 2, "{}", t.backend);
+        assert_eq!(count().await, 1, "{}: still inside its window", t.backend);
+        clock.advance(Duration::from_secs(25 * 3600));
+        assert_eq!(worker.run_once().await.unwrap(), 2, "{}", t.backend);
+        assert_eq!(count().await, 0, "{}", t.backend);
+        // The key is free again: the same request creates nothing new, it is simply refused as taken.
+        let again = store.create_creator("alice", &creator("chai_point"), Some(&idem)).await;
+        assert!(
+            matches!(again, Err(StorefrontError::UsernameTaken)),
+            "{}: {again:?}",
+            t.backend
+        );
+    }
+}

@@ -19,6 +19,7 @@ use thali_platform::{
     cache::Redis,
     client::{ServiceIdentity, Target},
     health::Health,
+    jobs::Queue,
     server::AuthPolicy,
 };
 use thali_proto::{
@@ -81,6 +82,9 @@ pub struct Platform {
     admin_stop: watch::Sender<bool>,
     admin: tokio::task::JoinHandle<anyhow::Result<()>>,
     watchers: Vec<tokio::task::JoinHandle<()>>,
+    /// Stops the job workers, after the servers: a call in flight may enqueue.
+    jobs_stop: watch::Sender<bool>,
+    job_workers: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Platform {
@@ -116,6 +120,12 @@ impl Platform {
                 Ok(())
             }
         };
+        // Job workers finish what they run (their own drain bound); what is cut off runs again
+        // when its lease ends.
+        let _ = self.jobs_stop.send(true);
+        for worker in self.job_workers.drain(..) {
+            let _ = worker.await;
+        }
         for watcher in &self.watchers {
             watcher.abort();
         }
@@ -170,7 +180,7 @@ pub async fn migrate(cfg: &Config) -> anyhow::Result<DatabaseConnection> {
 }
 
 /// Connects to a database that must already be migrated.
-async fn migrated(cfg: &Config) -> anyhow::Result<DatabaseConnection> {
+pub async fn migrated(cfg: &Config) -> anyhow::Result<DatabaseConnection> {
     let db = thali_platform::db::connect(&cfg.database_url())
         .await
         .context("connecting to the database")?;
@@ -190,6 +200,8 @@ pub async fn start(cfg: &Config, part: Part) -> anyhow::Result<Platform> {
     let mut tasks = JoinSet::new();
     let mut grpc_tasks = JoinSet::new();
     let mut watchers = Vec::new();
+    let (jobs_stop, jobs_stop_rx) = watch::channel(false);
+    let mut job_workers = Vec::new();
     let health = Health::new();
     let client_settings = cfg.client_settings();
     let keys_dir = cfg.keys_dir();
@@ -241,6 +253,11 @@ pub async fn start(cfg: &Config, part: Part) -> anyhow::Result<Platform> {
         }));
         let mut routes = tonic::service::RoutesBuilder::default();
         if part.runs_identity() {
+            let worker = thali_identity::workers::worker(
+                thali_identity::store::IdentityStore::new(db.clone()),
+                Queue::new(thali_identity::workers::SERVICE),
+            );
+            job_workers.push(worker.spawn(jobs_stop_rx.clone()));
             routes.add_service(thali_identity::service(db.clone(), signer.clone(), verifier.clone()));
             health.serving::<IdentityServiceServer<IdentityGrpc>>().await;
         }
@@ -254,6 +271,8 @@ pub async fn start(cfg: &Config, part: Part) -> anyhow::Result<Platform> {
             storefront.warm().await;
             storefront_invalidations = Some(storefront.invalidations());
             watchers.push(storefront.spawn_workers(Duration::from_secs(30)));
+            let worker = storefront.job_worker(Queue::new(thali_storefront::workers::SERVICE));
+            job_workers.push(worker.spawn(jobs_stop_rx.clone()));
             if cfg.redis_url.is_some() {
                 watchers.push(health.watch_flag("redis", HEALTH_INTERVAL, storefront.redis_probe()));
             }
@@ -346,6 +365,8 @@ pub async fn start(cfg: &Config, part: Part) -> anyhow::Result<Platform> {
         admin_stop,
         admin,
         watchers,
+        jobs_stop,
+        job_workers,
     })
 }
 

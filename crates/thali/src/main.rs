@@ -87,6 +87,63 @@ enum Command {
         #[command(subcommand)]
         command: UsersCommand,
     },
+    /// Inspect and manage the durable job queue (operator tool).
+    Jobs {
+        #[command(subcommand)]
+        command: JobsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum JobsCommand {
+    /// List jobs, newest first.
+    List {
+        /// Only dead jobs.
+        #[arg(long)]
+        dead: bool,
+        /// Only jobs in this state: queued, running, done or dead.
+        #[arg(long, conflicts_with = "dead")]
+        state: Option<String>,
+        /// Only jobs of this kind.
+        #[arg(long)]
+        kind: Option<String>,
+        /// Only jobs of this service (identity, storefront, …).
+        #[arg(long)]
+        service: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+        limit: u64,
+    },
+    /// Send a dead job (or every dead job of a kind) back to the queue with fresh attempts.
+    Retry {
+        /// The job's id.
+        #[arg(required_unless_present = "all_dead", conflicts_with = "all_dead")]
+        id: Option<i64>,
+        /// Every dead job (of --kind, which is then required).
+        #[arg(long, requires = "kind")]
+        all_dead: bool,
+        #[arg(long)]
+        kind: Option<String>,
+        #[arg(long)]
+        service: Option<String>,
+    },
+    /// Delete dead jobs that died before the given age.
+    Purge {
+        /// Dead jobs (the only kind of job an operator purges; done jobs are purged hourly).
+        #[arg(long, required = true)]
+        dead: bool,
+        /// Age such as 30d, 12h, 45m.
+        #[arg(long, value_parser = parse_age)]
+        older_than: std::time::Duration,
+        #[arg(long)]
+        kind: Option<String>,
+        #[arg(long)]
+        service: Option<String>,
+    },
+}
+
+fn parse_age(s: &str) -> Result<std::time::Duration, String> {
+    thali_platform::jobs::admin::parse_age(s).ok_or_else(|| format!("`{s}` is not an age such as 30d, 12h, 45m or 90s"))
 }
 
 #[derive(Subcommand)]
@@ -164,6 +221,83 @@ async fn shutdown_signal() {
     }
 }
 
+async fn jobs(cfg: &Config, command: JobsCommand) -> anyhow::Result<()> {
+    use thali_platform::jobs::{JobState, admin};
+    let db = thali::migrated(cfg).await?;
+    let now = chrono::Utc::now();
+    match command {
+        JobsCommand::List {
+            dead,
+            state,
+            kind,
+            service,
+            limit,
+        } => {
+            let state = match (dead, state) {
+                (true, _) => Some(JobState::Dead),
+                (false, Some(s)) => Some(
+                    JobState::parse(&s)
+                        .with_context(|| format!("--state `{s}`: one of queued, running, done, dead"))?,
+                ),
+                (false, None) => None,
+            };
+            let filter = admin::Filter { service, kind, state };
+            let rows = admin::list(&db, &filter, limit).await?;
+            println!(
+                "{:>8}  {:<11} {:<32} {:<8} {:>3}  {:<20}  last error",
+                "id", "service", "kind", "state", "try", "run at / finished"
+            );
+            for j in &rows {
+                let when = j.finished_at.unwrap_or(j.run_at).format("%Y-%m-%d %H:%M:%S");
+                let error: String = j.last_error.as_deref().unwrap_or("").chars().take(80).collect();
+                println!(
+                    "{:>8}  {:<11} {:<32} {:<8} {:>3}  {:<20}  {error}",
+                    j.id, j.service, j.kind, j.state, j.attempts, when
+                );
+            }
+            eprintln!("{} job(s)", rows.len());
+        }
+        JobsCommand::Retry {
+            id: Some(id), service, ..
+        } => {
+            anyhow::ensure!(
+                admin::retry(&db, id, service.as_deref(), now).await?,
+                "job {id} is not a dead job{}",
+                service.map(|s| format!(" of {s}")).unwrap_or_default()
+            );
+            println!("job {id} queued again");
+        }
+        JobsCommand::Retry { kind, service, .. } => {
+            let filter = admin::Filter {
+                service,
+                kind,
+                state: None,
+            };
+            let n = admin::retry_all_dead(&db, &filter, now).await?;
+            println!("{n} dead job(s) queued again");
+        }
+        JobsCommand::Purge {
+            older_than,
+            kind,
+            service,
+            ..
+        } => {
+            let before = now - chrono::TimeDelta::from_std(older_than).context("--older-than is too long")?;
+            let filter = admin::Filter {
+                service,
+                kind,
+                state: None,
+            };
+            let n = admin::purge(&db, JobState::Dead, &filter, before).await?;
+            println!(
+                "{n} dead job(s) purged (dead before {})",
+                before.format("%Y-%m-%d %H:%M:%S")
+            );
+        }
+    }
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -239,6 +373,7 @@ async fn main() -> anyhow::Result<()> {
             println!("{} {} ({})", account.id, account.email, account.role.as_str());
             Ok(())
         }
+        Command::Jobs { command } => jobs(&cfg, command).await,
         Command::Keys { command } => {
             let dir = cfg.keys_dir();
             match command {

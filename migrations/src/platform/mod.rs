@@ -1,0 +1,9 @@
+//! Tables the platform keeps in every service's database: the durable job queue (which is also
+//! the transactional outbox) and the inbox of events a service has received.
+use sea_orm_migration::MigrationTrait;
+
+mod m20261122_000003_jobs;
+
+pub(crate) fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+    vec![Box::new(m20261122_000003_jobs::Migration)]
+}
