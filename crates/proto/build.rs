@@ -4,6 +4,7 @@ use std::{env, path::PathBuf};
 
 const FILES: &[&str] = &[
     "thali/common/v1/money.proto",
+    "thali/events/v1/events.proto",
     "thali/identity/v1/identity.proto",
     "thali/storefront/v1/storefront.proto",
 ];

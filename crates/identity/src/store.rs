@@ -13,6 +13,7 @@ use sea_orm::{
 };
 use thali_platform::db::is_unique_violation;
 pub use thali_platform::idempotency::Idempotency;
+use thali_proto::events::v1::{AccountCreated, event::Payload};
 use uuid::Uuid;
 
 use crate::domain::{
@@ -241,11 +242,18 @@ const IDEMPOTENCY_WINDOW: chrono::TimeDelta = chrono::TimeDelta::hours(24);
 #[derive(Debug, Clone)]
 pub struct IdentityStore {
     db: DatabaseConnection,
+    /// The service's job queue, where its events are written (the outbox).
+    queue: thali_platform::jobs::Queue,
 }
 
 impl IdentityStore {
     pub fn new(db: DatabaseConnection) -> Self {
-        Self { db }
+        Self::with_queue(db, thali_platform::jobs::Queue::new(crate::workers::SERVICE))
+    }
+
+    /// The store writing its events on `queue`.
+    pub fn with_queue(db: DatabaseConnection, queue: thali_platform::jobs::Queue) -> Self {
+        Self { db, queue }
     }
 
     /// The connection, for the service's workers.
@@ -359,6 +367,19 @@ impl IdentityStore {
             Err(e) if is_unique_violation(&e) => return Err(IdentityError::EmailTaken),
             Err(e) => return Err(e.into()),
         };
+        let event = thali_platform::events::new_event(
+            crate::workers::SERVICE,
+            format!("account:{id}"),
+            Some(id),
+            Payload::AccountCreated(AccountCreated {
+                account_id: id.to_string(),
+                email: model.email.clone(),
+                display_name: model.display_name.clone(),
+                role: model.role.clone(),
+            }),
+            self.queue.now(),
+        );
+        thali_platform::events::publish(&txn, &self.queue, &event).await?;
         txn.commit().await?;
         model.try_into()
     }

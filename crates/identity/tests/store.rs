@@ -191,3 +191,35 @@ async fn hourly_housekeeping_deletes_what_no_request_can_use_and_keeps_the_rest(
         assert_eq!(rows(&store, "accounts").await, 1, "accounts stay");
     }
 }
+
+#[tokio::test]
+async fn a_new_account_and_its_account_created_event_commit_together() {
+    use thali_platform::jobs::admin;
+    for (backend, store) in stores().await {
+        let filter = admin::Filter {
+            service: Some(thali_identity::workers::SERVICE.into()),
+            kind: Some(thali_platform::events::RELAY_KIND.into()),
+            state: None,
+        };
+        account(&store, "first@example.com").await;
+        assert_eq!(
+            admin::list(store.connection(), &filter, 10).await.unwrap().len(),
+            1,
+            "{backend}"
+        );
+        // A refused registration writes no event.
+        let again =
+            NewAccount::parse("first@example.com", "correct horse battery", "Again", Some(Role::Buyer)).unwrap();
+        assert!(
+            store
+                .register(&again, "x".into(), AccountStatus::Active, None, None)
+                .await
+                .is_err()
+        );
+        assert_eq!(
+            admin::list(store.connection(), &filter, 10).await.unwrap().len(),
+            1,
+            "{backend}"
+        );
+    }
+}

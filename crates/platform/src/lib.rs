@@ -11,6 +11,7 @@ pub mod config;
 pub mod db;
 pub mod deadline;
 pub mod errors;
+pub mod events;
 pub mod health;
 pub mod idempotency;
 pub mod jobs;

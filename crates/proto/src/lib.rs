@@ -14,6 +14,17 @@ pub mod common {
     }
 }
 
+pub mod events {
+    pub mod v1 {
+        tonic::include_proto!("thali.events.v1");
+
+        crate::retry::retry_table! {
+            // The receiver keeps each event id under a unique constraint.
+            DeliverRequest => "Deliver", idempotent;
+        }
+    }
+}
+
 pub mod identity {
     pub mod v1 {
         tonic::include_proto!("thali.identity.v1");

@@ -8,6 +8,7 @@ use sea_orm::{
 };
 use thali_platform::db::is_unique_violation;
 pub use thali_platform::idempotency::Idempotency;
+use thali_proto::events::v1::{ProductOutOfStock, event::Payload};
 use uuid::Uuid;
 
 use crate::domain::{
@@ -159,11 +160,18 @@ const IDEMPOTENCY_WINDOW: chrono::TimeDelta = chrono::TimeDelta::hours(24);
 #[derive(Debug, Clone)]
 pub struct StorefrontStore {
     db: DatabaseConnection,
+    /// The service's job queue, where its events are written (the outbox).
+    queue: thali_platform::jobs::Queue,
 }
 
 impl StorefrontStore {
     pub fn new(db: DatabaseConnection) -> Self {
-        Self { db }
+        Self::with_queue(db, thali_platform::jobs::Queue::new(crate::workers::SERVICE))
+    }
+
+    /// The store writing its events on `queue`.
+    pub fn with_queue(db: DatabaseConnection, queue: thali_platform::jobs::Queue) -> Self {
+        Self { db, queue }
     }
 
     /// The connection, for health checks.
@@ -425,6 +433,7 @@ impl StorefrontStore {
         if found.archived_at.is_some() {
             return Err(StorefrontError::ProductArchived);
         }
+        let sold_out = changes.stock == Some(Some(0)) && found.stock != Some(0);
         let mut row: product::ActiveModel = found.into();
         if let Some(t) = &changes.title {
             row.title = Set(t.clone());
@@ -444,6 +453,22 @@ impl StorefrontStore {
         }
         row.updated_at = Set(Utc::now());
         let model = row.update(&txn).await?;
+        if sold_out {
+            // After the product's row (whose lock orders concurrent writers), in the same commit.
+            let event = thali_platform::events::new_event(
+                crate::workers::SERVICE,
+                format!("creator:{}", model.creator_id),
+                Uuid::parse_str(caller).ok(),
+                Payload::ProductOutOfStock(ProductOutOfStock {
+                    creator_id: model.creator_id.to_string(),
+                    username: page.clone(),
+                    product_id: model.id.to_string(),
+                    product_name: model.title.clone(),
+                }),
+                self.queue.now(),
+            );
+            thali_platform::events::publish(&txn, &self.queue, &event).await?;
+        }
         txn.commit().await?;
         Ok((model.into(), page))
     }

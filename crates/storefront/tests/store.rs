@@ -415,3 +415,62 @@ async fn hourly_housekeeping_forgets_idempotency_keys_past_their_day() {
         );
     }
 }
+
+/// Relay jobs (outbox events) waiting in the storefront's queue.
+async fn outbox(t: &TestDatabase) -> usize {
+    use thali_platform::jobs::admin;
+    let filter = admin::Filter {
+        service: Some(thali_storefront::workers::SERVICE.into()),
+        kind: Some(thali_platform::events::RELAY_KIND.into()),
+        state: None,
+    };
+    admin::list(&t.db, &filter, 100).await.unwrap().len()
+}
+
+#[tokio::test]
+async fn selling_out_and_its_event_commit_together_or_not_at_all() {
+    use sea_orm::ConnectionTrait;
+    for t in backends().await {
+        let store = StorefrontStore::new(t.db.clone());
+        store
+            .create_creator("alice", &creator("alice_snacks"), None)
+            .await
+            .unwrap();
+        let product = store
+            .create_product("alice", "alice_snacks", &chai(100), None)
+            .await
+            .unwrap();
+        let sold_out = ProductChanges::parse(None, None, None, None, Some(Some(0))).unwrap();
+
+        // The outbox refuses writes: the stock change rolls back with the event.
+        let (fail, undo) = match t.backend {
+            "postgres" => (
+                "CREATE FUNCTION outbox_down() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION 'outbox down'; END $$ \
+                 LANGUAGE plpgsql; CREATE TRIGGER outbox_down BEFORE INSERT ON jobs FOR EACH ROW EXECUTE FUNCTION outbox_down()",
+                "DROP TRIGGER outbox_down ON jobs",
+            ),
+            _ => (
+                "CREATE TRIGGER outbox_down BEFORE INSERT ON jobs BEGIN SELECT RAISE(ABORT, 'outbox down'); END",
+                "DROP TRIGGER outbox_down",
+            ),
+        };
+        t.db.execute_unprepared(fail).await.unwrap();
+        assert!(store.update_product("alice", product.id, &sold_out).await.is_err());
+        let page = store
+            .list_products(Some("alice"), "alice_snacks", 10, None)
+            .await
+            .unwrap();
+        assert_eq!(page.0[0].stock, Some(20), "{}: the stock change rolled back", t.backend);
+        assert_eq!(outbox(&t).await, 0, "{}", t.backend);
+
+        t.db.execute_unprepared(undo).await.unwrap();
+        let (changed, _) = store.update_product("alice", product.id, &sold_out).await.unwrap();
+        assert_eq!(changed.stock, Some(0));
+        assert_eq!(outbox(&t).await, 1, "{}: one product.out_of_stock", t.backend);
+        // Already sold out: no second event.
+        store.update_product("alice", product.id, &sold_out).await.unwrap();
+        let price = ProductChanges::parse(None, None, Some((120, "INR")), None, None).unwrap();
+        store.update_product("alice", product.id, &price).await.unwrap();
+        assert_eq!(outbox(&t).await, 1, "{}", t.backend);
+    }
+}

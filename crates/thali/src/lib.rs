@@ -257,6 +257,7 @@ pub async fn start(cfg: &Config, part: Part) -> anyhow::Result<Platform> {
                 thali_identity::store::IdentityStore::new(db.clone()),
                 Queue::new(thali_identity::workers::SERVICE),
             );
+            let worker = thali_platform::events::relay(worker, subscribers());
             job_workers.push(worker.spawn(jobs_stop_rx.clone()));
             routes.add_service(thali_identity::service(db.clone(), signer.clone(), verifier.clone()));
             health.serving::<IdentityServiceServer<IdentityGrpc>>().await;
@@ -272,6 +273,7 @@ pub async fn start(cfg: &Config, part: Part) -> anyhow::Result<Platform> {
             storefront_invalidations = Some(storefront.invalidations());
             watchers.push(storefront.spawn_workers(Duration::from_secs(30)));
             let worker = storefront.job_worker(Queue::new(thali_storefront::workers::SERVICE));
+            let worker = thali_platform::events::relay(worker, subscribers());
             job_workers.push(worker.spawn(jobs_stop_rx.clone()));
             if cfg.redis_url.is_some() {
                 watchers.push(health.watch_flag("redis", HEALTH_INTERVAL, storefront.redis_probe()));
@@ -368,6 +370,12 @@ pub async fn start(cfg: &Config, part: Part) -> anyhow::Result<Platform> {
         jobs_stop,
         job_workers,
     })
+}
+
+/// The services that take each event type. None yet: the notifications service subscribes when
+/// it lands (issue 8); until then the relay marks each event delivered to nobody.
+fn subscribers() -> thali_platform::events::Subscribers {
+    thali_platform::events::Subscribers::default()
 }
 
 /// How often each dependency is probed.

@@ -3,7 +3,11 @@
 use sea_orm_migration::MigrationTrait;
 
 mod m20261122_000003_jobs;
+mod m20261122_000004_inbox;
 
 pub(crate) fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-    vec![Box::new(m20261122_000003_jobs::Migration)]
+    vec![
+        Box::new(m20261122_000003_jobs::Migration),
+        Box::new(m20261122_000004_inbox::Migration),
+    ]
 }
