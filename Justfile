@@ -35,6 +35,10 @@ serve part="all":
 load-test target="storefront":
     bash tests/load/{{target}}.sh
 
+# Job queue throughput (4 workers, no-op jobs) and commit-to-handler latency on PostgreSQL (docs/perf/jobs.md).
+bench-jobs jobs="50000" samples="300":
+    THALI_TEST_DATABASE_URL="${THALI_TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}" cargo run --release -q -p thali-tests --example jobs_bench -- {{jobs}} {{samples}}
+
 # Cost of the gRPC client stack vs a raw channel, and breaker fail-fast latency (docs/perf/resilience.md).
 bench-client seconds="10" concurrency="64":
     cargo run --release -q -p thali-tests --example client_stack -- {{seconds}} {{concurrency}}

@@ -101,8 +101,8 @@ impl Subscribers {
     }
 }
 
-/// The relay's retry schedule: 12 attempts, from 1 s doubling to 15 min (about 1.5 h in all)
-/// before the event is dead and its aggregate's later events go on.
+/// The relay's retry schedule: 12 attempts, the wait from 1 s doubling to 15 min (about 32 min
+/// of waiting in all) before the event is dead and its aggregate's later events go on.
 pub fn relay_schedule() -> RetrySchedule {
     RetrySchedule::exponential(12, Duration::from_secs(1), Duration::from_secs(900))
         .with_timeout(Duration::from_secs(30))

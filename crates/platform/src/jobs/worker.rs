@@ -230,6 +230,12 @@ impl Worker {
                 .min()
                 .unwrap_or(Duration::from_secs(60))
                 .min(Duration::from_secs(60));
+            // The counters exist from the start, so the first retry or death is an increase.
+            for kind in &inner.kind_names {
+                let labels = [("service", inner.queue.service().to_owned()), ("kind", kind.clone())];
+                metrics::counter!("jobs_dead_total", &labels).increment(0);
+                metrics::counter!("jobs_retried_total", &labels).increment(0);
+            }
             tracing::info!(worker = %inner.id, kinds = ?inner.kind_names, "job worker started");
             loop {
                 if *shutdown.borrow() {
