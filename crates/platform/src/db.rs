@@ -39,6 +39,16 @@ fn sqlite_dir(url: &str) -> Option<&Path> {
     Path::new(path).parent().filter(|p| !p.as_os_str().is_empty())
 }
 
+/// A raw statement written once for both databases with `$n` placeholders, which SQLite reads as
+/// `?n`. The text must hold no other `$`.
+pub fn statement(backend: sea_orm::DbBackend, sql: &str, values: Vec<sea_orm::Value>) -> sea_orm::Statement {
+    let sql = match backend {
+        sea_orm::DbBackend::Postgres => sql.to_owned(),
+        _ => sql.replace('$', "?"),
+    };
+    sea_orm::Statement::from_sql_and_values(backend, sql, values)
+}
+
 /// Whether `err` is a unique-constraint violation (a taken name, a replayed key).
 pub fn is_unique_violation(err: &DbErr) -> bool {
     matches!(err.sql_err(), Some(sea_orm::SqlErr::UniqueConstraintViolation(_)))

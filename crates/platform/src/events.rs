@@ -15,7 +15,7 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 use base64::{Engine, engine::general_purpose::STANDARD};
 use chrono::{DateTime, Utc};
 use prost::Message;
-use sea_orm::{ConnectionTrait, DbErr, Statement};
+use sea_orm::{ConnectionTrait, DbErr};
 use thali_proto::events::v1::{DeliverRequest, Event, event::Payload, event_sink_client::EventSinkClient};
 use tonic::Code;
 
@@ -162,22 +162,13 @@ pub async fn accept<C: ConnectionTrait>(
     event_type: &str,
     now: DateTime<Utc>,
 ) -> Result<bool, DbErr> {
-    let backend = conn.get_database_backend();
-    let sql = match backend {
-        sea_orm::DbBackend::Postgres => {
-            "INSERT INTO inbox_events (service, event_id, event_type, received_at) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING"
-        }
-        _ => {
-            "INSERT INTO inbox_events (service, event_id, event_type, received_at) VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING"
-        }
-    };
-    let done = conn
-        .execute_raw(Statement::from_sql_and_values(
-            backend,
-            sql,
-            [service.into(), event_id.into(), event_type.into(), now.into()],
-        ))
-        .await?;
+    let stmt = crate::db::statement(
+        conn.get_database_backend(),
+        "INSERT INTO inbox_events (service, event_id, event_type, received_at) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT DO NOTHING",
+        vec![service.into(), event_id.into(), event_type.into(), now.into()],
+    );
+    let done = conn.execute_raw(stmt).await?;
     Ok(done.rows_affected() == 1)
 }
 

@@ -2,7 +2,7 @@
 //! with them after a restart) and flushing the counts to the database; and its job worker.
 use std::{collections::HashMap, sync::Mutex, time::Duration};
 
-use thali_platform::jobs::{JobError, Queue, RetrySchedule, Worker};
+use thali_platform::jobs::{Queue, Worker};
 
 use crate::store::StorefrontStore;
 
@@ -60,16 +60,10 @@ pub const PRUNE_IDEMPOTENCY: &str = "storefront.prune_idempotency";
 
 /// The storefront's job worker: hourly housekeeping of idempotency records and of the queue.
 pub fn job_worker(store: StorefrontStore, queue: Queue) -> Worker {
-    let db = store.connection().clone();
-    Worker::new(db, queue.clone())
+    Worker::new(store.connection().clone(), queue)
         .with_housekeeping()
-        .handle(PRUNE_IDEMPOTENCY, RetrySchedule::default(), move |_| {
-            let (store, now) = (store.clone(), queue.now());
-            async move {
-                let deleted = store.prune_idempotency(now).await.map_err(JobError::retry)?;
-                tracing::info!(kind = PRUNE_IDEMPOTENCY, deleted, "housekeeping");
-                Ok(())
-            }
+        .prune_every(PRUNE_IDEMPOTENCY, Duration::from_secs(3600), move |now| {
+            let store = store.clone();
+            async move { store.prune_idempotency(now).await }
         })
-        .every(PRUNE_IDEMPOTENCY, Duration::from_secs(3600))
 }

@@ -1,18 +1,11 @@
-//! The queue's statements, one text for both databases: written with `$n` placeholders, which
-//! SQLite reads as `?n`. PostgreSQL claims with `FOR UPDATE SKIP LOCKED` inside the `UPDATE`;
+//! The queue's statements, one text for both databases (`db::statement`). PostgreSQL claims with `FOR UPDATE SKIP LOCKED` inside the `UPDATE`;
 //! SQLite (one writer at a time) claims with the same single `UPDATE … RETURNING`, autocommit.
 use chrono::{DateTime, Utc};
-use sea_orm::{ConnectionTrait, DbBackend, DbErr, Statement, Value};
+use sea_orm::{ConnectionTrait, DbBackend, DbErr, Value};
+
+pub(super) use crate::db::statement;
 
 use super::{Job, NewJob};
-
-pub(super) fn statement(backend: DbBackend, sql: &str, values: Vec<Value>) -> Statement {
-    let sql = match backend {
-        DbBackend::Postgres => sql.to_owned(),
-        _ => sql.replace('$', "?"),
-    };
-    Statement::from_sql_and_values(backend, sql, values)
-}
 
 /// `$first, $first+1, …` for `n` values.
 fn placeholders(first: usize, n: usize) -> String {

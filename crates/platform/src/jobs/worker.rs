@@ -163,23 +163,37 @@ impl Worker {
     /// more than 7 days ago are deleted. (Dead jobs stay until an operator purges them.)
     pub fn with_housekeeping(self) -> Self {
         let db = self.inner.db.clone();
-        let queue = self.inner.queue.clone();
-        self.handle(PURGE_DONE_KIND, RetrySchedule::default(), move |_| {
-            let (db, queue) = (db.clone(), queue.clone());
+        let service = self.inner.queue.service().to_owned();
+        self.prune_every(PURGE_DONE_KIND, Duration::from_secs(3600), move |now| {
+            let filter = super::admin::Filter {
+                service: Some(service.clone()),
+                ..super::admin::Filter::default()
+            };
+            let db = db.clone();
             async move {
-                let filter = super::admin::Filter {
-                    service: Some(queue.service().to_owned()),
-                    ..super::admin::Filter::default()
-                };
-                let before = queue.now() - TimeDelta::days(DONE_RETENTION_DAYS);
-                let purged = super::admin::purge(&db, super::JobState::Done, &filter, before)
-                    .await
-                    .map_err(JobError::retry)?;
-                tracing::info!(service = queue.service(), purged, "done jobs purged");
+                let before = now - TimeDelta::days(DONE_RETENTION_DAYS);
+                super::admin::purge(&db, super::JobState::Done, &filter, before).await
+            }
+        })
+    }
+
+    /// Housekeeping: once per `period`, `delete(now)` removes what has expired and returns how
+    /// many rows; the count is logged. A database error retries on the default schedule.
+    pub fn prune_every<F, Fut>(self, kind: &'static str, period: Duration, delete: F) -> Self
+    where
+        F: Fn(DateTime<Utc>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<u64, DbErr>> + Send + 'static,
+    {
+        let queue = self.inner.queue.clone();
+        self.handle(kind, RetrySchedule::default(), move |_| {
+            let deleting = delete(queue.now());
+            async move {
+                let deleted = deleting.await.map_err(JobError::retry)?;
+                tracing::info!(kind, deleted, "housekeeping");
                 Ok(())
             }
         })
-        .every(PURGE_DONE_KIND, Duration::from_secs(3600))
+        .every(kind, period)
     }
 
     /// This worker's name in `locked_by`.
