@@ -6,6 +6,7 @@ const FILES: &[&str] = &[
     "thali/common/v1/money.proto",
     "thali/events/v1/events.proto",
     "thali/identity/v1/identity.proto",
+    "thali/notifications/v1/notifications.proto",
     "thali/storefront/v1/storefront.proto",
 ];
 

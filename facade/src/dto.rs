@@ -517,3 +517,103 @@ pub struct Jwk {
 pub struct Jwks {
     pub keys: Vec<Jwk>,
 }
+
+/// An in-app notification.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Notification {
+    #[schema(format = Uuid)]
+    pub id: String,
+    /// The event it tells about, e.g. `product.out_of_stock`.
+    pub event_type: String,
+    /// Plain text: escape it before showing it as HTML.
+    pub title: String,
+    /// Plain text: escape it before showing it as HTML.
+    pub body: String,
+    #[schema(format = DateTime)]
+    pub created_at: Option<String>,
+    /// Absent while unread.
+    #[schema(format = DateTime)]
+    pub read_at: Option<String>,
+}
+
+impl From<thali_proto::notifications::v1::Notification> for Notification {
+    fn from(n: thali_proto::notifications::v1::Notification) -> Self {
+        Self {
+            id: n.id,
+            event_type: n.event_type,
+            title: n.title,
+            body: n.body,
+            created_at: rfc3339(n.created_at),
+            read_at: rfc3339(n.read_at),
+        }
+    }
+}
+
+/// One page of notifications, newest first.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct NotificationPage {
+    pub notifications: Vec<Notification>,
+    /// Pass as `page_token` for the next page; absent on the last page.
+    pub next_page_token: Option<String>,
+}
+
+/// Query of `GET /api/v1/notifications`.
+#[derive(Debug, Clone, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListNotificationsQuery {
+    /// 1-100; 0 or absent means 20.
+    #[param(minimum = 0, maximum = 100)]
+    pub page_size: Option<i32>,
+    /// From the previous page's `next_page_token`; empty or absent for the first page.
+    #[param(pattern = r"^([A-Za-z0-9_-]{21}[AQgw])?$")]
+    pub page_token: Option<String>,
+    /// Only unread notifications.
+    pub unread_only: Option<bool>,
+}
+
+/// How many notifications are unread.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct UnreadCount {
+    pub count: i64,
+}
+
+/// Whether one event type is emailed.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct EmailPreference {
+    pub event_type: String,
+    pub email: bool,
+    /// Security and account messages are always emailed.
+    pub required: bool,
+}
+
+/// A user's notification preferences (in-app notifications are always on).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct NotificationPreferences {
+    pub email: Vec<EmailPreference>,
+}
+
+impl From<thali_proto::notifications::v1::Preferences> for NotificationPreferences {
+    fn from(p: thali_proto::notifications::v1::Preferences) -> Self {
+        Self {
+            email: p
+                .email
+                .into_iter()
+                .map(|e| EmailPreference {
+                    event_type: e.event_type,
+                    email: e.email,
+                    required: e.required,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Body of `PUT /api/v1/notification-preferences`: event type → whether to email it. Types not
+/// named keep their setting.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateNotificationPreferences {
+    #[schema(example = json!({"product.out_of_stock": false}))]
+    pub email: std::collections::HashMap<String, bool>,
+}

@@ -23,6 +23,7 @@ use thali_platform::{
 };
 use thali_proto::{
     identity::v1::identity_service_client::IdentityServiceClient,
+    notifications::v1::notification_service_client::NotificationServiceClient,
     storefront::v1::storefront_service_client::StorefrontServiceClient,
 };
 use tower_http::{
@@ -48,6 +49,7 @@ impl std::ops::Deref for FacadeState {
 pub struct FacadeInner {
     pub storefront: Client<StorefrontServiceClient<GrpcChannel>>,
     pub identity: Client<IdentityServiceClient<GrpcChannel>>,
+    pub notifications: Client<NotificationServiceClient<GrpcChannel>>,
     pub verifier: Verifier,
     /// Response cache of anonymous storefront reads, where invalidations reach the facade.
     pub edge: Option<edge::EdgeCache>,
@@ -56,10 +58,17 @@ pub struct FacadeInner {
 impl FacadeState {
     /// State over the client stack of each service; `edge` keeps anonymous storefront answers
     /// (see [`edge`]).
-    pub fn new(storefront: Target, identity: Target, verifier: Verifier, edge: Option<edge::EdgeCache>) -> Self {
+    pub fn new(
+        storefront: Target,
+        identity: Target,
+        notifications: Target,
+        verifier: Verifier,
+        edge: Option<edge::EdgeCache>,
+    ) -> Self {
         Self(Arc::new(FacadeInner {
             storefront: Client::new(storefront, StorefrontServiceClient::new),
             identity: Client::new(identity, IdentityServiceClient::new),
+            notifications: Client::new(notifications, NotificationServiceClient::new),
             verifier,
             edge,
         }))
@@ -97,6 +106,19 @@ pub fn router(state: FacadeState, max_body_bytes: usize) -> Router {
             post(routes::storefront::archive_product),
         )
         .route("/api/v1/store/{username}", get(routes::storefront::get_storefront))
+        .route("/api/v1/notifications", get(routes::notifications::list))
+        .route(
+            "/api/v1/notifications/unread-count",
+            get(routes::notifications::unread_count),
+        )
+        .route(
+            "/api/v1/notifications/{id}/read",
+            post(routes::notifications::mark_read),
+        )
+        .route(
+            "/api/v1/notification-preferences",
+            get(routes::notifications::get_preferences).put(routes::notifications::put_preferences),
+        )
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             middleware::renew_token,

@@ -31,6 +31,11 @@ use crate::{dto, problem, routes};
         routes::storefront::update_product,
         routes::storefront::archive_product,
         routes::storefront::get_storefront,
+        routes::notifications::list,
+        routes::notifications::mark_read,
+        routes::notifications::unread_count,
+        routes::notifications::get_preferences,
+        routes::notifications::put_preferences,
     ),
     components(schemas(
         dto::Money,
@@ -56,6 +61,12 @@ use crate::{dto, problem, routes};
         dto::ApiKeyList,
         dto::Jwk,
         dto::Jwks,
+        dto::Notification,
+        dto::NotificationPage,
+        dto::UnreadCount,
+        dto::EmailPreference,
+        dto::NotificationPreferences,
+        dto::UpdateNotificationPreferences,
         problem::ProblemDetails,
         problem::FieldError,
     )),
@@ -66,6 +77,7 @@ use crate::{dto, problem, routes};
         (name = "creators", description = "Creator pages"),
         (name = "products", description = "Products of a creator"),
         (name = "storefront", description = "Public storefront reads"),
+        (name = "notifications", description = "The caller's notifications and preferences"),
     )
 )]
 pub struct ApiDoc;

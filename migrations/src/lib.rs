@@ -5,6 +5,7 @@
 pub use sea_orm_migration::prelude::*;
 
 mod identity;
+mod notifications;
 mod platform;
 mod storefront;
 
@@ -18,6 +19,7 @@ impl MigratorTrait for Migrator {
         let mut all = storefront::migrations();
         all.extend(identity::migrations());
         all.extend(platform::migrations());
+        all.extend(notifications::migrations());
         all.sort_by_key(|m| m.name().to_owned());
         all
     }

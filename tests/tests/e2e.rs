@@ -590,3 +590,150 @@ async fn storefront_reads_keep_answering_while_redis_is_down() {
     redis.restart().await;
     assert_eq!(mesh.get("/api/v1/store/redis_shop").await.status(), StatusCode::OK);
 }
+
+/// Polls `check` every 100 ms for up to 15 s (the relay and the email job run in the
+/// background; SQLite workers poll).
+async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let until = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(found) = check().await {
+            return found;
+        }
+        assert!(std::time::Instant::now() < until, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_new_user_is_welcomed_in_app_and_by_email_and_sees_only_their_own_notifications() {
+    let mesh = Mesh::start().await;
+    let asha = support::access(&mesh.sign_up("asha@example.com", "creator").await);
+    let ravi = support::access(&mesh.sign_up("ravi@example.com", "buyer").await);
+
+    // The welcome notification arrives through the outbox relay.
+    let page: Value = eventually("asha's welcome", || async {
+        let page: Value = mesh.get_as("/api/v1/notifications", &asha).await.json().await.unwrap();
+        (page["notifications"].as_array().unwrap().len() == 1).then_some(page)
+    })
+    .await;
+    let welcome = &page["notifications"][0];
+    assert_eq!(welcome["event_type"], "account.created");
+    assert_eq!(welcome["title"], "Welcome to Thali, Someone");
+    assert!(welcome["read_at"].is_null());
+
+    // And the welcome email, as a real MIME file in the data dir's mail folder.
+    let mail = mesh.data_dir.join("mail");
+    let to_asha = eventually("asha's welcome email", || async {
+        std::fs::read_dir(&mail).ok()?.flatten().find_map(|entry| {
+            let bytes = std::fs::read(entry.path()).ok()?;
+            let message = mail_parser::MessageParser::default().parse(&bytes)?;
+            let to = message.to()?.first()?.address()?.to_owned();
+            (to == "asha@example.com").then(|| message.subject().unwrap_or_default().to_owned())
+        })
+    })
+    .await;
+    assert_eq!(to_asha, "Welcome to Thali, Someone");
+
+    // Ravi cannot read or mark Asha's notification: it does not exist for him.
+    let id = welcome["id"].as_str().unwrap();
+    let res = mesh
+        .post(&format!("/api/v1/notifications/{id}/read"), Some(&ravi), json!({}))
+        .await;
+    problem(res, StatusCode::NOT_FOUND, "NOTIFICATION_NOT_FOUND").await;
+    let theirs: Value = mesh.get_as("/api/v1/notifications", &ravi).await.json().await.unwrap();
+    assert!(
+        theirs["notifications"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|n| n["id"] != id)
+    );
+    let res = mesh.get("/api/v1/notifications").await;
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+
+    // Asha reads it.
+    let res = mesh
+        .post(&format!("/api/v1/notifications/{id}/read"), Some(&asha), json!({}))
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let read: Value = res.json().await.unwrap();
+    assert!(read["read_at"].is_string());
+    let count: Value = mesh
+        .get_as("/api/v1/notifications/unread-count", &asha)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(count["count"], 0);
+
+    // Preferences: a security email cannot be turned off; an optional one can.
+    let res = mesh
+        .send(
+            reqwest::Method::PUT,
+            "/api/v1/notification-preferences",
+            Some(&asha),
+            json!({"email": {"account.login_new_address": false}}),
+        )
+        .await;
+    let body = problem(res, StatusCode::BAD_REQUEST, "VALIDATION_FAILED").await;
+    assert_eq!(fields(&body), ["email.account.login_new_address"]);
+    let res = mesh
+        .send(
+            reqwest::Method::PUT,
+            "/api/v1/notification-preferences",
+            Some(&asha),
+            json!({"email": {"product.out_of_stock": false}}),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let prefs: Value = mesh
+        .get_as("/api/v1/notification-preferences", &asha)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let sold_out = prefs["email"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["event_type"] == "product.out_of_stock")
+        .unwrap();
+    assert_eq!(sold_out["email"], false);
+
+    // Her last samosa sells: she hears about it in-app.
+    mesh.create_creator(&asha, "asha_snacks").await;
+    let res = mesh
+        .post(
+            "/api/v1/creators/asha_snacks/products",
+            Some(&asha),
+            json!({"title": "Samosa", "price": {"amount_minor": 2000, "currency": "INR"}, "stock": 1}),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let product: Value = res.json().await.unwrap();
+    let res = mesh
+        .send(
+            reqwest::Method::PATCH,
+            &format!("/api/v1/products/{}", product["id"].as_str().unwrap()),
+            Some(&asha),
+            json!({"stock": 0}),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let sold: Value = eventually("the out-of-stock notification", || async {
+        let page: Value = mesh
+            .get_as("/api/v1/notifications?unread_only=true", &asha)
+            .await
+            .json()
+            .await
+            .unwrap();
+        page["notifications"].as_array().unwrap().first().cloned()
+    })
+    .await;
+    assert_eq!(sold["event_type"], "product.out_of_stock");
+    assert_eq!(sold["title"], "Samosa is out of stock");
+}

@@ -42,6 +42,19 @@ pub struct Config {
     /// Where the facade and other services find identity (`THALI_IDENTITY_URL`); unset means
     /// this process's own gRPC address.
     pub identity_url: Option<String>,
+    /// Where the facade and the event relay find notifications (`THALI_NOTIFICATIONS_URL`);
+    /// unset means this process's own gRPC address.
+    pub notifications_url: Option<String>,
+    /// The SMTP server mail goes through (`THALI_SMTP_URL`): `smtps://user@host:465`,
+    /// `smtp://user@host:587?tls=required` or `smtp://host:25`; unset means each message is
+    /// written as an `.eml` file under `<data dir>/mail/`.
+    pub smtp_url: Option<String>,
+    /// File holding the SMTP password (`THALI_SMTP_PASSWORD_FILE`); the URL never carries it.
+    pub smtp_password_file: Option<PathBuf>,
+    /// The sender of Thali's email (`THALI_MAIL_FROM`).
+    pub mail_from: String,
+    /// Longest time one email send may take, connection to answer, seconds (`THALI_MAIL_TIMEOUT_S`).
+    pub mail_timeout_s: u64,
     /// Redis for the L2 cache and cross-replica invalidation (`THALI_REDIS_URL`): `redis://`,
     /// `rediss://`, `redis-sentinel://` or `redis-cluster://`; unset means L1 only.
     pub redis_url: Option<String>,
@@ -154,7 +167,9 @@ impl Config {
             .set_default("breaker_window_s", 10)?
             .set_default("breaker_backoff_min_ms", 1_000)?
             .set_default("breaker_backoff_max_ms", 60_000)?
-            .set_default("resolve_interval_s", 5)?;
+            .set_default("resolve_interval_s", 5)?
+            .set_default("mail_from", "Thali <no-reply@thali.localhost>")?
+            .set_default("mail_timeout_s", 30)?;
         if let Some(file) = file {
             builder = builder.add_source(config::File::from(file).required(false));
         }
@@ -201,6 +216,7 @@ impl Config {
         for (key, value) in [
             ("storefront_url", &self.storefront_url),
             ("identity_url", &self.identity_url),
+            ("notifications_url", &self.notifications_url),
         ] {
             if let Some(spec) = value
                 && let Err(reason) = crate::client::Discovery::parse(spec)
@@ -243,6 +259,14 @@ impl Config {
         }
         if self.resolve_interval_s == 0 {
             return invalid("resolve_interval_s", "must be above 0");
+        }
+        if let Some(url) = &self.smtp_url
+            && !(url.starts_with("smtp://") || url.starts_with("smtps://"))
+        {
+            return invalid("smtp_url", "must start with smtp:// or smtps://");
+        }
+        if self.mail_timeout_s == 0 {
+            return invalid("mail_timeout_s", "must be above 0");
         }
         if self.max_concurrent_rpcs == 0 {
             return invalid("max_concurrent_rpcs", "must be above 0");
@@ -300,6 +324,16 @@ impl Config {
     /// Directory of the JWT keys.
     pub fn keys_dir(&self) -> PathBuf {
         self.keys_dir.clone().unwrap_or_else(|| self.data_dir.join("keys"))
+    }
+
+    /// Where `.eml` files go when no SMTP server is configured.
+    pub fn mail_dir(&self) -> PathBuf {
+        self.data_dir.join("mail")
+    }
+
+    /// Longest time one email send may take.
+    pub fn mail_timeout(&self) -> Duration {
+        Duration::from_secs(self.mail_timeout_s)
     }
 
     /// Deadline of one internal call.

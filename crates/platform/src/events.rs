@@ -24,6 +24,11 @@ use crate::{
     jobs::{JobError, NewJob, Queue, RetrySchedule, Worker},
 };
 
+/// Metadata naming the subscriber an event is delivered to: one process may host several
+/// subscribers behind its one `EventSink` (see [`Sinks`]), and the service token is addressed to
+/// this subscriber.
+pub const SUBSCRIBER_HEADER: &str = "x-thali-subscriber";
+
 /// The job kind that delivers one event to its subscribers.
 pub const RELAY_KIND: &str = "events.relay";
 
@@ -125,7 +130,11 @@ pub fn relay_with_schedule(worker: Worker, subscribers: Subscribers, schedule: R
                 .map_err(|e| JobError::Fatal(format!("event is not base64: {e}")))?;
             let event = Event::decode(bytes.as_slice()).map_err(|e| JobError::Fatal(format!("event does not decode: {e}")))?;
             for (name, client) in subscribers.of(&event.r#type) {
-                let request = DeliverRequest { event: Some(event.clone()) };
+                let mut request = tonic::Request::new(DeliverRequest { event: Some(event.clone()) });
+                let value = name
+                    .parse()
+                    .map_err(|_| JobError::Fatal(format!("subscriber name {name:?} is not a header value")))?;
+                request.metadata_mut().insert(SUBSCRIBER_HEADER, value);
                 let delivered = client
                     .call(request, |mut c, r| async move { c.deliver(r).await })
                     .await;
@@ -151,6 +160,69 @@ pub fn relay_with_schedule(worker: Worker, subscribers: Subscribers, schedule: R
             Ok(())
         }
     })
+}
+
+/// A service's handling of the events it subscribes to. `take` answers whether the event was
+/// new (false: it had been taken before and nothing was done again). An error the relay must
+/// not retry is INVALID_ARGUMENT; anything else is tried again.
+#[tonic::async_trait]
+pub trait Sink: Send + Sync + 'static {
+    async fn take(&self, event: Event) -> Result<bool, tonic::Status>;
+}
+
+/// The `EventSink` a process serves: it hands each delivery to the subscriber named in
+/// [`SUBSCRIBER_HEADER`]. Only Thali services may deliver (a user's token cannot inject events).
+#[derive(Clone, Default)]
+pub struct Sinks {
+    by_name: HashMap<String, Arc<dyn Sink>>,
+}
+
+impl Sinks {
+    /// Hands deliveries for `name` to `sink`.
+    pub fn with(mut self, name: &str, sink: Arc<dyn Sink>) -> Self {
+        self.by_name.insert(name.to_owned(), sink);
+        self
+    }
+
+    /// Whether any subscriber is hosted.
+    pub fn is_empty(&self) -> bool {
+        self.by_name.is_empty()
+    }
+
+    /// The gRPC service.
+    pub fn server(self) -> thali_proto::events::v1::event_sink_server::EventSinkServer<Self> {
+        thali_proto::events::v1::event_sink_server::EventSinkServer::new(self)
+    }
+}
+
+#[tonic::async_trait]
+impl thali_proto::events::v1::event_sink_server::EventSink for Sinks {
+    async fn deliver(
+        &self,
+        request: tonic::Request<DeliverRequest>,
+    ) -> Result<tonic::Response<thali_proto::events::v1::DeliverResponse>, tonic::Status> {
+        if request.extensions().get::<crate::server::ServiceCaller>().is_none() {
+            return Err(tonic::Status::permission_denied("only Thali services deliver events"));
+        }
+        let name = request
+            .metadata()
+            .get(SUBSCRIBER_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        let sink = self
+            .by_name
+            .get(&name)
+            .ok_or_else(|| tonic::Status::unimplemented(format!("no subscriber {name:?} here")))?;
+        let event = request
+            .into_inner()
+            .event
+            .ok_or_else(|| tonic::Status::invalid_argument("a delivery carries an event"))?;
+        let new = sink.take(event).await?;
+        Ok(tonic::Response::new(thali_proto::events::v1::DeliverResponse {
+            duplicate: !new,
+        }))
+    }
 }
 
 /// Records that `service` took `event` (inside the transaction of its effect). False when it had

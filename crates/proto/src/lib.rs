@@ -48,6 +48,22 @@ pub mod identity {
     }
 }
 
+pub mod notifications {
+    pub mod v1 {
+        tonic::include_proto!("thali.notifications.v1");
+
+        crate::retry::retry_table! {
+            ListNotificationsRequest => "ListNotifications", read;
+            // Marking read twice leaves the same state.
+            MarkReadRequest => "MarkRead", idempotent;
+            UnreadCountRequest => "UnreadCount", read;
+            GetPreferencesRequest => "GetPreferences", read;
+            // Sets values, never adds to them: a repeat leaves the same state.
+            UpdatePreferencesRequest => "UpdatePreferences", idempotent;
+        }
+    }
+}
+
 pub mod storefront {
     pub mod v1 {
         tonic::include_proto!("thali.storefront.v1");

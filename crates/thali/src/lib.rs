@@ -12,18 +12,21 @@ use axum::{Router, routing::get};
 use sea_orm::DatabaseConnection;
 use thali_identity::grpc::IdentityGrpc;
 use thali_migrations::{Migrator, MigratorTrait};
+use thali_notifications::mail::Mailer;
 use thali_platform::{
     Config,
     api_keys::IdentityApiKeys,
     auth::{Signer, Verifier, ensure_key_pair},
     cache::Redis,
     client::{ServiceIdentity, Target},
+    events::{Sinks, Subscribers},
     health::Health,
     jobs::Queue,
     server::AuthPolicy,
 };
 use thali_proto::{
     identity::v1::identity_service_server::IdentityServiceServer,
+    notifications::v1::notification_service_server::NotificationServiceServer,
     storefront::v1::storefront_service_server::StorefrontServiceServer,
 };
 use thali_storefront::grpc::StorefrontGrpc;
@@ -38,6 +41,8 @@ pub enum Part {
     Identity,
     /// The storefront gRPC service.
     Storefront,
+    /// The notifications gRPC service (and its event sink).
+    Notifications,
     /// The REST facade.
     Facade,
 }
@@ -49,6 +54,9 @@ impl Part {
     fn runs_storefront(self) -> bool {
         matches!(self, Part::All | Part::Storefront)
     }
+    fn runs_notifications(self) -> bool {
+        matches!(self, Part::All | Part::Notifications)
+    }
     fn runs_facade(self) -> bool {
         matches!(self, Part::All | Part::Facade)
     }
@@ -58,6 +66,7 @@ impl Part {
             Part::All => "thali",
             Part::Identity => "identity",
             Part::Storefront => "storefront",
+            Part::Notifications => "notifications",
             Part::Facade => "facade",
         }
     }
@@ -222,7 +231,7 @@ pub async fn start(cfg: &Config, part: Part) -> anyhow::Result<Platform> {
     // gRPC: every service this part runs, on one server.
     let mut grpc_addr = None;
     let mut storefront_invalidations = None;
-    if part.runs_identity() || part.runs_storefront() {
+    if part.runs_identity() || part.runs_storefront() || part.runs_notifications() {
         let db = if part == Part::All {
             migrate(cfg).await?
         } else {
@@ -251,13 +260,14 @@ pub async fn start(cfg: &Config, part: Part) -> anyhow::Result<Platform> {
             let db = probe_db.clone();
             async move { db.ping().await.is_ok() }
         }));
+        let subscribers = subscribers(cfg, part, own, &identity, &client_settings).await?;
         let mut routes = tonic::service::RoutesBuilder::default();
         if part.runs_identity() {
             let worker = thali_identity::workers::worker(
                 thali_identity::store::IdentityStore::new(db.clone()),
                 Queue::new(thali_identity::workers::SERVICE),
             );
-            let worker = thali_platform::events::relay(worker, subscribers());
+            let worker = thali_platform::events::relay(worker, subscribers.clone());
             job_workers.push(worker.spawn(jobs_stop_rx.clone()));
             routes.add_service(thali_identity::service(db.clone(), signer.clone(), verifier.clone()));
             health.serving::<IdentityServiceServer<IdentityGrpc>>().await;
@@ -273,13 +283,42 @@ pub async fn start(cfg: &Config, part: Part) -> anyhow::Result<Platform> {
             storefront_invalidations = Some(storefront.invalidations());
             watchers.push(storefront.spawn_workers(Duration::from_secs(30)));
             let worker = storefront.job_worker(Queue::new(thali_storefront::workers::SERVICE));
-            let worker = thali_platform::events::relay(worker, subscribers());
+            let worker = thali_platform::events::relay(worker, subscribers.clone());
             job_workers.push(worker.spawn(jobs_stop_rx.clone()));
             if cfg.redis_url.is_some() {
                 watchers.push(health.watch_flag("redis", HEALTH_INTERVAL, storefront.redis_probe()));
             }
             routes.add_service(storefront.server());
             health.serving::<StorefrontServiceServer<StorefrontGrpc>>().await;
+        }
+        let mut sinks = Sinks::default();
+        if part.runs_notifications() {
+            let mailer = match &cfg.smtp_url {
+                Some(url) => Mailer::smtp(
+                    url,
+                    cfg.smtp_password_file.as_deref(),
+                    &cfg.mail_from,
+                    cfg.mail_timeout(),
+                ),
+                None => Mailer::files(cfg.mail_dir(), &cfg.mail_from),
+            }
+            .context("mail settings")?;
+            tracing::info!(mail = %mailer.describe(), "notifications: where mail goes");
+            let notifications =
+                thali_notifications::Notifications::new(db.clone(), mailer).context("notification templates")?;
+            sinks = sinks.with(thali_notifications::workers::SERVICE, notifications.sink());
+            job_workers.push(
+                notifications
+                    .job_worker(Queue::new(thali_notifications::workers::SERVICE))
+                    .spawn(jobs_stop_rx.clone()),
+            );
+            routes.add_service(notifications.server());
+            health
+                .serving::<NotificationServiceServer<thali_notifications::grpc::NotificationsGrpc>>()
+                .await;
+        }
+        if !sinks.is_empty() {
+            routes.add_service(sinks.server());
         }
         let routes = routes.routes();
         let shutdown = stopped(grpc_stop_rx);
@@ -302,9 +341,16 @@ pub async fn start(cfg: &Config, part: Part) -> anyhow::Result<Platform> {
         };
         let storefront_url = url_of(&cfg.storefront_url);
         let identity_url = url_of(&cfg.identity_url);
+        let notifications_url = url_of(&cfg.notifications_url);
         let storefront = Target::new("storefront", &storefront_url, &identity, client_settings.clone()).await?;
         let identity_service = Target::new("identity", &identity_url, &identity, client_settings.clone()).await?;
-        for (name, target) in [("storefront", &storefront), ("identity", &identity_service)] {
+        let notifications =
+            Target::new("notifications", &notifications_url, &identity, client_settings.clone()).await?;
+        for (name, target) in [
+            ("storefront", &storefront),
+            ("identity", &identity_service),
+            ("notifications", &notifications),
+        ] {
             let target = target.clone();
             watchers.push(health.watch_flag(name, HEALTH_INTERVAL, move || target.is_up()));
         }
@@ -326,7 +372,7 @@ pub async fn start(cfg: &Config, part: Part) -> anyhow::Result<Platform> {
             ),
             None => None,
         };
-        let state = thali_facade::FacadeState::new(storefront, identity_service, verifier, edge);
+        let state = thali_facade::FacadeState::new(storefront, identity_service, notifications, verifier, edge);
         let router = thali_facade::router(state, cfg.max_body_bytes);
         let listener =
             thali_platform::net::bind(cfg.http_addr).with_context(|| format!("binding {}", cfg.http_addr))?;
@@ -372,10 +418,28 @@ pub async fn start(cfg: &Config, part: Part) -> anyhow::Result<Platform> {
     })
 }
 
-/// The services that take each event type. None yet: the notifications service subscribes when
-/// it lands (issue 8); until then the relay marks each event delivered to nobody.
-fn subscribers() -> thali_platform::events::Subscribers {
-    thali_platform::events::Subscribers::default()
+/// The services that take each event type, reached through the client stack: notifications at
+/// `notifications_url` (unset: this process's own gRPC address).
+async fn subscribers(
+    cfg: &Config,
+    part: Part,
+    own: SocketAddr,
+    identity: &ServiceIdentity,
+    settings: &thali_platform::client::ClientSettings,
+) -> anyhow::Result<Subscribers> {
+    if cfg.notifications_url.is_none() && part != Part::All && part != Part::Notifications {
+        tracing::warn!(
+            "THALI_NOTIFICATIONS_URL is unset: this process's events go to its own address, where no \
+             subscriber takes them (they go dead; set it and retry them)"
+        );
+    }
+    let url = cfg.notifications_url.clone().unwrap_or_else(|| format!("http://{own}"));
+    let target = Target::new(thali_notifications::workers::SERVICE, &url, identity, settings.clone()).await?;
+    Ok(Subscribers::default().subscribe(
+        thali_notifications::workers::SERVICE,
+        target,
+        thali_notifications::SUBSCRIBES_TO,
+    ))
 }
 
 /// How often each dependency is probed.

@@ -309,6 +309,7 @@ async fn main() -> anyhow::Result<()> {
                 Part::All => "thali",
                 Part::Identity => "thali-identity",
                 Part::Storefront => "thali-storefront",
+                Part::Notifications => "thali-notifications",
                 Part::Facade => "thali-facade",
             };
             let telemetry = thali_platform::telemetry::init(&cfg, name)?;
@@ -327,6 +328,9 @@ async fn main() -> anyhow::Result<()> {
                     cfg.data_dir.display(),
                     redacted(&cfg.database_url())
                 );
+                if cfg.smtp_url.is_none() {
+                    println!("thali: mail written as .eml files to {}", cfg.mail_dir().display());
+                }
             }
             tracing::info!(part = ?part, "serving");
             let result = platform.run_until(shutdown_signal()).await;

@@ -1,6 +1,7 @@
 //! REST handlers: authenticate, take the JSON, call one RPC, map the answer.
 pub mod http_cache;
 pub mod identity;
+pub mod notifications;
 pub mod storefront;
 
 use axum::{

@@ -34,6 +34,8 @@ pub struct Mesh {
     pub grpc_addr: SocketAddr,
     pub signer: Signer,
     pub http: Client,
+    /// The platform's data dir (SQLite file, keys, `mail/`).
+    pub data_dir: std::path::PathBuf,
 }
 
 impl Mesh {
@@ -67,6 +69,7 @@ impl Mesh {
             env.insert("THALI_REDIS_URL".into(), url);
         }
         let cfg = Config::load_from(None, Some(env), &Overrides::default()).unwrap();
+        let data_dir = cfg.data_dir.clone();
         let platform = thali::start(&cfg, Part::All).await.unwrap();
         let base = format!("http://{}", platform.http_addr.unwrap());
         let admin = format!("http://{}", platform.admin_addr);
@@ -79,6 +82,7 @@ impl Mesh {
             grpc_addr,
             signer,
             http: Client::new(),
+            data_dir,
         }
     }
 

@@ -118,7 +118,7 @@ impl AuthPolicy {
                 service: None,
             });
         }
-        let wanted = service_audience(service_of(path));
+        let wanted = service_audience(audience_service(path, headers));
         let service = self
             .verifier
             .verify_service(token, &wanted)
@@ -154,6 +154,21 @@ fn service_of(path: &str) -> &str {
         .strip_prefix("thali.")
         .and_then(|rest| rest.split('.').next())
         .unwrap_or("")
+}
+
+/// The service a service token for `path` must be addressed to. An event delivery
+/// (`thali.events.v1.EventSink`) is addressed to the subscriber it names in
+/// [`crate::events::SUBSCRIBER_HEADER`]: one process can host several subscribers.
+fn audience_service<'a>(path: &'a str, headers: &'a http::HeaderMap) -> &'a str {
+    let service = service_of(path);
+    if service == "events"
+        && let Some(subscriber) = headers
+            .get(crate::events::SUBSCRIBER_HEADER)
+            .and_then(|v| v.to_str().ok())
+    {
+        return subscriber;
+    }
+    service
 }
 
 /// The public prefix of a key, safe to log.

@@ -1,0 +1,302 @@
+//! Notification rules: which events reach whom, on which channel, and what a user may turn off.
+//! Pure: no I/O, no database, no gRPC.
+use chrono::{DateTime, Utc};
+use thali_platform::errors::Violation;
+use thali_proto::events::v1::{Event, event::Payload};
+use uuid::Uuid;
+
+/// Whether an event type is emailed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EmailPolicy {
+    /// Never emailed.
+    Never,
+    /// Emailed unless the user turned it off.
+    Optional,
+    /// Security and account messages: always emailed, cannot be turned off.
+    Required,
+}
+
+/// How one event type is told to its user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Channels {
+    pub event_type: &'static str,
+    /// In-app notifications cannot be turned off.
+    pub in_app: bool,
+    pub email: EmailPolicy,
+}
+
+/// Every event type the service tells users about.
+pub const CATALOGUE: &[Channels] = &[
+    Channels {
+        event_type: "account.created",
+        in_app: true,
+        email: EmailPolicy::Optional,
+    },
+    Channels {
+        event_type: "account.login_new_address",
+        in_app: true,
+        email: EmailPolicy::Required,
+    },
+    Channels {
+        event_type: "product.out_of_stock",
+        in_app: true,
+        email: EmailPolicy::Optional,
+    },
+];
+
+/// The channels of `event_type`, if the service knows it.
+pub fn channels(event_type: &str) -> Option<&'static Channels> {
+    CATALOGUE.iter().find(|c| c.event_type == event_type)
+}
+
+/// Default and largest page of `ListNotifications`.
+pub const PAGE_SIZE_DEFAULT: u64 = 20;
+pub const PAGE_SIZE_MAX: u64 = 100;
+
+/// Everything that can go wrong in a notifications use case.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum NotificationError {
+    #[error("invalid request")]
+    Invalid(Vec<Violation>),
+    #[error("authentication required")]
+    Unauthenticated,
+    #[error("no notification with this id")]
+    NotFound,
+    #[error("the database is unavailable")]
+    Unavailable,
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl NotificationError {
+    pub fn invalid(field: &str, description: impl Into<String>) -> Self {
+        Self::Invalid(vec![Violation::new(field, description)])
+    }
+}
+
+/// One in-app notification.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notification {
+    pub id: Uuid,
+    pub event_type: String,
+    pub title: String,
+    pub body: String,
+    pub created_at: DateTime<Utc>,
+    pub read_at: Option<DateTime<Utc>>,
+}
+
+/// A user's email preference for one event type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmailPreference {
+    pub event_type: String,
+    pub email: bool,
+    pub required: bool,
+}
+
+/// Who a message goes to, as learnt from `account.created`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recipient {
+    pub account_id: Uuid,
+    pub email: String,
+    pub display_name: String,
+}
+
+/// An event the service takes, checked: its id, who it is for, and what the templates show.
+#[derive(Debug, Clone)]
+pub struct Incoming {
+    pub event_id: Uuid,
+    pub event_type: &'static str,
+    /// The account told about it.
+    pub account_id: Uuid,
+    /// A recipient the event introduces or updates (`account.created`).
+    pub recipient: Option<Recipient>,
+    /// Values the templates show (besides the recipient's name).
+    pub context: serde_json::Value,
+    pub occurred_at: DateTime<Utc>,
+}
+
+fn account(field: &str, value: &str) -> Result<Uuid, NotificationError> {
+    Uuid::parse_str(value).map_err(|_| NotificationError::invalid(field, "must be a UUID"))
+}
+
+impl Incoming {
+    /// Checks an event and picks who it is for. INVALID_ARGUMENT (never retried by the relay)
+    /// for an event that can never be taken.
+    pub fn from_event(event: &Event) -> Result<Self, NotificationError> {
+        let event_id =
+            Uuid::parse_str(&event.id).map_err(|_| NotificationError::invalid("event.id", "must be a UUID"))?;
+        let payload = event
+            .payload
+            .as_ref()
+            .ok_or_else(|| NotificationError::invalid("event.payload", "is required"))?;
+        let event_type = thali_platform::events::type_of(payload);
+        if event.r#type != event_type {
+            return Err(NotificationError::invalid(
+                "event.type",
+                format!("says {:?} but the payload is {event_type}", event.r#type),
+            ));
+        }
+        let occurred_at = event
+            .occurred_at
+            .and_then(|t| DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).unwrap_or(0)))
+            .unwrap_or_else(Utc::now);
+        let (account_id, recipient, context) = match payload {
+            Payload::AccountCreated(p) => {
+                let id = account("account_created.account_id", &p.account_id)?;
+                if p.email.len() < 3 || p.email.len() > 254 || !p.email.contains('@') {
+                    return Err(NotificationError::invalid("account_created.email", "is not an address"));
+                }
+                let recipient = Recipient {
+                    account_id: id,
+                    email: p.email.clone(),
+                    display_name: p.display_name.chars().take(200).collect(),
+                };
+                (id, Some(recipient), serde_json::json!({ "role": p.role }))
+            }
+            Payload::AccountLoginNewAddress(p) => (
+                account("account_login_new_address.account_id", &p.account_id)?,
+                None,
+                serde_json::json!({
+                    "ip_address": p.ip_address,
+                    "at": occurred_at.format("%Y-%m-%d %H:%M UTC").to_string(),
+                }),
+            ),
+            Payload::ProductOutOfStock(p) => (
+                account("owner_account_id", &event.owner_account_id)?,
+                None,
+                serde_json::json!({
+                    "username": p.username,
+                    "product_id": p.product_id,
+                    "product_name": p.product_name,
+                }),
+            ),
+        };
+        Ok(Self {
+            event_id,
+            event_type,
+            account_id,
+            recipient,
+            context,
+            occurred_at,
+        })
+    }
+}
+
+/// Checks a preference change: known types only, and required emails stay on.
+pub fn check_preferences(changes: &[(String, bool)]) -> Result<(), NotificationError> {
+    let mut violations = Vec::new();
+    for (event_type, email) in changes {
+        let field = format!("email.{event_type}");
+        match channels(event_type) {
+            None => violations.push(Violation::new(field, "is not an event type users are told about")),
+            Some(c) if c.email == EmailPolicy::Never && *email => {
+                violations.push(Violation::new(field, "is never emailed"));
+            }
+            Some(c) if c.email == EmailPolicy::Required && !*email => {
+                violations.push(Violation::new(field, "is a security message and is always emailed"));
+            }
+            Some(_) => {}
+        }
+    }
+    if changes.is_empty() {
+        violations.push(Violation::new("email", "name at least one event type"));
+    }
+    if violations.is_empty() {
+        Ok(())
+    } else {
+        Err(NotificationError::Invalid(violations))
+    }
+}
+
+/// Every type's preference, from the ones the user set (the rest take the policy's default).
+pub fn effective_preferences(set: &[(String, bool)]) -> Vec<EmailPreference> {
+    CATALOGUE
+        .iter()
+        .map(|c| {
+            let chosen = set.iter().find(|(t, _)| t == c.event_type).map(|(_, e)| *e);
+            let email = match c.email {
+                EmailPolicy::Never => false,
+                EmailPolicy::Required => true,
+                EmailPolicy::Optional => chosen.unwrap_or(true),
+            };
+            EmailPreference {
+                event_type: c.event_type.to_owned(),
+                email,
+                required: c.email == EmailPolicy::Required,
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use thali_proto::events::v1::{AccountCreated, ProductOutOfStock};
+
+    use super::*;
+
+    fn event(payload: Payload, owner: &str) -> Event {
+        thali_platform::events::new_event("test", "a".into(), owner.parse().ok(), payload, Utc::now())
+    }
+
+    #[test]
+    fn an_out_of_stock_event_is_for_the_owner_and_needs_one() {
+        let owner = Uuid::now_v7();
+        let e = event(
+            Payload::ProductOutOfStock(ProductOutOfStock {
+                product_name: "Masala chai".into(),
+                ..Default::default()
+            }),
+            &owner.to_string(),
+        );
+        let incoming = Incoming::from_event(&e).unwrap();
+        assert_eq!(incoming.account_id, owner);
+        assert_eq!(incoming.context["product_name"], "Masala chai");
+
+        let orphan = event(Payload::ProductOutOfStock(ProductOutOfStock::default()), "");
+        assert!(matches!(
+            Incoming::from_event(&orphan),
+            Err(NotificationError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn an_event_whose_type_disagrees_with_its_payload_is_refused() {
+        let id = Uuid::now_v7();
+        let mut e = event(
+            Payload::AccountCreated(AccountCreated {
+                account_id: id.to_string(),
+                email: "a@example.com".into(),
+                ..Default::default()
+            }),
+            "",
+        );
+        assert!(Incoming::from_event(&e).unwrap().recipient.is_some());
+        e.r#type = "product.out_of_stock".into();
+        assert!(matches!(Incoming::from_event(&e), Err(NotificationError::Invalid(_))));
+        e.r#type = "account.created".into();
+        e.id = "not-a-uuid".into();
+        assert!(matches!(Incoming::from_event(&e), Err(NotificationError::Invalid(_))));
+    }
+
+    #[test]
+    fn security_email_cannot_be_turned_off_and_unknown_types_are_refused() {
+        assert!(check_preferences(&[("product.out_of_stock".into(), false)]).is_ok());
+        let Err(NotificationError::Invalid(v)) = check_preferences(&[
+            ("account.login_new_address".into(), false),
+            ("order.teleported".into(), true),
+        ]) else {
+            panic!("expected a validation error");
+        };
+        assert_eq!(v.len(), 2);
+        assert!(check_preferences(&[]).is_err());
+    }
+
+    #[test]
+    fn preferences_default_to_email_on() {
+        let prefs = effective_preferences(&[("product.out_of_stock".into(), false)]);
+        let of = |t: &str| prefs.iter().find(|p| p.event_type == t).unwrap().clone();
+        assert!(!of("product.out_of_stock").email);
+        assert!(of("account.created").email);
+        assert!(of("account.login_new_address").email && of("account.login_new_address").required);
+    }
+}

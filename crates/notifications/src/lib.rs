@@ -1,0 +1,67 @@
+//! Notifications service: what users hear about the events of the other services — in-app
+//! notifications (always on), email (per event type, unless it is a security message) — and
+//! their preferences. It subscribes to events through the outbox relay (ADR 0011) and keeps
+//! what it needs to reach a user (the address from `account.created`) in its own tables.
+#![forbid(unsafe_code)]
+
+pub mod domain;
+pub mod grpc;
+pub mod mail;
+pub mod store;
+pub mod templates;
+pub mod workers;
+
+use std::sync::Arc;
+
+use sea_orm::DatabaseConnection;
+use thali_platform::jobs::{Queue, Worker};
+use thali_proto::notifications::v1::notification_service_server::NotificationServiceServer;
+
+/// The event types the service subscribes to.
+pub const SUBSCRIBES_TO: &[&str] = &["account.created", "account.login_new_address", "product.out_of_stock"];
+
+/// The notifications service: its gRPC handlers, event sink and mailer.
+pub struct Notifications {
+    grpc: Arc<grpc::NotificationsGrpc>,
+    store: store::NotificationStore,
+    mailer: mail::Mailer,
+}
+
+impl Notifications {
+    /// The service over `db`, sending mail with `mailer`. Fails if a template does not compile.
+    pub fn new(db: DatabaseConnection, mailer: mail::Mailer) -> Result<Self, templates::TemplateError> {
+        Self::with_queue(db, Queue::new(workers::SERVICE), mailer)
+    }
+
+    /// The service writing its jobs on `queue` (tests pass one with a manual clock).
+    pub fn with_queue(
+        db: DatabaseConnection,
+        queue: Queue,
+        mailer: mail::Mailer,
+    ) -> Result<Self, templates::TemplateError> {
+        let store = store::NotificationStore::with_queue(db, queue);
+        let templates = Arc::new(templates::Templates::new()?);
+        let grpc = Arc::new(grpc::NotificationsGrpc::new(store.clone(), templates));
+        Ok(Self { grpc, store, mailer })
+    }
+
+    /// The store (tests, tools).
+    pub fn store(&self) -> &store::NotificationStore {
+        &self.store
+    }
+
+    /// The handler of the events the service subscribes to, for the process's `EventSink`.
+    pub fn sink(&self) -> Arc<dyn thali_platform::events::Sink> {
+        self.grpc.clone()
+    }
+
+    /// The service's job worker on `queue` (email, housekeeping), ready to spawn.
+    pub fn job_worker(&self, queue: Queue) -> Worker {
+        workers::job_worker(self.store.clone(), queue, self.mailer.clone())
+    }
+
+    /// The gRPC service, ready to add to a server.
+    pub fn server(&self) -> NotificationServiceServer<grpc::NotificationsGrpc> {
+        NotificationServiceServer::from_arc(self.grpc.clone())
+    }
+}

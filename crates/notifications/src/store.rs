@@ -1,0 +1,463 @@
+//! Notifications persistence: sea-orm entities and one transaction per use case. An event's
+//! effects (inbox row, recipient, in-app notification, email and its send job) commit together
+//! or not at all; the constraints keep one notification per (account, event) and one email per
+//! (event, template) however often an event is delivered.
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use chrono::{DateTime, Utc};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
+    QuerySelect,
+};
+use thali_platform::{db::statement, jobs::NewJob};
+use uuid::Uuid;
+
+use crate::{
+    domain::{
+        self, EmailPolicy, EmailPreference, Incoming, Notification, NotificationError, PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX,
+    },
+    mail::Outgoing,
+    templates::Templates,
+    workers::{SEND_EMAIL, SERVICE, SendEmail},
+};
+
+pub mod recipient {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "notification_recipients")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub account_id: Uuid,
+        pub email: String,
+        pub display_name: String,
+        pub updated_at: DateTimeUtc,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod notification {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "notifications")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: Uuid,
+        pub account_id: Uuid,
+        pub event_id: Uuid,
+        pub event_type: String,
+        pub title: String,
+        #[sea_orm(column_type = "Text")]
+        pub body: String,
+        pub created_at: DateTimeUtc,
+        pub read_at: Option<DateTimeUtc>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod preference {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "notification_preferences")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub account_id: Uuid,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub event_type: String,
+        pub email: bool,
+        pub updated_at: DateTimeUtc,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod email {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "notification_emails")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: Uuid,
+        pub account_id: Uuid,
+        pub event_id: Uuid,
+        pub template: String,
+        pub to_address: String,
+        pub subject: String,
+        #[sea_orm(column_type = "Text")]
+        pub text_body: String,
+        #[sea_orm(column_type = "Text")]
+        pub html_body: String,
+        pub state: String,
+        pub attempts: i32,
+        #[sea_orm(column_type = "Text", nullable)]
+        pub last_error: Option<String>,
+        pub created_at: DateTimeUtc,
+        pub sent_at: Option<DateTimeUtc>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+impl From<DbErr> for NotificationError {
+    fn from(err: DbErr) -> Self {
+        if thali_platform::db::is_unavailable(&err) {
+            tracing::warn!(error = %err, "database unavailable");
+            NotificationError::Unavailable
+        } else {
+            NotificationError::Internal(err.to_string())
+        }
+    }
+}
+
+impl From<notification::Model> for Notification {
+    fn from(m: notification::Model) -> Self {
+        Notification {
+            id: m.id,
+            event_type: m.event_type,
+            title: m.title,
+            body: m.body,
+            created_at: m.created_at,
+            read_at: m.read_at,
+        }
+    }
+}
+
+/// An email as stored, with its delivery state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEmail {
+    pub outgoing: Outgoing,
+    pub template: String,
+    pub state: String,
+    pub attempts: i32,
+    pub last_error: Option<String>,
+}
+
+/// A page of notifications and the token of the next.
+#[derive(Debug, Clone)]
+pub struct Page {
+    pub notifications: Vec<Notification>,
+    pub next_page_token: String,
+}
+
+/// The notifications service's database.
+#[derive(Debug, Clone)]
+pub struct NotificationStore {
+    db: DatabaseConnection,
+    queue: thali_platform::jobs::Queue,
+}
+
+impl NotificationStore {
+    pub fn new(db: DatabaseConnection) -> Self {
+        Self::with_queue(db, thali_platform::jobs::Queue::new(SERVICE))
+    }
+
+    /// The store writing its jobs on `queue`.
+    pub fn with_queue(db: DatabaseConnection, queue: thali_platform::jobs::Queue) -> Self {
+        Self { db, queue }
+    }
+
+    pub fn connection(&self) -> &DatabaseConnection {
+        &self.db
+    }
+
+    /// Takes one event: records it in the inbox and, the first time only, stores what the user
+    /// is told (in-app, and an email with its send job). False for an event taken before.
+    pub async fn take(&self, incoming: &Incoming, templates: &Templates) -> Result<bool, NotificationError> {
+        let channels = domain::channels(incoming.event_type)
+            .ok_or_else(|| NotificationError::invalid("event.type", "is not one users are told about"))?;
+        let now = self.queue.now();
+        let txn = thali_platform::db::begin_write(&self.db).await?;
+        if !thali_platform::events::accept(&txn, SERVICE, incoming.event_id, incoming.event_type, now).await? {
+            return Ok(false);
+        }
+        let backend = txn.get_database_backend();
+        if let Some(r) = &incoming.recipient {
+            txn.execute_raw(statement(
+                backend,
+                "INSERT INTO notification_recipients (account_id, email, display_name, updated_at) \
+                 VALUES ($1, $2, $3, $4) ON CONFLICT (account_id) DO UPDATE SET email = excluded.email, \
+                 display_name = excluded.display_name, updated_at = excluded.updated_at",
+                vec![
+                    r.account_id.into(),
+                    r.email.clone().into(),
+                    r.display_name.clone().into(),
+                    now.into(),
+                ],
+            ))
+            .await?;
+        }
+        let recipient = recipient::Entity::find_by_id(incoming.account_id).one(&txn).await?;
+        let mut context = incoming.context.clone();
+        if let Some(map) = context.as_object_mut() {
+            let name = recipient
+                .as_ref()
+                .map(|r| r.display_name.clone())
+                .filter(|n| !n.trim().is_empty())
+                .unwrap_or_else(|| "there".to_owned());
+            map.insert("name".into(), name.into());
+            map.insert(
+                "email".into(),
+                recipient.as_ref().map(|r| r.email.clone()).unwrap_or_default().into(),
+            );
+        }
+        let template_failed = |e: crate::templates::TemplateError| NotificationError::Internal(e.to_string());
+
+        if channels.in_app {
+            let text = templates
+                .in_app(incoming.event_type, &context)
+                .map_err(template_failed)?;
+            txn.execute_raw(statement(
+                backend,
+                "INSERT INTO notifications (id, account_id, event_id, event_type, title, body, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+                vec![
+                    Uuid::now_v7().into(),
+                    incoming.account_id.into(),
+                    incoming.event_id.into(),
+                    incoming.event_type.into(),
+                    text.title.into(),
+                    text.body.into(),
+                    now.into(),
+                ],
+            ))
+            .await?;
+        }
+
+        let wanted = match channels.email {
+            EmailPolicy::Never => false,
+            EmailPolicy::Required => true,
+            EmailPolicy::Optional => {
+                preference::Entity::find_by_id((incoming.account_id, incoming.event_type.to_owned()))
+                    .one(&txn)
+                    .await?
+                    .is_none_or(|p| p.email)
+            }
+        };
+        match (&recipient, wanted) {
+            (Some(recipient), true) => {
+                let mail = templates
+                    .email(incoming.event_type, &context)
+                    .map_err(template_failed)?;
+                let id = Uuid::now_v7();
+                let inserted = txn
+                    .execute_raw(statement(
+                        backend,
+                        "INSERT INTO notification_emails (id, account_id, event_id, template, to_address, subject, \
+                         text_body, html_body, state, attempts, created_at) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'queued', 0, $9) ON CONFLICT DO NOTHING",
+                        vec![
+                            id.into(),
+                            incoming.account_id.into(),
+                            incoming.event_id.into(),
+                            incoming.event_type.into(),
+                            recipient.email.clone().into(),
+                            mail.subject.into(),
+                            mail.text.into(),
+                            mail.html.into(),
+                            now.into(),
+                        ],
+                    ))
+                    .await?;
+                if inserted.rows_affected() == 1 {
+                    let job = NewJob::new(SEND_EMAIL, &SendEmail { email_id: id }).unique(format!("email:{id}"));
+                    self.queue.enqueue(&txn, job).await?;
+                }
+            }
+            (None, true) => {
+                tracing::warn!(
+                    account_id = %incoming.account_id,
+                    event_type = incoming.event_type,
+                    "no address known for this account: in-app only"
+                );
+            }
+            (_, false) => {}
+        }
+        txn.commit().await?;
+        Ok(true)
+    }
+
+    /// `account`'s notifications, newest first.
+    pub async fn list(
+        &self,
+        account: Uuid,
+        page_size: i32,
+        page_token: &str,
+        unread_only: bool,
+    ) -> Result<Page, NotificationError> {
+        let size = match page_size {
+            0 => PAGE_SIZE_DEFAULT,
+            n if n < 0 || n as u64 > PAGE_SIZE_MAX => {
+                return Err(NotificationError::invalid("page_size", "must be 0 to 100"));
+            }
+            n => n as u64,
+        };
+        let mut query = notification::Entity::find().filter(notification::Column::AccountId.eq(account));
+        if !page_token.is_empty() {
+            let before = decode_token(page_token)?;
+            query = query.filter(notification::Column::Id.lt(before));
+        }
+        if unread_only {
+            query = query.filter(notification::Column::ReadAt.is_null());
+        }
+        let mut rows = query
+            .order_by_desc(notification::Column::Id)
+            .limit(size + 1)
+            .all(&self.db)
+            .await?;
+        let next_page_token = if rows.len() as u64 > size {
+            rows.truncate(size as usize);
+            rows.last()
+                .map(|r| URL_SAFE_NO_PAD.encode(r.id.as_bytes()))
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Page {
+            notifications: rows.into_iter().map(Into::into).collect(),
+            next_page_token,
+        })
+    }
+
+    /// Marks `id` read if it is `account`'s (a second time changes nothing). Any other id is
+    /// not found, whoever owns it.
+    pub async fn mark_read(&self, account: Uuid, id: Uuid) -> Result<Notification, NotificationError> {
+        let now = self.queue.now();
+        notification::Entity::update_many()
+            .col_expr(notification::Column::ReadAt, sea_orm::sea_query::Expr::value(now))
+            .filter(notification::Column::Id.eq(id))
+            .filter(notification::Column::AccountId.eq(account))
+            .filter(notification::Column::ReadAt.is_null())
+            .exec(&self.db)
+            .await?;
+        notification::Entity::find_by_id(id)
+            .filter(notification::Column::AccountId.eq(account))
+            .one(&self.db)
+            .await?
+            .map(Into::into)
+            .ok_or(NotificationError::NotFound)
+    }
+
+    /// How many of `account`'s notifications are unread.
+    pub async fn unread_count(&self, account: Uuid) -> Result<u64, NotificationError> {
+        Ok(notification::Entity::find()
+            .filter(notification::Column::AccountId.eq(account))
+            .filter(notification::Column::ReadAt.is_null())
+            .count(&self.db)
+            .await?)
+    }
+
+    /// `account`'s email preference for every event type.
+    pub async fn preferences(&self, account: Uuid) -> Result<Vec<EmailPreference>, NotificationError> {
+        let set: Vec<(String, bool)> = preference::Entity::find()
+            .filter(preference::Column::AccountId.eq(account))
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .map(|p| (p.event_type, p.email))
+            .collect();
+        Ok(domain::effective_preferences(&set))
+    }
+
+    /// Sets `account`'s email preference for the types in `changes`.
+    pub async fn set_preferences(
+        &self,
+        account: Uuid,
+        changes: &[(String, bool)],
+    ) -> Result<Vec<EmailPreference>, NotificationError> {
+        domain::check_preferences(changes)?;
+        let now = self.queue.now();
+        let txn = thali_platform::db::begin_write(&self.db).await?;
+        for (event_type, email) in changes {
+            txn.execute_raw(statement(
+                txn.get_database_backend(),
+                "INSERT INTO notification_preferences (account_id, event_type, email, updated_at) \
+                 VALUES ($1, $2, $3, $4) ON CONFLICT (account_id, event_type) DO UPDATE SET \
+                 email = excluded.email, updated_at = excluded.updated_at",
+                vec![account.into(), event_type.clone().into(), (*email).into(), now.into()],
+            ))
+            .await?;
+        }
+        txn.commit().await?;
+        self.preferences(account).await
+    }
+
+    /// The email with this id.
+    pub async fn email(&self, id: Uuid) -> Result<Option<StoredEmail>, DbErr> {
+        Ok(email::Entity::find_by_id(id).one(&self.db).await?.map(|m| StoredEmail {
+            outgoing: Outgoing {
+                id: m.id,
+                to: m.to_address,
+                subject: m.subject,
+                text: m.text_body,
+                html: m.html_body,
+            },
+            template: m.template,
+            state: m.state,
+            attempts: m.attempts,
+            last_error: m.last_error,
+        }))
+    }
+
+    /// The emails written for `event_id`.
+    pub async fn emails_of_event(&self, event_id: Uuid) -> Result<Vec<StoredEmail>, DbErr> {
+        let ids: Vec<Uuid> = email::Entity::find()
+            .filter(email::Column::EventId.eq(event_id))
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .map(|m| m.id)
+            .collect();
+        let mut found = Vec::new();
+        for id in ids {
+            found.extend(self.email(id).await?);
+        }
+        Ok(found)
+    }
+
+    /// Records one send attempt: sent, failed for good, or to be tried again.
+    pub async fn record_attempt(
+        &self,
+        id: Uuid,
+        outcome: Result<&str, (&str, bool)>,
+        now: DateTime<Utc>,
+    ) -> Result<(), DbErr> {
+        let (state, error, sent_at): (&str, Option<String>, Option<DateTime<Utc>>) = match outcome {
+            Ok(_) => ("sent", None, Some(now)),
+            Err((error, true)) => ("failed", Some(error.to_owned()), None),
+            Err((error, false)) => ("queued", Some(error.to_owned()), None),
+        };
+        self.db
+            .execute_raw(statement(
+                self.db.get_database_backend(),
+                "UPDATE notification_emails SET state = $1, attempts = attempts + 1, last_error = $2, \
+                 sent_at = $3 WHERE id = $4 AND state = 'queued'",
+                vec![state.into(), error.into(), sent_at.into(), id.into()],
+            ))
+            .await?;
+        Ok(())
+    }
+}
+
+fn decode_token(token: &str) -> Result<Uuid, NotificationError> {
+    URL_SAFE_NO_PAD
+        .decode(token)
+        .ok()
+        .and_then(|b| Uuid::from_slice(&b).ok())
+        .ok_or_else(|| NotificationError::invalid("page_token", "is not a token this service gave"))
+}
