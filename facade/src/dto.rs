@@ -617,3 +617,137 @@ pub struct UpdateNotificationPreferences {
     #[schema(example = json!({"product.out_of_stock": false}))]
     pub email: std::collections::HashMap<String, bool>,
 }
+
+/// A partner webhook endpoint (never its secret).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct WebhookEndpoint {
+    #[schema(format = Uuid)]
+    pub id: String,
+    pub url: String,
+    pub event_types: Vec<String>,
+    /// `active`, or `disabled` after the endpoint answered 410 Gone.
+    pub state: String,
+    pub disabled_reason: Option<String>,
+    #[schema(format = DateTime)]
+    pub created_at: Option<String>,
+    /// While set, the previous secret signs too (24 hours after a rotation).
+    #[schema(format = DateTime)]
+    pub previous_secret_until: Option<String>,
+}
+
+impl From<thali_proto::notifications::v1::WebhookEndpoint> for WebhookEndpoint {
+    fn from(e: thali_proto::notifications::v1::WebhookEndpoint) -> Self {
+        Self {
+            id: e.id,
+            url: e.url,
+            event_types: e.event_types,
+            state: e.state,
+            disabled_reason: Some(e.disabled_reason).filter(|r| !r.is_empty()),
+            created_at: rfc3339(e.created_at),
+            previous_secret_until: rfc3339(e.previous_secret_until),
+        }
+    }
+}
+
+/// An endpoint with its signing secret: shown in this answer only.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct WebhookEndpointWithSecret {
+    pub endpoint: WebhookEndpoint,
+    /// `whsec_…`: verify deliveries with it (Standard Webhooks). Not shown again.
+    pub secret: String,
+}
+
+impl From<thali_proto::notifications::v1::WebhookEndpointWithSecret> for WebhookEndpointWithSecret {
+    fn from(e: thali_proto::notifications::v1::WebhookEndpointWithSecret) -> Self {
+        Self {
+            endpoint: e.endpoint.unwrap_or_default().into(),
+            secret: e.secret,
+        }
+    }
+}
+
+/// Body of `POST /api/v1/webhook-endpoints`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateWebhookEndpoint {
+    /// https only; never a private, loopback or link-local address.
+    #[schema(example = "https://hooks.example.com/thali", max_length = 2000)]
+    pub url: String,
+    /// Which events to send: `account.created`, `account.login_new_address`, `product.out_of_stock`.
+    #[schema(example = json!(["product.out_of_stock"]))]
+    pub event_types: Vec<String>,
+}
+
+/// The caller's webhook endpoints.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct WebhookEndpointList {
+    pub endpoints: Vec<WebhookEndpoint>,
+}
+
+/// One try of a delivery.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct WebhookAttempt {
+    #[schema(format = DateTime)]
+    pub attempted_at: Option<String>,
+    /// Absent when no HTTP answer came (timeout, refused address, connection error).
+    pub status_code: Option<i32>,
+    pub latency_ms: i64,
+    pub error: Option<String>,
+}
+
+/// One event sent to one endpoint.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct WebhookDelivery {
+    #[schema(format = Uuid)]
+    pub id: String,
+    /// The `webhook-id` header of every attempt.
+    #[schema(format = Uuid)]
+    pub event_id: String,
+    pub event_type: String,
+    /// `pending`, `succeeded` or `failed`.
+    pub state: String,
+    #[schema(format = DateTime)]
+    pub created_at: Option<String>,
+    pub attempts: Vec<WebhookAttempt>,
+}
+
+impl From<thali_proto::notifications::v1::WebhookDelivery> for WebhookDelivery {
+    fn from(d: thali_proto::notifications::v1::WebhookDelivery) -> Self {
+        Self {
+            id: d.id,
+            event_id: d.event_id,
+            event_type: d.event_type,
+            state: d.state,
+            created_at: rfc3339(d.created_at),
+            attempts: d
+                .attempts
+                .into_iter()
+                .map(|a| WebhookAttempt {
+                    attempted_at: rfc3339(a.attempted_at),
+                    status_code: Some(a.status_code).filter(|s| *s != 0),
+                    latency_ms: a.latency_ms,
+                    error: Some(a.error).filter(|e| !e.is_empty()),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// One page of an endpoint's deliveries, newest first.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct WebhookDeliveryPage {
+    pub deliveries: Vec<WebhookDelivery>,
+    pub next_page_token: Option<String>,
+}
+
+/// Query of `GET /api/v1/webhook-endpoints/{id}/deliveries`.
+#[derive(Debug, Clone, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListDeliveriesQuery {
+    /// 1-100; 0 or absent means 20.
+    #[param(minimum = 0, maximum = 100)]
+    pub page_size: Option<i32>,
+    #[param(pattern = r"^([A-Za-z0-9_-]{21}[AQgw])?$")]
+    pub page_token: Option<String>,
+}

@@ -119,6 +119,26 @@ pub fn router(state: FacadeState, max_body_bytes: usize) -> Router {
             "/api/v1/notification-preferences",
             get(routes::notifications::get_preferences).put(routes::notifications::put_preferences),
         )
+        .route(
+            "/api/v1/webhook-endpoints",
+            post(routes::notifications::create_endpoint).get(routes::notifications::list_endpoints),
+        )
+        .route(
+            "/api/v1/webhook-endpoints/{id}",
+            delete(routes::notifications::delete_endpoint),
+        )
+        .route(
+            "/api/v1/webhook-endpoints/{id}/rotate-secret",
+            post(routes::notifications::rotate_secret),
+        )
+        .route(
+            "/api/v1/webhook-endpoints/{id}/deliveries",
+            get(routes::notifications::list_deliveries),
+        )
+        .route(
+            "/api/v1/webhook-endpoints/{id}/deliveries/{delivery_id}/resend",
+            post(routes::notifications::resend_delivery),
+        )
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             middleware::renew_token,

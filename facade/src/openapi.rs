@@ -36,6 +36,12 @@ use crate::{dto, problem, routes};
         routes::notifications::unread_count,
         routes::notifications::get_preferences,
         routes::notifications::put_preferences,
+        routes::notifications::create_endpoint,
+        routes::notifications::list_endpoints,
+        routes::notifications::delete_endpoint,
+        routes::notifications::rotate_secret,
+        routes::notifications::list_deliveries,
+        routes::notifications::resend_delivery,
     ),
     components(schemas(
         dto::Money,
@@ -67,6 +73,13 @@ use crate::{dto, problem, routes};
         dto::EmailPreference,
         dto::NotificationPreferences,
         dto::UpdateNotificationPreferences,
+        dto::WebhookEndpoint,
+        dto::WebhookEndpointWithSecret,
+        dto::CreateWebhookEndpoint,
+        dto::WebhookEndpointList,
+        dto::WebhookAttempt,
+        dto::WebhookDelivery,
+        dto::WebhookDeliveryPage,
         problem::ProblemDetails,
         problem::FieldError,
     )),
@@ -78,6 +91,7 @@ use crate::{dto, problem, routes};
         (name = "products", description = "Products of a creator"),
         (name = "storefront", description = "Public storefront reads"),
         (name = "notifications", description = "The caller's notifications and preferences"),
+        (name = "webhooks", description = "Partner webhook endpoints (Standard Webhooks)"),
     )
 )]
 pub struct ApiDoc;

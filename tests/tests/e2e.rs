@@ -737,3 +737,203 @@ async fn a_new_user_is_welcomed_in_app_and_by_email_and_sees_only_their_own_noti
     assert_eq!(sold["event_type"], "product.out_of_stock");
     assert_eq!(sold["title"], "Samosa is out of stock");
 }
+
+/// One request a partner's endpoint received.
+#[derive(Clone, Debug)]
+struct Delivered {
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+/// Checks a delivery with the Standard Webhooks reference library (Python, from PyPI), as a
+/// partner would: signature, id and a timestamp within its tolerance. Needs
+/// `pip install standardwebhooks` (`.ci/run` installs it); under CI=true its absence fails.
+fn verified_by_standardwebhooks(secret: &str, delivered: &Delivered) -> bool {
+    let script = r#"
+import json, sys
+try:
+    from standardwebhooks.webhooks import Webhook
+except ImportError:
+    print("missing"); sys.exit(0)
+d = json.load(sys.stdin)
+try:
+    Webhook(d["secret"]).verify(d["body"], dict(d["headers"]))
+    print("valid")
+except Exception as e:
+    print("invalid", e)
+"#;
+    let input = json!({"secret": secret, "headers": delivered.headers, "body": delivered.body}).to_string();
+    let mut child = std::process::Command::new("python3")
+        .args(["-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 runs");
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), input.as_bytes()).unwrap();
+    let out = String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap();
+    match out.trim() {
+        "valid" => true,
+        "missing" if thali_platform::testing::is_ci() => {
+            panic!("CI=true but the Python package standardwebhooks is missing (pip install standardwebhooks)")
+        }
+        "missing" => {
+            eprintln!("standardwebhooks (PyPI) missing: delivery checked by the Rust tests only");
+            true
+        }
+        other => {
+            eprintln!("standardwebhooks refused the delivery: {other}");
+            false
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_partner_registers_an_endpoint_and_verifies_every_delivery_with_a_standard_webhooks_library() {
+    // A partner's endpoint on loopback: allowed only because this platform says so.
+    let received: std::sync::Arc<std::sync::Mutex<Vec<Delivered>>> = Default::default();
+    let sink = received.clone();
+    let app = axum::Router::new().route(
+        "/hooks",
+        axum::routing::post(move |headers: axum::http::HeaderMap, body: String| {
+            let sink = sink.clone();
+            async move {
+                let headers = headers
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().to_owned()))
+                    .collect();
+                sink.lock().unwrap().push(Delivered { headers, body });
+                StatusCode::NO_CONTENT
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook_url = format!("http://{}/hooks", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let mesh = Mesh::start_env(&[("THALI_WEBHOOKS_ALLOW_INSECURE", "true")]).await;
+    let asha = support::access(&mesh.sign_up("asha@example.com", "creator").await);
+    let ravi = support::access(&mesh.sign_up("ravi@example.com", "creator").await);
+
+    // Bad endpoints get problem+json with the field.
+    let res = mesh
+        .post(
+            "/api/v1/webhook-endpoints",
+            Some(&asha),
+            json!({"url": hook_url, "event_types": ["order.teleported"]}),
+        )
+        .await;
+    let body = problem(res, StatusCode::BAD_REQUEST, "VALIDATION_FAILED").await;
+    assert_eq!(fields(&body), ["event_types"]);
+
+    let res = mesh
+        .post(
+            "/api/v1/webhook-endpoints",
+            Some(&asha),
+            json!({"url": hook_url, "event_types": ["product.out_of_stock"]}),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let made: Value = res.json().await.unwrap();
+    let secret = made["secret"].as_str().unwrap().to_owned();
+    let endpoint_id = made["endpoint"]["id"].as_str().unwrap().to_owned();
+    assert!(secret.starts_with("whsec_"));
+
+    // The secret is never shown again, and Ravi cannot see or touch Asha's endpoint.
+    let listed: Value = mesh
+        .get_as("/api/v1/webhook-endpoints", &asha)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["endpoints"][0]["id"], endpoint_id.as_str());
+    assert!(!listed.to_string().contains("whsec_"));
+    let theirs: Value = mesh
+        .get_as("/api/v1/webhook-endpoints", &ravi)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(theirs["endpoints"].as_array().unwrap().len(), 0);
+    let deliveries_path = format!("/api/v1/webhook-endpoints/{endpoint_id}/deliveries");
+    problem(
+        mesh.get_as(&deliveries_path, &ravi).await,
+        StatusCode::NOT_FOUND,
+        "WEBHOOK_ENDPOINT_NOT_FOUND",
+    )
+    .await;
+    let res = mesh
+        .send(
+            reqwest::Method::DELETE,
+            &format!("/api/v1/webhook-endpoints/{endpoint_id}"),
+            Some(&ravi),
+            json!({}),
+        )
+        .await;
+    problem(res, StatusCode::NOT_FOUND, "WEBHOOK_ENDPOINT_NOT_FOUND").await;
+
+    // Ravi's product sells out: nothing reaches Asha's endpoint. Then Asha's does.
+    for (token, username) in [(&ravi, "ravi_snacks"), (&asha, "asha_snacks")] {
+        mesh.create_creator(token, username).await;
+        let res = mesh
+            .post(
+                &format!("/api/v1/creators/{username}/products"),
+                Some(token),
+                json!({"title": "Samosa", "price": {"amount_minor": 2000, "currency": "INR"}, "stock": 1}),
+            )
+            .await;
+        let product: Value = res.json().await.unwrap();
+        let res = mesh
+            .send(
+                reqwest::Method::PATCH,
+                &format!("/api/v1/products/{}", product["id"].as_str().unwrap()),
+                Some(token),
+                json!({"stock": 0}),
+            )
+            .await;
+        assert_eq!(res.status(), StatusCode::OK);
+    }
+    let delivered = eventually("the delivery to asha's endpoint", || async {
+        received.lock().unwrap().first().cloned()
+    })
+    .await;
+    assert!(
+        verified_by_standardwebhooks(&secret, &delivered),
+        "the partner's library accepts the delivery"
+    );
+    let body: Value = serde_json::from_str(&delivered.body).unwrap();
+    assert_eq!(body["type"], "product.out_of_stock");
+    assert_eq!(body["data"]["username"], "asha_snacks", "only Asha's own resources");
+    // A tampered copy is refused by the same library.
+    let tampered = Delivered {
+        body: delivered.body.replace("asha_snacks", "ravi_snacks"),
+        ..delivered.clone()
+    };
+    assert!(!verified_by_standardwebhooks(&secret, &tampered));
+
+    // The owner sees the delivery and its attempt.
+    let page: Value = eventually("the recorded attempt", || async {
+        let page: Value = mesh.get_as(&deliveries_path, &asha).await.json().await.unwrap();
+        (page["deliveries"][0]["state"] == "succeeded").then_some(page)
+    })
+    .await;
+    assert_eq!(page["deliveries"][0]["attempts"][0]["status_code"], 204);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        received.lock().unwrap().len(),
+        1,
+        "one delivery: Ravi's event never came"
+    );
+
+    // A rotation answers a new secret once.
+    let res = mesh
+        .post(
+            &format!("/api/v1/webhook-endpoints/{endpoint_id}/rotate-secret"),
+            Some(&asha),
+            json!({}),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let rotated: Value = res.json().await.unwrap();
+    assert_ne!(rotated["secret"], secret.as_str());
+    assert!(rotated["endpoint"]["previous_secret_until"].is_string());
+}

@@ -49,6 +49,11 @@ pub fn channels(event_type: &str) -> Option<&'static Channels> {
     CATALOGUE.iter().find(|c| c.event_type == event_type)
 }
 
+/// Event types a partner webhook endpoint may subscribe to.
+pub const WEBHOOK_EVENT_TYPES: &[&str] = &["account.created", "account.login_new_address", "product.out_of_stock"];
+/// Endpoints one account may register.
+pub const ENDPOINTS_MAX: u64 = 10;
+
 /// Default and largest page of `ListNotifications`.
 pub const PAGE_SIZE_DEFAULT: u64 = 20;
 pub const PAGE_SIZE_MAX: u64 = 100;
@@ -62,6 +67,16 @@ pub enum NotificationError {
     Unauthenticated,
     #[error("no notification with this id")]
     NotFound,
+    #[error("no webhook endpoint with this id")]
+    EndpointNotFound,
+    #[error("no delivery with this id on this endpoint")]
+    DeliveryNotFound,
+    #[error("an account may register at most 10 webhook endpoints")]
+    TooManyEndpoints,
+    #[error("this delivery is being sent already")]
+    DeliveryInFlight,
+    #[error("the endpoint is disabled: register it again")]
+    EndpointDisabled,
     #[error("the database is unavailable")]
     Unavailable,
     #[error("internal error: {0}")]
@@ -93,6 +108,72 @@ pub struct EmailPreference {
     pub required: bool,
 }
 
+/// A partner's webhook endpoint (never its secret).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookEndpoint {
+    pub id: Uuid,
+    pub account_id: Uuid,
+    pub url: String,
+    pub event_types: Vec<String>,
+    pub state: String,
+    pub disabled_reason: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub previous_secret_until: Option<DateTime<Utc>>,
+}
+
+/// One try of a delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookAttempt {
+    pub attempted_at: DateTime<Utc>,
+    pub status_code: Option<i32>,
+    pub latency_ms: i64,
+    pub error: Option<String>,
+}
+
+/// One event sent to one endpoint, with its attempts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookDelivery {
+    pub id: Uuid,
+    pub endpoint_id: Uuid,
+    pub event_id: Uuid,
+    pub event_type: String,
+    pub state: String,
+    pub created_at: DateTime<Utc>,
+    pub attempts: Vec<WebhookAttempt>,
+}
+
+/// Checks a new endpoint: its URL (see [`crate::webhooks::check_url`]) and its event types (known,
+/// at least one, no repeats). Returns the types sorted.
+pub fn check_endpoint(
+    url: &str,
+    event_types: &[String],
+    allow_insecure: bool,
+) -> Result<Vec<String>, NotificationError> {
+    let mut violations = Vec::new();
+    if let Err(why) = crate::webhooks::check_url(url, allow_insecure) {
+        violations.push(Violation::new("url", why));
+    }
+    let mut types: Vec<String> = event_types.to_vec();
+    types.sort();
+    types.dedup();
+    if types.is_empty() {
+        violations.push(Violation::new("event_types", "name at least one event type"));
+    }
+    for t in &types {
+        if !WEBHOOK_EVENT_TYPES.contains(&t.as_str()) {
+            violations.push(Violation::new(
+                "event_types",
+                format!("{t:?} is not one of {}", WEBHOOK_EVENT_TYPES.join(", ")),
+            ));
+        }
+    }
+    if violations.is_empty() {
+        Ok(types)
+    } else {
+        Err(NotificationError::Invalid(violations))
+    }
+}
+
 /// Who a message goes to, as learnt from `account.created`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Recipient {
@@ -112,6 +193,10 @@ pub struct Incoming {
     pub recipient: Option<Recipient>,
     /// Values the templates show (besides the recipient's name).
     pub context: serde_json::Value,
+    /// The account whose resource the event is about: only its webhook endpoints receive it.
+    pub owner: Option<Uuid>,
+    /// The `data` of the webhook body.
+    pub data: serde_json::Value,
     pub occurred_at: DateTime<Utc>,
 }
 
@@ -140,6 +225,10 @@ impl Incoming {
             .occurred_at
             .and_then(|t| DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).unwrap_or(0)))
             .unwrap_or_else(Utc::now);
+        let owner = match event.owner_account_id.as_str() {
+            "" => None,
+            id => Some(account("owner_account_id", id)?),
+        };
         let (account_id, recipient, context) = match payload {
             Payload::AccountCreated(p) => {
                 let id = account("account_created.account_id", &p.account_id)?;
@@ -171,14 +260,44 @@ impl Incoming {
                 }),
             ),
         };
+        let data = match payload {
+            Payload::AccountCreated(p) => serde_json::json!({
+                "account_id": p.account_id,
+                "email": p.email,
+                "display_name": p.display_name,
+                "role": p.role,
+            }),
+            Payload::AccountLoginNewAddress(p) => serde_json::json!({
+                "account_id": p.account_id,
+                "ip_address": p.ip_address,
+            }),
+            Payload::ProductOutOfStock(p) => serde_json::json!({
+                "creator_id": p.creator_id,
+                "username": p.username,
+                "product_id": p.product_id,
+                "product_name": p.product_name,
+            }),
+        };
         Ok(Self {
             event_id,
             event_type,
             account_id,
             recipient,
             context,
+            owner,
+            data,
             occurred_at,
         })
+    }
+
+    /// The webhook body (Standard Webhooks): `{"type", "timestamp", "data"}`.
+    pub fn webhook_body(&self) -> String {
+        serde_json::json!({
+            "type": self.event_type,
+            "timestamp": self.occurred_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            "data": self.data,
+        })
+        .to_string()
     }
 }
 

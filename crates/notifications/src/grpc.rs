@@ -9,7 +9,9 @@ use tonic::{Code, Request, Response, Status};
 use uuid::Uuid;
 
 use crate::{
-    domain::{EmailPreference, Incoming, Notification, NotificationError},
+    domain::{
+        EmailPreference, Incoming, Notification, NotificationError, WebhookDelivery, WebhookEndpoint, check_endpoint,
+    },
     store::NotificationStore,
     templates::Templates,
 };
@@ -19,11 +21,17 @@ use crate::{
 pub struct NotificationsGrpc {
     store: NotificationStore,
     templates: Arc<Templates>,
+    /// Webhook endpoints may be http and private addresses (development and tests only).
+    allow_insecure: bool,
 }
 
 impl NotificationsGrpc {
-    pub fn new(store: NotificationStore, templates: Arc<Templates>) -> Self {
-        Self { store, templates }
+    pub fn new(store: NotificationStore, templates: Arc<Templates>, allow_insecure: bool) -> Self {
+        Self {
+            store,
+            templates,
+            allow_insecure,
+        }
     }
 }
 
@@ -36,6 +44,21 @@ impl From<NotificationError> for Status {
             }
             NotificationError::NotFound => {
                 errors::with_reason(Code::NotFound, "NOTIFICATION_NOT_FOUND", err.to_string())
+            }
+            NotificationError::EndpointNotFound => {
+                errors::with_reason(Code::NotFound, "WEBHOOK_ENDPOINT_NOT_FOUND", err.to_string())
+            }
+            NotificationError::DeliveryNotFound => {
+                errors::with_reason(Code::NotFound, "WEBHOOK_DELIVERY_NOT_FOUND", err.to_string())
+            }
+            NotificationError::TooManyEndpoints => {
+                errors::with_reason(Code::FailedPrecondition, "TOO_MANY_WEBHOOK_ENDPOINTS", err.to_string())
+            }
+            NotificationError::DeliveryInFlight => {
+                errors::with_reason(Code::FailedPrecondition, "DELIVERY_IN_FLIGHT", err.to_string())
+            }
+            NotificationError::EndpointDisabled => {
+                errors::with_reason(Code::FailedPrecondition, "WEBHOOK_ENDPOINT_DISABLED", err.to_string())
             }
             NotificationError::Unavailable => {
                 errors::unavailable("DATABASE_UNAVAILABLE", err.to_string(), Duration::from_secs(2))
@@ -71,6 +94,43 @@ fn notification_pb(n: Notification) -> pb::Notification {
         created_at: Some(timestamp(n.created_at)),
         read_at: n.read_at.map(timestamp),
     }
+}
+
+fn endpoint_pb(e: WebhookEndpoint) -> pb::WebhookEndpoint {
+    pb::WebhookEndpoint {
+        id: e.id.to_string(),
+        url: e.url,
+        event_types: e.event_types,
+        state: e.state,
+        disabled_reason: e.disabled_reason.unwrap_or_default(),
+        created_at: Some(timestamp(e.created_at)),
+        previous_secret_until: e.previous_secret_until.map(timestamp),
+    }
+}
+
+fn delivery_pb(d: WebhookDelivery) -> pb::WebhookDelivery {
+    pb::WebhookDelivery {
+        id: d.id.to_string(),
+        event_id: d.event_id.to_string(),
+        event_type: d.event_type,
+        state: d.state,
+        created_at: Some(timestamp(d.created_at)),
+        attempts: d
+            .attempts
+            .into_iter()
+            .map(|a| pb::WebhookAttempt {
+                attempted_at: Some(timestamp(a.attempted_at)),
+                status_code: a.status_code.unwrap_or(0),
+                latency_ms: a.latency_ms,
+                error: a.error.unwrap_or_default(),
+            })
+            .collect(),
+    }
+}
+
+/// An id in a path: not a UUID is not found, like any id that is not the caller's.
+fn id_of(value: &str, missing: NotificationError) -> Result<Uuid, NotificationError> {
+    Uuid::parse_str(value).map_err(|_| missing)
 }
 
 fn preferences_pb(prefs: Vec<EmailPreference>) -> pb::Preferences {
@@ -143,6 +203,83 @@ impl pb::notification_service_server::NotificationService for NotificationsGrpc 
         Ok(Response::new(preferences_pb(
             self.store.set_preferences(account, &changes).await?,
         )))
+    }
+
+    async fn create_webhook_endpoint(
+        &self,
+        request: Request<pb::CreateWebhookEndpointRequest>,
+    ) -> Result<Response<pb::WebhookEndpointWithSecret>, Status> {
+        let account = caller(&request)?;
+        let req = request.into_inner();
+        let types = check_endpoint(&req.url, &req.event_types, self.allow_insecure)?;
+        let (endpoint, secret) = self.store.create_endpoint(account, &req.url, &types).await?;
+        Ok(Response::new(pb::WebhookEndpointWithSecret {
+            endpoint: Some(endpoint_pb(endpoint)),
+            secret,
+        }))
+    }
+
+    async fn list_webhook_endpoints(
+        &self,
+        request: Request<pb::ListWebhookEndpointsRequest>,
+    ) -> Result<Response<pb::ListWebhookEndpointsResponse>, Status> {
+        let account = caller(&request)?;
+        let endpoints = self.store.endpoints(account).await?;
+        Ok(Response::new(pb::ListWebhookEndpointsResponse {
+            endpoints: endpoints.into_iter().map(endpoint_pb).collect(),
+        }))
+    }
+
+    async fn delete_webhook_endpoint(
+        &self,
+        request: Request<pb::DeleteWebhookEndpointRequest>,
+    ) -> Result<Response<pb::DeleteWebhookEndpointResponse>, Status> {
+        let account = caller(&request)?;
+        let id = id_of(&request.get_ref().id, NotificationError::EndpointNotFound)?;
+        self.store.delete_endpoint(account, id).await?;
+        Ok(Response::new(pb::DeleteWebhookEndpointResponse {}))
+    }
+
+    async fn rotate_webhook_secret(
+        &self,
+        request: Request<pb::RotateWebhookSecretRequest>,
+    ) -> Result<Response<pb::WebhookEndpointWithSecret>, Status> {
+        let account = caller(&request)?;
+        let id = id_of(&request.get_ref().id, NotificationError::EndpointNotFound)?;
+        let (endpoint, secret) = self.store.rotate_secret(account, id).await?;
+        Ok(Response::new(pb::WebhookEndpointWithSecret {
+            endpoint: Some(endpoint_pb(endpoint)),
+            secret,
+        }))
+    }
+
+    async fn list_webhook_deliveries(
+        &self,
+        request: Request<pb::ListWebhookDeliveriesRequest>,
+    ) -> Result<Response<pb::ListWebhookDeliveriesResponse>, Status> {
+        let account = caller(&request)?;
+        let req = request.into_inner();
+        let endpoint = id_of(&req.endpoint_id, NotificationError::EndpointNotFound)?;
+        let (deliveries, next_page_token) = self
+            .store
+            .deliveries(account, endpoint, req.page_size, &req.page_token)
+            .await?;
+        Ok(Response::new(pb::ListWebhookDeliveriesResponse {
+            deliveries: deliveries.into_iter().map(delivery_pb).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn resend_webhook_delivery(
+        &self,
+        request: Request<pb::ResendWebhookDeliveryRequest>,
+    ) -> Result<Response<pb::WebhookDelivery>, Status> {
+        let account = caller(&request)?;
+        let req = request.into_inner();
+        let endpoint = id_of(&req.endpoint_id, NotificationError::EndpointNotFound)?;
+        let delivery = id_of(&req.delivery_id, NotificationError::DeliveryNotFound)?;
+        let resent = self.store.resend(account, endpoint, delivery).await?;
+        Ok(Response::new(delivery_pb(resent)))
     }
 }
 

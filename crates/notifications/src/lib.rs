@@ -9,6 +9,7 @@ pub mod grpc;
 pub mod mail;
 pub mod store;
 pub mod templates;
+pub mod webhooks;
 pub mod workers;
 
 use std::sync::Arc;
@@ -24,13 +25,18 @@ pub const SUBSCRIBES_TO: &[&str] = &["account.created", "account.login_new_addre
 pub struct Notifications {
     grpc: Arc<grpc::NotificationsGrpc>,
     store: store::NotificationStore,
-    mailer: mail::Mailer,
+    outbound: workers::Outbound,
 }
 
 impl Notifications {
-    /// The service over `db`, sending mail with `mailer`. Fails if a template does not compile.
-    pub fn new(db: DatabaseConnection, mailer: mail::Mailer) -> Result<Self, templates::TemplateError> {
-        Self::with_queue(db, Queue::new(workers::SERVICE), mailer)
+    /// The service over `db`, sending mail with `mailer` and webhooks with `webhooks`. Fails if a
+    /// template does not compile.
+    pub fn new(
+        db: DatabaseConnection,
+        mailer: mail::Mailer,
+        webhooks: webhooks::Sender,
+    ) -> Result<Self, templates::TemplateError> {
+        Self::with_queue(db, Queue::new(workers::SERVICE), mailer, webhooks)
     }
 
     /// The service writing its jobs on `queue` (tests pass one with a manual clock).
@@ -38,11 +44,26 @@ impl Notifications {
         db: DatabaseConnection,
         queue: Queue,
         mailer: mail::Mailer,
+        webhooks: webhooks::Sender,
     ) -> Result<Self, templates::TemplateError> {
         let store = store::NotificationStore::with_queue(db, queue);
         let templates = Arc::new(templates::Templates::new()?);
-        let grpc = Arc::new(grpc::NotificationsGrpc::new(store.clone(), templates));
-        Ok(Self { grpc, store, mailer })
+        let grpc = Arc::new(grpc::NotificationsGrpc::new(
+            store.clone(),
+            templates.clone(),
+            webhooks.allows_insecure(),
+        ));
+        let outbound = workers::Outbound {
+            mailer,
+            webhooks,
+            templates,
+        };
+        Ok(Self { grpc, store, outbound })
+    }
+
+    /// What the job worker sends with (tests build workers with other schedules).
+    pub fn outbound(&self) -> &workers::Outbound {
+        &self.outbound
     }
 
     /// The store (tests, tools).
@@ -57,7 +78,7 @@ impl Notifications {
 
     /// The service's job worker on `queue` (email, housekeeping), ready to spawn.
     pub fn job_worker(&self, queue: Queue) -> Worker {
-        workers::job_worker(self.store.clone(), queue, self.mailer.clone())
+        workers::job_worker(self.store.clone(), queue, self.outbound.clone())
     }
 
     /// The gRPC service, ready to add to a server.

@@ -13,11 +13,12 @@ use uuid::Uuid;
 
 use crate::{
     domain::{
-        self, EmailPolicy, EmailPreference, Incoming, Notification, NotificationError, PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX,
+        self, ENDPOINTS_MAX, EmailPolicy, EmailPreference, Incoming, Notification, NotificationError,
+        PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX, WebhookAttempt, WebhookDelivery, WebhookEndpoint,
     },
     mail::Outgoing,
     templates::Templates,
-    workers::{SEND_EMAIL, SERVICE, SendEmail},
+    workers::{DELIVER_WEBHOOK, DeliverWebhook, SEND_EMAIL, SERVICE, SendEmail},
 };
 
 pub mod recipient {
@@ -113,6 +114,121 @@ pub mod email {
 
     impl ActiveModelBehavior for ActiveModel {}
 }
+
+pub mod endpoint {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "webhook_endpoints")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: Uuid,
+        pub account_id: Uuid,
+        pub url: String,
+        #[sea_orm(column_type = "Text")]
+        pub event_types: String,
+        pub secret: String,
+        pub previous_secret: Option<String>,
+        pub previous_secret_until: Option<DateTimeUtc>,
+        pub state: String,
+        #[sea_orm(column_type = "Text", nullable)]
+        pub disabled_reason: Option<String>,
+        pub created_at: DateTimeUtc,
+        pub updated_at: DateTimeUtc,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod delivery {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "webhook_deliveries")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: Uuid,
+        pub endpoint_id: Uuid,
+        pub event_id: Uuid,
+        pub event_type: String,
+        #[sea_orm(column_type = "Text")]
+        pub payload: String,
+        pub state: String,
+        pub attempts: i32,
+        pub created_at: DateTimeUtc,
+        pub last_attempt_at: Option<DateTimeUtc>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod attempt {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "webhook_attempts")]
+    pub struct Model {
+        #[sea_orm(primary_key)]
+        pub id: i64,
+        pub delivery_id: Uuid,
+        pub attempted_at: DateTimeUtc,
+        pub status_code: Option<i32>,
+        pub latency_ms: i64,
+        #[sea_orm(column_type = "Text", nullable)]
+        pub error: Option<String>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+impl From<endpoint::Model> for WebhookEndpoint {
+    fn from(m: endpoint::Model) -> Self {
+        WebhookEndpoint {
+            id: m.id,
+            account_id: m.account_id,
+            url: m.url,
+            event_types: m
+                .event_types
+                .split(',')
+                .filter(|t| !t.is_empty())
+                .map(str::to_owned)
+                .collect(),
+            state: m.state,
+            disabled_reason: m.disabled_reason,
+            created_at: m.created_at,
+            previous_secret_until: m.previous_secret_until,
+        }
+    }
+}
+
+impl endpoint::Model {
+    /// The secrets that sign now: the current one, and the previous one during its 24 hours.
+    pub fn signing_secrets(&self, now: DateTime<Utc>) -> Vec<&str> {
+        let mut secrets = vec![self.secret.as_str()];
+        if let (Some(previous), Some(until)) = (&self.previous_secret, self.previous_secret_until)
+            && until > now
+        {
+            secrets.push(previous);
+        }
+        secrets
+    }
+
+    pub fn takes(&self, event_type: &str) -> bool {
+        self.state == "active" && self.event_types.split(',').any(|t| t == event_type)
+    }
+}
+
+/// How long the previous secret keeps signing after a rotation.
+pub const ROTATION_OVERLAP: chrono::TimeDelta = chrono::TimeDelta::hours(24);
 
 impl From<DbErr> for NotificationError {
     fn from(err: DbErr) -> Self {
@@ -288,8 +404,322 @@ impl NotificationStore {
             }
             (_, false) => {}
         }
+
+        // Partner webhooks: only the endpoints of the account whose resource this is.
+        if let Some(owner) = incoming.owner {
+            let endpoints = endpoint::Entity::find()
+                .filter(endpoint::Column::AccountId.eq(owner))
+                .filter(endpoint::Column::State.eq("active"))
+                .all(&txn)
+                .await?;
+            let body = incoming.webhook_body();
+            for e in endpoints.iter().filter(|e| e.takes(incoming.event_type)) {
+                let id = Uuid::now_v7();
+                let inserted = txn
+                    .execute_raw(statement(
+                        backend,
+                        "INSERT INTO webhook_deliveries (id, endpoint_id, event_id, event_type, payload, state, \
+                         attempts, created_at) VALUES ($1, $2, $3, $4, $5, 'pending', 0, $6) ON CONFLICT DO NOTHING",
+                        vec![
+                            id.into(),
+                            e.id.into(),
+                            incoming.event_id.into(),
+                            incoming.event_type.into(),
+                            body.clone().into(),
+                            now.into(),
+                        ],
+                    ))
+                    .await?;
+                if inserted.rows_affected() == 1 {
+                    let job = NewJob::new(DELIVER_WEBHOOK, &DeliverWebhook { delivery_id: id })
+                        .unique(format!("webhook:{id}:0"));
+                    self.queue.enqueue(&txn, job).await?;
+                }
+            }
+        }
         txn.commit().await?;
         Ok(true)
+    }
+
+    /// Registers an endpoint for `account`; returns it and its secret (shown once).
+    pub async fn create_endpoint(
+        &self,
+        account: Uuid,
+        url: &str,
+        event_types: &[String],
+    ) -> Result<(WebhookEndpoint, String), NotificationError> {
+        let now = self.queue.now();
+        let txn = thali_platform::db::begin_write(&self.db).await?;
+        let count = endpoint::Entity::find()
+            .filter(endpoint::Column::AccountId.eq(account))
+            .count(&txn)
+            .await?;
+        if count >= ENDPOINTS_MAX {
+            return Err(NotificationError::TooManyEndpoints);
+        }
+        let secret = crate::webhooks::new_secret();
+        let model = endpoint::Model {
+            id: Uuid::now_v7(),
+            account_id: account,
+            url: url.to_owned(),
+            event_types: event_types.join(","),
+            secret: secret.clone(),
+            previous_secret: None,
+            previous_secret_until: None,
+            state: "active".into(),
+            disabled_reason: None,
+            created_at: now,
+            updated_at: now,
+        };
+        endpoint::Entity::insert(endpoint::ActiveModel::from(model.clone()))
+            .exec_without_returning(&txn)
+            .await?;
+        txn.commit().await?;
+        Ok((model.into(), secret))
+    }
+
+    /// `account`'s endpoints, oldest first.
+    pub async fn endpoints(&self, account: Uuid) -> Result<Vec<WebhookEndpoint>, NotificationError> {
+        Ok(endpoint::Entity::find()
+            .filter(endpoint::Column::AccountId.eq(account))
+            .order_by_asc(endpoint::Column::Id)
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .map(Into::into)
+            .collect())
+    }
+
+    async fn own_endpoint(
+        &self,
+        conn: &impl ConnectionTrait,
+        account: Uuid,
+        id: Uuid,
+    ) -> Result<endpoint::Model, NotificationError> {
+        endpoint::Entity::find_by_id(id)
+            .filter(endpoint::Column::AccountId.eq(account))
+            .one(conn)
+            .await?
+            .ok_or(NotificationError::EndpointNotFound)
+    }
+
+    /// Deletes `account`'s endpoint `id` with its deliveries.
+    pub async fn delete_endpoint(&self, account: Uuid, id: Uuid) -> Result<(), NotificationError> {
+        let done = endpoint::Entity::delete_many()
+            .filter(endpoint::Column::Id.eq(id))
+            .filter(endpoint::Column::AccountId.eq(account))
+            .exec(&self.db)
+            .await?;
+        if done.rows_affected == 0 {
+            return Err(NotificationError::EndpointNotFound);
+        }
+        Ok(())
+    }
+
+    /// A new secret for `account`'s endpoint `id`; the one it replaces signs too for 24 hours.
+    pub async fn rotate_secret(&self, account: Uuid, id: Uuid) -> Result<(WebhookEndpoint, String), NotificationError> {
+        let now = self.queue.now();
+        let txn = thali_platform::db::begin_write(&self.db).await?;
+        let found = self.own_endpoint(&txn, account, id).await?;
+        let secret = crate::webhooks::new_secret();
+        txn.execute_raw(statement(
+            txn.get_database_backend(),
+            "UPDATE webhook_endpoints SET previous_secret = secret, previous_secret_until = $1, secret = $2, \
+             updated_at = $3 WHERE id = $4",
+            vec![
+                (now + ROTATION_OVERLAP).into(),
+                secret.clone().into(),
+                now.into(),
+                id.into(),
+            ],
+        ))
+        .await?;
+        txn.commit().await?;
+        let model = endpoint::Model {
+            previous_secret: Some(found.secret.clone()),
+            previous_secret_until: Some(now + ROTATION_OVERLAP),
+            secret: secret.clone(),
+            updated_at: now,
+            ..found
+        };
+        Ok((model.into(), secret))
+    }
+
+    /// The deliveries of `account`'s endpoint, newest first, with their attempts.
+    pub async fn deliveries(
+        &self,
+        account: Uuid,
+        endpoint_id: Uuid,
+        page_size: i32,
+        page_token: &str,
+    ) -> Result<(Vec<WebhookDelivery>, String), NotificationError> {
+        self.own_endpoint(&self.db, account, endpoint_id).await?;
+        let size = page_size_of(page_size)?;
+        let mut query = delivery::Entity::find().filter(delivery::Column::EndpointId.eq(endpoint_id));
+        if !page_token.is_empty() {
+            query = query.filter(delivery::Column::Id.lt(decode_token(page_token)?));
+        }
+        let mut rows = query
+            .order_by_desc(delivery::Column::Id)
+            .limit(size + 1)
+            .all(&self.db)
+            .await?;
+        let next = next_page(&mut rows, size, |r| r.id);
+        let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+        let attempts = attempt::Entity::find()
+            .filter(attempt::Column::DeliveryId.is_in(ids))
+            .order_by_asc(attempt::Column::Id)
+            .all(&self.db)
+            .await?;
+        let deliveries = rows
+            .into_iter()
+            .map(|d| WebhookDelivery {
+                attempts: attempts
+                    .iter()
+                    .filter(|a| a.delivery_id == d.id)
+                    .map(|a| WebhookAttempt {
+                        attempted_at: a.attempted_at,
+                        status_code: a.status_code,
+                        latency_ms: a.latency_ms,
+                        error: a.error.clone(),
+                    })
+                    .collect(),
+                id: d.id,
+                endpoint_id: d.endpoint_id,
+                event_id: d.event_id,
+                event_type: d.event_type,
+                state: d.state,
+                created_at: d.created_at,
+            })
+            .collect();
+        Ok((deliveries, next))
+    }
+
+    /// Sends a delivery of `account`'s endpoint again, on a fresh schedule.
+    pub async fn resend(
+        &self,
+        account: Uuid,
+        endpoint_id: Uuid,
+        delivery_id: Uuid,
+    ) -> Result<WebhookDelivery, NotificationError> {
+        let txn = thali_platform::db::begin_write(&self.db).await?;
+        let found = self.own_endpoint(&txn, account, endpoint_id).await?;
+        if found.state != "active" {
+            return Err(NotificationError::EndpointDisabled);
+        }
+        let changed = delivery::Entity::update_many()
+            .col_expr(delivery::Column::State, sea_orm::sea_query::Expr::value("pending"))
+            .filter(delivery::Column::Id.eq(delivery_id))
+            .filter(delivery::Column::EndpointId.eq(endpoint_id))
+            .filter(delivery::Column::State.ne("pending"))
+            .exec(&txn)
+            .await?;
+        if changed.rows_affected == 0 {
+            let exists = delivery::Entity::find_by_id(delivery_id)
+                .filter(delivery::Column::EndpointId.eq(endpoint_id))
+                .one(&txn)
+                .await?;
+            return Err(match exists {
+                Some(_) => NotificationError::DeliveryInFlight,
+                None => NotificationError::DeliveryNotFound,
+            });
+        }
+        let job = NewJob::new(DELIVER_WEBHOOK, &DeliverWebhook { delivery_id })
+            .unique(format!("webhook:{delivery_id}:{}", Uuid::now_v7()));
+        self.queue.enqueue(&txn, job).await?;
+        txn.commit().await?;
+        let (deliveries, _) = self.deliveries(account, endpoint_id, 100, "").await?;
+        deliveries
+            .into_iter()
+            .find(|d| d.id == delivery_id)
+            .ok_or(NotificationError::DeliveryNotFound)
+    }
+
+    /// A pending delivery and its endpoint, for the sender (None: nothing to send).
+    pub async fn delivery_to_send(&self, id: Uuid) -> Result<Option<(delivery::Model, endpoint::Model)>, DbErr> {
+        let Some(d) = delivery::Entity::find_by_id(id).one(&self.db).await? else {
+            return Ok(None);
+        };
+        if d.state != "pending" {
+            return Ok(None);
+        }
+        let e = endpoint::Entity::find_by_id(d.endpoint_id).one(&self.db).await?;
+        Ok(e.map(|e| (d, e)))
+    }
+
+    /// Records one attempt of a delivery and, when the delivery is settled, its final state.
+    pub async fn record_webhook_attempt(
+        &self,
+        delivery_id: Uuid,
+        attempt: &WebhookAttempt,
+        settled: Option<&str>,
+    ) -> Result<(), DbErr> {
+        let txn = thali_platform::db::begin_write(&self.db).await?;
+        let backend = txn.get_database_backend();
+        txn.execute_raw(statement(
+            backend,
+            "INSERT INTO webhook_attempts (delivery_id, attempted_at, status_code, latency_ms, error) \
+             VALUES ($1, $2, $3, $4, $5)",
+            vec![
+                delivery_id.into(),
+                attempt.attempted_at.into(),
+                attempt.status_code.into(),
+                attempt.latency_ms.into(),
+                attempt.error.clone().into(),
+            ],
+        ))
+        .await?;
+        txn.execute_raw(statement(
+            backend,
+            "UPDATE webhook_deliveries SET attempts = attempts + 1, last_attempt_at = $1, \
+             state = COALESCE($2, state) WHERE id = $3",
+            vec![
+                attempt.attempted_at.into(),
+                settled.map(str::to_owned).into(),
+                delivery_id.into(),
+            ],
+        ))
+        .await?;
+        txn.commit().await
+    }
+
+    /// Disables an endpoint that said it is gone.
+    pub async fn disable_endpoint(&self, id: Uuid, reason: &str) -> Result<(), DbErr> {
+        self.db
+            .execute_raw(statement(
+                self.db.get_database_backend(),
+                "UPDATE webhook_endpoints SET state = 'disabled', disabled_reason = $1, updated_at = $2 WHERE id = $3",
+                vec![reason.into(), self.queue.now().into(), id.into()],
+            ))
+            .await?;
+        Ok(())
+    }
+
+    /// An in-app notice to `account` about its own endpoint (`notice_id` keeps it to one).
+    pub async fn notify(
+        &self,
+        account: Uuid,
+        notice_id: Uuid,
+        kind: &str,
+        text: crate::templates::InApp,
+    ) -> Result<(), DbErr> {
+        self.db
+            .execute_raw(statement(
+                self.db.get_database_backend(),
+                "INSERT INTO notifications (id, account_id, event_id, event_type, title, body, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+                vec![
+                    Uuid::now_v7().into(),
+                    account.into(),
+                    notice_id.into(),
+                    kind.into(),
+                    text.title.into(),
+                    text.body.into(),
+                    self.queue.now().into(),
+                ],
+            ))
+            .await?;
+        Ok(())
     }
 
     /// `account`'s notifications, newest first.
@@ -300,13 +730,7 @@ impl NotificationStore {
         page_token: &str,
         unread_only: bool,
     ) -> Result<Page, NotificationError> {
-        let size = match page_size {
-            0 => PAGE_SIZE_DEFAULT,
-            n if n < 0 || n as u64 > PAGE_SIZE_MAX => {
-                return Err(NotificationError::invalid("page_size", "must be 0 to 100"));
-            }
-            n => n as u64,
-        };
+        let size = page_size_of(page_size)?;
         let mut query = notification::Entity::find().filter(notification::Column::AccountId.eq(account));
         if !page_token.is_empty() {
             let before = decode_token(page_token)?;
@@ -320,14 +744,7 @@ impl NotificationStore {
             .limit(size + 1)
             .all(&self.db)
             .await?;
-        let next_page_token = if rows.len() as u64 > size {
-            rows.truncate(size as usize);
-            rows.last()
-                .map(|r| URL_SAFE_NO_PAD.encode(r.id.as_bytes()))
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let next_page_token = next_page(&mut rows, size, |r| r.id);
         Ok(Page {
             notifications: rows.into_iter().map(Into::into).collect(),
             next_page_token,
@@ -452,6 +869,26 @@ impl NotificationStore {
             .await?;
         Ok(())
     }
+}
+
+/// A page size: 0 means the default, at most [`PAGE_SIZE_MAX`].
+fn page_size_of(page_size: i32) -> Result<u64, NotificationError> {
+    match page_size {
+        0 => Ok(PAGE_SIZE_DEFAULT),
+        n if n < 0 || n as u64 > PAGE_SIZE_MAX => Err(NotificationError::invalid("page_size", "must be 0 to 100")),
+        n => Ok(n as u64),
+    }
+}
+
+/// Cuts `rows` (read with one extra row) to `size`; the token of the next page, or empty.
+fn next_page<T>(rows: &mut Vec<T>, size: u64, id: impl Fn(&T) -> Uuid) -> String {
+    if rows.len() as u64 <= size {
+        return String::new();
+    }
+    rows.truncate(size as usize);
+    rows.last()
+        .map(|r| URL_SAFE_NO_PAD.encode(id(r).as_bytes()))
+        .unwrap_or_default()
 }
 
 fn decode_token(token: &str) -> Result<Uuid, NotificationError> {

@@ -70,6 +70,23 @@ const SOURCES: &[(&str, &str)] = &[
         "product.out_of_stock/email.html",
         include_str!("../templates/product.out_of_stock/email.html"),
     ),
+    // Notices about a partner's own webhook endpoint (in-app only).
+    (
+        "webhook.delivery_failed/title.txt",
+        include_str!("../templates/webhook.delivery_failed/title.txt"),
+    ),
+    (
+        "webhook.delivery_failed/body.txt",
+        include_str!("../templates/webhook.delivery_failed/body.txt"),
+    ),
+    (
+        "webhook.endpoint_disabled/title.txt",
+        include_str!("../templates/webhook.endpoint_disabled/title.txt"),
+    ),
+    (
+        "webhook.endpoint_disabled/body.txt",
+        include_str!("../templates/webhook.endpoint_disabled/body.txt"),
+    ),
 ];
 
 /// An in-app notification's text.

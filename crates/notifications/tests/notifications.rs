@@ -11,6 +11,7 @@ use thali_notifications::{
     Notifications,
     domain::NotificationError,
     mail::Mailer,
+    webhooks::Sender,
     workers::{self, SERVICE},
 };
 use thali_platform::{
@@ -50,7 +51,12 @@ async fn quiet(worker: thali_platform::jobs::Worker) -> thali_platform::jobs::Wo
 }
 
 fn service(t: &TestDatabase, mailer: Mailer) -> Notifications {
-    Notifications::new(t.db.clone(), mailer).unwrap()
+    Notifications::new(t.db.clone(), mailer, webhook_sender()).unwrap()
+}
+
+/// Webhooks to the test's own loopback receivers, with a short timeout.
+fn webhook_sender() -> Sender {
+    Sender::new(Duration::from_secs(2), true)
 }
 
 fn account_created(account: Uuid, email: &str, name: &str) -> Event {
@@ -296,16 +302,17 @@ async fn welcome_email(n: &Notifications, event: &Event) -> thali_notifications:
 async fn a_refused_recipient_fails_for_good_and_a_temporary_refusal_is_retried() {
     for t in backends().await {
         let smtp = SmtpServer::start().await;
-        let clock = Arc::new(ManualClock::new(chrono::Utc::now()));
+        let clock = Arc::new(ManualClock::new(ten_past_the_hour()));
         let queue = Queue::with_clock(SERVICE, clock.clone());
         let mailer = Mailer::smtp(&smtp.url, None, FROM, Duration::from_secs(5)).unwrap();
-        let n = Notifications::with_queue(t.db.clone(), queue.clone(), mailer.clone()).unwrap();
+        let n = Notifications::with_queue(t.db.clone(), queue.clone(), mailer, webhook_sender()).unwrap();
         let schedule = RetrySchedule::fixed(&[Duration::from_secs(60)]).with_jitter(0.0);
-        let worker = quiet(workers::job_worker_with_schedule(
+        let worker = quiet(workers::job_worker_with(
             n.store().clone(),
             queue.clone(),
-            mailer,
+            n.outbound().clone(),
             schedule,
+            workers::webhook_schedule(),
         ))
         .await;
 
@@ -448,4 +455,11 @@ async fn only_a_thali_service_can_deliver_an_event() {
     let ok = sinks.deliver(request(Some("identity"), SERVICE)).await.unwrap();
     assert!(!ok.into_inner().duplicate);
     assert_eq!(n.store().unread_count(account).await.unwrap(), 1);
+}
+
+/// Ten minutes past the current hour: a test that moves the clock by minutes does not cross into
+/// the next hour, where the worker's hourly housekeeping would run too.
+fn ten_past_the_hour() -> chrono::DateTime<chrono::Utc> {
+    let now = chrono::Utc::now().timestamp();
+    chrono::DateTime::from_timestamp(now - now % 3600 + 600, 0).unwrap()
 }

@@ -55,6 +55,9 @@ pub struct Config {
     pub mail_from: String,
     /// Longest time one email send may take, connection to answer, seconds (`THALI_MAIL_TIMEOUT_S`).
     pub mail_timeout_s: u64,
+    /// Lets webhook endpoints be http:// and private or loopback addresses
+    /// (`THALI_WEBHOOKS_ALLOW_INSECURE`): development and tests only.
+    pub webhooks_allow_insecure: bool,
     /// Redis for the L2 cache and cross-replica invalidation (`THALI_REDIS_URL`): `redis://`,
     /// `rediss://`, `redis-sentinel://` or `redis-cluster://`; unset means L1 only.
     pub redis_url: Option<String>,
@@ -169,7 +172,8 @@ impl Config {
             .set_default("breaker_backoff_max_ms", 60_000)?
             .set_default("resolve_interval_s", 5)?
             .set_default("mail_from", "Thali <no-reply@thali.localhost>")?
-            .set_default("mail_timeout_s", 30)?;
+            .set_default("mail_timeout_s", 30)?
+            .set_default("webhooks_allow_insecure", false)?;
         if let Some(file) = file {
             builder = builder.add_source(config::File::from(file).required(false));
         }

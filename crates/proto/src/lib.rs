@@ -60,6 +60,14 @@ pub mod notifications {
             GetPreferencesRequest => "GetPreferences", read;
             // Sets values, never adds to them: a repeat leaves the same state.
             UpdatePreferencesRequest => "UpdatePreferences", idempotent;
+            // Each call makes an endpoint and a secret.
+            CreateWebhookEndpointRequest => "CreateWebhookEndpoint", never;
+            ListWebhookEndpointsRequest => "ListWebhookEndpoints", read;
+            // A repeat would answer NOT_FOUND for a delete that happened.
+            DeleteWebhookEndpointRequest => "DeleteWebhookEndpoint", never;
+            RotateWebhookSecretRequest => "RotateWebhookSecret", never;
+            ListWebhookDeliveriesRequest => "ListWebhookDeliveries", read;
+            ResendWebhookDeliveryRequest => "ResendWebhookDelivery", never;
         }
     }
 }

@@ -304,8 +304,15 @@ pub async fn start(cfg: &Config, part: Part) -> anyhow::Result<Platform> {
             }
             .context("mail settings")?;
             tracing::info!(mail = %mailer.describe(), "notifications: where mail goes");
-            let notifications =
-                thali_notifications::Notifications::new(db.clone(), mailer).context("notification templates")?;
+            if cfg.webhooks_allow_insecure {
+                tracing::warn!(
+                    "THALI_WEBHOOKS_ALLOW_INSECURE=true: webhook endpoints may be http:// and private or \
+                     loopback addresses; never in production"
+                );
+            }
+            let webhooks = thali_notifications::webhooks::Sender::new(WEBHOOK_TIMEOUT, cfg.webhooks_allow_insecure);
+            let notifications = thali_notifications::Notifications::new(db.clone(), mailer, webhooks)
+                .context("notification templates")?;
             sinks = sinks.with(thali_notifications::workers::SERVICE, notifications.sink());
             job_workers.push(
                 notifications
@@ -441,6 +448,9 @@ async fn subscribers(
         thali_notifications::SUBSCRIBES_TO,
     ))
 }
+
+/// Longest time one webhook request may take (Standard Webhooks: 15 s).
+const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// How often each dependency is probed.
 const HEALTH_INTERVAL: Duration = Duration::from_secs(2);

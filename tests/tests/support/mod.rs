@@ -51,6 +51,15 @@ impl Mesh {
 
     /// The platform on `database_url` (None: embedded SQLite), caching in `redis_url` too.
     pub async fn start_with(database_url: Option<String>, redis_url: Option<String>) -> Self {
+        Self::start_full(database_url, redis_url, &[]).await
+    }
+
+    /// The embedded platform with extra settings (`THALI_…` pairs).
+    pub async fn start_env(extra: &[(&str, &str)]) -> Self {
+        Self::start_full(None, None, extra).await
+    }
+
+    async fn start_full(database_url: Option<String>, redis_url: Option<String>, extra: &[(&str, &str)]) -> Self {
         spans();
         let data_dir = std::env::temp_dir().join(format!("thali-e2e-{}", uuid::Uuid::now_v7()));
         let mut env: HashMap<String, String> = [
@@ -67,6 +76,9 @@ impl Mesh {
         }
         if let Some(url) = redis_url {
             env.insert("THALI_REDIS_URL".into(), url);
+        }
+        for (key, value) in extra {
+            env.insert((*key).to_owned(), (*value).to_owned());
         }
         let cfg = Config::load_from(None, Some(env), &Overrides::default()).unwrap();
         let data_dir = cfg.data_dir.clone();
