@@ -303,6 +303,9 @@ pub struct Account {
     pub status: String,
     #[schema(format = DateTime)]
     pub created_at: Option<String>,
+    /// When the owner confirmed the address; absent until then.
+    #[schema(format = DateTime)]
+    pub email_verified_at: Option<String>,
 }
 
 impl From<thali_proto::identity::v1::Account> for Account {
@@ -321,8 +324,44 @@ impl From<thali_proto::identity::v1::Account> for Account {
             role: Role::from_pb(a.role),
             status: status.to_owned(),
             created_at: rfc3339(a.create_time),
+            email_verified_at: rfc3339(a.email_verify_time),
         }
     }
+}
+
+/// Body of `POST /api/v1/auth/verify-email`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyEmail {
+    /// The code from the verification email.
+    #[schema(max_length = 200)]
+    pub token: String,
+}
+
+/// Body of `POST /api/v1/auth/password-reset`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PasswordResetRequest {
+    #[schema(example = "asha@example.com", max_length = 254)]
+    pub email: String,
+}
+
+/// Body of `POST /api/v1/auth/password-reset/confirm`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PasswordResetConfirm {
+    /// The code from the reset email.
+    #[schema(max_length = 200)]
+    pub token: String,
+    /// 12-128 characters.
+    #[schema(min_length = 12, max_length = 128)]
+    pub new_password: String,
+}
+
+/// The answer to a reset request: the same whether or not the address has an account.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Accepted {
+    pub status: String,
 }
 
 /// Body of `POST /api/v1/auth/register`.

@@ -85,6 +85,16 @@ pub fn router(state: FacadeState, max_body_bytes: usize) -> Router {
         .route("/api/v1/auth/refresh", post(routes::identity::refresh))
         .route("/api/v1/auth/logout", post(routes::identity::logout))
         .route("/api/v1/auth/me", get(routes::identity::me))
+        .route("/api/v1/auth/verify-email", post(routes::identity::verify_email))
+        .route(
+            "/api/v1/auth/verify-email/resend",
+            post(routes::identity::resend_verification),
+        )
+        .route("/api/v1/auth/password-reset", post(routes::identity::password_reset))
+        .route(
+            "/api/v1/auth/password-reset/confirm",
+            post(routes::identity::password_reset_confirm),
+        )
         .route(
             "/api/v1/api-keys",
             post(routes::identity::create_api_key).get(routes::identity::list_api_keys),

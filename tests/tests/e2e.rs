@@ -632,7 +632,9 @@ async fn a_new_user_is_welcomed_in_app_and_by_email_and_sees_only_their_own_noti
             let bytes = std::fs::read(entry.path()).ok()?;
             let message = mail_parser::MessageParser::default().parse(&bytes)?;
             let to = message.to()?.first()?.address()?.to_owned();
-            (to == "asha@example.com").then(|| message.subject().unwrap_or_default().to_owned())
+            let subject = message.subject().unwrap_or_default().to_owned();
+            // Asha also gets her verification link; this is the welcome.
+            (to == "asha@example.com" && subject.starts_with("Welcome")).then_some(subject)
         })
     })
     .await;
@@ -936,4 +938,117 @@ async fn a_partner_registers_an_endpoint_and_verifies_every_delivery_with_a_stan
     let rotated: Value = res.json().await.unwrap();
     assert_ne!(rotated["secret"], secret.as_str());
     assert!(rotated["endpoint"]["previous_secret_until"].is_string());
+}
+
+/// The newest code starting with `prefix` in an email to `to` under the platform's mail folder.
+async fn mailed_code(mesh: &Mesh, to: &str, prefix: &str, not: &[String]) -> String {
+    let mail = mesh.data_dir.join("mail");
+    eventually(&format!("a {prefix}… code for {to}"), || async {
+        std::fs::read_dir(&mail).ok()?.flatten().find_map(|entry| {
+            let bytes = std::fs::read(entry.path()).ok()?;
+            let message = mail_parser::MessageParser::default().parse(&bytes)?;
+            if message.to()?.first()?.address()? != to {
+                return None;
+            }
+            let text = message.body_text(0)?.into_owned();
+            let at = text.find(prefix)?;
+            let code: String = text[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
+                .collect();
+            (!not.contains(&code)).then_some(code)
+        })
+    })
+    .await
+}
+
+#[tokio::test]
+async fn email_is_verified_and_a_password_reset_works_once_and_ends_every_session() {
+    let mesh = Mesh::start().await;
+    let session = mesh.sign_up("asha@example.com", "creator").await;
+    let refresh = session["tokens"]["refresh_token"].as_str().unwrap().to_owned();
+
+    // The verification link came with the welcome.
+    let code = mailed_code(&mesh, "asha@example.com", "thali_ve_", &[]).await;
+    let res = mesh
+        .post("/api/v1/auth/verify-email", None, json!({"token": code}))
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let account: Value = res.json().await.unwrap();
+    assert!(account["email_verified_at"].is_string());
+    let res = mesh
+        .post("/api/v1/auth/verify-email", None, json!({"token": code}))
+        .await;
+    problem(res, StatusCode::BAD_REQUEST, "TOKEN_INVALID").await;
+
+    // The same answer whether or not the address has an account.
+    let known = mesh
+        .post(
+            "/api/v1/auth/password-reset",
+            None,
+            json!({"email": "asha@example.com"}),
+        )
+        .await;
+    let unknown = mesh
+        .post(
+            "/api/v1/auth/password-reset",
+            None,
+            json!({"email": "nobody@example.com"}),
+        )
+        .await;
+    assert_eq!(known.status(), StatusCode::ACCEPTED);
+    assert_eq!(unknown.status(), StatusCode::ACCEPTED);
+    assert_eq!(known.text().await.unwrap(), unknown.text().await.unwrap());
+    let res = mesh
+        .post("/api/v1/auth/password-reset", None, json!({"email": "not an address"}))
+        .await;
+    problem(res, StatusCode::BAD_REQUEST, "VALIDATION_FAILED").await;
+
+    let code = mailed_code(&mesh, "asha@example.com", "thali_pr_", &[]).await;
+    let res = mesh
+        .post(
+            "/api/v1/auth/password-reset/confirm",
+            None,
+            json!({"token": code, "new_password": "short"}),
+        )
+        .await;
+    problem(res, StatusCode::BAD_REQUEST, "VALIDATION_FAILED").await;
+    let res = mesh
+        .post(
+            "/api/v1/auth/password-reset/confirm",
+            None,
+            json!({"token": code, "new_password": "a brand new passphrase"}),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+
+    // Every session ended; the code works once; the new password is the password.
+    let res = mesh
+        .post("/api/v1/auth/refresh", None, json!({"refresh_token": refresh}))
+        .await;
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    let res = mesh
+        .post(
+            "/api/v1/auth/password-reset/confirm",
+            None,
+            json!({"token": code, "new_password": "yet another passphrase"}),
+        )
+        .await;
+    problem(res, StatusCode::BAD_REQUEST, "TOKEN_INVALID").await;
+    let old = mesh
+        .post(
+            "/api/v1/auth/login",
+            None,
+            json!({"email": "asha@example.com", "password": "correct horse battery"}),
+        )
+        .await;
+    assert_eq!(old.status(), StatusCode::UNAUTHORIZED);
+    let new = mesh
+        .post(
+            "/api/v1/auth/login",
+            None,
+            json!({"email": "asha@example.com", "password": "a brand new passphrase"}),
+        )
+        .await;
+    assert_eq!(new.status(), StatusCode::OK);
 }

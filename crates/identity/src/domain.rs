@@ -54,6 +54,8 @@ pub enum IdentityError {
     ApiKeyNotFound,
     #[error("the idempotency key was used for a different request")]
     IdempotencyKeyReused,
+    #[error("the link is not valid: it was used already, has expired, or never existed")]
+    BadToken,
     #[error("the database does not answer")]
     Unavailable,
     #[error("internal: {0}")]
@@ -133,7 +135,32 @@ pub struct Account {
     pub role: Role,
     pub status: AccountStatus,
     pub created_at: DateTime<Utc>,
+    /// When the owner followed the verification link.
+    pub email_verified_at: Option<DateTime<Utc>>,
 }
+
+/// What an emailed token is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenPurpose {
+    VerifyEmail,
+    PasswordReset,
+}
+
+impl TokenPurpose {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenPurpose::VerifyEmail => "verify_email",
+            TokenPurpose::PasswordReset => "password_reset",
+        }
+    }
+}
+
+/// How long an emailed token works.
+pub const EMAILED_TOKEN_TTL: chrono::TimeDelta = chrono::TimeDelta::minutes(30);
+
+/// Reset requests one address may cause per lockout window before further ones are dropped
+/// (quietly: the answer is the same), so the endpoint cannot flood a mailbox.
+pub const RESET_REQUESTS_ALLOWED: i32 = 5;
 
 /// A validated registration.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]

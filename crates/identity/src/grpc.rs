@@ -72,6 +72,7 @@ impl From<IdentityError> for Status {
             IdentityError::BadApiKey => errors::with_reason(Code::Unauthenticated, "API_KEY_INVALID", message),
             IdentityError::Forbidden => errors::with_reason(Code::PermissionDenied, "FORBIDDEN", message),
             IdentityError::ApiKeyNotFound => errors::with_reason(Code::NotFound, "API_KEY_NOT_FOUND", message),
+            IdentityError::BadToken => errors::with_reason(Code::InvalidArgument, "TOKEN_INVALID", message),
             IdentityError::IdempotencyKeyReused => {
                 errors::with_reason(Code::Aborted, "IDEMPOTENCY_KEY_REUSED", message)
             }
@@ -119,6 +120,7 @@ fn account_pb(a: &Account) -> pb::Account {
             AccountStatus::Disabled => pb::AccountStatus::Disabled,
         } as i32,
         create_time: Some(timestamp(a.created_at)),
+        email_verify_time: a.email_verified_at.map(timestamp),
     }
 }
 
@@ -159,6 +161,79 @@ fn owner_for(caller: (Uuid, bool), requested: &str) -> Result<Uuid, IdentityErro
 
 #[tonic::async_trait]
 impl pb::identity_service_server::IdentityService for IdentityGrpc {
+    async fn request_email_verification(
+        &self,
+        request: Request<pb::RequestEmailVerificationRequest>,
+    ) -> Result<Response<pb::RequestEmailVerificationResponse>, Status> {
+        let (id, _) = account_caller(&request)?;
+        self.store.request_email_verification(id).await?;
+        Ok(Response::new(pb::RequestEmailVerificationResponse {}))
+    }
+
+    async fn verify_email(
+        &self,
+        request: Request<pb::VerifyEmailRequest>,
+    ) -> Result<Response<pb::VerifyEmailResponse>, Status> {
+        let token = request.into_inner().token;
+        if token.is_empty() || token.len() > 200 {
+            return Err(IdentityError::BadToken.into());
+        }
+        let account = self.store.verify_email(&token).await?;
+        security_event(SecurityEvent::EmailVerified, &account.id.to_string(), "", "", "");
+        Ok(Response::new(pb::VerifyEmailResponse {
+            account: Some(account_pb(&account)),
+        }))
+    }
+
+    async fn request_password_reset(
+        &self,
+        request: Request<pb::RequestPasswordResetRequest>,
+    ) -> Result<Response<pb::RequestPasswordResetResponse>, Status> {
+        let raw = request.into_inner().email;
+        // A malformed address is an input error; a well-formed one answers the same whether
+        // or not it has an account.
+        let email = domain::normalize_email(&raw).map_err(|why| IdentityError::invalid("email", why))?;
+        let key = format!("reset:{email}");
+        let (requests, _) = self.store.record_failure(&key, domain::RESET_REQUESTS_ALLOWED).await?;
+        if requests > domain::RESET_REQUESTS_ALLOWED {
+            security_event(
+                SecurityEvent::PasswordResetRequested,
+                &email,
+                "",
+                "",
+                "dropped: too many requests",
+            );
+        } else {
+            let sent = self.store.request_password_reset(&email).await?;
+            let note = if sent { "link sent" } else { "no active account" };
+            security_event(SecurityEvent::PasswordResetRequested, &email, "", "", note);
+        }
+        Ok(Response::new(pb::RequestPasswordResetResponse {}))
+    }
+
+    async fn reset_password(
+        &self,
+        request: Request<pb::ResetPasswordRequest>,
+    ) -> Result<Response<pb::ResetPasswordResponse>, Status> {
+        let req = request.into_inner();
+        if req.token.is_empty() || req.token.len() > 200 {
+            return Err(IdentityError::BadToken.into());
+        }
+        domain::check_password(&req.new_password).map_err(|why| IdentityError::invalid("new_password", why))?;
+        let hash = passwords::hash_async(req.new_password)
+            .await
+            .map_err(|_| IdentityError::Unavailable)?;
+        let (account, revoked) = self.store.reset_password(&req.token, hash).await?;
+        security_event(
+            SecurityEvent::PasswordReset,
+            &account.to_string(),
+            "",
+            "",
+            &format!("{revoked} refresh token(s) revoked"),
+        );
+        Ok(Response::new(pb::ResetPasswordResponse {}))
+    }
+
     async fn register(&self, request: Request<pb::RegisterRequest>) -> Result<Response<pb::RegisterResponse>, Status> {
         let req = request.into_inner();
         let new = NewAccount::parse(&req.email, &req.password, &req.display_name, role_from_pb(req.role))?;
@@ -255,6 +330,8 @@ impl pb::identity_service_server::IdentityService for IdentityGrpc {
             return Err(IdentityError::AccountInactive.into());
         }
         let refresh = self.store.start_family(account.id).await?;
+        // A sign-in from an address the account has not used before is told to its owner.
+        self.store.note_login_address(account.id, &address).await?;
         let (access, access_expires) = self.access_token(&account, Some(refresh.family_id));
         security_event(SecurityEvent::LoginSucceeded, &account.id.to_string(), "", &address, "");
         Ok(Response::new(pb::LoginResponse {

@@ -7,17 +7,21 @@ use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use chrono::{DateTime, Utc};
 use ring::rand::{SecureRandom, SystemRandom};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, DatabaseConnection, DbErr, EntityTrait, ExprTrait, QueryFilter, QueryOrder, Set,
-    TransactionTrait,
+    ActiveModelTrait, ColumnTrait, DatabaseConnection, DbErr, EntityTrait, ExprTrait, PaginatorTrait, QueryFilter,
+    QueryOrder, Set, TransactionTrait,
     sea_query::{Expr, OnConflict},
 };
 use thali_platform::db::is_unique_violation;
 pub use thali_platform::idempotency::Idempotency;
-use thali_proto::events::v1::{AccountCreated, event::Payload};
+use thali_proto::events::v1::{
+    AccountCreated, AccountEmailVerificationRequested, AccountLoginNewAddress, AccountPasswordResetRequested,
+    event::Payload,
+};
 use uuid::Uuid;
 
 use crate::domain::{
-    API_KEY_PREFIX, Account, AccountStatus, IdentityError, NewAccount, PresentedKey, REFRESH_TOKEN_TTL, Role, lockout,
+    API_KEY_PREFIX, Account, AccountStatus, EMAILED_TOKEN_TTL, IdentityError, NewAccount, PresentedKey,
+    REFRESH_TOKEN_TTL, Role, TokenPurpose, lockout,
 };
 
 pub mod account {
@@ -37,6 +41,50 @@ pub mod account {
         pub password_hash: String,
         pub created_at: DateTimeUtc,
         pub updated_at: DateTimeUtc,
+        pub email_verified_at: Option<DateTimeUtc>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod login_address {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "login_addresses")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub account_id: Uuid,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub address: String,
+        pub first_seen_at: DateTimeUtc,
+        pub last_seen_at: DateTimeUtc,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod account_token {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "account_tokens")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: Uuid,
+        pub account_id: Uuid,
+        pub purpose: String,
+        #[sea_orm(unique)]
+        pub token_hash: String,
+        pub created_at: DateTimeUtc,
+        pub expires_at: DateTimeUtc,
+        pub used_at: Option<DateTimeUtc>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -159,6 +207,7 @@ impl TryFrom<account::Model> for Account {
             status: AccountStatus::parse(&m.status)
                 .ok_or_else(|| IdentityError::Internal(format!("unknown status {}", m.status)))?,
             created_at: m.created_at,
+            email_verified_at: m.email_verified_at,
         })
     }
 }
@@ -361,6 +410,7 @@ impl IdentityStore {
             password_hash: Set(password_hash),
             created_at: Set(now),
             updated_at: Set(now),
+            email_verified_at: Set(None),
         };
         let model = match row.insert(&txn).await {
             Ok(m) => m,
@@ -380,8 +430,230 @@ impl IdentityStore {
             self.queue.now(),
         );
         thali_platform::events::publish(&txn, &self.queue, &event).await?;
+        // The verification link goes out with the welcome.
+        self.issue_token(&txn, &model, TokenPurpose::VerifyEmail).await?;
         txn.commit().await?;
         model.try_into()
+    }
+    /// Writes a new single-use token for `account` (only its hash is kept) and the event that
+    /// mails it, in `txn`. Earlier unused tokens of the same purpose stop working.
+    async fn issue_token(
+        &self,
+        txn: &impl sea_orm::ConnectionTrait,
+        account: &account::Model,
+        purpose: TokenPurpose,
+    ) -> Result<(), IdentityError> {
+        let now = self.queue.now();
+        let prefix = match purpose {
+            TokenPurpose::VerifyEmail => "thali_ve_",
+            TokenPurpose::PasswordReset => "thali_pr_",
+        };
+        let token = format!("{prefix}{}", URL_SAFE_NO_PAD.encode(random_bytes::<32>()));
+        let expires_at = now + EMAILED_TOKEN_TTL;
+        account_token::Entity::update_many()
+            .col_expr(account_token::Column::UsedAt, Expr::value(now))
+            .filter(account_token::Column::AccountId.eq(account.id))
+            .filter(account_token::Column::Purpose.eq(purpose.as_str()))
+            .filter(account_token::Column::UsedAt.is_null())
+            .exec(txn)
+            .await?;
+        account_token::ActiveModel {
+            id: Set(Uuid::now_v7()),
+            account_id: Set(account.id),
+            purpose: Set(purpose.as_str().to_owned()),
+            token_hash: Set(sha256_hex(&token)),
+            created_at: Set(now),
+            expires_at: Set(expires_at),
+            used_at: Set(None),
+        }
+        .insert(txn)
+        .await?;
+        let expires = Some(prost_types::Timestamp {
+            seconds: expires_at.timestamp(),
+            nanos: 0,
+        });
+        let payload = match purpose {
+            TokenPurpose::VerifyEmail => {
+                Payload::AccountEmailVerificationRequested(AccountEmailVerificationRequested {
+                    account_id: account.id.to_string(),
+                    email: account.email.clone(),
+                    token,
+                    expires_at: expires,
+                })
+            }
+            TokenPurpose::PasswordReset => Payload::AccountPasswordResetRequested(AccountPasswordResetRequested {
+                account_id: account.id.to_string(),
+                email: account.email.clone(),
+                token,
+                expires_at: expires,
+            }),
+        };
+        let event = thali_platform::events::new_event(
+            crate::workers::SERVICE,
+            format!("account:{}", account.id),
+            Some(account.id),
+            payload,
+            now,
+        );
+        thali_platform::events::publish(txn, &self.queue, &event).await?;
+        Ok(())
+    }
+
+    /// Mails `account_id` a new verification link, unless its email is verified already.
+    pub async fn request_email_verification(&self, account_id: Uuid) -> Result<(), IdentityError> {
+        let txn = thali_platform::db::begin_write(&self.db).await?;
+        let found = account::Entity::find_by_id(account_id)
+            .one(&txn)
+            .await?
+            .ok_or(IdentityError::Unauthenticated)?;
+        if found.email_verified_at.is_none() {
+            self.issue_token(&txn, &found, TokenPurpose::VerifyEmail).await?;
+        }
+        txn.commit().await?;
+        Ok(())
+    }
+
+    /// Mails a reset link to `email` if it has an active account. Answers `Ok` either way, so
+    /// the caller learns nothing about which addresses have accounts; `false` says nothing was
+    /// sent (for the audit log only).
+    pub async fn request_password_reset(&self, email: &str) -> Result<bool, IdentityError> {
+        let txn = thali_platform::db::begin_write(&self.db).await?;
+        let found = account::Entity::find()
+            .filter(account::Column::Email.eq(email))
+            .filter(account::Column::Status.eq(AccountStatus::Active.as_str()))
+            .one(&txn)
+            .await?;
+        let Some(found) = found else {
+            return Ok(false);
+        };
+        self.issue_token(&txn, &found, TokenPurpose::PasswordReset).await?;
+        txn.commit().await?;
+        Ok(true)
+    }
+
+    /// Uses `token` for `purpose` inside `txn`: it works once, before it expires. Returns its
+    /// account.
+    async fn use_token(
+        &self,
+        txn: &impl sea_orm::ConnectionTrait,
+        token: &str,
+        purpose: TokenPurpose,
+    ) -> Result<Uuid, IdentityError> {
+        let now = self.queue.now();
+        let hash = sha256_hex(token);
+        // Only one of two racing uses can flip used_at.
+        let claimed = account_token::Entity::update_many()
+            .col_expr(account_token::Column::UsedAt, Expr::value(now))
+            .filter(account_token::Column::TokenHash.eq(hash.clone()))
+            .filter(account_token::Column::Purpose.eq(purpose.as_str()))
+            .filter(account_token::Column::UsedAt.is_null())
+            .filter(account_token::Column::ExpiresAt.gt(now))
+            .exec(txn)
+            .await?;
+        if claimed.rows_affected != 1 {
+            return Err(IdentityError::BadToken);
+        }
+        let row = account_token::Entity::find()
+            .filter(account_token::Column::TokenHash.eq(hash))
+            .one(txn)
+            .await?
+            .ok_or(IdentityError::BadToken)?;
+        Ok(row.account_id)
+    }
+
+    /// Verifies the email of the account `token` was mailed to.
+    pub async fn verify_email(&self, token: &str) -> Result<Account, IdentityError> {
+        let now = self.queue.now();
+        let txn = thali_platform::db::begin_write(&self.db).await?;
+        let account_id = self.use_token(&txn, token, TokenPurpose::VerifyEmail).await?;
+        account::Entity::update_many()
+            .col_expr(account::Column::EmailVerifiedAt, Expr::value(now))
+            .filter(account::Column::Id.eq(account_id))
+            .filter(account::Column::EmailVerifiedAt.is_null())
+            .exec(&txn)
+            .await?;
+        txn.commit().await?;
+        self.account(account_id).await
+    }
+
+    /// Sets the password of the account `token` was mailed to, and ends every session of it
+    /// (all refresh-token families revoked). Returns the account id and how many refresh
+    /// tokens were revoked.
+    pub async fn reset_password(&self, token: &str, password_hash: String) -> Result<(Uuid, u64), IdentityError> {
+        let now = self.queue.now();
+        let txn = thali_platform::db::begin_write(&self.db).await?;
+        let account_id = self.use_token(&txn, token, TokenPurpose::PasswordReset).await?;
+        account::Entity::update_many()
+            .col_expr(account::Column::PasswordHash, Expr::value(password_hash))
+            .col_expr(account::Column::UpdatedAt, Expr::value(now))
+            .filter(account::Column::Id.eq(account_id))
+            .exec(&txn)
+            .await?;
+        let revoked = refresh_token::Entity::update_many()
+            .col_expr(refresh_token::Column::RevokedAt, Expr::value(now))
+            .filter(refresh_token::Column::AccountId.eq(account_id))
+            .filter(refresh_token::Column::RevokedAt.is_null())
+            .exec(&txn)
+            .await?;
+        txn.commit().await?;
+        Ok((account_id, revoked.rows_affected))
+    }
+
+    /// Records a successful login of `account_id` from `address`. The first time the account
+    /// signs in from an address it has not used before (and it has used another), the
+    /// `account.login_new_address` event is written with the record.
+    pub async fn note_login_address(&self, account_id: Uuid, address: &str) -> Result<bool, IdentityError> {
+        if address.is_empty() {
+            return Ok(false);
+        }
+        let address: String = address.chars().take(64).collect();
+        let now = self.queue.now();
+        let txn = thali_platform::db::begin_write(&self.db).await?;
+        let backend = sea_orm::ConnectionTrait::get_database_backend(&txn);
+        let inserted = sea_orm::ConnectionTrait::execute_raw(
+            &txn,
+            thali_platform::db::statement(
+                backend,
+                "INSERT INTO login_addresses (account_id, address, first_seen_at, last_seen_at) \
+                 VALUES ($1, $2, $3, $3) ON CONFLICT DO NOTHING",
+                vec![account_id.into(), address.clone().into(), now.into()],
+            ),
+        )
+        .await?;
+        let new = inserted.rows_affected() == 1;
+        if !new {
+            login_address::Entity::update_many()
+                .col_expr(login_address::Column::LastSeenAt, Expr::value(now))
+                .filter(login_address::Column::AccountId.eq(account_id))
+                .filter(login_address::Column::Address.eq(address.clone()))
+                .exec(&txn)
+                .await?;
+        }
+        let known = login_address::Entity::find()
+            .filter(login_address::Column::AccountId.eq(account_id))
+            .count(&txn)
+            .await?;
+        let tell = new && known > 1;
+        if tell {
+            let found = account::Entity::find_by_id(account_id)
+                .one(&txn)
+                .await?
+                .ok_or(IdentityError::Unauthenticated)?;
+            let event = thali_platform::events::new_event(
+                crate::workers::SERVICE,
+                format!("account:{account_id}"),
+                Some(account_id),
+                Payload::AccountLoginNewAddress(AccountLoginNewAddress {
+                    account_id: account_id.to_string(),
+                    email: found.email,
+                    ip_address: address,
+                }),
+                now,
+            );
+            thali_platform::events::publish(&txn, &self.queue, &event).await?;
+        }
+        txn.commit().await?;
+        Ok(tell)
     }
 
     /// The account with this id.

@@ -1,11 +1,20 @@
 //! Identity store on every configured backend (SQLite always; PostgreSQL with
 //! THALI_TEST_DATABASE_URL, required under CI=true).
+use std::sync::Arc;
 use thali_identity::{
     domain::{AccountStatus, IdentityError, NewAccount, Role, parse_api_key},
     store::{IdentityStore, RotateError},
 };
+
+use base64::Engine;
+use prost::Message;
+use sea_orm::{ConnectionTrait, DatabaseConnection};
 use thali_migrations::{Migrator, MigratorTrait};
-use thali_platform::testing;
+use thali_platform::{
+    jobs::{ManualClock, Queue},
+    testing,
+};
+use thali_proto::events::v1::{Event, event::Payload};
 
 async fn stores() -> Vec<(&'static str, IdentityStore)> {
     let mut out = Vec::new();
@@ -202,9 +211,10 @@ async fn a_new_account_and_its_account_created_event_commit_together() {
             state: None,
         };
         account(&store, "first@example.com").await;
+        // account.created, and the verification link's event.
         assert_eq!(
             admin::list(store.connection(), &filter, 10).await.unwrap().len(),
-            1,
+            2,
             "{backend}"
         );
         // A refused registration writes no event.
@@ -218,8 +228,168 @@ async fn a_new_account_and_its_account_created_event_commit_together() {
         );
         assert_eq!(
             admin::list(store.connection(), &filter, 10).await.unwrap().len(),
-            1,
+            2,
             "{backend}"
         );
+    }
+}
+
+/// Ten minutes past the current hour (moving it by minutes stays inside the hour).
+fn ten_past_the_hour() -> chrono::DateTime<chrono::Utc> {
+    let now = chrono::Utc::now().timestamp();
+    chrono::DateTime::from_timestamp(now - now % 3600 + 600, 0).unwrap()
+}
+
+/// A store whose clock the test moves.
+async fn clocked_stores() -> Vec<(&'static str, IdentityStore, Arc<ManualClock>, DatabaseConnection)> {
+    let mut out = Vec::new();
+    for t in testing::all().await {
+        Migrator::up(&t.db, None).await.unwrap();
+        let clock = Arc::new(ManualClock::new(ten_past_the_hour()));
+        let store = IdentityStore::with_queue(t.db.clone(), Queue::with_clock("identity", clock.clone()));
+        out.push((t.backend, store, clock, t.db));
+    }
+    out
+}
+
+/// The events identity wrote to its outbox, oldest first.
+async fn outbox(db: &DatabaseConnection) -> Vec<Event> {
+    let rows = db
+        .query_all_raw(sea_orm::Statement::from_string(
+            db.get_database_backend(),
+            "SELECT payload FROM jobs WHERE kind = 'events.relay' ORDER BY id",
+        ))
+        .await
+        .unwrap();
+    rows.iter()
+        .map(|row| {
+            let payload: String = row.try_get("", "payload").unwrap();
+            let json: serde_json::Value = serde_json::from_str(&payload).unwrap();
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(json["event"].as_str().unwrap())
+                .unwrap();
+            Event::decode(bytes.as_slice()).unwrap()
+        })
+        .collect()
+}
+
+/// The token of the newest mail of this kind in the outbox (the only place it exists unhashed).
+async fn mailed_token(db: &DatabaseConnection, reset: bool) -> String {
+    outbox(db)
+        .await
+        .into_iter()
+        .rev()
+        .find_map(|e| match e.payload {
+            Some(Payload::AccountPasswordResetRequested(p)) if reset => Some(p.token),
+            Some(Payload::AccountEmailVerificationRequested(p)) if !reset => Some(p.token),
+            _ => None,
+        })
+        .expect("a token was mailed")
+}
+
+#[tokio::test]
+async fn a_reset_token_works_once_expires_and_ends_every_session() {
+    for (backend, store, clock, db) in clocked_stores().await {
+        let id = account(&store, "reset@example.com").await;
+        let phone = store.start_family(id).await.unwrap();
+        let laptop = store.start_family(id).await.unwrap();
+
+        // Same answer for an address without an account, and nothing is mailed.
+        let before = outbox(&db).await.len();
+        assert!(!store.request_password_reset("nobody@example.com").await.unwrap());
+        assert_eq!(outbox(&db).await.len(), before, "{backend}");
+        assert!(store.request_password_reset("reset@example.com").await.unwrap());
+        let token = mailed_token(&db, true).await;
+        assert!(token.starts_with("thali_pr_"));
+
+        let (who, revoked) = store.reset_password(&token, "$argon2id$new".into()).await.unwrap();
+        assert_eq!(who, id);
+        assert!(revoked >= 2, "{backend}: {revoked}");
+        assert!(
+            !store.session_is_live(phone.family_id).await.unwrap(),
+            "{backend}: sessions end"
+        );
+        assert!(matches!(store.rotate(&laptop.token).await, Err(RotateError::Invalid)));
+        let (_, hash) = store.account_for_login("reset@example.com").await.unwrap().unwrap();
+        assert_eq!(hash, "$argon2id$new");
+
+        // Once only.
+        let again = store
+            .reset_password(&token, "$argon2id$other".into())
+            .await
+            .unwrap_err();
+        assert!(matches!(again, IdentityError::BadToken), "{backend}: {again:?}");
+
+        // Expired after 30 minutes.
+        store.request_password_reset("reset@example.com").await.unwrap();
+        let late = mailed_token(&db, true).await;
+        clock.advance(std::time::Duration::from_secs(31 * 60));
+        let err = store.reset_password(&late, "$argon2id$late".into()).await.unwrap_err();
+        assert!(matches!(err, IdentityError::BadToken), "{backend}: expired");
+
+        // A newer request makes the older link stop working.
+        store.request_password_reset("reset@example.com").await.unwrap();
+        let older = mailed_token(&db, true).await;
+        store.request_password_reset("reset@example.com").await.unwrap();
+        let newer = mailed_token(&db, true).await;
+        assert!(matches!(
+            store.reset_password(&older, "$argon2id$x".into()).await,
+            Err(IdentityError::BadToken)
+        ));
+        store.reset_password(&newer, "$argon2id$y".into()).await.unwrap();
+        // A made-up token is refused the same way.
+        assert!(matches!(
+            store.reset_password("thali_pr_made-up", "$argon2id$z".into()).await,
+            Err(IdentityError::BadToken)
+        ));
+    }
+}
+
+#[tokio::test]
+async fn the_verification_link_mailed_at_registration_verifies_the_email_once() {
+    for (backend, store, _clock, db) in clocked_stores().await {
+        let id = account(&store, "verify@example.com").await;
+        assert!(store.account(id).await.unwrap().email_verified_at.is_none());
+        let token = mailed_token(&db, false).await;
+        let verified = store.verify_email(&token).await.unwrap();
+        assert_eq!(verified.id, id);
+        assert!(verified.email_verified_at.is_some(), "{backend}");
+        assert!(matches!(store.verify_email(&token).await, Err(IdentityError::BadToken)));
+        // A reset token is not a verification token.
+        store.request_password_reset("verify@example.com").await.unwrap();
+        let reset = mailed_token(&db, true).await;
+        assert!(matches!(store.verify_email(&reset).await, Err(IdentityError::BadToken)));
+        // Verified: asking again mails nothing.
+        let before = outbox(&db).await.len();
+        store.request_email_verification(id).await.unwrap();
+        assert_eq!(outbox(&db).await.len(), before, "{backend}");
+    }
+}
+
+#[tokio::test]
+async fn a_sign_in_from_a_new_address_is_an_event_but_the_first_and_repeats_are_not() {
+    for (backend, store, _clock, db) in clocked_stores().await {
+        let id = account(&store, "where@example.com").await;
+        let told = |events: Vec<Event>| {
+            events
+                .into_iter()
+                .filter_map(|e| match e.payload {
+                    Some(Payload::AccountLoginNewAddress(p)) => Some(p.ip_address),
+                    _ => None,
+                })
+                .collect::<Vec<_>>()
+        };
+        assert!(
+            !store.note_login_address(id, "203.0.113.1").await.unwrap(),
+            "{backend}: the first"
+        );
+        assert!(!store.note_login_address(id, "203.0.113.1").await.unwrap());
+        assert!(
+            store.note_login_address(id, "198.51.100.7").await.unwrap(),
+            "{backend}: a new one"
+        );
+        assert!(!store.note_login_address(id, "198.51.100.7").await.unwrap());
+        assert!(!store.note_login_address(id, "").await.unwrap());
+        assert_eq!(told(outbox(&db).await), ["198.51.100.7"], "{backend}");
     }
 }

@@ -42,6 +42,24 @@ pub const CATALOGUE: &[Channels] = &[
         in_app: true,
         email: EmailPolicy::Optional,
     },
+    // Links with a single-use token, to the account's own address only.
+    Channels {
+        event_type: "account.email_verification_requested",
+        in_app: false,
+        email: EmailPolicy::Required,
+    },
+    Channels {
+        event_type: "account.password_reset_requested",
+        in_app: false,
+        email: EmailPolicy::Required,
+    },
+];
+
+/// Event types whose email carries a secret (a single-use token): their bodies are blanked
+/// once sent, and they are never sent to partner webhooks.
+pub const SECRET_BEARING: &[&str] = &[
+    "account.email_verification_requested",
+    "account.password_reset_requested",
 ];
 
 /// The channels of `event_type`, if the service knows it.
@@ -191,6 +209,9 @@ pub struct Incoming {
     pub account_id: Uuid,
     /// A recipient the event introduces or updates (`account.created`).
     pub recipient: Option<Recipient>,
+    /// The address the event names for its own email (a token goes to the address it was
+    /// requested for, not to one learnt earlier).
+    pub to: Option<String>,
     /// Values the templates show (besides the recipient's name).
     pub context: serde_json::Value,
     /// The account whose resource the event is about: only its webhook endpoints receive it.
@@ -250,6 +271,16 @@ impl Incoming {
                     "at": occurred_at.format("%Y-%m-%d %H:%M UTC").to_string(),
                 }),
             ),
+            Payload::AccountEmailVerificationRequested(p) => (
+                account("account_email_verification_requested.account_id", &p.account_id)?,
+                None,
+                serde_json::json!({ "token": p.token, "to": p.email }),
+            ),
+            Payload::AccountPasswordResetRequested(p) => (
+                account("account_password_reset_requested.account_id", &p.account_id)?,
+                None,
+                serde_json::json!({ "token": p.token, "to": p.email }),
+            ),
             Payload::ProductOutOfStock(p) => (
                 account("owner_account_id", &event.owner_account_id)?,
                 None,
@@ -259,6 +290,11 @@ impl Incoming {
                     "product_name": p.product_name,
                 }),
             ),
+        };
+        let to = match payload {
+            Payload::AccountEmailVerificationRequested(p) => Some(p.email.clone()),
+            Payload::AccountPasswordResetRequested(p) => Some(p.email.clone()),
+            _ => None,
         };
         let data = match payload {
             Payload::AccountCreated(p) => serde_json::json!({
@@ -271,6 +307,9 @@ impl Incoming {
                 "account_id": p.account_id,
                 "ip_address": p.ip_address,
             }),
+            // Never leaves for a webhook (see SECRET_BEARING); no token in it regardless.
+            Payload::AccountEmailVerificationRequested(p) => serde_json::json!({ "account_id": p.account_id }),
+            Payload::AccountPasswordResetRequested(p) => serde_json::json!({ "account_id": p.account_id }),
             Payload::ProductOutOfStock(p) => serde_json::json!({
                 "creator_id": p.creator_id,
                 "username": p.username,
@@ -283,6 +322,7 @@ impl Incoming {
             event_type,
             account_id,
             recipient,
+            to,
             context,
             owner,
             data,

@@ -19,7 +19,13 @@ use thali_platform::jobs::{Queue, Worker};
 use thali_proto::notifications::v1::notification_service_server::NotificationServiceServer;
 
 /// The event types the service subscribes to.
-pub const SUBSCRIBES_TO: &[&str] = &["account.created", "account.login_new_address", "product.out_of_stock"];
+pub const SUBSCRIBES_TO: &[&str] = &[
+    "account.created",
+    "account.login_new_address",
+    "account.email_verification_requested",
+    "account.password_reset_requested",
+    "product.out_of_stock",
+];
 
 /// The notifications service: its gRPC handlers, event sink and mailer.
 pub struct Notifications {
@@ -31,12 +37,14 @@ pub struct Notifications {
 impl Notifications {
     /// The service over `db`, sending mail with `mailer` and webhooks with `webhooks`. Fails if a
     /// template does not compile.
+    /// Links in messages point at `app_url` (the web app).
     pub fn new(
         db: DatabaseConnection,
         mailer: mail::Mailer,
         webhooks: webhooks::Sender,
+        app_url: &str,
     ) -> Result<Self, templates::TemplateError> {
-        Self::with_queue(db, Queue::new(workers::SERVICE), mailer, webhooks)
+        Self::with_queue(db, Queue::new(workers::SERVICE), mailer, webhooks, app_url)
     }
 
     /// The service writing its jobs on `queue` (tests pass one with a manual clock).
@@ -45,9 +53,10 @@ impl Notifications {
         queue: Queue,
         mailer: mail::Mailer,
         webhooks: webhooks::Sender,
+        app_url: &str,
     ) -> Result<Self, templates::TemplateError> {
         let store = store::NotificationStore::with_queue(db, queue);
-        let templates = Arc::new(templates::Templates::new()?);
+        let templates = Arc::new(templates::Templates::new(app_url)?);
         let grpc = Arc::new(grpc::NotificationsGrpc::new(
             store.clone(),
             templates.clone(),

@@ -365,8 +365,12 @@ impl NotificationStore {
                     .is_none_or(|p| p.email)
             }
         };
-        match (&recipient, wanted) {
-            (Some(recipient), true) => {
+        let address = incoming
+            .to
+            .clone()
+            .or_else(|| recipient.as_ref().map(|r| r.email.clone()));
+        match (address, wanted) {
+            (Some(address), true) => {
                 let mail = templates
                     .email(incoming.event_type, &context)
                     .map_err(template_failed)?;
@@ -382,7 +386,7 @@ impl NotificationStore {
                             incoming.account_id.into(),
                             incoming.event_id.into(),
                             incoming.event_type.into(),
-                            recipient.email.clone().into(),
+                            address.into(),
                             mail.subject.into(),
                             mail.text.into(),
                             mail.html.into(),
@@ -405,8 +409,12 @@ impl NotificationStore {
             (_, false) => {}
         }
 
-        // Partner webhooks: only the endpoints of the account whose resource this is.
-        if let Some(owner) = incoming.owner {
+        // Partner webhooks: only the endpoints of the account whose resource this is, and never
+        // an event that carries a secret.
+        if let Some(owner) = incoming
+            .owner
+            .filter(|_| !domain::SECRET_BEARING.contains(&incoming.event_type))
+        {
             let endpoints = endpoint::Entity::find()
                 .filter(endpoint::Column::AccountId.eq(owner))
                 .filter(endpoint::Column::State.eq("active"))
@@ -867,6 +875,19 @@ impl NotificationStore {
                 vec![state.into(), error.into(), sent_at.into(), id.into()],
             ))
             .await?;
+        // A sent message that carried a token keeps no copy of it.
+        if state != "queued" {
+            let mut values: Vec<sea_orm::Value> = vec![id.into()];
+            values.extend(domain::SECRET_BEARING.iter().map(|t| sea_orm::Value::from(*t)));
+            let placeholders: Vec<String> = (2..=values.len()).map(|i| format!("${i}")).collect();
+            let sql = format!(
+                "UPDATE notification_emails SET text_body = '', html_body = '' WHERE id = $1 AND template IN ({})",
+                placeholders.join(", ")
+            );
+            self.db
+                .execute_raw(statement(self.db.get_database_backend(), &sql, values))
+                .await?;
+        }
         Ok(())
     }
 }

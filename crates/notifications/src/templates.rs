@@ -70,6 +70,30 @@ const SOURCES: &[(&str, &str)] = &[
         "product.out_of_stock/email.html",
         include_str!("../templates/product.out_of_stock/email.html"),
     ),
+    (
+        "account.email_verification_requested/subject.txt",
+        include_str!("../templates/account.email_verification_requested/subject.txt"),
+    ),
+    (
+        "account.email_verification_requested/email.txt",
+        include_str!("../templates/account.email_verification_requested/email.txt"),
+    ),
+    (
+        "account.email_verification_requested/email.html",
+        include_str!("../templates/account.email_verification_requested/email.html"),
+    ),
+    (
+        "account.password_reset_requested/subject.txt",
+        include_str!("../templates/account.password_reset_requested/subject.txt"),
+    ),
+    (
+        "account.password_reset_requested/email.txt",
+        include_str!("../templates/account.password_reset_requested/email.txt"),
+    ),
+    (
+        "account.password_reset_requested/email.html",
+        include_str!("../templates/account.password_reset_requested/email.html"),
+    ),
     // Notices about a partner's own webhook endpoint (in-app only).
     (
         "webhook.delivery_failed/title.txt",
@@ -118,10 +142,12 @@ pub struct TemplateError {
 }
 
 impl Templates {
-    /// Compiles every template; fails on a syntax error.
-    pub fn new() -> Result<Self, TemplateError> {
+    /// Compiles every template; fails on a syntax error. `app_url` is where links in messages
+    /// point (the web app: `{{ app_url }}/reset-password?token=…`).
+    pub fn new(app_url: &str) -> Result<Self, TemplateError> {
         let mut env = Environment::new();
         env.set_undefined_behavior(UndefinedBehavior::Strict);
+        env.add_global("app_url", app_url.trim_end_matches('/').to_owned());
         for (name, source) in SOURCES {
             env.add_template(name, source).map_err(|source| TemplateError {
                 name: (*name).to_owned(),
@@ -129,9 +155,15 @@ impl Templates {
             })?;
         }
         let templates = Self { env };
-        // Every type in the catalogue has its whole set.
+        // Every type in the catalogue has the templates of its channels.
         for c in CATALOGUE {
-            for file in ["title.txt", "body.txt", "subject.txt", "email.txt", "email.html"] {
+            let in_app = if c.in_app { &["title.txt", "body.txt"][..] } else { &[] };
+            let email = if c.email == crate::domain::EmailPolicy::Never {
+                &[][..]
+            } else {
+                &["subject.txt", "email.txt", "email.html"][..]
+            };
+            for file in in_app.iter().chain(email) {
                 let name = format!("{}/{file}", c.event_type);
                 templates
                     .env
@@ -187,7 +219,7 @@ mod tests {
 
     #[test]
     fn html_escapes_values_and_text_keeps_them() {
-        let t = Templates::new().unwrap();
+        let t = Templates::new("https://app.thali.test").unwrap();
         let context = serde_json::json!({
             "name": "<script>alert(1)</script>",
             "email": "a@example.com",
@@ -211,7 +243,7 @@ mod tests {
 
     #[test]
     fn a_line_break_in_a_value_cannot_reach_the_subject() {
-        let t = Templates::new().unwrap();
+        let t = Templates::new("https://app.thali.test").unwrap();
         let context = serde_json::json!({
             "name": "Asha\r\nBcc: everyone@example.com",
             "email": "a@example.com",
@@ -223,7 +255,7 @@ mod tests {
 
     #[test]
     fn a_value_the_template_needs_but_lacks_is_an_error() {
-        let t = Templates::new().unwrap();
+        let t = Templates::new("https://app.thali.test").unwrap();
         let err = t
             .email("account.created", &serde_json::json!({ "name": "Asha" }))
             .unwrap_err();

@@ -29,6 +29,7 @@ use uuid::Uuid;
 use support::smtp::{Mode, SmtpServer};
 
 const FROM: &str = "Thali <no-reply@thali.test>";
+const APP: &str = "https://app.thali.test";
 
 async fn backends() -> Vec<TestDatabase> {
     let dbs = testing::all().await;
@@ -51,7 +52,7 @@ async fn quiet(worker: thali_platform::jobs::Worker) -> thali_platform::jobs::Wo
 }
 
 fn service(t: &TestDatabase, mailer: Mailer) -> Notifications {
-    Notifications::new(t.db.clone(), mailer, webhook_sender()).unwrap()
+    Notifications::new(t.db.clone(), mailer, webhook_sender(), APP).unwrap()
 }
 
 /// Webhooks to the test's own loopback receivers, with a short timeout.
@@ -305,7 +306,7 @@ async fn a_refused_recipient_fails_for_good_and_a_temporary_refusal_is_retried()
         let clock = Arc::new(ManualClock::new(ten_past_the_hour()));
         let queue = Queue::with_clock(SERVICE, clock.clone());
         let mailer = Mailer::smtp(&smtp.url, None, FROM, Duration::from_secs(5)).unwrap();
-        let n = Notifications::with_queue(t.db.clone(), queue.clone(), mailer, webhook_sender()).unwrap();
+        let n = Notifications::with_queue(t.db.clone(), queue.clone(), mailer, webhook_sender(), APP).unwrap();
         let schedule = RetrySchedule::fixed(&[Duration::from_secs(60)]).with_jitter(0.0);
         let worker = quiet(workers::job_worker_with(
             n.store().clone(),
@@ -462,4 +463,50 @@ async fn only_a_thali_service_can_deliver_an_event() {
 fn ten_past_the_hour() -> chrono::DateTime<chrono::Utc> {
     let now = chrono::Utc::now().timestamp();
     chrono::DateTime::from_timestamp(now - now % 3600 + 600, 0).unwrap()
+}
+
+#[tokio::test]
+async fn a_reset_link_goes_to_the_requested_address_and_no_copy_is_kept_once_sent() {
+    for t in backends().await {
+        let dir = mail_dir();
+        let n = service(&t, Mailer::files(dir.clone(), FROM).unwrap());
+        let worker = quiet(n.job_worker(Queue::new(SERVICE))).await;
+        let account = Uuid::now_v7();
+        n.sink()
+            .take(account_created(account, "old@example.com", "Asha"))
+            .await
+            .unwrap();
+        let reset = events::new_event(
+            "identity",
+            format!("account:{account}"),
+            Some(account),
+            Payload::AccountPasswordResetRequested(thali_proto::events::v1::AccountPasswordResetRequested {
+                account_id: account.to_string(),
+                email: "new@example.com".into(),
+                token: "thali_pr_secret-token".into(),
+                expires_at: None,
+            }),
+            chrono::Utc::now(),
+        );
+        n.sink().take(reset.clone()).await.unwrap();
+        // In-app stays about the welcome only: a reset is email-only.
+        assert_eq!(n.store().unread_count(account).await.unwrap(), 1, "{}", t.backend);
+        worker.run_once().await.unwrap();
+
+        let email = welcome_email(&n, &reset).await;
+        assert_eq!(email.outgoing.to, "new@example.com");
+        assert_eq!(email.state, "sent", "{}", t.backend);
+        assert!(
+            email.outgoing.text.is_empty() && email.outgoing.html.is_empty(),
+            "{}: blanked",
+            t.backend
+        );
+        let bytes = std::fs::read(dir.join(format!("{}.eml", email.outgoing.id))).unwrap();
+        let message = MessageParser::default().parse(&bytes).unwrap();
+        let text = message.body_text(0).unwrap();
+        assert!(
+            text.contains("https://app.thali.test/reset-password?token=thali_pr_secret-token"),
+            "{text}"
+        );
+    }
 }

@@ -131,6 +131,7 @@ async fn setup(t: &TestDatabase, delays: &[u64]) -> Setup {
         queue.clone(),
         Mailer::files(mail, "Thali <no-reply@thali.test>").unwrap(),
         Sender::new(Duration::from_secs(2), true),
+        "https://app.thali.test",
     )
     .unwrap();
     let delays: Vec<Duration> = delays.iter().map(|s| Duration::from_secs(*s)).collect();

@@ -17,6 +17,9 @@ pub enum SecurityEvent {
     ApiKeyRevoked,
     AccessDenied,
     AuthenticationFailed,
+    PasswordResetRequested,
+    PasswordReset,
+    EmailVerified,
 }
 
 impl SecurityEvent {
@@ -33,6 +36,9 @@ impl SecurityEvent {
             SecurityEvent::ApiKeyRevoked => "api_key.revoked",
             SecurityEvent::AccessDenied => "access.denied",
             SecurityEvent::AuthenticationFailed => "authentication.failed",
+            SecurityEvent::PasswordResetRequested => "password_reset.requested",
+            SecurityEvent::PasswordReset => "password_reset.done",
+            SecurityEvent::EmailVerified => "email.verified",
         }
     }
 }

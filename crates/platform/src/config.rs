@@ -55,6 +55,9 @@ pub struct Config {
     pub mail_from: String,
     /// Longest time one email send may take, connection to answer, seconds (`THALI_MAIL_TIMEOUT_S`).
     pub mail_timeout_s: u64,
+    /// The web app, where links in emails point (`THALI_APP_URL`), e.g.
+    /// `https://app.example.com` → `https://app.example.com/reset-password?token=…`.
+    pub app_url: String,
     /// Lets webhook endpoints be http:// and private or loopback addresses
     /// (`THALI_WEBHOOKS_ALLOW_INSECURE`): development and tests only.
     pub webhooks_allow_insecure: bool,
@@ -173,7 +176,8 @@ impl Config {
             .set_default("resolve_interval_s", 5)?
             .set_default("mail_from", "Thali <no-reply@thali.localhost>")?
             .set_default("mail_timeout_s", 30)?
-            .set_default("webhooks_allow_insecure", false)?;
+            .set_default("webhooks_allow_insecure", false)?
+            .set_default("app_url", "http://localhost:3000")?;
         if let Some(file) = file {
             builder = builder.add_source(config::File::from(file).required(false));
         }
@@ -268,6 +272,9 @@ impl Config {
             && !(url.starts_with("smtp://") || url.starts_with("smtps://"))
         {
             return invalid("smtp_url", "must start with smtp:// or smtps://");
+        }
+        if !(self.app_url.starts_with("https://") || self.app_url.starts_with("http://")) {
+            return invalid("app_url", "must be an http(s) URL");
         }
         if self.mail_timeout_s == 0 {
             return invalid("mail_timeout_s", "must be above 0");

@@ -38,6 +38,8 @@ pub fn type_of(payload: &Payload) -> &'static str {
         Payload::AccountCreated(_) => "account.created",
         Payload::AccountLoginNewAddress(_) => "account.login_new_address",
         Payload::ProductOutOfStock(_) => "product.out_of_stock",
+        Payload::AccountEmailVerificationRequested(_) => "account.email_verification_requested",
+        Payload::AccountPasswordResetRequested(_) => "account.password_reset_requested",
     }
 }
 

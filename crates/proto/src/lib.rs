@@ -44,6 +44,12 @@ pub mod identity {
             // Only touches the key's last use.
             VerifyApiKeyRequest => "VerifyApiKey", read;
             ListSigningKeysRequest => "ListSigningKeys", read;
+            // Each call mails a new token.
+            RequestEmailVerificationRequest => "RequestEmailVerification", never;
+            // A token works once: a repeat would fail.
+            VerifyEmailRequest => "VerifyEmail", never;
+            RequestPasswordResetRequest => "RequestPasswordReset", never;
+            ResetPasswordRequest => "ResetPassword", never;
         }
     }
 }

@@ -311,7 +311,7 @@ pub async fn start(cfg: &Config, part: Part) -> anyhow::Result<Platform> {
                 );
             }
             let webhooks = thali_notifications::webhooks::Sender::new(WEBHOOK_TIMEOUT, cfg.webhooks_allow_insecure);
-            let notifications = thali_notifications::Notifications::new(db.clone(), mailer, webhooks)
+            let notifications = thali_notifications::Notifications::new(db.clone(), mailer, webhooks, &cfg.app_url)
                 .context("notification templates")?;
             sinks = sinks.with(thali_notifications::workers::SERVICE, notifications.sink());
             job_workers.push(

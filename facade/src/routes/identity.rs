@@ -139,6 +139,98 @@ pub async fn logout(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Confirm an email address with the code from the verification email (once, within 30 minutes).
+#[utoipa::path(
+    post, path = "/api/v1/auth/verify-email", tag = "auth",
+    request_body = dto::VerifyEmail,
+    responses((status = 200, description = "Verified", body = dto::Account))
+)]
+pub async fn verify_email(
+    State(state): State<FacadeState>,
+    ApiJson(body): ApiJson<dto::VerifyEmail>,
+) -> Result<Json<dto::Account>, Problem> {
+    let res = state
+        .identity
+        .call(pb::VerifyEmailRequest { token: body.token }, |mut c, r| async move {
+            c.verify_email(r).await
+        })
+        .await?;
+    Ok(Json(res.into_inner().account.ok_or_else(|| missing("account"))?.into()))
+}
+
+/// Email the signed-in account a new verification link (nothing when already verified).
+#[utoipa::path(
+    post, path = "/api/v1/auth/verify-email/resend", tag = "auth",
+    responses((status = 202, description = "A new link is on its way if the address is unverified", body = dto::Accepted)),
+    security(("bearer" = []))
+)]
+pub async fn resend_verification(
+    State(state): State<FacadeState>,
+    caller: Caller,
+) -> Result<(StatusCode, Json<dto::Accepted>), Problem> {
+    state
+        .identity
+        .call(
+            caller.request(pb::RequestEmailVerificationRequest {}),
+            |mut c, r| async move { c.request_email_verification(r).await },
+        )
+        .await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(dto::Accepted {
+            status: "if the address is not verified yet, a new link is on its way".into(),
+        }),
+    ))
+}
+
+/// Ask for a password reset link. The answer is the same whether or not the address has an
+/// account.
+#[utoipa::path(
+    post, path = "/api/v1/auth/password-reset", tag = "auth",
+    request_body = dto::PasswordResetRequest,
+    responses((status = 202, description = "A link is on its way if the address has an account", body = dto::Accepted))
+)]
+pub async fn password_reset(
+    State(state): State<FacadeState>,
+    ApiJson(body): ApiJson<dto::PasswordResetRequest>,
+) -> Result<(StatusCode, Json<dto::Accepted>), Problem> {
+    state
+        .identity
+        .call(
+            pb::RequestPasswordResetRequest { email: body.email },
+            |mut c, r| async move { c.request_password_reset(r).await },
+        )
+        .await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(dto::Accepted {
+            status: "if this address has an account, a reset link is on its way".into(),
+        }),
+    ))
+}
+
+/// Set a new password with the code from the reset email (once, within 30 minutes). Every
+/// session of the account ends.
+#[utoipa::path(
+    post, path = "/api/v1/auth/password-reset/confirm", tag = "auth",
+    request_body = dto::PasswordResetConfirm,
+    responses((status = 204, description = "Password changed; every session ended"))
+)]
+pub async fn password_reset_confirm(
+    State(state): State<FacadeState>,
+    ApiJson(body): ApiJson<dto::PasswordResetConfirm>,
+) -> Result<StatusCode, Problem> {
+    let req = pb::ResetPasswordRequest {
+        token: body.token,
+        new_password: body.new_password,
+    };
+    state
+        .identity
+        .call(req, |mut c, r| async move { c.reset_password(r).await })
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 /// The signed-in account.
 #[utoipa::path(
     get, path = "/api/v1/auth/me", tag = "auth",

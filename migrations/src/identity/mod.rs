@@ -2,7 +2,11 @@
 use sea_orm_migration::MigrationTrait;
 
 mod m20261122_000001_accounts_sessions_keys;
+mod m20261122_000007_account_tokens;
 
 pub(crate) fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-    vec![Box::new(m20261122_000001_accounts_sessions_keys::Migration)]
+    vec![
+        Box::new(m20261122_000001_accounts_sessions_keys::Migration),
+        Box::new(m20261122_000007_account_tokens::Migration),
+    ]
 }
