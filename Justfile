@@ -39,6 +39,10 @@ load-test target="storefront":
 bench-jobs jobs="50000" samples="300":
     THALI_TEST_DATABASE_URL="${THALI_TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}" cargo run --release -q -p thali-tests --example jobs_bench -- {{jobs}} {{samples}}
 
+# Outbox latency: registration commit → welcome notification stored, whole platform on PostgreSQL (docs/perf/jobs.md).
+bench-outbox samples="300":
+    THALI_TEST_DATABASE_URL="${THALI_TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}" cargo run --release -q -p thali-tests --example outbox_bench -- {{samples}}
+
 # Cost of the gRPC client stack vs a raw channel, and breaker fail-fast latency (docs/perf/resilience.md).
 bench-client seconds="10" concurrency="64":
     cargo run --release -q -p thali-tests --example client_stack -- {{seconds}} {{concurrency}}

@@ -227,6 +227,9 @@ impl endpoint::Model {
     }
 }
 
+/// How long the inbox, settled emails and settled deliveries are kept.
+pub const RETENTION: chrono::TimeDelta = chrono::TimeDelta::days(30);
+
 /// How long the previous secret keeps signing after a rotation.
 pub const ROTATION_OVERLAP: chrono::TimeDelta = chrono::TimeDelta::hours(24);
 
@@ -447,6 +450,25 @@ impl NotificationStore {
         }
         txn.commit().await?;
         Ok(true)
+    }
+
+    /// Housekeeping: deletes inbox records, settled emails and settled webhook deliveries (with
+    /// their attempts) older than [`RETENTION`]. Returns how many rows.
+    pub async fn prune(&self, now: DateTime<Utc>) -> Result<u64, DbErr> {
+        let before = now - RETENTION;
+        let backend = self.db.get_database_backend();
+        let mut deleted = thali_platform::events::prune_inbox(&self.db, SERVICE, before).await?;
+        for sql in [
+            "DELETE FROM notification_emails WHERE state <> 'queued' AND created_at < $1",
+            "DELETE FROM webhook_deliveries WHERE state <> 'pending' AND created_at < $1",
+        ] {
+            deleted += self
+                .db
+                .execute_raw(statement(backend, sql, vec![before.into()]))
+                .await?
+                .rows_affected();
+        }
+        Ok(deleted)
     }
 
     /// Registers an endpoint for `account`; returns it and its secret (shown once).

@@ -23,6 +23,9 @@ pub const SEND_EMAIL: &str = "notifications.send_email";
 /// Sends one webhook delivery.
 pub const DELIVER_WEBHOOK: &str = "notifications.deliver_webhook";
 
+/// Hourly housekeeping of the service's own tables.
+pub const PRUNE: &str = "notifications.prune";
+
 /// Payload of [`SEND_EMAIL`].
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct SendEmail {
@@ -81,8 +84,13 @@ pub fn job_worker_with(
     let webhook_attempts = webhook.max_attempts();
     let (email_store, email_clock, mailer) = (store.clone(), queue.clone(), out.mailer.clone());
     let (hook_store, hook_clock) = (store.clone(), queue.clone());
+    let prune_store = store.clone();
     Worker::new(store.connection().clone(), queue)
         .with_housekeeping()
+        .prune_every(PRUNE, Duration::from_secs(3600), move |now| {
+            let store = prune_store.clone();
+            async move { store.prune(now).await }
+        })
         .handle(SEND_EMAIL, email, move |job| {
             send_email(email_store.clone(), email_clock.clone(), mailer.clone(), job)
         })

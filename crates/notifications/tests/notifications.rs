@@ -510,3 +510,43 @@ async fn a_reset_link_goes_to_the_requested_address_and_no_copy_is_kept_once_sen
         );
     }
 }
+
+#[tokio::test]
+async fn housekeeping_deletes_settled_mail_and_old_inbox_records_but_keeps_notifications() {
+    for t in backends().await {
+        let n = service(&t, Mailer::files(mail_dir(), FROM).unwrap());
+        let worker = quiet(n.job_worker(Queue::new(SERVICE))).await;
+        let account = Uuid::now_v7();
+        let event = account_created(account, "asha@example.com", "Asha");
+        n.sink().take(event.clone()).await.unwrap();
+        let now = chrono::Utc::now();
+        // Nothing settled yet, nothing old: nothing goes.
+        assert_eq!(
+            n.store().prune(now + chrono::TimeDelta::days(31)).await.unwrap(),
+            1,
+            "{}: the inbox row",
+            t.backend
+        );
+        worker.run_once().await.unwrap();
+        assert_eq!(n.store().prune(now + chrono::TimeDelta::days(1)).await.unwrap(), 0);
+        assert_eq!(
+            n.store().prune(now + chrono::TimeDelta::days(31)).await.unwrap(),
+            1,
+            "{}: the sent email",
+            t.backend
+        );
+        assert!(
+            n.store()
+                .emails_of_event(Uuid::parse_str(&event.id).unwrap())
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(
+            n.store().unread_count(account).await.unwrap(),
+            1,
+            "{}: notifications stay",
+            t.backend
+        );
+    }
+}

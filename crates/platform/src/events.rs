@@ -246,6 +246,18 @@ pub async fn accept<C: ConnectionTrait>(
     Ok(done.rows_affected() == 1)
 }
 
+/// Housekeeping of the inbox: deletes `service`'s records of events taken before `before`.
+/// Keep them longer than any redelivery can come (the relay gives up after about 32 minutes; an
+/// operator may retry a dead relay job later, so days, not minutes).
+pub async fn prune_inbox<C: ConnectionTrait>(conn: &C, service: &str, before: DateTime<Utc>) -> Result<u64, DbErr> {
+    let stmt = crate::db::statement(
+        conn.get_database_backend(),
+        "DELETE FROM inbox_events WHERE service = $1 AND received_at < $2",
+        vec![service.into(), before.into()],
+    );
+    Ok(conn.execute_raw(stmt).await?.rows_affected())
+}
+
 #[cfg(test)]
 mod tests {
     use thali_proto::events::v1::ProductOutOfStock;
