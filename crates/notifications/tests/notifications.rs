@@ -550,3 +550,32 @@ async fn housekeeping_deletes_settled_mail_and_old_inbox_records_but_keeps_notif
         );
     }
 }
+
+#[tokio::test]
+async fn the_smtp_password_comes_from_its_file_and_a_wrong_one_is_refused_for_good() {
+    let t = testing::sqlite().await;
+    Migrator::up(&t.db, None).await.unwrap();
+    let smtp = SmtpServer::start().await;
+    *smtp.login.lock().unwrap() = Some(("thali".into(), "s3cret pass".into()));
+    let dir = mail_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    let url = smtp.url.replace("smtp://", "smtp://thali@");
+    for (password, sent) in [("s3cret pass\n", true), ("wrong", false)] {
+        let file = dir.join(format!("password-{sent}"));
+        std::fs::write(&file, password).unwrap();
+        let mailer = Mailer::smtp(&url, Some(&file), FROM, Duration::from_secs(5)).unwrap();
+        let n = service(&t, mailer);
+        let worker = quiet(n.job_worker(Queue::new(SERVICE))).await;
+        let event = account_created(Uuid::now_v7(), "asha@example.com", "Asha");
+        n.sink().take(event.clone()).await.unwrap();
+        worker.run_once().await.unwrap();
+        let email = welcome_email(&n, &event).await;
+        if sent {
+            assert_eq!(email.state, "sent", "{:?}", email.last_error);
+        } else {
+            assert_eq!(email.state, "failed", "535 is permanent");
+            assert!(email.last_error.unwrap().contains("535"));
+        }
+    }
+    assert_eq!(smtp.messages().len(), 1);
+}

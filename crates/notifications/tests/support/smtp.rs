@@ -32,6 +32,9 @@ pub struct SmtpServer {
     pub url: String,
     pub received: Arc<Mutex<Vec<Received>>>,
     pub mode: Arc<Mutex<Mode>>,
+    /// When set, the server offers `AUTH PLAIN` and takes mail only after it with this
+    /// (user, password).
+    pub login: Arc<Mutex<Option<(String, String)>>>,
 }
 
 impl SmtpServer {
@@ -42,6 +45,7 @@ impl SmtpServer {
             url: format!("smtp://{addr}"),
             received: Arc::default(),
             mode: Arc::new(Mutex::new(Mode::Accept)),
+            login: Arc::default(),
         };
         let state = server.clone();
         tokio::spawn(async move {
@@ -68,6 +72,8 @@ impl SmtpServer {
         let mut lines = BufReader::new(read);
         write.write_all(b"220 localhost test ESMTP\r\n").await?;
         let (mut from, mut to) = (String::new(), Vec::new());
+        let login = self.login.lock().unwrap().clone();
+        let mut authenticated = login.is_none();
         let mut line = String::new();
         loop {
             line.clear();
@@ -78,11 +84,41 @@ impl SmtpServer {
             let verb = command.split([' ', ':']).next().unwrap_or("").to_ascii_uppercase();
             let mode = *self.mode.lock().unwrap();
             match verb.as_str() {
+                "EHLO" if login.is_some() => {
+                    write
+                        .write_all(b"250-localhost\r\n250-8BITMIME\r\n250-AUTH PLAIN\r\n250 SMTPUTF8\r\n")
+                        .await?
+                }
                 "EHLO" => {
                     write
                         .write_all(b"250-localhost\r\n250-8BITMIME\r\n250 SMTPUTF8\r\n")
                         .await?
                 }
+                "AUTH" => {
+                    // AUTH PLAIN <base64 of "\0user\0password">
+                    use base64::Engine;
+                    let given = command
+                        .split_whitespace()
+                        .nth(2)
+                        .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+                        .map(|raw| {
+                            String::from_utf8_lossy(&raw)
+                                .split('\0')
+                                .map(str::to_owned)
+                                .collect::<Vec<_>>()
+                        });
+                    let ok = match (&login, given.as_deref()) {
+                        (Some((user, password)), Some([_, u, p])) => u == user && p == password,
+                        _ => false,
+                    };
+                    if ok {
+                        authenticated = true;
+                        write.write_all(b"235 2.7.0 authenticated\r\n").await?;
+                    } else {
+                        write.write_all(b"535 5.7.8 bad credentials\r\n").await?;
+                    }
+                }
+                "MAIL" if !authenticated => write.write_all(b"530 5.7.0 authentication required\r\n").await?,
                 "HELO" => write.write_all(b"250 localhost\r\n").await?,
                 "MAIL" => {
                     from = address(&command);
