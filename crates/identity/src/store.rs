@@ -13,6 +13,7 @@ use sea_orm::{
 };
 use thali_platform::db::is_unique_violation;
 pub use thali_platform::idempotency::Idempotency;
+use thali_platform::idempotency::{Keys, Replay};
 use thali_proto::events::v1::{
     AccountCreated, AccountEmailVerificationRequested, AccountLoginNewAddress, AccountPasswordResetRequested,
     event::Payload,
@@ -162,29 +163,6 @@ pub mod login_throttle {
     impl ActiveModelBehavior for ActiveModel {}
 }
 
-pub mod idempotency {
-    use sea_orm::entity::prelude::*;
-
-    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
-    #[sea_orm(table_name = "identity_idempotency")]
-    pub struct Model {
-        #[sea_orm(primary_key, auto_increment = false)]
-        pub scope: String,
-        #[sea_orm(primary_key, auto_increment = false)]
-        pub subject: String,
-        #[sea_orm(primary_key, auto_increment = false)]
-        pub idempotency_key: String,
-        pub request_hash: String,
-        pub resource_id: Uuid,
-        pub created_at: DateTimeUtc,
-    }
-
-    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
-    pub enum Relation {}
-
-    impl ActiveModelBehavior for ActiveModel {}
-}
-
 impl From<DbErr> for IdentityError {
     fn from(err: DbErr) -> Self {
         if thali_platform::db::is_unavailable(&err) {
@@ -285,7 +263,8 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 const FAILURE_MEMORY: chrono::TimeDelta = chrono::TimeDelta::minutes(15);
 
 /// How long an idempotency key answers with its first result.
-const IDEMPOTENCY_WINDOW: chrono::TimeDelta = chrono::TimeDelta::hours(24);
+/// Identity's idempotency keys (ADR 0005; the rules live in `platform::idempotency`).
+const KEYS: Keys = Keys::new("identity_idempotency");
 
 /// The identity service's database.
 #[derive(Debug, Clone)]
@@ -337,28 +316,14 @@ impl IdentityStore {
 
     /// Housekeeping: deletes idempotency records past their window. Returns how many.
     pub async fn prune_idempotency(&self, now: DateTime<Utc>) -> Result<u64, DbErr> {
-        let done = idempotency::Entity::delete_many()
-            .filter(idempotency::Column::CreatedAt.lt(now - IDEMPOTENCY_WINDOW))
-            .exec(&self.db)
-            .await?;
-        Ok(done.rows_affected)
+        KEYS.prune(&self.db, now).await
     }
 
     async fn replay(&self, scope: &str, subject: &str, idem: &Idempotency) -> Result<Option<Uuid>, IdentityError> {
-        let found = idempotency::Entity::find_by_id((scope.to_owned(), subject.to_owned(), idem.key.clone()))
-            .one(&self.db)
-            .await?;
-        match found {
-            None => Ok(None),
-            // Keys are kept for a day (ADR 0005); after that the key is free again.
-            Some(row) if row.created_at < Utc::now() - IDEMPOTENCY_WINDOW => {
-                idempotency::Entity::delete_by_id((row.scope, row.subject, row.idempotency_key))
-                    .exec(&self.db)
-                    .await?;
-                Ok(None)
-            }
-            Some(row) if row.request_hash == idem.request_hash => Ok(Some(row.resource_id)),
-            Some(_) => Err(IdentityError::IdempotencyKeyReused),
+        match KEYS.replay(&self.db, scope, subject, idem, Utc::now()).await? {
+            Replay::Fresh => Ok(None),
+            Replay::Same(id) => Ok(Some(id)),
+            Replay::Conflict => Err(IdentityError::IdempotencyKeyReused),
         }
     }
 
@@ -380,26 +345,16 @@ impl IdentityStore {
         let id = Uuid::now_v7();
         let now = Utc::now();
         let txn = self.db.begin().await?;
-        if let Some(idem) = idem {
-            let row = idempotency::ActiveModel {
-                scope: Set(SCOPE.to_owned()),
-                subject: Set(new.email.clone()),
-                idempotency_key: Set(idem.key.clone()),
-                request_hash: Set(idem.request_hash.clone()),
-                resource_id: Set(id),
-                created_at: Set(now),
-            };
-            if let Err(e) = idempotency::Entity::insert(row).exec_without_returning(&txn).await {
-                drop(txn);
-                if is_unique_violation(&e) {
-                    let id = self
-                        .replay(SCOPE, &new.email, idem)
-                        .await?
-                        .ok_or(IdentityError::Unavailable)?;
-                    return self.account(id).await;
-                }
-                return Err(e.into());
-            }
+        if let Some(idem) = idem
+            && !KEYS.claim(&txn, SCOPE, &new.email, idem, id, now).await?
+        {
+            // A concurrent request with the same key committed first: answer with its account.
+            drop(txn);
+            let id = self
+                .replay(SCOPE, &new.email, idem)
+                .await?
+                .ok_or(IdentityError::Unavailable)?;
+            return self.account(id).await;
         }
         let row = account::ActiveModel {
             id: Set(id),

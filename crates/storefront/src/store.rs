@@ -8,6 +8,7 @@ use sea_orm::{
 };
 use thali_platform::db::is_unique_violation;
 pub use thali_platform::idempotency::Idempotency;
+use thali_platform::idempotency::{Keys, Replay};
 use thali_proto::events::v1::{ProductOutOfStock, event::Payload};
 use uuid::Uuid;
 
@@ -59,29 +60,6 @@ pub mod product {
         pub created_at: DateTimeUtc,
         pub updated_at: DateTimeUtc,
         pub archived_at: Option<DateTimeUtc>,
-    }
-
-    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
-    pub enum Relation {}
-
-    impl ActiveModelBehavior for ActiveModel {}
-}
-
-pub mod idempotency {
-    use sea_orm::entity::prelude::*;
-
-    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
-    #[sea_orm(table_name = "storefront_idempotency")]
-    pub struct Model {
-        #[sea_orm(primary_key, auto_increment = false)]
-        pub scope: String,
-        #[sea_orm(primary_key, auto_increment = false)]
-        pub subject: String,
-        #[sea_orm(primary_key, auto_increment = false)]
-        pub idempotency_key: String,
-        pub request_hash: String,
-        pub resource_id: Uuid,
-        pub created_at: DateTimeUtc,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -153,8 +131,8 @@ impl From<product::Model> for Product {
     }
 }
 
-/// How long an idempotency key answers with its first result.
-const IDEMPOTENCY_WINDOW: chrono::TimeDelta = chrono::TimeDelta::hours(24);
+/// The storefront's idempotency keys (ADR 0005; the rules live in `platform::idempotency`).
+const KEYS: Keys = Keys::new("storefront_idempotency");
 
 /// The storefront's database.
 #[derive(Debug, Clone)]
@@ -181,29 +159,15 @@ impl StorefrontStore {
 
     /// Housekeeping: deletes idempotency records past their window. Returns how many.
     pub async fn prune_idempotency(&self, now: chrono::DateTime<Utc>) -> Result<u64, sea_orm::DbErr> {
-        let done = idempotency::Entity::delete_many()
-            .filter(idempotency::Column::CreatedAt.lt(now - IDEMPOTENCY_WINDOW))
-            .exec(&self.db)
-            .await?;
-        Ok(done.rows_affected)
+        KEYS.prune(&self.db, now).await
     }
 
     /// Looks up a key already used by `subject` in `scope`.
     async fn replay(&self, scope: &str, subject: &str, idem: &Idempotency) -> Result<Option<Uuid>, StorefrontError> {
-        let found = idempotency::Entity::find_by_id((scope.to_owned(), subject.to_owned(), idem.key.clone()))
-            .one(&self.db)
-            .await?;
-        match found {
-            None => Ok(None),
-            // Keys are kept for a day (ADR 0005); after that the key is free again.
-            Some(row) if row.created_at < Utc::now() - IDEMPOTENCY_WINDOW => {
-                idempotency::Entity::delete_by_id((row.scope, row.subject, row.idempotency_key))
-                    .exec(&self.db)
-                    .await?;
-                Ok(None)
-            }
-            Some(row) if row.request_hash == idem.request_hash => Ok(Some(row.resource_id)),
-            Some(_) => Err(StorefrontError::IdempotencyKeyReused),
+        match KEYS.replay(&self.db, scope, subject, idem, Utc::now()).await? {
+            Replay::Fresh => Ok(None),
+            Replay::Same(id) => Ok(Some(id)),
+            Replay::Conflict => Err(StorefrontError::IdempotencyKeyReused),
         }
     }
 
@@ -217,19 +181,7 @@ impl StorefrontStore {
         idem: &Idempotency,
         resource_id: Uuid,
     ) -> Result<bool, StorefrontError> {
-        let row = idempotency::ActiveModel {
-            scope: Set(scope.to_owned()),
-            subject: Set(subject.to_owned()),
-            idempotency_key: Set(idem.key.clone()),
-            request_hash: Set(idem.request_hash.clone()),
-            resource_id: Set(resource_id),
-            created_at: Set(Utc::now()),
-        };
-        match idempotency::Entity::insert(row).exec_without_returning(txn).await {
-            Ok(_) => Ok(true),
-            Err(e) if is_unique_violation(&e) => Ok(false),
-            Err(e) => Err(e.into()),
-        }
+        Ok(KEYS.claim(txn, scope, subject, idem, resource_id, Utc::now()).await?)
     }
 
     /// Creates a creator page owned by `owner`.
