@@ -1,0 +1,545 @@
+//! Booking rules: opening hours (several ranges a day, ranges past midnight), closures, the
+//! booking window, slot arithmetic in the restaurant's IANA zone across DST changes, table
+//! choice and cancellation. Pure: no I/O, no database, no gRPC. Instants are UTC; local
+//! times exist only at the edges (a guest's `YYYY-MM-DDTHH:MM`, a day's list of starts).
+use chrono::{DateTime, Datelike, Duration, LocalResult, NaiveDate, NaiveDateTime, NaiveTime, TimeZone, Utc, Weekday};
+use chrono_tz::Tz;
+use thali_platform::errors::Violation;
+
+/// Opening-hour entries one restaurant may have (several per weekday).
+pub const HOURS_MAX: usize = 28;
+
+/// How a restaurant takes bookings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Policy {
+    /// Starts are offered on this grid from each opening (default 15 min).
+    pub slot: Duration,
+    /// How long a table is held by one booking (default 90 min).
+    pub sitting: Duration,
+    /// How far ahead guests may book (default 60 days).
+    pub window: Duration,
+    /// How soon a booking may start at the earliest (default 30 min from now).
+    pub lead: Duration,
+    /// Until how long before the start a guest may cancel (default 2 h).
+    pub cancel_cutoff: Duration,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            slot: Duration::minutes(15),
+            sitting: Duration::minutes(90),
+            window: Duration::days(60),
+            lead: Duration::minutes(30),
+            cancel_cutoff: Duration::hours(2),
+        }
+    }
+}
+
+/// One opening range: on `weekday`, from `opens` to `closes` local time; `closes` at or before
+/// `opens` means the range ends the next day.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HoursRange {
+    pub weekday: Weekday,
+    pub opens: NaiveTime,
+    pub closes: NaiveTime,
+}
+
+impl HoursRange {
+    fn length(&self) -> Duration {
+        let d = self.closes - self.opens;
+        if d <= Duration::zero() {
+            d + Duration::days(1)
+        } else {
+            d
+        }
+    }
+}
+
+/// Days the restaurant is closed, `from` to `to` inclusive (local dates).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Closure {
+    pub from: NaiveDate,
+    pub to: NaiveDate,
+}
+
+/// When a restaurant is open and how it books.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Schedule {
+    pub tz: Tz,
+    pub hours: Vec<HoursRange>,
+    pub closures: Vec<Closure>,
+    pub policy: Policy,
+}
+
+/// Why a start cannot be booked (stable reasons for the API).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum StartRefused {
+    /// The sitting does not fit inside one opening range, or the day is closed.
+    #[error("the restaurant is not open for a whole sitting at that time")]
+    OutsideHours,
+    /// Not on the slot grid of its opening range.
+    #[error("bookings start on the restaurant's slot grid")]
+    NotASlot,
+    #[error("that start is too soon")]
+    TooSoon,
+    #[error("that start is beyond the booking window")]
+    TooFar,
+}
+
+/// A local date-time a guest gave that names no single instant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum LocalTimeError {
+    #[error("expected YYYY-MM-DDTHH:MM")]
+    Malformed,
+    /// Skipped by a DST change (e.g. 02:30 on the night clocks go forward).
+    #[error("that time does not exist in the restaurant's time zone (a daylight-saving change)")]
+    DoesNotExist,
+}
+
+/// Parses an IANA zone name (`Asia/Kolkata`).
+pub fn parse_zone(name: &str) -> Result<Tz, String> {
+    name.parse::<Tz>()
+        .map_err(|_| format!("{name:?} is not an IANA time zone"))
+}
+
+/// `YYYY-MM-DDTHH:MM` in `tz` as an instant. A time skipped by a DST change is refused; a time
+/// that happens twice takes the earlier (the first occurrence).
+pub fn local_start(tz: Tz, text: &str) -> Result<DateTime<Utc>, LocalTimeError> {
+    let naive = NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M").map_err(|_| LocalTimeError::Malformed)?;
+    at_local(tz, naive).ok_or(LocalTimeError::DoesNotExist)
+}
+
+fn at_local(tz: Tz, naive: NaiveDateTime) -> Option<DateTime<Utc>> {
+    match tz.from_local_datetime(&naive) {
+        LocalResult::Single(t) => Some(t.with_timezone(&Utc)),
+        LocalResult::Ambiguous(earlier, later) => Some(earlier.min(later).with_timezone(&Utc)),
+        LocalResult::None => None,
+    }
+}
+
+/// The first instant at or after a local time that a DST gap skipped (the gap's end).
+fn at_or_after_local(tz: Tz, naive: NaiveDateTime) -> DateTime<Utc> {
+    let mut probe = naive;
+    for _ in 0..(4 * 60) {
+        if let Some(t) = at_local(tz, probe) {
+            return t;
+        }
+        probe += Duration::minutes(1);
+    }
+    // No zone has a gap of four hours.
+    Utc.from_utc_datetime(&naive)
+}
+
+/// Parses `HH:MM`.
+pub fn parse_time(text: &str) -> Option<NaiveTime> {
+    NaiveTime::parse_from_str(text, "%H:%M").ok()
+}
+
+/// Parses a weekday name (`monday` … `sunday`).
+pub fn parse_weekday(text: &str) -> Option<Weekday> {
+    match text {
+        "monday" => Some(Weekday::Mon),
+        "tuesday" => Some(Weekday::Tue),
+        "wednesday" => Some(Weekday::Wed),
+        "thursday" => Some(Weekday::Thu),
+        "friday" => Some(Weekday::Fri),
+        "saturday" => Some(Weekday::Sat),
+        "sunday" => Some(Weekday::Sun),
+        _ => None,
+    }
+}
+
+/// Checks a week of opening hours: `(weekday, opens, closes)` entries, several per day allowed,
+/// no two overlapping (an overnight range overlaps the next day's early ranges too).
+pub fn parse_hours(entries: &[(&str, &str, &str)]) -> Result<Vec<HoursRange>, Vec<Violation>> {
+    let mut violations = Vec::new();
+    if entries.len() > HOURS_MAX {
+        violations.push(Violation::new("hours", format!("at most {HOURS_MAX} entries")));
+    }
+    let mut ranges = Vec::new();
+    for (i, (weekday, opens, closes)) in entries.iter().enumerate() {
+        let field = |name: &str| format!("hours[{i}].{name}");
+        let day = parse_weekday(weekday);
+        let (o, c) = (parse_time(opens), parse_time(closes));
+        if day.is_none() {
+            violations.push(Violation::new(field("weekday"), "must be monday … sunday"));
+        }
+        if o.is_none() {
+            violations.push(Violation::new(field("opens"), "must be HH:MM"));
+        }
+        if c.is_none() {
+            violations.push(Violation::new(field("closes"), "must be HH:MM"));
+        }
+        if let (Some(weekday), Some(opens), Some(closes)) = (day, o, c) {
+            if opens == closes {
+                violations.push(Violation::new(field("closes"), "must differ from opens"));
+            } else {
+                ranges.push((i, HoursRange { weekday, opens, closes }));
+            }
+        }
+    }
+    // Overlaps, on a week of minutes (an overnight Sunday range wraps to Monday).
+    const WEEK: i64 = 7 * 24 * 60;
+    let span = |r: &HoursRange| {
+        let start = i64::from(r.weekday.num_days_from_monday()) * 24 * 60
+            + r.opens.signed_duration_since(NaiveTime::MIN).num_minutes();
+        (start, start + r.length().num_minutes())
+    };
+    for (a_index, (i, a)) in ranges.iter().enumerate() {
+        for (j, b) in ranges.iter().skip(a_index + 1) {
+            let (a0, a1) = span(a);
+            let (b0, b1) = span(b);
+            let overlaps = [0, WEEK, -WEEK].iter().any(|shift| a0 < b1 + shift && b0 + shift < a1);
+            if overlaps {
+                violations.push(Violation::new(format!("hours[{j}]"), format!("overlaps hours[{i}]")));
+            }
+        }
+    }
+    if violations.is_empty() {
+        Ok(ranges.into_iter().map(|(_, r)| r).collect())
+    } else {
+        Err(violations)
+    }
+}
+
+/// One occurrence of an opening range: the local date it opens on and its instants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Opening {
+    date: NaiveDate,
+    opens: DateTime<Utc>,
+    closes: DateTime<Utc>,
+}
+
+impl Schedule {
+    fn closed_on(&self, date: NaiveDate) -> bool {
+        self.closures.iter().any(|c| c.from <= date && date <= c.to)
+    }
+
+    /// The openings whose range starts on local `date` (closures removed).
+    fn openings_on(&self, date: NaiveDate) -> Vec<Opening> {
+        if self.closed_on(date) {
+            return Vec::new();
+        }
+        let mut out: Vec<Opening> = self
+            .hours
+            .iter()
+            .filter(|r| r.weekday == date.weekday())
+            .map(|r| {
+                let opens = at_or_after_local(self.tz, date.and_time(r.opens));
+                let close_date = if r.closes <= r.opens {
+                    date.succ_opt().unwrap_or(date)
+                } else {
+                    date
+                };
+                let closes = at_or_after_local(self.tz, close_date.and_time(r.closes));
+                Opening { date, opens, closes }
+            })
+            .collect();
+        out.sort_by_key(|o| o.opens);
+        out
+    }
+
+    /// The opening a sitting from `start` fits in whole, if any.
+    fn opening_for(&self, start: DateTime<Utc>) -> Option<Opening> {
+        let local = start.with_timezone(&self.tz).date_naive();
+        let end = start + self.policy.sitting;
+        [local.pred_opt(), Some(local)]
+            .into_iter()
+            .flatten()
+            .flat_map(|d| self.openings_on(d))
+            .find(|o| o.opens <= start && end <= o.closes)
+    }
+
+    /// Whether `start` may be booked at `now`: within the window, the sitting inside one opening
+    /// range of a day that is not closed, on that range's slot grid.
+    pub fn check_start(&self, start: DateTime<Utc>, now: DateTime<Utc>) -> Result<(), StartRefused> {
+        if start < now + self.policy.lead {
+            return Err(StartRefused::TooSoon);
+        }
+        if start > now + self.policy.window {
+            return Err(StartRefused::TooFar);
+        }
+        let opening = self.opening_for(start).ok_or(StartRefused::OutsideHours)?;
+        let offset = (start - opening.opens).num_seconds();
+        if offset % self.policy.slot.num_seconds() != 0 {
+            return Err(StartRefused::NotASlot);
+        }
+        Ok(())
+    }
+
+    /// The starts of local `date` that may be booked at `now`, in order: from each opening, every
+    /// slot whose whole sitting fits before the range closes. Stepping is in real time, so a day
+    /// with a DST change has its true number of starts.
+    pub fn starts_on(&self, date: NaiveDate, now: DateTime<Utc>) -> Vec<DateTime<Utc>> {
+        let mut starts = Vec::new();
+        for opening in self.openings_on(date) {
+            let mut t = opening.opens;
+            while t + self.policy.sitting <= opening.closes {
+                if self.check_start(t, now).is_ok() {
+                    starts.push(t);
+                }
+                t += self.policy.slot;
+            }
+        }
+        starts.sort();
+        starts.dedup();
+        starts
+    }
+}
+
+/// The grid cells (epoch-aligned, `slot` long) a sitting from `start` to `end` covers: the rows a
+/// holding booking writes on SQLite, where a unique (table, cell) index refuses overlaps.
+pub fn cells(start: DateTime<Utc>, end: DateTime<Utc>, slot: Duration) -> Vec<i64> {
+    let step = slot.num_seconds().max(60);
+    let first = start.timestamp().div_euclid(step);
+    let last = (end.timestamp() - 1).div_euclid(step);
+    (first..=last).collect()
+}
+
+/// A table as booking sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TableFit {
+    pub id: uuid::Uuid,
+    pub min_seats: i32,
+    pub max_seats: i32,
+    pub active: bool,
+}
+
+/// The tables a party of `party` may take, best first: the smallest that fits (fewest spare
+/// seats), then the lowest minimum, then by id.
+pub fn fitting_tables(tables: &[TableFit], party: i32) -> Vec<TableFit> {
+    let mut fit: Vec<TableFit> = tables
+        .iter()
+        .copied()
+        .filter(|t| t.active && t.min_seats <= party && party <= t.max_seats)
+        .collect();
+    fit.sort_by_key(|t| (t.max_seats, t.min_seats, t.id));
+    fit
+}
+
+/// Whether a booking starting at `start` may still be cancelled at `now`: the owner any time
+/// before it ends, the guest until the cutoff.
+pub fn may_cancel(policy: &Policy, start: DateTime<Utc>, now: DateTime<Utc>, by_owner: bool) -> bool {
+    if by_owner {
+        now < start + policy.sitting
+    } else {
+        now <= start - policy.cancel_cutoff
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(s: &str) -> NaiveDate {
+        NaiveDate::parse_from_str(s, "%Y-%m-%d").unwrap()
+    }
+
+    fn utc(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    fn schedule(tz: &str, hours: &[(&str, &str, &str)]) -> Schedule {
+        Schedule {
+            tz: parse_zone(tz).unwrap(),
+            hours: parse_hours(hours).unwrap(),
+            closures: Vec::new(),
+            policy: Policy::default(),
+        }
+    }
+
+    /// Ten days before `date`: inside the 60-day window, past the lead time.
+    fn days_before(date: &str) -> DateTime<Utc> {
+        d(date).and_hms_opt(0, 0, 0).unwrap().and_utc() - Duration::days(10)
+    }
+
+    #[test]
+    fn several_ranges_a_day_and_a_range_past_midnight() {
+        // Kolkata has no DST: +05:30 all year.
+        let s = schedule(
+            "Asia/Kolkata",
+            &[("friday", "12:00", "15:00"), ("friday", "19:00", "01:00")],
+        );
+        let friday = d("2026-03-06");
+        assert_eq!(friday.weekday(), Weekday::Fri);
+        let now = days_before("2026-03-06");
+        let starts = s.starts_on(friday, now);
+        // Lunch: 12:00 … 13:30 (7 starts); dinner: 19:00 … 23:30 (19 starts).
+        assert_eq!(starts.len(), 7 + 19);
+        let local = |i: usize| starts[i].with_timezone(&s.tz).format("%a %H:%M").to_string();
+        assert_eq!(local(0), "Fri 12:00");
+        assert_eq!(local(6), "Fri 13:30");
+        assert_eq!(local(7), "Fri 19:00");
+        assert_eq!(local(25), "Fri 23:30");
+        // 23:30 Friday runs to 01:00 Saturday: inside Friday's overnight range.
+        assert!(
+            s.check_start(local_start(s.tz, "2026-03-06T23:30").unwrap(), now)
+                .is_ok()
+        );
+        // 23:45 would end 01:15: past closing. 15:00 is between ranges.
+        assert_eq!(
+            s.check_start(local_start(s.tz, "2026-03-06T23:45").unwrap(), now),
+            Err(StartRefused::OutsideHours)
+        );
+        assert_eq!(
+            s.check_start(local_start(s.tz, "2026-03-06T14:00").unwrap(), now),
+            Err(StartRefused::OutsideHours)
+        );
+        assert_eq!(
+            s.check_start(local_start(s.tz, "2026-03-06T12:10").unwrap(), now),
+            Err(StartRefused::NotASlot)
+        );
+        // Saturday has no hours of its own.
+        assert!(s.starts_on(d("2026-03-07"), now).is_empty());
+    }
+
+    #[test]
+    fn a_closure_removes_its_days_including_their_overnight_ranges() {
+        let mut s = schedule(
+            "Asia/Kolkata",
+            &[("friday", "19:00", "01:00"), ("saturday", "19:00", "23:00")],
+        );
+        s.closures.push(Closure {
+            from: d("2026-03-06"),
+            to: d("2026-03-06"),
+        });
+        let now = days_before("2026-03-06");
+        assert!(s.starts_on(d("2026-03-06"), now).is_empty());
+        assert_eq!(
+            s.check_start(local_start(s.tz, "2026-03-06T23:00").unwrap(), now),
+            Err(StartRefused::OutsideHours)
+        );
+        assert!(!s.starts_on(d("2026-03-07"), now).is_empty(), "the next day is open");
+    }
+
+    #[test]
+    fn the_window_and_the_lead_time_bound_starts() {
+        let s = schedule(
+            "Asia/Kolkata",
+            &[("monday", "08:00", "23:00"), ("tuesday", "08:00", "23:00")],
+        );
+        let now = local_start(s.tz, "2026-03-09T12:00").unwrap();
+        let too_soon = local_start(s.tz, "2026-03-09T12:15").unwrap();
+        assert_eq!(s.check_start(too_soon, now), Err(StartRefused::TooSoon));
+        assert!(
+            s.check_start(local_start(s.tz, "2026-03-09T12:30").unwrap(), now)
+                .is_ok()
+        );
+        let starts = s.starts_on(d("2026-03-09"), now);
+        assert_eq!(starts[0], local_start(s.tz, "2026-03-09T12:30").unwrap());
+        let far = local_start(s.tz, "2026-05-11T12:00").unwrap();
+        assert_eq!(s.check_start(far, now), Err(StartRefused::TooFar));
+    }
+
+    #[test]
+    fn slots_across_the_spring_forward_night_in_new_york() {
+        // 2026-03-08: at 02:00 EST clocks go to 03:00 EDT.
+        let s = schedule("America/New_York", &[("sunday", "00:00", "04:00")]);
+        assert_eq!(local_start(s.tz, "2026-03-08T02:30"), Err(LocalTimeError::DoesNotExist));
+        let starts = s.starts_on(d("2026-03-08"), days_before("2026-03-08"));
+        // 00:00 EST = 05:00Z … 04:00 EDT = 08:00Z: three real hours, so (180 - 90) / 15 + 1.
+        assert_eq!(starts.len(), 7);
+        assert_eq!(starts[0], utc("2026-03-08T05:00:00Z"));
+        assert_eq!(*starts.last().unwrap(), utc("2026-03-08T06:30:00Z"));
+        // Shown locally, the last start reads 01:30 EST; 01:45 + 90 min runs past 04:00 EDT.
+        assert_eq!(starts[6].with_timezone(&s.tz).format("%H:%M").to_string(), "01:30");
+    }
+
+    #[test]
+    fn a_repeated_local_time_in_the_fall_takes_the_earlier_offset() {
+        // 2026-11-01: at 02:00 EDT clocks go back to 01:00 EST, so 01:30 happens twice.
+        let tz = parse_zone("America/New_York").unwrap();
+        assert_eq!(
+            local_start(tz, "2026-11-01T01:30").unwrap(),
+            utc("2026-11-01T05:30:00Z")
+        );
+        let s = schedule("America/New_York", &[("sunday", "00:00", "04:00")]);
+        // 00:00 EDT = 04:00Z … 04:00 EST = 09:00Z: five real hours.
+        assert_eq!(
+            s.starts_on(d("2026-11-01"), days_before("2026-11-01")).len(),
+            (300 - 90) / 15 + 1
+        );
+        assert_eq!(local_start(tz, "2026-11-01 01:30"), Err(LocalTimeError::Malformed));
+    }
+
+    #[test]
+    fn hours_are_checked_field_by_field_and_may_not_overlap() {
+        let err = parse_hours(&[("funday", "25:00", "10:00")]).unwrap_err();
+        let fields: Vec<_> = err.iter().map(|v| v.field.as_str()).collect();
+        assert_eq!(fields, ["hours[0].weekday", "hours[0].opens"]);
+        assert!(parse_hours(&[("monday", "10:00", "10:00")]).is_err());
+        let overlap = parse_hours(&[("monday", "10:00", "14:00"), ("monday", "13:00", "16:00")]).unwrap_err();
+        assert_eq!(overlap[0].field, "hours[1]");
+        // Sunday night past midnight runs into Monday morning.
+        assert!(parse_hours(&[("sunday", "20:00", "02:00"), ("monday", "01:00", "05:00")]).is_err());
+        assert!(parse_hours(&[("sunday", "20:00", "02:00"), ("monday", "02:00", "05:00")]).is_ok());
+    }
+
+    #[test]
+    fn the_smallest_fitting_active_table_comes_first() {
+        let id = |n: u128| uuid::Uuid::from_u128(n);
+        let tables = [
+            TableFit {
+                id: id(1),
+                min_seats: 2,
+                max_seats: 8,
+                active: true,
+            },
+            TableFit {
+                id: id(2),
+                min_seats: 1,
+                max_seats: 4,
+                active: true,
+            },
+            TableFit {
+                id: id(3),
+                min_seats: 3,
+                max_seats: 4,
+                active: true,
+            },
+            TableFit {
+                id: id(4),
+                min_seats: 1,
+                max_seats: 4,
+                active: false,
+            },
+            TableFit {
+                id: id(5),
+                min_seats: 5,
+                max_seats: 6,
+                active: true,
+            },
+        ];
+        let ids = |party| fitting_tables(&tables, party).iter().map(|t| t.id).collect::<Vec<_>>();
+        assert_eq!(ids(3), [id(2), id(3), id(1)]);
+        assert_eq!(ids(2), [id(2), id(1)]);
+        assert_eq!(ids(9), Vec::<uuid::Uuid>::new());
+    }
+
+    #[test]
+    fn a_sitting_covers_whole_grid_cells() {
+        let start = utc("2026-03-06T13:30:00Z");
+        let cells = cells(start, start + Duration::minutes(90), Duration::minutes(15));
+        assert_eq!(cells.len(), 6);
+        let next = super::cells(
+            start + Duration::minutes(90),
+            start + Duration::minutes(180),
+            Duration::minutes(15),
+        );
+        assert!(
+            cells.iter().all(|c| !next.contains(c)),
+            "back-to-back sittings share no cell"
+        );
+    }
+
+    #[test]
+    fn guests_cancel_until_the_cutoff_and_owners_until_the_end() {
+        let p = Policy::default();
+        let start = utc("2026-03-06T19:00:00Z");
+        assert!(may_cancel(&p, start, utc("2026-03-06T17:00:00Z"), false));
+        assert!(!may_cancel(&p, start, utc("2026-03-06T17:01:00Z"), false));
+        assert!(may_cancel(&p, start, utc("2026-03-06T20:00:00Z"), true));
+        assert!(!may_cancel(&p, start, utc("2026-03-06T20:30:00Z"), true));
+    }
+}
