@@ -4,6 +4,7 @@
 
 pub use sea_orm_migration::prelude::*;
 
+mod booking;
 mod identity;
 mod notifications;
 mod platform;
@@ -20,6 +21,7 @@ impl MigratorTrait for Migrator {
         all.extend(identity::migrations());
         all.extend(platform::migrations());
         all.extend(notifications::migrations());
+        all.extend(booking::migrations());
         all.sort_by_key(|m| m.name().to_owned());
         all
     }

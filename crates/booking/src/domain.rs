@@ -328,6 +328,57 @@ pub fn may_cancel(policy: &Policy, start: DateTime<Utc>, now: DateTime<Utc>, by_
     }
 }
 
+/// Everything that can go wrong in a booking use case (stable reasons for the API).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BookingError {
+    #[error("invalid request")]
+    Invalid(Vec<Violation>),
+    #[error("no restaurant with this id")]
+    RestaurantNotFound,
+    #[error("no booking with this id")]
+    BookingNotFound,
+    /// Every table that fits is taken at that time.
+    #[error("no table that fits is free at that time")]
+    SlotTaken,
+    #[error("{0}")]
+    Start(StartRefused),
+    #[error("no table of this restaurant seats a party of that size")]
+    PartyTooLarge,
+    #[error("too late to cancel: ask the restaurant")]
+    TooLateToCancel,
+    #[error("the idempotency key was used for a different request")]
+    IdempotencyKeyReused,
+    #[error("the database is unavailable")]
+    Unavailable,
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// A reservation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Booking {
+    pub id: uuid::Uuid,
+    pub restaurant_id: uuid::Uuid,
+    pub table_id: uuid::Uuid,
+    pub guest_id: uuid::Uuid,
+    pub party_size: i32,
+    pub starts_at: DateTime<Utc>,
+    pub ends_at: DateTime<Utc>,
+    /// `confirmed`, `pending_payment` or `cancelled`.
+    pub status: String,
+}
+
+/// A booking request, checked.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct NewBooking {
+    pub restaurant_id: uuid::Uuid,
+    pub party_size: i32,
+    pub starts_at: DateTime<Utc>,
+    pub guest_name: String,
+    pub phone: String,
+    pub note: String,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -54,6 +54,18 @@ pub fn is_unique_violation(err: &DbErr) -> bool {
     matches!(err.sql_err(), Some(sea_orm::SqlErr::UniqueConstraintViolation(_)))
 }
 
+/// Whether `err` is a PostgreSQL exclusion-constraint violation (`23P01`: two rows whose
+/// ranges must not overlap, such as two bookings of one table).
+pub fn is_exclusion_violation(err: &DbErr) -> bool {
+    let (DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e))) = err else {
+        return false;
+    };
+    match e.as_ref() {
+        sea_orm::sqlx::Error::Database(db) => db.code().as_deref() == Some("23P01"),
+        _ => false,
+    }
+}
+
 /// Begins a transaction that will write. On SQLite it takes the write lock at `BEGIN`
 /// (IMMEDIATE), where the busy timeout applies, instead of failing when a read-then-write
 /// transaction meets another writer; PostgreSQL ignores the mode.
