@@ -8,6 +8,7 @@ mod booking;
 mod identity;
 mod notifications;
 mod platform;
+mod shared;
 mod storefront;
 
 /// Every migration of the platform, oldest first.

@@ -86,17 +86,6 @@ enum BookingCells {
     BookingId,
 }
 
-#[derive(DeriveIden)]
-enum BookingIdempotency {
-    Table,
-    Scope,
-    Subject,
-    IdempotencyKey,
-    RequestHash,
-    ResourceId,
-    CreatedAt,
-}
-
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
@@ -304,29 +293,12 @@ impl MigrationTrait for Migration {
                 .await?;
         }
         manager
-            .create_table(
-                Table::create()
-                    .table(BookingIdempotency::Table)
-                    .col(string_len(BookingIdempotency::Scope, 40))
-                    .col(string_len(BookingIdempotency::Subject, 128))
-                    .col(string_len(BookingIdempotency::IdempotencyKey, 200))
-                    .col(string_len(BookingIdempotency::RequestHash, 64))
-                    .col(uuid(BookingIdempotency::ResourceId))
-                    .col(timestamp_with_time_zone(BookingIdempotency::CreatedAt))
-                    .primary_key(
-                        Index::create()
-                            .col(BookingIdempotency::Scope)
-                            .col(BookingIdempotency::Subject)
-                            .col(BookingIdempotency::IdempotencyKey),
-                    )
-                    .check(Expr::cust("length(idempotency_key) >= 1"))
-                    .to_owned(),
-            )
+            .create_table(crate::shared::idempotency_table("booking_idempotency"))
             .await
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        let mut tables = vec![BookingIdempotency::Table.into_iden()];
+        let mut tables = vec![Alias::new("booking_idempotency").into_iden()];
         if manager.get_database_backend() != DbBackend::Postgres {
             tables.push(BookingCells::Table.into_iden());
         }

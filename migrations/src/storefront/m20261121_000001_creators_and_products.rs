@@ -33,17 +33,6 @@ enum Products {
     ArchivedAt,
 }
 
-#[derive(DeriveIden)]
-enum StorefrontIdempotency {
-    Table,
-    Scope,
-    Subject,
-    IdempotencyKey,
-    RequestHash,
-    ResourceId,
-    CreatedAt,
-}
-
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
@@ -130,30 +119,13 @@ impl MigrationTrait for Migration {
             .await?;
 
         manager
-            .create_table(
-                Table::create()
-                    .table(StorefrontIdempotency::Table)
-                    .col(string_len(StorefrontIdempotency::Scope, 40))
-                    .col(string_len(StorefrontIdempotency::Subject, 128))
-                    .col(string_len(StorefrontIdempotency::IdempotencyKey, 200))
-                    .col(string_len(StorefrontIdempotency::RequestHash, 64))
-                    .col(uuid(StorefrontIdempotency::ResourceId))
-                    .col(timestamp_with_time_zone(StorefrontIdempotency::CreatedAt))
-                    .primary_key(
-                        Index::create()
-                            .col(StorefrontIdempotency::Scope)
-                            .col(StorefrontIdempotency::Subject)
-                            .col(StorefrontIdempotency::IdempotencyKey),
-                    )
-                    .check(Expr::cust("length(idempotency_key) >= 1"))
-                    .to_owned(),
-            )
+            .create_table(crate::shared::idempotency_table("storefront_idempotency"))
             .await
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         manager
-            .drop_table(Table::drop().table(StorefrontIdempotency::Table).to_owned())
+            .drop_table(Table::drop().table(Alias::new("storefront_idempotency")).to_owned())
             .await?;
         manager
             .drop_table(Table::drop().table(Products::Table).to_owned())
