@@ -234,18 +234,12 @@ async fn a_new_account_and_its_account_created_event_commit_together() {
     }
 }
 
-/// Ten minutes past the current hour (moving it by minutes stays inside the hour).
-fn ten_past_the_hour() -> chrono::DateTime<chrono::Utc> {
-    let now = chrono::Utc::now().timestamp();
-    chrono::DateTime::from_timestamp(now - now % 3600 + 600, 0).unwrap()
-}
-
 /// A store whose clock the test moves.
 async fn clocked_stores() -> Vec<(&'static str, IdentityStore, Arc<ManualClock>, DatabaseConnection)> {
     let mut out = Vec::new();
     for t in testing::all().await {
         Migrator::up(&t.db, None).await.unwrap();
-        let clock = Arc::new(ManualClock::new(ten_past_the_hour()));
+        let clock = Arc::new(ManualClock::new(testing::ten_past_the_hour()));
         let store = IdentityStore::with_queue(t.db.clone(), Queue::with_clock("identity", clock.clone()));
         out.push((t.backend, store, clock, t.db));
     }

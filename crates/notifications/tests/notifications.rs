@@ -303,7 +303,7 @@ async fn welcome_email(n: &Notifications, event: &Event) -> thali_notifications:
 async fn a_refused_recipient_fails_for_good_and_a_temporary_refusal_is_retried() {
     for t in backends().await {
         let smtp = SmtpServer::start().await;
-        let clock = Arc::new(ManualClock::new(ten_past_the_hour()));
+        let clock = Arc::new(ManualClock::new(testing::ten_past_the_hour()));
         let queue = Queue::with_clock(SERVICE, clock.clone());
         let mailer = Mailer::smtp(&smtp.url, None, FROM, Duration::from_secs(5)).unwrap();
         let n = Notifications::with_queue(t.db.clone(), queue.clone(), mailer, webhook_sender(), APP).unwrap();
@@ -456,13 +456,6 @@ async fn only_a_thali_service_can_deliver_an_event() {
     let ok = sinks.deliver(request(Some("identity"), SERVICE)).await.unwrap();
     assert!(!ok.into_inner().duplicate);
     assert_eq!(n.store().unread_count(account).await.unwrap(), 1);
-}
-
-/// Ten minutes past the current hour: a test that moves the clock by minutes does not cross into
-/// the next hour, where the worker's hourly housekeeping would run too.
-fn ten_past_the_hour() -> chrono::DateTime<chrono::Utc> {
-    let now = chrono::Utc::now().timestamp();
-    chrono::DateTime::from_timestamp(now - now % 3600 + 600, 0).unwrap()
 }
 
 #[tokio::test]

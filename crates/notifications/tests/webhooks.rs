@@ -123,7 +123,7 @@ impl Setup {
 
 /// The service on `t` with a manual clock and a webhook schedule of `delays` (no jitter).
 async fn setup(t: &TestDatabase, delays: &[u64]) -> Setup {
-    let clock = Arc::new(ManualClock::new(ten_past_the_hour()));
+    let clock = Arc::new(ManualClock::new(testing::ten_past_the_hour()));
     let queue = Queue::with_clock(SERVICE, clock.clone());
     let mail = std::env::temp_dir().join(format!("thali-mail-{}", Uuid::now_v7()));
     let n = Notifications::with_queue(
@@ -450,11 +450,4 @@ async fn private_and_loopback_addresses_are_refused_when_connecting() {
 
 fn bytes_of(s: &str) -> bytes::Bytes {
     bytes::Bytes::from(s.to_owned())
-}
-
-/// Ten minutes past the current hour: a test that moves the clock by minutes does not cross into
-/// the next hour, where the worker's hourly housekeeping would run too.
-fn ten_past_the_hour() -> chrono::DateTime<chrono::Utc> {
-    let now = chrono::Utc::now().timestamp();
-    chrono::DateTime::from_timestamp(now - now % 3600 + 600, 0).unwrap()
 }

@@ -117,6 +117,13 @@ impl std::io::Write for CapturedWriter {
     }
 }
 
+/// Ten minutes past the current hour: a start for a `jobs::ManualClock` that a test moves by
+/// minutes without crossing into the next hour, where workers' hourly housekeeping would run too.
+pub fn ten_past_the_hour() -> chrono::DateTime<chrono::Utc> {
+    let now = chrono::Utc::now().timestamp();
+    chrono::DateTime::from_timestamp(now - now % 3600 + 600, 0).expect("a time this century")
+}
+
 /// Whether this run must not skip backends.
 pub fn is_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
