@@ -272,13 +272,18 @@ impl Schedule {
     /// slot whose whole sitting fits before the range closes. Stepping is in real time, so a day
     /// with a DST change has its true number of starts.
     pub fn starts_on(&self, date: NaiveDate, now: DateTime<Utc>) -> Vec<DateTime<Utc>> {
+        let mut starts = self.grid_on(date);
+        starts.retain(|t| self.check_start(*t, now).is_ok());
+        starts
+    }
+
+    /// Every start of local `date`'s openings whose whole sitting fits, whatever the clock says.
+    pub fn grid_on(&self, date: NaiveDate) -> Vec<DateTime<Utc>> {
         let mut starts = Vec::new();
         for opening in self.openings_on(date) {
             let mut t = opening.opens;
             while t + self.policy.sitting <= opening.closes {
-                if self.check_start(t, now).is_ok() {
-                    starts.push(t);
-                }
+                starts.push(t);
                 t += self.policy.slot;
             }
         }
@@ -337,6 +342,19 @@ pub enum BookingError {
     RestaurantNotFound,
     #[error("no booking with this id")]
     BookingNotFound,
+    #[error("no table with this id")]
+    TableNotFound,
+    #[error("this restaurant already has a table with that label")]
+    LabelTaken,
+    /// The table holds bookings that have not ended: deactivate it instead.
+    #[error("the table has bookings to come: deactivate it instead")]
+    TableHasBookings,
+    #[error("only the restaurant's owner may do this")]
+    NotOwner,
+    #[error("only an account with the restaurant_owner role may open a restaurant")]
+    RoleRequired,
+    #[error("sign in first")]
+    Unauthenticated,
     /// Every table that fits is taken at that time.
     #[error("no table that fits is free at that time")]
     SlotTaken,
@@ -366,6 +384,23 @@ pub struct Booking {
     pub ends_at: DateTime<Utc>,
     /// `confirmed`, `pending_payment` or `cancelled`.
     pub status: String,
+    pub guest_name: String,
+    pub phone: String,
+    pub note: String,
+    pub created_at: DateTime<Utc>,
+    pub cancelled_at: Option<DateTime<Utc>>,
+    pub cancel_reason: Option<String>,
+}
+
+/// Whose bookings a list shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BookingsOf {
+    /// The caller's own, as a guest.
+    Guest(uuid::Uuid),
+    /// One restaurant's (its owner, or an admin).
+    Restaurant(uuid::Uuid),
+    /// Every booking (admins).
+    All,
 }
 
 /// A booking request, checked.
@@ -377,6 +412,521 @@ pub struct NewBooking {
     pub guest_name: String,
     pub phone: String,
     pub note: String,
+}
+
+/// The role that may open restaurants (admins may too).
+pub const OWNER_ROLE: &str = "restaurant_owner";
+
+/// Whether an account with `roles` may create restaurants.
+pub fn may_own_restaurants(roles: &[String]) -> bool {
+    roles.iter().any(|r| r == OWNER_ROLE || r == "admin")
+}
+
+/// Whether an account with `roles` sees every restaurant's bookings.
+pub fn is_admin(roles: &[String]) -> bool {
+    roles.iter().any(|r| r == "admin")
+}
+
+/// Field limits (the API documents them).
+pub const NAME_MAX: usize = 120;
+pub const CITY_MAX: usize = 80;
+pub const ADDRESS_MAX: usize = 300;
+pub const CUISINES_MAX: usize = 10;
+pub const CUISINE_MAX: usize = 40;
+pub const LABEL_MAX: usize = 40;
+pub const SEATS_MAX: i32 = 50;
+pub const GUEST_NAME_MAX: usize = 120;
+pub const PHONE_MAX: usize = 32;
+pub const NOTE_MAX: usize = 500;
+pub const REASON_MAX: usize = 500;
+pub const PAGE_SIZE_DEFAULT: u64 = 50;
+pub const PAGE_SIZE_MAX: u64 = 100;
+pub const IDEMPOTENCY_KEY_MAX: usize = 200;
+/// Slot lengths a restaurant may choose, in minutes.
+pub const SLOT_CHOICES: [i64; 6] = [5, 10, 15, 20, 30, 60];
+/// Closure ranges longer than this are refused (a restaurant closing for good is deleted).
+pub const CLOSURE_DAYS_MAX: i64 = 366;
+
+impl BookingError {
+    pub fn invalid(field: &str, why: impl Into<String>) -> Self {
+        BookingError::Invalid(vec![Violation::new(field, why)])
+    }
+}
+
+/// Checks a free-text field: trimmed length within `1..=max` (or `0..=max` when optional), no
+/// control characters.
+fn text(field: &str, value: &str, max: usize, required: bool, out: &mut Vec<Violation>) -> String {
+    let v = value.trim();
+    if required && v.is_empty() {
+        out.push(Violation::new(field, "must not be empty"));
+    } else if v.chars().count() > max {
+        out.push(Violation::new(field, format!("at most {max} characters")));
+    } else if v.chars().any(|c| c.is_control() && c != '\n') {
+        out.push(Violation::new(field, "must not contain control characters"));
+    }
+    v.to_owned()
+}
+
+/// Lowercase cuisine tags: 1–40 of `a-z 0-9 - space`, at most 10, no repeats.
+pub fn parse_cuisines(field: &str, raw: &[String], out: &mut Vec<Violation>) -> Vec<String> {
+    if raw.len() > CUISINES_MAX {
+        out.push(Violation::new(field, format!("at most {CUISINES_MAX} cuisines")));
+    }
+    let mut tags: Vec<String> = Vec::new();
+    for (i, c) in raw.iter().enumerate() {
+        let tag = c.trim().to_lowercase();
+        if tag.is_empty()
+            || tag.len() > CUISINE_MAX
+            || !tag
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b' ')
+        {
+            out.push(Violation::new(
+                format!("{field}[{i}]"),
+                format!("1 to {CUISINE_MAX} of a-z, 0-9, '-' and space"),
+            ));
+        } else if !tags.contains(&tag) {
+            tags.push(tag);
+        }
+    }
+    tags
+}
+
+/// A search's city, as compared: trimmed, lowercase.
+pub fn city_key(city: &str) -> String {
+    city.trim().to_lowercase()
+}
+
+/// A restaurant's booking rules in minutes, as the API takes them (absent: the default).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PolicyMinutes {
+    pub slot: Option<i64>,
+    pub sitting: Option<i64>,
+    pub window_days: Option<i64>,
+    pub lead: Option<i64>,
+    pub cancel_cutoff: Option<i64>,
+}
+
+impl PolicyMinutes {
+    /// Applies the given fields to `base`, checking each.
+    pub fn apply(&self, base: Policy, out: &mut Vec<Violation>) -> Policy {
+        let mut p = base;
+        if let Some(slot) = self.slot {
+            if SLOT_CHOICES.contains(&slot) {
+                p.slot = Duration::minutes(slot);
+            } else {
+                out.push(Violation::new("slot_minutes", "must be 5, 10, 15, 20, 30 or 60"));
+            }
+        }
+        let mut bounded =
+            |field: &str, value: Option<i64>, lo: i64, hi: i64, set: &mut Duration, unit: fn(i64) -> Duration| {
+                if let Some(v) = value {
+                    if (lo..=hi).contains(&v) {
+                        *set = unit(v);
+                    } else {
+                        out.push(Violation::new(field, format!("must be between {lo} and {hi}")));
+                    }
+                }
+            };
+        bounded(
+            "sitting_minutes",
+            self.sitting,
+            15,
+            480,
+            &mut p.sitting,
+            Duration::minutes,
+        );
+        bounded("window_days", self.window_days, 1, 365, &mut p.window, Duration::days);
+        bounded(
+            "lead_minutes",
+            self.lead,
+            0,
+            7 * 24 * 60,
+            &mut p.lead,
+            Duration::minutes,
+        );
+        bounded(
+            "cancel_cutoff_minutes",
+            self.cancel_cutoff,
+            0,
+            14 * 24 * 60,
+            &mut p.cancel_cutoff,
+            Duration::minutes,
+        );
+        p
+    }
+}
+
+/// A restaurant, as the service shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Restaurant {
+    pub id: uuid::Uuid,
+    pub owner_id: uuid::Uuid,
+    pub name: String,
+    pub city: String,
+    pub cuisines: Vec<String>,
+    pub address: String,
+    pub time_zone: String,
+    pub policy: Policy,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A new restaurant, checked.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct NewRestaurant {
+    pub name: String,
+    pub city: String,
+    pub cuisines: Vec<String>,
+    pub address: String,
+    pub time_zone: String,
+    #[serde(skip)]
+    pub policy: Policy,
+    /// The policy as minutes, for the idempotency fingerprint.
+    pub policy_minutes: [i64; 5],
+}
+
+fn minutes_of(p: &Policy) -> [i64; 5] {
+    [
+        p.slot.num_minutes(),
+        p.sitting.num_minutes(),
+        p.window.num_days(),
+        p.lead.num_minutes(),
+        p.cancel_cutoff.num_minutes(),
+    ]
+}
+
+impl NewRestaurant {
+    pub fn parse(
+        name: &str,
+        city: &str,
+        cuisines: &[String],
+        address: &str,
+        time_zone: &str,
+        policy: PolicyMinutes,
+    ) -> Result<Self, BookingError> {
+        let mut v = Vec::new();
+        let name = text("name", name, NAME_MAX, true, &mut v);
+        let city = text("city", city, CITY_MAX, true, &mut v);
+        let address = text("address", address, ADDRESS_MAX, false, &mut v);
+        let cuisines = parse_cuisines("cuisines", cuisines, &mut v);
+        if let Err(why) = parse_zone(time_zone) {
+            v.push(Violation::new("time_zone", why));
+        }
+        let policy = policy.apply(Policy::default(), &mut v);
+        if !v.is_empty() {
+            return Err(BookingError::Invalid(v));
+        }
+        Ok(Self {
+            name,
+            city,
+            cuisines,
+            address,
+            time_zone: time_zone.to_owned(),
+            policy_minutes: minutes_of(&policy),
+            policy,
+        })
+    }
+}
+
+/// Changes to a restaurant; absent fields stay.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RestaurantChanges {
+    pub name: Option<String>,
+    pub city: Option<String>,
+    pub cuisines: Option<Vec<String>>,
+    pub address: Option<String>,
+    pub time_zone: Option<String>,
+    pub policy: PolicyMinutes,
+}
+
+impl RestaurantChanges {
+    pub fn parse(
+        name: Option<&str>,
+        city: Option<&str>,
+        cuisines: Option<&[String]>,
+        address: Option<&str>,
+        time_zone: Option<&str>,
+        policy: PolicyMinutes,
+    ) -> Result<Self, BookingError> {
+        let mut v = Vec::new();
+        let out = Self {
+            name: name.map(|n| text("name", n, NAME_MAX, true, &mut v)),
+            city: city.map(|c| text("city", c, CITY_MAX, true, &mut v)),
+            cuisines: cuisines.map(|c| parse_cuisines("cuisines", c, &mut v)),
+            address: address.map(|a| text("address", a, ADDRESS_MAX, false, &mut v)),
+            time_zone: time_zone.map(|z| {
+                if let Err(why) = parse_zone(z) {
+                    v.push(Violation::new("time_zone", why));
+                }
+                z.to_owned()
+            }),
+            policy,
+        };
+        // Policy fields are checked against the stored policy when applied; check ranges now.
+        policy.apply(Policy::default(), &mut v);
+        if v.is_empty() {
+            Ok(out)
+        } else {
+            Err(BookingError::Invalid(v))
+        }
+    }
+}
+
+/// A table, as the owner sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Table {
+    pub id: uuid::Uuid,
+    pub restaurant_id: uuid::Uuid,
+    pub label: String,
+    pub min_seats: i32,
+    pub max_seats: i32,
+    pub active: bool,
+}
+
+fn check_seats(min: i32, max: i32, v: &mut Vec<Violation>) {
+    if !(1..=SEATS_MAX).contains(&min) {
+        v.push(Violation::new(
+            "min_seats",
+            format!("must be between 1 and {SEATS_MAX}"),
+        ));
+    }
+    if !(1..=SEATS_MAX).contains(&max) {
+        v.push(Violation::new(
+            "max_seats",
+            format!("must be between 1 and {SEATS_MAX}"),
+        ));
+    } else if max < min {
+        v.push(Violation::new("max_seats", "must be at least min_seats"));
+    }
+}
+
+/// A new table, checked.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct NewTable {
+    pub label: String,
+    pub min_seats: i32,
+    pub max_seats: i32,
+}
+
+impl NewTable {
+    pub fn parse(label: &str, min_seats: i32, max_seats: i32) -> Result<Self, BookingError> {
+        let mut v = Vec::new();
+        let label = text("label", label, LABEL_MAX, true, &mut v);
+        check_seats(min_seats, max_seats, &mut v);
+        if v.is_empty() {
+            Ok(Self {
+                label,
+                min_seats,
+                max_seats,
+            })
+        } else {
+            Err(BookingError::Invalid(v))
+        }
+    }
+}
+
+/// Changes to a table; absent fields stay. The seat range is checked whole once applied.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TableChanges {
+    pub label: Option<String>,
+    pub min_seats: Option<i32>,
+    pub max_seats: Option<i32>,
+    pub active: Option<bool>,
+}
+
+impl TableChanges {
+    pub fn parse(
+        label: Option<&str>,
+        min_seats: Option<i32>,
+        max_seats: Option<i32>,
+        active: Option<bool>,
+    ) -> Result<Self, BookingError> {
+        let mut v = Vec::new();
+        let label = label.map(|l| text("label", l, LABEL_MAX, true, &mut v));
+        check_seats(min_seats.unwrap_or(1), max_seats.unwrap_or(SEATS_MAX), &mut v);
+        if v.is_empty() {
+            Ok(Self {
+                label,
+                min_seats,
+                max_seats,
+                active,
+            })
+        } else {
+            Err(BookingError::Invalid(v))
+        }
+    }
+
+    /// The seat range after the change, checked.
+    pub fn seats(&self, min: i32, max: i32) -> Result<(i32, i32), BookingError> {
+        let (min, max) = (self.min_seats.unwrap_or(min), self.max_seats.unwrap_or(max));
+        let mut v = Vec::new();
+        check_seats(min, max, &mut v);
+        if v.is_empty() {
+            Ok((min, max))
+        } else {
+            Err(BookingError::Invalid(v))
+        }
+    }
+}
+
+/// A closure request, checked: `from` to `to` inclusive, local dates.
+pub fn parse_closure(from: &str, to: &str, reason: &str) -> Result<(Closure, String), BookingError> {
+    let mut v = Vec::new();
+    let date = |field: &str, s: &str, v: &mut Vec<Violation>| {
+        let d = NaiveDate::parse_from_str(s, "%Y-%m-%d").ok();
+        if d.is_none() {
+            v.push(Violation::new(field, "must be YYYY-MM-DD"));
+        }
+        d
+    };
+    let (f, t) = (date("from", from, &mut v), date("to", to, &mut v));
+    let reason = text("reason", reason, REASON_MAX, false, &mut v);
+    if let (Some(f), Some(t)) = (f, t) {
+        if t < f {
+            v.push(Violation::new("to", "must not be before from"));
+        } else if (t - f).num_days() >= CLOSURE_DAYS_MAX {
+            v.push(Violation::new(
+                "to",
+                format!("a closure is at most {CLOSURE_DAYS_MAX} days"),
+            ));
+        }
+        if v.is_empty() {
+            return Ok((Closure { from: f, to: t }, reason));
+        }
+    }
+    Err(BookingError::Invalid(v))
+}
+
+/// A booking request's guest fields and party, checked (the start is checked against the
+/// restaurant's zone by the caller).
+pub fn check_guest(
+    party_size: i32,
+    guest_name: &str,
+    phone: &str,
+    note: &str,
+) -> Result<(String, String, String), BookingError> {
+    let mut v = Vec::new();
+    if !(1..=SEATS_MAX).contains(&party_size) {
+        v.push(Violation::new(
+            "party_size",
+            format!("must be between 1 and {SEATS_MAX}"),
+        ));
+    }
+    let name = text("guest_name", guest_name, GUEST_NAME_MAX, true, &mut v);
+    let phone = text("phone", phone, PHONE_MAX, true, &mut v);
+    if !phone.is_empty()
+        && !phone
+            .bytes()
+            .all(|b| b.is_ascii_digit() || b == b'+' || b == b' ' || b == b'-' || b == b'(' || b == b')')
+    {
+        v.push(Violation::new("phone", "digits, spaces and + - ( ) only"));
+    }
+    let note = text("note", note, NOTE_MAX, false, &mut v);
+    if v.is_empty() {
+        Ok((name, phone, note))
+    } else {
+        Err(BookingError::Invalid(v))
+    }
+}
+
+/// Parses an idempotency key: empty is none.
+pub fn parse_idempotency_key(key: &str) -> Result<Option<String>, BookingError> {
+    if key.is_empty() {
+        return Ok(None);
+    }
+    if key.len() > IDEMPOTENCY_KEY_MAX || !key.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(BookingError::invalid(
+            "idempotency_key",
+            format!("must be 1 to {IDEMPOTENCY_KEY_MAX} visible ASCII characters"),
+        ));
+    }
+    Ok(Some(key.to_owned()))
+}
+
+/// A requested page size: 0 means the default.
+pub fn page_size(requested: i32) -> Result<u64, BookingError> {
+    match requested {
+        0 => Ok(PAGE_SIZE_DEFAULT),
+        n if n < 0 || n as u64 > PAGE_SIZE_MAX => Err(BookingError::invalid(
+            "page_size",
+            format!("must be between 0 and {PAGE_SIZE_MAX}"),
+        )),
+        n => Ok(n as u64),
+    }
+}
+
+/// Parses `YYYY-MM-DD`.
+pub fn parse_date(field: &str, text: &str) -> Result<NaiveDate, BookingError> {
+    NaiveDate::parse_from_str(text, "%Y-%m-%d").map_err(|_| BookingError::invalid(field, "must be YYYY-MM-DD"))
+}
+
+/// A table held from `starts_at` to `ends_at` by a confirmed or unpaid booking.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hold {
+    pub table_id: uuid::Uuid,
+    pub starts_at: DateTime<Utc>,
+    pub ends_at: DateTime<Utc>,
+}
+
+/// One start of a day and the seat ranges (min, max) of the tables free for a whole sitting from
+/// it, one entry per distinct range.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FreeAt {
+    pub start: DateTime<Utc>,
+    pub seats: Vec<(i32, i32)>,
+}
+
+/// A restaurant's day as availability and search read it: every start on the slot grid of the
+/// openings of that local date, with what is free. Independent of the clock (lead time and the
+/// window are applied when read), so it can be cached until something changes.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Day {
+    pub starts: Vec<FreeAt>,
+    pub lead_s: i64,
+    pub window_s: i64,
+}
+
+impl Day {
+    /// Builds the day: for each grid start, the active tables with no hold overlapping the sitting.
+    pub fn build(schedule: &Schedule, tables: &[TableFit], holds: &[Hold], date: NaiveDate) -> Self {
+        let sitting = schedule.policy.sitting;
+        let mut starts = Vec::new();
+        for start in schedule.grid_on(date) {
+            let end = start + sitting;
+            let mut seats: Vec<(i32, i32)> = tables
+                .iter()
+                .filter(|t| t.active)
+                .filter(|t| {
+                    !holds
+                        .iter()
+                        .any(|h| h.table_id == t.id && h.starts_at < end && start < h.ends_at)
+                })
+                .map(|t| (t.min_seats, t.max_seats))
+                .collect();
+            seats.sort_unstable();
+            seats.dedup();
+            if !seats.is_empty() {
+                starts.push(FreeAt { start, seats });
+            }
+        }
+        Self {
+            starts,
+            lead_s: schedule.policy.lead.num_seconds(),
+            window_s: schedule.policy.window.num_seconds(),
+        }
+    }
+
+    /// The starts a party of `party` may book at `now`.
+    pub fn starts_for(&self, party: i32, now: DateTime<Utc>) -> impl Iterator<Item = DateTime<Utc>> + '_ {
+        let earliest = now + Duration::seconds(self.lead_s);
+        let latest = now + Duration::seconds(self.window_s);
+        self.starts
+            .iter()
+            .filter(move |f| earliest <= f.start && f.start <= latest)
+            .filter(move |f| f.seats.iter().any(|&(lo, hi)| lo <= party && party <= hi))
+            .map(|f| f.start)
+    }
 }
 
 #[cfg(test)]

@@ -66,6 +66,18 @@ pub fn is_exclusion_violation(err: &DbErr) -> bool {
     }
 }
 
+/// Whether `err` is PostgreSQL ending a transaction to break a deadlock (`40P01`) or a
+/// serialization failure (`40001`): nothing was written, and the same work may be tried again.
+pub fn is_deadlock(err: &DbErr) -> bool {
+    let (DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e))) = err else {
+        return false;
+    };
+    match e.as_ref() {
+        sea_orm::sqlx::Error::Database(db) => matches!(db.code().as_deref(), Some("40P01" | "40001")),
+        _ => false,
+    }
+}
+
 /// Begins a transaction that will write. On SQLite it takes the write lock at `BEGIN`
 /// (IMMEDIATE), where the busy timeout applies, instead of failing when a read-then-write
 /// transaction meets another writer; PostgreSQL ignores the mode.

@@ -2,7 +2,11 @@
 use sea_orm_migration::MigrationTrait;
 
 mod m20261122_000009_booking;
+mod m20261122_000010_booking_owner_routes;
 
 pub(crate) fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-    vec![Box::new(m20261122_000009_booking::Migration)]
+    vec![
+        Box::new(m20261122_000009_booking::Migration),
+        Box::new(m20261122_000010_booking_owner_routes::Migration),
+    ]
 }
