@@ -3,6 +3,7 @@
 use std::{env, path::PathBuf};
 
 const FILES: &[&str] = &[
+    "thali/booking/v1/booking.proto",
     "thali/common/v1/money.proto",
     "thali/events/v1/events.proto",
     "thali/identity/v1/identity.proto",

@@ -1,5 +1,7 @@
 //! JSON shapes of the REST API (snake_case, unknown fields refused) and their conversion from
 //! the gRPC messages. No business rule lives here: the services validate.
+pub mod booking;
+
 use serde::{Deserialize, Deserializer, Serialize};
 use thali_proto::{common::v1 as common, storefront::v1 as pb};
 use utoipa::{
@@ -51,7 +53,7 @@ impl From<Money> for common::Money {
     }
 }
 
-fn rfc3339(t: Option<prost_types::Timestamp>) -> Option<String> {
+pub(crate) fn rfc3339(t: Option<prost_types::Timestamp>) -> Option<String> {
     let t = t?;
     chrono::DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32)
         .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
@@ -200,7 +202,7 @@ pub struct CreateProduct {
 }
 
 /// An integer as JSON Schema counts them: `1.0` is the integer 1.
-fn integer<'de, D: Deserializer<'de>>(deserializer: D) -> Result<i64, D::Error> {
+pub(crate) fn integer<'de, D: Deserializer<'de>>(deserializer: D) -> Result<i64, D::Error> {
     let n = serde_json::Number::deserialize(deserializer)?;
     if let Some(i) = n.as_i64() {
         return Ok(i);

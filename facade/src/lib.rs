@@ -15,13 +15,14 @@ use axum::{
     Router,
     extract::DefaultBodyLimit,
     http::{HeaderName, HeaderValue, StatusCode, header},
-    routing::{delete, get, patch, post},
+    routing::{delete, get, patch, post, put},
 };
 use thali_platform::{
     auth::Verifier,
     client::{Client, GrpcChannel, Target},
 };
 use thali_proto::{
+    booking::v1::booking_service_client::BookingServiceClient,
     identity::v1::identity_service_client::IdentityServiceClient,
     notifications::v1::notification_service_client::NotificationServiceClient,
     storefront::v1::storefront_service_client::StorefrontServiceClient,
@@ -50,25 +51,29 @@ pub struct FacadeInner {
     pub storefront: Client<StorefrontServiceClient<GrpcChannel>>,
     pub identity: Client<IdentityServiceClient<GrpcChannel>>,
     pub notifications: Client<NotificationServiceClient<GrpcChannel>>,
+    pub booking: Client<BookingServiceClient<GrpcChannel>>,
     pub verifier: Verifier,
     /// Response cache of anonymous storefront reads, where invalidations reach the facade.
     pub edge: Option<edge::EdgeCache>,
 }
 
+/// Where the facade reaches each service.
+pub struct Services {
+    pub storefront: Target,
+    pub identity: Target,
+    pub notifications: Target,
+    pub booking: Target,
+}
+
 impl FacadeState {
     /// State over the client stack of each service; `edge` keeps anonymous storefront answers
     /// (see [`edge`]).
-    pub fn new(
-        storefront: Target,
-        identity: Target,
-        notifications: Target,
-        verifier: Verifier,
-        edge: Option<edge::EdgeCache>,
-    ) -> Self {
+    pub fn new(services: Services, verifier: Verifier, edge: Option<edge::EdgeCache>) -> Self {
         Self(Arc::new(FacadeInner {
-            storefront: Client::new(storefront, StorefrontServiceClient::new),
-            identity: Client::new(identity, IdentityServiceClient::new),
-            notifications: Client::new(notifications, NotificationServiceClient::new),
+            storefront: Client::new(services.storefront, StorefrontServiceClient::new),
+            identity: Client::new(services.identity, IdentityServiceClient::new),
+            notifications: Client::new(services.notifications, NotificationServiceClient::new),
+            booking: Client::new(services.booking, BookingServiceClient::new),
             verifier,
             edge,
         }))
@@ -116,6 +121,34 @@ pub fn router(state: FacadeState, max_body_bytes: usize) -> Router {
             post(routes::storefront::archive_product),
         )
         .route("/api/v1/store/{username}", get(routes::storefront::get_storefront))
+        .route(
+            "/api/v1/restaurants",
+            post(routes::booking::create_restaurant).get(routes::booking::search),
+        )
+        .route(
+            "/api/v1/restaurants/{id}",
+            get(routes::booking::get_restaurant).patch(routes::booking::update_restaurant),
+        )
+        .route(
+            "/api/v1/restaurants/{id}/tables",
+            post(routes::booking::create_table).get(routes::booking::list_tables),
+        )
+        .route("/api/v1/restaurants/{id}/hours", put(routes::booking::set_hours))
+        .route("/api/v1/restaurants/{id}/closures", post(routes::booking::add_closure))
+        .route(
+            "/api/v1/restaurants/{id}/availability",
+            get(routes::booking::availability),
+        )
+        .route(
+            "/api/v1/tables/{id}",
+            patch(routes::booking::update_table).delete(routes::booking::delete_table),
+        )
+        .route(
+            "/api/v1/bookings",
+            post(routes::booking::create_booking).get(routes::booking::list_bookings),
+        )
+        .route("/api/v1/bookings/{id}", get(routes::booking::get_booking))
+        .route("/api/v1/bookings/{id}/cancel", post(routes::booking::cancel_booking))
         .route("/api/v1/notifications", get(routes::notifications::list))
         .route(
             "/api/v1/notifications/unread-count",

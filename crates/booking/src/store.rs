@@ -295,6 +295,15 @@ impl BookingStore {
         Self { db }
     }
 
+    pub fn connection(&self) -> &DatabaseConnection {
+        &self.db
+    }
+
+    /// Housekeeping: deletes idempotency records past their window. Returns how many.
+    pub async fn prune_idempotency(&self, now: DateTime<Utc>) -> Result<u64, DbErr> {
+        KEYS.prune(&self.db, now).await
+    }
+
     /// The restaurant row, or `RestaurantNotFound`.
     pub async fn restaurant_row(&self, id: Uuid) -> Result<restaurant::Model, BookingError> {
         restaurant::Entity::find_by_id(id)

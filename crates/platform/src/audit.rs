@@ -59,6 +59,22 @@ pub fn security_event(event: SecurityEvent, actor: &str, target: &str, client_ad
     );
 }
 
+/// Records that `who` was refused `target` (not the owner, missing role): the actor is the
+/// account, with the partner key when one acted for it.
+pub fn access_denied(who: &crate::auth::Principal, target: &str, detail: &str) {
+    let actor = who
+        .api_key
+        .as_ref()
+        .map(|k| format!("{} (key {})", who.subject, k.key_id));
+    security_event(
+        SecurityEvent::AccessDenied,
+        actor.as_deref().unwrap_or(&who.subject),
+        target,
+        "",
+        detail,
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use tracing_subscriber::layer::SubscriberExt;

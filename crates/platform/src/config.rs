@@ -45,6 +45,9 @@ pub struct Config {
     /// Where the facade and the event relay find notifications (`THALI_NOTIFICATIONS_URL`);
     /// unset means this process's own gRPC address.
     pub notifications_url: Option<String>,
+    /// Where the facade finds the booking service (`THALI_BOOKING_URL`); unset means this
+    /// process's own gRPC address.
+    pub booking_url: Option<String>,
     /// The SMTP server mail goes through (`THALI_SMTP_URL`): `smtps://user@host:465`,
     /// `smtp://user@host:587?tls=required` or `smtp://host:25`; unset means each message is
     /// written as an `.eml` file under `<data dir>/mail/`.
@@ -225,6 +228,7 @@ impl Config {
             ("storefront_url", &self.storefront_url),
             ("identity_url", &self.identity_url),
             ("notifications_url", &self.notifications_url),
+            ("booking_url", &self.booking_url),
         ] {
             if let Some(spec) = value
                 && let Err(reason) = crate::client::Discovery::parse(spec)

@@ -8,6 +8,33 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "
 mod retry;
 pub use retry::RetryPolicy;
 
+pub mod booking {
+    pub mod v1 {
+        tonic::include_proto!("thali.booking.v1");
+
+        crate::retry::retry_table! {
+            CreateRestaurantRequest => "CreateRestaurant", keyed;
+            GetRestaurantRequest => "GetRestaurant", read;
+            UpdateRestaurantRequest => "UpdateRestaurant", never;
+            // The label is unique: a repeat answers LABEL_TAKEN rather than adding a second.
+            CreateTableRequest => "CreateTable", never;
+            ListTablesRequest => "ListTables", read;
+            UpdateTableRequest => "UpdateTable", never;
+            DeleteTableRequest => "DeleteTable", never;
+            // Replaces the whole week: a repeat leaves the same state.
+            SetHoursRequest => "SetHours", idempotent;
+            AddClosureRequest => "AddClosure", never;
+            SearchRestaurantsRequest => "SearchRestaurants", read;
+            GetAvailabilityRequest => "GetAvailability", read;
+            CreateBookingRequest => "CreateBooking", keyed;
+            GetBookingRequest => "GetBooking", read;
+            ListBookingsRequest => "ListBookings", read;
+            // A cancelled booking stays cancelled: a repeat answers the same booking.
+            CancelBookingRequest => "CancelBooking", idempotent;
+        }
+    }
+}
+
 pub mod common {
     pub mod v1 {
         tonic::include_proto!("thali.common.v1");

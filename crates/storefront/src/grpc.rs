@@ -6,7 +6,7 @@ use prost::Message;
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use thali_platform::{
-    audit::{SecurityEvent, security_event},
+    audit::access_denied,
     auth::Principal,
     cache::{CacheKey, LoadError, Source, TwoLevelCache},
     errors,
@@ -140,17 +140,7 @@ fn caller<T>(request: &Request<T>) -> Result<Principal, StorefrontError> {
 /// error on.
 fn audited<T>(who: &Principal, target: &str, result: Result<T, StorefrontError>) -> Result<T, StorefrontError> {
     if let Err(e @ (StorefrontError::NotOwner | StorefrontError::RoleRequired)) = &result {
-        let actor = who
-            .api_key
-            .as_ref()
-            .map(|k| format!("{} (key {})", who.subject, k.key_id));
-        security_event(
-            SecurityEvent::AccessDenied,
-            actor.as_deref().unwrap_or(&who.subject),
-            target,
-            "",
-            &e.to_string(),
-        );
+        access_denied(who, target, &e.to_string());
     }
     result
 }

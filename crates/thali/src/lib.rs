@@ -25,6 +25,7 @@ use thali_platform::{
     server::AuthPolicy,
 };
 use thali_proto::{
+    booking::v1::booking_service_server::BookingServiceServer,
     identity::v1::identity_service_server::IdentityServiceServer,
     notifications::v1::notification_service_server::NotificationServiceServer,
     storefront::v1::storefront_service_server::StorefrontServiceServer,
@@ -43,6 +44,8 @@ pub enum Part {
     Storefront,
     /// The notifications gRPC service (and its event sink).
     Notifications,
+    /// The booking gRPC service.
+    Booking,
     /// The REST facade.
     Facade,
 }
@@ -57,6 +60,9 @@ impl Part {
     fn runs_notifications(self) -> bool {
         matches!(self, Part::All | Part::Notifications)
     }
+    fn runs_booking(self) -> bool {
+        matches!(self, Part::All | Part::Booking)
+    }
     fn runs_facade(self) -> bool {
         matches!(self, Part::All | Part::Facade)
     }
@@ -67,6 +73,7 @@ impl Part {
             Part::Identity => "identity",
             Part::Storefront => "storefront",
             Part::Notifications => "notifications",
+            Part::Booking => "booking",
             Part::Facade => "facade",
         }
     }
@@ -231,7 +238,7 @@ pub async fn start(cfg: &Config, part: Part) -> anyhow::Result<Platform> {
     // gRPC: every service this part runs, on one server.
     let mut grpc_addr = None;
     let mut storefront_invalidations = None;
-    if part.runs_identity() || part.runs_storefront() || part.runs_notifications() {
+    if part.runs_identity() || part.runs_storefront() || part.runs_notifications() || part.runs_booking() {
         let db = if part == Part::All {
             migrate(cfg).await?
         } else {
@@ -250,6 +257,7 @@ pub async fn start(cfg: &Config, part: Part) -> anyhow::Result<Platform> {
         let scopes: Vec<(&str, &str)> = thali_storefront::API_KEY_SCOPES
             .iter()
             .chain(thali_identity::API_KEY_SCOPES)
+            .chain(thali_booking::API_KEY_SCOPES)
             .copied()
             .collect();
         let policy =
@@ -290,6 +298,23 @@ pub async fn start(cfg: &Config, part: Part) -> anyhow::Result<Platform> {
             }
             routes.add_service(storefront.server());
             health.serving::<StorefrontServiceServer<StorefrontGrpc>>().await;
+        }
+        if part.runs_booking() {
+            let redis = match &cfg.redis_url {
+                Some(url) => Some(Redis::connect(url).await.context("redis_url")?),
+                None => None,
+            };
+            let booking = thali_booking::Booking::new(db.clone(), redis, &cfg.tenant).await;
+            let worker = booking.job_worker(Queue::new(thali_booking::workers::SERVICE));
+            let worker = thali_platform::events::relay(worker, subscribers.clone());
+            job_workers.push(worker.spawn(jobs_stop_rx.clone()));
+            if cfg.redis_url.is_some() && !part.runs_storefront() {
+                watchers.push(health.watch_flag("redis", HEALTH_INTERVAL, booking.redis_probe()));
+            }
+            routes.add_service(booking.server());
+            health
+                .serving::<BookingServiceServer<thali_booking::grpc::BookingGrpc>>()
+                .await;
         }
         let mut sinks = Sinks::default();
         if part.runs_notifications() {
@@ -349,11 +374,14 @@ pub async fn start(cfg: &Config, part: Part) -> anyhow::Result<Platform> {
         let storefront_url = url_of(&cfg.storefront_url);
         let identity_url = url_of(&cfg.identity_url);
         let notifications_url = url_of(&cfg.notifications_url);
+        let booking_url = url_of(&cfg.booking_url);
         let storefront = Target::new("storefront", &storefront_url, &identity, client_settings.clone()).await?;
         let identity_service = Target::new("identity", &identity_url, &identity, client_settings.clone()).await?;
         let notifications =
             Target::new("notifications", &notifications_url, &identity, client_settings.clone()).await?;
+        let booking = Target::new("booking", &booking_url, &identity, client_settings.clone()).await?;
         for (name, target) in [
+            ("booking", &booking),
             ("storefront", &storefront),
             ("identity", &identity_service),
             ("notifications", &notifications),
@@ -379,7 +407,16 @@ pub async fn start(cfg: &Config, part: Part) -> anyhow::Result<Platform> {
             ),
             None => None,
         };
-        let state = thali_facade::FacadeState::new(storefront, identity_service, notifications, verifier, edge);
+        let state = thali_facade::FacadeState::new(
+            thali_facade::Services {
+                storefront,
+                identity: identity_service,
+                notifications,
+                booking,
+            },
+            verifier,
+            edge,
+        );
         let router = thali_facade::router(state, cfg.max_body_bytes);
         let listener =
             thali_platform::net::bind(cfg.http_addr).with_context(|| format!("binding {}", cfg.http_addr))?;

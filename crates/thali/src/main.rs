@@ -310,6 +310,7 @@ async fn main() -> anyhow::Result<()> {
                 Part::Identity => "thali-identity",
                 Part::Storefront => "thali-storefront",
                 Part::Notifications => "thali-notifications",
+                Part::Booking => "thali-booking",
                 Part::Facade => "thali-facade",
             };
             let telemetry = thali_platform::telemetry::init(&cfg, name)?;

@@ -1,0 +1,326 @@
+//! The booking tour through REST, as a new user would take it: an owner signs up and sets up a
+//! restaurant, a guest searches, reads a day's free starts, books and cancels; many clients
+//! race for one table from outside, and the database is inspected for overlaps afterwards.
+mod support;
+
+use chrono::{Duration, Utc};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use support::{Mesh, access, problem};
+
+/// Three days from now in Kolkata, as `YYYY-MM-DD`.
+fn day() -> String {
+    let tz: chrono_tz::Tz = "Asia/Kolkata".parse().unwrap();
+    (Utc::now() + Duration::days(3))
+        .with_timezone(&tz)
+        .format("%Y-%m-%d")
+        .to_string()
+}
+
+async fn json_of(res: reqwest::Response, status: StatusCode) -> Value {
+    let got = res.status();
+    let body = res.text().await.unwrap();
+    assert_eq!(got, status, "{body}");
+    serde_json::from_str(&body).unwrap_or(Value::Null)
+}
+
+/// An owner's restaurant with one table for 2–4, open every day 08:00–23:00. Returns (owner
+/// token, restaurant id).
+async fn set_up(mesh: &Mesh, email: &str) -> (String, String) {
+    let owner = access(&mesh.sign_up(email, "restaurant_owner").await);
+    let r = json_of(
+        mesh.post(
+            "/api/v1/restaurants",
+            Some(&owner),
+            json!({"name": "Dosa Corner", "city": "Bengaluru", "cuisines": ["south indian"],
+                   "address": "1 MG Road", "time_zone": "Asia/Kolkata"}),
+        )
+        .await,
+        StatusCode::CREATED,
+    )
+    .await;
+    let id = r["id"].as_str().unwrap().to_owned();
+    assert_eq!(r["policy"]["slot_minutes"], 15);
+    assert_eq!(
+        r["owner_id"].as_str().map(str::len),
+        Some(36),
+        "the owner sees it is theirs"
+    );
+    json_of(
+        mesh.post(
+            &format!("/api/v1/restaurants/{id}/tables"),
+            Some(&owner),
+            json!({"label": "T1", "min_seats": 2, "max_seats": 4}),
+        )
+        .await,
+        StatusCode::CREATED,
+    )
+    .await;
+    let week: Vec<Value> = [
+        "monday",
+        "tuesday",
+        "wednesday",
+        "thursday",
+        "friday",
+        "saturday",
+        "sunday",
+    ]
+    .iter()
+    .map(|d| json!({"weekday": d, "opens": "08:00", "closes": "23:00"}))
+    .collect();
+    let hours = json_of(
+        mesh.send(
+            Method::PUT,
+            &format!("/api/v1/restaurants/{id}/hours"),
+            Some(&owner),
+            json!({ "hours": week }),
+        )
+        .await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(hours["hours"].as_array().unwrap().len(), 7);
+    (owner, id)
+}
+
+async fn free(mesh: &Mesh, id: &str) -> Vec<String> {
+    let a = json_of(
+        mesh.get(&format!(
+            "/api/v1/restaurants/{id}/availability?date={}&party_size=2",
+            day()
+        ))
+        .await,
+        StatusCode::OK,
+    )
+    .await;
+    a["slots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["local"].as_str().unwrap()[11..].to_owned())
+        .collect()
+}
+
+fn booking(id: &str, time: &str) -> Value {
+    json!({"restaurant_id": id, "party_size": 2, "start": format!("{}T{time}", day()),
+           "guest_name": "Asha", "phone": "+91 98450 00000"})
+}
+
+#[tokio::test]
+async fn an_owner_sets_up_a_restaurant_and_a_guest_books_and_cancels_through_rest() {
+    let mesh = Mesh::start().await;
+    let (owner, id) = set_up(&mesh, "owner@dosa.example").await;
+    let guest = access(&mesh.sign_up("asha@guest.example", "buyer").await);
+
+    // A buyer cannot open a restaurant; another owner cannot change this one.
+    let res = mesh
+        .post(
+            "/api/v1/restaurants",
+            Some(&guest),
+            json!({"name": "Mine", "city": "Pune", "time_zone": "Asia/Kolkata"}),
+        )
+        .await;
+    problem(res, StatusCode::FORBIDDEN, "RESTAURANT_OWNER_ROLE_REQUIRED").await;
+    let rival = access(&mesh.sign_up("rival@owner.example", "restaurant_owner").await);
+    let res = mesh
+        .send(
+            Method::PATCH,
+            &format!("/api/v1/restaurants/{id}"),
+            Some(&rival),
+            json!({"name": "Taken"}),
+        )
+        .await;
+    problem(res, StatusCode::FORBIDDEN, "NOT_OWNER").await;
+
+    // Search and availability.
+    let found = json_of(
+        mesh.get(&format!(
+            "/api/v1/restaurants?city=bengaluru&cuisine=south%20indian&party_size=2&date={}&time=19:30",
+            day()
+        ))
+        .await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(found["results"][0]["restaurant"]["id"], id.as_str());
+    assert!(found["results"][0]["restaurant"].get("owner_id").is_none());
+    let before = free(&mesh, &id).await;
+    assert_eq!(before.len(), 55);
+
+    // Book with an idempotency key; the same request again is the same booking.
+    let send = |key: &str, body: Value| {
+        mesh.http
+            .post(mesh.url("/api/v1/bookings"))
+            .bearer_auth(&guest)
+            .header("idempotency-key", key)
+            .json(&body)
+            .send()
+    };
+    let b = json_of(
+        send("tour-1", booking(&id, "19:00")).await.unwrap(),
+        StatusCode::CREATED,
+    )
+    .await;
+    let again = json_of(
+        send("tour-1", booking(&id, "19:00")).await.unwrap(),
+        StatusCode::CREATED,
+    )
+    .await;
+    assert_eq!(b["id"], again["id"]);
+    problem(
+        send("tour-1", booking(&id, "20:00")).await.unwrap(),
+        StatusCode::CONFLICT,
+        "IDEMPOTENCY_KEY_REUSED",
+    )
+    .await;
+    assert_eq!(b["status"], "confirmed");
+    assert_eq!(b["start"], format!("{}T19:00", day()));
+    let bid = b["id"].as_str().unwrap().to_owned();
+    assert_eq!(free(&mesh, &id).await.len(), 55 - 11, "17:45 … 20:15 are gone");
+
+    // The one table is taken at 19:00: 409 SLOT_TAKEN. Outside hours: 400 OUTSIDE_HOURS.
+    let other = access(&mesh.sign_up("ravi@guest.example", "buyer").await);
+    let res = mesh.post("/api/v1/bookings", Some(&other), booking(&id, "19:00")).await;
+    problem(res, StatusCode::CONFLICT, "SLOT_TAKEN").await;
+    let res = mesh.post("/api/v1/bookings", Some(&other), booking(&id, "22:30")).await;
+    problem(res, StatusCode::BAD_REQUEST, "OUTSIDE_HOURS").await;
+    let mut big = booking(&id, "12:00");
+    big["party_size"] = json!(5);
+    let res = mesh.post("/api/v1/bookings", Some(&other), big).await;
+    problem(res, StatusCode::BAD_REQUEST, "PARTY_TOO_LARGE").await;
+
+    // Who sees what.
+    let res = mesh.get_as(&format!("/api/v1/bookings/{bid}"), &other).await;
+    problem(res, StatusCode::NOT_FOUND, "BOOKING_NOT_FOUND").await;
+    let res = mesh
+        .post(&format!("/api/v1/bookings/{bid}/cancel"), Some(&other), json!({}))
+        .await;
+    problem(res, StatusCode::NOT_FOUND, "BOOKING_NOT_FOUND").await;
+    let mine = json_of(mesh.get_as("/api/v1/bookings", &guest).await, StatusCode::OK).await;
+    assert_eq!(mine["bookings"].as_array().unwrap().len(), 1);
+    let theirs = json_of(mesh.get_as("/api/v1/bookings", &other).await, StatusCode::OK).await;
+    assert!(theirs["bookings"].as_array().unwrap().is_empty());
+    let owners = json_of(
+        mesh.get_as(&format!("/api/v1/bookings?restaurant_id={id}"), &owner)
+            .await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(owners["bookings"][0]["id"], bid.as_str());
+    let res = mesh
+        .get_as(&format!("/api/v1/bookings?restaurant_id={id}"), &rival)
+        .await;
+    problem(res, StatusCode::FORBIDDEN, "NOT_OWNER").await;
+    json_of(
+        mesh.get_as(&format!("/api/v1/bookings/{bid}"), &owner).await,
+        StatusCode::OK,
+    )
+    .await;
+
+    // The table cannot go while it has a booking to come.
+    let tables = json_of(
+        mesh.get_as(&format!("/api/v1/restaurants/{id}/tables"), &owner).await,
+        StatusCode::OK,
+    )
+    .await;
+    let table = tables["tables"][0]["id"].as_str().unwrap().to_owned();
+    let res = mesh
+        .send(
+            Method::DELETE,
+            &format!("/api/v1/tables/{table}"),
+            Some(&owner),
+            json!({}),
+        )
+        .await;
+    problem(res, StatusCode::BAD_REQUEST, "TABLE_HAS_BOOKINGS").await;
+
+    // The guest cancels: the starts come back.
+    let cancelled = json_of(
+        mesh.post(
+            &format!("/api/v1/bookings/{bid}/cancel"),
+            Some(&guest),
+            json!({"reason": "plans changed"}),
+        )
+        .await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(cancelled["status"], "cancelled");
+    assert_eq!(cancelled["cancel_reason"], "plans changed");
+    assert_eq!(free(&mesh, &id).await, before);
+
+    // A closure empties the day.
+    let res = mesh
+        .post(
+            &format!("/api/v1/restaurants/{id}/closures"),
+            Some(&owner),
+            json!({"from": day(), "to": day(), "reason": "wedding"}),
+        )
+        .await;
+    json_of(res, StatusCode::CREATED).await;
+    assert!(free(&mesh, &id).await.is_empty());
+
+    // Bad input is a problem with the field named, never a 5xx.
+    let res = mesh
+        .get(&format!(
+            "/api/v1/restaurants/{id}/availability?date=tomorrow&party_size=2"
+        ))
+        .await;
+    let body = problem(res, StatusCode::BAD_REQUEST, "VALIDATION_FAILED").await;
+    assert_eq!(body["errors"][0]["field"], "date", "{body}");
+    let res = mesh.get("/api/v1/restaurants/not-a-uuid").await;
+    problem(res, StatusCode::NOT_FOUND, "RESTAURANT_NOT_FOUND").await;
+}
+
+#[tokio::test]
+async fn many_clients_racing_for_one_table_get_one_booking_and_no_overlap() {
+    let pg = thali_platform::testing::postgres().await;
+    let mesh = Mesh::start_on(pg.as_ref().map(|p| p.url.clone())).await;
+    let (_, id) = set_up(&mesh, "race@owner.example").await;
+    let mut guests = Vec::new();
+    for i in 0..8 {
+        guests.push(access(&mesh.sign_up(&format!("g{i}@race.example"), "buyer").await));
+    }
+    // 48 requests from 8 guests at once: the same start, and starts overlapping it.
+    let tries = (0..48).map(|i| {
+        let token = guests[i % guests.len()].clone();
+        let time = ["19:00", "19:15", "18:45", "19:30"][i % 4];
+        let body = booking(&id, time);
+        let http = mesh.http.clone();
+        let url = mesh.url("/api/v1/bookings");
+        async move {
+            http.post(url)
+                .bearer_auth(token)
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    });
+    let statuses = futures::future::join_all(tries).await;
+    let won = statuses.iter().filter(|s| **s == StatusCode::CREATED).count();
+    assert_eq!(won, 1, "one table, overlapping starts: {statuses:?}");
+    assert!(
+        statuses
+            .iter()
+            .all(|s| *s == StatusCode::CREATED || *s == StatusCode::CONFLICT),
+        "{statuses:?}"
+    );
+    if let Some(pg) = pg {
+        use sea_orm::ConnectionTrait;
+        let row = pg
+            .db
+            .query_one_raw(sea_orm::Statement::from_string(
+                pg.db.get_database_backend(),
+                "SELECT COUNT(*) AS n FROM bookings a JOIN bookings b ON a.table_id = b.table_id \
+                 AND a.id < b.id WHERE a.status <> 'cancelled' AND b.status <> 'cancelled' \
+                 AND a.starts_at < b.ends_at AND b.starts_at < a.ends_at",
+            ))
+            .await
+            .unwrap()
+            .unwrap();
+        let overlaps: i64 = row.try_get("", "n").unwrap();
+        assert_eq!(overlaps, 0);
+    }
+}
