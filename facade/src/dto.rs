@@ -503,11 +503,12 @@ pub struct CreateApiKey {
 
 fn scopes_schema() -> utoipa::openapi::Array {
     utoipa::openapi::ArrayBuilder::new()
-        .items(
-            ObjectBuilder::new()
-                .schema_type(Type::String)
-                .enum_values(Some(["storefront.read", "storefront.write"])),
-        )
+        .items(ObjectBuilder::new().schema_type(Type::String).enum_values(Some([
+            "storefront.read",
+            "storefront.write",
+            "booking.read",
+            "booking.write",
+        ])))
         .min_items(Some(1))
         .unique_items(true)
         .build()

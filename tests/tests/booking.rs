@@ -189,6 +189,24 @@ async fn an_owner_sets_up_a_restaurant_and_a_guest_books_and_cancels_through_res
     let res = mesh.post("/api/v1/bookings", Some(&other), big).await;
     problem(res, StatusCode::BAD_REQUEST, "PARTY_TOO_LARGE").await;
 
+    // The owner hears of it in-app; the guest gets a confirmation email (through the outbox,
+    // the relay and notifications).
+    let told = eventually("the owner's in-app notification", || async {
+        let list = json_of(mesh.get_as("/api/v1/notifications", &owner).await, StatusCode::OK).await;
+        list["notifications"]
+            .as_array()?
+            .iter()
+            .find(|n| n["event_type"] == "booking.confirmed")
+            .cloned()
+    })
+    .await;
+    assert!(told["title"].as_str().unwrap().contains("Asha, 2 at"), "{told}");
+    let subject = eventually("the guest's confirmation email", || async {
+        mail_to(&mesh, "asha@guest.example", "is booked")
+    })
+    .await;
+    assert_eq!(subject, "Your table at Dosa Corner is booked");
+
     // Who sees what.
     let res = mesh.get_as(&format!("/api/v1/bookings/{bid}"), &other).await;
     problem(res, StatusCode::NOT_FOUND, "BOOKING_NOT_FOUND").await;
@@ -246,6 +264,10 @@ async fn an_owner_sets_up_a_restaurant_and_a_guest_books_and_cancels_through_res
     )
     .await;
     assert_eq!(cancelled["status"], "cancelled");
+    eventually("the guest's cancellation email", || async {
+        mail_to(&mesh, "asha@guest.example", "is cancelled")
+    })
+    .await;
     assert_eq!(cancelled["cancel_reason"], "plans changed");
     assert_eq!(free(&mesh, &id).await, before);
 
@@ -323,4 +345,116 @@ async fn many_clients_racing_for_one_table_get_one_booking_and_no_overlap() {
         let overlaps: i64 = row.try_get("", "n").unwrap();
         assert_eq!(overlaps, 0);
     }
+}
+
+/// A partner (a POS, an aggregator) calls booking over gRPC with an API key: `booking.read`
+/// searches and reads availability, only `booking.write` books.
+#[tokio::test]
+async fn a_partner_key_reads_with_booking_read_and_books_only_with_booking_write() {
+    use thali_proto::booking::v1::{self as pb, booking_service_client::BookingServiceClient};
+    let mesh = Mesh::start().await;
+    let (_, id) = set_up(&mesh, "pos@owner.example").await;
+    let partner = access(&mesh.sign_up("aggregator@partner.example", "buyer").await);
+    let key = |scopes: Value| {
+        let mesh = &mesh;
+        let partner = partner.clone();
+        async move {
+            let res = mesh
+                .post(
+                    "/api/v1/api-keys",
+                    Some(&partner),
+                    json!({"name": "aggregator", "scopes": scopes}),
+                )
+                .await;
+            json_of(res, StatusCode::CREATED).await["secret"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    let reader = key(json!(["booking.read"])).await;
+    let writer = key(json!(["booking.read", "booking.write"])).await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", mesh.grpc_addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = BookingServiceClient::new(channel);
+    let slots = client
+        .get_availability(with(
+            &reader,
+            pb::GetAvailabilityRequest {
+                restaurant_id: id.clone(),
+                date: day(),
+                party_size: 2,
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .slots;
+    assert_eq!(slots.len(), 55);
+    let book = pb::CreateBookingRequest {
+        restaurant_id: id.clone(),
+        party_size: 2,
+        start: format!("{}T13:00", day()),
+        guest_name: "Walk-in".into(),
+        phone: "+91 90000 00000".into(),
+        note: "via POS".into(),
+        idempotency_key: "pos-1".into(),
+    };
+    let err = client.create_booking(with(&reader, book.clone())).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "read scope cannot book");
+    let booked = client
+        .create_booking(with(&writer, book))
+        .await
+        .unwrap()
+        .into_inner()
+        .booking
+        .unwrap();
+    assert_eq!(booked.status, "confirmed");
+    let err = client
+        .get_availability(tonic::Request::new(pb::GetAvailabilityRequest {
+            restaurant_id: id,
+            date: day(),
+            party_size: 2,
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated, "no credentials, no gRPC");
+}
+
+fn with<T>(key: &str, message: T) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(message);
+    req.metadata_mut()
+        .insert("authorization", format!("Bearer {key}").parse().unwrap());
+    req
+}
+
+async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        if let Some(found) = check().await {
+            return found;
+        }
+        assert!(std::time::Instant::now() < until, "timed out waiting for {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// The subject of an email sent to `to` whose subject contains `part`.
+fn mail_to(mesh: &Mesh, to: &str, part: &str) -> Option<String> {
+    std::fs::read_dir(mesh.data_dir.join("mail"))
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let bytes = std::fs::read(entry.path()).ok()?;
+            let message = mail_parser::MessageParser::default().parse(&bytes)?;
+            let subject = message.subject()?.to_owned();
+            (message.to()?.first()?.address()? == to && subject.contains(part)).then_some(subject)
+        })
 }

@@ -12,8 +12,11 @@ use sea_orm::{
 };
 use thali_platform::{
     db::{begin_write, is_deadlock, is_exclusion_violation, is_unique_violation, statement},
+    events::{new_event, publish},
     idempotency::{Idempotency, Keys, Replay},
+    jobs::{NewJob, Queue},
 };
+use thali_proto::events::v1::{BookingCancelled, BookingConfirmed, BookingReminder, BookingSummary, event::Payload};
 use uuid::Uuid;
 
 use crate::domain::{
@@ -146,6 +149,8 @@ pub mod booking {
         pub cancelled_at: Option<DateTimeUtc>,
         #[sea_orm(column_type = "Text", nullable)]
         pub cancel_reason: Option<String>,
+        /// When the day-before reminder went out (once).
+        pub reminded_at: Option<DateTimeUtc>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -284,15 +289,110 @@ pub struct Changed<T> {
     pub old_city_key: Option<String>,
 }
 
+/// The job that sends a booking's reminder event, the day before it starts.
+pub const REMIND: &str = "booking.remind";
+
+/// How long before its start a booking's reminder goes out.
+pub const REMIND_BEFORE: Duration = Duration::hours(24);
+
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct Remind {
+    pub booking_id: Uuid,
+}
+
 /// The booking service's database.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct BookingStore {
     db: DatabaseConnection,
+    /// Where events and reminder jobs are written, and the clock they use.
+    queue: Queue,
+}
+
+impl std::fmt::Debug for BookingStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BookingStore").finish_non_exhaustive()
+    }
+}
+
+/// What a booking's events say about it.
+fn summary(b: &booking::Model, r: &restaurant::Model) -> BookingSummary {
+    let local = match r.tz() {
+        Ok(tz) => b.starts_at.with_timezone(&tz).format("%Y-%m-%dT%H:%M").to_string(),
+        Err(_) => b.starts_at.format("%Y-%m-%dT%H:%MZ").to_string(),
+    };
+    BookingSummary {
+        booking_id: b.id.to_string(),
+        restaurant_id: r.id.to_string(),
+        restaurant_name: r.name.clone(),
+        guest_account_id: b.guest_id.to_string(),
+        guest_name: b.guest_name.clone(),
+        party_size: b.party_size,
+        local_start: local,
+        time_zone: r.time_zone.clone(),
+        start_time: Some(prost_types::Timestamp {
+            seconds: b.starts_at.timestamp(),
+            nanos: 0,
+        }),
+    }
 }
 
 impl BookingStore {
     pub fn new(db: DatabaseConnection) -> Self {
-        Self { db }
+        Self::with_queue(db, Queue::new(crate::workers::SERVICE))
+    }
+
+    /// The store writing its events and jobs on `queue` (tests give it a manual clock).
+    pub fn with_queue(db: DatabaseConnection, queue: Queue) -> Self {
+        Self { db, queue }
+    }
+
+    /// The store's clock.
+    pub fn now(&self) -> DateTime<Utc> {
+        self.queue.now()
+    }
+
+    /// Publishes `payload` about booking `b` in `txn`.
+    async fn publish(
+        &self,
+        txn: &impl ConnectionTrait,
+        b: &booking::Model,
+        r: &restaurant::Model,
+        payload: Payload,
+    ) -> Result<(), DbErr> {
+        let event = new_event(
+            crate::workers::SERVICE,
+            format!("booking:{}", b.id),
+            Some(r.owner_id),
+            payload,
+            self.queue.now(),
+        );
+        publish(txn, &self.queue, &event).await
+    }
+
+    /// Sends the reminder of booking `id` once: only while it is confirmed and not reminded yet
+    /// (the mark and the event commit together). Returns whether it went out.
+    pub async fn remind(&self, id: Uuid) -> Result<bool, BookingError> {
+        let Some(b) = booking::Entity::find_by_id(id).one(&self.db).await? else {
+            return Ok(false);
+        };
+        let r = self.restaurant_row(b.restaurant_id).await?;
+        let txn = begin_write(&self.db).await?;
+        let marked = txn
+            .execute_raw(statement(
+                txn.get_database_backend(),
+                "UPDATE bookings SET reminded_at = $1 WHERE id = $2 AND status = 'confirmed' AND reminded_at IS NULL",
+                vec![self.queue.now().into(), id.into()],
+            ))
+            .await?;
+        if marked.rows_affected() != 1 {
+            return Ok(false);
+        }
+        let payload = Payload::BookingReminder(BookingReminder {
+            booking: Some(summary(&b, &r)),
+        });
+        self.publish(&txn, &b, &r, payload).await?;
+        txn.commit().await?;
+        Ok(true)
     }
 
     pub fn connection(&self) -> &DatabaseConnection {
@@ -950,6 +1050,7 @@ impl BookingStore {
                 created_at: now,
                 cancelled_at: None,
                 cancel_reason: None,
+                reminded_at: None,
             };
             match booking::Entity::insert(booking::ActiveModel::from(row.clone()))
                 .exec_without_returning(&txn)
@@ -967,6 +1068,17 @@ impl BookingStore {
                     Err(e) if is_unique_violation(&e) => return Ok(Attempt::Taken),
                     Err(e) => return Err(e.into()),
                 }
+            }
+            let confirmed = Payload::BookingConfirmed(BookingConfirmed {
+                booking: Some(summary(&row, r)),
+            });
+            self.publish(&txn, &row, r, confirmed).await?;
+            let remind_at = row.starts_at - REMIND_BEFORE;
+            if remind_at > now {
+                let job = NewJob::new(REMIND, &Remind { booking_id: id })
+                    .run_at(remind_at)
+                    .unique(format!("remind:{id}"));
+                self.queue.enqueue(&txn, job).await?;
             }
             txn.commit().await?;
             Ok(Attempt::Booked(Box::new(Changed {
@@ -1015,13 +1127,24 @@ impl BookingStore {
         }
         let txn = begin_write(&self.db).await?;
         let backend = txn.get_database_backend();
-        txn.execute_raw(statement(
-            backend,
-            "UPDATE bookings SET status = 'cancelled', cancelled_at = $1, cancel_reason = $2 \
-             WHERE id = $3 AND status <> 'cancelled'",
-            vec![now.into(), reason.to_owned().into(), id.into()],
-        ))
-        .await?;
+        let now = now.trunc_subsecs(6);
+        let updated = txn
+            .execute_raw(statement(
+                backend,
+                "UPDATE bookings SET status = 'cancelled', cancelled_at = $1, cancel_reason = $2 \
+                 WHERE id = $3 AND status <> 'cancelled'",
+                vec![now.into(), reason.to_owned().into(), id.into()],
+            ))
+            .await?;
+        // A concurrent cancel that won tells nobody twice.
+        if updated.rows_affected() == 1 {
+            let cancelled = Payload::BookingCancelled(BookingCancelled {
+                booking: Some(summary(&found, &r)),
+                by_restaurant: by_owner,
+                reason: reason.to_owned(),
+            });
+            self.publish(&txn, &found, &r, cancelled).await?;
+        }
         if backend != DbBackend::Postgres {
             txn.execute_raw(statement(
                 backend,

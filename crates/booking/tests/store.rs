@@ -438,3 +438,98 @@ async fn the_day_offers_only_starts_with_a_free_fitting_table() {
         assert!(starts(day, 2).is_empty(), "{}", p.backend);
     }
 }
+
+/// The event types relayed for `booking`, in the order written, and the run time of its
+/// reminder job (if any).
+async fn outbox(db: &sea_orm::DatabaseConnection, booking: Uuid) -> (Vec<String>, Option<chrono::DateTime<Utc>>) {
+    use base64::Engine;
+    use prost::Message;
+    use sea_orm::ConnectionTrait;
+    let rows = db
+        .query_all_raw(thali_platform::db::statement(
+            db.get_database_backend(),
+            "SELECT payload FROM jobs WHERE service = 'booking' AND kind = 'events.relay' AND ordering_key = $1 \
+             ORDER BY id",
+            vec![format!("event:booking:{booking}").into()],
+        ))
+        .await
+        .unwrap();
+    let types = rows
+        .iter()
+        .map(|r| {
+            let payload: String = r.try_get("", "payload").unwrap();
+            let json: serde_json::Value = serde_json::from_str(&payload).unwrap();
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(json["event"].as_str().unwrap())
+                .unwrap();
+            let event = thali_proto::events::v1::Event::decode(&bytes[..]).unwrap();
+            event.r#type
+        })
+        .collect();
+    let remind = db
+        .query_one_raw(thali_platform::db::statement(
+            db.get_database_backend(),
+            "SELECT run_at FROM jobs WHERE service = 'booking' AND kind = 'booking.remind' AND unique_key = $1",
+            vec![format!("remind:{booking}").into()],
+        ))
+        .await
+        .unwrap()
+        .map(|r| r.try_get::<chrono::DateTime<Utc>>("", "run_at").unwrap());
+    (types, remind)
+}
+
+#[tokio::test]
+async fn a_booking_and_its_cancellation_commit_their_events_and_the_reminder_goes_out_once() {
+    for p in places(&[(2, 4)]).await {
+        let guest = Uuid::now_v7();
+        let start = at("19:00");
+        let b = p
+            .store
+            .book_v(guest, &request(p.restaurant, 2, start), None, Utc::now())
+            .await
+            .unwrap();
+        let (types, remind) = outbox(&p.db, b.id).await;
+        assert_eq!(types, ["booking.confirmed"], "{}", p.backend);
+        assert_eq!(
+            remind,
+            Some(start - Duration::hours(24)),
+            "{}: the day before",
+            p.backend
+        );
+
+        // The reminder: once, however often its job runs.
+        assert!(p.store.remind(b.id).await.unwrap(), "{}", p.backend);
+        assert!(!p.store.remind(b.id).await.unwrap(), "{}: not twice", p.backend);
+        assert_eq!(outbox(&p.db, b.id).await.0, ["booking.confirmed", "booking.reminder"]);
+
+        p.store.cancel_v(b.id, guest, "ill", Utc::now()).await.unwrap();
+        // Cancelling again tells nobody twice.
+        p.store.cancel_v(b.id, guest, "ill", Utc::now()).await.unwrap();
+        assert_eq!(
+            outbox(&p.db, b.id).await.0,
+            ["booking.confirmed", "booking.reminder", "booking.cancelled"],
+            "{}",
+            p.backend
+        );
+
+        // A cancelled booking is not reminded; a booking in less than a day has no reminder job.
+        let other = p
+            .store
+            .book_v(Uuid::now_v7(), &request(p.restaurant, 2, at("12:00")), None, Utc::now())
+            .await
+            .unwrap();
+        p.store.cancel_v(other.id, p.owner, "closed", Utc::now()).await.unwrap();
+        assert!(!p.store.remind(other.id).await.unwrap());
+        let soon = p
+            .store
+            .book_v(
+                Uuid::now_v7(),
+                &request(p.restaurant, 2, start),
+                None,
+                start - Duration::hours(3),
+            )
+            .await
+            .unwrap();
+        assert_eq!(outbox(&p.db, soon.id).await.1, None, "{}", p.backend);
+    }
+}

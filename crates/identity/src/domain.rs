@@ -27,7 +27,7 @@ pub const LOCKOUT_MAX: Duration = Duration::from_secs(3600);
 /// Prefix of every partner API key.
 pub const API_KEY_PREFIX: &str = "thali_pk_";
 /// Scopes a partner API key can hold; each service adds its own.
-pub const SCOPES: &[&str] = &["storefront.read", "storefront.write"];
+pub const SCOPES: &[&str] = &["storefront.read", "storefront.write", "booking.read", "booking.write"];
 
 /// Everything that can go wrong in an identity use case.
 #[derive(Debug, thiserror::Error)]

@@ -23,6 +23,9 @@ pub struct Channels {
     /// In-app notifications cannot be turned off.
     pub in_app: bool,
     pub email: EmailPolicy,
+    /// The owner of the event's resource (`owner_account_id`, when another account) is told
+    /// in-app too: a restaurant's owner hears of its bookings.
+    pub owner_in_app: bool,
 }
 
 /// Every event type the service tells users about.
@@ -31,27 +34,52 @@ pub const CATALOGUE: &[Channels] = &[
         event_type: "account.created",
         in_app: true,
         email: EmailPolicy::Optional,
+        owner_in_app: false,
     },
     Channels {
         event_type: "account.login_new_address",
         in_app: true,
         email: EmailPolicy::Required,
+        owner_in_app: false,
     },
     Channels {
         event_type: "product.out_of_stock",
         in_app: true,
         email: EmailPolicy::Optional,
+        owner_in_app: false,
     },
     // Links with a single-use token, to the account's own address only.
     Channels {
         event_type: "account.email_verification_requested",
         in_app: false,
         email: EmailPolicy::Required,
+        owner_in_app: false,
     },
     Channels {
         event_type: "account.password_reset_requested",
         in_app: false,
         email: EmailPolicy::Required,
+        owner_in_app: false,
+    },
+    // The guest by email (a receipt: always sent), the restaurant's owner in-app.
+    Channels {
+        event_type: "booking.confirmed",
+        in_app: false,
+        email: EmailPolicy::Required,
+        owner_in_app: true,
+    },
+    Channels {
+        event_type: "booking.cancelled",
+        in_app: false,
+        email: EmailPolicy::Required,
+        owner_in_app: true,
+    },
+    // The day before: the guest by email, unless they turned reminders off.
+    Channels {
+        event_type: "booking.reminder",
+        in_app: false,
+        email: EmailPolicy::Optional,
+        owner_in_app: false,
     },
 ];
 
@@ -68,7 +96,13 @@ pub fn channels(event_type: &str) -> Option<&'static Channels> {
 }
 
 /// Event types a partner webhook endpoint may subscribe to.
-pub const WEBHOOK_EVENT_TYPES: &[&str] = &["account.created", "account.login_new_address", "product.out_of_stock"];
+pub const WEBHOOK_EVENT_TYPES: &[&str] = &[
+    "account.created",
+    "account.login_new_address",
+    "product.out_of_stock",
+    "booking.confirmed",
+    "booking.cancelled",
+];
 /// Endpoints one account may register.
 pub const ENDPOINTS_MAX: u64 = 10;
 
@@ -225,6 +259,53 @@ fn account(field: &str, value: &str) -> Result<Uuid, NotificationError> {
     Uuid::parse_str(value).map_err(|_| NotificationError::invalid(field, "must be a UUID"))
 }
 
+/// Who a booking event is for (the guest) and what its messages say. `when` is the local
+/// start written for people (`2026-11-25 19:30`).
+fn booking_context(
+    b: Option<&thali_proto::events::v1::BookingSummary>,
+    by_restaurant: bool,
+    reason: &str,
+) -> Result<(Uuid, Option<Recipient>, serde_json::Value), NotificationError> {
+    let b = b.ok_or_else(|| NotificationError::invalid("booking", "is required"))?;
+    let guest = account("booking.guest_account_id", &b.guest_account_id)?;
+    let short = |s: &str, n: usize| s.chars().take(n).collect::<String>();
+    Ok((
+        guest,
+        None,
+        serde_json::json!({
+            "booking_id": b.booking_id,
+            "restaurant_name": short(&b.restaurant_name, 120),
+            "guest_name": short(&b.guest_name, 120),
+            "party_size": b.party_size,
+            "when": short(&b.local_start, 16).replacen('T', " ", 1),
+            "time_zone": short(&b.time_zone, 64),
+            "by_restaurant": by_restaurant,
+            "reason": short(reason, 500),
+        }),
+    ))
+}
+
+/// A booking event as partner webhooks receive it.
+fn booking_data(
+    b: Option<&thali_proto::events::v1::BookingSummary>,
+    cancelled: Option<(bool, &String)>,
+) -> serde_json::Value {
+    let Some(b) = b else { return serde_json::Value::Null };
+    let mut data = serde_json::json!({
+        "booking_id": b.booking_id,
+        "restaurant_id": b.restaurant_id,
+        "party_size": b.party_size,
+        "start": b.local_start,
+        "time_zone": b.time_zone,
+        "guest_name": b.guest_name,
+    });
+    if let (Some((by_restaurant, reason)), Some(map)) = (cancelled, data.as_object_mut()) {
+        map.insert("by_restaurant".into(), by_restaurant.into());
+        map.insert("reason".into(), reason.clone().into());
+    }
+    data
+}
+
 impl Incoming {
     /// Checks an event and picks who it is for. INVALID_ARGUMENT (never retried by the relay)
     /// for an event that can never be taken.
@@ -290,6 +371,9 @@ impl Incoming {
                     "product_name": p.product_name,
                 }),
             ),
+            Payload::BookingConfirmed(p) => booking_context(p.booking.as_ref(), false, "")?,
+            Payload::BookingCancelled(p) => booking_context(p.booking.as_ref(), p.by_restaurant, &p.reason)?,
+            Payload::BookingReminder(p) => booking_context(p.booking.as_ref(), false, "")?,
         };
         let to = match payload {
             Payload::AccountEmailVerificationRequested(p) => Some(p.email.clone()),
@@ -316,6 +400,9 @@ impl Incoming {
                 "product_id": p.product_id,
                 "product_name": p.product_name,
             }),
+            Payload::BookingConfirmed(p) => booking_data(p.booking.as_ref(), None),
+            Payload::BookingCancelled(p) => booking_data(p.booking.as_ref(), Some((p.by_restaurant, &p.reason))),
+            Payload::BookingReminder(p) => booking_data(p.booking.as_ref(), None),
         };
         Ok(Self {
             event_id,

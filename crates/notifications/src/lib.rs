@@ -25,6 +25,9 @@ pub const SUBSCRIBES_TO: &[&str] = &[
     "account.email_verification_requested",
     "account.password_reset_requested",
     "product.out_of_stock",
+    "booking.confirmed",
+    "booking.cancelled",
+    "booking.reminder",
 ];
 
 /// The notifications service: its gRPC handlers, event sink and mailer.

@@ -341,21 +341,17 @@ impl NotificationStore {
             let text = templates
                 .in_app(incoming.event_type, &context)
                 .map_err(template_failed)?;
-            txn.execute_raw(statement(
-                backend,
-                "INSERT INTO notifications (id, account_id, event_id, event_type, title, body, created_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
-                vec![
-                    Uuid::now_v7().into(),
-                    incoming.account_id.into(),
-                    incoming.event_id.into(),
-                    incoming.event_type.into(),
-                    text.title.into(),
-                    text.body.into(),
-                    now.into(),
-                ],
-            ))
-            .await?;
+            in_app_row(&txn, incoming, incoming.account_id, text, now).await?;
+        }
+
+        // The restaurant's owner (or whoever owns the event's resource) hears of it in-app.
+        if channels.owner_in_app
+            && let Some(owner) = incoming.owner.filter(|o| *o != incoming.account_id)
+        {
+            let text = templates
+                .in_app(incoming.event_type, &context)
+                .map_err(template_failed)?;
+            in_app_row(&txn, incoming, owner, text, now).await?;
         }
 
         let wanted = match channels.email {
@@ -940,4 +936,30 @@ fn decode_token(token: &str) -> Result<Uuid, NotificationError> {
         .ok()
         .and_then(|b| Uuid::from_slice(&b).ok())
         .ok_or_else(|| NotificationError::invalid("page_token", "is not a token this service gave"))
+}
+
+/// One in-app notification of `incoming` for `account` (once per account and event).
+async fn in_app_row(
+    txn: &impl ConnectionTrait,
+    incoming: &Incoming,
+    account: Uuid,
+    text: crate::templates::InApp,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<(), sea_orm::DbErr> {
+    txn.execute_raw(statement(
+        txn.get_database_backend(),
+        "INSERT INTO notifications (id, account_id, event_id, event_type, title, body, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+        vec![
+            Uuid::now_v7().into(),
+            account.into(),
+            incoming.event_id.into(),
+            incoming.event_type.into(),
+            text.title.into(),
+            text.body.into(),
+            now.into(),
+        ],
+    ))
+    .await?;
+    Ok(())
 }

@@ -94,6 +94,59 @@ const SOURCES: &[(&str, &str)] = &[
         "account.password_reset_requested/email.html",
         include_str!("../templates/account.password_reset_requested/email.html"),
     ),
+    // Bookings: the owner in-app (title, body), the guest by email.
+    (
+        "booking.confirmed/title.txt",
+        include_str!("../templates/booking.confirmed/title.txt"),
+    ),
+    (
+        "booking.confirmed/body.txt",
+        include_str!("../templates/booking.confirmed/body.txt"),
+    ),
+    (
+        "booking.confirmed/subject.txt",
+        include_str!("../templates/booking.confirmed/subject.txt"),
+    ),
+    (
+        "booking.confirmed/email.txt",
+        include_str!("../templates/booking.confirmed/email.txt"),
+    ),
+    (
+        "booking.confirmed/email.html",
+        include_str!("../templates/booking.confirmed/email.html"),
+    ),
+    (
+        "booking.cancelled/title.txt",
+        include_str!("../templates/booking.cancelled/title.txt"),
+    ),
+    (
+        "booking.cancelled/body.txt",
+        include_str!("../templates/booking.cancelled/body.txt"),
+    ),
+    (
+        "booking.cancelled/subject.txt",
+        include_str!("../templates/booking.cancelled/subject.txt"),
+    ),
+    (
+        "booking.cancelled/email.txt",
+        include_str!("../templates/booking.cancelled/email.txt"),
+    ),
+    (
+        "booking.cancelled/email.html",
+        include_str!("../templates/booking.cancelled/email.html"),
+    ),
+    (
+        "booking.reminder/subject.txt",
+        include_str!("../templates/booking.reminder/subject.txt"),
+    ),
+    (
+        "booking.reminder/email.txt",
+        include_str!("../templates/booking.reminder/email.txt"),
+    ),
+    (
+        "booking.reminder/email.html",
+        include_str!("../templates/booking.reminder/email.html"),
+    ),
     // Notices about a partner's own webhook endpoint (in-app only).
     (
         "webhook.delivery_failed/title.txt",
@@ -157,7 +210,11 @@ impl Templates {
         let templates = Self { env };
         // Every type in the catalogue has the templates of its channels.
         for c in CATALOGUE {
-            let in_app = if c.in_app { &["title.txt", "body.txt"][..] } else { &[] };
+            let in_app = if c.in_app || c.owner_in_app {
+                &["title.txt", "body.txt"][..]
+            } else {
+                &[]
+            };
             let email = if c.email == crate::domain::EmailPolicy::Never {
                 &[][..]
             } else {

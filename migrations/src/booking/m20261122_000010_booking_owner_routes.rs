@@ -1,5 +1,6 @@
 //! What the owner routes need: a removed table keeps its row (past bookings point at it) but
-//! leaves the restaurant and frees its label; search compares cities by a lowercase key.
+//! leaves the restaurant and frees its label; search compares cities by a lowercase key; a
+//! booking records when its reminder went out (so it goes out once).
 use sea_orm_migration::{prelude::*, schema::*};
 
 #[derive(DeriveMigrationName)]
@@ -9,6 +10,12 @@ pub struct Migration;
 enum RestaurantTables {
     Table,
     RemovedAt,
+}
+
+#[derive(DeriveIden)]
+enum Bookings {
+    Table,
+    RemindedAt,
 }
 
 #[derive(DeriveIden)]
@@ -61,10 +68,26 @@ impl MigrationTrait for Migration {
                     .to_owned(),
             )
             .await?;
+        manager
+            .alter_table(
+                Table::alter()
+                    .table(Bookings::Table)
+                    .add_column(timestamp_with_time_zone_null(Bookings::RemindedAt))
+                    .to_owned(),
+            )
+            .await?;
         Ok(())
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .alter_table(
+                Table::alter()
+                    .table(Bookings::Table)
+                    .drop_column(Bookings::RemindedAt)
+                    .to_owned(),
+            )
+            .await?;
         let db = manager.get_connection();
         db.execute_unprepared("DROP INDEX idx_restaurants_city_key").await?;
         manager
