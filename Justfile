@@ -43,6 +43,10 @@ bench-jobs jobs="50000" samples="300":
 bench-outbox samples="300":
     THALI_TEST_DATABASE_URL="${THALI_TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}" cargo run --release -q -p thali-tests --example outbox_bench -- {{samples}}
 
+# Booking on PostgreSQL through REST: 64 clients racing, availability and search latency (docs/perf/booking.md).
+bench-booking restaurants="10000" seconds="20":
+    THALI_TEST_DATABASE_URL="${THALI_TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}" cargo run --release -q -p thali-tests --example booking_bench -- {{restaurants}} {{seconds}}
+
 # Cost of the gRPC client stack vs a raw channel, and breaker fail-fast latency (docs/perf/resilience.md).
 bench-client seconds="10" concurrency="64":
     cargo run --release -q -p thali-tests --example client_stack -- {{seconds}} {{concurrency}}

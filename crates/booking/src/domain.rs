@@ -873,7 +873,8 @@ pub struct Hold {
 /// it, one entry per distinct range.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct FreeAt {
-    pub start: DateTime<Utc>,
+    /// Seconds since the epoch (cheap to cache and decode).
+    pub start: i64,
     pub seats: Vec<(i32, i32)>,
 }
 
@@ -907,7 +908,10 @@ impl Day {
             seats.sort_unstable();
             seats.dedup();
             if !seats.is_empty() {
-                starts.push(FreeAt { start, seats });
+                starts.push(FreeAt {
+                    start: start.timestamp(),
+                    seats,
+                });
             }
         }
         Self {
@@ -919,13 +923,13 @@ impl Day {
 
     /// The starts a party of `party` may book at `now`.
     pub fn starts_for(&self, party: i32, now: DateTime<Utc>) -> impl Iterator<Item = DateTime<Utc>> + '_ {
-        let earliest = now + Duration::seconds(self.lead_s);
-        let latest = now + Duration::seconds(self.window_s);
+        let earliest = now.timestamp() + self.lead_s;
+        let latest = now.timestamp() + self.window_s;
         self.starts
             .iter()
             .filter(move |f| earliest <= f.start && f.start <= latest)
             .filter(move |f| f.seats.iter().any(|&(lo, hi)| lo <= party && party <= hi))
-            .map(|f| f.start)
+            .filter_map(|f| DateTime::from_timestamp(f.start, 0))
     }
 }
 

@@ -771,11 +771,12 @@ impl pb::booking_service_server::BookingService for BookingGrpc {
         };
         let idem = domain::parse_idempotency_key(&req.idempotency_key)?
             .map(|k| thali_platform::idempotency::Idempotency::new(k, &new));
-        let changed = self.store.book(guest, &new, idem.as_ref(), Utc::now()).await?;
+        let zone = row.time_zone.clone();
+        let changed = self.store.book_at(row, guest, &new, idem.as_ref(), Utc::now()).await?;
         self.booking_changed(&changed).await;
         tracing::info!(booking_id = %changed.value.id, restaurant_id = %rid, "booking confirmed");
         Ok(Response::new(pb::CreateBookingResponse {
-            booking: Some(booking_pb(changed.value, &row.time_zone)),
+            booking: Some(booking_pb(changed.value, &zone)),
         }))
     }
 

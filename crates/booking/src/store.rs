@@ -939,9 +939,21 @@ impl BookingStore {
         idem: Option<&Idempotency>,
         now: DateTime<Utc>,
     ) -> Result<Changed<Booking>, BookingError> {
+        let r = self.restaurant_row(new.restaurant_id).await?;
+        self.book_at(r, guest, new, idem, now).await
+    }
+
+    /// [`BookingStore::book`] at restaurant `r`, already read by the caller.
+    pub async fn book_at(
+        &self,
+        r: restaurant::Model,
+        guest: Uuid,
+        new: &NewBooking,
+        idem: Option<&Idempotency>,
+        now: DateTime<Utc>,
+    ) -> Result<Changed<Booking>, BookingError> {
         const SCOPE: &str = "book";
         let subject = guest.to_string();
-        let r = self.restaurant_row(new.restaurant_id).await?;
         if let Some(idem) = idem {
             match KEYS.replay(&self.db, SCOPE, &subject, idem, now).await? {
                 Replay::Fresh => {}

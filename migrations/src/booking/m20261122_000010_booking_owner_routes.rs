@@ -1,6 +1,7 @@
 //! What the owner routes need: a removed table keeps its row (past bookings point at it) but
 //! leaves the restaurant and frees its label; search compares cities by a lowercase key; a
-//! booking records when its reminder went out (so it goes out once).
+//! booking records when its reminder went out (so it goes out once); hours and closures are
+//! found by restaurant through an index (a day is read in a handful of indexed queries).
 use sea_orm_migration::{prelude::*, schema::*};
 
 #[derive(DeriveMigrationName)]
@@ -76,10 +77,17 @@ impl MigrationTrait for Migration {
                     .to_owned(),
             )
             .await?;
+        db.execute_unprepared("CREATE INDEX idx_opening_hours_restaurant ON opening_hours (restaurant_id)")
+            .await?;
+        db.execute_unprepared("CREATE INDEX idx_closures_restaurant ON closures (restaurant_id, from_date)")
+            .await?;
         Ok(())
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let db = manager.get_connection();
+        db.execute_unprepared("DROP INDEX idx_closures_restaurant").await?;
+        db.execute_unprepared("DROP INDEX idx_opening_hours_restaurant").await?;
         manager
             .alter_table(
                 Table::alter()
@@ -88,7 +96,6 @@ impl MigrationTrait for Migration {
                     .to_owned(),
             )
             .await?;
-        let db = manager.get_connection();
         db.execute_unprepared("DROP INDEX idx_restaurants_city_key").await?;
         manager
             .alter_table(
