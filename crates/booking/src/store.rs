@@ -974,9 +974,9 @@ impl BookingStore {
         let ends_at = new.starts_at + schedule.policy.sitting;
         let now = now.trunc_subsecs(6);
         let covered = cells(new.starts_at, ends_at, schedule.policy.slot);
-        // Two bookings inserted at once on one table may each wait for the other's exclusion
-        // check; PostgreSQL then ends one of them. That table is tried again (its winner, if
-        // any, has committed by then), a few times at most.
+        // The table's row lock orders the bookings of one table, so PostgreSQL should never
+        // have to end one to break a deadlock; if it does, that table is tried again (its
+        // winner has committed by then), a few times at most.
         let mut deadlocks = 0;
         let mut tables = fit.into_iter().peekable();
         while let Some(&table) = tables.peek() {
@@ -1028,10 +1028,12 @@ impl BookingStore {
                     Replay::Fresh => Err(Tried::Failed(BookingError::Unavailable)),
                 };
             }
-            // The table still takes bookings; on PostgreSQL the shared lock holds off a removal
-            // or deactivation until this booking has committed or rolled back.
+            // The table still takes bookings. On PostgreSQL the row lock queues the bookings of
+            // one table (two inserts waiting on each other's exclusion check would deadlock) and
+            // holds off a removal or deactivation until this booking has committed or rolled
+            // back; the exclusion constraint still decides what may overlap.
             let lock = if backend == DbBackend::Postgres {
-                " FOR SHARE"
+                " FOR UPDATE"
             } else {
                 ""
             };
