@@ -131,9 +131,22 @@ pub enum NotificationError {
     EndpointDisabled,
     #[error("the database is unavailable")]
     Unavailable,
+    /// An event to email an account whose address has not arrived yet (its `account.created`
+    /// may still be on its way from identity): the sender retries it.
+    #[error("the recipient's address is not known yet")]
+    RecipientPending,
     #[error("internal error: {0}")]
     Internal(String),
 }
+
+/// How long an event waits (through the relay's retries) for its recipient's address before it
+/// is told in-app only: events of different services are not ordered, so a booking made right
+/// after signing up can arrive before the welcome.
+pub const RECIPIENT_GRACE: chrono::Duration = chrono::Duration::minutes(10);
+
+/// Event types that wait for their recipient's address (the guest of a booking often signs up
+/// moments before booking). Other types are told in-app only when the address is unknown.
+pub const AWAITS_RECIPIENT: &[&str] = &["booking.confirmed", "booking.cancelled", "booking.reminder"];
 
 impl NotificationError {
     pub fn invalid(field: &str, description: impl Into<String>) -> Self {

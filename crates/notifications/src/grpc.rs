@@ -63,6 +63,9 @@ impl From<NotificationError> for Status {
             NotificationError::Unavailable => {
                 errors::unavailable("DATABASE_UNAVAILABLE", err.to_string(), Duration::from_secs(2))
             }
+            NotificationError::RecipientPending => {
+                errors::unavailable("RECIPIENT_NOT_YET_KNOWN", err.to_string(), Duration::from_secs(2))
+            }
             NotificationError::Internal(cause) => errors::internal(&cause),
         }
     }

@@ -398,6 +398,14 @@ impl NotificationStore {
                     self.queue.enqueue(&txn, job).await?;
                 }
             }
+            // Not known yet, and the event is young: refuse it (nothing commits) so the relay
+            // sends it again once the account's address has had time to arrive.
+            (None, true)
+                if domain::AWAITS_RECIPIENT.contains(&incoming.event_type)
+                    && now - incoming.occurred_at < domain::RECIPIENT_GRACE =>
+            {
+                return Err(NotificationError::RecipientPending);
+            }
             (None, true) => {
                 tracing::warn!(
                     account_id = %incoming.account_id,

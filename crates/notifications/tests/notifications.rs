@@ -572,3 +572,60 @@ async fn the_smtp_password_comes_from_its_file_and_a_wrong_one_is_refused_for_go
     }
     assert_eq!(smtp.messages().len(), 1);
 }
+
+#[tokio::test]
+async fn a_booking_waits_for_its_guests_address_then_emails_the_guest_and_tells_the_owner_in_app() {
+    use thali_proto::events::v1::{BookingConfirmed, BookingSummary};
+    for t in backends().await {
+        let n = service(&t, Mailer::files(mail_dir(), FROM).unwrap());
+        let sink = n.sink();
+        let (guest, owner, booking) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+        let booked = events::new_event(
+            "booking",
+            format!("booking:{booking}"),
+            Some(owner),
+            Payload::BookingConfirmed(BookingConfirmed {
+                booking: Some(BookingSummary {
+                    booking_id: booking.to_string(),
+                    restaurant_id: Uuid::now_v7().to_string(),
+                    restaurant_name: "Dosa Corner".into(),
+                    guest_account_id: guest.to_string(),
+                    guest_name: "Meera".into(),
+                    party_size: 2,
+                    local_start: "2026-11-25T19:30".into(),
+                    time_zone: "Asia/Kolkata".into(),
+                    start_time: None,
+                }),
+            }),
+            chrono::Utc::now(),
+        );
+        // The guest signed up a moment ago: their address has not arrived. Refused (the relay
+        // retries it) and nothing is kept.
+        let err = sink.take(booked.clone()).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unavailable, "{}: {err:?}", t.backend);
+        let owners = n.store().list(owner, 0, "", false).await.unwrap();
+        assert!(owners.notifications.is_empty(), "{}", t.backend);
+
+        sink.take(account_created(guest, "meera@example.com", "Meera"))
+            .await
+            .unwrap();
+        assert!(sink.take(booked.clone()).await.unwrap(), "{}", t.backend);
+        let owners = n.store().list(owner, 0, "", false).await.unwrap();
+        assert_eq!(owners.notifications.len(), 1);
+        assert_eq!(
+            owners.notifications[0].title,
+            "New booking: Meera, 2 at 2026-11-25 19:30"
+        );
+        // The guest: the welcome in-app, the booking by email only.
+        let guests = n.store().list(guest, 0, "", false).await.unwrap();
+        assert_eq!(guests.notifications.len(), 1, "{}", t.backend);
+        let emails = n
+            .store()
+            .emails_of_event(Uuid::parse_str(&booked.id).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(emails.len(), 1, "{}", t.backend);
+        assert_eq!(emails[0].outgoing.to, "meera@example.com");
+        assert_eq!(emails[0].outgoing.subject, "Your table at Dosa Corner is booked");
+    }
+}
