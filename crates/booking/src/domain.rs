@@ -441,7 +441,6 @@ pub const NOTE_MAX: usize = 500;
 pub const REASON_MAX: usize = 500;
 pub const PAGE_SIZE_DEFAULT: u64 = 50;
 pub const PAGE_SIZE_MAX: u64 = 100;
-pub const IDEMPOTENCY_KEY_MAX: usize = 200;
 /// Slot lengths a restaurant may choose, in minutes.
 pub const SLOT_CHOICES: [i64; 6] = [5, 10, 15, 20, 30, 60];
 /// Closure ranges longer than this are refused (a restaurant closing for good is deleted).
@@ -830,30 +829,15 @@ pub fn check_guest(
     }
 }
 
-/// Parses an idempotency key: empty is none.
+/// Parses an idempotency key: empty is none (the rule is the platform's).
 pub fn parse_idempotency_key(key: &str) -> Result<Option<String>, BookingError> {
-    if key.is_empty() {
-        return Ok(None);
-    }
-    if key.len() > IDEMPOTENCY_KEY_MAX || !key.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(BookingError::invalid(
-            "idempotency_key",
-            format!("must be 1 to {IDEMPOTENCY_KEY_MAX} visible ASCII characters"),
-        ));
-    }
-    Ok(Some(key.to_owned()))
+    thali_platform::idempotency::parse_key(key).map_err(|v| BookingError::Invalid(vec![v]))
 }
 
 /// A requested page size: 0 means the default.
 pub fn page_size(requested: i32) -> Result<u64, BookingError> {
-    match requested {
-        0 => Ok(PAGE_SIZE_DEFAULT),
-        n if n < 0 || n as u64 > PAGE_SIZE_MAX => Err(BookingError::invalid(
-            "page_size",
-            format!("must be between 0 and {PAGE_SIZE_MAX}"),
-        )),
-        n => Ok(n as u64),
-    }
+    thali_platform::errors::page_size(requested, PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX)
+        .map_err(|v| BookingError::Invalid(vec![v]))
 }
 
 /// Parses `YYYY-MM-DD`.

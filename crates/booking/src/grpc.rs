@@ -483,6 +483,7 @@ impl pb::booking_service_server::BookingService for BookingGrpc {
             .create_restaurant(owner, &new, idem.as_ref(), Utc::now())
             .await?;
         tracing::info!(restaurant_id = %r.id, "restaurant created");
+        // A new restaurant has no hours yet (a replayed key may name one that has).
         let hours = self.store.hours(r.id).await?;
         Ok(Response::new(pb::CreateRestaurantResponse {
             restaurant: Some(restaurant_pb(r, &hours, Some(owner))),

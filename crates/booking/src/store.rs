@@ -277,6 +277,15 @@ const WEEKDAYS: [chrono::Weekday; 7] = [
     chrono::Weekday::Sun,
 ];
 
+/// A stored opening range, or None when it does not parse.
+fn hours_range(h: &hours::Model) -> Option<HoursRange> {
+    Some(HoursRange {
+        weekday: *WEEKDAYS.get(usize::try_from(h.weekday).ok()?)?,
+        opens: crate::domain::parse_time(&h.opens)?,
+        closes: crate::domain::parse_time(&h.closes)?,
+    })
+}
+
 /// The most restaurant ids one `IN (…)` list carries.
 const IN_CHUNK: usize = 500;
 
@@ -704,10 +713,14 @@ impl BookingStore {
 
     /// The restaurant's opening hours (public), by weekday and opening time.
     pub async fn hours(&self, restaurant_id: Uuid) -> Result<Vec<HoursRange>, BookingError> {
-        let mut all = self
-            .schedules(&[self.restaurant_row(restaurant_id).await?], None)
-            .await?;
-        let mut hours = all.pop().map(|(s, _)| s.hours).unwrap_or_default();
+        let bad = |what: &str| BookingError::Internal(format!("stored {what} does not parse"));
+        let mut hours = hours::Entity::find()
+            .filter(hours::Column::RestaurantId.eq(restaurant_id))
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .map(|h| hours_range(&h).ok_or_else(|| bad("opening hours")))
+            .collect::<Result<Vec<_>, _>>()?;
         hours.sort_by_key(|h| (h.weekday.num_days_from_monday(), h.opens));
         Ok(hours)
     }
@@ -754,11 +767,8 @@ impl BookingStore {
                 .all(&self.db)
                 .await?
             {
-                hours_of.entry(h.restaurant_id).or_default().push(HoursRange {
-                    weekday: *WEEKDAYS.get(h.weekday as usize).ok_or_else(|| bad("weekday"))?,
-                    opens: crate::domain::parse_time(&h.opens).ok_or_else(|| bad("opening time"))?,
-                    closes: crate::domain::parse_time(&h.closes).ok_or_else(|| bad("closing time"))?,
-                });
+                let range = hours_range(&h).ok_or_else(|| bad("opening hours"))?;
+                hours_of.entry(h.restaurant_id).or_default().push(range);
             }
             let mut closures = closure::Entity::find().filter(closure::Column::RestaurantId.is_in(ids.clone()));
             if let Some(date) = on {

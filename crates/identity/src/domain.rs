@@ -297,18 +297,9 @@ pub fn check_scopes(scopes: &[String]) -> Result<Vec<String>, IdentityError> {
     Ok(out)
 }
 
-/// Checks an idempotency key: empty means none; otherwise 1–200 visible ASCII characters.
+/// Checks an idempotency key: empty means none (the rule is the platform's).
 pub fn parse_idempotency_key(key: &str) -> Result<Option<String>, IdentityError> {
-    if key.is_empty() {
-        return Ok(None);
-    }
-    if key.len() > 200 || !key.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(IdentityError::invalid(
-            "idempotency_key",
-            "must be 1 to 200 visible ASCII characters",
-        ));
-    }
-    Ok(Some(key.to_owned()))
+    thali_platform::idempotency::parse_key(key).map_err(|v| IdentityError::Invalid(vec![v]))
 }
 
 #[cfg(test)]

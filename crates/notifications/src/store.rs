@@ -920,11 +920,8 @@ impl NotificationStore {
 
 /// A page size: 0 means the default, at most [`PAGE_SIZE_MAX`].
 fn page_size_of(page_size: i32) -> Result<u64, NotificationError> {
-    match page_size {
-        0 => Ok(PAGE_SIZE_DEFAULT),
-        n if n < 0 || n as u64 > PAGE_SIZE_MAX => Err(NotificationError::invalid("page_size", "must be 0 to 100")),
-        n => Ok(n as u64),
-    }
+    thali_platform::errors::page_size(page_size, PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX)
+        .map_err(|v| NotificationError::Invalid(vec![v]))
 }
 
 /// Cuts `rows` (read with one extra row) to `size`; the token of the next page, or empty.

@@ -25,6 +25,16 @@ impl Violation {
 
 /// INVALID_ARGUMENT with a `BadRequest` listing every bad field and `ErrorInfo` reason
 /// `VALIDATION_FAILED`.
+/// A requested page size: 0 means `default`, otherwise 1 to `max` (the violation names
+/// `page_size`).
+pub fn page_size(requested: i32, default: u64, max: u64) -> Result<u64, Violation> {
+    match requested {
+        0 => Ok(default),
+        n if n < 0 || n as u64 > max => Err(Violation::new("page_size", format!("must be between 0 and {max}"))),
+        n => Ok(n as u64),
+    }
+}
+
 pub fn invalid_argument(violations: &[Violation]) -> Status {
     let mut details = ErrorDetails::with_bad_request(
         violations

@@ -24,6 +24,24 @@ impl Idempotency {
     }
 }
 
+/// Longest idempotency key, in bytes.
+pub const KEY_MAX: usize = 200;
+
+/// Checks a key as a client sent it: empty means none; otherwise 1–200 visible ASCII
+/// characters (the violation names `idempotency_key`).
+pub fn parse_key(raw: &str) -> Result<Option<String>, crate::errors::Violation> {
+    if raw.is_empty() {
+        return Ok(None);
+    }
+    if raw.len() > KEY_MAX || !raw.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(crate::errors::Violation::new(
+            "idempotency_key",
+            format!("must be 1 to {KEY_MAX} visible ASCII characters"),
+        ));
+    }
+    Ok(Some(raw.to_owned()))
+}
+
 /// How long a key answers with its first result; after that the key is free again.
 pub const WINDOW: chrono::TimeDelta = chrono::TimeDelta::hours(24);
 

@@ -57,7 +57,6 @@ pub const STOREFRONT_PRODUCTS_MAX: u64 = 200;
 /// Default and largest page of `ListProducts`.
 pub const PAGE_SIZE_DEFAULT: u64 = 50;
 pub const PAGE_SIZE_MAX: u64 = 100;
-pub const IDEMPOTENCY_KEY_MAX: usize = 200;
 
 /// Everything that can go wrong in a storefront use case.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -372,30 +371,15 @@ impl ProductChanges {
     }
 }
 
-/// Checks an idempotency key: empty means none; otherwise 1–200 visible ASCII characters.
+/// Checks an idempotency key: empty means none (the rule is the platform's).
 pub fn parse_idempotency_key(key: &str) -> Result<Option<String>, StorefrontError> {
-    if key.is_empty() {
-        return Ok(None);
-    }
-    if key.len() > IDEMPOTENCY_KEY_MAX || !key.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(StorefrontError::invalid(
-            "idempotency_key",
-            format!("must be 1 to {IDEMPOTENCY_KEY_MAX} visible ASCII characters"),
-        ));
-    }
-    Ok(Some(key.to_owned()))
+    thali_platform::idempotency::parse_key(key).map_err(|v| StorefrontError::Invalid(vec![v]))
 }
 
-/// Clamps a requested page size: 0 means the default; above the maximum is refused.
+/// A requested page size: 0 means the default.
 pub fn page_size(requested: i32) -> Result<u64, StorefrontError> {
-    match requested {
-        0 => Ok(PAGE_SIZE_DEFAULT),
-        n if n < 0 || n as u64 > PAGE_SIZE_MAX => Err(StorefrontError::invalid(
-            "page_size",
-            format!("must be between 0 and {PAGE_SIZE_MAX}"),
-        )),
-        n => Ok(n as u64),
-    }
+    thali_platform::errors::page_size(requested, PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX)
+        .map_err(|v| StorefrontError::Invalid(vec![v]))
 }
 
 #[cfg(test)]
