@@ -6,9 +6,10 @@
 //! 2. availability p50/p99, uncached (a restaurant and date never read) and cached;
 //! 3. search p95 over cities of 200 restaurants, uncached and cached (both on a quiet platform:
 //!    before the race, whose outbox backlog would otherwise share the two cores);
-//! 4. 64 clients race `POST /api/v1/bookings` over the first 1,000 restaurants for `seconds`
-//!    (default 20), random starts of one day; then a query checks that no two holding bookings
-//!    overlap on a table.
+//! 4. 64 registered guests race `POST /api/v1/bookings` over the first 1,000 restaurants for
+//!    `seconds` (default 20), random starts of one day; then a query checks that no two holding
+//!    bookings overlap on a table, and the run waits for the outbox to deliver every
+//!    confirmation (reported: how long the backlog took to drain).
 //!
 //! `cargo run --release -p thali-tests --example booking_bench -- [restaurants] [seconds]`
 //! (`just bench-booking`). Prints Markdown rows (docs/perf/booking.md keeps them).
@@ -45,6 +46,15 @@ const CLIENTS: usize = 64;
 
 fn pct(sorted: &[Duration], q: f64) -> Duration {
     sorted[((sorted.len() as f64 * q) as usize).min(sorted.len() - 1)]
+}
+
+/// The `n` of a `SELECT COUNT(*) AS n …`.
+async fn count(db: &sea_orm::DatabaseConnection, sql: &str) -> anyhow::Result<i64> {
+    Ok(db
+        .query_one_raw(Statement::from_string(db.get_database_backend(), sql))
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no count"))?
+        .try_get("", "n")?)
 }
 
 fn ms(d: Duration) -> String {
@@ -197,7 +207,27 @@ async fn main() -> anyhow::Result<()> {
             search_cached.push(t0.elapsed());
         }
     }
-    // 4. 64 clients race over the first 1,000 restaurants.
+    // 4. 64 clients race over the first 1,000 restaurants, each a registered guest (so every
+    //    confirmation is delivered: the email to the guest, the in-app note to the owner).
+    let mut guests = Vec::with_capacity(CLIENTS);
+    for c in 0..CLIENTS {
+        let res = http
+            .post(format!("{base}/api/v1/auth/register"))
+            .json(&serde_json::json!({
+                "email": format!("guest{c}@bench.example"),
+                "password": "correct horse battery",
+                "display_name": format!("Guest {c}"),
+                "role": "buyer",
+            }))
+            .send()
+            .await?;
+        anyhow::ensure!(res.status() == 201, "registration answered {}", res.status());
+        let account: serde_json::Value = res.json().await?;
+        let id = account["id"].as_str().ok_or_else(|| anyhow::anyhow!("no account id"))?;
+        guests.push(id.to_owned());
+    }
+    // The welcome emails go out before the race: the race measures bookings, not sign-ups.
+    tokio::time::sleep(Duration::from_secs(3)).await;
     let racers = Arc::new(ids[..RACERS].to_vec());
     let (booked, taken, other) = (
         Arc::new(AtomicU64::new(0)),
@@ -207,12 +237,8 @@ async fn main() -> anyhow::Result<()> {
     let until = Instant::now() + Duration::from_secs(seconds);
     let race_day = day(3);
     let started = Instant::now();
-    let clients = (0..CLIENTS).map(|c| {
-        let token = signer.mint(
-            &uuid::Uuid::now_v7().to_string(),
-            &["buyer".into()],
-            Duration::from_secs(3600),
-        );
+    let clients = guests.into_iter().enumerate().map(|(c, guest)| {
+        let token = signer.mint(&guest, &["buyer".into()], Duration::from_secs(3600));
         let (http, base, racers) = (http.clone(), base.clone(), racers.clone());
         let (booked, taken, other, race_day) = (booked.clone(), taken.clone(), other.clone(), race_day.clone());
         tokio::spawn(async move {
@@ -252,25 +278,32 @@ async fn main() -> anyhow::Result<()> {
         taken.load(Ordering::Relaxed),
         other.load(Ordering::Relaxed),
     );
-    let overlaps: i64 =
-        t.db.query_one_raw(Statement::from_string(
-            t.db.get_database_backend(),
-            "SELECT COUNT(*) AS n FROM bookings a JOIN bookings b ON a.table_id = b.table_id AND a.id < b.id \
-             WHERE a.status IN ('confirmed', 'pending_payment') AND b.status IN ('confirmed', 'pending_payment') \
-             AND a.starts_at < b.ends_at AND b.starts_at < a.ends_at",
-        ))
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("no count"))?
-        .try_get("", "n")?;
-    let stored: i64 =
-        t.db.query_one_raw(Statement::from_string(
-            t.db.get_database_backend(),
-            "SELECT COUNT(*) AS n FROM bookings",
-        ))
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("no count"))?
-        .try_get("", "n")?;
+    let overlaps = count(
+        &t.db,
+        "SELECT COUNT(*) AS n FROM bookings a JOIN bookings b ON a.table_id = b.table_id AND a.id < b.id \
+         WHERE a.status IN ('confirmed', 'pending_payment') AND b.status IN ('confirmed', 'pending_payment') \
+         AND a.starts_at < b.ends_at AND b.starts_at < a.ends_at",
+    )
+    .await?;
+    let stored = count(&t.db, "SELECT COUNT(*) AS n FROM bookings").await?;
     eprintln!("race done: {booked} booked, {taken} taken, {other} other in {elapsed:.1} s");
+
+    // Every confirmation reaches the owner's in-app notifications through the outbox.
+    let draining = Instant::now();
+    let delivered = loop {
+        let n = count(
+            &t.db,
+            "SELECT COUNT(*) AS n FROM notifications WHERE event_type = 'booking.confirmed'",
+        )
+        .await?;
+        eprint!("\rdelivered {n}/{booked} confirmations");
+        if n as u64 >= booked || draining.elapsed() > Duration::from_secs(300) {
+            eprintln!();
+            break n;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let drained = draining.elapsed();
 
     platform.shutdown().await?;
 
@@ -286,6 +319,10 @@ async fn main() -> anyhow::Result<()> {
         booked as f64 / elapsed,
     );
     println!("| holding bookings overlapping on a table, after the race | **{overlaps}** (of {stored} stored) |");
+    println!(
+        "| confirmations delivered to the owners in-app (outbox → notifications) | {delivered} of {booked}, the last {:.1} s after the race |",
+        drained.as_secs_f64()
+    );
     println!(
         "| availability, uncached ({} reads, each a restaurant-day never read) | p50 {}, **p99 {}** |",
         uncached.len(),

@@ -853,21 +853,29 @@ pub struct Hold {
     pub ends_at: DateTime<Utc>,
 }
 
-/// One start of a day and the seat ranges (min, max) of the tables free for a whole sitting from
-/// it, one entry per distinct range.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct FreeAt {
-    /// Seconds since the epoch (cheap to cache and decode).
-    pub start: i64,
-    pub seats: Vec<(i32, i32)>,
+/// The party sizes (1..=[`SEATS_MAX`]) a table of `min..=max` seats takes, as bits `1 << size`.
+pub fn party_bits(min: i32, max: i32) -> u64 {
+    let lo = min.clamp(1, 63) as u32;
+    let hi = max.clamp(0, 62) as u32;
+    if hi < lo {
+        return 0;
+    }
+    let up_to_hi = (1u64 << (hi + 1)) - 1;
+    let below_lo = (1u64 << lo) - 1;
+    up_to_hi & !below_lo
 }
 
 /// A restaurant's day as availability and search read it: every start on the slot grid of the
-/// openings of that local date, with what is free. Independent of the clock (lead time and the
-/// window are applied when read), so it can be cached until something changes.
+/// openings of that local date at which some table is free for a whole sitting, with the party
+/// sizes those free tables take. Independent of the clock (lead time and the window are applied
+/// when read), so it can be cached until something changes. Two flat lists of numbers: a city of
+/// days encodes, decodes and copies without an allocation per start.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Day {
-    pub starts: Vec<FreeAt>,
+    /// Seconds since the epoch, ascending.
+    pub starts: Vec<i64>,
+    /// For each start, bit `1 << size` set when a free table takes a party of that size.
+    pub parties: Vec<u64>,
     pub lead_s: i64,
     pub window_s: i64,
 }
@@ -876,10 +884,10 @@ impl Day {
     /// Builds the day: for each grid start, the active tables with no hold overlapping the sitting.
     pub fn build(schedule: &Schedule, tables: &[TableFit], holds: &[Hold], date: NaiveDate) -> Self {
         let sitting = schedule.policy.sitting;
-        let mut starts = Vec::new();
+        let (mut starts, mut parties) = (Vec::new(), Vec::new());
         for start in schedule.grid_on(date) {
             let end = start + sitting;
-            let mut seats: Vec<(i32, i32)> = tables
+            let free = tables
                 .iter()
                 .filter(|t| t.active)
                 .filter(|t| {
@@ -887,33 +895,39 @@ impl Day {
                         .iter()
                         .any(|h| h.table_id == t.id && h.starts_at < end && start < h.ends_at)
                 })
-                .map(|t| (t.min_seats, t.max_seats))
-                .collect();
-            seats.sort_unstable();
-            seats.dedup();
-            if !seats.is_empty() {
-                starts.push(FreeAt {
-                    start: start.timestamp(),
-                    seats,
-                });
+                .fold(0u64, |bits, t| bits | party_bits(t.min_seats, t.max_seats));
+            if free != 0 {
+                starts.push(start.timestamp());
+                parties.push(free);
             }
         }
         Self {
             starts,
+            parties,
             lead_s: schedule.policy.lead.num_seconds(),
             window_s: schedule.policy.window.num_seconds(),
         }
+    }
+
+    /// Whether no start of the day has a free table.
+    pub fn is_full(&self) -> bool {
+        self.starts.is_empty()
     }
 
     /// The starts a party of `party` may book at `now`.
     pub fn starts_for(&self, party: i32, now: DateTime<Utc>) -> impl Iterator<Item = DateTime<Utc>> + '_ {
         let earliest = now.timestamp() + self.lead_s;
         let latest = now.timestamp() + self.window_s;
+        let bit = if (1..=SEATS_MAX).contains(&party) {
+            1u64 << party
+        } else {
+            0
+        };
         self.starts
             .iter()
-            .filter(move |f| earliest <= f.start && f.start <= latest)
-            .filter(move |f| f.seats.iter().any(|&(lo, hi)| lo <= party && party <= hi))
-            .filter_map(|f| DateTime::from_timestamp(f.start, 0))
+            .zip(&self.parties)
+            .filter(move |(start, parties)| earliest <= **start && **start <= latest && **parties & bit != 0)
+            .filter_map(|(start, _)| DateTime::from_timestamp(*start, 0))
     }
 }
 
@@ -1130,5 +1144,56 @@ mod tests {
         assert!(!may_cancel(&p, start, utc("2026-03-06T17:01:00Z"), false));
         assert!(may_cancel(&p, start, utc("2026-03-06T20:00:00Z"), true));
         assert!(!may_cancel(&p, start, utc("2026-03-06T20:30:00Z"), true));
+    }
+
+    #[test]
+    fn a_table_takes_exactly_the_parties_between_its_seats() {
+        let bits = party_bits(2, 4);
+        assert!((1..=SEATS_MAX).all(|p| (bits & (1 << p) != 0) == (2..=4).contains(&p)));
+        let all = party_bits(1, SEATS_MAX);
+        assert!((1..=SEATS_MAX).all(|p| all & (1 << p) != 0));
+        assert_eq!(all & 1, 0, "no party of 0");
+        assert_eq!(party_bits(5, 4), 0);
+    }
+
+    #[test]
+    fn a_day_offers_a_start_only_to_parties_a_free_table_takes() {
+        let s = schedule("Asia/Kolkata", &[("friday", "18:00", "21:00")]);
+        let (two, six) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+        let tables = [
+            TableFit {
+                id: two,
+                min_seats: 1,
+                max_seats: 2,
+                active: true,
+            },
+            TableFit {
+                id: six,
+                min_seats: 4,
+                max_seats: 6,
+                active: true,
+            },
+        ];
+        let date = d("2026-03-06");
+        let first = utc("2026-03-06T12:30:00Z"); // 18:00 in Kolkata
+        let holds = [Hold {
+            table_id: six,
+            starts_at: first,
+            ends_at: first + Duration::minutes(90),
+        }];
+        let day = Day::build(&s, &tables, &holds, date);
+        let now = utc("2026-03-01T00:00:00Z");
+        let for_two: Vec<_> = day.starts_for(2, now).collect();
+        let for_five: Vec<_> = day.starts_for(5, now).collect();
+        assert_eq!(for_two.first(), Some(&first));
+        assert_eq!(for_two.len(), 7, "18:00 to 19:30 every 15 minutes");
+        assert_eq!(
+            for_five.first(),
+            Some(&(first + Duration::minutes(90))),
+            "the six-seater is held until 19:30"
+        );
+        assert!(day.starts_for(3, now).next().is_none(), "no table takes three");
+        assert!(day.starts_for(0, now).next().is_none());
+        assert!(day.starts_for(SEATS_MAX + 1, now).next().is_none());
     }
 }

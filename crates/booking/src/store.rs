@@ -289,6 +289,15 @@ fn hours_range(h: &hours::Model) -> Option<HoursRange> {
 /// The most restaurant ids one `IN (…)` list carries.
 const IN_CHUNK: usize = 500;
 
+/// A restaurant's set-up as a booking reads it: the row, its schedule (hours, every closure,
+/// rules) and its tables.
+#[derive(Debug, Clone)]
+pub struct Setup {
+    pub restaurant: restaurant::Model,
+    pub schedule: Schedule,
+    pub tables: Vec<TableFit>,
+}
+
 /// A restaurant changed: what the caller needs to drop its cached days.
 #[derive(Debug, Clone)]
 pub struct Changed<T> {
@@ -949,14 +958,32 @@ impl BookingStore {
         idem: Option<&Idempotency>,
         now: DateTime<Utc>,
     ) -> Result<Changed<Booking>, BookingError> {
-        let r = self.restaurant_row(new.restaurant_id).await?;
-        self.book_at(r, guest, new, idem, now).await
+        let setup = self.setup(new.restaurant_id).await?;
+        self.book_at(&setup, guest, new, idem, now).await
     }
 
-    /// [`BookingStore::book`] at restaurant `r`, already read by the caller.
+    /// What a booking reads of its restaurant before its transaction (three queries after the
+    /// row): every closure, not only one day's.
+    pub async fn setup(&self, id: Uuid) -> Result<Setup, BookingError> {
+        let restaurant = self.restaurant_row(id).await?;
+        let (schedule, tables) = self
+            .schedules(std::slice::from_ref(&restaurant), None)
+            .await?
+            .pop()
+            .ok_or(BookingError::RestaurantNotFound)?;
+        Ok(Setup {
+            restaurant,
+            schedule,
+            tables,
+        })
+    }
+
+    /// [`BookingStore::book`] at a restaurant whose set-up the caller read (perhaps from a cache:
+    /// what the transaction relies on, the table still taking bookings, is read again under its
+    /// lock).
     pub async fn book_at(
         &self,
-        r: restaurant::Model,
+        setup: &Setup,
         guest: Uuid,
         new: &NewBooking,
         idem: Option<&Idempotency>,
@@ -967,17 +994,13 @@ impl BookingStore {
         if let Some(idem) = idem {
             match KEYS.replay(&self.db, SCOPE, &subject, idem, now).await? {
                 Replay::Fresh => {}
-                Replay::Same(id) => return self.replayed(id, r).await,
+                Replay::Same(id) => return self.replayed(id, setup.restaurant.clone()).await,
                 Replay::Conflict => return Err(BookingError::IdempotencyKeyReused),
             }
         }
-        let (schedule, tables) = self
-            .schedules(std::slice::from_ref(&r), None)
-            .await?
-            .pop()
-            .ok_or(BookingError::RestaurantNotFound)?;
+        let (r, schedule) = (&setup.restaurant, &setup.schedule);
         schedule.check_start(new.starts_at, now).map_err(BookingError::Start)?;
-        let fit = fitting_tables(&tables, new.party_size);
+        let fit = fitting_tables(&setup.tables, new.party_size);
         if fit.is_empty() {
             return Err(BookingError::PartyTooLarge);
         }
@@ -991,7 +1014,7 @@ impl BookingStore {
         let mut tables = fit.into_iter().peekable();
         while let Some(&table) = tables.peek() {
             match self
-                .try_table(guest, new, idem, &subject, table, ends_at, &covered, now, &r)
+                .try_table(guest, new, idem, &subject, table, ends_at, &covered, now, r)
                 .await
             {
                 Ok(Attempt::Booked(changed)) => return Ok(*changed),

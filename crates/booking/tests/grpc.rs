@@ -564,6 +564,15 @@ async fn availability_is_fresh_on_two_replicas_after_a_booking_a_cancellation_an
             t.backend
         );
 
+        // Both replicas book at noon, so both hold the restaurant's set-up in memory.
+        for (replica, at) in [(&a, "12:00"), (&b, "13:30")] {
+            replica
+                .client()
+                .create_booking(as_user(&guest, booking(&s.restaurant, 2, at, "")))
+                .await
+                .unwrap();
+        }
+
         let mut evenings = every_day();
         for h in &mut evenings {
             h.opens = "18:00".into();
@@ -586,5 +595,19 @@ async fn availability_is_fresh_on_two_replicas_after_a_booking_a_cancellation_an
             t.backend
         );
         assert_eq!(now.len(), 15);
+
+        // The set-up a booking reads is fresh too: at once on the replica that made the change,
+        // and on the other as soon as the invalidation reaches it (well inside its 30 s TTL).
+        let noon = |replica: &Harness| {
+            let c = replica.client();
+            let t = guest.clone();
+            let req = booking(&s.restaurant, 2, "15:00", "");
+            async move { c.clone().create_booking(as_user(&t, req)).await }
+        };
+        let err = noon(&a).await.unwrap_err();
+        assert_eq!(reason(&err), "OUTSIDE_HOURS", "{}: the changing replica", t.backend);
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        let err = noon(&b).await.unwrap_err();
+        assert_eq!(reason(&err), "OUTSIDE_HOURS", "{}: the other replica", t.backend);
     }
 }

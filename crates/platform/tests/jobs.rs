@@ -519,6 +519,51 @@ async fn a_postgres_worker_wakes_on_notify_instead_of_waiting_for_its_poll() {
 }
 
 #[tokio::test]
+async fn only_a_committed_new_job_due_now_notifies_the_workers() {
+    use sea_orm::sqlx::postgres::PgListener;
+    let Some(t) = postgres().await else { return };
+    let q = Queue::new("notified");
+    let mut listener = PgListener::connect_with(t.db.get_postgres_connection_pool())
+        .await
+        .unwrap();
+    listener.listen(thali_platform::jobs::NOTIFY_CHANNEL).await.unwrap();
+    async fn next(listener: &mut PgListener) -> Option<String> {
+        tokio::time::timeout(Duration::from_millis(300), listener.try_recv())
+            .await
+            .ok()
+            .map(|n| n.unwrap().unwrap().payload().to_owned())
+    }
+
+    // Due now, committed: the workers hear of it.
+    let txn = t.db.begin().await.unwrap();
+    q.enqueue(&txn, NewJob::new("count", &1u32).unique("once"))
+        .await
+        .unwrap();
+    txn.commit().await.unwrap();
+    assert_eq!(next(&mut listener).await.as_deref(), Some("notified"));
+    // A duplicate of a unique job inserts nothing and notifies no one.
+    assert_eq!(
+        q.enqueue(&t.db, NewJob::new("count", &1u32).unique("once"))
+            .await
+            .unwrap(),
+        None
+    );
+    // Rolled back: no notification.
+    let txn = t.db.begin().await.unwrap();
+    q.enqueue(&txn, NewJob::new("count", &2u32)).await.unwrap();
+    txn.rollback().await.unwrap();
+    // Due tomorrow: stored, but waking a worker now would find nothing to claim.
+    q.enqueue(
+        &t.db,
+        NewJob::new("count", &3u32).run_at(chrono::Utc::now() + chrono::TimeDelta::days(1)),
+    )
+    .await
+    .unwrap()
+    .expect("stored");
+    assert_eq!(next(&mut listener).await, None);
+}
+
+#[tokio::test]
 async fn purge_removes_only_old_finished_jobs() {
     for t in databases().await {
         let clock = ManualClock::new(t0());

@@ -178,14 +178,11 @@ impl Queue {
 
     /// Writes `job` on `conn` — pass the transaction of the change that causes it, so the job
     /// commits (or rolls back) with it. Returns its id, or None when a job with the same unique
-    /// key already exists. On PostgreSQL the enqueue also notifies the service's workers; the
-    /// notification is delivered at commit, and not at all on rollback.
+    /// key already exists. On PostgreSQL the enqueue of a job due now also notifies the service's
+    /// workers, in the same statement; the notification is delivered at commit, and not at all on
+    /// rollback.
     pub async fn enqueue<C: ConnectionTrait>(&self, conn: &C, job: NewJob) -> Result<Option<i64>, DbErr> {
-        let id = sql::insert(conn, &self.service, &job, self.now()).await?;
-        if id.is_some() && conn.get_database_backend() == sea_orm::DbBackend::Postgres {
-            sql::notify(conn, &self.service).await?;
-        }
-        Ok(id)
+        sql::insert(conn, &self.service, &job, self.now()).await
     }
 }
 
