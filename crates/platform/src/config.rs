@@ -71,6 +71,9 @@ pub struct Config {
     pub tenant: String,
     /// Directory holding the JWT keys (`THALI_KEYS_DIR`); unset means `<data_dir>/keys`.
     pub keys_dir: Option<PathBuf>,
+    /// The data keys that encrypt secrets at rest (`THALI_DATA_KEYS_FILE`, see
+    /// `platform::crypto`); unset means `<data_dir>/data-keys.json`, created on first use.
+    pub data_keys_file: Option<PathBuf>,
     /// Deadline of one internal gRPC call, in milliseconds (`THALI_RPC_TIMEOUT_MS`).
     pub rpc_timeout_ms: u64,
     /// Time allowed to open a connection to another service, in milliseconds.
@@ -339,6 +342,13 @@ impl Config {
     /// Directory of the JWT keys.
     pub fn keys_dir(&self) -> PathBuf {
         self.keys_dir.clone().unwrap_or_else(|| self.data_dir.join("keys"))
+    }
+
+    /// The data keys file.
+    pub fn data_keys_file(&self) -> PathBuf {
+        self.data_keys_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("data-keys.json"))
     }
 
     /// Where `.eml` files go when no SMTP server is configured.
