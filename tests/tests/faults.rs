@@ -430,6 +430,24 @@ impl StorefrontService for SlowStorefront {
     ) -> Result<Response<pb::ListProductsResponse>, Status> {
         Err(Status::unimplemented("slow test server"))
     }
+    async fn reserve_stock(
+        &self,
+        _: Request<pb::ReserveStockRequest>,
+    ) -> Result<Response<pb::ReserveStockResponse>, Status> {
+        Err(Status::unimplemented("slow test server"))
+    }
+    async fn commit_reservation(
+        &self,
+        _: Request<pb::CommitReservationRequest>,
+    ) -> Result<Response<pb::CommitReservationResponse>, Status> {
+        Err(Status::unimplemented("slow test server"))
+    }
+    async fn release_reservation(
+        &self,
+        _: Request<pb::ReleaseReservationRequest>,
+    ) -> Result<Response<pb::ReleaseReservationResponse>, Status> {
+        Err(Status::unimplemented("slow test server"))
+    }
     async fn get_storefront(
         &self,
         req: Request<pb::GetStorefrontRequest>,

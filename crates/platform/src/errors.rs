@@ -60,6 +60,17 @@ pub fn with_reason(code: Code, reason: &str, message: impl Into<String>) -> Stat
     )
 }
 
+/// As [`with_reason`], with `ErrorInfo` metadata a caller can act on (which product ran out, how
+/// many are left). Never internals.
+pub fn with_metadata(code: Code, reason: &str, message: impl Into<String>, metadata: &[(&str, String)]) -> Status {
+    let metadata: HashMap<String, String> = metadata.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect();
+    Status::with_error_details(
+        code,
+        message,
+        ErrorDetails::with_error_info(reason, ERROR_DOMAIN, metadata),
+    )
+}
+
 /// UNAVAILABLE with `RetryInfo` telling the caller when to try again. A `reason` ending in
 /// `_UNAVAILABLE` (`DATABASE_UNAVAILABLE`) says a dependency shared by every replica is down:
 /// callers neither retry it elsewhere nor count it against this endpoint's breaker.

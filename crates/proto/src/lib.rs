@@ -118,6 +118,9 @@ pub mod storefront {
             ArchiveProductRequest => "ArchiveProduct", never;
             ListProductsRequest => "ListProducts", read;
             GetStorefrontRequest => "GetStorefront", read;
+            ReserveStockRequest => "ReserveStock", idempotent;
+            CommitReservationRequest => "CommitReservation", idempotent;
+            ReleaseReservationRequest => "ReleaseReservation", idempotent;
         }
     }
 }

@@ -10,15 +10,18 @@ use thali_platform::{
     auth::Principal,
     cache::{CacheKey, LoadError, Source, TwoLevelCache},
     errors,
-    server::principal,
+    server::{ServiceCaller, principal},
 };
 use thali_proto::{common::v1 as common, storefront::v1 as pb};
 use tonic::{Code, Request, Response, Status};
 use uuid::Uuid;
 
 use crate::{
-    domain::{self, Creator, NewCreator, NewProduct, Product, ProductChanges, ProfileChanges, StorefrontError},
-    store::{Idempotency, StorefrontStore},
+    domain::{
+        self, Creator, NewCreator, NewProduct, Product, ProductChanges, ProfileChanges, Reservation,
+        ReservationRequest, ReservationState, StorefrontError,
+    },
+    store::{Idempotency, ReservationChange, StorefrontStore},
     workers::ReadCounter,
 };
 
@@ -80,6 +83,20 @@ impl StorefrontGrpc {
         self.cache.redis_up()
     }
 
+    /// Drops the cached storefront of a reservation's page when its stock moved.
+    async fn settled(&self, change: ReservationChange) -> Reservation {
+        if change.stock_changed {
+            self.invalidate(&change.reservation.username).await;
+        }
+        change.reservation
+    }
+
+    /// Drops the cached storefront of `username` (after a committed write elsewhere: the
+    /// expiry sweep).
+    pub async fn drop_storefront(&self, username: &str) {
+        self.invalidate(username).await;
+    }
+
     /// Drops the cached storefront of `username` (after a committed write).
     /// Runs in a task of its own, so a caller that goes away after the commit cannot skip it.
     async fn invalidate(&self, username: &str) {
@@ -123,6 +140,36 @@ impl From<StorefrontError> for Status {
             }
             StorefrontError::IdempotencyKeyReused => {
                 errors::with_reason(Code::Aborted, "IDEMPOTENCY_KEY_REUSED", err.to_string())
+            }
+            StorefrontError::OutOfStock { product_id, available } => errors::with_metadata(
+                Code::FailedPrecondition,
+                "OUT_OF_STOCK",
+                err.to_string(),
+                &[
+                    ("product_id", product_id.to_string()),
+                    ("available", available.to_string()),
+                ],
+            ),
+            StorefrontError::ProductUnavailable(product_id) => errors::with_metadata(
+                Code::FailedPrecondition,
+                "PRODUCT_UNAVAILABLE",
+                err.to_string(),
+                &[("product_id", product_id.to_string())],
+            ),
+            StorefrontError::MixedCurrencies => {
+                errors::with_reason(Code::InvalidArgument, "MIXED_CURRENCIES", err.to_string())
+            }
+            StorefrontError::ReservationNotFound => {
+                errors::with_reason(Code::NotFound, "RESERVATION_NOT_FOUND", err.to_string())
+            }
+            StorefrontError::ReservationReleased => {
+                errors::with_reason(Code::FailedPrecondition, "RESERVATION_RELEASED", err.to_string())
+            }
+            StorefrontError::ReservationCommitted => {
+                errors::with_reason(Code::FailedPrecondition, "RESERVATION_COMMITTED", err.to_string())
+            }
+            StorefrontError::ServiceOnly => {
+                errors::with_reason(Code::PermissionDenied, "SERVICE_ONLY", err.to_string())
             }
             StorefrontError::Unavailable => {
                 errors::unavailable("DATABASE_UNAVAILABLE", err.to_string(), Duration::from_secs(2))
@@ -190,6 +237,64 @@ fn product_pb(p: Product) -> pb::Product {
         update_time: Some(timestamp(p.updated_at)),
         archive_time: p.archived_at.map(timestamp),
     }
+}
+
+fn money_pb(m: domain::Money) -> common::Money {
+    common::Money {
+        amount_minor: m.amount_minor,
+        currency: m.currency,
+    }
+}
+
+fn reservation_pb(r: Reservation) -> pb::Reservation {
+    let state = match r.state {
+        ReservationState::Held => pb::ReservationState::Held,
+        ReservationState::Committed => pb::ReservationState::Committed,
+        ReservationState::Released => pb::ReservationState::Released,
+    };
+    pb::Reservation {
+        id: r.id.to_string(),
+        creator_id: r.creator_id.to_string(),
+        username: r.username,
+        owner_subject: r.owner_subject,
+        lines: r
+            .lines
+            .into_iter()
+            .map(|l| pb::ReservedLine {
+                product_id: l.product_id.to_string(),
+                line_total: Some(money_pb(domain::Money {
+                    amount_minor: l.total_minor(),
+                    currency: l.unit_price.currency.clone(),
+                })),
+                title: l.title,
+                quantity: l.quantity,
+                unit_price: Some(money_pb(l.unit_price)),
+            })
+            .collect(),
+        total: Some(money_pb(r.total)),
+        state: state.into(),
+        expire_time: Some(timestamp(r.expires_at)),
+        create_time: Some(timestamp(r.created_at)),
+        update_time: Some(timestamp(r.updated_at)),
+    }
+}
+
+/// Stock is held only for another Thali service (payments, on a service token): a user or a
+/// partner key holding units would take them off sale for everyone.
+fn service_only<T>(request: &Request<T>) -> Result<(), StorefrontError> {
+    match request.extensions().get::<ServiceCaller>() {
+        Some(_) => Ok(()),
+        None => {
+            if let Some(who) = principal(request) {
+                access_denied(who, "stock reservations", "only Thali services may hold stock");
+            }
+            Err(StorefrontError::ServiceOnly)
+        }
+    }
+}
+
+fn reservation_id(raw: &str) -> Result<Uuid, StorefrontError> {
+    Uuid::parse_str(raw).map_err(|_| StorefrontError::invalid("reservation_id", "must be a UUID"))
 }
 
 /// Parses a product id; anything but a UUID cannot name a product.
@@ -374,5 +479,47 @@ impl pb::storefront_service_server::StorefrontService for StorefrontGrpc {
         }
         res.stale = source == Source::Stale;
         Ok(Response::new(res))
+    }
+
+    async fn reserve_stock(
+        &self,
+        request: Request<pb::ReserveStockRequest>,
+    ) -> Result<Response<pb::ReserveStockResponse>, Status> {
+        service_only(&request)?;
+        let req = request.into_inner();
+        let lines: Vec<(&str, i64)> = req.lines.iter().map(|l| (l.product_id.as_str(), l.quantity)).collect();
+        let parsed = ReservationRequest::parse(&req.reservation_id, &req.username, &lines, req.hold_seconds)?;
+        let change = self.store.reserve_stock(&parsed).await?;
+        let reservation = self.settled(change).await;
+        tracing::info!(reservation_id = %reservation.id, state = reservation.state.as_str(), "stock reserved");
+        Ok(Response::new(pb::ReserveStockResponse {
+            reservation: Some(reservation_pb(reservation)),
+        }))
+    }
+
+    async fn commit_reservation(
+        &self,
+        request: Request<pb::CommitReservationRequest>,
+    ) -> Result<Response<pb::CommitReservationResponse>, Status> {
+        service_only(&request)?;
+        let id = reservation_id(&request.get_ref().reservation_id)?;
+        let reservation = self.settled(self.store.commit_reservation(id).await?).await;
+        tracing::info!(reservation_id = %id, "reserved stock sold");
+        Ok(Response::new(pb::CommitReservationResponse {
+            reservation: Some(reservation_pb(reservation)),
+        }))
+    }
+
+    async fn release_reservation(
+        &self,
+        request: Request<pb::ReleaseReservationRequest>,
+    ) -> Result<Response<pb::ReleaseReservationResponse>, Status> {
+        service_only(&request)?;
+        let id = reservation_id(&request.get_ref().reservation_id)?;
+        let reservation = self.settled(self.store.release_reservation(id).await?).await;
+        tracing::info!(reservation_id = %id, "reserved stock released");
+        Ok(Response::new(pb::ReleaseReservationResponse {
+            reservation: Some(reservation_pb(reservation)),
+        }))
     }
 }

@@ -1,4 +1,5 @@
-//! Storefront service: creators, their profiles and products, and the cached public storefront.
+//! Storefront service: creators, their profiles and products, the cached public storefront, and
+//! stock held for orders while they are paid for.
 #![forbid(unsafe_code)]
 
 pub mod domain;
@@ -40,6 +41,7 @@ pub const API_KEY_SCOPES: &[(&str, &str)] = &[
         "/thali.storefront.v1.StorefrontService/ArchiveProduct",
         "storefront.write",
     ),
+    // ReserveStock, CommitReservation and ReleaseReservation take no API key: Thali services only.
 ];
 
 /// The storefront cache policy: entries fresh 60 s (`store:{username}`), L1 copies 5 s when
@@ -84,7 +86,11 @@ impl Storefront {
 
     /// The service over `db` with a cache built by the caller (tests).
     pub fn with_cache(db: DatabaseConnection, cache: Arc<TwoLevelCache>, tenant: &str) -> Self {
-        let store = store::StorefrontStore::new(db);
+        Self::with_store(store::StorefrontStore::new(db), cache, tenant)
+    }
+
+    /// The service over a store built by the caller (tests give it a queue on a manual clock).
+    pub fn with_store(store: store::StorefrontStore, cache: Arc<TwoLevelCache>, tenant: &str) -> Self {
         let reads = Arc::new(workers::ReadCounter::default());
         let grpc = Arc::new(grpc::StorefrontGrpc::new(
             store.clone(),
@@ -122,7 +128,7 @@ impl Storefront {
 
     /// The service's job worker on `queue` (housekeeping), ready to spawn.
     pub fn job_worker(&self, queue: thali_platform::jobs::Queue) -> thali_platform::jobs::Worker {
-        workers::job_worker(self.store.clone(), queue)
+        workers::job_worker(self.store.clone(), self.grpc.clone(), queue)
     }
 
     /// Flushes the read counts now (tests, shutdown).

@@ -1,10 +1,15 @@
 //! Background work of the storefront: counting which storefronts buyers read (to warm the cache
-//! with them after a restart) and flushing the counts to the database; and its job worker.
-use std::{collections::HashMap, sync::Mutex, time::Duration};
+//! with them after a restart) and flushing the counts to the database; and its job worker
+//! (releasing held stock past its expiry, housekeeping).
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
-use thali_platform::jobs::{Queue, Worker};
+use thali_platform::jobs::{JobError, Queue, RetrySchedule, Worker};
 
-use crate::store::StorefrontStore;
+use crate::{grpc::StorefrontGrpc, store::StorefrontStore};
 
 /// Reads per storefront since the last flush.
 #[derive(Debug, Default)]
@@ -58,12 +63,36 @@ pub const SERVICE: &str = "storefront";
 
 pub const PRUNE_IDEMPOTENCY: &str = "storefront.prune_idempotency";
 
-/// The storefront's job worker: hourly housekeeping of idempotency records and of the queue.
-pub fn job_worker(store: StorefrontStore, queue: Queue) -> Worker {
+/// The sweep that puts stock held past its expiry back on sale.
+pub const RELEASE_EXPIRED: &str = "storefront.release_expired_reservations";
+
+/// How often held stock past its expiry is looked for.
+pub const RELEASE_EVERY: Duration = Duration::from_secs(30);
+
+/// The storefront's job worker: the expiry sweep of held stock every 30 s (dropping the cached
+/// storefronts whose stock came back), and hourly housekeeping of idempotency records and of the
+/// queue.
+pub fn job_worker(store: StorefrontStore, grpc: Arc<StorefrontGrpc>, queue: Queue) -> Worker {
+    let sweeper = store.clone();
     Worker::new(store.connection().clone(), queue)
         .with_housekeeping()
         .prune_every(PRUNE_IDEMPOTENCY, Duration::from_secs(3600), move |now| {
             let store = store.clone();
             async move { store.prune_idempotency(now).await }
         })
+        .handle(
+            RELEASE_EXPIRED,
+            RetrySchedule::exponential(3, Duration::from_secs(5), Duration::from_secs(20)),
+            move |_| {
+                let (store, grpc) = (sweeper.clone(), grpc.clone());
+                async move {
+                    let pages = store.release_expired().await.map_err(JobError::retry)?;
+                    for page in pages {
+                        grpc.drop_storefront(&page).await;
+                    }
+                    Ok(())
+                }
+            },
+        )
+        .every(RELEASE_EXPIRED, RELEASE_EVERY)
 }

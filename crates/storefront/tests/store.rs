@@ -400,11 +400,14 @@ async fn hourly_housekeeping_forgets_idempotency_keys_past_their_day() {
         };
         let clock = ManualClock::new(chrono::Utc::now());
         let queue = Queue::with_clock(thali_storefront::workers::SERVICE, Arc::new(clock.clone()));
-        let worker = thali_storefront::workers::job_worker(store.clone(), queue);
-        assert_eq!(worker.run_once().await.unwrap(), 2, "{}", t.backend);
+        let cache = thali_platform::cache::TwoLevelCache::new(thali_storefront::cache_settings(), None).await;
+        let service = thali_storefront::Storefront::with_store(store.clone(), cache, "t");
+        let worker = service.job_worker(queue);
+        // Three periodic jobs: queue housekeeping, idempotency housekeeping, the expiry sweep.
+        assert_eq!(worker.run_once().await.unwrap(), 3, "{}", t.backend);
         assert_eq!(count().await, 1, "{}: still inside its window", t.backend);
         clock.advance(Duration::from_secs(25 * 3600));
-        assert_eq!(worker.run_once().await.unwrap(), 2, "{}", t.backend);
+        assert_eq!(worker.run_once().await.unwrap(), 3, "{}", t.backend);
         assert_eq!(count().await, 0, "{}", t.backend);
         // The key is free again: the same request creates nothing new, it is simply refused as taken.
         let again = store.create_creator("alice", &creator("chai_point"), Some(&idem)).await;

@@ -9,13 +9,15 @@ use sea_orm::{
 use thali_platform::db::is_unique_violation;
 pub use thali_platform::idempotency::Idempotency;
 use thali_platform::idempotency::{Keys, Replay};
-use thali_proto::events::v1::{ProductOutOfStock, event::Payload};
 use uuid::Uuid;
 
 use crate::domain::{
     Creator, Money, NewCreator, NewProduct, Product, ProductChanges, ProfileChanges, STOREFRONT_PRODUCTS_MAX,
     StorefrontError,
 };
+
+mod reservations;
+pub use reservations::{EXPIRE_BATCH, ReservationChange, reservation, reservation_line};
 
 pub mod creator {
     use sea_orm::entity::prelude::*;
@@ -407,19 +409,15 @@ impl StorefrontStore {
         let model = row.update(&txn).await?;
         if sold_out {
             // After the product's row (whose lock orders concurrent writers), in the same commit.
-            let event = thali_platform::events::new_event(
-                crate::workers::SERVICE,
-                format!("creator:{}", model.creator_id),
+            self.publish_sold_out(
+                &txn,
+                model.creator_id,
+                &page,
+                model.id,
+                model.title.clone(),
                 Uuid::parse_str(caller).ok(),
-                Payload::ProductOutOfStock(ProductOutOfStock {
-                    creator_id: model.creator_id.to_string(),
-                    username: page.clone(),
-                    product_id: model.id.to_string(),
-                    product_name: model.title.clone(),
-                }),
-                self.queue.now(),
-            );
-            thali_platform::events::publish(&txn, &self.queue, &event).await?;
+            )
+            .await?;
         }
         txn.commit().await?;
         Ok((model.into(), page))

@@ -3,6 +3,9 @@ use chrono::{DateTime, Utc};
 use thali_platform::errors::Violation;
 use uuid::Uuid;
 
+mod reservation;
+pub use reservation::*;
+
 /// Names a creator page cannot take: they collide with routes, roles or the brand.
 pub const RESERVED_USERNAMES: &[&str] = &[
     "about",
@@ -79,6 +82,20 @@ pub enum StorefrontError {
     ProductArchived,
     #[error("the idempotency key was used for a different request")]
     IdempotencyKeyReused,
+    #[error("only {available} left of product {product_id}")]
+    OutOfStock { product_id: Uuid, available: i64 },
+    #[error("product {0} is not on sale")]
+    ProductUnavailable(Uuid),
+    #[error("the products of one reservation must share one currency")]
+    MixedCurrencies,
+    #[error("no reservation with this id")]
+    ReservationNotFound,
+    #[error("the reservation was released (expired or given up); its units are back on sale")]
+    ReservationReleased,
+    #[error("the reservation is committed (sold); it cannot be released")]
+    ReservationCommitted,
+    #[error("only Thali services may hold stock")]
+    ServiceOnly,
     #[error("the database does not answer")]
     Unavailable,
     #[error("internal: {0}")]
