@@ -8,6 +8,7 @@ const FILES: &[&str] = &[
     "thali/events/v1/events.proto",
     "thali/identity/v1/identity.proto",
     "thali/notifications/v1/notifications.proto",
+    "thali/payments/v1/payments.proto",
     "thali/storefront/v1/storefront.proto",
 ];
 

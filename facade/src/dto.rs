@@ -1,6 +1,7 @@
 //! JSON shapes of the REST API (snake_case, unknown fields refused) and their conversion from
 //! the gRPC messages. No business rule lives here: the services validate.
 pub mod booking;
+pub mod payments;
 
 use serde::{Deserialize, Deserializer, Serialize};
 use thali_proto::{common::v1 as common, storefront::v1 as pb};

@@ -25,6 +25,7 @@ use thali_proto::{
     booking::v1::booking_service_client::BookingServiceClient,
     identity::v1::identity_service_client::IdentityServiceClient,
     notifications::v1::notification_service_client::NotificationServiceClient,
+    payments::v1::payments_service_client::PaymentsServiceClient,
     storefront::v1::storefront_service_client::StorefrontServiceClient,
 };
 use tower_http::{
@@ -52,6 +53,7 @@ pub struct FacadeInner {
     pub identity: Client<IdentityServiceClient<GrpcChannel>>,
     pub notifications: Client<NotificationServiceClient<GrpcChannel>>,
     pub booking: Client<BookingServiceClient<GrpcChannel>>,
+    pub payments: Client<PaymentsServiceClient<GrpcChannel>>,
     pub verifier: Verifier,
     /// Response cache of anonymous storefront reads, where invalidations reach the facade.
     pub edge: Option<edge::EdgeCache>,
@@ -63,6 +65,7 @@ pub struct Services {
     pub identity: Target,
     pub notifications: Target,
     pub booking: Target,
+    pub payments: Target,
 }
 
 impl FacadeState {
@@ -74,6 +77,7 @@ impl FacadeState {
             identity: Client::new(services.identity, IdentityServiceClient::new),
             notifications: Client::new(services.notifications, NotificationServiceClient::new),
             booking: Client::new(services.booking, BookingServiceClient::new),
+            payments: Client::new(services.payments, PaymentsServiceClient::new),
             verifier,
             edge,
         }))
@@ -149,6 +153,12 @@ pub fn router(state: FacadeState, max_body_bytes: usize) -> Router {
         )
         .route("/api/v1/bookings/{id}", get(routes::booking::get_booking))
         .route("/api/v1/bookings/{id}/cancel", post(routes::booking::cancel_booking))
+        .route(
+            "/api/v1/orders",
+            post(routes::payments::create_order).get(routes::payments::list_orders),
+        )
+        .route("/api/v1/orders/{id}", get(routes::payments::get_order))
+        .route("/api/v1/orders/{id}/verify", post(routes::payments::verify_payment))
         .route("/api/v1/notifications", get(routes::notifications::list))
         .route(
             "/api/v1/notifications/unread-count",

@@ -7,6 +7,7 @@ pub use sea_orm_migration::prelude::*;
 mod booking;
 mod identity;
 mod notifications;
+mod payments;
 mod platform;
 mod shared;
 mod storefront;
@@ -23,6 +24,7 @@ impl MigratorTrait for Migrator {
         all.extend(platform::migrations());
         all.extend(notifications::migrations());
         all.extend(booking::migrations());
+        all.extend(payments::migrations());
         all.sort_by_key(|m| m.name().to_owned());
         all
     }

@@ -47,6 +47,7 @@ async fn spans_of_one_request_reach_the_otlp_collector() {
         ("THALI_HTTP_ADDR", "127.0.0.1:0".into()),
         ("THALI_GRPC_ADDR", "127.0.0.1:0".into()),
         ("THALI_ADMIN_ADDR", "127.0.0.1:0".into()),
+        ("THALI_SANDBOX_ADDR", "127.0.0.1:0".into()),
         ("THALI_OTLP_ENDPOINT", endpoint),
         ("THALI_LOG", "warn".into()),
     ]

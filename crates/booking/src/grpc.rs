@@ -496,15 +496,7 @@ fn booking_pb(b: Booking, tz: &str) -> pb::Booking {
 }
 
 fn page_token(raw: &str) -> Result<Option<Uuid>, BookingError> {
-    if raw.is_empty() {
-        return Ok(None);
-    }
-    URL_SAFE_NO_PAD
-        .decode(raw)
-        .ok()
-        .and_then(|bytes| Uuid::from_slice(&bytes).ok())
-        .map(Some)
-        .ok_or_else(|| BookingError::invalid("page_token", "is not a token this service issued"))
+    errors::parse_page_token(raw).map_err(|v| BookingError::Invalid(vec![v]))
 }
 
 fn offset_token(raw: &str) -> Result<usize, BookingError> {
@@ -938,7 +930,7 @@ impl pb::booking_service_server::BookingService for BookingGrpc {
         }
         Ok(Response::new(pb::ListBookingsResponse {
             bookings: out,
-            next_page_token: next.map(|id| URL_SAFE_NO_PAD.encode(id.as_bytes())).unwrap_or_default(),
+            next_page_token: next.map(errors::page_token).unwrap_or_default(),
         }))
     }
 

@@ -1,11 +1,68 @@
-//! Payments service (issue 10), being built in steps. It holds the domain (the order state
-//! machine: a pure function from an order and a gateway event to the next order and the effects
-//! to carry out), the checks of Razorpay's signatures, the gateway adapter (a [`gateway::Gateway`]
-//! trait and its Razorpay implementation over HTTPS) and a Razorpay-compatible [`sandbox`]
-//! gateway. The store, gRPC service and workers come next.
+//! Payments service (issue 10), being built in steps. Today: the order state machine (a pure
+//! function from an order and a gateway event to the next order and its effects), Razorpay's
+//! signature checks, the gateway adapter (a [`gateway::Gateway`] trait and its Razorpay
+//! implementation over HTTPS), a Razorpay-compatible [`sandbox`] gateway, and the checkout: stock
+//! held in the storefront, the gateway order created, the order stored and readable. Webhooks,
+//! the dead-letter queue, the reconciler, refunds and deposits come next.
 #![forbid(unsafe_code)]
 
 pub mod domain;
 pub mod gateway;
+pub mod grpc;
 pub mod sandbox;
 pub mod signature;
+pub mod store;
+pub mod workers;
+
+use std::sync::Arc;
+
+use sea_orm::DatabaseConnection;
+use thali_platform::{
+    client::{Client, Target},
+    jobs::{Queue, Worker},
+};
+use thali_proto::{
+    payments::v1::payments_service_server::PaymentsServiceServer,
+    storefront::v1::storefront_service_client::StorefrontServiceClient,
+};
+
+/// The payments service: its gRPC handlers and its store.
+pub struct Payments {
+    grpc: Arc<grpc::PaymentsGrpc>,
+    store: store::PaymentsStore,
+}
+
+impl Payments {
+    /// The service over `db`, holding stock through `storefront` and creating orders at
+    /// `gateway` with the platform `account`.
+    pub fn new(
+        db: DatabaseConnection,
+        storefront: Target,
+        gateway: Arc<dyn gateway::Gateway>,
+        account: grpc::PlatformAccount,
+    ) -> Self {
+        Self::with_store(store::PaymentsStore::new(db), storefront, gateway, account)
+    }
+
+    /// The service over a store built by the caller (tests give it a queue on a manual clock).
+    pub fn with_store(
+        store: store::PaymentsStore,
+        storefront: Target,
+        gateway: Arc<dyn gateway::Gateway>,
+        account: grpc::PlatformAccount,
+    ) -> Self {
+        let storefront = Client::new(storefront, StorefrontServiceClient::new);
+        let grpc = Arc::new(grpc::PaymentsGrpc::new(store.clone(), storefront, gateway, account));
+        Self { grpc, store }
+    }
+
+    /// The service's job worker on `queue` (housekeeping), ready to spawn.
+    pub fn job_worker(&self, queue: Queue) -> Worker {
+        workers::job_worker(self.store.clone(), queue)
+    }
+
+    /// The gRPC service, ready to add to a server.
+    pub fn server(&self) -> PaymentsServiceServer<grpc::PaymentsGrpc> {
+        PaymentsServiceServer::from_arc(self.grpc.clone())
+    }
+}

@@ -48,6 +48,24 @@ pub struct Config {
     /// Where the facade finds the booking service (`THALI_BOOKING_URL`); unset means this
     /// process's own gRPC address.
     pub booking_url: Option<String>,
+    /// Where the facade and booking find the payments service (`THALI_PAYMENTS_URL`); unset
+    /// means this process's own gRPC address.
+    pub payments_url: Option<String>,
+    /// Razorpay's API (`THALI_RAZORPAY_URL`, e.g. `https://api.razorpay.com`); unset in embedded
+    /// mode means the built-in sandbox gateway started on `sandbox_addr`.
+    pub razorpay_url: Option<String>,
+    /// The platform's Razorpay key id (`THALI_RAZORPAY_KEY_ID`; public, Checkout opens with it).
+    pub razorpay_key_id: Option<String>,
+    /// File holding the platform's key secret (`THALI_RAZORPAY_KEY_SECRET_FILE`).
+    pub razorpay_key_secret_file: Option<PathBuf>,
+    /// File holding the platform account's webhook secret (`THALI_RAZORPAY_WEBHOOK_SECRET_FILE`).
+    pub razorpay_webhook_secret_file: Option<PathBuf>,
+    /// Where embedded `thali serve` (and `thali sandbox-gateway`) serve the sandbox gateway
+    /// (`THALI_SANDBOX_ADDR`).
+    pub sandbox_addr: SocketAddr,
+    /// Total time one gateway call may take, connection to answer, seconds
+    /// (`THALI_GATEWAY_TIMEOUT_S`).
+    pub gateway_timeout_s: u64,
     /// The SMTP server mail goes through (`THALI_SMTP_URL`): `smtps://user@host:465`,
     /// `smtp://user@host:587?tls=required` or `smtp://host:25`; unset means each message is
     /// written as an `.eml` file under `<data dir>/mail/`.
@@ -183,7 +201,9 @@ impl Config {
             .set_default("mail_from", "Thali <no-reply@thali.localhost>")?
             .set_default("mail_timeout_s", 30)?
             .set_default("webhooks_allow_insecure", false)?
-            .set_default("app_url", "http://localhost:3000")?;
+            .set_default("app_url", "http://localhost:3000")?
+            .set_default("sandbox_addr", "127.0.0.1:8090")?
+            .set_default("gateway_timeout_s", 10)?;
         if let Some(file) = file {
             builder = builder.add_source(config::File::from(file).required(false));
         }
@@ -232,6 +252,7 @@ impl Config {
             ("identity_url", &self.identity_url),
             ("notifications_url", &self.notifications_url),
             ("booking_url", &self.booking_url),
+            ("payments_url", &self.payments_url),
         ] {
             if let Some(spec) = value
                 && let Err(reason) = crate::client::Discovery::parse(spec)
@@ -282,6 +303,24 @@ impl Config {
         }
         if !(self.app_url.starts_with("https://") || self.app_url.starts_with("http://")) {
             return invalid("app_url", "must be an http(s) URL");
+        }
+        if let Some(url) = &self.razorpay_url
+            && !(url.starts_with("https://") || url.starts_with("http://"))
+        {
+            return invalid("razorpay_url", "must be an http(s) URL");
+        }
+        if self.razorpay_url.is_some()
+            && (self.razorpay_key_id.is_none()
+                || self.razorpay_key_secret_file.is_none()
+                || self.razorpay_webhook_secret_file.is_none())
+        {
+            return invalid(
+                "razorpay_url",
+                "needs razorpay_key_id, razorpay_key_secret_file and razorpay_webhook_secret_file",
+            );
+        }
+        if !(1..=120).contains(&self.gateway_timeout_s) {
+            return invalid("gateway_timeout_s", "must be 1 to 120");
         }
         if self.mail_timeout_s == 0 {
             return invalid("mail_timeout_s", "must be above 0");
@@ -354,6 +393,16 @@ impl Config {
     /// Where `.eml` files go when no SMTP server is configured.
     pub fn mail_dir(&self) -> PathBuf {
         self.data_dir.join("mail")
+    }
+
+    /// Where embedded mode keeps the sandbox gateway's platform account and its state.
+    pub fn sandbox_dir(&self) -> PathBuf {
+        self.data_dir.join("sandbox-gateway")
+    }
+
+    /// Total time one gateway call may take.
+    pub fn gateway_timeout(&self) -> Duration {
+        Duration::from_secs(self.gateway_timeout_s)
     }
 
     /// Longest time one email send may take.

@@ -35,6 +35,26 @@ pub fn page_size(requested: i32, default: u64, max: u64) -> Result<u64, Violatio
     }
 }
 
+/// A keyset page token for the last row `id` of a page (opaque to clients).
+pub fn page_token(id: uuid::Uuid) -> String {
+    use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+    URL_SAFE_NO_PAD.encode(id.as_bytes())
+}
+
+/// The row id in a page token [`page_token`] issued; empty means the first page.
+pub fn parse_page_token(raw: &str) -> Result<Option<uuid::Uuid>, Violation> {
+    use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+    if raw.is_empty() {
+        return Ok(None);
+    }
+    URL_SAFE_NO_PAD
+        .decode(raw)
+        .ok()
+        .and_then(|bytes| uuid::Uuid::from_slice(&bytes).ok())
+        .map(Some)
+        .ok_or_else(|| Violation::new("page_token", "is not a token this service issued"))
+}
+
 pub fn invalid_argument(violations: &[Violation]) -> Status {
     let mut details = ErrorDetails::with_bad_request(
         violations

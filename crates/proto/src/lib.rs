@@ -105,6 +105,19 @@ pub mod notifications {
     }
 }
 
+pub mod payments {
+    pub mod v1 {
+        tonic::include_proto!("thali.payments.v1");
+
+        crate::retry::retry_table! {
+            CreateOrderRequest => "CreateOrder", keyed;
+            GetOrderRequest => "GetOrder", read;
+            ListOrdersRequest => "ListOrders", read;
+            VerifyPaymentRequest => "VerifyPayment", read;
+        }
+    }
+}
+
 pub mod storefront {
     pub mod v1 {
         tonic::include_proto!("thali.storefront.v1");

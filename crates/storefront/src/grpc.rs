@@ -4,7 +4,6 @@ use std::{sync::Arc, time::Duration};
 
 use prost::Message;
 
-use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use thali_platform::{
     audit::access_denied,
     auth::Principal,
@@ -311,15 +310,7 @@ fn lookup_username(raw: &str) -> Result<&str, StorefrontError> {
 }
 
 fn page_token(raw: &str) -> Result<Option<Uuid>, StorefrontError> {
-    if raw.is_empty() {
-        return Ok(None);
-    }
-    URL_SAFE_NO_PAD
-        .decode(raw)
-        .ok()
-        .and_then(|bytes| Uuid::from_slice(&bytes).ok())
-        .map(Some)
-        .ok_or_else(|| StorefrontError::invalid("page_token", "is not a token this service issued"))
+    errors::parse_page_token(raw).map_err(|v| StorefrontError::Invalid(vec![v]))
 }
 
 #[tonic::async_trait]
@@ -460,7 +451,7 @@ impl pb::storefront_service_server::StorefrontService for StorefrontGrpc {
             .await?;
         Ok(Response::new(pb::ListProductsResponse {
             products: products.into_iter().map(product_pb).collect(),
-            next_page_token: next.map(|id| URL_SAFE_NO_PAD.encode(id.as_bytes())).unwrap_or_default(),
+            next_page_token: next.map(errors::page_token).unwrap_or_default(),
         }))
     }
 

@@ -28,6 +28,7 @@ use thali_proto::{
     booking::v1::booking_service_server::BookingServiceServer,
     identity::v1::identity_service_server::IdentityServiceServer,
     notifications::v1::notification_service_server::NotificationServiceServer,
+    payments::v1::payments_service_server::PaymentsServiceServer,
     storefront::v1::storefront_service_server::StorefrontServiceServer,
 };
 use thali_storefront::grpc::StorefrontGrpc;
@@ -46,6 +47,8 @@ pub enum Part {
     Notifications,
     /// The booking gRPC service.
     Booking,
+    /// The payments gRPC service (needs THALI_RAZORPAY_URL and the account's key files).
+    Payments,
     /// The REST facade.
     Facade,
 }
@@ -63,6 +66,9 @@ impl Part {
     fn runs_booking(self) -> bool {
         matches!(self, Part::All | Part::Booking)
     }
+    fn runs_payments(self) -> bool {
+        matches!(self, Part::All | Part::Payments)
+    }
     fn runs_facade(self) -> bool {
         matches!(self, Part::All | Part::Facade)
     }
@@ -74,6 +80,7 @@ impl Part {
             Part::Storefront => "storefront",
             Part::Notifications => "notifications",
             Part::Booking => "booking",
+            Part::Payments => "payments",
             Part::Facade => "facade",
         }
     }
@@ -87,6 +94,8 @@ pub struct Platform {
     pub grpc_addr: Option<SocketAddr>,
     /// `/metrics`, `/healthz`, `/readyz`.
     pub admin_addr: SocketAddr,
+    /// The built-in sandbox gateway, when this process runs it (embedded mode).
+    pub sandbox_addr: Option<SocketAddr>,
     health: Health,
     grace: Duration,
     /// Stops the public HTTP server, then (`grpc_stop`) the gRPC server: a facade request in
@@ -238,7 +247,13 @@ pub async fn start(cfg: &Config, part: Part) -> anyhow::Result<Platform> {
     // gRPC: every service this part runs, on one server.
     let mut grpc_addr = None;
     let mut storefront_invalidations = None;
-    if part.runs_identity() || part.runs_storefront() || part.runs_notifications() || part.runs_booking() {
+    let mut sandbox_addr = None;
+    if part.runs_identity()
+        || part.runs_storefront()
+        || part.runs_notifications()
+        || part.runs_booking()
+        || part.runs_payments()
+    {
         let db = if part == Part::All {
             migrate(cfg).await?
         } else {
@@ -316,6 +331,30 @@ pub async fn start(cfg: &Config, part: Part) -> anyhow::Result<Platform> {
                 .serving::<BookingServiceServer<thali_booking::grpc::BookingGrpc>>()
                 .await;
         }
+        if part.runs_payments() {
+            let (gateway, account, sandbox) = payments_gateway(cfg, part).await?;
+            if let Some((sandbox, listener)) = sandbox {
+                sandbox_addr = Some(listener.local_addr()?);
+                let shutdown = stopped(grpc_stop_rx.clone());
+                grpc_tasks.spawn(async move { sandbox.serve(listener, shutdown).await.context("sandbox gateway") });
+            }
+            let storefront_url = cfg.storefront_url.clone().unwrap_or_else(|| format!("http://{own}"));
+            let storefront = Target::new("storefront", &storefront_url, &identity, client_settings.clone()).await?;
+            if !part.runs_storefront() {
+                let target = storefront.clone();
+                watchers.push(health.watch_flag("storefront", HEALTH_INTERVAL, move || target.is_up()));
+            }
+            let payments = thali_payments::Payments::new(db.clone(), storefront, gateway, account);
+            job_workers.push(
+                payments
+                    .job_worker(Queue::new(thali_payments::workers::SERVICE))
+                    .spawn(jobs_stop_rx.clone()),
+            );
+            routes.add_service(payments.server());
+            health
+                .serving::<PaymentsServiceServer<thali_payments::grpc::PaymentsGrpc>>()
+                .await;
+        }
         let mut sinks = Sinks::default();
         if part.runs_notifications() {
             let mailer = match &cfg.smtp_url {
@@ -375,13 +414,16 @@ pub async fn start(cfg: &Config, part: Part) -> anyhow::Result<Platform> {
         let identity_url = url_of(&cfg.identity_url);
         let notifications_url = url_of(&cfg.notifications_url);
         let booking_url = url_of(&cfg.booking_url);
+        let payments_url = url_of(&cfg.payments_url);
         let storefront = Target::new("storefront", &storefront_url, &identity, client_settings.clone()).await?;
         let identity_service = Target::new("identity", &identity_url, &identity, client_settings.clone()).await?;
         let notifications =
             Target::new("notifications", &notifications_url, &identity, client_settings.clone()).await?;
         let booking = Target::new("booking", &booking_url, &identity, client_settings.clone()).await?;
+        let payments = Target::new("payments", &payments_url, &identity, client_settings.clone()).await?;
         for (name, target) in [
             ("booking", &booking),
+            ("payments", &payments),
             ("storefront", &storefront),
             ("identity", &identity_service),
             ("notifications", &notifications),
@@ -413,6 +455,7 @@ pub async fn start(cfg: &Config, part: Part) -> anyhow::Result<Platform> {
                 identity: identity_service,
                 notifications,
                 booking,
+                payments,
             },
             verifier,
             edge,
@@ -448,6 +491,7 @@ pub async fn start(cfg: &Config, part: Part) -> anyhow::Result<Platform> {
         http_addr,
         grpc_addr,
         admin_addr,
+        sandbox_addr,
         health,
         grace: cfg.shutdown_grace(),
         stop,
@@ -484,6 +528,109 @@ async fn subscribers(
         target,
         thali_notifications::SUBSCRIBES_TO,
     ))
+}
+
+/// A listening sandbox gateway, ready to serve.
+type EmbeddedSandbox = (thali_payments::sandbox::Sandbox, tokio::net::TcpListener);
+
+/// The gateway payments creates orders at, and the platform account it uses:
+///
+/// - `THALI_RAZORPAY_URL` set: Razorpay (or any server speaking its API) with the key id and the
+///   secrets read from their files;
+/// - unset in embedded mode (`all`): the built-in sandbox, started here on `THALI_SANDBOX_ADDR`
+///   with its state and the platform account's generated credentials under
+///   `<data dir>/sandbox-gateway/`;
+/// - unset for `serve payments`: an error (a real deployment names its gateway).
+async fn payments_gateway(
+    cfg: &Config,
+    part: Part,
+) -> anyhow::Result<(
+    Arc<dyn thali_payments::gateway::Gateway>,
+    thali_payments::grpc::PlatformAccount,
+    Option<EmbeddedSandbox>,
+)> {
+    use thali_payments::{gateway::RazorpayGateway, grpc::PlatformAccount};
+    const CONNECT: Duration = Duration::from_secs(3);
+    if let Some(url) = &cfg.razorpay_url {
+        let read = |key: &str, path: &Option<std::path::PathBuf>| -> anyhow::Result<String> {
+            let path = path
+                .as_ref()
+                .with_context(|| format!("{key} is required with razorpay_url"))?;
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading {key} ({})", path.display()))?;
+            let text = text.trim().to_owned();
+            anyhow::ensure!(!text.is_empty(), "{key} ({}) is empty", path.display());
+            Ok(text)
+        };
+        let key_id = cfg.razorpay_key_id.clone().context("razorpay_key_id is required")?;
+        let secret = read("razorpay_key_secret_file", &cfg.razorpay_key_secret_file)?;
+        read("razorpay_webhook_secret_file", &cfg.razorpay_webhook_secret_file)?;
+        let gateway = RazorpayGateway::new(url, CONNECT, cfg.gateway_timeout()).context("razorpay_url")?;
+        let account = PlatformAccount {
+            gateway: "razorpay".into(),
+            credentials: thali_payments::gateway::Credentials::new(key_id, secret),
+        };
+        return Ok((Arc::new(gateway), account, None));
+    }
+    anyhow::ensure!(
+        part == Part::All,
+        "THALI_RAZORPAY_URL is not set: `serve payments` needs a gateway (https://api.razorpay.com, or a \
+         `thali sandbox-gateway`) with THALI_RAZORPAY_KEY_ID, THALI_RAZORPAY_KEY_SECRET_FILE and \
+         THALI_RAZORPAY_WEBHOOK_SECRET_FILE"
+    );
+    let dir = cfg.sandbox_dir();
+    let credentials = sandbox_credentials(&dir)?;
+    let sandbox = thali_payments::sandbox::Sandbox::with_state_file(
+        thali_payments::sandbox::SandboxOptions::default(),
+        dir.join("state.json"),
+    )
+    .context("starting the sandbox gateway")?;
+    sandbox
+        .add_account(&credentials.0, &credentials.1, &credentials.2, None)
+        .context("registering the platform account with the sandbox gateway")?;
+    let listener = thali_platform::net::bind(cfg.sandbox_addr)
+        .with_context(|| format!("binding {} (sandbox gateway)", cfg.sandbox_addr))?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let gateway = RazorpayGateway::new(&url, CONNECT, cfg.gateway_timeout()).context("sandbox gateway URL")?;
+    let account = PlatformAccount {
+        gateway: "sandbox".into(),
+        credentials: thali_payments::gateway::Credentials::new(credentials.0, credentials.1),
+    };
+    Ok((Arc::new(gateway), account, Some((sandbox, listener))))
+}
+
+/// The embedded platform account on the sandbox: key id, key secret and webhook secret, each in a
+/// file of its own under `dir` (created 0600 on first start, read afterwards).
+fn sandbox_credentials(dir: &std::path::Path) -> anyhow::Result<(String, String, String)> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let value = |name: &str, fresh: &dyn Fn() -> String| -> anyhow::Result<String> {
+        let path = dir.join(name);
+        match std::fs::read_to_string(&path) {
+            Ok(text) if !text.trim().is_empty() => Ok(text.trim().to_owned()),
+            _ => {
+                let text = fresh();
+                write_private(&path, &text).with_context(|| format!("writing {}", path.display()))?;
+                Ok(text)
+            }
+        }
+    };
+    let random = || uuid::Uuid::new_v4().simple().to_string();
+    let key_id = value("key_id", &|| format!("rzp_test_{}", &random()[..14]))?;
+    let key_secret = value("key_secret", &random)?;
+    let webhook_secret = value("webhook_secret", &random)?;
+    Ok((key_id, key_secret, webhook_secret))
+}
+
+/// Writes a secret readable by this user only.
+fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options.open(path)?.write_all(text.as_bytes())
 }
 
 /// Longest time one webhook request may take (Standard Webhooks: 15 s).

@@ -63,6 +63,10 @@ enum Command {
         #[arg(value_enum, default_value = "all")]
         part: Part,
     },
+    /// Run the Razorpay-compatible sandbox gateway alone (on THALI_SANDBOX_ADDR, state under
+    /// <data dir>/sandbox-gateway/). Registers the platform account of THALI_RAZORPAY_KEY_ID and
+    /// its key files when they are set; more test accounts with `POST /sandbox/accounts`.
+    SandboxGateway,
     /// Apply pending database migrations.
     Migrate,
     /// Mint an access token with the local signing key (operator tool).
@@ -311,6 +315,7 @@ async fn main() -> anyhow::Result<()> {
                 Part::Storefront => "thali-storefront",
                 Part::Notifications => "thali-notifications",
                 Part::Booking => "thali-booking",
+                Part::Payments => "thali-payments",
                 Part::Facade => "thali-facade",
             };
             let telemetry = thali_platform::telemetry::init(&cfg, name)?;
@@ -323,6 +328,12 @@ async fn main() -> anyhow::Result<()> {
             }
             let admin = platform.admin_addr;
             println!("thali: admin on http://{admin} (/metrics, /healthz, /readyz)");
+            if let Some(addr) = platform.sandbox_addr {
+                println!(
+                    "thali: sandbox payment gateway on http://{addr} (Razorpay's API; pay an order at \
+                     http://{addr}/sandbox/checkout/{{gateway_order_id}})"
+                );
+            }
             if part == Part::All {
                 println!(
                     "thali: data in {} (database {})",
@@ -338,6 +349,44 @@ async fn main() -> anyhow::Result<()> {
             tracing::info!("stopped");
             telemetry.shutdown();
             result
+        }
+        Command::SandboxGateway => {
+            let telemetry = thali_platform::telemetry::init(&cfg, "thali-sandbox-gateway")?;
+            let dir = cfg.sandbox_dir();
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            let sandbox = thali_payments::sandbox::Sandbox::with_state_file(
+                thali_payments::sandbox::SandboxOptions::default(),
+                dir.join("state.json"),
+            )
+            .context("starting the sandbox gateway")?;
+            // The platform account, when configured, exists from the start (docker-compose
+            // points payments at this sandbox with the same key files).
+            if let (Some(key_id), Some(secret), Some(webhook)) = (
+                &cfg.razorpay_key_id,
+                &cfg.razorpay_key_secret_file,
+                &cfg.razorpay_webhook_secret_file,
+            ) {
+                let read = |path: &std::path::PathBuf| {
+                    std::fs::read_to_string(path)
+                        .map(|t| t.trim().to_owned())
+                        .with_context(|| format!("reading {}", path.display()))
+                };
+                sandbox
+                    .add_account(key_id, &read(secret)?, &read(webhook)?, None)
+                    .context("registering the platform account")?;
+                println!("thali: platform account {key_id} registered");
+            }
+            let listener = thali_platform::net::bind(cfg.sandbox_addr)
+                .with_context(|| format!("binding {} (sandbox gateway)", cfg.sandbox_addr))?;
+            let addr = listener.local_addr()?;
+            println!(
+                "thali: sandbox payment gateway on http://{addr} (state in {})",
+                dir.display()
+            );
+            println!("thali: create a test account: curl -s -X POST http://{addr}/sandbox/accounts");
+            let result = sandbox.serve(listener, shutdown_signal()).await;
+            telemetry.shutdown();
+            result.context("sandbox gateway")
         }
         Command::Migrate => {
             thali::migrate(&cfg).await?;

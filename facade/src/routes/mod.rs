@@ -3,6 +3,7 @@ pub mod booking;
 pub mod http_cache;
 pub mod identity;
 pub mod notifications;
+pub mod payments;
 pub mod storefront;
 
 use axum::{

@@ -32,6 +32,8 @@ pub struct Mesh {
     /// The admin listener: `/metrics`, `/healthz`, `/readyz`.
     pub admin: String,
     pub grpc_addr: SocketAddr,
+    /// The built-in sandbox payment gateway (`http://…`).
+    pub sandbox: String,
     pub signer: Signer,
     pub http: Client,
     /// The platform's data dir (SQLite file, keys, `mail/`).
@@ -67,6 +69,7 @@ impl Mesh {
             ("THALI_HTTP_ADDR", "127.0.0.1:0".into()),
             ("THALI_GRPC_ADDR", "127.0.0.1:0".into()),
             ("THALI_ADMIN_ADDR", "127.0.0.1:0".into()),
+            ("THALI_SANDBOX_ADDR", "127.0.0.1:0".into()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
@@ -86,12 +89,14 @@ impl Mesh {
         let base = format!("http://{}", platform.http_addr.unwrap());
         let admin = format!("http://{}", platform.admin_addr);
         let grpc_addr = platform.grpc_addr.unwrap();
+        let sandbox = format!("http://{}", platform.sandbox_addr.unwrap());
         let signer = Signer::load(&cfg.keys_dir()).unwrap();
         Self {
             platform: Some(platform),
             base,
             admin,
             grpc_addr,
+            sandbox,
             signer,
             http: Client::new(),
             data_dir,

@@ -20,7 +20,12 @@ impl Proc {
     /// Starts `part` with `env` (on top of loopback addresses on free ports).
     pub fn start(part: Part, env: &HashMap<String, String>) -> Self {
         let mut env = env.clone();
-        for key in ["THALI_HTTP_ADDR", "THALI_GRPC_ADDR", "THALI_ADMIN_ADDR"] {
+        for key in [
+            "THALI_HTTP_ADDR",
+            "THALI_GRPC_ADDR",
+            "THALI_ADMIN_ADDR",
+            "THALI_SANDBOX_ADDR",
+        ] {
             env.entry(key.to_owned()).or_insert_with(|| "127.0.0.1:0".to_owned());
         }
         let (addrs_tx, addrs_rx) = std::sync::mpsc::channel();

@@ -16,6 +16,9 @@
 //! attempt does not fail the order: Razorpay Checkout lets the buyer try again until the order
 //! expires; the reconciler gives up on an order whose attempts all failed ([`Event::GaveUp`]).
 
+mod checkout;
+pub use checkout::*;
+
 /// Where an order stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Status {

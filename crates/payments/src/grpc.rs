@@ -1,0 +1,432 @@
+//! The tonic implementation of `thali.payments.v1.PaymentsService`: proto ↔ domain, the checkout
+//! across the storefront (stock) and the gateway (the order to pay), and the one mapping of domain
+//! errors to `Status`.
+use std::{sync::Arc, time::Duration};
+
+use thali_platform::{
+    audit::{SecurityEvent, access_denied, security_event},
+    auth::Principal,
+    client::{Client, GrpcChannel},
+    errors,
+    idempotency::Idempotency,
+    server::principal,
+};
+use thali_proto::{
+    common::v1::Money,
+    payments::v1 as pb,
+    storefront::v1::{self as storefront, storefront_service_client::StorefrontServiceClient},
+};
+use tonic::{Code, Request, Response, Status};
+use uuid::Uuid;
+
+use crate::{
+    domain::{
+        self, CheckoutRequest, GatewayCall, ORDER_TTL, OrderLine, OrderRecord, PaymentsError, STOCK_HOLD_SECONDS,
+        Status as OrderStatus,
+    },
+    gateway::{Credentials, Gateway, GatewayError, NewGatewayOrder},
+    signature,
+    store::{NewOrder, OrdersOf, PaymentsStore, Written},
+};
+
+/// The gateway account orders are created with: the platform's Razorpay account (creators'
+/// own accounts come with their payment-account records).
+#[derive(Clone, Debug)]
+pub struct PlatformAccount {
+    /// `razorpay`, or `sandbox` when the platform runs on its built-in sandbox.
+    pub gateway: String,
+    pub credentials: Credentials,
+}
+
+/// The payments gRPC service.
+#[derive(Clone)]
+pub struct PaymentsGrpc {
+    store: PaymentsStore,
+    storefront: Client<StorefrontServiceClient<GrpcChannel>>,
+    gateway: Arc<dyn Gateway>,
+    account: PlatformAccount,
+}
+
+impl PaymentsGrpc {
+    pub fn new(
+        store: PaymentsStore,
+        storefront: Client<StorefrontServiceClient<GrpcChannel>>,
+        gateway: Arc<dyn Gateway>,
+        account: PlatformAccount,
+    ) -> Self {
+        Self {
+            store,
+            storefront,
+            gateway,
+            account,
+        }
+    }
+
+    /// Holds the stock, creates the gateway order and writes the order. A failure after the
+    /// stock is held gives it back (best effort: the storefront's expiry is the backstop).
+    async fn checkout(
+        &self,
+        buyer: &str,
+        req: &CheckoutRequest,
+        idem: Option<&Idempotency>,
+    ) -> Result<OrderRecord, PaymentsError> {
+        if let Some(idem) = idem
+            && let Some(order) = self.store.replay_checkout(buyer, idem).await?
+        {
+            return Ok(order);
+        }
+        let id = Uuid::now_v7();
+        let held = self.reserve(id, req).await?;
+        let total = held.total.clone().unwrap_or_default();
+        let gateway_order = NewGatewayOrder {
+            amount_minor: total.amount_minor,
+            currency: total.currency.clone(),
+            receipt: id.simple().to_string(),
+            notes: [
+                ("thali_order_id".to_owned(), id.to_string()),
+                ("store".to_owned(), req.username.clone()),
+            ]
+            .into_iter()
+            .collect(),
+        };
+        let started = std::time::Instant::now();
+        let created = self
+            .gateway
+            .create_order(&self.account.credentials, &gateway_order)
+            .await;
+        let mut call = GatewayCall {
+            order_id: id,
+            call: "create_order",
+            source: "checkout",
+            outcome: "ok",
+            gateway_ref: None,
+            latency_ms: i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX),
+        };
+        let gateway_order = match created {
+            Ok(order) => order,
+            Err(e) => {
+                call.outcome = e.outcome();
+                if let Err(record) = self.store.record_call(&call).await {
+                    tracing::warn!(order_id = %id, error = %record, "gateway call not recorded");
+                }
+                self.give_back(id).await;
+                return Err(match e {
+                    GatewayError::BadRequest { description, .. } => PaymentsError::GatewayRefused(description),
+                    other => {
+                        tracing::warn!(order_id = %id, error = %other, "the gateway did not create the order");
+                        PaymentsError::GatewayUnavailable
+                    }
+                });
+            }
+        };
+        call.gateway_ref = Some(gateway_order.id.clone());
+        let now = self.store.now();
+        let record = OrderRecord {
+            id,
+            status: OrderStatus::Pending,
+            buyer_subject: buyer.to_owned(),
+            username: held.username.clone(),
+            seller_subject: held.owner_subject.clone(),
+            lines: held
+                .lines
+                .iter()
+                .map(|l| {
+                    Ok(OrderLine {
+                        product_id: Uuid::parse_str(&l.product_id)
+                            .map_err(|_| PaymentsError::Internal("the storefront sent a bad product id".into()))?,
+                        title: l.title.clone(),
+                        quantity: l.quantity,
+                        unit_price_minor: l.unit_price.as_ref().map(|m| m.amount_minor).unwrap_or_default(),
+                    })
+                })
+                .collect::<Result<_, PaymentsError>>()?,
+            amount_minor: total.amount_minor,
+            currency: total.currency,
+            refunded_minor: 0,
+            gateway: self.account.gateway.clone(),
+            key_id: self.account.credentials.key_id.clone(),
+            gateway_order_id: gateway_order.id,
+            expires_at: now + ORDER_TTL,
+            created_at: now,
+            updated_at: now,
+            paid_at: None,
+        };
+        match self.store.insert_order(&NewOrder { record }, idem, &call).await {
+            Ok(Written::Created(order)) => Ok(order),
+            Ok(Written::Replayed(winner)) => {
+                // A concurrent checkout with the same key won: this one's stock goes back.
+                self.give_back(id).await;
+                Ok(winner)
+            }
+            Err(e) => {
+                self.give_back(id).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Holds the lines' stock in the storefront under the order's id.
+    async fn reserve(&self, id: Uuid, req: &CheckoutRequest) -> Result<storefront::Reservation, PaymentsError> {
+        let request = storefront::ReserveStockRequest {
+            reservation_id: id.to_string(),
+            username: req.username.clone(),
+            lines: req
+                .lines
+                .iter()
+                .map(|(product, quantity)| storefront::ReservationLine {
+                    product_id: product.to_string(),
+                    quantity: *quantity,
+                })
+                .collect(),
+            hold_seconds: STOCK_HOLD_SECONDS,
+        };
+        let answer = self
+            .storefront
+            .call(request, |mut c, r| async move { c.reserve_stock(r).await })
+            .await;
+        match answer {
+            Ok(res) => res
+                .into_inner()
+                .reservation
+                .ok_or_else(|| PaymentsError::Internal("the storefront answered no reservation".into())),
+            Err(status) => Err(from_storefront(status)),
+        }
+    }
+
+    /// Releases the stock held for `id`; a failure is logged (the storefront's expiry sweep puts
+    /// it back later).
+    async fn give_back(&self, id: Uuid) {
+        let request = storefront::ReleaseReservationRequest {
+            reservation_id: id.to_string(),
+        };
+        if let Err(status) = self
+            .storefront
+            .call(request, |mut c, r| async move { c.release_reservation(r).await })
+            .await
+        {
+            tracing::warn!(order_id = %id, code = ?status.code(), "held stock not released now; the storefront's expiry will");
+        }
+    }
+
+    /// The order `id` if `who` may see it; NOT_FOUND otherwise (an order of someone else's does
+    /// not exist for them).
+    async fn visible_order(&self, who: &Principal, id: &str) -> Result<OrderRecord, PaymentsError> {
+        let id = Uuid::parse_str(id).map_err(|_| PaymentsError::OrderNotFound)?;
+        let order = self.store.order(id).await?;
+        if !domain::may_see(
+            &who.subject,
+            domain::is_admin(&who.roles),
+            &order.buyer_subject,
+            &order.seller_subject,
+        ) {
+            access_denied(who, &format!("order {id}"), "not its buyer or seller");
+            return Err(PaymentsError::OrderNotFound);
+        }
+        Ok(order)
+    }
+}
+
+/// A storefront refusal the buyer should see as it is; anything else is the storefront being
+/// unreachable (or our own bug).
+fn from_storefront(status: Status) -> PaymentsError {
+    match status.code() {
+        Code::InvalidArgument | Code::NotFound | Code::FailedPrecondition => PaymentsError::Storefront(status),
+        Code::Unavailable | Code::DeadlineExceeded | Code::ResourceExhausted | Code::Cancelled => {
+            PaymentsError::StorefrontUnavailable
+        }
+        _ => PaymentsError::Internal(format!(
+            "the storefront answered {:?}: {}",
+            status.code(),
+            status.message()
+        )),
+    }
+}
+
+impl From<PaymentsError> for Status {
+    fn from(err: PaymentsError) -> Self {
+        match err {
+            PaymentsError::Invalid(violations) => errors::invalid_argument(&violations),
+            PaymentsError::Unauthenticated => {
+                errors::with_reason(Code::Unauthenticated, "UNAUTHENTICATED", err.to_string())
+            }
+            PaymentsError::OrderNotFound => errors::with_reason(Code::NotFound, "ORDER_NOT_FOUND", err.to_string()),
+            PaymentsError::IdempotencyKeyReused => {
+                errors::with_reason(Code::Aborted, "IDEMPOTENCY_KEY_REUSED", err.to_string())
+            }
+            PaymentsError::InvalidSignature => {
+                errors::with_reason(Code::InvalidArgument, "INVALID_SIGNATURE", err.to_string())
+            }
+            PaymentsError::GatewayRefused(_) => {
+                errors::with_reason(Code::FailedPrecondition, "GATEWAY_REFUSED", err.to_string())
+            }
+            PaymentsError::GatewayUnavailable => {
+                errors::unavailable("GATEWAY_UNAVAILABLE", err.to_string(), Duration::from_secs(2))
+            }
+            // Code, message and details (reason, product, how many are left) as the storefront said.
+            PaymentsError::Storefront(status) => status,
+            PaymentsError::StorefrontUnavailable => {
+                errors::unavailable("STOREFRONT_UNAVAILABLE", err.to_string(), Duration::from_secs(1))
+            }
+            PaymentsError::Unavailable => {
+                errors::unavailable("DATABASE_UNAVAILABLE", err.to_string(), Duration::from_secs(2))
+            }
+            PaymentsError::Internal(cause) => errors::internal(&cause),
+        }
+    }
+}
+
+/// The calling user: a service token alone acts for nobody.
+fn caller<T>(request: &Request<T>) -> Result<Principal, PaymentsError> {
+    principal(request).cloned().ok_or(PaymentsError::Unauthenticated)
+}
+
+fn timestamp(t: chrono::DateTime<chrono::Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: t.timestamp(),
+        nanos: i32::try_from(t.timestamp_subsec_nanos()).unwrap_or(0),
+    }
+}
+
+fn money(amount_minor: i64, currency: &str) -> Option<Money> {
+    Some(Money {
+        amount_minor,
+        currency: currency.to_owned(),
+    })
+}
+
+/// The proto enum of a status.
+pub fn status_pb(status: OrderStatus) -> pb::OrderStatus {
+    match status {
+        OrderStatus::Pending => pb::OrderStatus::Pending,
+        OrderStatus::Paid => pb::OrderStatus::Paid,
+        OrderStatus::Failed => pb::OrderStatus::Failed,
+        OrderStatus::Expired => pb::OrderStatus::Expired,
+        OrderStatus::PartiallyRefunded => pb::OrderStatus::PartiallyRefunded,
+        OrderStatus::Refunded => pb::OrderStatus::Refunded,
+    }
+}
+
+fn order_pb(o: OrderRecord) -> pb::Order {
+    pb::Order {
+        id: o.id.to_string(),
+        status: status_pb(o.status).into(),
+        buyer_subject: o.buyer_subject,
+        username: o.username,
+        seller_subject: o.seller_subject,
+        lines: o
+            .lines
+            .into_iter()
+            .map(|l| pb::OrderLine {
+                product_id: l.product_id.to_string(),
+                title: l.title,
+                quantity: l.quantity,
+                unit_price: money(l.unit_price_minor, &o.currency),
+            })
+            .collect(),
+        total: money(o.amount_minor, &o.currency),
+        refunded: money(o.refunded_minor, &o.currency),
+        checkout: Some(pb::Checkout {
+            gateway: o.gateway,
+            gateway_order_id: o.gateway_order_id,
+            key_id: o.key_id,
+            amount: money(o.amount_minor, &o.currency),
+        }),
+        expire_time: Some(timestamp(o.expires_at)),
+        create_time: Some(timestamp(o.created_at)),
+        update_time: Some(timestamp(o.updated_at)),
+        paid_time: o.paid_at.map(timestamp),
+    }
+}
+
+#[tonic::async_trait]
+impl pb::payments_service_server::PaymentsService for PaymentsGrpc {
+    async fn create_order(
+        &self,
+        request: Request<pb::CreateOrderRequest>,
+    ) -> Result<Response<pb::CreateOrderResponse>, Status> {
+        let buyer = caller(&request)?;
+        let req = request.into_inner();
+        let lines: Vec<(&str, i64)> = req.lines.iter().map(|l| (l.product_id.as_str(), l.quantity)).collect();
+        let checkout = CheckoutRequest::parse(&req.username, &lines)?;
+        let idem = domain::parse_idempotency_key(&req.idempotency_key)?.map(|k| Idempotency::new(k, &checkout));
+        let order = self.checkout(&buyer.subject, &checkout, idem.as_ref()).await?;
+        tracing::info!(
+            order_id = %order.id,
+            gateway_order_id = %order.gateway_order_id,
+            amount_minor = order.amount_minor,
+            currency = %order.currency,
+            "order created"
+        );
+        Ok(Response::new(pb::CreateOrderResponse {
+            order: Some(order_pb(order)),
+        }))
+    }
+
+    async fn get_order(&self, request: Request<pb::GetOrderRequest>) -> Result<Response<pb::GetOrderResponse>, Status> {
+        let who = caller(&request)?;
+        let order = self.visible_order(&who, &request.get_ref().order_id).await?;
+        Ok(Response::new(pb::GetOrderResponse {
+            order: Some(order_pb(order)),
+        }))
+    }
+
+    async fn list_orders(
+        &self,
+        request: Request<pb::ListOrdersRequest>,
+    ) -> Result<Response<pb::ListOrdersResponse>, Status> {
+        let who = caller(&request)?;
+        let req = request.into_inner();
+        let size = domain::page_size(req.page_size)?;
+        let after = errors::parse_page_token(&req.page_token).map_err(|v| PaymentsError::Invalid(vec![v]))?;
+        let admin = domain::is_admin(&who.roles);
+        let of = if req.username.is_empty() {
+            OrdersOf::Buyer(who.subject.clone())
+        } else {
+            // A store's orders show only where the caller is the seller (an admin sees them all):
+            // anyone else's list is empty, never someone else's orders.
+            OrdersOf::Store {
+                username: req.username.clone(),
+                seller: (!admin).then(|| who.subject.clone()),
+            }
+        };
+        let (orders, next) = self.store.list_orders(&of, size, after).await?;
+        Ok(Response::new(pb::ListOrdersResponse {
+            orders: orders.into_iter().map(order_pb).collect(),
+            next_page_token: next.map(errors::page_token).unwrap_or_default(),
+        }))
+    }
+
+    async fn verify_payment(
+        &self,
+        request: Request<pb::VerifyPaymentRequest>,
+    ) -> Result<Response<pb::VerifyPaymentResponse>, Status> {
+        let who = caller(&request)?;
+        let req = request.into_inner();
+        let order = self.visible_order(&who, &req.order_id).await?;
+        // Only the platform account exists today; an order made with another key cannot be
+        // checked with this secret.
+        let same_order = req.gateway_order_id.is_empty() || req.gateway_order_id == order.gateway_order_id;
+        let valid = same_order
+            && order.key_id == self.account.credentials.key_id
+            && signature::checkout_is_valid(
+                self.account.credentials.key_secret.expose().as_bytes(),
+                &order.gateway_order_id,
+                &req.gateway_payment_id,
+                &req.signature,
+            );
+        if !valid {
+            security_event(
+                SecurityEvent::AccessDenied,
+                &who.subject,
+                &format!("order {}", order.id),
+                "",
+                "checkout signature does not match",
+            );
+            return Err(PaymentsError::InvalidSignature.into());
+        }
+        tracing::info!(order_id = %order.id, payment_id = %req.gateway_payment_id, "checkout signature verified");
+        Ok(Response::new(pb::VerifyPaymentResponse {
+            order: Some(order_pb(order)),
+        }))
+    }
+}

@@ -1,0 +1,156 @@
+//! JSON shapes of the order routes. The payments service validates; the schema states its rules
+//! so clients know the contract.
+use serde::{Deserialize, Serialize};
+use thali_proto::payments::v1 as pb;
+use utoipa::{IntoParams, ToSchema};
+
+use super::{Money, integer, rfc3339};
+
+/// One line of a checkout.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CheckoutLine {
+    #[schema(format = Uuid)]
+    pub product_id: String,
+    #[serde(deserialize_with = "integer")]
+    #[schema(example = 2, minimum = 1, maximum = 1000)]
+    pub quantity: i64,
+}
+
+/// Body of `POST /api/v1/orders`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateOrder {
+    /// The store (creator or vendor) whose products these are.
+    #[schema(example = "chai_point")]
+    pub username: String,
+    /// 1-50 lines, each product at most once. Prices are the store's current ones, never the
+    /// client's.
+    pub lines: Vec<CheckoutLine>,
+}
+
+/// Body of `POST /api/v1/orders/{id}/verify`: what Razorpay Checkout handed the browser.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyPayment {
+    #[schema(example = "pay_29QQoUBi66xm2f")]
+    pub razorpay_payment_id: String,
+    /// Razorpay's `razorpay_order_id`; when given it must be the order's.
+    #[serde(default)]
+    pub razorpay_order_id: Option<String>,
+    /// Hex HMAC-SHA256 of `order_id|payment_id` under the key secret.
+    pub razorpay_signature: String,
+}
+
+/// Query of `GET /api/v1/orders`.
+#[derive(Debug, Clone, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListOrdersQuery {
+    /// A store you own (admins: any): its orders. Absent: your own purchases.
+    pub username: Option<String>,
+    /// 1-100; 0 or absent means 50.
+    #[param(minimum = 0, maximum = 100)]
+    pub page_size: Option<i32>,
+    pub page_token: Option<String>,
+}
+
+/// A line of an order, priced when it was placed.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct OrderLine {
+    pub product_id: String,
+    pub title: String,
+    pub quantity: i64,
+    pub unit_price: Option<Money>,
+}
+
+/// What Razorpay Checkout is opened with.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Checkout {
+    /// `razorpay`, or `sandbox` on the built-in sandbox gateway.
+    pub gateway: String,
+    /// Checkout's `order_id`.
+    pub gateway_order_id: String,
+    /// Checkout's `key`.
+    pub key_id: String,
+    pub amount: Option<Money>,
+}
+
+/// An order.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Order {
+    pub id: String,
+    /// `pending`, `paid`, `failed`, `expired`, `partially_refunded` or `refunded`.
+    #[schema(example = "pending")]
+    pub status: String,
+    pub buyer_id: String,
+    pub username: String,
+    pub seller_id: String,
+    pub lines: Vec<OrderLine>,
+    pub total: Option<Money>,
+    pub refunded: Option<Money>,
+    pub checkout: Option<Checkout>,
+    /// A pending order not paid by then expires and its stock goes back on sale.
+    #[schema(format = DateTime)]
+    pub expires_at: Option<String>,
+    #[schema(format = DateTime)]
+    pub created_at: Option<String>,
+    #[schema(format = DateTime)]
+    pub updated_at: Option<String>,
+    #[schema(format = DateTime)]
+    pub paid_at: Option<String>,
+}
+
+fn status_name(status: i32) -> String {
+    match pb::OrderStatus::try_from(status).unwrap_or(pb::OrderStatus::Unspecified) {
+        pb::OrderStatus::Pending => "pending",
+        pb::OrderStatus::Paid => "paid",
+        pb::OrderStatus::Failed => "failed",
+        pb::OrderStatus::Expired => "expired",
+        pb::OrderStatus::PartiallyRefunded => "partially_refunded",
+        pb::OrderStatus::Refunded => "refunded",
+        pb::OrderStatus::Unspecified => "unspecified",
+    }
+    .to_owned()
+}
+
+impl From<pb::Order> for Order {
+    fn from(o: pb::Order) -> Self {
+        Self {
+            id: o.id,
+            status: status_name(o.status),
+            buyer_id: o.buyer_subject,
+            username: o.username,
+            seller_id: o.seller_subject,
+            lines: o
+                .lines
+                .into_iter()
+                .map(|l| OrderLine {
+                    product_id: l.product_id,
+                    title: l.title,
+                    quantity: l.quantity,
+                    unit_price: l.unit_price.map(Into::into),
+                })
+                .collect(),
+            total: o.total.map(Into::into),
+            refunded: o.refunded.map(Into::into),
+            checkout: o.checkout.map(|c| Checkout {
+                gateway: c.gateway,
+                gateway_order_id: c.gateway_order_id,
+                key_id: c.key_id,
+                amount: c.amount.map(Into::into),
+            }),
+            expires_at: rfc3339(o.expire_time),
+            created_at: rfc3339(o.create_time),
+            updated_at: rfc3339(o.update_time),
+            paid_at: rfc3339(o.paid_time),
+        }
+    }
+}
+
+/// One page of orders, newest first.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct OrderPage {
+    pub orders: Vec<Order>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_page_token: Option<String>,
+}

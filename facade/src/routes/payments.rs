@@ -1,0 +1,144 @@
+//! Order routes: checkout (buyers), reading and listing orders (buyers, sellers, admins), and the
+//! check of Razorpay Checkout's signature.
+use axum::{Json, extract::State, http::HeaderMap, response::Response};
+use thali_proto::payments::v1 as pb;
+
+use super::{created, idempotency_key, missing};
+use crate::{
+    FacadeState,
+    dto::payments::{self as dto, CreateOrder, ListOrdersQuery, VerifyPayment},
+    middleware::{ApiJson, ApiPath, ApiQuery, Caller},
+    problem::Problem,
+};
+
+/// Check out: the store holds the stock of the lines at its current prices (one currency), the
+/// gateway order is created, and the answer carries what Razorpay Checkout needs. The order
+/// waits 15 minutes for its payment.
+#[utoipa::path(
+    post, path = "/api/v1/orders", tag = "orders",
+    request_body = CreateOrder,
+    params(("Idempotency-Key" = Option<String>, Header, pattern = r"^[\x21-\x7E]{1,200}$", description = "Same key and body: the same order is returned")),
+    responses(
+        (status = 201, description = "Created: pay it with Razorpay Checkout", body = dto::Order),
+        (status = 400, description = "OUT_OF_STOCK, PRODUCT_UNAVAILABLE, MIXED_CURRENCIES, GATEWAY_REFUSED or a field violation"),
+        (status = 404, description = "CREATOR_NOT_FOUND, PRODUCT_NOT_FOUND"),
+        (status = 409, description = "IDEMPOTENCY_KEY_REUSED"),
+        (status = 503, description = "GATEWAY_UNAVAILABLE, STOREFRONT_UNAVAILABLE: nothing was charged; try again"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn create_order(
+    State(state): State<FacadeState>,
+    caller: Caller,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<CreateOrder>,
+) -> Result<Response, Problem> {
+    let req = pb::CreateOrderRequest {
+        username: body.username,
+        lines: body
+            .lines
+            .into_iter()
+            .map(|l| pb::CreateOrderLine {
+                product_id: l.product_id,
+                quantity: l.quantity,
+            })
+            .collect(),
+        idempotency_key: idempotency_key(&headers)?,
+    };
+    let order = state
+        .payments
+        .call(caller.request(req), |mut c, r| async move { c.create_order(r).await })
+        .await?
+        .into_inner()
+        .order;
+    let order = dto::Order::from(order.ok_or_else(|| missing("order"))?);
+    Ok(created(format!("/api/v1/orders/{}", order.id), order))
+}
+
+/// An order: its buyer, its seller or an admin (anyone else: 404).
+#[utoipa::path(
+    get, path = "/api/v1/orders/{id}", tag = "orders",
+    params(("id" = String, Path, format = Uuid)),
+    responses(
+        (status = 200, description = "The order", body = dto::Order),
+        (status = 404, description = "ORDER_NOT_FOUND"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn get_order(
+    State(state): State<FacadeState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<dto::Order>, Problem> {
+    let req = pb::GetOrderRequest { order_id: id };
+    let order = state
+        .payments
+        .call(caller.request(req), |mut c, r| async move { c.get_order(r).await })
+        .await?
+        .into_inner()
+        .order;
+    Ok(Json(order.ok_or_else(|| missing("order"))?.into()))
+}
+
+/// Your purchases, newest first; with `username`, that store's orders (its owner; admins any).
+#[utoipa::path(
+    get, path = "/api/v1/orders", tag = "orders",
+    params(ListOrdersQuery),
+    responses((status = 200, description = "One page of orders", body = dto::OrderPage)),
+    security(("bearer" = []))
+)]
+pub async fn list_orders(
+    State(state): State<FacadeState>,
+    caller: Caller,
+    ApiQuery(query): ApiQuery<ListOrdersQuery>,
+) -> Result<Json<dto::OrderPage>, Problem> {
+    let req = pb::ListOrdersRequest {
+        username: query.username.unwrap_or_default(),
+        page_size: query.page_size.unwrap_or(0),
+        page_token: query.page_token.unwrap_or_default(),
+    };
+    let res = state
+        .payments
+        .call(caller.request(req), |mut c, r| async move { c.list_orders(r).await })
+        .await?
+        .into_inner();
+    Ok(Json(dto::OrderPage {
+        orders: res.orders.into_iter().map(Into::into).collect(),
+        next_page_token: Some(res.next_page_token).filter(|t| !t.is_empty()),
+    }))
+}
+
+/// Check the signature Razorpay Checkout handed the browser after a payment. It proves the
+/// payment is this order's; the gateway's webhook still decides when the order is paid, so the
+/// answer may still say `pending`.
+#[utoipa::path(
+    post, path = "/api/v1/orders/{id}/verify", tag = "orders",
+    params(("id" = String, Path, format = Uuid)),
+    request_body = VerifyPayment,
+    responses(
+        (status = 200, description = "The signature holds; the order as it stands", body = dto::Order),
+        (status = 400, description = "INVALID_SIGNATURE"),
+        (status = 404, description = "ORDER_NOT_FOUND"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn verify_payment(
+    State(state): State<FacadeState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(body): ApiJson<VerifyPayment>,
+) -> Result<Json<dto::Order>, Problem> {
+    let req = pb::VerifyPaymentRequest {
+        order_id: id,
+        gateway_payment_id: body.razorpay_payment_id,
+        signature: body.razorpay_signature,
+        gateway_order_id: body.razorpay_order_id.unwrap_or_default(),
+    };
+    let order = state
+        .payments
+        .call(caller.request(req), |mut c, r| async move { c.verify_payment(r).await })
+        .await?
+        .into_inner()
+        .order;
+    Ok(Json(order.ok_or_else(|| missing("order"))?.into()))
+}

@@ -1,0 +1,8 @@
+//! Payments service schema.
+use sea_orm_migration::MigrationTrait;
+
+mod m20261202_000012_orders;
+
+pub(crate) fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+    vec![Box::new(m20261202_000012_orders::Migration)]
+}
