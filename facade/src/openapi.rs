@@ -65,6 +65,8 @@ use crate::{dto, problem, routes};
         routes::payments::get_order,
         routes::payments::list_orders,
         routes::payments::verify_payment,
+        routes::payments::razorpay_webhook,
+        routes::payments::razorpay_account_webhook,
     ),
     components(schemas(
         dto::booking::Policy,
@@ -95,6 +97,7 @@ use crate::{dto, problem, routes};
         dto::payments::Checkout,
         dto::payments::Order,
         dto::payments::OrderPage,
+        dto::payments::WebhookAccepted,
         dto::Money,
         dto::Creator,
         dto::Product,

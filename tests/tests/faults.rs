@@ -28,6 +28,8 @@ use tonic::{Code, Request, Response, Status};
 use tonic_types::StatusExt;
 
 fn http() -> reqwest::Client {
+    // reqwest's rustls (on for the payments gateway) needs the process's provider (ADR 0002).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder()
         .timeout(Duration::from_secs(20))
         .build()

@@ -1,7 +1,9 @@
 //! Checkout through REST, as a buyer would take it on the embedded platform: the store holds the
 //! stock, the sandbox gateway creates the order, the buyer pays in the sandbox and the facade
-//! checks Checkout's signature; who may read which order; a gateway that fails gives the stock
-//! back and charges nothing.
+//! checks Checkout's signature; the sandbox's signed webhooks settle the order (auto-capture,
+//! stock committed); who may read which order; a gateway that fails gives the stock back and
+//! charges nothing; webhooks with bad signatures are refused, failed ones dead-lettered, and a
+//! 503 only when not even that could be stored.
 mod support;
 
 use reqwest::StatusCode;
@@ -281,4 +283,248 @@ async fn a_failing_gateway_charges_nothing_and_gives_the_stock_back() {
     let order = json_of(checkout(&mesh, &buyer, "k-1", body).await, StatusCode::CREATED).await;
     assert_eq!(order["status"], "pending");
     assert_eq!(stock_of(&mesh, "snack_stall", &chai).await, 0);
+}
+
+/// The embedded database, as an operator would open it.
+async fn database(mesh: &Mesh) -> sea_orm::DatabaseConnection {
+    let url = format!("sqlite://{}?mode=rw", mesh.data_dir.join("thali.db").display());
+    thali_platform::db::connect(&url).await.unwrap()
+}
+
+async fn scalar(db: &sea_orm::DatabaseConnection, sql: &str, value: impl Into<sea_orm::Value>) -> Option<String> {
+    use sea_orm::ConnectionTrait;
+    db.query_one_raw(thali_platform::db::statement(
+        db.get_database_backend(),
+        sql,
+        vec![value.into()],
+    ))
+    .await
+    .unwrap()
+    .map(|row| row.try_get_by_index::<String>(0).unwrap())
+}
+
+/// Polls the order until its status is `want` (webhooks arrive asynchronously).
+async fn settles(mesh: &Mesh, token: &str, id: &str, want: &str) -> Value {
+    for _ in 0..200 {
+        let order = json_of(
+            mesh.get_as(&format!("/api/v1/orders/{id}"), token).await,
+            StatusCode::OK,
+        )
+        .await;
+        if order["status"] == want {
+            return order;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("order {id} never became {want}");
+}
+
+async fn pay(mesh: &Mesh, gateway_order: &str, outcome: &str) -> Value {
+    json_of(
+        mesh.http
+            .post(format!("{}/sandbox/orders/{gateway_order}/pay", mesh.sandbox))
+            .json(&json!({ "outcome": outcome }))
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::OK,
+    )
+    .await
+}
+
+#[tokio::test]
+async fn the_gateways_webhooks_settle_paid_orders_and_commit_their_stock() {
+    let mesh = Mesh::start().await;
+    let (creator, chai, _) = store(&mesh, "asha@example.com", "paid_shop").await;
+    let buyer = access(&mesh.sign_up("ravi@example.com", "buyer").await);
+    let db = database(&mesh).await;
+
+    // Captured at once: payment.captured and order.paid reach the facade, the order is paid.
+    let body = json!({"username": "paid_shop", "lines": [{"product_id": chai, "quantity": 1}]});
+    let order = json_of(checkout(&mesh, &buyer, "p-1", body.clone()).await, StatusCode::CREATED).await;
+    let id = order["id"].as_str().unwrap().to_owned();
+    let uuid = uuid::Uuid::parse_str(&id).unwrap();
+    pay(
+        &mesh,
+        order["checkout"]["gateway_order_id"].as_str().unwrap(),
+        "captured",
+    )
+    .await;
+    let paid = settles(&mesh, &buyer, &id, "paid").await;
+    assert!(paid["paid_at"].is_string(), "{paid}");
+    for _ in 0..200 {
+        if scalar(&db, "SELECT state FROM stock_reservations WHERE id = $1", uuid)
+            .await
+            .as_deref()
+            == Some("committed")
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        scalar(&db, "SELECT state FROM stock_reservations WHERE id = $1", uuid)
+            .await
+            .as_deref(),
+        Some("committed"),
+        "the paid order's stock is sold"
+    );
+
+    // Only authorized: payments captures it itself, and the capture pays the order.
+    let order = json_of(checkout(&mesh, &buyer, "p-2", body).await, StatusCode::CREATED).await;
+    let id = order["id"].as_str().unwrap().to_owned();
+    pay(
+        &mesh,
+        order["checkout"]["gateway_order_id"].as_str().unwrap(),
+        "authorized",
+    )
+    .await;
+    settles(&mesh, &buyer, &id, "paid").await;
+    let uuid = uuid::Uuid::parse_str(&id).unwrap();
+    assert_eq!(
+        scalar(
+            &db,
+            "SELECT outcome FROM transactions WHERE order_id = $1 AND call = 'capture'",
+            uuid
+        )
+        .await
+        .as_deref(),
+        Some("ok"),
+        "the capture is recorded"
+    );
+    let sales = json_of(
+        mesh.get_as("/api/v1/orders?username=paid_shop", &creator).await,
+        StatusCode::OK,
+    )
+    .await;
+    assert!(
+        sales["orders"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|o| o["status"] == "paid"),
+        "{sales}"
+    );
+}
+
+#[tokio::test]
+async fn webhooks_are_refused_without_a_valid_signature_and_never_lost() {
+    use sea_orm::ConnectionTrait;
+    let mesh = Mesh::start().await;
+    let secret = std::fs::read_to_string(mesh.data_dir.join("sandbox-gateway/webhook_secret")).unwrap();
+    let body = json!({"entity": "event", "account_id": "acc_x", "event": "payment.captured", "contains": ["payment"],
+        "payload": {"payment": {"entity": {"id": "pay_x", "order_id": "order_not_ours", "amount": 100,
+        "currency": "INR", "status": "captured"}}}, "created_at": 1})
+    .to_string();
+    let send = |body: String, signature: Option<String>, event_id: Option<&'static str>| {
+        let mut req = mesh
+            .http
+            .post(mesh.url("/api/v1/webhooks/razorpay"))
+            .header("content-type", "application/json")
+            .body(body);
+        if let Some(s) = signature {
+            req = req.header("x-razorpay-signature", s);
+        }
+        if let Some(e) = event_id {
+            req = req.header("x-razorpay-event-id", e);
+        }
+        req.send()
+    };
+    let sign =
+        |secret: &str, body: &str| thali_payments::signature::sign_hex(secret.trim().as_bytes(), body.as_bytes());
+
+    let taken = json_of(
+        send(body.clone(), Some(sign(&secret, &body)), Some("evt_1"))
+            .await
+            .unwrap(),
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(taken, json!({"status": "ok", "duplicate": false}));
+    let again = json_of(
+        send(body.clone(), Some(sign(&secret, &body)), Some("evt_1"))
+            .await
+            .unwrap(),
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(again["duplicate"], true);
+
+    let changed = body.replacen("100", "101", 1);
+    for (what, res) in [
+        ("no signature", send(body.clone(), None, Some("evt_2")).await.unwrap()),
+        (
+            "another account's secret",
+            send(body.clone(), Some(sign("whsec_other", &body)), Some("evt_2"))
+                .await
+                .unwrap(),
+        ),
+        (
+            "the body changed by one byte",
+            send(changed, Some(sign(&secret, &body)), Some("evt_2")).await.unwrap(),
+        ),
+        (
+            "garbage",
+            send(body.clone(), Some("zz".into()), Some("evt_2")).await.unwrap(),
+        ),
+    ] {
+        assert_eq!(res.status(), StatusCode::BAD_REQUEST, "{what}");
+        let problem: Value = res.json().await.unwrap();
+        assert_eq!(problem["code"], "INVALID_SIGNATURE", "{what}: {problem}");
+    }
+    problem(
+        send(body.clone(), Some(sign(&secret, &body)), None).await.unwrap(),
+        StatusCode::BAD_REQUEST,
+        "VALIDATION_FAILED",
+    )
+    .await;
+    problem(
+        mesh.http
+            .post(mesh.url("/api/v1/webhooks/razorpay/acc_unknown"))
+            .header("x-razorpay-signature", sign(&secret, &body))
+            .header("x-razorpay-event-id", "evt_3")
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::NOT_FOUND,
+        "ACCOUNT_NOT_FOUND",
+    )
+    .await;
+
+    // Processing fails (the events table refuses writes): the event waits in the DLQ, 200.
+    let db = database(&mesh).await;
+    db.execute_unprepared(
+        "CREATE TRIGGER events_down BEFORE INSERT ON payment_events BEGIN SELECT RAISE(ABORT, 'down'); END",
+    )
+    .await
+    .unwrap();
+    let parked = json_of(
+        send(body.clone(), Some(sign(&secret, &body)), Some("evt_4"))
+            .await
+            .unwrap(),
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(parked["duplicate"], false);
+    assert_eq!(
+        scalar(&db, "SELECT status FROM webhook_dlq WHERE event_id = $1", "evt_4")
+            .await
+            .as_deref(),
+        Some("pending")
+    );
+    // Not even the DLQ can be written: 503, so that Razorpay delivers it again.
+    db.execute_unprepared(
+        "CREATE TRIGGER dlq_down BEFORE INSERT ON webhook_dlq BEGIN SELECT RAISE(ABORT, 'down'); END",
+    )
+    .await
+    .unwrap();
+    problem(
+        send(body.clone(), Some(sign(&secret, &body)), Some("evt_5"))
+            .await
+            .unwrap(),
+        StatusCode::SERVICE_UNAVAILABLE,
+        "WEBHOOK_STORAGE_UNAVAILABLE",
+    )
+    .await;
 }

@@ -9,7 +9,7 @@ use thali_platform::{
     client::{Client, GrpcChannel},
     errors,
     idempotency::Idempotency,
-    server::principal,
+    server::{ServiceCaller, principal},
 };
 use thali_proto::{
     common::v1::Money,
@@ -24,9 +24,9 @@ use crate::{
         self, CheckoutRequest, GatewayCall, ORDER_TTL, OrderLine, OrderRecord, PaymentsError, STOCK_HOLD_SECONDS,
         Status as OrderStatus,
     },
-    gateway::{Credentials, Gateway, GatewayError, NewGatewayOrder},
+    gateway::{Credentials, Gateway, GatewayError, KeySecret, NewGatewayOrder},
     signature,
-    store::{NewOrder, OrdersOf, PaymentsStore, Written},
+    store::{NewOrder, OrdersOf, PaymentsStore, Taken, Written},
 };
 
 /// The gateway account orders are created with: the platform's Razorpay account (creators'
@@ -36,6 +36,8 @@ pub struct PlatformAccount {
     /// `razorpay`, or `sandbox` when the platform runs on its built-in sandbox.
     pub gateway: String,
     pub credentials: Credentials,
+    /// Signs the account's webhooks.
+    pub webhook_secret: KeySecret,
 }
 
 /// The payments gRPC service.
@@ -256,6 +258,11 @@ impl From<PaymentsError> for Status {
             PaymentsError::InvalidSignature => {
                 errors::with_reason(Code::InvalidArgument, "INVALID_SIGNATURE", err.to_string())
             }
+            PaymentsError::AccountNotFound => errors::with_reason(Code::NotFound, "ACCOUNT_NOT_FOUND", err.to_string()),
+            PaymentsError::ServiceOnly => errors::with_reason(Code::PermissionDenied, "SERVICE_ONLY", err.to_string()),
+            PaymentsError::WebhookNotStored => {
+                errors::unavailable("WEBHOOK_STORAGE_UNAVAILABLE", err.to_string(), Duration::from_secs(5))
+            }
             PaymentsError::GatewayRefused(_) => {
                 errors::with_reason(Code::FailedPrecondition, "GATEWAY_REFUSED", err.to_string())
             }
@@ -428,5 +435,68 @@ impl pb::payments_service_server::PaymentsService for PaymentsGrpc {
         Ok(Response::new(pb::VerifyPaymentResponse {
             order: Some(order_pb(order)),
         }))
+    }
+
+    async fn receive_webhook(
+        &self,
+        request: Request<pb::ReceiveWebhookRequest>,
+    ) -> Result<Response<pb::ReceiveWebhookResponse>, Status> {
+        if request.extensions().get::<ServiceCaller>().is_none() {
+            return Err(PaymentsError::ServiceOnly.into());
+        }
+        let req = request.into_inner();
+        // Only the platform's account exists today; creators' own accounts come with part 5.
+        if !req.account_id.is_empty() {
+            return Err(PaymentsError::AccountNotFound.into());
+        }
+        let account = "platform";
+        let secret = self.account.webhook_secret.expose().as_bytes();
+        let signature = Some(req.signature.as_str()).filter(|s| !s.is_empty());
+        if !signature::webhook_is_valid(secret, &req.body, signature) {
+            security_event(
+                SecurityEvent::AuthenticationFailed,
+                "razorpay",
+                &format!("webhook for account {account}"),
+                "",
+                if signature.is_none() {
+                    "no X-Razorpay-Signature"
+                } else {
+                    "X-Razorpay-Signature does not match the body"
+                },
+            );
+            return Err(PaymentsError::InvalidSignature.into());
+        }
+        let event_id = req.event_id.as_str();
+        if event_id.is_empty() || event_id.len() > 64 || !event_id.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(
+                PaymentsError::invalid("event_id", "X-Razorpay-Event-Id: 1 to 64 visible ASCII characters").into(),
+            );
+        }
+        match self.store.take_webhook(account, event_id, &req.body).await {
+            Ok(taken) => {
+                tracing::info!(event_id, ?taken, "webhook taken");
+                Ok(Response::new(pb::ReceiveWebhookResponse {
+                    duplicate: taken == Taken::Duplicate,
+                    dead_lettered: false,
+                }))
+            }
+            Err(failure) => {
+                tracing::warn!(event_id, error = %failure, "webhook processing failed; dead-lettering it");
+                match self
+                    .store
+                    .dead_letter(account, event_id, &req.body, &failure.to_string())
+                    .await
+                {
+                    Ok(()) => Ok(Response::new(pb::ReceiveWebhookResponse {
+                        duplicate: false,
+                        dead_lettered: true,
+                    })),
+                    Err(stored) => {
+                        tracing::error!(event_id, error = %stored, "webhook neither processed nor dead-lettered; Razorpay must deliver it again");
+                        Err(PaymentsError::WebhookNotStored.into())
+                    }
+                }
+            }
+        }
     }
 }

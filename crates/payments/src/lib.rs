@@ -1,9 +1,11 @@
 //! Payments service (issue 10), being built in steps. Today: the order state machine (a pure
 //! function from an order and a gateway event to the next order and its effects), Razorpay's
 //! signature checks, the gateway adapter (a [`gateway::Gateway`] trait and its Razorpay
-//! implementation over HTTPS), a Razorpay-compatible [`sandbox`] gateway, and the checkout: stock
-//! held in the storefront, the gateway order created, the order stored and readable. Webhooks,
-//! the dead-letter queue, the reconciler, refunds and deposits come next.
+//! implementation over HTTPS), a Razorpay-compatible [`sandbox`] gateway, the checkout (stock held
+//! in the storefront, the gateway order created, the order stored and readable), and webhooks
+//! taken once and applied to their order (auto-capture, stock committed or released, money that
+//! should not have been taken given back) with a dead-letter queue. The reconciler, refunds asked
+//! by sellers, creators' own accounts, order events and deposits come next.
 #![forbid(unsafe_code)]
 
 pub mod domain;
@@ -29,7 +31,7 @@ use thali_proto::{
 /// The payments service: its gRPC handlers and its store.
 pub struct Payments {
     grpc: Arc<grpc::PaymentsGrpc>,
-    store: store::PaymentsStore,
+    settler: workers::Settler,
 }
 
 impl Payments {
@@ -52,13 +54,29 @@ impl Payments {
         account: grpc::PlatformAccount,
     ) -> Self {
         let storefront = Client::new(storefront, StorefrontServiceClient::new);
-        let grpc = Arc::new(grpc::PaymentsGrpc::new(store.clone(), storefront, gateway, account));
-        Self { grpc, store }
+        let grpc = Arc::new(grpc::PaymentsGrpc::new(
+            store.clone(),
+            storefront.clone(),
+            gateway.clone(),
+            account.clone(),
+        ));
+        let settler = workers::Settler {
+            store,
+            gateway,
+            storefront,
+            account,
+        };
+        Self { grpc, settler }
     }
 
-    /// The service's job worker on `queue` (housekeeping), ready to spawn.
+    /// The service's job worker on `queue` (effects, the dead-letter sweep, housekeeping).
     pub fn job_worker(&self, queue: Queue) -> Worker {
-        workers::job_worker(self.store.clone(), queue)
+        workers::job_worker(self.settler.clone(), queue)
+    }
+
+    /// The service's store (tests, operator commands).
+    pub fn store(&self) -> &store::PaymentsStore {
+        &self.settler.store
     }
 
     /// The gRPC service, ready to add to a server.

@@ -1,22 +1,259 @@
-//! The payments service's job worker: hourly housekeeping of idempotency records and of the
-//! queue. (The reconciler and the webhook dead-letter queue run here as they are built.)
-use std::time::Duration;
+//! The payments service's job worker: the effects of settled orders (capture an authorized
+//! payment, commit or release the stock, refund a payment that should not have been taken), the
+//! webhook dead-letter queue's sweep every 30 s, and hourly housekeeping.
+use std::{sync::Arc, time::Duration};
 
-use thali_platform::jobs::{Queue, Worker};
+use thali_platform::{
+    client::{Client, GrpcChannel},
+    jobs::{Job, JobError, Queue, RetrySchedule, Worker},
+};
+use thali_proto::storefront::v1::{self as storefront, storefront_service_client::StorefrontServiceClient};
+use tonic::Code;
+use tonic_types::StatusExt;
 
-use crate::store::PaymentsStore;
+use crate::{
+    domain::GatewayCall,
+    gateway::{Gateway, GatewayError},
+    grpc::PlatformAccount,
+    store::{CAPTURE, COMMIT_STOCK, CaptureJob, PaymentsStore, REFUND, RELEASE_STOCK, RefundJob, StockJob},
+};
 
 pub use crate::store::SERVICE;
 
 pub const PRUNE_IDEMPOTENCY: &str = "payments.prune_idempotency";
 
+/// The dead-letter queue's sweep.
+pub const DLQ_SWEEP: &str = "payments.dlq_sweep";
+/// How often the dead-letter queue is swept.
+pub const DLQ_EVERY: Duration = Duration::from_secs(30);
+/// Rows one sweep retries.
+pub const DLQ_BATCH: u64 = 100;
+
+/// What carrying out an effect needs: the gateway, the storefront and the account.
+#[derive(Clone)]
+pub struct Settler {
+    pub store: PaymentsStore,
+    pub gateway: Arc<dyn Gateway>,
+    pub storefront: Client<StorefrontServiceClient<GrpcChannel>>,
+    pub account: PlatformAccount,
+}
+
+/// Effects are retried for about a day with backoff: a gateway or storefront outage delays them,
+/// it does not lose them; past that they are dead and the dead-job alert fires.
+pub fn effect_schedule() -> RetrySchedule {
+    RetrySchedule::exponential(20, Duration::from_secs(2), Duration::from_secs(3600))
+        .with_timeout(Duration::from_secs(30))
+}
+
 /// The payments job worker.
-pub fn job_worker(store: PaymentsStore, queue: Queue) -> Worker {
-    let prune = store.clone();
-    Worker::new(store.connection().clone(), queue)
+pub fn job_worker(settler: Settler, queue: Queue) -> Worker {
+    // The counters exist at 0 from the start, so the first death is an increase an alert sees.
+    metrics::counter!("events_dead_total").increment(0);
+    metrics::counter!("events_retried_total").increment(0);
+    let prune = settler.store.clone();
+    let (capture, commit, release, refund, sweep) = (
+        settler.clone(),
+        settler.clone(),
+        settler.clone(),
+        settler.clone(),
+        settler.store.clone(),
+    );
+    Worker::new(settler.store.connection().clone(), queue)
         .with_housekeeping()
         .prune_every(PRUNE_IDEMPOTENCY, Duration::from_secs(3600), move |now| {
             let store = prune.clone();
             async move { store.prune_idempotency(now).await }
         })
+        .handle(CAPTURE, effect_schedule(), move |job| capture.clone().capture(job))
+        .handle(COMMIT_STOCK, effect_schedule(), move |job| commit.clone().commit(job))
+        .handle(RELEASE_STOCK, effect_schedule(), move |job| {
+            release.clone().release(job)
+        })
+        .handle(REFUND, effect_schedule(), move |job| refund.clone().refund(job))
+        .handle(
+            DLQ_SWEEP,
+            RetrySchedule::exponential(3, Duration::from_secs(5), Duration::from_secs(20)),
+            move |_| sweep_dlq(sweep.clone()),
+        )
+        .every(DLQ_SWEEP, DLQ_EVERY)
+}
+
+/// Retries the due dead-lettered webhooks, and refreshes the queue's gauges.
+pub async fn sweep_dlq(store: PaymentsStore) -> Result<(), JobError> {
+    loop {
+        let due = store.dlq_claim(DLQ_BATCH).await.map_err(JobError::retry)?;
+        let full = due.len() as u64 == DLQ_BATCH;
+        for row in &due {
+            store.dlq_retry(row).await.map_err(JobError::retry)?;
+        }
+        if !full {
+            break;
+        }
+    }
+    let (pending, dead) = store.dlq_size().await.map_err(JobError::retry)?;
+    metrics::gauge!("dlq_size", "status" => "pending").set(pending as f64);
+    metrics::gauge!("dlq_size", "status" => "dead").set(dead as f64);
+    Ok(())
+}
+
+/// A gateway failure as a job outcome: transient ones retry (after the gateway's Retry-After
+/// when it gave one), refusals are dead.
+fn gateway_failure(e: GatewayError) -> JobError {
+    if e.is_retryable() {
+        JobError::Retry {
+            error: e.to_string(),
+            after: e.backoff_hint(),
+        }
+    } else {
+        JobError::Fatal(e.to_string())
+    }
+}
+
+/// A storefront failure as a job outcome: everything but a refusal retries.
+fn storefront_failure(status: &tonic::Status) -> JobError {
+    JobError::retry(format!("storefront: {:?} {}", status.code(), status.message()))
+}
+
+fn reason(status: &tonic::Status) -> String {
+    status
+        .get_error_details()
+        .error_info()
+        .map(|i| i.reason.clone())
+        .unwrap_or_default()
+}
+
+impl Settler {
+    async fn record(&self, call: GatewayCall) {
+        if let Err(e) = self.store.record_call(&call).await {
+            tracing::warn!(order_id = %call.order_id, error = %e, "gateway call not recorded");
+        }
+    }
+
+    /// Captures an authorized payment (auto-capture). A payment captured already is done.
+    async fn capture(self, job: Job) -> Result<(), JobError> {
+        let CaptureJob {
+            order_id,
+            payment_id,
+            amount_minor,
+            currency,
+        } = job.payload()?;
+        let started = std::time::Instant::now();
+        let result = self
+            .gateway
+            .capture(&self.account.credentials, &payment_id, amount_minor, &currency)
+            .await;
+        let already = matches!(&result, Err(GatewayError::BadRequest { description, .. }) if description.contains("already been captured"));
+        self.record(GatewayCall {
+            order_id,
+            call: "capture",
+            source: "webhook",
+            outcome: match &result {
+                Ok(_) => "ok",
+                Err(e) => e.outcome(),
+            },
+            gateway_ref: Some(payment_id.clone()),
+            latency_ms: i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX),
+        })
+        .await;
+        match result {
+            Ok(_) => {
+                tracing::info!(%order_id, payment_id, "authorized payment captured");
+                Ok(())
+            }
+            Err(_) if already => Ok(()),
+            Err(e) => Err(gateway_failure(e)),
+        }
+    }
+
+    /// The order is paid: its stock is sold. Stock the storefront already released (the payment
+    /// came after the hold ran out) cannot be sold: the buyer gets the money back.
+    async fn commit(self, job: Job) -> Result<(), JobError> {
+        let StockJob { order_id } = job.payload()?;
+        let request = storefront::CommitReservationRequest {
+            reservation_id: order_id.to_string(),
+        };
+        match self
+            .storefront
+            .call(request, |mut c, r| async move { c.commit_reservation(r).await })
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(status) if status.code() == Code::FailedPrecondition && reason(&status) == "RESERVATION_RELEASED" => {
+                tracing::warn!(%order_id, "paid after the stock went back on sale: refunding the buyer");
+                self.store
+                    .refund_paid_order(order_id, "stock_released")
+                    .await
+                    .map_err(JobError::retry)
+            }
+            Err(status) if status.code() == Code::NotFound => {
+                Err(JobError::Fatal(format!("the storefront has no reservation {order_id}")))
+            }
+            Err(status) => Err(storefront_failure(&status)),
+        }
+    }
+
+    /// The order will not be paid: its stock goes back on sale.
+    async fn release(self, job: Job) -> Result<(), JobError> {
+        let StockJob { order_id } = job.payload()?;
+        let request = storefront::ReleaseReservationRequest {
+            reservation_id: order_id.to_string(),
+        };
+        match self
+            .storefront
+            .call(request, |mut c, r| async move { c.release_reservation(r).await })
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(status) if status.code() == Code::NotFound => Ok(()),
+            Err(status) if status.code() == Code::FailedPrecondition => {
+                tracing::error!(%order_id, reason = %reason(&status), "stock of an unpaid order cannot be released");
+                Err(JobError::Fatal(status.message().to_owned()))
+            }
+            Err(status) => Err(storefront_failure(&status)),
+        }
+    }
+
+    /// Gives a payment back.
+    async fn refund(self, job: Job) -> Result<(), JobError> {
+        let RefundJob {
+            order_id,
+            payment_id,
+            amount_minor,
+            reason,
+        } = job.payload()?;
+        let started = std::time::Instant::now();
+        let result = self
+            .gateway
+            .refund(&self.account.credentials, &payment_id, Some(amount_minor))
+            .await;
+        self.record(GatewayCall {
+            order_id,
+            call: "refund",
+            source: "webhook",
+            outcome: match &result {
+                Ok(_) => "ok",
+                Err(e) => e.outcome(),
+            },
+            gateway_ref: Some(
+                result
+                    .as_ref()
+                    .map(|r| r.id.clone())
+                    .unwrap_or_else(|_| payment_id.clone()),
+            ),
+            latency_ms: i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX),
+        })
+        .await;
+        match result {
+            Ok(refund) => {
+                tracing::info!(%order_id, payment_id, refund_id = %refund.id, reason, "payment refunded");
+                Ok(())
+            }
+            Err(e) => {
+                if !e.is_retryable() {
+                    tracing::error!(%order_id, payment_id, reason, error = %e, "refund refused by the gateway");
+                }
+                Err(gateway_failure(e))
+            }
+        }
+    }
 }

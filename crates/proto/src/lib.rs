@@ -114,6 +114,7 @@ pub mod payments {
             GetOrderRequest => "GetOrder", read;
             ListOrdersRequest => "ListOrders", read;
             VerifyPaymentRequest => "VerifyPayment", read;
+            ReceiveWebhookRequest => "ReceiveWebhook", idempotent;
         }
     }
 }

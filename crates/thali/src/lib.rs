@@ -248,6 +248,9 @@ pub async fn start(cfg: &Config, part: Part) -> anyhow::Result<Platform> {
     let mut grpc_addr = None;
     let mut storefront_invalidations = None;
     let mut sandbox_addr = None;
+    // The embedded sandbox and the platform account's key id: its webhooks go to this
+    // process's facade once it listens.
+    let mut embedded_sandbox: Option<(thali_payments::sandbox::Sandbox, String)> = None;
     if part.runs_identity()
         || part.runs_storefront()
         || part.runs_notifications()
@@ -335,6 +338,7 @@ pub async fn start(cfg: &Config, part: Part) -> anyhow::Result<Platform> {
             let (gateway, account, sandbox) = payments_gateway(cfg, part).await?;
             if let Some((sandbox, listener)) = sandbox {
                 sandbox_addr = Some(listener.local_addr()?);
+                embedded_sandbox = Some((sandbox.clone(), account.credentials.key_id.clone()));
                 let shutdown = stopped(grpc_stop_rx.clone());
                 grpc_tasks.spawn(async move { sandbox.serve(listener, shutdown).await.context("sandbox gateway") });
             }
@@ -464,6 +468,13 @@ pub async fn start(cfg: &Config, part: Part) -> anyhow::Result<Platform> {
         let listener =
             thali_platform::net::bind(cfg.http_addr).with_context(|| format!("binding {}", cfg.http_addr))?;
         http_addr = Some(listener.local_addr()?);
+        if let (Some((sandbox, key_id)), Some(addr)) = (&embedded_sandbox, http_addr) {
+            let url = format!("http://{addr}/api/v1/webhooks/razorpay");
+            sandbox
+                .set_webhook_url(key_id, Some(url.clone()))
+                .context("pointing the sandbox's webhooks at the facade")?;
+            tracing::info!(%url, "sandbox gateway: webhooks go to the facade");
+        }
         let shutdown = stopped(stop_rx);
         tasks.spawn(async move {
             axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
@@ -563,11 +574,12 @@ async fn payments_gateway(
         };
         let key_id = cfg.razorpay_key_id.clone().context("razorpay_key_id is required")?;
         let secret = read("razorpay_key_secret_file", &cfg.razorpay_key_secret_file)?;
-        read("razorpay_webhook_secret_file", &cfg.razorpay_webhook_secret_file)?;
+        let webhook_secret = read("razorpay_webhook_secret_file", &cfg.razorpay_webhook_secret_file)?;
         let gateway = RazorpayGateway::new(url, CONNECT, cfg.gateway_timeout()).context("razorpay_url")?;
         let account = PlatformAccount {
             gateway: "razorpay".into(),
             credentials: thali_payments::gateway::Credentials::new(key_id, secret),
+            webhook_secret: thali_payments::gateway::KeySecret::new(webhook_secret),
         };
         return Ok((Arc::new(gateway), account, None));
     }
@@ -594,6 +606,7 @@ async fn payments_gateway(
     let account = PlatformAccount {
         gateway: "sandbox".into(),
         credentials: thali_payments::gateway::Credentials::new(credentials.0, credentials.1),
+        webhook_secret: thali_payments::gateway::KeySecret::new(credentials.2),
     };
     Ok((Arc::new(gateway), account, Some((sandbox, listener))))
 }

@@ -91,10 +91,33 @@ enum Command {
         #[command(subcommand)]
         command: UsersCommand,
     },
+    /// Inspect and retry Razorpay webhooks whose processing failed (operator tool).
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
     /// Inspect and manage the durable job queue (operator tool).
     Jobs {
         #[command(subcommand)]
         command: JobsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// Webhooks waiting for a retry or dead, oldest first.
+    List {
+        /// Only dead ones.
+        #[arg(long)]
+        dead: bool,
+        /// At most this many.
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+        limit: u64,
+    },
+    /// Send one back for processing now, with fresh retries (after fixing the cause).
+    Redrive {
+        /// The row's id (from `thali dlq list`).
+        id: String,
     },
 }
 
@@ -428,6 +451,41 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Jobs { command } => jobs(&cfg, command).await,
+        Command::Dlq { command } => {
+            let db = thali::migrated(&cfg).await?;
+            let store = thali_payments::store::PaymentsStore::new(db);
+            match command {
+                DlqCommand::List { dead, limit } => {
+                    let rows = store.dlq_list(dead, limit).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+                    println!(
+                        "{:<36}  {:<7}  {:>7}  {:<20}  {:<24}  {:<25}  error",
+                        "id", "status", "retries", "event", "event id", "next retry"
+                    );
+                    for r in &rows {
+                        println!(
+                            "{:<36}  {:<7}  {:>7}  {:<20}  {:<24}  {:<25}  {}",
+                            r.id,
+                            r.status,
+                            r.retry_count,
+                            r.event_type,
+                            r.event_id,
+                            r.next_retry_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                            r.error_message.lines().next().unwrap_or_default()
+                        );
+                    }
+                    eprintln!("dlq: {} row(s)", rows.len());
+                }
+                DlqCommand::Redrive { id } => {
+                    let id = uuid::Uuid::parse_str(&id).context("the id is a UUID from `thali dlq list`")?;
+                    anyhow::ensure!(
+                        store.dlq_redrive(id).await.map_err(|e| anyhow::anyhow!("{e}"))?,
+                        "no dead-letter row {id}"
+                    );
+                    println!("dlq: {id} is due now; the payments worker retries it within 30 s");
+                }
+            }
+            Ok(())
+        }
         Command::Keys { command } => {
             let dir = cfg.keys_dir();
             match command {

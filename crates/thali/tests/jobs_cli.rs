@@ -1,23 +1,12 @@
 //! `thali jobs list | retry | purge` against an embedded (SQLite) data directory, as an operator
 //! runs them.
-use std::{path::Path, process::Command, sync::Arc};
+mod support;
+
+use std::sync::Arc;
+
+use support::thali;
 
 use thali_platform::jobs::{JobError, ManualClock, NewJob, Queue, RetrySchedule, Worker};
-
-fn thali(data_dir: &Path, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_thali"))
-        .args(args)
-        .arg("--data-dir")
-        .arg(data_dir)
-        .env_remove("THALI_DATABASE_URL")
-        .output()
-        .expect("thali runs");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 #[tokio::test]
 async fn an_operator_lists_retries_and_purges_dead_jobs() {

@@ -154,3 +154,12 @@ pub struct OrderPage {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub next_page_token: Option<String>,
 }
+
+/// The answer to a gateway webhook.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct WebhookAccepted {
+    #[schema(example = "ok")]
+    pub status: String,
+    /// The event was taken before; nothing was done again.
+    pub duplicate: bool,
+}

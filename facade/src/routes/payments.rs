@@ -142,3 +142,82 @@ pub async fn verify_payment(
         .order;
     Ok(Json(order.ok_or_else(|| missing("order"))?.into()))
 }
+
+/// Razorpay's webhook for the platform's account. The signature (`X-Razorpay-Signature`, hex
+/// HMAC-SHA256 of the raw body) is checked before anything is read; the event
+/// (`X-Razorpay-Event-Id`) is taken once. 200 also when processing failed and the event waits in
+/// the dead-letter queue; 503 only when it could not be stored at all (Razorpay delivers again).
+#[utoipa::path(
+    post, path = "/api/v1/webhooks/razorpay", tag = "webhooks",
+    request_body(content = String, content_type = "application/json", description = "Razorpay's event, byte for byte"),
+    params(
+        ("X-Razorpay-Signature" = String, Header, description = "hex HMAC-SHA256 of the body under the webhook secret"),
+        ("X-Razorpay-Event-Id" = String, Header, description = "the same on every redelivery"),
+    ),
+    responses(
+        (status = 200, description = "Taken (or taken before, or dead-lettered)", body = dto::WebhookAccepted),
+        (status = 400, description = "INVALID_SIGNATURE, or no event id"),
+        (status = 503, description = "WEBHOOK_STORAGE_UNAVAILABLE: deliver it again"),
+    )
+)]
+pub async fn razorpay_webhook(
+    State(state): State<FacadeState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Json<dto::WebhookAccepted>, Problem> {
+    receive(state, String::new(), headers, body).await
+}
+
+/// Razorpay's webhook for a connected payment account (Thali's id of the account in the path).
+#[utoipa::path(
+    post, path = "/api/v1/webhooks/razorpay/{account_id}", tag = "webhooks",
+    params(
+        ("account_id" = String, Path),
+        ("X-Razorpay-Signature" = String, Header),
+        ("X-Razorpay-Event-Id" = String, Header),
+    ),
+    request_body(content = String, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Taken", body = dto::WebhookAccepted),
+        (status = 400, description = "INVALID_SIGNATURE"),
+        (status = 404, description = "ACCOUNT_NOT_FOUND"),
+    )
+)]
+pub async fn razorpay_account_webhook(
+    State(state): State<FacadeState>,
+    ApiPath(account_id): ApiPath<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Json<dto::WebhookAccepted>, Problem> {
+    receive(state, account_id, headers, body).await
+}
+
+async fn receive(
+    state: FacadeState,
+    account_id: String,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Json<dto::WebhookAccepted>, Problem> {
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let req = pb::ReceiveWebhookRequest {
+        account_id,
+        body: body.to_vec(),
+        signature: header("x-razorpay-signature"),
+        event_id: header("x-razorpay-event-id"),
+    };
+    let res = state
+        .payments
+        .call(req, |mut c, r| async move { c.receive_webhook(r).await })
+        .await?
+        .into_inner();
+    Ok(Json(dto::WebhookAccepted {
+        status: "ok".into(),
+        duplicate: res.duplicate,
+    }))
+}

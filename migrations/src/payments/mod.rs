@@ -2,7 +2,11 @@
 use sea_orm_migration::MigrationTrait;
 
 mod m20261202_000012_orders;
+mod m20261202_000013_webhooks;
 
 pub(crate) fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-    vec![Box::new(m20261202_000012_orders::Migration)]
+    vec![
+        Box::new(m20261202_000012_orders::Migration),
+        Box::new(m20261202_000013_webhooks::Migration),
+    ]
 }

@@ -34,6 +34,12 @@ pub enum PaymentsError {
     IdempotencyKeyReused,
     #[error("the payment signature does not match this order")]
     InvalidSignature,
+    #[error("no payment account with this id")]
+    AccountNotFound,
+    #[error("only Thali services may call this")]
+    ServiceOnly,
+    #[error("the webhook could not be stored; deliver it again")]
+    WebhookNotStored,
     #[error("the payment gateway refused the order: {0}")]
     GatewayRefused(String),
     #[error("the payment gateway does not answer; try again")]

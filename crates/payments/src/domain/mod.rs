@@ -17,7 +17,9 @@
 //! expires; the reconciler gives up on an order whose attempts all failed ([`Event::GaveUp`]).
 
 mod checkout;
+mod webhook;
 pub use checkout::*;
+pub use webhook::*;
 
 /// Where an order stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -12,6 +12,12 @@ use uuid::Uuid;
 
 use crate::domain::{GatewayCall, OrderLine, OrderRecord, PaymentsError, Status};
 
+mod webhooks;
+pub use webhooks::{
+    CAPTURE, COMMIT_STOCK, CaptureJob, DLQ_DELAYS, DLQ_LEASE, ProcessingFaults, REFUND, RELEASE_STOCK, RefundJob,
+    StockJob, Taken, dlq, payment_event,
+};
+
 pub mod order {
     use sea_orm::entity::prelude::*;
 
@@ -140,6 +146,7 @@ pub enum Written {
 pub struct PaymentsStore {
     db: DatabaseConnection,
     queue: thali_platform::jobs::Queue,
+    faults: std::sync::Arc<ProcessingFaults>,
 }
 
 impl PaymentsStore {
@@ -149,12 +156,21 @@ impl PaymentsStore {
 
     /// The store on `queue` (its clock and outbox).
     pub fn with_queue(db: DatabaseConnection, queue: thali_platform::jobs::Queue) -> Self {
-        Self { db, queue }
+        Self {
+            db,
+            queue,
+            faults: std::sync::Arc::default(),
+        }
     }
 
     /// The connection, for health checks and the job worker.
     pub fn connection(&self) -> &DatabaseConnection {
         &self.db
+    }
+
+    /// The store's job queue (its clock and outbox).
+    pub fn queue(&self) -> &thali_platform::jobs::Queue {
+        &self.queue
     }
 
     /// Now, on the store's clock.

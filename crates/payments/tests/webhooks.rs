@@ -1,0 +1,369 @@
+//! Webhooks in the store, on every configured backend (SQLite always, PostgreSQL with
+//! `THALI_TEST_DATABASE_URL`, required under CI=true): one effect per event however often and
+//! however concurrently it arrives, events out of order, and the dead-letter queue's schedule
+//! (30 s, 1 min, 5 min, 30 min, 1 h, then dead) on a clock the test moves.
+use std::{sync::Arc, time::Duration};
+
+use chrono::Utc;
+use serde_json::json;
+use thali_migrations::{Migrator, MigratorTrait};
+use thali_payments::{
+    domain::{GatewayCall, OrderLine, OrderRecord, Status},
+    store::{CAPTURE, COMMIT_STOCK, NewOrder, PaymentsStore, Taken, dlq},
+};
+use thali_platform::{
+    jobs::{ManualClock, Queue, admin},
+    testing::{self, TestDatabase},
+};
+use uuid::Uuid;
+
+async fn backends() -> Vec<TestDatabase> {
+    let dbs = testing::all().await;
+    for t in &dbs {
+        Migrator::up(&t.db, None)
+            .await
+            .unwrap_or_else(|e| panic!("migrating {}: {e}", t.backend));
+    }
+    dbs
+}
+
+fn store_on(t: &TestDatabase) -> (PaymentsStore, ManualClock) {
+    let clock = ManualClock::new(testing::ten_past_the_hour());
+    let queue = Queue::with_clock(thali_payments::workers::SERVICE, Arc::new(clock.clone()));
+    (PaymentsStore::with_queue(t.db.clone(), queue), clock)
+}
+
+/// A pending order of 4900 paise; returns (its id, its gateway order id).
+async fn pending_order(store: &PaymentsStore) -> (Uuid, String) {
+    let id = Uuid::now_v7();
+    let now = Utc::now();
+    let record = OrderRecord {
+        id,
+        status: Status::Pending,
+        buyer_subject: "buyer".into(),
+        username: "chai_point".into(),
+        seller_subject: "seller".into(),
+        lines: vec![OrderLine {
+            product_id: Uuid::now_v7(),
+            title: "Masala chai".into(),
+            quantity: 1,
+            unit_price_minor: 4900,
+        }],
+        amount_minor: 4900,
+        currency: "INR".into(),
+        refunded_minor: 0,
+        gateway: "sandbox".into(),
+        key_id: "rzp_test_1".into(),
+        gateway_order_id: format!("order_{}", &id.simple().to_string()[..14]),
+        expires_at: now + chrono::TimeDelta::minutes(15),
+        created_at: now,
+        updated_at: now,
+        paid_at: None,
+    };
+    let call = GatewayCall {
+        order_id: id,
+        call: "create_order",
+        source: "checkout",
+        outcome: "ok",
+        gateway_ref: Some(record.gateway_order_id.clone()),
+        latency_ms: 1,
+    };
+    let gateway = record.gateway_order_id.clone();
+    store.insert_order(&NewOrder { record }, None, &call).await.unwrap();
+    (id, gateway)
+}
+
+fn event(kind: &str, gateway_order: &str, payment: &str, amount: i64) -> Vec<u8> {
+    json!({"entity": "event", "account_id": "acc_1", "event": kind, "contains": ["payment"],
+        "payload": {"payment": {"entity": {"id": payment, "order_id": gateway_order, "amount": amount,
+            "currency": "INR", "status": "captured", "method": "upi"}}}, "created_at": 1})
+    .to_string()
+    .into_bytes()
+}
+
+/// Jobs of `kind` in the payments queue.
+async fn jobs(t: &TestDatabase, kind: &str) -> usize {
+    let filter = admin::Filter {
+        service: Some(thali_payments::workers::SERVICE.into()),
+        kind: Some(kind.into()),
+        state: None,
+    };
+    admin::list(&t.db, &filter, 100).await.unwrap().len()
+}
+
+#[tokio::test]
+async fn the_same_event_three_times_and_concurrently_has_one_effect() {
+    for t in backends().await {
+        let (store, _) = store_on(&t);
+        let (order, gateway) = pending_order(&store).await;
+        let captured = event("payment.captured", &gateway, "pay_1", 4900);
+        let first = store.take_webhook("platform", "evt_1", &captured).await.unwrap();
+        assert_eq!(
+            first,
+            Taken::Applied {
+                order_id: order,
+                status: Status::Paid
+            }
+        );
+        for _ in 0..2 {
+            assert_eq!(
+                store.take_webhook("platform", "evt_1", &captured).await.unwrap(),
+                Taken::Duplicate
+            );
+        }
+        // order.paid, another event about the same capture: applied, nothing new to do.
+        let paid = event("order.paid", &gateway, "pay_1", 4900);
+        store.take_webhook("platform", "evt_2", &paid).await.unwrap();
+        assert_eq!(
+            jobs(&t, COMMIT_STOCK).await,
+            1,
+            "{}: the stock is committed once",
+            t.backend
+        );
+        let stored = store.order(order).await.unwrap();
+        assert_eq!(stored.status, Status::Paid);
+        assert!(stored.paid_at.is_some());
+
+        // Eight deliveries of one event at once: one applies it.
+        let (second, gateway) = pending_order(&store).await;
+        let body = event("payment.captured", &gateway, "pay_2", 4900);
+        let mut racers = tokio::task::JoinSet::new();
+        for _ in 0..8 {
+            let (store, body) = (store.clone(), body.clone());
+            racers.spawn(async move { store.take_webhook("platform", "evt_3", &body).await });
+        }
+        let mut applied = 0;
+        while let Some(taken) = racers.join_next().await {
+            match taken.unwrap().unwrap_or_else(|e| panic!("{}: {e:?}", t.backend)) {
+                Taken::Applied { order_id, .. } => {
+                    assert_eq!(order_id, second);
+                    applied += 1;
+                }
+                Taken::Duplicate => {}
+                Taken::Ignored => panic!("not ignored"),
+            }
+        }
+        assert_eq!(applied, 1, "{}: one delivery applies it", t.backend);
+        assert_eq!(jobs(&t, COMMIT_STOCK).await, 2, "{}", t.backend);
+    }
+}
+
+#[tokio::test]
+async fn events_out_of_order_settle_an_order_once() {
+    for t in backends().await {
+        let (store, _) = store_on(&t);
+        // Captured before authorized: paid, and the late authorization captures nothing.
+        let (a, gateway) = pending_order(&store).await;
+        store
+            .take_webhook("platform", "e1", &event("payment.captured", &gateway, "pay_a", 4900))
+            .await
+            .unwrap();
+        store
+            .take_webhook("platform", "e2", &event("payment.authorized", &gateway, "pay_a", 4900))
+            .await
+            .unwrap();
+        assert_eq!(store.order(a).await.unwrap().status, Status::Paid);
+        assert_eq!(jobs(&t, CAPTURE).await, 0, "{}: nothing to capture", t.backend);
+
+        // Authorized first: payments captures it; the capture then pays the order.
+        let (b, gateway) = pending_order(&store).await;
+        store
+            .take_webhook("platform", "e3", &event("payment.authorized", &gateway, "pay_b", 4900))
+            .await
+            .unwrap();
+        assert_eq!(store.order(b).await.unwrap().status, Status::Pending);
+        assert_eq!(jobs(&t, CAPTURE).await, 1, "{}: auto-capture", t.backend);
+        // A failed attempt leaves the order open for another try.
+        store
+            .take_webhook("platform", "e4", &event("payment.failed", &gateway, "pay_x", 4900))
+            .await
+            .unwrap();
+        store
+            .take_webhook("platform", "e5", &event("payment.captured", &gateway, "pay_b", 4900))
+            .await
+            .unwrap();
+        assert_eq!(store.order(b).await.unwrap().status, Status::Paid);
+
+        // An order Thali does not have, and a type that changes nothing: recorded, ignored.
+        assert_eq!(
+            store
+                .take_webhook(
+                    "platform",
+                    "e6",
+                    &event("payment.captured", "order_unknown", "pay_z", 100)
+                )
+                .await
+                .unwrap(),
+            Taken::Ignored
+        );
+        assert_eq!(
+            store
+                .take_webhook("platform", "e7", &event("refund.failed", &gateway, "pay_b", 4900))
+                .await
+                .unwrap(),
+            Taken::Ignored
+        );
+        assert_eq!(
+            store.take_webhook("platform", "e8", b"{not json").await.unwrap(),
+            Taken::Ignored,
+            "{}: a signed body that cannot be read is recorded, not retried forever",
+            t.backend
+        );
+    }
+}
+
+async fn dlq_rows(store: &PaymentsStore) -> Vec<dlq::Model> {
+    store.dlq_list(false, 100).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_failed_processing_waits_in_the_dlq_and_a_retry_on_schedule_applies_it() {
+    for t in backends().await {
+        let (store, clock) = store_on(&t);
+        let (order, gateway) = pending_order(&store).await;
+        let body = event("payment.captured", &gateway, "pay_1", 4900);
+        store.faults().fail_next(1);
+        let failure = store.take_webhook("platform", "evt_dlq", &body).await.unwrap_err();
+        store
+            .dead_letter("platform", "evt_dlq", &body, &failure.to_string())
+            .await
+            .unwrap();
+        // Dead-lettering twice keeps one row.
+        store.dead_letter("platform", "evt_dlq", &body, "again").await.unwrap();
+        let rows = dlq_rows(&store).await;
+        assert_eq!(rows.len(), 1, "{}", t.backend);
+        assert_eq!((rows[0].status.as_str(), rows[0].retry_count), ("pending", 0));
+        assert_eq!(rows[0].event_type, "payment.captured");
+        assert!(rows[0].error_message.contains("injected"), "{}", rows[0].error_message);
+        assert_eq!(store.order(order).await.unwrap().status, Status::Pending);
+
+        assert!(store.dlq_claim(10).await.unwrap().is_empty(), "not due before 30 s");
+        clock.advance(Duration::from_secs(30));
+        let due = store.dlq_claim(10).await.unwrap();
+        assert_eq!(due.len(), 1, "{}", t.backend);
+        assert!(
+            store.dlq_claim(10).await.unwrap().is_empty(),
+            "{}: claimed once",
+            t.backend
+        );
+        assert!(store.dlq_retry(&due[0]).await.unwrap());
+        assert!(
+            dlq_rows(&store).await.is_empty(),
+            "{}: success removes the row",
+            t.backend
+        );
+        assert_eq!(store.order(order).await.unwrap().status, Status::Paid);
+        assert_eq!(jobs(&t, COMMIT_STOCK).await, 1);
+    }
+}
+
+#[tokio::test]
+async fn five_failed_retries_make_it_dead_and_a_redrive_brings_it_back() {
+    for t in backends().await {
+        let (store, clock) = store_on(&t);
+        let (order, gateway) = pending_order(&store).await;
+        let body = event("payment.captured", &gateway, "pay_1", 4900);
+        store
+            .dead_letter("platform", "evt_dead", &body, "first failure")
+            .await
+            .unwrap();
+        store.faults().fail_next(5);
+        let waits = [30u64, 60, 300, 1800, 3600];
+        for (i, wait) in waits.iter().enumerate() {
+            clock.advance(Duration::from_secs(wait - 1));
+            assert!(
+                store.dlq_claim(10).await.unwrap().is_empty(),
+                "{}: retry {} not due before {wait} s",
+                t.backend,
+                i + 1
+            );
+            clock.advance(Duration::from_secs(1));
+            let due = store.dlq_claim(10).await.unwrap();
+            assert_eq!(due.len(), 1, "{}: retry {} due after {wait} s", t.backend, i + 1);
+            assert!(!store.dlq_retry(&due[0]).await.unwrap());
+            let row = &dlq_rows(&store).await[0];
+            assert_eq!(row.retry_count, i as i32 + 1);
+            let expected = if i == 4 { "dead" } else { "pending" };
+            assert_eq!(row.status, expected, "{}", t.backend);
+        }
+        clock.advance(Duration::from_secs(7200));
+        assert!(
+            store.dlq_claim(10).await.unwrap().is_empty(),
+            "a dead row is not retried"
+        );
+        assert_eq!(store.dlq_size().await.unwrap(), (0, 1));
+        assert_eq!(store.order(order).await.unwrap().status, Status::Pending);
+
+        // An operator fixes the cause and redrives it.
+        let id = dlq_rows(&store).await[0].id;
+        assert!(store.dlq_redrive(id).await.unwrap());
+        let due = store.dlq_claim(10).await.unwrap();
+        assert!(store.dlq_retry(&due[0]).await.unwrap(), "{}", t.backend);
+        assert_eq!(store.order(order).await.unwrap().status, Status::Paid);
+        assert!(!store.dlq_redrive(Uuid::now_v7()).await.unwrap());
+    }
+}
+
+#[tokio::test]
+async fn a_dead_letter_queue_that_cannot_be_written_is_an_error() {
+    use sea_orm::ConnectionTrait;
+    for t in backends().await {
+        let (store, _) = store_on(&t);
+        let fail = match t.backend {
+            "postgres" => {
+                "CREATE FUNCTION dlq_down() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION 'dlq down'; END $$ \
+                 LANGUAGE plpgsql; CREATE TRIGGER dlq_down BEFORE INSERT ON webhook_dlq FOR EACH ROW EXECUTE FUNCTION dlq_down()"
+            }
+            _ => "CREATE TRIGGER dlq_down BEFORE INSERT ON webhook_dlq BEGIN SELECT RAISE(ABORT, 'dlq down'); END",
+        };
+        t.db.execute_unprepared(fail).await.unwrap();
+        let body = event("payment.captured", "order_x", "pay_1", 4900);
+        assert!(
+            store.dead_letter("platform", "evt_x", &body, "failed").await.is_err(),
+            "{}: the caller must learn the event was not stored",
+            t.backend
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_sweep_retries_what_is_due_and_leaves_the_rest() {
+    for t in backends().await {
+        let (store, clock) = store_on(&t);
+        let (due_order, gateway) = pending_order(&store).await;
+        store
+            .dead_letter(
+                "platform",
+                "evt_a",
+                &event("payment.captured", &gateway, "pay_a", 4900),
+                "failed",
+            )
+            .await
+            .unwrap();
+        clock.advance(Duration::from_secs(20));
+        let (later_order, gateway) = pending_order(&store).await;
+        store
+            .dead_letter(
+                "platform",
+                "evt_b",
+                &event("payment.captured", &gateway, "pay_b", 4900),
+                "failed",
+            )
+            .await
+            .unwrap();
+        clock.advance(Duration::from_secs(10));
+        thali_payments::workers::sweep_dlq(store.clone()).await.unwrap();
+        assert_eq!(
+            store.order(due_order).await.unwrap().status,
+            Status::Paid,
+            "{}",
+            t.backend
+        );
+        assert_eq!(store.order(later_order).await.unwrap().status, Status::Pending);
+        assert_eq!(store.dlq_size().await.unwrap(), (1, 0), "{}", t.backend);
+        clock.advance(Duration::from_secs(20));
+        thali_payments::workers::sweep_dlq(store.clone()).await.unwrap();
+        assert_eq!(store.order(later_order).await.unwrap().status, Status::Paid);
+        assert_eq!(store.dlq_size().await.unwrap(), (0, 0));
+    }
+}
