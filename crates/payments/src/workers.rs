@@ -1,6 +1,7 @@
 //! The payments service's job worker: the effects of settled orders (capture an authorized
 //! payment, commit or release the stock, refund a payment that should not have been taken), the
-//! webhook dead-letter queue's sweep every 30 s, and hourly housekeeping.
+//! webhook dead-letter queue's sweep every 30 s, the reconciler every 2 minutes, and hourly
+//! housekeeping.
 use std::{sync::Arc, time::Duration};
 
 use thali_platform::{
@@ -12,10 +13,13 @@ use tonic::Code;
 use tonic_types::StatusExt;
 
 use crate::{
-    domain::GatewayCall,
-    gateway::{Gateway, GatewayError},
+    domain::{Event, GatewayCall, PaymentsError},
+    gateway::{Gateway, GatewayError, GatewayPaymentStatus},
     grpc::PlatformAccount,
-    store::{CAPTURE, COMMIT_STOCK, CaptureJob, PaymentsStore, REFUND, RELEASE_STOCK, RefundJob, StockJob},
+    store::{
+        CAPTURE, COMMIT_STOCK, CaptureJob, DueOrder, PaymentsStore, RECONCILE_BATCH, REFUND, RELEASE_STOCK, RefundJob,
+        StockJob, Taken,
+    },
 };
 
 pub use crate::store::SERVICE;
@@ -28,6 +32,11 @@ pub const DLQ_SWEEP: &str = "payments.dlq_sweep";
 pub const DLQ_EVERY: Duration = Duration::from_secs(30);
 /// Rows one sweep retries.
 pub const DLQ_BATCH: u64 = 100;
+
+/// The reconciler's periodic job.
+pub const RECONCILE: &str = "payments.reconcile";
+/// How often the reconciler runs.
+pub const RECONCILE_EVERY: Duration = Duration::from_secs(120);
 
 /// What carrying out an effect needs: the gateway, the storefront and the account.
 #[derive(Clone)]
@@ -58,6 +67,11 @@ pub fn job_worker(settler: Settler, queue: Queue) -> Worker {
         settler.clone(),
         settler.store.clone(),
     );
+    let reconciler = Reconciler {
+        store: settler.store.clone(),
+        gateway: settler.gateway.clone(),
+        account: settler.account.clone(),
+    };
     Worker::new(settler.store.connection().clone(), queue)
         .with_housekeeping()
         .prune_every(PRUNE_IDEMPOTENCY, Duration::from_secs(3600), move |now| {
@@ -76,6 +90,192 @@ pub fn job_worker(settler: Settler, queue: Queue) -> Worker {
             move |_| sweep_dlq(sweep.clone()),
         )
         .every(DLQ_SWEEP, DLQ_EVERY)
+        .handle(
+            RECONCILE,
+            RetrySchedule::exponential(2, Duration::from_secs(10), Duration::from_secs(10))
+                .with_timeout(Duration::from_secs(110)),
+            move |_| {
+                let reconciler = reconciler.clone();
+                async move {
+                    let report = reconciler.run_cycle().await.map_err(JobError::retry)?;
+                    if report.checked > 0 {
+                        tracing::info!(?report, "reconciler cycle");
+                    }
+                    Ok(())
+                }
+            },
+        )
+        .every(RECONCILE, RECONCILE_EVERY)
+}
+
+/// Settles orders whose webhooks did not (lost, or the process died between the capture and the
+/// webhook) by asking the gateway: pending orders older than 5 minutes, at most 100 a cycle,
+/// oldest first, each claimed by one replica. Captured → paid; authorized → captured; past the
+/// order's expiry with no capture → expired, or failed when every attempt failed (stock released).
+/// Every gateway call is a row in `transactions`; a 429 or 5xx backs the order off exponentially
+/// (from 2 minutes to an hour, or the gateway's Retry-After), and a 429 ends the cycle's calls.
+#[derive(Clone)]
+pub struct Reconciler {
+    pub store: PaymentsStore,
+    pub gateway: Arc<dyn Gateway>,
+    pub account: PlatformAccount,
+}
+
+/// What one cycle did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CycleReport {
+    /// Orders claimed.
+    pub checked: usize,
+    /// Orders whose status changed.
+    pub settled: usize,
+    /// Orders backed off (the gateway failed, or the cycle was rate limited).
+    pub deferred: usize,
+    /// The gateway said 429: the rest of the cycle's orders wait.
+    pub rate_limited: bool,
+}
+
+/// The wait before the reconciler looks at an order again after `failures` gateway failures.
+pub fn reconcile_backoff(failures: i32, hint: Option<Duration>) -> Duration {
+    let exp = u32::try_from(failures.clamp(0, 10)).unwrap_or(0);
+    let wait = Duration::from_secs(120)
+        .saturating_mul(1 << exp)
+        .min(Duration::from_secs(3600));
+    wait.max(hint.unwrap_or_default())
+}
+
+impl Reconciler {
+    /// One cycle (see the type's rules).
+    pub async fn run_cycle(&self) -> Result<CycleReport, PaymentsError> {
+        let due = self.store.claim_for_reconcile(RECONCILE_BATCH).await?;
+        let mut report = CycleReport {
+            checked: due.len(),
+            ..CycleReport::default()
+        };
+        let mut pause: Option<Duration> = None;
+        for order in due {
+            if let Some(wait) = pause {
+                self.store.reconcile_later(order.id, wait, false).await?;
+                report.deferred += 1;
+                continue;
+            }
+            match self.check(&order).await {
+                Ok(changed) => {
+                    report.settled += usize::from(changed);
+                    self.store.reconcile_done(order.id).await?;
+                }
+                Err(e) if e.is_retryable() => {
+                    let wait = reconcile_backoff(order.failures, e.backoff_hint());
+                    tracing::warn!(order_id = %order.id, error = %e, wait_s = wait.as_secs(), "reconciler: gateway failed; backing off");
+                    self.store.reconcile_later(order.id, wait, true).await?;
+                    report.deferred += 1;
+                    if matches!(e, GatewayError::RateLimited { .. }) {
+                        report.rate_limited = true;
+                        // The rest of this cycle's orders wait for the next cycle at least.
+                        pause = Some(e.backoff_hint().unwrap_or_default().max(RECONCILE_EVERY));
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(order_id = %order.id, error = %e, "reconciler: the gateway refused the check");
+                    self.store
+                        .reconcile_later(order.id, Duration::from_secs(1800), true)
+                        .await?;
+                    report.deferred += 1;
+                }
+            }
+        }
+        metrics::counter!("reconciler_orders_checked_total").increment(report.checked as u64);
+        metrics::counter!("reconciler_orders_settled_total").increment(report.settled as u64);
+        Ok(report)
+    }
+
+    /// Asks the gateway about one order and applies what it says. True when the order moved.
+    async fn check(&self, order: &DueOrder) -> Result<bool, GatewayError> {
+        let started = std::time::Instant::now();
+        let answer = self
+            .gateway
+            .order_payments(&self.account.credentials, &order.gateway_order_id)
+            .await;
+        let call = GatewayCall {
+            order_id: order.id,
+            call: "order_payments",
+            source: "reconciler",
+            outcome: match &answer {
+                Ok(_) => "ok",
+                Err(e) => e.outcome(),
+            },
+            gateway_ref: Some(order.gateway_order_id.clone()),
+            latency_ms: i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX),
+        };
+        if let Err(e) = self.store.record_call(&call).await {
+            tracing::warn!(order_id = %order.id, error = %e, "gateway call not recorded");
+        }
+        let payments = match answer {
+            Ok(payments) => payments,
+            // The gateway never heard of it: nothing was paid.
+            Err(GatewayError::NotFound) => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        let apply = |key: String, event: Event| async move {
+            match self.store.apply_reconciled(&key, &order.gateway_order_id, &event).await {
+                Ok(Taken::Applied { status, .. }) => Ok(Some(status)),
+                Ok(_) => Ok(None),
+                Err(e) => Err(GatewayError::Transport(format!("applying what the gateway said: {e}"))),
+            }
+        };
+        let mut moved = false;
+        let captured =
+            |s: &GatewayPaymentStatus| matches!(s, GatewayPaymentStatus::Captured | GatewayPaymentStatus::Refunded);
+        for p in payments.iter().filter(|p| captured(&p.status)) {
+            let before = self.status_of(order.id).await;
+            let after = apply(
+                format!("rec:{}:captured", p.id),
+                Event::Captured {
+                    payment: p.id.clone(),
+                    amount: p.amount,
+                },
+            )
+            .await?;
+            moved |= after.is_some() && after != before;
+        }
+        let authorized: Vec<_> = payments
+            .iter()
+            .filter(|p| p.status == GatewayPaymentStatus::Authorized)
+            .collect();
+        for p in &authorized {
+            apply(
+                format!("rec:{}:authorized", p.id),
+                Event::Authorized {
+                    payment: p.id.clone(),
+                    amount: p.amount,
+                },
+            )
+            .await?;
+        }
+        for p in payments.iter().filter(|p| p.status == GatewayPaymentStatus::Failed) {
+            apply(
+                format!("rec:{}:failed", p.id),
+                Event::PaymentFailed { payment: p.id.clone() },
+            )
+            .await?;
+        }
+        let money_in_flight = payments.iter().any(|p| captured(&p.status)) || !authorized.is_empty();
+        if !money_in_flight && self.store.now() >= order.expires_at {
+            let (key, event) =
+                if !payments.is_empty() && payments.iter().all(|p| p.status == GatewayPaymentStatus::Failed) {
+                    (format!("rec:{}:gave_up", order.id), Event::GaveUp)
+                } else {
+                    (format!("rec:{}:expired", order.id), Event::Expired)
+                };
+            let before = self.status_of(order.id).await;
+            let after = apply(key, event).await?;
+            moved |= after.is_some() && after != before;
+        }
+        Ok(moved)
+    }
+
+    async fn status_of(&self, id: uuid::Uuid) -> Option<crate::domain::Status> {
+        self.store.order(id).await.ok().map(|o| o.status)
+    }
 }
 
 /// Retries the due dead-lettered webhooks, and refreshes the queue's gauges.

@@ -27,6 +27,8 @@ enum Orders {
     CreatedAt,
     UpdatedAt,
     PaidAt,
+    ReconcileAfter,
+    ReconcileFailures,
 }
 
 #[derive(DeriveIden)]
@@ -79,12 +81,18 @@ impl MigrationTrait for Migration {
                     .col(timestamp_with_time_zone(Orders::CreatedAt))
                     .col(timestamp_with_time_zone(Orders::UpdatedAt))
                     .col(timestamp_with_time_zone_null(Orders::PaidAt))
+                    // The reconciler's bookkeeping (ADR 0021): when it may look at the order again
+                    // (a claim's lease, the time of its last check, or a backoff) and how many
+                    // times in a row the gateway failed it.
+                    .col(timestamp_with_time_zone_null(Orders::ReconcileAfter))
+                    .col(integer(Orders::ReconcileFailures).default(0))
                     .check(Expr::cust(
                         "status IN ('pending', 'paid', 'failed', 'expired', 'partially_refunded', 'refunded')",
                     ))
                     .check(Expr::cust("amount_minor > 0"))
                     .check(Expr::cust("refunded_minor >= 0 AND refunded_minor <= amount_minor"))
                     .check(Expr::cust("failed_attempts >= 0"))
+                    .check(Expr::cust("reconcile_failures >= 0"))
                     // Paid (or refunded after paying) means a payment paid it.
                     .check(Expr::cust(
                         "status NOT IN ('paid', 'partially_refunded', 'refunded') OR paid_by IS NOT NULL",

@@ -12,7 +12,9 @@ use uuid::Uuid;
 
 use crate::domain::{GatewayCall, OrderLine, OrderRecord, PaymentsError, Status};
 
+mod reconcile;
 mod webhooks;
+pub use reconcile::{DueOrder, RECONCILE_AGE, RECONCILE_BATCH, RECONCILE_LEASE};
 pub use webhooks::{
     CAPTURE, COMMIT_STOCK, CaptureJob, DLQ_DELAYS, DLQ_LEASE, ProcessingFaults, REFUND, RELEASE_STOCK, RefundJob,
     StockJob, Taken, dlq, payment_event,
@@ -45,6 +47,8 @@ pub mod order {
         pub created_at: DateTimeUtc,
         pub updated_at: DateTimeUtc,
         pub paid_at: Option<DateTimeUtc>,
+        pub reconcile_after: Option<DateTimeUtc>,
+        pub reconcile_failures: i32,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -232,6 +236,8 @@ impl PaymentsStore {
             created_at: Set(r.created_at),
             updated_at: Set(r.updated_at),
             paid_at: Set(None),
+            reconcile_after: Set(None),
+            reconcile_failures: Set(0),
         }
         .insert(&txn)
         .await?;

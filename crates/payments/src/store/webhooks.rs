@@ -262,7 +262,7 @@ impl PaymentsStore {
 
     /// Applies `event` to the order of `gateway_order` under its row lock; None when no order
     /// of Thali's has that gateway id.
-    async fn apply_to_order(
+    pub(super) async fn apply_to_order(
         &self,
         txn: &DatabaseTransaction,
         gateway_order: &str,
