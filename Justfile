@@ -47,6 +47,10 @@ bench-outbox samples="300":
 bench-booking restaurants="10000" seconds="20":
     THALI_TEST_DATABASE_URL="${THALI_TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}" cargo run --release -q -p thali-tests --example booking_bench -- {{restaurants}} {{seconds}}
 
+# Payments on PostgreSQL through REST: signed webhooks replayed with duplicates and 10 % processing faults, then checkout p95 (docs/perf/payments.md).
+bench-payments orders="2000" checkouts="400":
+    THALI_TEST_DATABASE_URL="${THALI_TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}" cargo run --release -q -p thali-tests --example payments_bench -- {{orders}} {{checkouts}}
+
 # Cost of the gRPC client stack vs a raw channel, and breaker fail-fast latency (docs/perf/resilience.md).
 bench-client seconds="10" concurrency="64":
     cargo run --release -q -p thali-tests --example client_stack -- {{seconds}} {{concurrency}}

@@ -220,7 +220,7 @@ pub(crate) fn integer<'de, D: Deserializer<'de>>(deserializer: D) -> Result<i64,
 #[serde(transparent)]
 struct Integer(#[serde(deserialize_with = "integer")] i64);
 
-fn optional_integer<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<i64>, D::Error> {
+pub(crate) fn optional_integer<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<i64>, D::Error> {
     Option::<Integer>::deserialize(deserializer).map(|o| o.map(|i| i.0))
 }
 

@@ -528,3 +528,87 @@ async fn webhooks_are_refused_without_a_valid_signature_and_never_lost() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn a_seller_refunds_part_then_the_rest_and_nobody_else_may() {
+    let mesh = Mesh::start().await;
+    let (creator, chai, _) = store(&mesh, "asha@example.com", "refund_shop").await;
+    let (other_creator, _, _) = store(&mesh, "zoya@example.com", "zoya_shop").await;
+    let buyer = access(&mesh.sign_up("ravi@example.com", "buyer").await);
+    let body = json!({"username": "refund_shop", "lines": [{"product_id": chai, "quantity": 2}]});
+    let order = json_of(checkout(&mesh, &buyer, "r-1", body).await, StatusCode::CREATED).await;
+    let id = order["id"].as_str().unwrap().to_owned();
+    pay(
+        &mesh,
+        order["checkout"]["gateway_order_id"].as_str().unwrap(),
+        "captured",
+    )
+    .await;
+    settles(&mesh, &buyer, &id, "paid").await;
+
+    let refund = |token: &str, key: &str, body: Value| {
+        mesh.http
+            .post(mesh.url(&format!("/api/v1/orders/{id}/refund")))
+            .bearer_auth(token)
+            .header("Idempotency-Key", key)
+            .json(&body)
+            .send()
+    };
+    problem(
+        refund(&other_creator, "x-1", json!({})).await.unwrap(),
+        StatusCode::NOT_FOUND,
+        "ORDER_NOT_FOUND",
+    )
+    .await;
+    problem(
+        refund(&buyer, "x-2", json!({})).await.unwrap(),
+        StatusCode::FORBIDDEN,
+        "NOT_SELLER",
+    )
+    .await;
+    problem(
+        refund(&creator, "x-3", json!({"amount_minor": 9801})).await.unwrap(),
+        StatusCode::BAD_REQUEST,
+        "VALIDATION_FAILED",
+    )
+    .await;
+
+    let part = json_of(
+        refund(
+            &creator,
+            "part-1",
+            json!({"amount_minor": 1000, "reason": "one cup spilt"}),
+        )
+        .await
+        .unwrap(),
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(part["refund"]["status"], "requested", "{part}");
+    assert_eq!(part["refund"]["amount"]["amount_minor"], 1000);
+    let replay = json_of(
+        refund(
+            &creator,
+            "part-1",
+            json!({"amount_minor": 1000, "reason": "one cup spilt"}),
+        )
+        .await
+        .unwrap(),
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(replay["refund"]["id"], part["refund"]["id"], "same key, same refund");
+    let partly = settles(&mesh, &creator, &id, "partially_refunded").await;
+    assert_eq!(partly["refunded"]["amount_minor"], 1000);
+
+    // The rest (no amount: all that is left).
+    json_of(refund(&creator, "rest-1", json!({})).await.unwrap(), StatusCode::OK).await;
+    let done = settles(&mesh, &buyer, &id, "refunded").await;
+    assert_eq!(done["refunded"]["amount_minor"], 9800, "{done}");
+    problem(
+        refund(&creator, "again-1", json!({})).await.unwrap(),
+        StatusCode::BAD_REQUEST,
+        "ORDER_NOT_PAID",
+    )
+    .await;
+}

@@ -26,7 +26,7 @@ use crate::{
     },
     gateway::{Credentials, Gateway, GatewayError, KeySecret, NewGatewayOrder},
     signature,
-    store::{NewOrder, OrdersOf, PaymentsStore, Taken, Written},
+    store::{NewOrder, OrdersOf, PaymentsStore, RefundAsk, RefundRecord, Taken, Written},
 };
 
 /// The gateway account orders are created with: the platform's Razorpay account (creators'
@@ -259,6 +259,8 @@ impl From<PaymentsError> for Status {
                 errors::with_reason(Code::InvalidArgument, "INVALID_SIGNATURE", err.to_string())
             }
             PaymentsError::AccountNotFound => errors::with_reason(Code::NotFound, "ACCOUNT_NOT_FOUND", err.to_string()),
+            PaymentsError::NotSeller => errors::with_reason(Code::PermissionDenied, "NOT_SELLER", err.to_string()),
+            PaymentsError::NotPaid => errors::with_reason(Code::FailedPrecondition, "ORDER_NOT_PAID", err.to_string()),
             PaymentsError::ServiceOnly => errors::with_reason(Code::PermissionDenied, "SERVICE_ONLY", err.to_string()),
             PaymentsError::WebhookNotStored => {
                 errors::unavailable("WEBHOOK_STORAGE_UNAVAILABLE", err.to_string(), Duration::from_secs(5))
@@ -345,8 +347,60 @@ fn order_pb(o: OrderRecord) -> pb::Order {
     }
 }
 
+fn refund_pb(r: RefundRecord) -> pb::Refund {
+    let status = match r.status.as_str() {
+        "requested" => pb::RefundStatus::Requested,
+        "processed" => pb::RefundStatus::Processed,
+        "failed" => pb::RefundStatus::Failed,
+        _ => pb::RefundStatus::Unspecified,
+    };
+    pb::Refund {
+        id: r.id.to_string(),
+        order_id: r.order_id.to_string(),
+        amount: money(r.amount_minor, &r.currency),
+        status: status.into(),
+        gateway_refund_id: r.gateway_refund_id.unwrap_or_default(),
+        reason: r.reason,
+        create_time: Some(timestamp(r.created_at)),
+    }
+}
+
 #[tonic::async_trait]
 impl pb::payments_service_server::PaymentsService for PaymentsGrpc {
+    async fn refund_order(
+        &self,
+        request: Request<pb::RefundOrderRequest>,
+    ) -> Result<Response<pb::RefundOrderResponse>, Status> {
+        let who = caller(&request)?;
+        let req = request.into_inner();
+        let order_id = Uuid::parse_str(&req.order_id).map_err(|_| PaymentsError::OrderNotFound)?;
+        if req.reason.chars().count() > 200 {
+            return Err(PaymentsError::invalid("reason", "at most 200 characters").into());
+        }
+        let idem = domain::parse_idempotency_key(&req.idempotency_key)?
+            .map(|k| Idempotency::new(k, &(&req.order_id, req.amount_minor, &req.reason)));
+        let ask = RefundAsk {
+            caller: &who.subject,
+            admin: domain::is_admin(&who.roles),
+            order_id,
+            amount_minor: req.amount_minor,
+            reason: &req.reason,
+        };
+        let refund = match self.store.request_refund(&ask, idem.as_ref()).await {
+            Err(e @ (PaymentsError::NotSeller | PaymentsError::OrderNotFound)) => {
+                access_denied(&who, &format!("order {order_id}"), "refund: not its seller");
+                return Err(e.into());
+            }
+            other => other?,
+        };
+        tracing::info!(%order_id, refund_id = %refund.id, amount_minor = refund.amount_minor, "refund requested");
+        let order = self.store.order(order_id).await?;
+        Ok(Response::new(pb::RefundOrderResponse {
+            order: Some(order_pb(order)),
+            refund: Some(refund_pb(refund)),
+        }))
+    }
+
     async fn create_order(
         &self,
         request: Request<pb::CreateOrderRequest>,

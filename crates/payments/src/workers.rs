@@ -17,8 +17,8 @@ use crate::{
     gateway::{Gateway, GatewayError, GatewayPaymentStatus},
     grpc::PlatformAccount,
     store::{
-        CAPTURE, COMMIT_STOCK, CaptureJob, DueOrder, PaymentsStore, RECONCILE_BATCH, REFUND, RELEASE_STOCK, RefundJob,
-        StockJob, Taken,
+        CAPTURE, COMMIT_STOCK, CaptureJob, DueOrder, PaymentsStore, RECONCILE_BATCH, REFUND, REFUND_REQUEST,
+        RELEASE_STOCK, RefundJob, RefundRequestJob, StockJob, Taken,
     },
 };
 
@@ -60,7 +60,8 @@ pub fn job_worker(settler: Settler, queue: Queue) -> Worker {
     metrics::counter!("events_dead_total").increment(0);
     metrics::counter!("events_retried_total").increment(0);
     let prune = settler.store.clone();
-    let (capture, commit, release, refund, sweep) = (
+    let (capture, commit, release, refund, requested, sweep) = (
+        settler.clone(),
         settler.clone(),
         settler.clone(),
         settler.clone(),
@@ -84,6 +85,9 @@ pub fn job_worker(settler: Settler, queue: Queue) -> Worker {
             release.clone().release(job)
         })
         .handle(REFUND, effect_schedule(), move |job| refund.clone().refund(job))
+        .handle(REFUND_REQUEST, effect_schedule(), move |job| {
+            requested.clone().refund_request(job)
+        })
         .handle(
             DLQ_SWEEP,
             RetrySchedule::exponential(3, Duration::from_secs(5), Duration::from_secs(20)),
@@ -410,6 +414,72 @@ impl Settler {
                 Err(JobError::Fatal(status.message().to_owned()))
             }
             Err(status) => Err(storefront_failure(&status)),
+        }
+    }
+
+    /// Asks the gateway for a refund a seller or admin requested; a processed refund counts on
+    /// the order at once (the `refund.processed` webhook then changes nothing), a refused one is
+    /// marked failed and no longer counts against what is left.
+    pub async fn refund_request(self, job: Job) -> Result<(), JobError> {
+        let RefundRequestJob { refund_id } = job.payload()?;
+        let (row, order) = self.store.refund_target(refund_id).await.map_err(JobError::retry)?;
+        if row.status != "requested" || row.gateway_refund_id.is_some() {
+            return Ok(());
+        }
+        let Some(payment) = order.paid_by.clone() else {
+            return Err(JobError::Fatal(format!("order {} has no payment to refund", order.id)));
+        };
+        let started = std::time::Instant::now();
+        let result = self
+            .gateway
+            .refund(&self.account.credentials, &payment, Some(row.amount_minor))
+            .await;
+        self.record(GatewayCall {
+            order_id: order.id,
+            call: "refund",
+            source: "refund",
+            outcome: match &result {
+                Ok(_) => "ok",
+                Err(e) => e.outcome(),
+            },
+            gateway_ref: Some(
+                result
+                    .as_ref()
+                    .map(|r| r.id.clone())
+                    .unwrap_or_else(|_| payment.clone()),
+            ),
+            latency_ms: i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX),
+        })
+        .await;
+        match result {
+            Ok(done) => {
+                let processed = done.status == crate::gateway::GatewayRefundStatus::Processed;
+                self.store
+                    .refund_taken(refund_id, &done.id, processed)
+                    .await
+                    .map_err(JobError::retry)?;
+                if processed {
+                    self.store
+                        .apply_reconciled(
+                            &format!("rfnd:{}", done.id),
+                            &order.gateway_order_id,
+                            &Event::Refunded {
+                                refund: done.id.clone(),
+                                amount: done.amount,
+                            },
+                        )
+                        .await
+                        .map_err(JobError::retry)?;
+                }
+                tracing::info!(order_id = %order.id, %refund_id, gateway_refund_id = %done.id, "refund asked of the gateway");
+                Ok(())
+            }
+            Err(e) if e.is_retryable() => Err(gateway_failure(e)),
+            Err(e) => {
+                tracing::error!(order_id = %order.id, %refund_id, error = %e, "the gateway refused the refund");
+                self.store.refund_failed(refund_id).await.map_err(JobError::retry)?;
+                Ok(())
+            }
         }
     }
 

@@ -367,3 +367,78 @@ async fn the_sweep_retries_what_is_due_and_leaves_the_rest() {
         assert_eq!(store.dlq_size().await.unwrap(), (0, 0));
     }
 }
+
+#[tokio::test]
+async fn refunds_asked_at_once_never_give_back_more_than_was_paid() {
+    use thali_payments::{
+        domain::PaymentsError,
+        store::{REFUND_REQUEST, RefundAsk},
+    };
+    for t in backends().await {
+        let (store, _) = store_on(&t);
+        let (order, gateway) = pending_order(&store).await;
+        let ask = |caller: &'static str, amount: Option<i64>| RefundAsk {
+            caller,
+            admin: false,
+            order_id: order,
+            amount_minor: amount,
+            reason: "",
+        };
+        assert!(
+            matches!(
+                store.request_refund(&ask("seller", None), None).await,
+                Err(PaymentsError::NotPaid)
+            ),
+            "{}: a pending order is not refunded",
+            t.backend
+        );
+        store
+            .take_webhook(
+                "platform",
+                "evt_paid",
+                &event("payment.captured", &gateway, "pay_1", 4900),
+            )
+            .await
+            .unwrap();
+        assert!(matches!(
+            store.request_refund(&ask("buyer", None), None).await,
+            Err(PaymentsError::NotSeller)
+        ));
+        assert!(matches!(
+            store.request_refund(&ask("stranger", None), None).await,
+            Err(PaymentsError::OrderNotFound)
+        ));
+        // Eight full refunds asked at once: one is taken, the others find nothing left.
+        let mut racers = tokio::task::JoinSet::new();
+        for _ in 0..8 {
+            let store = store.clone();
+            racers.spawn(async move {
+                store
+                    .request_refund(
+                        &RefundAsk {
+                            caller: "seller",
+                            admin: false,
+                            order_id: order,
+                            amount_minor: None,
+                            reason: "",
+                        },
+                        None,
+                    )
+                    .await
+            });
+        }
+        let mut taken = 0;
+        while let Some(outcome) = racers.join_next().await {
+            match outcome.unwrap() {
+                Ok(r) => {
+                    assert_eq!(r.amount_minor, 4900);
+                    taken += 1;
+                }
+                Err(PaymentsError::Invalid(v)) => assert_eq!(v[0].field, "amount_minor"),
+                Err(other) => panic!("{}: {other:?}", t.backend),
+            }
+        }
+        assert_eq!(taken, 1, "{}: one refund of everything", t.backend);
+        assert_eq!(jobs(&t, REFUND_REQUEST).await, 1, "{}", t.backend);
+    }
+}

@@ -115,6 +115,7 @@ pub mod payments {
             ListOrdersRequest => "ListOrders", read;
             VerifyPaymentRequest => "VerifyPayment", read;
             ReceiveWebhookRequest => "ReceiveWebhook", idempotent;
+            RefundOrderRequest => "RefundOrder", keyed;
         }
     }
 }

@@ -163,3 +163,59 @@ pub struct WebhookAccepted {
     /// The event was taken before; nothing was done again.
     pub duplicate: bool,
 }
+
+/// Body of `POST /api/v1/orders/{id}/refund`.
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RefundOrder {
+    /// Minor units; absent: all that is left to refund.
+    #[serde(default, deserialize_with = "super::optional_integer")]
+    #[schema(example = 1000, minimum = 1)]
+    pub amount_minor: Option<i64>,
+    /// Up to 200 characters, shown to the buyer.
+    #[serde(default)]
+    pub reason: String,
+}
+
+/// A refund as asked: `requested` until the gateway processed it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Refund {
+    pub id: String,
+    pub order_id: String,
+    pub amount: Option<Money>,
+    /// `requested`, `processed` or `failed`.
+    #[schema(example = "requested")]
+    pub status: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gateway_refund_id: Option<String>,
+    pub reason: String,
+    #[schema(format = DateTime)]
+    pub created_at: Option<String>,
+}
+
+/// The order and the refund just asked for.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct RefundAnswer {
+    pub order: Order,
+    pub refund: Refund,
+}
+
+impl From<pb::Refund> for Refund {
+    fn from(r: pb::Refund) -> Self {
+        let status = match pb::RefundStatus::try_from(r.status).unwrap_or(pb::RefundStatus::Unspecified) {
+            pb::RefundStatus::Requested => "requested",
+            pb::RefundStatus::Processed => "processed",
+            pb::RefundStatus::Failed => "failed",
+            pb::RefundStatus::Unspecified => "unspecified",
+        };
+        Self {
+            id: r.id,
+            order_id: r.order_id,
+            amount: r.amount.map(Into::into),
+            status: status.into(),
+            gateway_refund_id: Some(r.gateway_refund_id).filter(|g| !g.is_empty()),
+            reason: r.reason,
+            created_at: rfc3339(r.create_time),
+        }
+    }
+}

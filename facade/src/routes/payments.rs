@@ -6,7 +6,7 @@ use thali_proto::payments::v1 as pb;
 use super::{created, idempotency_key, missing};
 use crate::{
     FacadeState,
-    dto::payments::{self as dto, CreateOrder, ListOrdersQuery, VerifyPayment},
+    dto::payments::{self as dto, CreateOrder, ListOrdersQuery, RefundOrder, VerifyPayment},
     middleware::{ApiJson, ApiPath, ApiQuery, Caller},
     problem::Problem,
 };
@@ -219,5 +219,48 @@ async fn receive(
     Ok(Json(dto::WebhookAccepted {
         status: "ok".into(),
         duplicate: res.duplicate,
+    }))
+}
+
+/// Give money back: the store's owner or an admin; all that is left when no amount is given.
+/// The refund is asked of the gateway in the background (`requested`, then `processed`); the
+/// order counts it once processed.
+#[utoipa::path(
+    post, path = "/api/v1/orders/{id}/refund", tag = "orders",
+    params(
+        ("id" = String, Path, format = Uuid),
+        ("Idempotency-Key" = Option<String>, Header, pattern = r"^[\x21-\x7E]{1,200}$", description = "Same key and body: the same refund"),
+    ),
+    request_body = RefundOrder,
+    responses(
+        (status = 200, description = "Asked", body = dto::RefundAnswer),
+        (status = 400, description = "ORDER_NOT_PAID, or amount_minor beyond what is left"),
+        (status = 403, description = "NOT_SELLER"),
+        (status = 404, description = "ORDER_NOT_FOUND"),
+        (status = 409, description = "IDEMPOTENCY_KEY_REUSED"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn refund_order(
+    State(state): State<FacadeState>,
+    caller: Caller,
+    headers: HeaderMap,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(body): ApiJson<RefundOrder>,
+) -> Result<Json<dto::RefundAnswer>, Problem> {
+    let req = pb::RefundOrderRequest {
+        order_id: id,
+        amount_minor: body.amount_minor,
+        reason: body.reason,
+        idempotency_key: idempotency_key(&headers)?,
+    };
+    let res = state
+        .payments
+        .call(caller.request(req), |mut c, r| async move { c.refund_order(r).await })
+        .await?
+        .into_inner();
+    Ok(Json(dto::RefundAnswer {
+        order: res.order.ok_or_else(|| missing("order"))?.into(),
+        refund: res.refund.ok_or_else(|| missing("refund"))?.into(),
     }))
 }

@@ -3,10 +3,12 @@ use sea_orm_migration::MigrationTrait;
 
 mod m20261202_000012_orders;
 mod m20261202_000013_webhooks;
+mod m20261202_000014_refunds;
 
 pub(crate) fn migrations() -> Vec<Box<dyn MigrationTrait>> {
     vec![
         Box::new(m20261202_000012_orders::Migration),
         Box::new(m20261202_000013_webhooks::Migration),
+        Box::new(m20261202_000014_refunds::Migration),
     ]
 }

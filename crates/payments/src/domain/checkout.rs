@@ -34,6 +34,10 @@ pub enum PaymentsError {
     IdempotencyKeyReused,
     #[error("the payment signature does not match this order")]
     InvalidSignature,
+    #[error("only the store's owner or an admin may refund its orders")]
+    NotSeller,
+    #[error("only a paid order can be refunded")]
+    NotPaid,
     #[error("no payment account with this id")]
     AccountNotFound,
     #[error("only Thali services may call this")]

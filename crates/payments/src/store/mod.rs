@@ -13,8 +13,10 @@ use uuid::Uuid;
 use crate::domain::{GatewayCall, OrderLine, OrderRecord, PaymentsError, Status};
 
 mod reconcile;
+mod refunds;
 mod webhooks;
 pub use reconcile::{DueOrder, RECONCILE_AGE, RECONCILE_BATCH, RECONCILE_LEASE};
+pub use refunds::{REFUND_REQUEST, RefundAsk, RefundRecord, RefundRequestJob, refund};
 pub use webhooks::{
     CAPTURE, COMMIT_STOCK, CaptureJob, DLQ_DELAYS, DLQ_LEASE, ProcessingFaults, REFUND, RELEASE_STOCK, RefundJob,
     StockJob, Taken, dlq, payment_event,

@@ -312,6 +312,9 @@ impl PaymentsStore {
         for effect in &outcome.effects {
             self.enqueue_effect(txn, &row, effect).await?;
         }
+        if let Event::Refunded { refund, .. } = event {
+            self.refund_processed(txn, refund).await?;
+        }
         if next.status != current.status {
             metrics::counter!("payments_orders_settled_total", "status" => next.status.as_str()).increment(1);
             tracing::info!(order_id = %row.id, from = current.status.as_str(), to = next.status.as_str(), "order moved");
