@@ -110,6 +110,7 @@ async fn main() -> anyhow::Result<()> {
             created_at: now,
             updated_at: now,
             paid_at: None,
+            fulfilment: None,
         };
         let call = GatewayCall {
             order_id: id,

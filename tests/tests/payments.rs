@@ -612,3 +612,91 @@ async fn a_seller_refunds_part_then_the_rest_and_nobody_else_may() {
     )
     .await;
 }
+
+async fn fulfil(mesh: &Mesh, token: &str, id: &str, step: &str) -> reqwest::Response {
+    mesh.post(
+        &format!("/api/v1/orders/{id}/fulfilment"),
+        Some(token),
+        json!({ "step": step }),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_vendor_accepts_readies_and_completes_or_rejects_and_the_buyer_is_refunded() {
+    let mesh = Mesh::start().await;
+    let (vendor, chai, _) = store(&mesh, "asha@example.com", "tea_stall").await;
+    let buyer = access(&mesh.sign_up("ravi@example.com", "buyer").await);
+    let paid_order = |key: &'static str| {
+        let (mesh, buyer, chai) = (&mesh, buyer.clone(), chai.clone());
+        async move {
+            let body = json!({"username": "tea_stall", "lines": [{"product_id": chai, "quantity": 1}]});
+            let order = json_of(checkout(mesh, &buyer, key, body).await, StatusCode::CREATED).await;
+            let id = order["id"].as_str().unwrap().to_owned();
+            pay(
+                mesh,
+                order["checkout"]["gateway_order_id"].as_str().unwrap(),
+                "captured",
+            )
+            .await;
+            settles(mesh, &buyer, &id, "paid").await;
+            id
+        }
+    };
+
+    let id = paid_order("f-1").await;
+    problem(
+        fulfil(&mesh, &vendor, &id, "ready").await,
+        StatusCode::BAD_REQUEST,
+        "FULFILMENT_OUT_OF_ORDER",
+    )
+    .await;
+    problem(
+        fulfil(&mesh, &buyer, &id, "accept").await,
+        StatusCode::FORBIDDEN,
+        "NOT_SELLER",
+    )
+    .await;
+    problem(
+        fulfil(&mesh, &vendor, &id, "ship").await,
+        StatusCode::BAD_REQUEST,
+        "VALIDATION_FAILED",
+    )
+    .await;
+    for (s, state) in [
+        ("accept", "accepted"),
+        ("accept", "accepted"),
+        ("ready", "ready"),
+        ("complete", "completed"),
+    ] {
+        let order = json_of(fulfil(&mesh, &vendor, &id, s).await, StatusCode::OK).await;
+        assert_eq!(order["fulfilment"], state, "{order}");
+    }
+    problem(
+        fulfil(&mesh, &vendor, &id, "reject").await,
+        StatusCode::BAD_REQUEST,
+        "FULFILMENT_OUT_OF_ORDER",
+    )
+    .await;
+
+    // Rejected: the buyer gets everything back.
+    let id = paid_order("f-2").await;
+    let rejected = json_of(
+        mesh.post(
+            &format!("/api/v1/orders/{id}/fulfilment"),
+            Some(&vendor),
+            json!({"step": "reject", "reason": "out of milk"}),
+        )
+        .await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(rejected["fulfilment"], "rejected");
+    let refunded = settles(&mesh, &buyer, &id, "refunded").await;
+    assert_eq!(refunded["refunded"]["amount_minor"], 4900, "{refunded}");
+    assert_eq!(
+        json_of(fulfil(&mesh, &vendor, &id, "reject").await, StatusCode::OK).await["fulfilment"],
+        "rejected",
+        "rejecting again is a no-op"
+    );
+}

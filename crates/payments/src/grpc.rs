@@ -152,6 +152,7 @@ impl PaymentsGrpc {
             created_at: now,
             updated_at: now,
             paid_at: None,
+            fulfilment: None,
         };
         match self.store.insert_order(&NewOrder { record }, idem, &call).await {
             Ok(Written::Created(order)) => Ok(order),
@@ -261,6 +262,12 @@ impl From<PaymentsError> for Status {
             PaymentsError::AccountNotFound => errors::with_reason(Code::NotFound, "ACCOUNT_NOT_FOUND", err.to_string()),
             PaymentsError::NotSeller => errors::with_reason(Code::PermissionDenied, "NOT_SELLER", err.to_string()),
             PaymentsError::NotPaid => errors::with_reason(Code::FailedPrecondition, "ORDER_NOT_PAID", err.to_string()),
+            PaymentsError::Fulfilment(domain::StepRefused::NotPaid) => {
+                errors::with_reason(Code::FailedPrecondition, "ORDER_NOT_PAID", err.to_string())
+            }
+            PaymentsError::Fulfilment(domain::StepRefused::OutOfOrder) => {
+                errors::with_reason(Code::FailedPrecondition, "FULFILMENT_OUT_OF_ORDER", err.to_string())
+            }
             PaymentsError::ServiceOnly => errors::with_reason(Code::PermissionDenied, "SERVICE_ONLY", err.to_string()),
             PaymentsError::WebhookNotStored => {
                 errors::unavailable("WEBHOOK_STORAGE_UNAVAILABLE", err.to_string(), Duration::from_secs(5))
@@ -344,6 +351,7 @@ fn order_pb(o: OrderRecord) -> pb::Order {
         create_time: Some(timestamp(o.created_at)),
         update_time: Some(timestamp(o.updated_at)),
         paid_time: o.paid_at.map(timestamp),
+        fulfilment: o.fulfilment.map(|f| f.as_str().to_owned()).unwrap_or_default(),
     }
 }
 
@@ -367,6 +375,37 @@ fn refund_pb(r: RefundRecord) -> pb::Refund {
 
 #[tonic::async_trait]
 impl pb::payments_service_server::PaymentsService for PaymentsGrpc {
+    async fn fulfil_order(
+        &self,
+        request: Request<pb::FulfilOrderRequest>,
+    ) -> Result<Response<pb::FulfilOrderResponse>, Status> {
+        let who = caller(&request)?;
+        let req = request.into_inner();
+        let order_id = Uuid::parse_str(&req.order_id).map_err(|_| PaymentsError::OrderNotFound)?;
+        let step = domain::Step::parse(&req.step)
+            .ok_or_else(|| PaymentsError::invalid("step", "accept, ready, complete or reject"))?;
+        if req.reason.chars().count() > 200 {
+            return Err(PaymentsError::invalid("reason", "at most 200 characters").into());
+        }
+        let refund = match self
+            .store
+            .fulfil(order_id, &who.subject, domain::is_admin(&who.roles), step, &req.reason)
+            .await
+        {
+            Err(e @ (PaymentsError::NotSeller | PaymentsError::OrderNotFound)) => {
+                access_denied(&who, &format!("order {order_id}"), "fulfilment: not its seller");
+                return Err(e.into());
+            }
+            other => other?,
+        };
+        tracing::info!(%order_id, step = %req.step, ?refund, "fulfilment step");
+        let order = self.store.order(order_id).await?;
+        Ok(Response::new(pb::FulfilOrderResponse {
+            order: Some(order_pb(order)),
+            refund_id: refund.map(|r| r.to_string()).unwrap_or_default(),
+        }))
+    }
+
     async fn refund_order(
         &self,
         request: Request<pb::RefundOrderRequest>,

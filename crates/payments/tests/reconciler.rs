@@ -112,6 +112,7 @@ impl World {
             created_at: now,
             updated_at: now,
             paid_at: None,
+            fulfilment: None,
         };
         let call = GatewayCall {
             order_id: id,

@@ -48,6 +48,7 @@ fn order(buyer: &str, seller: &str, username: &str) -> OrderRecord {
         created_at: now,
         updated_at: now,
         paid_at: None,
+        fulfilment: None,
     }
 }
 

@@ -59,6 +59,7 @@ async fn pending_order(store: &PaymentsStore) -> (Uuid, String) {
         created_at: now,
         updated_at: now,
         paid_at: None,
+        fulfilment: None,
     };
     let call = GatewayCall {
         order_id: id,
@@ -439,6 +440,48 @@ async fn refunds_asked_at_once_never_give_back_more_than_was_paid() {
             }
         }
         assert_eq!(taken, 1, "{}: one refund of everything", t.backend);
+        assert_eq!(jobs(&t, REFUND_REQUEST).await, 1, "{}", t.backend);
+    }
+}
+
+#[tokio::test]
+async fn a_rejected_order_asks_for_its_whole_refund_with_the_step() {
+    use thali_payments::{
+        domain::{Fulfilment, PaymentsError, Step, StepRefused},
+        store::REFUND_REQUEST,
+    };
+    for t in backends().await {
+        let (store, _) = store_on(&t);
+        let (order, gateway) = pending_order(&store).await;
+        assert!(matches!(
+            store.fulfil(order, "seller", false, Step::Accept, "").await,
+            Err(PaymentsError::Fulfilment(StepRefused::NotPaid))
+        ));
+        store
+            .take_webhook("platform", "evt_f", &event("payment.captured", &gateway, "pay_f", 4900))
+            .await
+            .unwrap();
+        assert!(matches!(
+            store.fulfil(order, "buyer", false, Step::Accept, "").await,
+            Err(PaymentsError::NotSeller)
+        ));
+        assert_eq!(
+            store.fulfil(order, "seller", false, Step::Accept, "").await.unwrap(),
+            None
+        );
+        let refund = store
+            .fulfil(order, "seller", false, Step::Reject, "out of milk")
+            .await
+            .unwrap()
+            .expect("a rejection asks for a refund");
+        assert_eq!(store.refund(refund).await.unwrap().amount_minor, 4900, "{}", t.backend);
+        assert_eq!(store.order(order).await.unwrap().fulfilment, Some(Fulfilment::Rejected));
+        assert_eq!(
+            store.fulfil(order, "seller", false, Step::Reject, "").await.unwrap(),
+            None,
+            "{}: rejecting again asks nothing more",
+            t.backend
+        );
         assert_eq!(jobs(&t, REFUND_REQUEST).await, 1, "{}", t.backend);
     }
 }

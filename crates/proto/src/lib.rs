@@ -116,6 +116,7 @@ pub mod payments {
             VerifyPaymentRequest => "VerifyPayment", read;
             ReceiveWebhookRequest => "ReceiveWebhook", idempotent;
             RefundOrderRequest => "RefundOrder", keyed;
+            FulfilOrderRequest => "FulfilOrder", idempotent;
         }
     }
 }

@@ -98,6 +98,10 @@ pub struct Order {
     pub updated_at: Option<String>,
     #[schema(format = DateTime)]
     pub paid_at: Option<String>,
+    /// A vendor's step once paid: `accepted`, `ready`, `completed` or `rejected`; absent while
+    /// awaiting the vendor.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fulfilment: Option<String>,
 }
 
 fn status_name(status: i32) -> String {
@@ -143,6 +147,7 @@ impl From<pb::Order> for Order {
             created_at: rfc3339(o.create_time),
             updated_at: rfc3339(o.update_time),
             paid_at: rfc3339(o.paid_time),
+            fulfilment: Some(o.fulfilment).filter(|f| !f.is_empty()),
         }
     }
 }
@@ -218,4 +223,16 @@ impl From<pb::Refund> for Refund {
             created_at: rfc3339(r.create_time),
         }
     }
+}
+
+/// Body of `POST /api/v1/orders/{id}/fulfilment`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FulfilOrder {
+    /// `accept`, `ready`, `complete` or `reject` (before ready: everything left is refunded).
+    #[schema(example = "accept")]
+    pub step: String,
+    /// Up to 200 characters; a rejection's reason is shown to the buyer.
+    #[serde(default)]
+    pub reason: String,
 }

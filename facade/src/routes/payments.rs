@@ -6,7 +6,7 @@ use thali_proto::payments::v1 as pb;
 use super::{created, idempotency_key, missing};
 use crate::{
     FacadeState,
-    dto::payments::{self as dto, CreateOrder, ListOrdersQuery, RefundOrder, VerifyPayment},
+    dto::payments::{self as dto, CreateOrder, FulfilOrder, ListOrdersQuery, RefundOrder, VerifyPayment},
     middleware::{ApiJson, ApiPath, ApiQuery, Caller},
     problem::Problem,
 };
@@ -263,4 +263,39 @@ pub async fn refund_order(
         order: res.order.ok_or_else(|| missing("order"))?.into(),
         refund: res.refund.ok_or_else(|| missing("refund"))?.into(),
     }))
+}
+
+/// A vendor's step on a paid order (the store's owner, or an admin): `accept` → `ready` →
+/// `complete`, or `reject` before it is ready, which refunds everything left. A step already taken
+/// answers the order as it is.
+#[utoipa::path(
+    post, path = "/api/v1/orders/{id}/fulfilment", tag = "orders",
+    params(("id" = String, Path, format = Uuid)),
+    request_body = FulfilOrder,
+    responses(
+        (status = 200, description = "The order after the step", body = dto::Order),
+        (status = 400, description = "FULFILMENT_OUT_OF_ORDER, ORDER_NOT_PAID"),
+        (status = 403, description = "NOT_SELLER"),
+        (status = 404, description = "ORDER_NOT_FOUND"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn fulfil_order(
+    State(state): State<FacadeState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(body): ApiJson<FulfilOrder>,
+) -> Result<Json<dto::Order>, Problem> {
+    let req = pb::FulfilOrderRequest {
+        order_id: id,
+        step: body.step,
+        reason: body.reason,
+    };
+    let order = state
+        .payments
+        .call(caller.request(req), |mut c, r| async move { c.fulfil_order(r).await })
+        .await?
+        .into_inner()
+        .order;
+    Ok(Json(order.ok_or_else(|| missing("order"))?.into()))
 }

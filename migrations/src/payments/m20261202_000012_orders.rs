@@ -29,6 +29,7 @@ enum Orders {
     PaidAt,
     ReconcileAfter,
     ReconcileFailures,
+    Fulfilment,
 }
 
 #[derive(DeriveIden)]
@@ -86,6 +87,8 @@ impl MigrationTrait for Migration {
                     // times in a row the gateway failed it.
                     .col(timestamp_with_time_zone_null(Orders::ReconcileAfter))
                     .col(integer(Orders::ReconcileFailures).default(0))
+                    // A vendor's steps once paid: accepted → ready → completed, or rejected.
+                    .col(string_len_null(Orders::Fulfilment, 16))
                     .check(Expr::cust(
                         "status IN ('pending', 'paid', 'failed', 'expired', 'partially_refunded', 'refunded')",
                     ))
@@ -93,6 +96,9 @@ impl MigrationTrait for Migration {
                     .check(Expr::cust("refunded_minor >= 0 AND refunded_minor <= amount_minor"))
                     .check(Expr::cust("failed_attempts >= 0"))
                     .check(Expr::cust("reconcile_failures >= 0"))
+                    .check(Expr::cust(
+                        "fulfilment IS NULL OR fulfilment IN ('accepted', 'ready', 'completed', 'rejected')",
+                    ))
                     // Paid (or refunded after paying) means a payment paid it.
                     .check(Expr::cust(
                         "status NOT IN ('paid', 'partially_refunded', 'refunded') OR paid_by IS NOT NULL",

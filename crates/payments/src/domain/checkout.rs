@@ -38,6 +38,8 @@ pub enum PaymentsError {
     NotSeller,
     #[error("only a paid order can be refunded")]
     NotPaid,
+    #[error("{0}")]
+    Fulfilment(super::StepRefused),
     #[error("no payment account with this id")]
     AccountNotFound,
     #[error("only Thali services may call this")]
@@ -143,6 +145,8 @@ pub struct OrderRecord {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub paid_at: Option<DateTime<Utc>>,
+    /// A vendor's step once paid (none yet: awaiting the vendor).
+    pub fulfilment: Option<super::Fulfilment>,
 }
 
 /// One call made to the gateway about an order, as `transactions` records it.

@@ -17,8 +17,10 @@
 //! expires; the reconciler gives up on an order whose attempts all failed ([`Event::GaveUp`]).
 
 mod checkout;
+mod fulfilment;
 mod webhook;
 pub use checkout::*;
+pub use fulfilment::*;
 pub use webhook::*;
 
 /// Where an order stands.

@@ -12,6 +12,7 @@ use uuid::Uuid;
 
 use crate::domain::{GatewayCall, OrderLine, OrderRecord, PaymentsError, Status};
 
+mod fulfilment;
 mod reconcile;
 mod refunds;
 mod webhooks;
@@ -51,6 +52,7 @@ pub mod order {
         pub paid_at: Option<DateTimeUtc>,
         pub reconcile_after: Option<DateTimeUtc>,
         pub reconcile_failures: i32,
+        pub fulfilment: Option<String>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -240,6 +242,7 @@ impl PaymentsStore {
             paid_at: Set(None),
             reconcile_after: Set(None),
             reconcile_failures: Set(0),
+            fulfilment: Set(None),
         }
         .insert(&txn)
         .await?;
@@ -380,5 +383,6 @@ fn record(row: order::Model, lines: Vec<OrderLine>) -> Result<OrderRecord, Payme
         created_at: row.created_at,
         updated_at: row.updated_at,
         paid_at: row.paid_at,
+        fulfilment: row.fulfilment.as_deref().and_then(crate::domain::Fulfilment::parse),
     })
 }

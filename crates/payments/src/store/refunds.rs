@@ -3,7 +3,7 @@
 //! processed, so refunds asked at once can never give back more than was paid; the request row,
 //! its idempotency key and the job that asks the gateway commit together.
 use chrono::{DateTime, Utc};
-use sea_orm::{ActiveModelTrait, ConnectionTrait, EntityTrait, QuerySelect, Set};
+use sea_orm::{ActiveModelTrait, ConnectionTrait, DatabaseTransaction, EntityTrait, QuerySelect, Set};
 use thali_platform::{
     db::statement,
     idempotency::{Idempotency, Keys, Replay},
@@ -115,38 +115,6 @@ impl PaymentsStore {
         if !ask.admin && ask.caller != row.seller_subject {
             return Err(PaymentsError::NotSeller);
         }
-        let status = Status::parse(&row.status)
-            .ok_or_else(|| PaymentsError::Internal(format!("order {} has status {}", row.id, row.status)))?;
-        // SUM of a bigint is NUMERIC on PostgreSQL: cast back.
-        let in_flight: Option<i64> = txn
-            .query_one_raw(statement(
-                txn.get_database_backend(),
-                "SELECT CAST(COALESCE(SUM(amount_minor), 0) AS BIGINT) FROM refunds WHERE order_id = $1 AND status = $2",
-                vec![row.id.into(), "requested".into()],
-            ))
-            .await?
-            .map(|r| r.try_get_by_index::<i64>(0))
-            .transpose()?;
-        let current = domain::Order {
-            status,
-            amount: row.amount_minor,
-            paid_by: row.paid_by.clone(),
-            refunded: row.refunded_minor,
-            refunds: Vec::new(),
-            refunding: Vec::new(),
-            failed_attempts: 0,
-        };
-        let amount = match domain::refund_amount(&current, ask.amount_minor, in_flight.unwrap_or(0)) {
-            Ok(amount) => amount,
-            Err(RefundRefused::NotPaid) => return Err(PaymentsError::NotPaid),
-            Err(RefundRefused::BadAmount) => {
-                let left = row.amount_minor - row.refunded_minor - in_flight.unwrap_or(0);
-                return Err(PaymentsError::invalid(
-                    "amount_minor",
-                    format!("1 to {} (what is left to refund)", left.max(0)),
-                ));
-            }
-        };
         let id = Uuid::now_v7();
         if let Some(idem) = idem
             && !KEYS.claim(&txn, SCOPE, ask.caller, idem, id, now).await?
@@ -157,27 +125,78 @@ impl PaymentsStore {
                 _ => Err(PaymentsError::Unavailable),
             };
         }
+        let inserted = self
+            .insert_refund(&txn, &row, id, ask.amount_minor, ask.reason, ask.caller)
+            .await?;
+        txn.commit().await?;
+        Ok(record(inserted, &row.currency))
+    }
+
+    /// Inside `txn`, which holds the order row's lock: checks what is left, writes the refund
+    /// request `id` and the job that asks the gateway.
+    pub(super) async fn insert_refund(
+        &self,
+        txn: &DatabaseTransaction,
+        row: &order::Model,
+        id: Uuid,
+        requested: Option<i64>,
+        reason: &str,
+        caller: &str,
+    ) -> Result<refund::Model, PaymentsError> {
+        let now = self.now();
+        let status = Status::parse(&row.status)
+            .ok_or_else(|| PaymentsError::Internal(format!("order {} has status {}", row.id, row.status)))?;
+        // SUM of a bigint is NUMERIC on PostgreSQL: cast back.
+        let in_flight = txn
+            .query_one_raw(statement(
+                txn.get_database_backend(),
+                "SELECT CAST(COALESCE(SUM(amount_minor), 0) AS BIGINT) FROM refunds WHERE order_id = $1 AND status = $2",
+                vec![row.id.into(), "requested".into()],
+            ))
+            .await?
+            .map(|r| r.try_get_by_index::<i64>(0))
+            .transpose()?
+            .unwrap_or(0);
+        let current = domain::Order {
+            status,
+            amount: row.amount_minor,
+            paid_by: row.paid_by.clone(),
+            refunded: row.refunded_minor,
+            refunds: Vec::new(),
+            refunding: Vec::new(),
+            failed_attempts: 0,
+        };
+        let amount = match domain::refund_amount(&current, requested, in_flight) {
+            Ok(amount) => amount,
+            Err(RefundRefused::NotPaid) => return Err(PaymentsError::NotPaid),
+            Err(RefundRefused::BadAmount) => {
+                let left = row.amount_minor - row.refunded_minor - in_flight;
+                return Err(PaymentsError::invalid(
+                    "amount_minor",
+                    format!("1 to {} (what is left to refund)", left.max(0)),
+                ));
+            }
+        };
         let inserted = refund::ActiveModel {
             id: Set(id),
             order_id: Set(row.id),
             amount_minor: Set(amount),
-            reason: Set(ask.reason.chars().take(200).collect()),
+            reason: Set(reason.chars().take(200).collect()),
             status: Set("requested".into()),
             gateway_refund_id: Set(None),
-            requested_by: Set(ask.caller.to_owned()),
+            requested_by: Set(caller.to_owned()),
             created_at: Set(now),
             updated_at: Set(now),
         }
-        .insert(&txn)
+        .insert(txn)
         .await?;
         self.queue
             .enqueue(
-                &txn,
+                txn,
                 NewJob::new(REFUND_REQUEST, &RefundRequestJob { refund_id: id }).unique(format!("refund-request:{id}")),
             )
             .await?;
-        txn.commit().await?;
-        Ok(record(inserted, &row.currency))
+        Ok(inserted)
     }
 
     /// A refund request.
