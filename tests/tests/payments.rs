@@ -397,6 +397,25 @@ async fn the_gateways_webhooks_settle_paid_orders_and_commit_their_stock() {
         StatusCode::OK,
     )
     .await;
+
+    // order.paid through the outbox: the buyer's receipt by email, the seller told in-app.
+    let mut subject = None;
+    for _ in 0..200 {
+        subject = mail_to(&mesh, "ravi@example.com", "is paid");
+        if subject.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(subject.as_deref(), Some("Your order from paid_shop is paid"));
+    let told = json_of(mesh.get_as("/api/v1/notifications", &creator).await, StatusCode::OK).await;
+    let paid_notes = told["notifications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["event_type"] == "order.paid")
+        .count();
+    assert!(paid_notes >= 1, "{told}");
     assert!(
         sales["orders"]
             .as_array()
@@ -605,6 +624,16 @@ async fn a_seller_refunds_part_then_the_rest_and_nobody_else_may() {
     json_of(refund(&creator, "rest-1", json!({})).await.unwrap(), StatusCode::OK).await;
     let done = settles(&mesh, &buyer, &id, "refunded").await;
     assert_eq!(done["refunded"]["amount_minor"], 9800, "{done}");
+    // order.refunded: the buyer is told by email (the total refunded so far).
+    let mut subject = None;
+    for _ in 0..200 {
+        subject = mail_to(&mesh, "ravi@example.com", "INR 98.00 refunded");
+        if subject.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(subject.as_deref(), Some("INR 98.00 refunded by refund_shop"));
     problem(
         refund(&creator, "again-1", json!({})).await.unwrap(),
         StatusCode::BAD_REQUEST,
@@ -699,4 +728,17 @@ async fn a_vendor_accepts_readies_and_completes_or_rejects_and_the_buyer_is_refu
         "rejected",
         "rejecting again is a no-op"
     );
+}
+
+/// The subject of an email sent to `to` whose subject contains `part`.
+fn mail_to(mesh: &Mesh, to: &str, part: &str) -> Option<String> {
+    std::fs::read_dir(mesh.data_dir.join("mail"))
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let bytes = std::fs::read(entry.path()).ok()?;
+            let message = mail_parser::MessageParser::default().parse(&bytes)?;
+            let subject = message.subject()?.to_owned();
+            (message.to()?.first()?.address()? == to && subject.contains(part)).then_some(subject)
+        })
 }

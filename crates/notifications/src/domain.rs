@@ -74,6 +74,32 @@ pub const CATALOGUE: &[Channels] = &[
         email: EmailPolicy::Required,
         owner_in_app: true,
     },
+    // Orders: the buyer by email (paid and refunded are receipts: always sent), the store's owner
+    // in-app.
+    Channels {
+        event_type: "order.paid",
+        in_app: false,
+        email: EmailPolicy::Required,
+        owner_in_app: true,
+    },
+    Channels {
+        event_type: "order.failed",
+        in_app: false,
+        email: EmailPolicy::Optional,
+        owner_in_app: true,
+    },
+    Channels {
+        event_type: "order.expired",
+        in_app: false,
+        email: EmailPolicy::Optional,
+        owner_in_app: true,
+    },
+    Channels {
+        event_type: "order.refunded",
+        in_app: false,
+        email: EmailPolicy::Required,
+        owner_in_app: true,
+    },
     // The day before: the guest by email, unless they turned reminders off.
     Channels {
         event_type: "booking.reminder",
@@ -146,7 +172,15 @@ pub const RECIPIENT_GRACE: chrono::Duration = chrono::Duration::minutes(10);
 
 /// Event types that wait for their recipient's address (the guest of a booking often signs up
 /// moments before booking). Other types are told in-app only when the address is unknown.
-pub const AWAITS_RECIPIENT: &[&str] = &["booking.confirmed", "booking.cancelled", "booking.reminder"];
+pub const AWAITS_RECIPIENT: &[&str] = &[
+    "booking.confirmed",
+    "booking.cancelled",
+    "booking.reminder",
+    "order.paid",
+    "order.failed",
+    "order.expired",
+    "order.refunded",
+];
 
 impl NotificationError {
     pub fn invalid(field: &str, description: impl Into<String>) -> Self {
@@ -298,6 +332,44 @@ fn booking_context(
     ))
 }
 
+/// An amount for people: `INR 98.00` (two-decimal currencies, which are the ones Thali sells in).
+fn money_text(amount_minor: i64, currency: &str) -> String {
+    let sign = if amount_minor < 0 { "-" } else { "" };
+    let abs = amount_minor.unsigned_abs();
+    format!("{currency} {sign}{}.{:02}", abs / 100, abs % 100)
+}
+
+/// Who an order event is for (the buyer) and what its messages say.
+fn order_context(
+    o: Option<&thali_proto::events::v1::OrderSummary>,
+) -> Result<(Uuid, Option<Recipient>, serde_json::Value), NotificationError> {
+    let o = o.ok_or_else(|| NotificationError::invalid("order", "is required"))?;
+    let buyer = account("order.buyer_account_id", &o.buyer_account_id)?;
+    let currency: String = o.currency.chars().take(3).collect();
+    Ok((
+        buyer,
+        None,
+        serde_json::json!({
+            "order_id": o.order_id,
+            "store": o.store.chars().take(30).collect::<String>(),
+            "total": money_text(o.amount_minor, &currency),
+            "refunded": money_text(o.refunded_minor, &currency),
+        }),
+    ))
+}
+
+/// An order event as partner webhooks would receive it.
+fn order_data(o: Option<&thali_proto::events::v1::OrderSummary>) -> serde_json::Value {
+    let Some(o) = o else { return serde_json::Value::Null };
+    serde_json::json!({
+        "order_id": o.order_id,
+        "store": o.store,
+        "amount_minor": o.amount_minor,
+        "currency": o.currency,
+        "refunded_minor": o.refunded_minor,
+    })
+}
+
 /// A booking event as partner webhooks receive it.
 fn booking_data(
     b: Option<&thali_proto::events::v1::BookingSummary>,
@@ -387,6 +459,10 @@ impl Incoming {
             Payload::BookingConfirmed(p) => booking_context(p.booking.as_ref(), false, "")?,
             Payload::BookingCancelled(p) => booking_context(p.booking.as_ref(), p.by_restaurant, &p.reason)?,
             Payload::BookingReminder(p) => booking_context(p.booking.as_ref(), false, "")?,
+            Payload::OrderPaid(p) => order_context(p.order.as_ref())?,
+            Payload::OrderFailed(p) => order_context(p.order.as_ref())?,
+            Payload::OrderExpired(p) => order_context(p.order.as_ref())?,
+            Payload::OrderRefunded(p) => order_context(p.order.as_ref())?,
         };
         let to = match payload {
             Payload::AccountEmailVerificationRequested(p) => Some(p.email.clone()),
@@ -416,6 +492,10 @@ impl Incoming {
             Payload::BookingConfirmed(p) => booking_data(p.booking.as_ref(), None),
             Payload::BookingCancelled(p) => booking_data(p.booking.as_ref(), Some((p.by_restaurant, &p.reason))),
             Payload::BookingReminder(p) => booking_data(p.booking.as_ref(), None),
+            Payload::OrderPaid(p) => order_data(p.order.as_ref()),
+            Payload::OrderFailed(p) => order_data(p.order.as_ref()),
+            Payload::OrderExpired(p) => order_data(p.order.as_ref()),
+            Payload::OrderRefunded(p) => order_data(p.order.as_ref()),
         };
         Ok(Self {
             event_id,

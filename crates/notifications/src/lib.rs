@@ -28,6 +28,10 @@ pub const SUBSCRIBES_TO: &[&str] = &[
     "booking.confirmed",
     "booking.cancelled",
     "booking.reminder",
+    "order.paid",
+    "order.failed",
+    "order.expired",
+    "order.refunded",
 ];
 
 /// The notifications service: its gRPC handlers, event sink and mailer.

@@ -164,6 +164,83 @@ const SOURCES: &[(&str, &str)] = &[
         "webhook.endpoint_disabled/body.txt",
         include_str!("../templates/webhook.endpoint_disabled/body.txt"),
     ),
+    (
+        "order.paid/title.txt",
+        include_str!("../templates/order.paid/title.txt"),
+    ),
+    ("order.paid/body.txt", include_str!("../templates/order.paid/body.txt")),
+    (
+        "order.paid/subject.txt",
+        include_str!("../templates/order.paid/subject.txt"),
+    ),
+    (
+        "order.paid/email.txt",
+        include_str!("../templates/order.paid/email.txt"),
+    ),
+    (
+        "order.paid/email.html",
+        include_str!("../templates/order.paid/email.html"),
+    ),
+    (
+        "order.failed/title.txt",
+        include_str!("../templates/order.failed/title.txt"),
+    ),
+    (
+        "order.failed/body.txt",
+        include_str!("../templates/order.failed/body.txt"),
+    ),
+    (
+        "order.failed/subject.txt",
+        include_str!("../templates/order.failed/subject.txt"),
+    ),
+    (
+        "order.failed/email.txt",
+        include_str!("../templates/order.failed/email.txt"),
+    ),
+    (
+        "order.failed/email.html",
+        include_str!("../templates/order.failed/email.html"),
+    ),
+    (
+        "order.expired/title.txt",
+        include_str!("../templates/order.expired/title.txt"),
+    ),
+    (
+        "order.expired/body.txt",
+        include_str!("../templates/order.expired/body.txt"),
+    ),
+    (
+        "order.expired/subject.txt",
+        include_str!("../templates/order.expired/subject.txt"),
+    ),
+    (
+        "order.expired/email.txt",
+        include_str!("../templates/order.expired/email.txt"),
+    ),
+    (
+        "order.expired/email.html",
+        include_str!("../templates/order.expired/email.html"),
+    ),
+    (
+        "order.refunded/title.txt",
+        include_str!("../templates/order.refunded/title.txt"),
+    ),
+    (
+        "order.refunded/body.txt",
+        include_str!("../templates/order.refunded/body.txt"),
+    ),
+    (
+        "order.refunded/subject.txt",
+        include_str!("../templates/order.refunded/subject.txt"),
+    ),
+    (
+        "order.refunded/email.txt",
+        include_str!("../templates/order.refunded/email.txt"),
+    ),
+    (
+        "order.refunded/email.html",
+        include_str!("../templates/order.refunded/email.html"),
+    ),
 ];
 
 /// An in-app notification's text.

@@ -43,6 +43,10 @@ pub fn type_of(payload: &Payload) -> &'static str {
         Payload::BookingConfirmed(_) => "booking.confirmed",
         Payload::BookingCancelled(_) => "booking.cancelled",
         Payload::BookingReminder(_) => "booking.reminder",
+        Payload::OrderPaid(_) => "order.paid",
+        Payload::OrderFailed(_) => "order.failed",
+        Payload::OrderExpired(_) => "order.expired",
+        Payload::OrderRefunded(_) => "order.refunded",
     }
 }
 

@@ -349,11 +349,9 @@ pub async fn start(cfg: &Config, part: Part) -> anyhow::Result<Platform> {
                 watchers.push(health.watch_flag("storefront", HEALTH_INTERVAL, move || target.is_up()));
             }
             let payments = thali_payments::Payments::new(db.clone(), storefront, gateway, account);
-            job_workers.push(
-                payments
-                    .job_worker(Queue::new(thali_payments::workers::SERVICE))
-                    .spawn(jobs_stop_rx.clone()),
-            );
+            let worker = payments.job_worker(Queue::new(thali_payments::workers::SERVICE));
+            let worker = thali_platform::events::relay(worker, subscribers.clone());
+            job_workers.push(worker.spawn(jobs_stop_rx.clone()));
             routes.add_service(payments.server());
             health
                 .serving::<PaymentsServiceServer<thali_payments::grpc::PaymentsGrpc>>()

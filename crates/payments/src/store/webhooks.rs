@@ -310,7 +310,7 @@ impl PaymentsStore {
             update.update(txn).await?;
         }
         for effect in &outcome.effects {
-            self.enqueue_effect(txn, &row, effect).await?;
+            self.enqueue_effect(txn, &row, next, effect).await?;
         }
         if let Event::Refunded { refund, .. } = event {
             self.refund_processed(txn, refund).await?;
@@ -329,6 +329,7 @@ impl PaymentsStore {
         &self,
         txn: &DatabaseTransaction,
         row: &order::Model,
+        next: &domain::Order,
         effect: &Effect,
     ) -> Result<(), PaymentsError> {
         let job = match effect {
@@ -353,10 +354,47 @@ impl PaymentsStore {
                 amount,
                 reason,
             } => self.refund_job(row.id, payment, *amount, reason_name(*reason)),
-            // order.* events for notifications are not built yet (issue 10, part 10).
-            Effect::Publish(_) => return Ok(()),
+            Effect::Publish(status) => return self.publish_order(txn, row, next, *status).await,
         };
         self.queue.enqueue(txn, job).await?;
+        Ok(())
+    }
+
+    /// `order.paid`, `order.failed`, `order.expired` or `order.refunded` through the outbox, in
+    /// the transaction of the change: the buyer is emailed, the seller told in-app.
+    async fn publish_order(
+        &self,
+        txn: &DatabaseTransaction,
+        row: &order::Model,
+        next: &domain::Order,
+        status: Status,
+    ) -> Result<(), PaymentsError> {
+        use thali_proto::events::v1::{
+            OrderExpired, OrderFailed, OrderPaid, OrderRefunded, OrderSummary, event::Payload,
+        };
+        let order = Some(OrderSummary {
+            order_id: row.id.to_string(),
+            buyer_account_id: row.buyer_subject.clone(),
+            store: row.username.clone(),
+            amount_minor: row.amount_minor,
+            currency: row.currency.clone(),
+            refunded_minor: next.refunded,
+        });
+        let payload = match status {
+            Status::Paid => Payload::OrderPaid(OrderPaid { order }),
+            Status::Failed => Payload::OrderFailed(OrderFailed { order }),
+            Status::Expired => Payload::OrderExpired(OrderExpired { order }),
+            Status::Refunded | Status::PartiallyRefunded => Payload::OrderRefunded(OrderRefunded { order }),
+            Status::Pending => return Ok(()),
+        };
+        let event = thali_platform::events::new_event(
+            super::SERVICE,
+            format!("order:{}", row.id),
+            Uuid::parse_str(&row.seller_subject).ok(),
+            payload,
+            self.now(),
+        );
+        thali_platform::events::publish(txn, &self.queue, &event).await?;
         Ok(())
     }
 
