@@ -485,3 +485,40 @@ async fn a_rejected_order_asks_for_its_whole_refund_with_the_step() {
         assert_eq!(jobs(&t, REFUND_REQUEST).await, 1, "{}", t.backend);
     }
 }
+
+#[tokio::test]
+async fn a_refund_of_a_duplicate_payment_does_not_count_on_the_order() {
+    use thali_payments::store::REFUND;
+    for t in backends().await {
+        let (store, _) = store_on(&t);
+        let (order, gateway) = pending_order(&store).await;
+        store
+            .take_webhook("platform", "e1", &event("payment.captured", &gateway, "pay_1", 4900))
+            .await
+            .unwrap();
+        // The buyer paid twice: the second payment is given back.
+        store
+            .take_webhook("platform", "e2", &event("payment.captured", &gateway, "pay_2", 4900))
+            .await
+            .unwrap();
+        assert_eq!(jobs(&t, REFUND).await, 1, "{}", t.backend);
+        let refunded = json!({"entity": "event", "account_id": "acc_1", "event": "refund.processed",
+            "contains": ["refund", "payment"], "payload": {
+                "refund": {"entity": {"id": "rfnd_dup", "payment_id": "pay_2", "amount": 4900, "status": "processed"}},
+                "payment": {"entity": {"id": "pay_2", "order_id": gateway, "amount": 4900, "currency": "INR",
+                    "status": "refunded"}}}, "created_at": 1})
+        .to_string()
+        .into_bytes();
+        assert_eq!(
+            store.take_webhook("platform", "e3", &refunded).await.unwrap(),
+            Taken::Ignored
+        );
+        let stored = store.order(order).await.unwrap();
+        assert_eq!(
+            (stored.status, stored.refunded_minor),
+            (Status::Paid, 0),
+            "{}: the order's own payment stays whole",
+            t.backend
+        );
+    }
+}

@@ -14,6 +14,9 @@ pub struct GatewayWebhook {
     /// What it means for the order; None for types that change nothing (`refund.failed`, and
     /// types Thali does not subscribe to).
     pub event: Option<Event>,
+    /// For a refund: the payment it gives back. Only a refund of the payment that paid the order
+    /// counts on the order (a late or duplicate payment's refund returns money it never counted).
+    pub refund_of: Option<String>,
 }
 
 /// Why a signed body cannot be read. Trying again cannot help: it is dead at once.
@@ -70,7 +73,11 @@ pub fn read_webhook(body: &[u8]) -> Result<GatewayWebhook, Unreadable> {
         }),
         _ => None,
     };
+    let refund_of = text(&v, &["payload", "refund", "entity", "payment_id"]).or_else(|| payment_id.clone());
     Ok(GatewayWebhook {
+        refund_of: matches!(event, Some(Event::Refunded { .. }))
+            .then_some(refund_of)
+            .flatten(),
         event_type,
         gateway_order_id,
         event,

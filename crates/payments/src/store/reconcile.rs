@@ -148,7 +148,7 @@ impl PaymentsStore {
             Err(e) => return Err(e.into()),
         }
         let taken = self
-            .apply_to_order(&txn, gateway_order_id, event)
+            .apply_to_order(&txn, gateway_order_id, event, None)
             .await?
             .unwrap_or(Taken::Ignored);
         txn.commit().await?;

@@ -232,7 +232,8 @@ impl PaymentsStore {
         let taken = match (&read, gateway_order_id) {
             (Ok(w), Some(gateway_order)) if w.event.is_some() => {
                 let event = w.event.as_ref().expect("checked is_some");
-                self.apply_to_order(&txn, &gateway_order, event).await?
+                self.apply_to_order(&txn, &gateway_order, event, w.refund_of.as_deref())
+                    .await?
             }
             _ => None,
         };
@@ -267,6 +268,7 @@ impl PaymentsStore {
         txn: &DatabaseTransaction,
         gateway_order: &str,
         event: &Event,
+        refund_of: Option<&str>,
     ) -> Result<Option<Taken>, PaymentsError> {
         let Some(row) = order::Entity::find()
             .filter(order::Column::GatewayOrderId.eq(gateway_order))
@@ -277,6 +279,14 @@ impl PaymentsStore {
             tracing::warn!(gateway_order, "webhook for an order Thali does not have; ignored");
             return Ok(None);
         };
+        if let Some(payment) = refund_of
+            && row.paid_by.as_deref() != Some(payment)
+        {
+            // A refund of a payment that did not pay this order (late or duplicate) gives back
+            // money the order never counted.
+            tracing::info!(order_id = %row.id, payment, "refund of another payment than the order's; not counted");
+            return Ok(None);
+        }
         let status = Status::parse(&row.status)
             .ok_or_else(|| PaymentsError::Internal(format!("order {} has status {}", row.id, row.status)))?;
         let settlement: Settlement = serde_json::from_str(&row.settlement).unwrap_or_default();
