@@ -4,31 +4,23 @@
 //! and the webhook, and only the reconciler can settle the orders.
 use std::{sync::Arc, time::Duration};
 
+mod support;
+
 use chrono::Utc;
-use thali_migrations::{Migrator, MigratorTrait};
+use support::backends;
 use thali_payments::{
-    domain::{GatewayCall, OrderLine, OrderRecord, Status},
+    domain::Status,
     gateway::{Credentials, Gateway, KeySecret, NewGatewayOrder, RazorpayGateway},
     grpc::PlatformAccount,
     sandbox::{Faults, PayOutcome, Sandbox, SandboxOptions},
-    store::{CAPTURE, COMMIT_STOCK, NewOrder, PaymentsStore, RELEASE_STOCK},
+    store::{CAPTURE, COMMIT_STOCK, PaymentsStore, RELEASE_STOCK},
     workers::{CycleReport, Reconciler},
 };
 use thali_platform::{
     jobs::{ManualClock, Queue, admin},
-    testing::{self, TestDatabase},
+    testing::TestDatabase,
 };
 use uuid::Uuid;
-
-async fn backends() -> Vec<TestDatabase> {
-    let dbs = testing::all().await;
-    for t in &dbs {
-        Migrator::up(&t.db, None)
-            .await
-            .unwrap_or_else(|e| panic!("migrating {}: {e}", t.backend));
-    }
-    dbs
-}
 
 struct World {
     sandbox: Sandbox,
@@ -75,7 +67,7 @@ impl World {
 
     /// A checkout's order: the gateway order and ours, created now. Returns (our id, gateway id).
     async fn order(&self) -> (Uuid, String) {
-        let id = Uuid::now_v7();
+        let receipt = Uuid::now_v7().simple().to_string();
         let gateway_order = self
             .gateway
             .create_order(
@@ -83,49 +75,16 @@ impl World {
                 &NewGatewayOrder {
                     amount_minor: 4900,
                     currency: "INR".into(),
-                    receipt: id.simple().to_string(),
+                    receipt,
                     notes: Default::default(),
                 },
             )
             .await
             .unwrap();
-        let now = self.store.now();
-        let record = OrderRecord {
-            id,
-            status: Status::Pending,
-            buyer_subject: "buyer".into(),
-            username: "chai_point".into(),
-            seller_subject: "seller".into(),
-            lines: vec![OrderLine {
-                product_id: Uuid::now_v7(),
-                title: "Masala chai".into(),
-                quantity: 1,
-                unit_price_minor: 4900,
-            }],
-            amount_minor: 4900,
-            currency: "INR".into(),
-            refunded_minor: 0,
-            gateway: "sandbox".into(),
-            key_id: self.account.credentials.key_id.clone(),
-            gateway_order_id: gateway_order.id.clone(),
-            expires_at: now + chrono::TimeDelta::minutes(15),
-            created_at: now,
-            updated_at: now,
-            paid_at: None,
-            fulfilment: None,
-        };
-        let call = GatewayCall {
-            order_id: id,
-            call: "create_order",
-            source: "checkout",
-            outcome: "ok",
-            gateway_ref: Some(gateway_order.id.clone()),
-            latency_ms: 1,
-        };
-        self.store
-            .insert_order(&NewOrder { record }, None, &call)
-            .await
-            .unwrap();
+        let mut order = support::pending(&gateway_order.id, 1, self.store.now());
+        order.key_id = self.account.credentials.key_id.clone();
+        let id = order.id;
+        support::insert(&self.store, order).await;
         (id, gateway_order.id)
     }
 

@@ -1,66 +1,24 @@
 //! The payments store on every configured backend (SQLite always, PostgreSQL with
 //! `THALI_TEST_DATABASE_URL`, required under CI=true): one order per checkout key however many
 //! retries race, the gateway calls recorded, and lists that show each viewer only their orders.
+mod support;
+
 use chrono::Utc;
-use thali_migrations::{Migrator, MigratorTrait};
+use support::{backends, created as call};
 use thali_payments::{
-    domain::{GatewayCall, OrderLine, OrderRecord, PaymentsError, Status},
+    domain::{OrderRecord, PaymentsError, Status},
     store::{NewOrder, OrdersOf, PaymentsStore, Written},
 };
-use thali_platform::{
-    idempotency::Idempotency,
-    testing::{self, TestDatabase},
-};
+use thali_platform::idempotency::Idempotency;
 use uuid::Uuid;
 
-async fn backends() -> Vec<TestDatabase> {
-    let dbs = testing::all().await;
-    for t in &dbs {
-        Migrator::up(&t.db, None)
-            .await
-            .unwrap_or_else(|e| panic!("migrating {}: {e}", t.backend));
-    }
-    dbs
-}
-
 fn order(buyer: &str, seller: &str, username: &str) -> OrderRecord {
-    let id = Uuid::now_v7();
-    let now = Utc::now();
-    OrderRecord {
-        id,
-        status: Status::Pending,
-        buyer_subject: buyer.into(),
-        username: username.into(),
-        seller_subject: seller.into(),
-        lines: vec![OrderLine {
-            product_id: Uuid::now_v7(),
-            title: "Masala chai".into(),
-            quantity: 2,
-            unit_price_minor: 4900,
-        }],
-        amount_minor: 9800,
-        currency: "INR".into(),
-        refunded_minor: 0,
-        gateway: "sandbox".into(),
-        key_id: "rzp_test_1".into(),
-        gateway_order_id: format!("order_{}", id.simple()),
-        expires_at: now + chrono::TimeDelta::minutes(15),
-        created_at: now,
-        updated_at: now,
-        paid_at: None,
-        fulfilment: None,
-    }
-}
-
-fn call(order: &OrderRecord) -> GatewayCall {
-    GatewayCall {
-        order_id: order.id,
-        call: "create_order",
-        source: "checkout",
-        outcome: "ok",
-        gateway_ref: Some(order.gateway_order_id.clone()),
-        latency_ms: 12,
-    }
+    let mut order = support::pending("", 2, Utc::now());
+    order.gateway_order_id = format!("order_{}", order.id.simple());
+    order.buyer_subject = buyer.into();
+    order.seller_subject = seller.into();
+    order.username = username.into();
+    order
 }
 
 #[tokio::test]

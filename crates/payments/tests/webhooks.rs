@@ -4,28 +4,21 @@
 //! (30 s, 1 min, 5 min, 30 min, 1 h, then dead) on a clock the test moves.
 use std::{sync::Arc, time::Duration};
 
+mod support;
+
 use chrono::Utc;
+use sea_orm::EntityTrait;
 use serde_json::json;
-use thali_migrations::{Migrator, MigratorTrait};
+use support::backends;
 use thali_payments::{
-    domain::{GatewayCall, OrderLine, OrderRecord, Status},
-    store::{CAPTURE, COMMIT_STOCK, NewOrder, PaymentsStore, Taken, dlq},
+    domain::Status,
+    store::{CAPTURE, COMMIT_STOCK, PaymentsStore, Taken, dlq},
 };
 use thali_platform::{
     jobs::{ManualClock, Queue, admin},
     testing::{self, TestDatabase},
 };
 use uuid::Uuid;
-
-async fn backends() -> Vec<TestDatabase> {
-    let dbs = testing::all().await;
-    for t in &dbs {
-        Migrator::up(&t.db, None)
-            .await
-            .unwrap_or_else(|e| panic!("migrating {}: {e}", t.backend));
-    }
-    dbs
-}
 
 fn store_on(t: &TestDatabase) -> (PaymentsStore, ManualClock) {
     let clock = ManualClock::new(testing::ten_past_the_hour());
@@ -35,43 +28,10 @@ fn store_on(t: &TestDatabase) -> (PaymentsStore, ManualClock) {
 
 /// A pending order of 4900 paise; returns (its id, its gateway order id).
 async fn pending_order(store: &PaymentsStore) -> (Uuid, String) {
-    let id = Uuid::now_v7();
-    let now = Utc::now();
-    let record = OrderRecord {
-        id,
-        status: Status::Pending,
-        buyer_subject: "buyer".into(),
-        username: "chai_point".into(),
-        seller_subject: "seller".into(),
-        lines: vec![OrderLine {
-            product_id: Uuid::now_v7(),
-            title: "Masala chai".into(),
-            quantity: 1,
-            unit_price_minor: 4900,
-        }],
-        amount_minor: 4900,
-        currency: "INR".into(),
-        refunded_minor: 0,
-        gateway: "sandbox".into(),
-        key_id: "rzp_test_1".into(),
-        gateway_order_id: format!("order_{}", &id.simple().to_string()[..14]),
-        expires_at: now + chrono::TimeDelta::minutes(15),
-        created_at: now,
-        updated_at: now,
-        paid_at: None,
-        fulfilment: None,
-    };
-    let call = GatewayCall {
-        order_id: id,
-        call: "create_order",
-        source: "checkout",
-        outcome: "ok",
-        gateway_ref: Some(record.gateway_order_id.clone()),
-        latency_ms: 1,
-    };
-    let gateway = record.gateway_order_id.clone();
-    store.insert_order(&NewOrder { record }, None, &call).await.unwrap();
-    (id, gateway)
+    let order = support::pending(&format!("order_{}", Uuid::now_v7().simple()), 1, Utc::now());
+    let answer = (order.id, order.gateway_order_id.clone());
+    support::insert(store, order).await;
+    answer
 }
 
 fn event(kind: &str, gateway_order: &str, payment: &str, amount: i64) -> Vec<u8> {
@@ -210,6 +170,19 @@ async fn events_out_of_order_settle_an_order_once() {
             "{}: a signed body that cannot be read is recorded, not retried forever",
             t.backend
         );
+        let outcomes: Vec<(String, String)> = thali_payments::store::payment_event::Entity::find()
+            .all(&t.db)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.event_id, e.outcome))
+            .filter(|(id, _)| id == "e6" || id == "e8")
+            .collect();
+        assert_eq!(outcomes.len(), 2);
+        for (id, outcome) in outcomes {
+            let want = if id == "e8" { "unreadable" } else { "ignored" };
+            assert_eq!(outcome, want, "{}: {id}", t.backend);
+        }
     }
 }
 

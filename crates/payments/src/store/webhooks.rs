@@ -240,7 +240,10 @@ impl PaymentsStore {
         let taken = match taken {
             Some(applied) => applied,
             None => {
-                self.mark_event(&txn, event_id, "ignored").await?;
+                // An unreadable body keeps its own outcome.
+                if read.is_ok() {
+                    self.mark_event(&txn, event_id, "ignored").await?;
+                }
                 Taken::Ignored
             }
         };
