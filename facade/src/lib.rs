@@ -161,6 +161,10 @@ pub fn router(state: FacadeState, max_body_bytes: usize) -> Router {
         .route("/api/v1/orders/{id}/verify", post(routes::payments::verify_payment))
         .route("/api/v1/orders/{id}/refund", post(routes::payments::refund_order))
         .route("/api/v1/orders/{id}/fulfilment", post(routes::payments::fulfil_order))
+        .route(
+            "/api/v1/creators/{username}/payment-account",
+            put(routes::payments::put_payment_account).get(routes::payments::get_payment_account),
+        )
         .route("/api/v1/webhooks/razorpay", post(routes::payments::razorpay_webhook))
         .route(
             "/api/v1/webhooks/razorpay/{account_id}",

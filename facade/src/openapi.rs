@@ -69,6 +69,8 @@ use crate::{dto, problem, routes};
         routes::payments::fulfil_order,
         routes::payments::razorpay_webhook,
         routes::payments::razorpay_account_webhook,
+        routes::payments::put_payment_account,
+        routes::payments::get_payment_account,
     ),
     components(schemas(
         dto::booking::Policy,
@@ -104,6 +106,8 @@ use crate::{dto, problem, routes};
         dto::payments::Refund,
         dto::payments::RefundAnswer,
         dto::payments::FulfilOrder,
+        dto::payments::PutPaymentAccount,
+        dto::payments::PaymentAccount,
         dto::Money,
         dto::Creator,
         dto::Product,

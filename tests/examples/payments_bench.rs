@@ -111,6 +111,7 @@ async fn main() -> anyhow::Result<()> {
             updated_at: now,
             paid_at: None,
             fulfilment: None,
+            payment_account_id: None,
         };
         let call = GatewayCall {
             order_id: id,

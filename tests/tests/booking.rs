@@ -6,7 +6,7 @@ mod support;
 use chrono::{Duration, Utc};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use support::{Mesh, access, problem};
+use support::{Mesh, access, json_of, problem};
 
 /// Three days from now in Kolkata, as `YYYY-MM-DD`.
 fn day() -> String {
@@ -15,13 +15,6 @@ fn day() -> String {
         .with_timezone(&tz)
         .format("%Y-%m-%d")
         .to_string()
-}
-
-async fn json_of(res: reqwest::Response, status: StatusCode) -> Value {
-    let got = res.status();
-    let body = res.text().await.unwrap();
-    assert_eq!(got, status, "{body}");
-    serde_json::from_str(&body).unwrap_or(Value::Null)
 }
 
 /// An owner's restaurant with one table for 2–4, open every day 08:00–23:00. Returns (owner

@@ -8,14 +8,7 @@ mod support;
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use support::{Mesh, access, problem};
-
-async fn json_of(res: reqwest::Response, status: StatusCode) -> Value {
-    let got = res.status();
-    let body = res.text().await.unwrap();
-    assert_eq!(got, status, "{body}");
-    serde_json::from_str(&body).unwrap_or(Value::Null)
-}
+use support::{Mesh, access, json_of, pay, problem, settles};
 
 /// A creator's store with a limited product (stock 3) and an unlimited one. Returns (creator
 /// token, limited product id, unlimited product id).
@@ -301,35 +294,6 @@ async fn scalar(db: &sea_orm::DatabaseConnection, sql: &str, value: impl Into<se
     .await
     .unwrap()
     .map(|row| row.try_get_by_index::<String>(0).unwrap())
-}
-
-/// Polls the order until its status is `want` (webhooks arrive asynchronously).
-async fn settles(mesh: &Mesh, token: &str, id: &str, want: &str) -> Value {
-    for _ in 0..200 {
-        let order = json_of(
-            mesh.get_as(&format!("/api/v1/orders/{id}"), token).await,
-            StatusCode::OK,
-        )
-        .await;
-        if order["status"] == want {
-            return order;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    panic!("order {id} never became {want}");
-}
-
-async fn pay(mesh: &Mesh, gateway_order: &str, outcome: &str) -> Value {
-    json_of(
-        mesh.http
-            .post(format!("{}/sandbox/orders/{gateway_order}/pay", mesh.sandbox))
-            .json(&json!({ "outcome": outcome }))
-            .send()
-            .await
-            .unwrap(),
-        StatusCode::OK,
-    )
-    .await
 }
 
 #[tokio::test]

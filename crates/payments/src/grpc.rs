@@ -24,21 +24,12 @@ use crate::{
         self, CheckoutRequest, GatewayCall, ORDER_TTL, OrderLine, OrderRecord, PaymentsError, STOCK_HOLD_SECONDS,
         Status as OrderStatus,
     },
-    gateway::{Credentials, Gateway, GatewayError, KeySecret, NewGatewayOrder},
+    gateway::{Gateway, GatewayError, NewGatewayOrder},
     signature,
-    store::{NewOrder, OrdersOf, PaymentsStore, RefundAsk, RefundRecord, Taken, Written},
+    store::{Accounts, ConnectedAccount, NewOrder, OrdersOf, PaymentsStore, RefundAsk, RefundRecord, Taken, Written},
 };
 
-/// The gateway account orders are created with: the platform's Razorpay account (creators'
-/// own accounts come with their payment-account records).
-#[derive(Clone, Debug)]
-pub struct PlatformAccount {
-    /// `razorpay`, or `sandbox` when the platform runs on its built-in sandbox.
-    pub gateway: String,
-    pub credentials: Credentials,
-    /// Signs the account's webhooks.
-    pub webhook_secret: KeySecret,
-}
+pub use crate::gateway::PlatformAccount;
 
 /// The payments gRPC service.
 #[derive(Clone)]
@@ -46,7 +37,7 @@ pub struct PaymentsGrpc {
     store: PaymentsStore,
     storefront: Client<StorefrontServiceClient<GrpcChannel>>,
     gateway: Arc<dyn Gateway>,
-    account: PlatformAccount,
+    accounts: Accounts,
 }
 
 impl PaymentsGrpc {
@@ -54,13 +45,13 @@ impl PaymentsGrpc {
         store: PaymentsStore,
         storefront: Client<StorefrontServiceClient<GrpcChannel>>,
         gateway: Arc<dyn Gateway>,
-        account: PlatformAccount,
+        accounts: Accounts,
     ) -> Self {
         Self {
             store,
             storefront,
             gateway,
-            account,
+            accounts,
         }
     }
 
@@ -79,6 +70,22 @@ impl PaymentsGrpc {
         }
         let id = Uuid::now_v7();
         let held = self.reserve(id, req).await?;
+        // The store's own gateway account when its creator connected one, else the platform's.
+        let own = match self
+            .store
+            .account_of_seller(&self.accounts.keys, &held.owner_subject)
+            .await
+        {
+            Ok(own) => own,
+            Err(e) => {
+                self.give_back(id).await;
+                return Err(e);
+            }
+        };
+        let (payment_account_id, credentials) = match own {
+            Some(account) => (Some(account.id), account.credentials),
+            None => (None, self.accounts.platform.credentials.clone()),
+        };
         let total = held.total.clone().unwrap_or_default();
         let gateway_order = NewGatewayOrder {
             amount_minor: total.amount_minor,
@@ -92,10 +99,7 @@ impl PaymentsGrpc {
             .collect(),
         };
         let started = std::time::Instant::now();
-        let created = self
-            .gateway
-            .create_order(&self.account.credentials, &gateway_order)
-            .await;
+        let created = self.gateway.create_order(&credentials, &gateway_order).await;
         let mut call = GatewayCall {
             order_id: id,
             call: "create_order",
@@ -145,14 +149,15 @@ impl PaymentsGrpc {
             amount_minor: total.amount_minor,
             currency: total.currency,
             refunded_minor: 0,
-            gateway: self.account.gateway.clone(),
-            key_id: self.account.credentials.key_id.clone(),
+            gateway: self.accounts.platform.gateway.clone(),
+            key_id: credentials.key_id.clone(),
             gateway_order_id: gateway_order.id,
             expires_at: now + ORDER_TTL,
             created_at: now,
             updated_at: now,
             paid_at: None,
             fulfilment: None,
+            payment_account_id,
         };
         match self.store.insert_order(&NewOrder { record }, idem, &call).await {
             Ok(Written::Created(order)) => Ok(order),
@@ -229,6 +234,64 @@ impl PaymentsGrpc {
     }
 }
 
+impl PaymentsGrpc {
+    /// The store `username`'s owner, if `who` is that owner or an admin.
+    async fn owned_store(&self, who: &Principal, username: &str) -> Result<String, PaymentsError> {
+        let request = storefront::GetCreatorRequest {
+            username: username.to_owned(),
+        };
+        let creator = self
+            .storefront
+            .call(request, |mut c, r| async move { c.get_creator(r).await })
+            .await
+            .map_err(from_storefront)?
+            .into_inner()
+            .creator
+            .ok_or_else(|| PaymentsError::Internal("the storefront answered no creator".into()))?;
+        if creator.owner_subject.is_empty() {
+            return Err(PaymentsError::Internal(
+                "the storefront did not say who owns the store".into(),
+            ));
+        }
+        if creator.owner_subject != who.subject && !domain::is_admin(&who.roles) {
+            access_denied(who, &format!("payment account of {username}"), "not the store's owner");
+            return Err(PaymentsError::NotStoreOwner);
+        }
+        Ok(creator.owner_subject)
+    }
+
+    /// Checks a key pair with the gateway before it is stored: reading an order that does not
+    /// exist is NOT_FOUND with good credentials and UNAUTHORIZED with bad ones.
+    async fn check_credentials(&self, credentials: &crate::gateway::Credentials) -> Result<(), PaymentsError> {
+        match self.gateway.fetch_order(credentials, "order_ThaliKeyCheck00").await {
+            Ok(_) | Err(GatewayError::NotFound) => Ok(()),
+            Err(GatewayError::Unauthorized) => Err(PaymentsError::InvalidCredentials),
+            Err(e) if e.is_retryable() => {
+                tracing::warn!(error = %e, "the gateway did not answer a credentials check");
+                Err(PaymentsError::GatewayUnavailable)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the gateway refused a credentials check");
+                Err(PaymentsError::InvalidCredentials)
+            }
+        }
+    }
+}
+
+fn account_pb(a: ConnectedAccount) -> pb::PaymentAccount {
+    pb::PaymentAccount {
+        id: a.id.to_string(),
+        username: a.username,
+        key_id: a.credentials.key_id,
+        key_secret_masked: domain::mask(a.credentials.key_secret.expose()),
+        webhook_secret_masked: domain::mask(a.webhook_secret.expose()),
+        data_key_id: a.data_key_id,
+        webhook_path: domain::webhook_path(a.id),
+        create_time: Some(timestamp(a.created_at)),
+        update_time: Some(timestamp(a.updated_at)),
+    }
+}
+
 /// A storefront refusal the buyer should see as it is; anything else is the storefront being
 /// unreachable (or our own bug).
 fn from_storefront(status: Status) -> PaymentsError {
@@ -261,6 +324,15 @@ impl From<PaymentsError> for Status {
             }
             PaymentsError::AccountNotFound => errors::with_reason(Code::NotFound, "ACCOUNT_NOT_FOUND", err.to_string()),
             PaymentsError::NotSeller => errors::with_reason(Code::PermissionDenied, "NOT_SELLER", err.to_string()),
+            PaymentsError::NotStoreOwner => {
+                errors::with_reason(Code::PermissionDenied, "NOT_STORE_OWNER", err.to_string())
+            }
+            PaymentsError::PaymentAccountNotFound => {
+                errors::with_reason(Code::NotFound, "PAYMENT_ACCOUNT_NOT_FOUND", err.to_string())
+            }
+            PaymentsError::InvalidCredentials => {
+                errors::with_reason(Code::FailedPrecondition, "INVALID_CREDENTIALS", err.to_string())
+            }
             PaymentsError::NotPaid => errors::with_reason(Code::FailedPrecondition, "ORDER_NOT_PAID", err.to_string()),
             PaymentsError::Fulfilment(domain::StepRefused::NotPaid) => {
                 errors::with_reason(Code::FailedPrecondition, "ORDER_NOT_PAID", err.to_string())
@@ -375,6 +447,44 @@ fn refund_pb(r: RefundRecord) -> pb::Refund {
 
 #[tonic::async_trait]
 impl pb::payments_service_server::PaymentsService for PaymentsGrpc {
+    async fn put_payment_account(
+        &self,
+        request: Request<pb::PutPaymentAccountRequest>,
+    ) -> Result<Response<pb::PutPaymentAccountResponse>, Status> {
+        let who = caller(&request)?;
+        let req = request.into_inner();
+        let secrets = domain::AccountSecrets::parse(&req.key_id, &req.key_secret, &req.webhook_secret)?;
+        let seller = self.owned_store(&who, &req.username).await?;
+        let credentials = crate::gateway::Credentials::new(&secrets.key_id, &secrets.key_secret);
+        self.check_credentials(&credentials).await?;
+        let (account, created) = self
+            .store
+            .connect_account(&self.accounts.keys, &seller, &req.username, &secrets)
+            .await?;
+        tracing::info!(account_id = %account.id, username = %req.username, key_id = %account.credentials.key_id, created, "payment account connected");
+        Ok(Response::new(pb::PutPaymentAccountResponse {
+            account: Some(account_pb(account)),
+            created,
+        }))
+    }
+
+    async fn get_payment_account(
+        &self,
+        request: Request<pb::GetPaymentAccountRequest>,
+    ) -> Result<Response<pb::GetPaymentAccountResponse>, Status> {
+        let who = caller(&request)?;
+        let username = request.into_inner().username;
+        let seller = self.owned_store(&who, &username).await?;
+        let account = self
+            .store
+            .account_of_seller(&self.accounts.keys, &seller)
+            .await?
+            .ok_or(PaymentsError::PaymentAccountNotFound)?;
+        Ok(Response::new(pb::GetPaymentAccountResponse {
+            account: Some(account_pb(account)),
+        }))
+    }
+
     async fn fulfil_order(
         &self,
         request: Request<pb::FulfilOrderRequest>,
@@ -503,13 +613,13 @@ impl pb::payments_service_server::PaymentsService for PaymentsGrpc {
         let who = caller(&request)?;
         let req = request.into_inner();
         let order = self.visible_order(&who, &req.order_id).await?;
-        // Only the platform account exists today; an order made with another key cannot be
-        // checked with this secret.
+        // Checkout signed with the key secret of the account that created the order.
+        let credentials = self.accounts.for_order(&self.store, order.payment_account_id).await?;
         let same_order = req.gateway_order_id.is_empty() || req.gateway_order_id == order.gateway_order_id;
         let valid = same_order
-            && order.key_id == self.account.credentials.key_id
+            && order.key_id == credentials.key_id
             && signature::checkout_is_valid(
-                self.account.credentials.key_secret.expose().as_bytes(),
+                credentials.key_secret.expose().as_bytes(),
                 &order.gateway_order_id,
                 &req.gateway_payment_id,
                 &req.signature,
@@ -538,12 +648,20 @@ impl pb::payments_service_server::PaymentsService for PaymentsGrpc {
             return Err(PaymentsError::ServiceOnly.into());
         }
         let req = request.into_inner();
-        // Only the platform's account exists today; creators' own accounts come with part 5.
-        if !req.account_id.is_empty() {
-            return Err(PaymentsError::AccountNotFound.into());
-        }
-        let account = "platform";
-        let secret = self.account.webhook_secret.expose().as_bytes();
+        // The account is known from the URL before the body is read, so is its secret.
+        let (account, secret) = if req.account_id.is_empty() {
+            ("platform".to_owned(), self.accounts.platform.webhook_secret.clone())
+        } else {
+            let id = Uuid::parse_str(&req.account_id).map_err(|_| PaymentsError::AccountNotFound)?;
+            let connected = self
+                .store
+                .account(&self.accounts.keys, id)
+                .await?
+                .ok_or(PaymentsError::AccountNotFound)?;
+            (connected.id.to_string(), connected.webhook_secret)
+        };
+        let account = account.as_str();
+        let secret = secret.expose().as_bytes();
         let signature = Some(req.signature.as_str()).filter(|s| !s.is_empty());
         if !signature::webhook_is_valid(secret, &req.body, signature) {
             security_event(

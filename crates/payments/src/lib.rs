@@ -4,8 +4,9 @@
 //! implementation over HTTPS), a Razorpay-compatible [`sandbox`] gateway, the checkout (stock held
 //! in the storefront, the gateway order created, the order stored and readable), and webhooks
 //! taken once and applied to their order (auto-capture, stock committed or released, money that
-//! should not have been taken given back) with a dead-letter queue. The reconciler, refunds asked
-//! by sellers, creators' own accounts, order events and deposits come next.
+//! should not have been taken given back) with a dead-letter queue, the reconciler, refunds asked
+//! by sellers, fulfilment, order events, and creators' own gateway accounts (secrets encrypted at
+//! rest). Booking deposits come next.
 #![forbid(unsafe_code)]
 
 pub mod domain;
@@ -21,6 +22,7 @@ use std::sync::Arc;
 use sea_orm::DatabaseConnection;
 use thali_platform::{
     client::{Client, Target},
+    crypto::Keyring,
     jobs::{Queue, Worker},
 };
 use thali_proto::{
@@ -36,14 +38,16 @@ pub struct Payments {
 
 impl Payments {
     /// The service over `db`, holding stock through `storefront` and creating orders at
-    /// `gateway` with the platform `account`.
+    /// `gateway` with the platform `account`, or a creator's own account (its secrets encrypted
+    /// with `keys`).
     pub fn new(
         db: DatabaseConnection,
         storefront: Target,
         gateway: Arc<dyn gateway::Gateway>,
-        account: grpc::PlatformAccount,
+        account: gateway::PlatformAccount,
+        keys: Arc<Keyring>,
     ) -> Self {
-        Self::with_store(store::PaymentsStore::new(db), storefront, gateway, account)
+        Self::with_store(store::PaymentsStore::new(db), storefront, gateway, account, keys)
     }
 
     /// The service over a store built by the caller (tests give it a queue on a manual clock).
@@ -51,20 +55,22 @@ impl Payments {
         store: store::PaymentsStore,
         storefront: Target,
         gateway: Arc<dyn gateway::Gateway>,
-        account: grpc::PlatformAccount,
+        account: gateway::PlatformAccount,
+        keys: Arc<Keyring>,
     ) -> Self {
         let storefront = Client::new(storefront, StorefrontServiceClient::new);
+        let accounts = store::Accounts::new(account, keys);
         let grpc = Arc::new(grpc::PaymentsGrpc::new(
             store.clone(),
             storefront.clone(),
             gateway.clone(),
-            account.clone(),
+            accounts.clone(),
         ));
         let settler = workers::Settler {
             store,
             gateway,
             storefront,
-            account,
+            accounts,
         };
         Self { grpc, settler }
     }

@@ -14,10 +14,10 @@ use tonic_types::StatusExt;
 
 use crate::{
     domain::{Event, GatewayCall, PaymentsError},
+    gateway::Credentials,
     gateway::{Gateway, GatewayError, GatewayPaymentStatus},
-    grpc::PlatformAccount,
     store::{
-        CAPTURE, COMMIT_STOCK, CaptureJob, DueOrder, PaymentsStore, RECONCILE_BATCH, REFUND, REFUND_REQUEST,
+        Accounts, CAPTURE, COMMIT_STOCK, CaptureJob, DueOrder, PaymentsStore, RECONCILE_BATCH, REFUND, REFUND_REQUEST,
         RELEASE_STOCK, RefundJob, RefundRequestJob, StockJob, Taken,
     },
 };
@@ -38,13 +38,13 @@ pub const RECONCILE: &str = "payments.reconcile";
 /// How often the reconciler runs.
 pub const RECONCILE_EVERY: Duration = Duration::from_secs(120);
 
-/// What carrying out an effect needs: the gateway, the storefront and the account.
+/// What carrying out an effect needs: the gateway, the storefront and the accounts.
 #[derive(Clone)]
 pub struct Settler {
     pub store: PaymentsStore,
     pub gateway: Arc<dyn Gateway>,
     pub storefront: Client<StorefrontServiceClient<GrpcChannel>>,
-    pub account: PlatformAccount,
+    pub accounts: Accounts,
 }
 
 /// Effects are retried for about a day with backoff: a gateway or storefront outage delays them,
@@ -71,7 +71,7 @@ pub fn job_worker(settler: Settler, queue: Queue) -> Worker {
     let reconciler = Reconciler {
         store: settler.store.clone(),
         gateway: settler.gateway.clone(),
-        account: settler.account.clone(),
+        accounts: settler.accounts.clone(),
     };
     Worker::new(settler.store.connection().clone(), queue)
         .with_housekeeping()
@@ -122,7 +122,7 @@ pub fn job_worker(settler: Settler, queue: Queue) -> Worker {
 pub struct Reconciler {
     pub store: PaymentsStore,
     pub gateway: Arc<dyn Gateway>,
-    pub account: PlatformAccount,
+    pub accounts: Accounts,
 }
 
 /// What one cycle did.
@@ -194,11 +194,15 @@ impl Reconciler {
 
     /// Asks the gateway about one order and applies what it says. True when the order moved.
     async fn check(&self, order: &DueOrder) -> Result<bool, GatewayError> {
+        let credentials = match self.accounts.for_order(&self.store, order.payment_account_id).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(order_id = %order.id, error = %e, "reconciler: the order's account cannot be used");
+                return Err(GatewayError::Unauthorized);
+            }
+        };
         let started = std::time::Instant::now();
-        let answer = self
-            .gateway
-            .order_payments(&self.account.credentials, &order.gateway_order_id)
-            .await;
+        let answer = self.gateway.order_payments(&credentials, &order.gateway_order_id).await;
         let call = GatewayCall {
             order_id: order.id,
             call: "order_payments",
@@ -327,6 +331,15 @@ fn reason(status: &tonic::Status) -> String {
 }
 
 impl Settler {
+    /// The credentials of the account that created `order_id`.
+    async fn credentials(&self, order_id: uuid::Uuid) -> Result<Credentials, JobError> {
+        let order = self.store.order(order_id).await.map_err(JobError::retry)?;
+        self.accounts
+            .for_order(&self.store, order.payment_account_id)
+            .await
+            .map_err(JobError::retry)
+    }
+
     async fn record(&self, call: GatewayCall) {
         if let Err(e) = self.store.record_call(&call).await {
             tracing::warn!(order_id = %call.order_id, error = %e, "gateway call not recorded");
@@ -341,10 +354,11 @@ impl Settler {
             amount_minor,
             currency,
         } = job.payload()?;
+        let credentials = self.credentials(order_id).await?;
         let started = std::time::Instant::now();
         let result = self
             .gateway
-            .capture(&self.account.credentials, &payment_id, amount_minor, &currency)
+            .capture(&credentials, &payment_id, amount_minor, &currency)
             .await;
         let already = matches!(&result, Err(GatewayError::BadRequest { description, .. }) if description.contains("already been captured"));
         self.record(GatewayCall {
@@ -429,10 +443,15 @@ impl Settler {
         let Some(payment) = order.paid_by.clone() else {
             return Err(JobError::Fatal(format!("order {} has no payment to refund", order.id)));
         };
+        let credentials = self
+            .accounts
+            .for_order(&self.store, order.payment_account_id)
+            .await
+            .map_err(JobError::retry)?;
         let started = std::time::Instant::now();
         let result = self
             .gateway
-            .refund(&self.account.credentials, &payment, Some(row.amount_minor))
+            .refund(&credentials, &payment, Some(row.amount_minor))
             .await;
         self.record(GatewayCall {
             order_id: order.id,
@@ -491,11 +510,9 @@ impl Settler {
             amount_minor,
             reason,
         } = job.payload()?;
+        let credentials = self.credentials(order_id).await?;
         let started = std::time::Instant::now();
-        let result = self
-            .gateway
-            .refund(&self.account.credentials, &payment_id, Some(amount_minor))
-            .await;
+        let result = self.gateway.refund(&credentials, &payment_id, Some(amount_minor)).await;
         self.record(GatewayCall {
             order_id,
             call: "refund",

@@ -13,7 +13,7 @@ use thali_payments::{
     gateway::{Credentials, Gateway, KeySecret, NewGatewayOrder, RazorpayGateway},
     grpc::PlatformAccount,
     sandbox::{Faults, PayOutcome, Sandbox, SandboxOptions},
-    store::{CAPTURE, COMMIT_STOCK, PaymentsStore, RELEASE_STOCK},
+    store::{Accounts, CAPTURE, COMMIT_STOCK, PaymentsStore, RELEASE_STOCK},
     workers::{CycleReport, Reconciler},
 };
 use thali_platform::{
@@ -61,7 +61,7 @@ impl World {
         Reconciler {
             store: self.store.clone(),
             gateway: self.gateway.clone(),
-            account: self.account.clone(),
+            accounts: Accounts::new(self.account.clone(), support::keyring()),
         }
     }
 

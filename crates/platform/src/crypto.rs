@@ -238,6 +238,71 @@ impl DataKeys {
     }
 }
 
+/// The data keys of a running process, reloaded from their file when a value names a key the
+/// process has not seen: `thali keys rotate-data` adds a key and re-encrypts rows while services
+/// run, and a service must still read what the command wrote (ADR 0015).
+pub struct Keyring {
+    path: Option<PathBuf>,
+    keys: std::sync::RwLock<std::sync::Arc<DataKeys>>,
+}
+
+impl std::fmt::Debug for Keyring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Keyring")
+            .field("path", &self.path)
+            .field("keys", &*self.current())
+            .finish()
+    }
+}
+
+impl Keyring {
+    /// The keys in `path` (created with one key when absent, as [`DataKeys::ensure`]).
+    pub fn open(path: &Path) -> Result<Self, CryptoError> {
+        let keys = DataKeys::ensure(path)?;
+        Ok(Self {
+            path: Some(path.to_owned()),
+            keys: std::sync::RwLock::new(std::sync::Arc::new(keys)),
+        })
+    }
+
+    /// Keys that are never reloaded (tests).
+    pub fn fixed(keys: DataKeys) -> Self {
+        Self {
+            path: None,
+            keys: std::sync::RwLock::new(std::sync::Arc::new(keys)),
+        }
+    }
+
+    /// The keys as last loaded.
+    pub fn current(&self) -> std::sync::Arc<DataKeys> {
+        self.keys.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Reads the file again (a rotation added a key).
+    pub fn reload(&self) -> Result<std::sync::Arc<DataKeys>, CryptoError> {
+        let Some(path) = &self.path else {
+            return Ok(self.current());
+        };
+        let fresh = std::sync::Arc::new(DataKeys::load(path)?);
+        *self.keys.write().unwrap_or_else(|e| e.into_inner()) = fresh.clone();
+        tracing::info!(active = fresh.active_id(), "data keys reloaded");
+        Ok(fresh)
+    }
+
+    /// Encrypts with the active key.
+    pub fn encrypt(&self, place: Place<'_>, plaintext: &[u8]) -> Result<String, CryptoError> {
+        self.current().encrypt(place, plaintext)
+    }
+
+    /// Decrypts; a value naming a key not loaded yet reloads the file once.
+    pub fn decrypt(&self, place: Place<'_>, stored: &str) -> Result<Vec<u8>, CryptoError> {
+        match self.current().decrypt(place, stored) {
+            Err(CryptoError::UnknownKey(_)) if self.path.is_some() => self.reload()?.decrypt(place, stored),
+            other => other,
+        }
+    }
+}
+
 fn split(stored: &str) -> Result<(&str, &str), CryptoError> {
     let mut parts = stored.splitn(3, ':');
     match (parts.next(), parts.next(), parts.next()) {
@@ -389,5 +454,25 @@ mod tests {
             let err = DataKeys::load(&path).unwrap_err().to_string();
             assert!(err.contains(reason), "{err}");
         }
+    }
+
+    #[test]
+    fn a_keyring_reloads_its_file_for_a_key_added_after_it_started() {
+        let path = temp();
+        let running = Keyring::open(&path).unwrap();
+        let before = running.encrypt(SECRET, b"old").unwrap();
+        // Another process (the rotate command) adds a key and writes with it.
+        DataKeys::add_key(&path).unwrap();
+        let rotated = DataKeys::load(&path).unwrap().encrypt(SECRET, b"new").unwrap();
+        assert_ne!(running.current().active_id(), DataKeys::key_id_of(&rotated).unwrap());
+        assert_eq!(running.decrypt(SECRET, &rotated).unwrap(), b"new");
+        assert_eq!(running.current().active_id(), DataKeys::key_id_of(&rotated).unwrap());
+        assert_eq!(running.decrypt(SECRET, &before).unwrap(), b"old");
+        // A key in no file stays unknown.
+        let stranger = DataKeys::ensure(&temp()).unwrap().encrypt(SECRET, b"x").unwrap();
+        assert!(matches!(
+            running.decrypt(SECRET, &stranger),
+            Err(CryptoError::UnknownKey(_))
+        ));
     }
 }

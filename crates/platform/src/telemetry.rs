@@ -21,7 +21,7 @@ use tracing::{Event, Subscriber, dispatcher::WeakDispatch, field::Visit};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::{
     EnvFilter, Layer as _,
-    fmt::{FmtContext, FormatEvent, FormatFields, format::Writer},
+    fmt::{FmtContext, FormatEvent, FormatFields, format::Writer, writer::BoxMakeWriter},
     layer::SubscriberExt,
     registry::LookupSpan,
 };
@@ -68,11 +68,30 @@ pub fn init(cfg: &Config, service_name: &str) -> anyhow::Result<Telemetry> {
 
 /// Like [`init`], but spans go to the given exporter as they end (tests read them back).
 pub fn init_with_exporter<E: SpanExporter + 'static>(exporter: E, filter: &str) -> anyhow::Result<Telemetry> {
+    init_with_exporter_and_writer(exporter, filter, BoxMakeWriter::new(std::io::stdout))
+}
+
+/// Like [`init_with_exporter`], with log lines written to `writer` (a test reads what a process
+/// would have logged).
+pub fn init_with_exporter_and_writer<E: SpanExporter + 'static>(
+    exporter: E,
+    filter: &str,
+    writer: BoxMakeWriter,
+) -> anyhow::Result<Telemetry> {
     let provider = SdkTracerProvider::builder().with_simple_exporter(exporter).build();
-    install(provider, filter, LogFormat::Pretty)
+    install_to(provider, filter, LogFormat::Pretty, writer)
 }
 
 fn install(provider: SdkTracerProvider, filter: &str, format: LogFormat) -> anyhow::Result<Telemetry> {
+    install_to(provider, filter, format, BoxMakeWriter::new(std::io::stdout))
+}
+
+fn install_to(
+    provider: SdkTracerProvider,
+    filter: &str,
+    format: LogFormat,
+    writer: BoxMakeWriter,
+) -> anyhow::Result<Telemetry> {
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     opentelemetry::global::set_tracer_provider(provider.clone());
     // Spans are traced at INFO whatever the log filter says, so a quiet log level never loses
@@ -83,6 +102,7 @@ fn install(provider: SdkTracerProvider, filter: &str, format: LogFormat) -> anyh
     let line = LogLine::new(format);
     let dispatch_cell = line.dispatch.clone();
     let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(writer)
         .with_ansi(false)
         .event_format(line)
         .with_filter(EnvFilter::try_new(filter)?);

@@ -117,6 +117,9 @@ pub mod payments {
             ReceiveWebhookRequest => "ReceiveWebhook", idempotent;
             RefundOrderRequest => "RefundOrder", keyed;
             FulfilOrderRequest => "FulfilOrder", idempotent;
+            // Sets the store's one account to these values: a repeat leaves the same state.
+            PutPaymentAccountRequest => "PutPaymentAccount", idempotent;
+            GetPaymentAccountRequest => "GetPaymentAccount", read;
         }
     }
 }

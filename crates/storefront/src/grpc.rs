@@ -342,10 +342,16 @@ impl pb::storefront_service_server::StorefrontService for StorefrontGrpc {
         request: Request<pb::GetCreatorRequest>,
     ) -> Result<Response<pb::GetCreatorResponse>, Status> {
         let viewer = principal(&request).map(|p| p.subject.clone());
+        // A Thali service (payments checking who owns a store) sees the owner; the public does not.
+        let service = request.extensions().get::<ServiceCaller>().is_some() && viewer.is_none();
         let req = request.into_inner();
         let creator = self.store.creator(lookup_username(&req.username)?).await?;
         Ok(Response::new(pb::GetCreatorResponse {
-            creator: Some(public_creator_pb(creator, viewer.as_deref())),
+            creator: Some(if service {
+                creator_pb(creator)
+            } else {
+                public_creator_pb(creator, viewer.as_deref())
+            }),
         }))
     }
 

@@ -348,7 +348,11 @@ pub async fn start(cfg: &Config, part: Part) -> anyhow::Result<Platform> {
                 let target = storefront.clone();
                 watchers.push(health.watch_flag("storefront", HEALTH_INTERVAL, move || target.is_up()));
             }
-            let payments = thali_payments::Payments::new(db.clone(), storefront, gateway, account);
+            // Creators' gateway secrets are encrypted with these (ADR 0015).
+            let data_keys = cfg.data_keys_file();
+            let keys = thali_platform::crypto::Keyring::open(&data_keys)
+                .with_context(|| format!("data keys ({})", data_keys.display()))?;
+            let payments = thali_payments::Payments::new(db.clone(), storefront, gateway, account, Arc::new(keys));
             let worker = payments.job_worker(Queue::new(thali_payments::workers::SERVICE));
             let worker = thali_platform::events::relay(worker, subscribers.clone());
             job_workers.push(worker.spawn(jobs_stop_rx.clone()));
@@ -555,10 +559,10 @@ async fn payments_gateway(
     part: Part,
 ) -> anyhow::Result<(
     Arc<dyn thali_payments::gateway::Gateway>,
-    thali_payments::grpc::PlatformAccount,
+    thali_payments::gateway::PlatformAccount,
     Option<EmbeddedSandbox>,
 )> {
-    use thali_payments::{gateway::RazorpayGateway, grpc::PlatformAccount};
+    use thali_payments::gateway::{PlatformAccount, RazorpayGateway};
     const CONNECT: Duration = Duration::from_secs(3);
     if let Some(url) = &cfg.razorpay_url {
         let read = |key: &str, path: &Option<std::path::PathBuf>| -> anyhow::Result<String> {

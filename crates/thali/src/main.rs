@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+mod progress;
+
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use thali::Part;
@@ -181,6 +183,21 @@ enum KeysCommand {
     Rotate,
     /// List the key ids that verify tokens.
     List,
+    /// Rotate the data keys that encrypt secrets at rest (creators' gateway secrets): add a new
+    /// active key to THALI_DATA_KEYS_FILE, then re-encrypt every stored secret with it, showing
+    /// progress. Services keep running: they load the new key when they first meet it.
+    RotateData {
+        /// Do not add a key: re-encrypt with the active one (after an interrupted run, or after
+        /// `--add-key-only` once every replica has the new file).
+        #[arg(long, conflicts_with = "add_key_only")]
+        resume: bool,
+        /// Only add the new active key to the file (to distribute it before re-encrypting).
+        #[arg(long)]
+        add_key_only: bool,
+        /// Rows per batch.
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=10000))]
+        batch: u64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -486,9 +503,18 @@ async fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Keys {
+            command:
+                KeysCommand::RotateData {
+                    resume,
+                    add_key_only,
+                    batch,
+                },
+        } => rotate_data(&cfg, resume, add_key_only, batch).await,
         Command::Keys { command } => {
             let dir = cfg.keys_dir();
             match command {
+                KeysCommand::RotateData { .. } => unreachable!("handled above"),
                 KeysCommand::Init => println!("{}", ensure_key_pair(&dir).context("creating the JWT key pair")?),
                 KeysCommand::Rotate => println!(
                     "{}",
@@ -513,4 +539,44 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `thali keys rotate-data`: a new active data key, then every stored secret re-encrypted with it
+/// in batches (each row's update applies only to the value it read, so a concurrent write wins).
+async fn rotate_data(cfg: &Config, resume: bool, add_key_only: bool, batch: u64) -> anyhow::Result<()> {
+    use thali_platform::crypto::{DataKeys, Keyring};
+    let path = cfg.data_keys_file();
+    if !resume {
+        DataKeys::ensure(&path).with_context(|| format!("data keys ({})", path.display()))?;
+        let id = DataKeys::add_key(&path).with_context(|| format!("adding a data key to {}", path.display()))?;
+        eprintln!("rotate-data: {id} is the active data key in {}", path.display());
+        if add_key_only {
+            println!("rotate-data: {id} added; re-encrypt with `thali keys rotate-data --resume`");
+            return Ok(());
+        }
+    }
+    let keys = Keyring::open(&path).with_context(|| format!("data keys ({})", path.display()))?;
+    let db = thali::migrated(cfg).await?;
+    let store = thali_payments::store::PaymentsStore::new(db);
+    let total = store.count_accounts().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut bar = progress::Progress::new("rotate-data payment_accounts", total);
+    let (mut after, mut rotated) = (None, 0u64);
+    loop {
+        let page = store
+            .rotate_accounts(&keys, after, batch)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        rotated += page.rotated;
+        bar.advance(page.scanned, &format!("{rotated} re-encrypted"));
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    bar.finish();
+    println!(
+        "rotate-data: {rotated} of {total} payment account(s) re-encrypted; every secret is under {}",
+        keys.current().active_id()
+    );
+    Ok(())
 }

@@ -236,3 +236,62 @@ pub struct FulfilOrder {
     #[serde(default)]
     pub reason: String,
 }
+
+/// Body of `PUT /api/v1/creators/{username}/payment-account`: a creator's own Razorpay account.
+/// The secrets are stored encrypted and never shown again.
+#[derive(Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PutPaymentAccount {
+    #[schema(example = "rzp_test_1DP5mmOlF5G5ag")]
+    pub key_id: String,
+    /// 8-128 printable characters.
+    pub key_secret: String,
+    /// The secret the account's webhooks are signed with (Razorpay dashboard → Webhooks).
+    pub webhook_secret: String,
+}
+
+impl std::fmt::Debug for PutPaymentAccount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PutPaymentAccount")
+            .field("key_id", &self.key_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A creator's connected gateway account, secrets masked.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct PaymentAccount {
+    /// Thali's id of the account: the last segment of its webhook URL.
+    #[schema(format = Uuid)]
+    pub id: String,
+    pub username: String,
+    pub key_id: String,
+    /// `••••` and the last four characters.
+    #[schema(example = "••••x9Qa")]
+    pub key_secret: String,
+    #[schema(example = "••••7fG2")]
+    pub webhook_secret: String,
+    /// The data key that encrypts the secrets at rest.
+    pub data_key_id: String,
+    /// Set this as the webhook URL in the Razorpay dashboard (on the API's public host).
+    #[schema(example = "/api/v1/webhooks/razorpay/01938c6e-7b9a-7cc1-9a51-0a1b2c3d4e5f")]
+    pub webhook_path: String,
+    pub created_at: Option<String>,
+    pub updated_at: Option<String>,
+}
+
+impl From<pb::PaymentAccount> for PaymentAccount {
+    fn from(a: pb::PaymentAccount) -> Self {
+        Self {
+            id: a.id,
+            username: a.username,
+            key_id: a.key_id,
+            key_secret: a.key_secret_masked,
+            webhook_secret: a.webhook_secret_masked,
+            data_key_id: a.data_key_id,
+            webhook_path: a.webhook_path,
+            created_at: rfc3339(a.create_time),
+            updated_at: rfc3339(a.update_time),
+        }
+    }
+}

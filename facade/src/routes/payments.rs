@@ -1,6 +1,11 @@
 //! Order routes: checkout (buyers), reading and listing orders (buyers, sellers, admins), and the
 //! check of Razorpay Checkout's signature.
-use axum::{Json, extract::State, http::HeaderMap, response::Response};
+use axum::{
+    Json,
+    extract::State,
+    http::HeaderMap,
+    response::{IntoResponse, Response},
+};
 use thali_proto::payments::v1 as pb;
 
 use super::{created, idempotency_key, missing};
@@ -298,4 +303,79 @@ pub async fn fulfil_order(
         .into_inner()
         .order;
     Ok(Json(order.ok_or_else(|| missing("order"))?.into()))
+}
+
+/// Connect (or replace) a store's own Razorpay account: its owner or an admin. The key pair is
+/// checked with the gateway first; the secrets are stored encrypted (AES-256-GCM) and only ever
+/// shown masked. From then on the store's checkouts, captures, refunds and webhooks use it.
+#[utoipa::path(
+    put, path = "/api/v1/creators/{username}/payment-account", tag = "creators",
+    params(("username" = String, Path)),
+    request_body = dto::PutPaymentAccount,
+    responses(
+        (status = 200, description = "Replaced the store's account", body = dto::PaymentAccount),
+        (status = 201, description = "Connected", body = dto::PaymentAccount),
+        (status = 400, description = "INVALID_CREDENTIALS (the gateway refused the key pair), or a field violation (key_id, key_secret, webhook_secret)"),
+        (status = 403, description = "NOT_STORE_OWNER"),
+        (status = 404, description = "CREATOR_NOT_FOUND"),
+        (status = 503, description = "GATEWAY_UNAVAILABLE: the key pair could not be checked; try again"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn put_payment_account(
+    State(state): State<FacadeState>,
+    caller: Caller,
+    ApiPath(username): ApiPath<String>,
+    ApiJson(body): ApiJson<dto::PutPaymentAccount>,
+) -> Result<Response, Problem> {
+    let req = pb::PutPaymentAccountRequest {
+        username: username.clone(),
+        key_id: body.key_id,
+        key_secret: body.key_secret,
+        webhook_secret: body.webhook_secret,
+    };
+    let res = state
+        .payments
+        .call(
+            caller.request(req),
+            |mut c, r| async move { c.put_payment_account(r).await },
+        )
+        .await?
+        .into_inner();
+    let account = dto::PaymentAccount::from(res.account.ok_or_else(|| missing("account"))?);
+    if res.created {
+        Ok(created(format!("/api/v1/creators/{username}/payment-account"), account))
+    } else {
+        Ok(Json(account).into_response())
+    }
+}
+
+/// A store's connected Razorpay account, secrets masked: its owner or an admin. 404 when the
+/// store uses the platform's account.
+#[utoipa::path(
+    get, path = "/api/v1/creators/{username}/payment-account", tag = "creators",
+    params(("username" = String, Path)),
+    responses(
+        (status = 200, description = "The account, secrets masked", body = dto::PaymentAccount),
+        (status = 403, description = "NOT_STORE_OWNER"),
+        (status = 404, description = "CREATOR_NOT_FOUND, PAYMENT_ACCOUNT_NOT_FOUND"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn get_payment_account(
+    State(state): State<FacadeState>,
+    caller: Caller,
+    ApiPath(username): ApiPath<String>,
+) -> Result<Json<dto::PaymentAccount>, Problem> {
+    let req = pb::GetPaymentAccountRequest { username };
+    let account = state
+        .payments
+        .call(
+            caller.request(req),
+            |mut c, r| async move { c.get_payment_account(r).await },
+        )
+        .await?
+        .into_inner()
+        .account;
+    Ok(Json(account.ok_or_else(|| missing("account"))?.into()))
 }

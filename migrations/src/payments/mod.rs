@@ -4,11 +4,13 @@ use sea_orm_migration::MigrationTrait;
 mod m20261202_000012_orders;
 mod m20261202_000013_webhooks;
 mod m20261202_000014_refunds;
+mod m20261203_000015_payment_accounts;
 
 pub(crate) fn migrations() -> Vec<Box<dyn MigrationTrait>> {
     vec![
         Box::new(m20261202_000012_orders::Migration),
         Box::new(m20261202_000013_webhooks::Migration),
         Box::new(m20261202_000014_refunds::Migration),
+        Box::new(m20261203_000015_payment_accounts::Migration),
     ]
 }

@@ -19,11 +19,49 @@ pub fn spans() -> &'static InMemorySpanExporter {
     static EXPORTER: OnceLock<InMemorySpanExporter> = OnceLock::new();
     EXPORTER.get_or_init(|| {
         let exporter = InMemorySpanExporter::default();
-        let telemetry = thali_platform::telemetry::init_with_exporter(exporter.clone(), "info,sea_orm=warn")
-            .expect("telemetry is installed once per test binary");
+        let telemetry = match LOGS.get() {
+            // Everything down to TRACE, kept for the test to read.
+            Some(logs) => {
+                let logs = logs.clone();
+                thali_platform::telemetry::init_with_exporter_and_writer(
+                    exporter.clone(),
+                    "trace",
+                    tracing_subscriber::fmt::writer::BoxMakeWriter::new(move || LogSink(logs.clone())),
+                )
+            }
+            None => thali_platform::telemetry::init_with_exporter(exporter.clone(), "info,sea_orm=warn"),
+        }
+        .expect("telemetry is installed once per test binary");
         std::mem::forget(telemetry);
         exporter
     })
+}
+
+type LogBuffer = std::sync::Arc<std::sync::Mutex<Vec<u8>>>;
+static LOGS: OnceLock<LogBuffer> = OnceLock::new();
+
+struct LogSink(LogBuffer);
+
+impl std::io::Write for LogSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Keeps every log line of this test binary, at TRACE, in memory: call before the first mesh
+/// starts (the log subscriber is installed once per binary).
+pub fn capture_logs() {
+    LOGS.get_or_init(Default::default);
+    spans();
+}
+
+/// Everything logged so far (with [`capture_logs`]).
+pub fn logs() -> String {
+    String::from_utf8_lossy(&LOGS.get().expect("capture_logs() first").lock().unwrap()).into_owned()
 }
 
 pub struct Mesh {
@@ -193,4 +231,42 @@ pub async fn problem(res: Response, status: StatusCode, code: &str) -> Value {
     assert_eq!(body["code"], code, "{body}");
     assert_eq!(body["trace_id"].as_str().unwrap().len(), 32, "{body}");
     body
+}
+
+/// The answer's JSON body, once its status is `status` (the body is in the panic otherwise).
+pub async fn json_of(res: Response, status: StatusCode) -> Value {
+    let got = res.status();
+    let body = res.text().await.unwrap();
+    assert_eq!(got, status, "{body}");
+    serde_json::from_str(&body).unwrap_or(Value::Null)
+}
+
+/// Polls the order until its status is `want` (webhooks arrive asynchronously).
+pub async fn settles(mesh: &Mesh, token: &str, id: &str, want: &str) -> Value {
+    for _ in 0..200 {
+        let order = json_of(
+            mesh.get_as(&format!("/api/v1/orders/{id}"), token).await,
+            StatusCode::OK,
+        )
+        .await;
+        if order["status"] == want {
+            return order;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("order {id} never became {want}");
+}
+
+/// The buyer pays `gateway_order` in the sandbox (`captured`, `failed` or `authorized`).
+pub async fn pay(mesh: &Mesh, gateway_order: &str, outcome: &str) -> Value {
+    json_of(
+        mesh.http
+            .post(format!("{}/sandbox/orders/{gateway_order}/pay", mesh.sandbox))
+            .json(&json!({ "outcome": outcome }))
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::OK,
+    )
+    .await
 }

@@ -42,6 +42,12 @@ pub enum PaymentsError {
     Fulfilment(super::StepRefused),
     #[error("no payment account with this id")]
     AccountNotFound,
+    #[error("this store has no payment account of its own; the platform's account takes its payments")]
+    PaymentAccountNotFound,
+    #[error("the gateway refused this key id and secret")]
+    InvalidCredentials,
+    #[error("only the store's owner or an admin may manage its payment account")]
+    NotStoreOwner,
     #[error("only Thali services may call this")]
     ServiceOnly,
     #[error("the webhook could not be stored; deliver it again")]
@@ -147,6 +153,8 @@ pub struct OrderRecord {
     pub paid_at: Option<DateTime<Utc>>,
     /// A vendor's step once paid (none yet: awaiting the vendor).
     pub fulfilment: Option<super::Fulfilment>,
+    /// The creator's own gateway account that created it; None: the platform's.
+    pub payment_account_id: Option<Uuid>,
 }
 
 /// One call made to the gateway about an order, as `transactions` records it.

@@ -16,9 +16,11 @@
 //! attempt does not fail the order: Razorpay Checkout lets the buyer try again until the order
 //! expires; the reconciler gives up on an order whose attempts all failed ([`Event::GaveUp`]).
 
+mod account;
 mod checkout;
 mod fulfilment;
 mod webhook;
+pub use account::*;
 pub use checkout::*;
 pub use fulfilment::*;
 pub use webhook::*;

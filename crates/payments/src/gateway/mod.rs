@@ -117,6 +117,16 @@ impl Credentials {
     }
 }
 
+/// The platform's own gateway account: it takes every payment of a store that connected none.
+#[derive(Clone, Debug)]
+pub struct PlatformAccount {
+    /// `razorpay`, or `sandbox` when the platform runs on its built-in sandbox.
+    pub gateway: String,
+    pub credentials: Credentials,
+    /// Signs the account's webhooks.
+    pub webhook_secret: KeySecret,
+}
+
 /// Razorpay's limits on an order's receipt and notes.
 pub const MAX_RECEIPT_CHARS: usize = 40;
 pub const MAX_NOTES: usize = 15;

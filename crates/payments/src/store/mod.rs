@@ -12,10 +12,12 @@ use uuid::Uuid;
 
 use crate::domain::{GatewayCall, OrderLine, OrderRecord, PaymentsError, Status};
 
+mod accounts;
 mod fulfilment;
 mod reconcile;
 mod refunds;
 mod webhooks;
+pub use accounts::{Accounts, ConnectedAccount, RotatedPage, payment_account};
 pub use reconcile::{DueOrder, RECONCILE_AGE, RECONCILE_BATCH, RECONCILE_LEASE};
 pub use refunds::{REFUND_REQUEST, RefundAsk, RefundRecord, RefundRequestJob, refund};
 pub use webhooks::{
@@ -53,6 +55,8 @@ pub mod order {
         pub reconcile_after: Option<DateTimeUtc>,
         pub reconcile_failures: i32,
         pub fulfilment: Option<String>,
+        /// The creator's own account that created the gateway order; None: the platform's.
+        pub payment_account_id: Option<Uuid>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -243,6 +247,7 @@ impl PaymentsStore {
             reconcile_after: Set(None),
             reconcile_failures: Set(0),
             fulfilment: Set(None),
+            payment_account_id: Set(r.payment_account_id),
         }
         .insert(&txn)
         .await?;
@@ -384,5 +389,6 @@ fn record(row: order::Model, lines: Vec<OrderLine>) -> Result<OrderRecord, Payme
         updated_at: row.updated_at,
         paid_at: row.paid_at,
         fulfilment: row.fulfilment.as_deref().and_then(crate::domain::Fulfilment::parse),
+        payment_account_id: row.payment_account_id,
     })
 }

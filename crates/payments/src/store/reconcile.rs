@@ -26,6 +26,8 @@ pub struct DueOrder {
     pub expires_at: DateTime<Utc>,
     /// Gateway failures in a row for this order (the backoff's exponent).
     pub failures: i32,
+    /// The creator's account that created it (None: the platform's).
+    pub payment_account_id: Option<Uuid>,
 }
 
 fn delta(d: Duration) -> TimeDelta {
@@ -47,7 +49,7 @@ impl PaymentsStore {
             "UPDATE orders SET reconcile_after = $1 WHERE id IN (SELECT id FROM orders WHERE status = 'pending' \
              AND created_at <= $2 AND (reconcile_after IS NULL OR reconcile_after <= $3) \
              ORDER BY COALESCE(reconcile_after, created_at), created_at, id LIMIT $4{lock}) \
-             RETURNING id, gateway_order_id, expires_at, reconcile_failures, created_at"
+             RETURNING id, gateway_order_id, expires_at, reconcile_failures, created_at, payment_account_id"
         );
         let rows = self
             .db
@@ -72,6 +74,7 @@ impl PaymentsStore {
                         gateway_order_id: r.try_get("", "gateway_order_id")?,
                         expires_at: r.try_get("", "expires_at")?,
                         failures: r.try_get("", "reconcile_failures")?,
+                        payment_account_id: r.try_get("", "payment_account_id")?,
                     },
                 ))
             })
@@ -148,7 +151,7 @@ impl PaymentsStore {
             Err(e) => return Err(e.into()),
         }
         let taken = self
-            .apply_to_order(&txn, gateway_order_id, event, None)
+            .apply_to_order(&txn, gateway_order_id, event, None, None)
             .await?
             .unwrap_or(Taken::Ignored);
         txn.commit().await?;

@@ -232,7 +232,7 @@ impl PaymentsStore {
         let taken = match (&read, gateway_order_id) {
             (Ok(w), Some(gateway_order)) if w.event.is_some() => {
                 let event = w.event.as_ref().expect("checked is_some");
-                self.apply_to_order(&txn, &gateway_order, event, w.refund_of.as_deref())
+                self.apply_to_order(&txn, &gateway_order, event, w.refund_of.as_deref(), Some(account))
                     .await?
             }
             _ => None,
@@ -265,13 +265,15 @@ impl PaymentsStore {
     }
 
     /// Applies `event` to the order of `gateway_order` under its row lock; None when no order
-    /// of Thali's has that gateway id.
+    /// of Thali's has that gateway id, or when `account` (the account whose secret signed the
+    /// webhook: `platform` or a connected account's id) did not create the order.
     pub(super) async fn apply_to_order(
         &self,
         txn: &DatabaseTransaction,
         gateway_order: &str,
         event: &Event,
         refund_of: Option<&str>,
+        account: Option<&str>,
     ) -> Result<Option<Taken>, PaymentsError> {
         let Some(row) = order::Entity::find()
             .filter(order::Column::GatewayOrderId.eq(gateway_order))
@@ -282,6 +284,22 @@ impl PaymentsStore {
             tracing::warn!(gateway_order, "webhook for an order Thali does not have; ignored");
             return Ok(None);
         };
+        let owner = row
+            .payment_account_id
+            .map_or_else(|| "platform".to_owned(), |id| id.to_string());
+        if let Some(signer) = account
+            && signer != owner
+        {
+            // One creator's webhook secret must not settle another's (or the platform's) orders.
+            thali_platform::audit::security_event(
+                thali_platform::audit::SecurityEvent::AccessDenied,
+                &format!("payment account {signer}"),
+                &format!("order {}", row.id),
+                "",
+                "webhook signed by another account than the order's",
+            );
+            return Ok(None);
+        }
         if let Some(payment) = refund_of
             && row.paid_by.as_deref() != Some(payment)
         {

@@ -48,6 +48,7 @@ pub fn pending(gateway_order_id: &str, quantity: i64, now: DateTime<Utc>) -> Ord
         updated_at: now,
         paid_at: None,
         fulfilment: None,
+        payment_account_id: None,
     }
 }
 
@@ -70,4 +71,12 @@ pub async fn insert(store: &PaymentsStore, order: OrderRecord) {
         .insert_order(&NewOrder { record: order }, None, &call)
         .await
         .unwrap();
+}
+
+/// Data keys in a fresh file of their own.
+pub fn keyring() -> std::sync::Arc<thali_platform::crypto::Keyring> {
+    let path = std::env::temp_dir()
+        .join(format!("thali-payments-keys-{}", Uuid::now_v7()))
+        .join("data-keys.json");
+    std::sync::Arc::new(thali_platform::crypto::Keyring::open(&path).unwrap())
 }
