@@ -153,6 +153,7 @@ pub fn router(state: FacadeState, max_body_bytes: usize) -> Router {
         )
         .route("/api/v1/bookings/{id}", get(routes::booking::get_booking))
         .route("/api/v1/bookings/{id}/cancel", post(routes::booking::cancel_booking))
+        .route("/api/v1/bookings/{id}/no-show", post(routes::booking::mark_no_show))
         .route(
             "/api/v1/orders",
             post(routes::payments::create_order).get(routes::payments::list_orders),

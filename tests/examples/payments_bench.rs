@@ -112,6 +112,7 @@ async fn main() -> anyhow::Result<()> {
             paid_at: None,
             fulfilment: None,
             payment_account_id: None,
+            reference: None,
         };
         let call = GatewayCall {
             order_id: id,

@@ -6,7 +6,7 @@ mod support;
 use chrono::{Duration, Utc};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use support::{Mesh, access, json_of, problem};
+use support::{Mesh, access, json_of, pay, problem, settles};
 
 /// Three days from now in Kolkata, as `YYYY-MM-DD`.
 fn day() -> String {
@@ -450,4 +450,189 @@ fn mail_to(mesh: &Mesh, to: &str, part: &str) -> Option<String> {
             let subject = message.subject()?.to_owned();
             (message.to()?.first()?.address()? == to && subject.contains(part)).then_some(subject)
         })
+}
+
+async fn booking_of(mesh: &Mesh, token: &str, id: &str) -> Value {
+    json_of(
+        mesh.get_as(&format!("/api/v1/bookings/{id}"), token).await,
+        StatusCode::OK,
+    )
+    .await
+}
+
+/// Polls booking `id` until `done` holds of it (deposits move with payments' events).
+async fn booking_until(mesh: &Mesh, token: &str, id: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    for _ in 0..300 {
+        let b = booking_of(mesh, token, id).await;
+        if done(&b) {
+            return b;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!(
+        "booking {id} never got to: {what}: {}",
+        booking_of(mesh, token, id).await
+    );
+}
+
+/// Makes the payments order `order` look 16 minutes old and runs the reconciler now, as if
+/// the quarter hour had passed (the embedded database, as an operator would open it).
+async fn a_quarter_hour_passes(mesh: &Mesh, order: &str) {
+    use sea_orm::ConnectionTrait;
+    let db = thali_platform::db::connect(&format!(
+        "sqlite://{}?mode=rw",
+        mesh.data_dir.join("thali.db").display()
+    ))
+    .await
+    .unwrap();
+    let past = Utc::now() - Duration::minutes(16);
+    let id = uuid::Uuid::parse_str(order).unwrap();
+    db.execute_raw(thali_platform::db::statement(
+        db.get_database_backend(),
+        "UPDATE orders SET created_at = $1, expires_at = $2 WHERE id = $3",
+        vec![past.into(), (past + Duration::minutes(15)).into(), id.into()],
+    ))
+    .await
+    .unwrap();
+    // A reconciler cycle now, as the 2-minute timer would start one.
+    let run_now = thali_platform::jobs::NewJob::new("payments.reconcile", &json!({"occurrence": Utc::now()}))
+        .unique(format!("test-reconcile:{order}"));
+    thali_platform::jobs::Queue::new("payments")
+        .enqueue(&db, run_now)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_deposit_holds_the_table_until_paid_and_comes_back_on_a_cancellation_in_time() {
+    let mesh = Mesh::start().await;
+    let (owner, id) = set_up(&mesh, "owner@dosa.example").await;
+    let guest = access(&mesh.sign_up("asha@guest.example", "buyer").await);
+    let other = access(&mesh.sign_up("ravi@guest.example", "buyer").await);
+    let r = json_of(
+        mesh.send(
+            Method::PATCH,
+            &format!("/api/v1/restaurants/{id}"),
+            Some(&owner),
+            json!({"policy": {"deposit_per_guest_minor": 25000}}),
+        )
+        .await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(r["policy"]["deposit_per_guest_minor"], 25000);
+    let bad = mesh
+        .send(
+            Method::PATCH,
+            &format!("/api/v1/restaurants/{id}"),
+            Some(&owner),
+            json!({"policy": {"deposit_per_guest_minor": 50}}),
+        )
+        .await;
+    problem(bad, StatusCode::BAD_REQUEST, "VALIDATION_FAILED").await;
+
+    // The booking waits for its deposit, holding the table; payments has its order already.
+    let b = json_of(
+        mesh.post("/api/v1/bookings", Some(&guest), booking(&id, "19:00")).await,
+        StatusCode::CREATED,
+    )
+    .await;
+    let bid = b["id"].as_str().unwrap().to_owned();
+    assert_eq!(b["status"], "pending_payment", "{b}");
+    assert_eq!(
+        b["deposit"]["amount"],
+        json!({"amount_minor": 50000, "currency": "INR"})
+    );
+    assert_eq!(b["deposit"]["status"], "pending");
+    let order_id = b["deposit"]["order_id"]
+        .as_str()
+        .expect("the deposit's order")
+        .to_owned();
+    assert!(!free(&mesh, &id).await.contains(&"19:00".to_owned()), "held");
+    problem(
+        mesh.post("/api/v1/bookings", Some(&other), booking(&id, "19:00")).await,
+        StatusCode::CONFLICT,
+        "SLOT_TAKEN",
+    )
+    .await;
+
+    // The guest pays the order in the sandbox; payments tells booking, which confirms.
+    let order = json_of(
+        mesh.get_as(&format!("/api/v1/orders/{order_id}"), &guest).await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(order["reference"], format!("booking:{bid}"));
+    assert_eq!(order["total"], json!({"amount_minor": 50000, "currency": "INR"}));
+    problem(
+        mesh.get_as(&format!("/api/v1/orders/{order_id}"), &other).await,
+        StatusCode::NOT_FOUND,
+        "ORDER_NOT_FOUND",
+    )
+    .await;
+    pay(
+        &mesh,
+        order["checkout"]["gateway_order_id"].as_str().unwrap(),
+        "captured",
+    )
+    .await;
+    let confirmed = booking_until(&mesh, &guest, &bid, "confirmed", |b| b["status"] == "confirmed").await;
+    assert_eq!(confirmed["deposit"]["status"], "paid");
+
+    // Cancelled before the cutoff: the deposit comes back.
+    let cancelled = json_of(
+        mesh.post(
+            &format!("/api/v1/bookings/{bid}/cancel"),
+            Some(&guest),
+            json!({"reason": "plans changed"}),
+        )
+        .await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(cancelled["deposit"]["status"], "refund_requested");
+    booking_until(&mesh, &guest, &bid, "deposit refunded", |b| {
+        b["deposit"]["status"] == "refunded"
+    })
+    .await;
+    settles(&mesh, &guest, &order_id, "refunded").await;
+    assert!(free(&mesh, &id).await.contains(&"19:00".to_owned()), "free again");
+
+    // Nobody pays the next deposit: when its quarter hour is over the table goes back.
+    let unpaid = json_of(
+        mesh.post("/api/v1/bookings", Some(&other), booking(&id, "19:00")).await,
+        StatusCode::CREATED,
+    )
+    .await;
+    let unpaid_id = unpaid["id"].as_str().unwrap().to_owned();
+    let unpaid_order = unpaid["deposit"]["order_id"].as_str().unwrap().to_owned();
+    assert!(!free(&mesh, &id).await.contains(&"19:00".to_owned()));
+    a_quarter_hour_passes(&mesh, &unpaid_order).await;
+    let released = booking_until(&mesh, &other, &unpaid_id, "released", |b| b["status"] == "cancelled").await;
+    assert_eq!(released["deposit"]["status"], "expired");
+    assert_eq!(released["cancel_reason"], "The deposit was not paid in time");
+    settles(&mesh, &other, &unpaid_order, "expired").await;
+    assert!(free(&mesh, &id).await.contains(&"19:00".to_owned()), "free again");
+
+    // Only the owner marks a no-show, and not before the start.
+    let kept = json_of(
+        mesh.post("/api/v1/bookings", Some(&guest), booking(&id, "20:00")).await,
+        StatusCode::CREATED,
+    )
+    .await;
+    let kept_id = kept["id"].as_str().unwrap();
+    problem(
+        mesh.post(&format!("/api/v1/bookings/{kept_id}/no-show"), Some(&guest), json!({}))
+            .await,
+        StatusCode::FORBIDDEN,
+        "NOT_OWNER",
+    )
+    .await;
+    problem(
+        mesh.post(&format!("/api/v1/bookings/{kept_id}/no-show"), Some(&owner), json!({}))
+            .await,
+        StatusCode::BAD_REQUEST,
+        "NO_SHOW_REFUSED",
+    )
+    .await;
 }

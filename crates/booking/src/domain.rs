@@ -22,6 +22,30 @@ pub struct Policy {
     pub lead: Duration,
     /// Until how long before the start a guest may cancel (default 2 h).
     pub cancel_cutoff: Duration,
+    /// The deposit asked per guest, in paise (INR); 0: none. A booking then waits for its
+    /// deposit, holding its table, for [`DEPOSIT_HOLD`].
+    pub deposit_per_guest_minor: i64,
+}
+
+/// The currency of deposits (restaurants on Thali are in India).
+pub const DEPOSIT_CURRENCY: &str = "INR";
+
+/// How long a booking waits for its deposit, holding its table.
+pub const DEPOSIT_HOLD: Duration = Duration::minutes(15);
+
+/// Past its hold, how long booking waits for payments' word (order expired, or paid just in
+/// time) before it releases the table itself: payments expires an unpaid order within a few
+/// minutes of its 15 (the reconciler runs every 2).
+pub const DEPOSIT_GRACE: Duration = Duration::minutes(15);
+
+/// A per-guest deposit: 0 (none) or ₹1 to ₹10,000, in paise.
+pub fn deposit_ok(minor: i64) -> bool {
+    minor == 0 || (100..=1_000_000).contains(&minor)
+}
+
+/// Whether the owner may mark a booking a no-show: a confirmed booking whose start has passed.
+pub fn may_mark_no_show(status: &str, start: DateTime<Utc>, now: DateTime<Utc>) -> bool {
+    status == "confirmed" && now >= start
 }
 
 impl Default for Policy {
@@ -32,6 +56,7 @@ impl Default for Policy {
             window: Duration::days(60),
             lead: Duration::minutes(30),
             cancel_cutoff: Duration::hours(2),
+            deposit_per_guest_minor: 0,
         }
     }
 }
@@ -364,6 +389,10 @@ pub enum BookingError {
     PartyTooLarge,
     #[error("too late to cancel: ask the restaurant")]
     TooLateToCancel,
+    #[error("only a confirmed booking whose start has passed can be marked a no-show")]
+    NoShowRefused,
+    #[error("the guest was marked a no-show: the booking can no longer be cancelled")]
+    MarkedNoShow,
     #[error("the idempotency key was used for a different request")]
     IdempotencyKeyReused,
     #[error("the database is unavailable")]
@@ -390,6 +419,47 @@ pub struct Booking {
     pub created_at: DateTime<Utc>,
     pub cancelled_at: Option<DateTime<Utc>>,
     pub cancel_reason: Option<String>,
+    /// The deposit, when the restaurant asked one.
+    pub deposit: Option<Deposit>,
+    /// When the owner marked the guest a no-show.
+    pub no_show_at: Option<DateTime<Utc>>,
+}
+
+/// What payments said of a deposit's order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DepositOutcome {
+    Paid,
+    Expired,
+    Failed,
+    /// Money went back; `full` when all of it.
+    Refunded {
+        full: bool,
+    },
+}
+
+impl DepositOutcome {
+    /// The event type it came as.
+    pub fn event_type(self) -> &'static str {
+        match self {
+            DepositOutcome::Paid => "order.paid",
+            DepositOutcome::Expired => "order.expired",
+            DepositOutcome::Failed => "order.failed",
+            DepositOutcome::Refunded { .. } => "order.refunded",
+        }
+    }
+}
+
+/// A booking's deposit and where its money stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deposit {
+    pub amount_minor: i64,
+    /// `pending` (awaiting payment), `paid`, `refund_requested`, `refunded`, `expired` (not paid
+    /// in time), `failed`, `void` (cancelled before payment) or `kept` (no-show).
+    pub status: String,
+    /// The payments order that takes it (once asked).
+    pub order_id: Option<uuid::Uuid>,
+    /// Until when the table is held for the payment.
+    pub pay_by: Option<DateTime<Utc>>,
 }
 
 /// Whose bookings a list shows.
@@ -504,6 +574,8 @@ pub struct PolicyMinutes {
     pub window_days: Option<i64>,
     pub lead: Option<i64>,
     pub cancel_cutoff: Option<i64>,
+    /// Paise per guest; 0 removes the deposit.
+    pub deposit_per_guest: Option<i64>,
 }
 
 impl PolicyMinutes {
@@ -552,6 +624,16 @@ impl PolicyMinutes {
             &mut p.cancel_cutoff,
             Duration::minutes,
         );
+        if let Some(deposit) = self.deposit_per_guest {
+            if deposit_ok(deposit) {
+                p.deposit_per_guest_minor = deposit;
+            } else {
+                out.push(Violation::new(
+                    "deposit_per_guest_minor",
+                    "0 (no deposit) or between 100 and 1000000 paise",
+                ));
+            }
+        }
         p
     }
 }

@@ -56,6 +56,8 @@ struct Listed {
     address: String,
     time_zone: String,
     policy: [i32; 5],
+    #[serde(default)]
+    deposit_per_guest_minor: i64,
 }
 
 /// A city's day, as cached for search.
@@ -130,11 +132,18 @@ pub struct BookingGrpc {
     cache: Arc<TwoLevelCache>,
     tenant: String,
     setups: Arc<Setups>,
+    payments: Option<crate::workers::PaymentsClient>,
 }
 
 impl BookingGrpc {
     /// The service; spawns the task that hears set-up invalidations (call inside a runtime).
-    pub fn new(store: BookingStore, cache: Arc<TwoLevelCache>, tenant: String) -> Self {
+    /// Deposits are asked of `payments`.
+    pub fn new(
+        store: BookingStore,
+        cache: Arc<TwoLevelCache>,
+        tenant: String,
+        payments: Option<crate::workers::PaymentsClient>,
+    ) -> Self {
         let setups = Arc::new(Setups::new(&tenant));
         setups.listen(cache.invalidations());
         Self {
@@ -142,6 +151,20 @@ impl BookingGrpc {
             cache,
             tenant,
             setups,
+            payments,
+        }
+    }
+
+    /// Asks payments for booking `id`'s deposit order now; None when it cannot (the job asks
+    /// again).
+    async fn ask_deposit(&self, id: Uuid) -> Option<Uuid> {
+        let payments = self.payments.as_ref()?;
+        match crate::workers::request_deposit(&self.store, payments, id).await {
+            Ok(order) => order,
+            Err(e) => {
+                tracing::warn!(booking_id = %id, error = ?e, "deposit order not created yet; the job will ask again");
+                None
+            }
         }
     }
 
@@ -273,6 +296,7 @@ fn listed(r: restaurant::Model) -> Listed {
             r.lead_minutes,
             r.cancel_cutoff_minutes,
         ],
+        deposit_per_guest_minor: r.deposit_per_guest_minor,
         id: r.id,
         cuisines: r
             .cuisines
@@ -322,6 +346,8 @@ impl From<BookingError> for Status {
             ),
             BookingError::PartyTooLarge => reason(Code::FailedPrecondition, "PARTY_TOO_LARGE"),
             BookingError::TooLateToCancel => reason(Code::FailedPrecondition, "TOO_LATE_TO_CANCEL"),
+            BookingError::NoShowRefused => reason(Code::FailedPrecondition, "NO_SHOW_REFUSED"),
+            BookingError::MarkedNoShow => reason(Code::FailedPrecondition, "MARKED_NO_SHOW"),
             BookingError::IdempotencyKeyReused => reason(Code::Aborted, "IDEMPOTENCY_KEY_REUSED"),
             BookingError::Unavailable => errors::unavailable("DATABASE_UNAVAILABLE", msg, Duration::from_secs(2)),
             BookingError::Internal(cause) => errors::internal(&cause),
@@ -383,6 +409,7 @@ fn policy_pb(p: &domain::Policy) -> pb::Policy {
         window_days: p.window.num_days() as i32,
         lead_minutes: p.lead.num_minutes() as i32,
         cancel_cutoff_minutes: p.cancel_cutoff.num_minutes() as i32,
+        deposit_per_guest_minor: p.deposit_per_guest_minor,
     }
 }
 
@@ -394,6 +421,7 @@ fn policy_changes(p: Option<&pb::PolicyChanges>) -> PolicyMinutes {
         window_days: p.window_days.map(i64::from),
         lead: p.lead_minutes.map(i64::from),
         cancel_cutoff: p.cancel_cutoff_minutes.map(i64::from),
+        deposit_per_guest: p.deposit_per_guest_minor,
     }
 }
 
@@ -457,6 +485,7 @@ fn listed_pb(l: &Listed) -> pb::Restaurant {
             window_days: window,
             lead_minutes: lead,
             cancel_cutoff_minutes: cutoff,
+            deposit_per_guest_minor: l.deposit_per_guest_minor,
         }),
         hours: Vec::new(),
         create_time: None,
@@ -492,6 +521,16 @@ fn booking_pb(b: Booking, tz: &str) -> pb::Booking {
         create_time: Some(timestamp(b.created_at)),
         cancel_time: b.cancelled_at.map(timestamp),
         cancel_reason: b.cancel_reason.unwrap_or_default(),
+        deposit: b.deposit.map(|d| pb::Deposit {
+            amount: Some(thali_proto::common::v1::Money {
+                amount_minor: d.amount_minor,
+                currency: domain::DEPOSIT_CURRENCY.to_owned(),
+            }),
+            status: d.status,
+            order_id: d.order_id.map(|o| o.to_string()).unwrap_or_default(),
+            pay_by: d.pay_by.map(timestamp),
+        }),
+        no_show_time: b.no_show_at.map(timestamp),
     }
 }
 
@@ -862,9 +901,19 @@ impl pb::booking_service_server::BookingService for BookingGrpc {
             .book_at(&setup, guest, &new, idem.as_ref(), Utc::now())
             .await?;
         self.booking_changed(&changed).await;
-        tracing::info!(booking_id = %changed.value.id, restaurant_id = %rid, "booking confirmed");
+        let mut booking = changed.value;
+        if booking.status == "pending_payment" {
+            // Ask payments for the deposit's order now, so the answer can name it; the queued job
+            // asks again if payments does not answer.
+            if let Some(order_id) = self.ask_deposit(booking.id).await
+                && let Some(d) = booking.deposit.as_mut()
+            {
+                d.order_id = Some(order_id);
+            }
+        }
+        tracing::info!(booking_id = %booking.id, restaurant_id = %rid, status = %booking.status, "booking made");
         Ok(Response::new(pb::CreateBookingResponse {
-            booking: Some(booking_pb(changed.value, &zone)),
+            booking: Some(booking_pb(booking, &zone)),
         }))
     }
 
@@ -934,6 +983,25 @@ impl pb::booking_service_server::BookingService for BookingGrpc {
         }))
     }
 
+    async fn mark_no_show(
+        &self,
+        request: Request<pb::MarkNoShowRequest>,
+    ) -> Result<Response<pb::MarkNoShowResponse>, Status> {
+        let who = caller(&request)?;
+        let by = account(&who)?;
+        let bid = lookup(&request.get_ref().booking_id, BookingError::BookingNotFound)?;
+        let booking = audited(
+            &who,
+            &bid.to_string(),
+            self.store.mark_no_show(bid, by, Utc::now()).await,
+        )?;
+        let tz = self.store.restaurant_row(booking.restaurant_id).await?.time_zone;
+        tracing::info!(booking_id = %bid, "marked a no-show");
+        Ok(Response::new(pb::MarkNoShowResponse {
+            booking: Some(booking_pb(booking, &tz)),
+        }))
+    }
+
     async fn cancel_booking(
         &self,
         request: Request<pb::CancelBookingRequest>,
@@ -951,5 +1019,49 @@ impl pb::booking_service_server::BookingService for BookingGrpc {
         Ok(Response::new(pb::CancelBookingResponse {
             booking: Some(booking_pb(changed.value, &tz)),
         }))
+    }
+}
+
+/// The events booking takes: what payments says of deposit orders.
+pub const SUBSCRIBES_TO: &[&str] = &["order.paid", "order.failed", "order.expired", "order.refunded"];
+
+#[tonic::async_trait]
+impl thali_platform::events::Sink for BookingGrpc {
+    /// A deposit order's news moves its booking (orders that are not deposits are not booking's
+    /// business: taken and ignored).
+    async fn take(&self, event: thali_proto::events::v1::Event) -> Result<bool, Status> {
+        use thali_proto::events::v1::event::Payload;
+        let (order, outcome) = match &event.payload {
+            Some(Payload::OrderPaid(p)) => (p.order.as_ref(), domain::DepositOutcome::Paid),
+            Some(Payload::OrderExpired(p)) => (p.order.as_ref(), domain::DepositOutcome::Expired),
+            Some(Payload::OrderFailed(p)) => (p.order.as_ref(), domain::DepositOutcome::Failed),
+            Some(Payload::OrderRefunded(p)) => {
+                let full = p.order.as_ref().is_some_and(|o| o.refunded_minor >= o.amount_minor);
+                (p.order.as_ref(), domain::DepositOutcome::Refunded { full })
+            }
+            _ => return Err(Status::invalid_argument("booking takes order.* events only")),
+        };
+        let order = order.ok_or_else(|| Status::invalid_argument("the event has no order"))?;
+        let Some(booking) = order.reference.strip_prefix("booking:") else {
+            return Ok(false);
+        };
+        let booking_id =
+            Uuid::parse_str(booking).map_err(|_| Status::invalid_argument("order.reference names no booking"))?;
+        let order_id =
+            Uuid::parse_str(&order.order_id).map_err(|_| Status::invalid_argument("order.order_id is not a UUID"))?;
+        let event_id = Uuid::parse_str(&event.id).map_err(|_| Status::invalid_argument("event.id is not a UUID"))?;
+        let (new, changed) = self
+            .store
+            .deposit_settled(event_id, booking_id, order_id, outcome, Utc::now())
+            .await
+            .map_err(|e| match e {
+                BookingError::BookingNotFound => Status::invalid_argument(format!("no booking {booking_id}")),
+                other => other.into(),
+            })?;
+        if let Some(changed) = &changed {
+            self.booking_changed(changed).await;
+            tracing::info!(%booking_id, %order_id, status = %changed.value.status, "deposit settled the booking");
+        }
+        Ok(new)
     }
 }

@@ -12,8 +12,14 @@ pub mod workers;
 use std::{sync::Arc, time::Duration};
 
 use sea_orm::DatabaseConnection;
-use thali_platform::cache::{CacheSettings, Redis, TwoLevelCache};
-use thali_proto::booking::v1::booking_service_server::BookingServiceServer;
+use thali_platform::{
+    cache::{CacheSettings, Redis, TwoLevelCache},
+    client::{Client, Target},
+};
+use thali_proto::{
+    booking::v1::booking_service_server::BookingServiceServer,
+    payments::v1::payments_service_client::PaymentsServiceClient,
+};
 
 const READ: &str = "booking.read";
 const WRITE: &str = "booking.write";
@@ -36,6 +42,7 @@ pub const API_KEY_SCOPES: &[(&str, &str)] = &[
     ("/thali.booking.v1.BookingService/AddClosure", WRITE),
     ("/thali.booking.v1.BookingService/CreateBooking", WRITE),
     ("/thali.booking.v1.BookingService/CancelBooking", WRITE),
+    ("/thali.booking.v1.BookingService/MarkNoShow", WRITE),
 ];
 
 /// The availability cache policy: days fresh 30 s (every change drops them at once; the TTL
@@ -56,12 +63,14 @@ pub fn cache_settings() -> CacheSettings {
 pub struct Booking {
     grpc: Arc<grpc::BookingGrpc>,
     store: store::BookingStore,
+    payments: Option<workers::PaymentsClient>,
 }
 
 impl Booking {
-    /// The service over `db`, caching in-process and, when given, in Redis.
-    pub async fn new(db: DatabaseConnection, redis: Option<Redis>, tenant: &str) -> Self {
-        Self::with_settings(db, redis, tenant, cache_settings()).await
+    /// The service over `db`, caching in-process and, when given, in Redis; deposits are asked
+    /// of the payments service at `payments`.
+    pub async fn new(db: DatabaseConnection, redis: Option<Redis>, tenant: &str, payments: Option<Target>) -> Self {
+        Self::with_settings(db, redis, tenant, cache_settings(), payments).await
     }
 
     /// The service with another cache policy (tests).
@@ -70,16 +79,28 @@ impl Booking {
         redis: Option<Redis>,
         tenant: &str,
         settings: CacheSettings,
+        payments: Option<Target>,
     ) -> Self {
         let cache = TwoLevelCache::new(settings, redis).await;
         let store = store::BookingStore::new(db);
-        let grpc = Arc::new(grpc::BookingGrpc::new(store.clone(), cache, tenant.to_owned()));
-        Self { grpc, store }
+        let payments = payments.map(|t| Client::new(t, PaymentsServiceClient::new));
+        let grpc = Arc::new(grpc::BookingGrpc::new(
+            store.clone(),
+            cache,
+            tenant.to_owned(),
+            payments.clone(),
+        ));
+        Self { grpc, store, payments }
+    }
+
+    /// The service's event subscriber (deposit orders' news).
+    pub fn sink(&self) -> Arc<dyn thali_platform::events::Sink> {
+        self.grpc.clone()
     }
 
     /// The service's job worker on `queue`, ready to spawn.
     pub fn job_worker(&self, queue: thali_platform::jobs::Queue) -> thali_platform::jobs::Worker {
-        workers::job_worker(self.store.clone(), queue)
+        workers::job_worker(self.store.clone(), queue, self.payments.clone())
     }
 
     /// A probe of the cache's Redis for health reporting (true without Redis).

@@ -16,8 +16,11 @@ use thali_platform::{
     idempotency::{Idempotency, Keys, Replay},
     jobs::{NewJob, Queue},
 };
-use thali_proto::events::v1::{BookingCancelled, BookingConfirmed, BookingReminder, BookingSummary, event::Payload};
+use thali_proto::events::v1::{BookingCancelled, BookingReminder, BookingSummary, event::Payload};
 use uuid::Uuid;
+
+mod deposits;
+pub use deposits::{DepositJob, RELEASE_UNPAID, REQUEST_DEPOSIT};
 
 use crate::domain::{
     Booking, BookingError, BookingsOf, Closure, Day, Hold, HoursRange, NewBooking, NewRestaurant, NewTable, Policy,
@@ -54,6 +57,8 @@ pub mod restaurant {
         pub cancel_cutoff_minutes: i32,
         pub created_at: DateTimeUtc,
         pub updated_at: DateTimeUtc,
+        /// Paise per guest; 0: no deposit.
+        pub deposit_per_guest_minor: i64,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -151,6 +156,11 @@ pub mod booking {
         pub cancel_reason: Option<String>,
         /// When the day-before reminder went out (once).
         pub reminded_at: Option<DateTimeUtc>,
+        pub deposit_minor: Option<i64>,
+        pub deposit_order_id: Option<Uuid>,
+        pub deposit_status: Option<String>,
+        pub payment_due_at: Option<DateTimeUtc>,
+        pub no_show_at: Option<DateTimeUtc>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -187,6 +197,13 @@ impl From<booking::Model> for Booking {
             created_at: m.created_at,
             cancelled_at: m.cancelled_at,
             cancel_reason: m.cancel_reason,
+            deposit: m.deposit_minor.map(|amount_minor| crate::domain::Deposit {
+                amount_minor,
+                status: m.deposit_status.clone().unwrap_or_default(),
+                order_id: m.deposit_order_id,
+                pay_by: m.payment_due_at,
+            }),
+            no_show_at: m.no_show_at,
         }
     }
 }
@@ -200,6 +217,7 @@ impl restaurant::Model {
             window: Duration::days(i64::from(self.window_days)),
             lead: minutes(self.lead_minutes),
             cancel_cutoff: minutes(self.cancel_cutoff_minutes),
+            deposit_per_guest_minor: self.deposit_per_guest_minor,
         }
     }
 
@@ -265,6 +283,7 @@ fn apply_policy(row: &mut restaurant::Model, p: &Policy) {
     row.window_days = p.window.num_days() as i32;
     row.lead_minutes = p.lead.num_minutes() as i32;
     row.cancel_cutoff_minutes = p.cancel_cutoff.num_minutes() as i32;
+    row.deposit_per_guest_minor = p.deposit_per_guest_minor;
 }
 
 const WEEKDAYS: [chrono::Weekday; 7] = [
@@ -480,6 +499,7 @@ impl BookingStore {
             cancel_cutoff_minutes: 0,
             created_at: now,
             updated_at: now,
+            deposit_per_guest_minor: 0,
         };
         apply_policy(&mut row, &new.policy);
         let txn = begin_write(&self.db).await?;
@@ -1082,6 +1102,9 @@ impl BookingStore {
             if open.is_none() {
                 return Ok(Attempt::Taken);
             }
+            // A restaurant that asks a deposit holds the table until it is paid.
+            let deposit =
+                (r.deposit_per_guest_minor > 0).then(|| r.deposit_per_guest_minor * i64::from(new.party_size));
             let row = booking::Model {
                 id,
                 restaurant_id: new.restaurant_id,
@@ -1090,7 +1113,12 @@ impl BookingStore {
                 party_size: new.party_size,
                 starts_at: new.starts_at,
                 ends_at,
-                status: "confirmed".into(),
+                status: if deposit.is_some() {
+                    "pending_payment"
+                } else {
+                    "confirmed"
+                }
+                .into(),
                 guest_name: new.guest_name.clone(),
                 phone: new.phone.clone(),
                 note: new.note.clone(),
@@ -1098,6 +1126,11 @@ impl BookingStore {
                 cancelled_at: None,
                 cancel_reason: None,
                 reminded_at: None,
+                deposit_minor: deposit,
+                deposit_order_id: None,
+                deposit_status: deposit.map(|_| "pending".to_owned()),
+                payment_due_at: deposit.map(|_| now + crate::domain::DEPOSIT_HOLD),
+                no_show_at: None,
             };
             match booking::Entity::insert(booking::ActiveModel::from(row.clone()))
                 .exec_without_returning(&txn)
@@ -1116,16 +1149,18 @@ impl BookingStore {
                     Err(e) => return Err(e.into()),
                 }
             }
-            let confirmed = Payload::BookingConfirmed(BookingConfirmed {
-                booking: Some(summary(&row, r)),
-            });
-            self.publish(&txn, &row, r, confirmed).await?;
-            let remind_at = row.starts_at - REMIND_BEFORE;
-            if remind_at > now {
-                let job = NewJob::new(REMIND, &Remind { booking_id: id })
-                    .run_at(remind_at)
-                    .unique(format!("remind:{id}"));
-                self.queue.enqueue(&txn, job).await?;
+            if deposit.is_some() {
+                // Payments is asked for the deposit's order (again until it answers), and the
+                // table goes back if payments never says the deposit was paid.
+                let ask = NewJob::new(REQUEST_DEPOSIT, &DepositJob { booking_id: id }).unique(format!("deposit:{id}"));
+                self.queue.enqueue(&txn, ask).await?;
+                let due = now + crate::domain::DEPOSIT_HOLD + crate::domain::DEPOSIT_GRACE;
+                let release = NewJob::new(RELEASE_UNPAID, &DepositJob { booking_id: id })
+                    .run_at(due)
+                    .unique(format!("release-unpaid:{id}"));
+                self.queue.enqueue(&txn, release).await?;
+            } else {
+                self.confirmed(&txn, &row, r, now).await?;
             }
             txn.commit().await?;
             Ok(Attempt::Booked(Box::new(Changed {
@@ -1145,7 +1180,9 @@ impl BookingStore {
     }
 
     /// Cancels a booking: the guest until the cutoff, the restaurant's owner until it ends. The
-    /// table is free again at once. Anyone else is told there is no such booking.
+    /// table is free again at once. Anyone else is told there is no such booking. A paid deposit
+    /// goes back to the guest (`booking.deposit_refund_requested`, taken by payments); one not paid
+    /// yet is void.
     pub async fn cancel(
         &self,
         id: Uuid,
@@ -1162,35 +1199,55 @@ impl BookingStore {
         if !by_owner && found.guest_id != by {
             return Err(BookingError::BookingNotFound);
         }
+        let txn = begin_write(&self.db).await?;
+        // Read again under the write lock: a deposit paid meanwhile must be refunded, not voided.
+        let found = booking::Entity::find_by_id(id)
+            .lock_exclusive()
+            .one(&txn)
+            .await?
+            .ok_or(BookingError::BookingNotFound)?;
         if found.status == "cancelled" {
+            drop(txn);
             return Ok(Changed {
                 value: found.into(),
                 restaurant: r,
                 old_city_key: None,
             });
         }
+        if found.no_show_at.is_some() {
+            return Err(BookingError::MarkedNoShow);
+        }
         if !may_cancel(&r.policy(), found.starts_at, now, by_owner) {
             return Err(BookingError::TooLateToCancel);
         }
-        let txn = begin_write(&self.db).await?;
         let backend = txn.get_database_backend();
         let now = now.trunc_subsecs(6);
-        let updated = txn
-            .execute_raw(statement(
-                backend,
-                "UPDATE bookings SET status = 'cancelled', cancelled_at = $1, cancel_reason = $2 \
-                 WHERE id = $3 AND status <> 'cancelled'",
-                vec![now.into(), reason.to_owned().into(), id.into()],
-            ))
-            .await?;
-        // A concurrent cancel that won tells nobody twice.
-        if updated.rows_affected() == 1 {
-            let cancelled = Payload::BookingCancelled(BookingCancelled {
-                booking: Some(summary(&found, &r)),
-                by_restaurant: by_owner,
-                reason: reason.to_owned(),
-            });
-            self.publish(&txn, &found, &r, cancelled).await?;
+        let refund = found.deposit_status.as_deref() == Some("paid");
+        let deposit_status = match found.deposit_status.as_deref() {
+            Some("paid") => Some("refund_requested".to_owned()),
+            Some("pending") => Some("void".to_owned()),
+            other => other.map(str::to_owned),
+        };
+        txn.execute_raw(statement(
+            backend,
+            "UPDATE bookings SET status = 'cancelled', cancelled_at = $1, cancel_reason = $2, deposit_status = $3 \
+             WHERE id = $4",
+            vec![now.into(), reason.to_owned().into(), deposit_status.into(), id.into()],
+        ))
+        .await?;
+        let cancelled = Payload::BookingCancelled(BookingCancelled {
+            booking: Some(summary(&found, &r)),
+            by_restaurant: by_owner,
+            reason: reason.to_owned(),
+        });
+        self.publish(&txn, &found, &r, cancelled).await?;
+        if refund {
+            let why = if by_owner {
+                "the restaurant cancelled the booking"
+            } else {
+                "the guest cancelled in time"
+            };
+            self.refund_deposit(&txn, &found, &r, why).await?;
         }
         if backend != DbBackend::Postgres {
             txn.execute_raw(statement(

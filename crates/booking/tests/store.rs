@@ -6,14 +6,15 @@ use std::sync::Arc;
 use chrono::{Duration, Utc};
 use thali_booking::{
     domain::{
-        Booking, BookingError, NewBooking, NewRestaurant, NewTable, PolicyMinutes, RestaurantChanges, TableChanges,
-        local_start, parse_closure, parse_hours,
+        Booking, BookingError, NewBooking, NewTable, PolicyMinutes, RestaurantChanges, TableChanges, parse_closure,
     },
     store::BookingStore,
 };
-use thali_migrations::{Migrator, MigratorTrait};
-use thali_platform::{idempotency::Idempotency, testing};
+use thali_platform::idempotency::Idempotency;
 use uuid::Uuid;
+
+mod support;
+use support::{at, outbox, places, request};
 
 /// The store's answers without the cache bookkeeping.
 trait Plain {
@@ -51,78 +52,6 @@ impl Plain for BookingStore {
         now: chrono::DateTime<Utc>,
     ) -> Result<Booking, BookingError> {
         self.cancel(id, by, reason, now).await.map(|c| c.value)
-    }
-}
-
-struct Place {
-    store: BookingStore,
-    backend: &'static str,
-    db: sea_orm::DatabaseConnection,
-    restaurant: Uuid,
-    owner: Uuid,
-}
-
-/// A restaurant in Kolkata open every day 08:00–23:00 with `tables` (min, max seats).
-async fn places(tables: &[(i32, i32)]) -> Vec<Place> {
-    let mut out = Vec::new();
-    for t in testing::all().await {
-        Migrator::up(&t.db, None).await.unwrap();
-        let store = BookingStore::new(t.db.clone());
-        let owner = Uuid::now_v7();
-        let new = NewRestaurant::parse(
-            "Chai Point",
-            "Bengaluru",
-            &["south indian".into()],
-            "12 MG Road",
-            "Asia/Kolkata",
-            PolicyMinutes::default(),
-        )
-        .unwrap();
-        let restaurant = store.create_restaurant(owner, &new, None, Utc::now()).await.unwrap().id;
-        for (i, (min, max)) in tables.iter().enumerate() {
-            let table = NewTable::parse(&format!("T{i}"), *min, *max).unwrap();
-            store.add_table(owner, restaurant, &table).await.unwrap();
-        }
-        let days = [
-            "monday",
-            "tuesday",
-            "wednesday",
-            "thursday",
-            "friday",
-            "saturday",
-            "sunday",
-        ];
-        let hours: Vec<(&str, &str, &str)> = days.iter().map(|d| (*d, "08:00", "23:00")).collect();
-        store
-            .set_hours(owner, restaurant, &parse_hours(&hours).unwrap())
-            .await
-            .unwrap();
-        out.push(Place {
-            store,
-            backend: t.backend,
-            db: t.db,
-            restaurant,
-            owner,
-        });
-    }
-    out
-}
-
-/// `HH:MM` local, three days from now.
-fn at(time: &str) -> chrono::DateTime<Utc> {
-    let tz = thali_booking::domain::parse_zone("Asia/Kolkata").unwrap();
-    let day = (Utc::now() + Duration::days(3)).with_timezone(&tz).date_naive();
-    local_start(tz, &format!("{}T{time}", day.format("%Y-%m-%d"))).unwrap()
-}
-
-fn request(restaurant: Uuid, party: i32, start: chrono::DateTime<Utc>) -> NewBooking {
-    NewBooking {
-        restaurant_id: restaurant,
-        party_size: party,
-        starts_at: start,
-        guest_name: "Asha".into(),
-        phone: "+91 98450 00000".into(),
-        note: String::new(),
     }
 }
 
@@ -437,45 +366,6 @@ async fn the_day_offers_only_starts_with_a_free_fitting_table() {
         let day = &p.store.days(std::slice::from_ref(&row), date).await.unwrap()[0];
         assert!(starts(day, 2).is_empty(), "{}", p.backend);
     }
-}
-
-/// The event types relayed for `booking`, in the order written, and the run time of its
-/// reminder job (if any).
-async fn outbox(db: &sea_orm::DatabaseConnection, booking: Uuid) -> (Vec<String>, Option<chrono::DateTime<Utc>>) {
-    use base64::Engine;
-    use prost::Message;
-    use sea_orm::ConnectionTrait;
-    let rows = db
-        .query_all_raw(thali_platform::db::statement(
-            db.get_database_backend(),
-            "SELECT payload FROM jobs WHERE service = 'booking' AND kind = 'events.relay' AND ordering_key = $1 \
-             ORDER BY id",
-            vec![format!("event:booking:{booking}").into()],
-        ))
-        .await
-        .unwrap();
-    let types = rows
-        .iter()
-        .map(|r| {
-            let payload: String = r.try_get("", "payload").unwrap();
-            let json: serde_json::Value = serde_json::from_str(&payload).unwrap();
-            let bytes = base64::engine::general_purpose::STANDARD
-                .decode(json["event"].as_str().unwrap())
-                .unwrap();
-            let event = thali_proto::events::v1::Event::decode(&bytes[..]).unwrap();
-            event.r#type
-        })
-        .collect();
-    let remind = db
-        .query_one_raw(thali_platform::db::statement(
-            db.get_database_backend(),
-            "SELECT run_at FROM jobs WHERE service = 'booking' AND kind = 'booking.remind' AND unique_key = $1",
-            vec![format!("remind:{booking}").into()],
-        ))
-        .await
-        .unwrap()
-        .map(|r| r.try_get::<chrono::DateTime<Utc>>("", "run_at").unwrap());
-    (types, remind)
 }
 
 #[tokio::test]

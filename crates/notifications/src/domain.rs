@@ -463,6 +463,13 @@ impl Incoming {
             Payload::OrderFailed(p) => order_context(p.order.as_ref())?,
             Payload::OrderExpired(p) => order_context(p.order.as_ref())?,
             Payload::OrderRefunded(p) => order_context(p.order.as_ref())?,
+            // Between booking and payments: nobody is told of it.
+            Payload::BookingDepositRefundRequested(_) => {
+                return Err(NotificationError::invalid(
+                    "event.type",
+                    "booking.deposit_refund_requested is not a notification",
+                ));
+            }
         };
         let to = match payload {
             Payload::AccountEmailVerificationRequested(p) => Some(p.email.clone()),
@@ -496,6 +503,10 @@ impl Incoming {
             Payload::OrderFailed(p) => order_data(p.order.as_ref()),
             Payload::OrderExpired(p) => order_data(p.order.as_ref()),
             Payload::OrderRefunded(p) => order_data(p.order.as_ref()),
+            Payload::BookingDepositRefundRequested(p) => serde_json::json!({
+                "booking_id": p.booking_id,
+                "order_id": p.order_id,
+            }),
         };
         Ok(Self {
             event_id,

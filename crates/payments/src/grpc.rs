@@ -98,34 +98,16 @@ impl PaymentsGrpc {
             .into_iter()
             .collect(),
         };
-        let started = std::time::Instant::now();
-        let created = self.gateway.create_order(&credentials, &gateway_order).await;
-        let mut call = GatewayCall {
-            order_id: id,
-            call: "create_order",
-            source: "checkout",
-            outcome: "ok",
-            gateway_ref: None,
-            latency_ms: i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX),
-        };
-        let gateway_order = match created {
-            Ok(order) => order,
+        let (gateway_order, call) = match self
+            .create_at_gateway(id, "checkout", &credentials, &gateway_order)
+            .await
+        {
+            Ok(created) => created,
             Err(e) => {
-                call.outcome = e.outcome();
-                if let Err(record) = self.store.record_call(&call).await {
-                    tracing::warn!(order_id = %id, error = %record, "gateway call not recorded");
-                }
                 self.give_back(id).await;
-                return Err(match e {
-                    GatewayError::BadRequest { description, .. } => PaymentsError::GatewayRefused(description),
-                    other => {
-                        tracing::warn!(order_id = %id, error = %other, "the gateway did not create the order");
-                        PaymentsError::GatewayUnavailable
-                    }
-                });
+                return Err(e);
             }
         };
-        call.gateway_ref = Some(gateway_order.id.clone());
         let now = self.store.now();
         let record = OrderRecord {
             id,
@@ -158,6 +140,7 @@ impl PaymentsGrpc {
             paid_at: None,
             fulfilment: None,
             payment_account_id,
+            reference: None,
         };
         match self.store.insert_order(&NewOrder { record }, idem, &call).await {
             Ok(Written::Created(order)) => Ok(order),
@@ -170,6 +153,101 @@ impl PaymentsGrpc {
                 self.give_back(id).await;
                 Err(e)
             }
+        }
+    }
+
+    /// Creates the gateway order for our order `id`; the call is recorded when it failed, and
+    /// answered to be recorded with the order when it succeeded.
+    async fn create_at_gateway(
+        &self,
+        id: Uuid,
+        source: &'static str,
+        credentials: &crate::gateway::Credentials,
+        order: &NewGatewayOrder,
+    ) -> Result<(crate::gateway::GatewayOrder, GatewayCall), PaymentsError> {
+        let started = std::time::Instant::now();
+        let created = self.gateway.create_order(credentials, order).await;
+        let mut call = GatewayCall {
+            order_id: id,
+            call: "create_order",
+            source,
+            outcome: "ok",
+            gateway_ref: None,
+            latency_ms: i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX),
+        };
+        match created {
+            Ok(order) => {
+                call.gateway_ref = Some(order.id.clone());
+                Ok((order, call))
+            }
+            Err(e) => {
+                call.outcome = e.outcome();
+                if let Err(record) = self.store.record_call(&call).await {
+                    tracing::warn!(order_id = %id, error = %record, "gateway call not recorded");
+                }
+                Err(match e {
+                    GatewayError::BadRequest { description, .. } => PaymentsError::GatewayRefused(description),
+                    other => {
+                        tracing::warn!(order_id = %id, error = %other, "the gateway did not create the order");
+                        PaymentsError::GatewayUnavailable
+                    }
+                })
+            }
+        }
+    }
+
+    /// A booking's deposit order on the platform's account: the one already written for this
+    /// booking, or a new one.
+    async fn deposit(&self, d: &domain::Deposit) -> Result<OrderRecord, PaymentsError> {
+        let reference = d.reference();
+        if let Some(existing) = self.store.order_by_reference(&reference).await? {
+            return Ok(existing);
+        }
+        let id = Uuid::now_v7();
+        let credentials = self.accounts.platform.credentials.clone();
+        let gateway_order = NewGatewayOrder {
+            amount_minor: d.amount_minor(),
+            currency: d.currency.clone(),
+            receipt: id.simple().to_string(),
+            notes: [
+                ("thali_order_id".to_owned(), id.to_string()),
+                ("booking_id".to_owned(), d.booking_id.to_string()),
+            ]
+            .into_iter()
+            .collect(),
+        };
+        let (gateway_order, call) = self
+            .create_at_gateway(id, "deposit", &credentials, &gateway_order)
+            .await?;
+        let now = self.store.now();
+        let record = OrderRecord {
+            id,
+            status: OrderStatus::Pending,
+            buyer_subject: d.buyer_subject.clone(),
+            username: d.restaurant_name.clone(),
+            seller_subject: d.seller_subject.clone(),
+            lines: vec![OrderLine {
+                product_id: d.booking_id,
+                title: "Table deposit".to_owned(),
+                quantity: d.guests,
+                unit_price_minor: d.per_guest_minor,
+            }],
+            amount_minor: d.amount_minor(),
+            currency: d.currency.clone(),
+            refunded_minor: 0,
+            gateway: self.accounts.platform.gateway.clone(),
+            key_id: credentials.key_id.clone(),
+            gateway_order_id: gateway_order.id,
+            expires_at: now + ORDER_TTL,
+            created_at: now,
+            updated_at: now,
+            paid_at: None,
+            fulfilment: None,
+            payment_account_id: None,
+            reference: Some(reference),
+        };
+        match self.store.insert_order(&NewOrder { record }, None, &call).await? {
+            Written::Created(order) | Written::Replayed(order) => Ok(order),
         }
     }
 
@@ -424,6 +502,7 @@ fn order_pb(o: OrderRecord) -> pb::Order {
         update_time: Some(timestamp(o.updated_at)),
         paid_time: o.paid_at.map(timestamp),
         fulfilment: o.fulfilment.map(|f| f.as_str().to_owned()).unwrap_or_default(),
+        reference: o.reference.unwrap_or_default(),
     }
 }
 
@@ -447,6 +526,31 @@ fn refund_pb(r: RefundRecord) -> pb::Refund {
 
 #[tonic::async_trait]
 impl pb::payments_service_server::PaymentsService for PaymentsGrpc {
+    async fn create_deposit_order(
+        &self,
+        request: Request<pb::CreateDepositOrderRequest>,
+    ) -> Result<Response<pb::CreateDepositOrderResponse>, Status> {
+        if request.extensions().get::<ServiceCaller>().is_none() {
+            return Err(PaymentsError::ServiceOnly.into());
+        }
+        let req = request.into_inner();
+        let per_guest = req.per_guest.unwrap_or_default();
+        let deposit = domain::Deposit::parse(
+            &req.booking_id,
+            &req.buyer_subject,
+            &req.seller_subject,
+            &req.restaurant_name,
+            req.guests,
+            per_guest.amount_minor,
+            &per_guest.currency,
+        )?;
+        let order = self.deposit(&deposit).await?;
+        tracing::info!(order_id = %order.id, booking_id = %deposit.booking_id, amount_minor = order.amount_minor, "deposit order");
+        Ok(Response::new(pb::CreateDepositOrderResponse {
+            order: Some(order_pb(order)),
+        }))
+    }
+
     async fn put_payment_account(
         &self,
         request: Request<pb::PutPaymentAccountRequest>,
@@ -708,6 +812,48 @@ impl pb::payments_service_server::PaymentsService for PaymentsGrpc {
                     }
                 }
             }
+        }
+    }
+}
+
+/// The events payments takes: a booking's paid deposit to give back.
+pub const SUBSCRIBES_TO: &[&str] = &["booking.deposit_refund_requested"];
+
+#[tonic::async_trait]
+impl thali_platform::events::Sink for PaymentsGrpc {
+    /// Refunds a booking's deposit in full, once per booking (the booking id keys the request):
+    /// a redelivery answers the refund already asked; a deposit with nothing left to refund is
+    /// done.
+    async fn take(&self, event: thali_proto::events::v1::Event) -> Result<bool, Status> {
+        use thali_proto::events::v1::event::Payload;
+        let Some(Payload::BookingDepositRefundRequested(p)) = &event.payload else {
+            return Err(Status::invalid_argument(
+                "payments takes booking.deposit_refund_requested only",
+            ));
+        };
+        let order_id = Uuid::parse_str(&p.order_id)
+            .map_err(|_| Status::invalid_argument("booking_deposit_refund_requested.order_id is not a UUID"))?;
+        let reason: String = p.reason.chars().take(200).collect();
+        let idem = Idempotency::new(format!("deposit-refund:{}", p.booking_id), &(&p.order_id));
+        let ask = RefundAsk {
+            caller: "service:booking",
+            admin: true,
+            order_id,
+            amount_minor: None,
+            reason: &reason,
+        };
+        match self.store.request_refund(&ask, Some(&idem)).await {
+            Ok(refund) => {
+                tracing::info!(%order_id, booking_id = %p.booking_id, refund_id = %refund.id, "deposit refund requested");
+                Ok(true)
+            }
+            // Nothing left to refund (the seller refunded it already).
+            Err(PaymentsError::Invalid(_)) => {
+                tracing::info!(%order_id, booking_id = %p.booking_id, "deposit already refunded");
+                Ok(false)
+            }
+            Err(PaymentsError::OrderNotFound) => Err(Status::invalid_argument(format!("no deposit order {order_id}"))),
+            Err(e) => Err(e.into()),
         }
     }
 }

@@ -6,7 +6,7 @@
 //! taken once and applied to their order (auto-capture, stock committed or released, money that
 //! should not have been taken given back) with a dead-letter queue, the reconciler, refunds asked
 //! by sellers, fulfilment, order events, and creators' own gateway accounts (secrets encrypted at
-//! rest). Booking deposits come next.
+//! rest), and booking deposits (an order per booking, refunded when booking asks).
 #![forbid(unsafe_code)]
 
 pub mod domain;
@@ -83,6 +83,11 @@ impl Payments {
     /// The service's store (tests, operator commands).
     pub fn store(&self) -> &store::PaymentsStore {
         &self.settler.store
+    }
+
+    /// The service's event subscriber (booking deposits to refund).
+    pub fn sink(&self) -> Arc<dyn thali_platform::events::Sink> {
+        self.grpc.clone()
     }
 
     /// The gRPC service, ready to add to a server.

@@ -495,3 +495,66 @@ async fn a_refund_of_a_duplicate_payment_does_not_count_on_the_order() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_deposit_order_is_one_per_booking_and_settles_without_touching_stock() {
+    for t in backends().await {
+        let (store, _) = store_on(&t);
+        let booking = Uuid::now_v7();
+        let reference = format!("booking:{booking}");
+        let deposit = |gateway: &str| {
+            let mut order = support::pending(gateway, 2, Utc::now());
+            order.reference = Some(reference.clone());
+            order
+        };
+        // Two asks for the same booking (a retry racing the first): one order.
+        let first = deposit(&format!("order_{}", Uuid::now_v7().simple()));
+        let second = deposit(&format!("order_{}", Uuid::now_v7().simple()));
+        let call = support::created(&first);
+        let a = store
+            .insert_order(&thali_payments::store::NewOrder { record: first.clone() }, None, &call)
+            .await
+            .unwrap();
+        let call = support::created(&second);
+        let b = store
+            .insert_order(&thali_payments::store::NewOrder { record: second }, None, &call)
+            .await
+            .unwrap();
+        assert!(matches!(a, thali_payments::store::Written::Created(_)), "{}", t.backend);
+        let thali_payments::store::Written::Replayed(winner) = b else {
+            panic!("{}: a second order for one booking", t.backend)
+        };
+        assert_eq!(winner.id, first.id);
+        let found = store.order_by_reference(&reference).await.unwrap().unwrap();
+        assert_eq!(
+            (found.id, found.reference.as_deref()),
+            (first.id, Some(reference.as_str()))
+        );
+
+        // Paid: captured and published, but no stock to commit.
+        let taken = store
+            .take_webhook(
+                "platform",
+                "evt_dep_1",
+                &event("payment.captured", &first.gateway_order_id, "pay_d", 9800),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            taken,
+            Taken::Applied {
+                order_id: first.id,
+                status: Status::Paid
+            },
+            "{}",
+            t.backend
+        );
+        assert_eq!(
+            jobs(&t, COMMIT_STOCK).await,
+            0,
+            "{}: a deposit holds no stock",
+            t.backend
+        );
+        assert_eq!(jobs(&t, "events.relay").await, 1, "order.paid, for booking to hear");
+    }
+}

@@ -47,6 +47,7 @@ pub fn type_of(payload: &Payload) -> &'static str {
         Payload::OrderFailed(_) => "order.failed",
         Payload::OrderExpired(_) => "order.expired",
         Payload::OrderRefunded(_) => "order.refunded",
+        Payload::BookingDepositRefundRequested(_) => "booking.deposit_refund_requested",
     }
 }
 

@@ -31,6 +31,8 @@ pub mod booking {
             ListBookingsRequest => "ListBookings", read;
             // A cancelled booking stays cancelled: a repeat answers the same booking.
             CancelBookingRequest => "CancelBooking", idempotent;
+            // Marking twice answers the booking as it is.
+            MarkNoShowRequest => "MarkNoShow", idempotent;
         }
     }
 }
@@ -120,6 +122,8 @@ pub mod payments {
             // Sets the store's one account to these values: a repeat leaves the same state.
             PutPaymentAccountRequest => "PutPaymentAccount", idempotent;
             GetPaymentAccountRequest => "GetPaymentAccount", read;
+            // One order per booking: a repeat answers the same order.
+            CreateDepositOrderRequest => "CreateDepositOrder", idempotent;
         }
     }
 }

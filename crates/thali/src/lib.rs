@@ -288,6 +288,8 @@ pub async fn start(cfg: &Config, part: Part) -> anyhow::Result<Platform> {
         }));
         let subscribers = subscribers(cfg, part, own, &identity, &client_settings).await?;
         let mut routes = tonic::service::RoutesBuilder::default();
+        // The subscribers this process hosts behind its one EventSink.
+        let mut sinks = Sinks::default();
         if part.runs_identity() {
             let worker = thali_identity::workers::worker(
                 thali_identity::store::IdentityStore::new(db.clone()),
@@ -322,7 +324,11 @@ pub async fn start(cfg: &Config, part: Part) -> anyhow::Result<Platform> {
                 Some(url) => Some(Redis::connect(url).await.context("redis_url")?),
                 None => None,
             };
-            let booking = thali_booking::Booking::new(db.clone(), redis, &cfg.tenant).await;
+            // Deposits are asked of payments (this process's own address when unset).
+            let payments_url = cfg.payments_url.clone().unwrap_or_else(|| format!("http://{own}"));
+            let payments = Target::new("payments", &payments_url, &identity, client_settings.clone()).await?;
+            let booking = thali_booking::Booking::new(db.clone(), redis, &cfg.tenant, Some(payments)).await;
+            sinks = sinks.with(thali_booking::workers::SERVICE, booking.sink());
             let worker = booking.job_worker(Queue::new(thali_booking::workers::SERVICE));
             let worker = thali_platform::events::relay(worker, subscribers.clone());
             job_workers.push(worker.spawn(jobs_stop_rx.clone()));
@@ -353,6 +359,7 @@ pub async fn start(cfg: &Config, part: Part) -> anyhow::Result<Platform> {
             let keys = thali_platform::crypto::Keyring::open(&data_keys)
                 .with_context(|| format!("data keys ({})", data_keys.display()))?;
             let payments = thali_payments::Payments::new(db.clone(), storefront, gateway, account, Arc::new(keys));
+            sinks = sinks.with(thali_payments::workers::SERVICE, payments.sink());
             let worker = payments.job_worker(Queue::new(thali_payments::workers::SERVICE));
             let worker = thali_platform::events::relay(worker, subscribers.clone());
             job_workers.push(worker.spawn(jobs_stop_rx.clone()));
@@ -361,7 +368,6 @@ pub async fn start(cfg: &Config, part: Part) -> anyhow::Result<Platform> {
                 .serving::<PaymentsServiceServer<thali_payments::grpc::PaymentsGrpc>>()
                 .await;
         }
-        let mut sinks = Sinks::default();
         if part.runs_notifications() {
             let mailer = match &cfg.smtp_url {
                 Some(url) => Mailer::smtp(
@@ -536,11 +542,39 @@ async fn subscribers(
     }
     let url = cfg.notifications_url.clone().unwrap_or_else(|| format!("http://{own}"));
     let target = Target::new(thali_notifications::workers::SERVICE, &url, identity, settings.clone()).await?;
-    Ok(Subscribers::default().subscribe(
-        thali_notifications::workers::SERVICE,
-        target,
-        thali_notifications::SUBSCRIBES_TO,
-    ))
+    // Deposits: payments tells booking about deposit orders; booking asks payments for refunds.
+    let booking_url = cfg.booking_url.clone().unwrap_or_else(|| format!("http://{own}"));
+    let booking = Target::new(
+        thali_booking::workers::SERVICE,
+        &booking_url,
+        identity,
+        settings.clone(),
+    )
+    .await?;
+    let payments_url = cfg.payments_url.clone().unwrap_or_else(|| format!("http://{own}"));
+    let payments = Target::new(
+        thali_payments::workers::SERVICE,
+        &payments_url,
+        identity,
+        settings.clone(),
+    )
+    .await?;
+    Ok(Subscribers::default()
+        .subscribe(
+            thali_notifications::workers::SERVICE,
+            target,
+            thali_notifications::SUBSCRIBES_TO,
+        )
+        .subscribe(
+            thali_booking::workers::SERVICE,
+            booking,
+            thali_booking::grpc::SUBSCRIBES_TO,
+        )
+        .subscribe(
+            thali_payments::workers::SERVICE,
+            payments,
+            thali_payments::grpc::SUBSCRIBES_TO,
+        ))
 }
 
 /// A listening sandbox gateway, ready to serve.

@@ -38,6 +38,10 @@ pub struct Policy {
     /// Guests may cancel until this long before the start.
     #[schema(example = 120)]
     pub cancel_cutoff_minutes: i32,
+    /// The deposit asked per guest, in paise (INR); 0: none. A booking then waits 15 minutes
+    /// for its deposit (`pending_payment`), holding its table.
+    #[schema(example = 0)]
+    pub deposit_per_guest_minor: i64,
 }
 
 impl From<pb::Policy> for Policy {
@@ -48,6 +52,7 @@ impl From<pb::Policy> for Policy {
             window_days: p.window_days,
             lead_minutes: p.lead_minutes,
             cancel_cutoff_minutes: p.cancel_cutoff_minutes,
+            deposit_per_guest_minor: p.deposit_per_guest_minor,
         }
     }
 }
@@ -76,6 +81,10 @@ pub struct PolicyChanges {
     #[serde(default, deserialize_with = "optional_int32")]
     #[schema(value_type = Option<i32>, minimum = 0, maximum = 20160)]
     pub cancel_cutoff_minutes: Option<i32>,
+    /// Paise per guest (INR): 0 (none, the default; 0 also removes one) or 100-1000000.
+    #[serde(default, deserialize_with = "super::optional_integer")]
+    #[schema(value_type = Option<i64>, example = 50000)]
+    pub deposit_per_guest_minor: Option<i64>,
 }
 
 impl From<PolicyChanges> for pb::PolicyChanges {
@@ -86,6 +95,7 @@ impl From<PolicyChanges> for pb::PolicyChanges {
             window_days: p.window_days,
             lead_minutes: p.lead_minutes,
             cancel_cutoff_minutes: p.cancel_cutoff_minutes,
+            deposit_per_guest_minor: p.deposit_per_guest_minor,
         }
     }
 }
@@ -386,7 +396,7 @@ pub struct Booking {
     pub start: String,
     pub start_time: Option<String>,
     pub end_time: Option<String>,
-    /// confirmed, pending_payment or cancelled.
+    /// confirmed, pending_payment (waiting for its deposit, holding its table) or cancelled.
     pub status: String,
     pub guest_name: String,
     pub phone: String,
@@ -396,6 +406,25 @@ pub struct Booking {
     pub cancelled_at: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cancel_reason: Option<String>,
+    /// Present when the restaurant asks a deposit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deposit: Option<Deposit>,
+    /// When the owner marked the guest a no-show.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub no_show_at: Option<String>,
+}
+
+/// A booking's deposit: pay it as the order `order_id` (`GET /api/v1/orders/{order_id}` has what
+/// Razorpay Checkout needs) before `pay_by`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Deposit {
+    pub amount: super::Money,
+    /// pending, paid, refund_requested, refunded, expired, failed, void or kept.
+    pub status: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub order_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pay_by: Option<String>,
 }
 
 impl From<pb::Booking> for Booking {
@@ -416,6 +445,13 @@ impl From<pb::Booking> for Booking {
             created_at: rfc3339(b.create_time),
             cancelled_at: rfc3339(b.cancel_time),
             cancel_reason: Some(b.cancel_reason).filter(|r| !r.is_empty()),
+            deposit: b.deposit.map(|d| Deposit {
+                amount: d.amount.unwrap_or_default().into(),
+                status: d.status,
+                order_id: Some(d.order_id).filter(|o| !o.is_empty()),
+                pay_by: rfc3339(d.pay_by),
+            }),
+            no_show_at: rfc3339(b.no_show_time),
         }
     }
 }

@@ -102,6 +102,9 @@ pub struct Order {
     /// awaiting the vendor.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fulfilment: Option<String>,
+    /// What the order pays for when it is not a checkout: `booking:{id}` for a booking's deposit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
 }
 
 fn status_name(status: i32) -> String {
@@ -148,6 +151,7 @@ impl From<pb::Order> for Order {
             updated_at: rfc3339(o.update_time),
             paid_at: rfc3339(o.paid_time),
             fulfilment: Some(o.fulfilment).filter(|f| !f.is_empty()),
+            reference: Some(o.reference).filter(|r| !r.is_empty()),
         }
     }
 }

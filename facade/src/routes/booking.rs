@@ -482,3 +482,31 @@ pub async fn cancel_booking(
         .booking;
     Ok(Json(b.ok_or_else(|| missing("booking"))?.into()))
 }
+
+/// The owner marks a guest who never came: a confirmed booking whose start has passed. A paid
+/// deposit is kept. Marking twice answers the booking as it is.
+#[utoipa::path(
+    post, path = "/api/v1/bookings/{id}/no-show", tag = "bookings",
+    params(("id" = String, Path, format = Uuid)),
+    responses(
+        (status = 200, description = "The booking, marked", body = dto::Booking),
+        (status = 400, description = "NO_SHOW_REFUSED: not confirmed, or its start has not come"),
+        (status = 403, description = "NOT_OWNER"),
+        (status = 404, description = "BOOKING_NOT_FOUND"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn mark_no_show(
+    State(state): State<FacadeState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<dto::Booking>, Problem> {
+    let req = pb::MarkNoShowRequest { booking_id: id };
+    let b = state
+        .booking
+        .call(caller.request(req), |mut c, r| async move { c.mark_no_show(r).await })
+        .await?
+        .into_inner()
+        .booking;
+    Ok(Json(b.ok_or_else(|| missing("booking"))?.into()))
+}

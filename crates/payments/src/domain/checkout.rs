@@ -155,6 +155,8 @@ pub struct OrderRecord {
     pub fulfilment: Option<super::Fulfilment>,
     /// The creator's own gateway account that created it; None: the platform's.
     pub payment_account_id: Option<Uuid>,
+    /// What it pays for when not a checkout (`booking:{id}`): no stock is held for it.
+    pub reference: Option<String>,
 }
 
 /// One call made to the gateway about an order, as `transactions` records it.

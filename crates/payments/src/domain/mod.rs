@@ -18,10 +18,12 @@
 
 mod account;
 mod checkout;
+mod deposit;
 mod fulfilment;
 mod webhook;
 pub use account::*;
 pub use checkout::*;
+pub use deposit::*;
 pub use fulfilment::*;
 pub use webhook::*;
 

@@ -57,6 +57,8 @@ pub mod order {
         pub fulfilment: Option<String>,
         /// The creator's own account that created the gateway order; None: the platform's.
         pub payment_account_id: Option<Uuid>,
+        /// `booking:{id}` for a deposit; None for a checkout.
+        pub reference: Option<String>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -225,7 +227,7 @@ impl PaymentsStore {
                 None => Err(PaymentsError::Unavailable),
             };
         }
-        order::ActiveModel {
+        let inserted = order::ActiveModel {
             id: Set(r.id),
             buyer_subject: Set(r.buyer_subject.clone()),
             username: Set(r.username.clone()),
@@ -248,9 +250,23 @@ impl PaymentsStore {
             reconcile_failures: Set(0),
             fulfilment: Set(None),
             payment_account_id: Set(r.payment_account_id),
+            reference: Set(r.reference.clone()),
         }
         .insert(&txn)
-        .await?;
+        .await;
+        match inserted {
+            Ok(_) => {}
+            // Another request for the same reference (a deposit asked twice) wrote it first.
+            Err(e) if r.reference.is_some() && thali_platform::db::is_unique_violation(&e) => {
+                drop(txn);
+                let reference = r.reference.as_deref().unwrap_or_default();
+                return match self.order_by_reference(reference).await? {
+                    Some(winner) => Ok(Written::Replayed(winner)),
+                    None => Err(PaymentsError::Unavailable),
+                };
+            }
+            Err(e) => return Err(e.into()),
+        }
         order_line::Entity::insert_many(r.lines.iter().map(|l| order_line::ActiveModel {
             order_id: Set(r.id),
             product_id: Set(l.product_id),
@@ -263,6 +279,18 @@ impl PaymentsStore {
         self.insert_call(&txn, call).await?;
         txn.commit().await?;
         Ok(Written::Created(r.clone()))
+    }
+
+    /// The order that pays for `reference` (`booking:{id}`), if one was written.
+    pub async fn order_by_reference(&self, reference: &str) -> Result<Option<OrderRecord>, PaymentsError> {
+        let Some(row) = order::Entity::find()
+            .filter(order::Column::Reference.eq(reference))
+            .one(&self.db)
+            .await?
+        else {
+            return Ok(None);
+        };
+        self.order(row.id).await.map(Some)
     }
 
     /// Records a gateway call on its own (one that failed before any order was written).
@@ -390,5 +418,6 @@ fn record(row: order::Model, lines: Vec<OrderLine>) -> Result<OrderRecord, Payme
         paid_at: row.paid_at,
         fulfilment: row.fulfilment.as_deref().and_then(crate::domain::Fulfilment::parse),
         payment_account_id: row.payment_account_id,
+        reference: row.reference,
     })
 }

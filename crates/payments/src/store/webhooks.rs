@@ -374,6 +374,8 @@ impl PaymentsStore {
                 },
             )
             .unique(format!("capture:{payment}")),
+            // A deposit holds no stock: nothing to commit or give back.
+            Effect::Commit | Effect::Release if row.reference.is_some() => return Ok(()),
             Effect::Commit => {
                 NewJob::new(COMMIT_STOCK, &StockJob { order_id: row.id }).unique(format!("commit:{}", row.id))
             }
@@ -410,6 +412,7 @@ impl PaymentsStore {
             amount_minor: row.amount_minor,
             currency: row.currency.clone(),
             refunded_minor: next.refunded,
+            reference: row.reference.clone().unwrap_or_default(),
         });
         let payload = match status {
             Status::Paid => Payload::OrderPaid(OrderPaid { order }),

@@ -49,6 +49,7 @@ pub fn pending(gateway_order_id: &str, quantity: i64, now: DateTime<Utc>) -> Ord
         paid_at: None,
         fulfilment: None,
         payment_account_id: None,
+        reference: None,
     }
 }
 
