@@ -6,7 +6,7 @@ mod support;
 use chrono::{Duration, Utc};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use support::{Mesh, access, json_of, pay, problem, settles};
+use support::{Mesh, access, json_of, mail_to, pay, problem, settles};
 
 /// Three days from now in Kolkata, as `YYYY-MM-DD`.
 fn day() -> String {
@@ -439,19 +439,6 @@ where
     }
 }
 
-/// The subject of an email sent to `to` whose subject contains `part`.
-fn mail_to(mesh: &Mesh, to: &str, part: &str) -> Option<String> {
-    std::fs::read_dir(mesh.data_dir.join("mail"))
-        .ok()?
-        .flatten()
-        .find_map(|entry| {
-            let bytes = std::fs::read(entry.path()).ok()?;
-            let message = mail_parser::MessageParser::default().parse(&bytes)?;
-            let subject = message.subject()?.to_owned();
-            (message.to()?.first()?.address()? == to && subject.contains(part)).then_some(subject)
-        })
-}
-
 async fn booking_of(mesh: &Mesh, token: &str, id: &str) -> Value {
     json_of(
         mesh.get_as(&format!("/api/v1/bookings/{id}"), token).await,
@@ -473,34 +460,6 @@ async fn booking_until(mesh: &Mesh, token: &str, id: &str, what: &str, done: imp
         "booking {id} never got to: {what}: {}",
         booking_of(mesh, token, id).await
     );
-}
-
-/// Makes the payments order `order` look 16 minutes old and runs the reconciler now, as if
-/// the quarter hour had passed (the embedded database, as an operator would open it).
-async fn a_quarter_hour_passes(mesh: &Mesh, order: &str) {
-    use sea_orm::ConnectionTrait;
-    let db = thali_platform::db::connect(&format!(
-        "sqlite://{}?mode=rw",
-        mesh.data_dir.join("thali.db").display()
-    ))
-    .await
-    .unwrap();
-    let past = Utc::now() - Duration::minutes(16);
-    let id = uuid::Uuid::parse_str(order).unwrap();
-    db.execute_raw(thali_platform::db::statement(
-        db.get_database_backend(),
-        "UPDATE orders SET created_at = $1, expires_at = $2 WHERE id = $3",
-        vec![past.into(), (past + Duration::minutes(15)).into(), id.into()],
-    ))
-    .await
-    .unwrap();
-    // A reconciler cycle now, as the 2-minute timer would start one.
-    let run_now = thali_platform::jobs::NewJob::new("payments.reconcile", &json!({"occurrence": Utc::now()}))
-        .unique(format!("test-reconcile:{order}"));
-    thali_platform::jobs::Queue::new("payments")
-        .enqueue(&db, run_now)
-        .await
-        .unwrap();
 }
 
 #[tokio::test]
@@ -607,7 +566,7 @@ async fn a_deposit_holds_the_table_until_paid_and_comes_back_on_a_cancellation_i
     let unpaid_id = unpaid["id"].as_str().unwrap().to_owned();
     let unpaid_order = unpaid["deposit"]["order_id"].as_str().unwrap().to_owned();
     assert!(!free(&mesh, &id).await.contains(&"19:00".to_owned()));
-    a_quarter_hour_passes(&mesh, &unpaid_order).await;
+    support::a_quarter_hour_passes(&mesh, &unpaid_order).await;
     let released = booking_until(&mesh, &other, &unpaid_id, "released", |b| b["status"] == "cancelled").await;
     assert_eq!(released["deposit"]["status"], "expired");
     assert_eq!(released["cancel_reason"], "The deposit was not paid in time");

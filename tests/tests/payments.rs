@@ -8,7 +8,7 @@ mod support;
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use support::{Mesh, access, json_of, pay, problem, settles};
+use support::{Mesh, access, json_of, mail, mail_to, pay, problem, settles};
 
 /// A creator's store with a limited product (stock 3) and an unlimited one. Returns (creator
 /// token, limited product id, unlimited product id).
@@ -694,15 +694,58 @@ async fn a_vendor_accepts_readies_and_completes_or_rejects_and_the_buyer_is_refu
     );
 }
 
-/// The subject of an email sent to `to` whose subject contains `part`.
-fn mail_to(mesh: &Mesh, to: &str, part: &str) -> Option<String> {
-    std::fs::read_dir(mesh.data_dir.join("mail"))
-        .ok()?
-        .flatten()
-        .find_map(|entry| {
-            let bytes = std::fs::read(entry.path()).ok()?;
-            let message = mail_parser::MessageParser::default().parse(&bytes)?;
-            let subject = message.subject()?.to_owned();
-            (message.to()?.first()?.address()? == to && subject.contains(part)).then_some(subject)
-        })
+#[tokio::test]
+async fn a_payment_after_the_order_expired_goes_back_and_the_buyer_is_told_why() {
+    let mesh = Mesh::start().await;
+    let (creator, chai, _) = store(&mesh, "asha@example.com", "late_shop").await;
+    let buyer = access(&mesh.sign_up("ravi@example.com", "buyer").await);
+    let body = json!({"username": "late_shop", "lines": [{"product_id": chai, "quantity": 1}]});
+    let order = json_of(checkout(&mesh, &buyer, "late-1", body).await, StatusCode::CREATED).await;
+    let id = order["id"].as_str().unwrap().to_owned();
+    assert_eq!(stock_of(&mesh, "late_shop", &chai).await, 2);
+
+    // Nobody paid within the quarter hour: the reconciler expires it and the stock goes back.
+    support::a_quarter_hour_passes(&mesh, &id).await;
+    settles(&mesh, &buyer, &id, "expired").await;
+
+    // The buyer pays anyway (the gateway's order still takes it): the money goes back at once,
+    // the order stays expired, and the buyer is told why.
+    pay(
+        &mesh,
+        order["checkout"]["gateway_order_id"].as_str().unwrap(),
+        "captured",
+    )
+    .await;
+    let mut told = None;
+    for _ in 0..200 {
+        told = mail(&mesh, "ravi@example.com", "on its way back");
+        if told.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let (subject, text) = told.expect("the buyer is told");
+    assert_eq!(subject, "Your payment of INR 49.00 to late_shop is on its way back");
+    assert!(text.contains("arrived after your order had expired"), "{text}");
+    assert_eq!(
+        json_of(
+            mesh.get_as(&format!("/api/v1/orders/{id}"), &buyer).await,
+            StatusCode::OK
+        )
+        .await["status"],
+        "expired"
+    );
+    assert!(
+        mail_to(&mesh, "ravi@example.com", "is paid").is_none(),
+        "never a receipt for it"
+    );
+    let seller = json_of(mesh.get_as("/api/v1/notifications", &creator).await, StatusCode::OK).await;
+    assert!(
+        seller["notifications"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["event_type"] == "order.payment_returned"),
+        "{seller}"
+    );
 }

@@ -100,6 +100,13 @@ pub const CATALOGUE: &[Channels] = &[
         email: EmailPolicy::Required,
         owner_in_app: true,
     },
+    // A payment given back unasked: the buyer is always told why.
+    Channels {
+        event_type: "order.payment_returned",
+        in_app: false,
+        email: EmailPolicy::Required,
+        owner_in_app: true,
+    },
     // The day before: the guest by email, unless they turned reminders off.
     Channels {
         event_type: "booking.reminder",
@@ -180,6 +187,7 @@ pub const AWAITS_RECIPIENT: &[&str] = &[
     "order.failed",
     "order.expired",
     "order.refunded",
+    "order.payment_returned",
 ];
 
 impl NotificationError {
@@ -358,6 +366,19 @@ fn order_context(
     ))
 }
 
+/// Why a payment came back, as the buyer reads it.
+fn returned_why(reason: &str) -> &'static str {
+    match reason {
+        "late_capture" => {
+            "it arrived after your order had expired or failed, and what you ordered was no longer held for you"
+        }
+        "duplicate_payment" => "your order had already been paid by another payment",
+        "wrong_amount" => "its amount was not your order's",
+        "stock_released" => "what you ordered had gone back on sale before it arrived",
+        _ => "your order could not keep it",
+    }
+}
+
 /// An order event as partner webhooks would receive it.
 fn order_data(o: Option<&thali_proto::events::v1::OrderSummary>) -> serde_json::Value {
     let Some(o) = o else { return serde_json::Value::Null };
@@ -463,6 +484,19 @@ impl Incoming {
             Payload::OrderFailed(p) => order_context(p.order.as_ref())?,
             Payload::OrderExpired(p) => order_context(p.order.as_ref())?,
             Payload::OrderRefunded(p) => order_context(p.order.as_ref())?,
+            Payload::OrderPaymentReturned(p) => {
+                let (account, recipient, mut context) = order_context(p.order.as_ref())?;
+                let currency: String = p
+                    .order
+                    .as_ref()
+                    .map(|o| o.currency.chars().take(3).collect())
+                    .unwrap_or_default();
+                if let Some(map) = context.as_object_mut() {
+                    map.insert("returned".into(), money_text(p.returned_minor, &currency).into());
+                    map.insert("why".into(), returned_why(&p.reason).into());
+                }
+                (account, recipient, context)
+            }
             // Between booking and payments: nobody is told of it.
             Payload::BookingDepositRefundRequested(_) => {
                 return Err(NotificationError::invalid(
@@ -503,6 +537,11 @@ impl Incoming {
             Payload::OrderFailed(p) => order_data(p.order.as_ref()),
             Payload::OrderExpired(p) => order_data(p.order.as_ref()),
             Payload::OrderRefunded(p) => order_data(p.order.as_ref()),
+            Payload::OrderPaymentReturned(p) => serde_json::json!({
+                "order": order_data(p.order.as_ref()),
+                "returned_minor": p.returned_minor,
+                "reason": p.reason,
+            }),
             Payload::BookingDepositRefundRequested(p) => serde_json::json!({
                 "booking_id": p.booking_id,
                 "order_id": p.order_id,

@@ -32,6 +32,7 @@ pub const SUBSCRIBES_TO: &[&str] = &[
     "order.failed",
     "order.expired",
     "order.refunded",
+    "order.payment_returned",
 ];
 
 /// The notifications service: its gRPC handlers, event sink and mailer.

@@ -241,6 +241,26 @@ const SOURCES: &[(&str, &str)] = &[
         "order.refunded/email.html",
         include_str!("../templates/order.refunded/email.html"),
     ),
+    (
+        "order.payment_returned/title.txt",
+        include_str!("../templates/order.payment_returned/title.txt"),
+    ),
+    (
+        "order.payment_returned/body.txt",
+        include_str!("../templates/order.payment_returned/body.txt"),
+    ),
+    (
+        "order.payment_returned/subject.txt",
+        include_str!("../templates/order.payment_returned/subject.txt"),
+    ),
+    (
+        "order.payment_returned/email.txt",
+        include_str!("../templates/order.payment_returned/email.txt"),
+    ),
+    (
+        "order.payment_returned/email.html",
+        include_str!("../templates/order.payment_returned/email.html"),
+    ),
 ];
 
 /// An in-app notification's text.

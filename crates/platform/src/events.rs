@@ -48,6 +48,7 @@ pub fn type_of(payload: &Payload) -> &'static str {
         Payload::OrderExpired(_) => "order.expired",
         Payload::OrderRefunded(_) => "order.refunded",
         Payload::BookingDepositRefundRequested(_) => "booking.deposit_refund_requested",
+        Payload::OrderPaymentReturned(_) => "order.payment_returned",
     }
 }
 

@@ -270,3 +270,50 @@ pub async fn pay(mesh: &Mesh, gateway_order: &str, outcome: &str) -> Value {
     )
     .await
 }
+
+/// The subject of an email sent to `to` whose subject contains `part`.
+pub fn mail_to(mesh: &Mesh, to: &str, part: &str) -> Option<String> {
+    mail(mesh, to, part).map(|(subject, _)| subject)
+}
+
+/// The subject and text of an email sent to `to` whose subject contains `part`.
+pub fn mail(mesh: &Mesh, to: &str, part: &str) -> Option<(String, String)> {
+    std::fs::read_dir(mesh.data_dir.join("mail"))
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let bytes = std::fs::read(entry.path()).ok()?;
+            let message = mail_parser::MessageParser::default().parse(&bytes)?;
+            let subject = message.subject()?.to_owned();
+            let text = message.body_text(0).map(|t| t.into_owned()).unwrap_or_default();
+            (message.to()?.first()?.address()? == to && subject.contains(part)).then_some((subject, text))
+        })
+}
+
+/// Makes the payments order `order` look 16 minutes old and runs the reconciler now, as if
+/// the quarter hour had passed (the embedded database, as an operator would open it).
+pub async fn a_quarter_hour_passes(mesh: &Mesh, order: &str) {
+    use sea_orm::ConnectionTrait;
+    let db = thali_platform::db::connect(&format!(
+        "sqlite://{}?mode=rw",
+        mesh.data_dir.join("thali.db").display()
+    ))
+    .await
+    .unwrap();
+    let past = chrono::Utc::now() - chrono::Duration::minutes(16);
+    let id = uuid::Uuid::parse_str(order).unwrap();
+    db.execute_raw(thali_platform::db::statement(
+        db.get_database_backend(),
+        "UPDATE orders SET created_at = $1, expires_at = $2 WHERE id = $3",
+        vec![past.into(), (past + chrono::Duration::minutes(15)).into(), id.into()],
+    ))
+    .await
+    .unwrap();
+    // A reconciler cycle now, as the 2-minute timer would start one.
+    let run_now = thali_platform::jobs::NewJob::new("payments.reconcile", &json!({"occurrence": chrono::Utc::now()}))
+        .unique(format!("test-reconcile:{order}"));
+    thali_platform::jobs::Queue::new("payments")
+        .enqueue(&db, run_now)
+        .await
+        .unwrap();
+}

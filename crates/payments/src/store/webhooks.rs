@@ -386,11 +386,61 @@ impl PaymentsStore {
                 payment,
                 amount,
                 reason,
-            } => self.refund_job(row.id, payment, *amount, reason_name(*reason)),
+            } => {
+                // The buyer is told once per payment given back (the job is unique per payment).
+                let job = self.refund_job(row.id, payment, *amount, reason_name(*reason));
+                if self.queue.enqueue(txn, job).await?.is_some() {
+                    self.publish_returned(txn, row, *amount, reason_name(*reason)).await?;
+                }
+                return Ok(());
+            }
             Effect::Publish(status) => return self.publish_order(txn, row, next, *status).await,
         };
         self.queue.enqueue(txn, job).await?;
         Ok(())
+    }
+
+    /// An event about `row` through the outbox (aggregate `order:{id}`, owned by its seller).
+    async fn publish_about(
+        &self,
+        txn: &DatabaseTransaction,
+        row: &order::Model,
+        payload: thali_proto::events::v1::event::Payload,
+    ) -> Result<(), PaymentsError> {
+        let event = thali_platform::events::new_event(
+            super::SERVICE,
+            format!("order:{}", row.id),
+            Uuid::parse_str(&row.seller_subject).ok(),
+            payload,
+            self.now(),
+        );
+        thali_platform::events::publish(txn, &self.queue, &event).await?;
+        Ok(())
+    }
+
+    /// `order.payment_returned`: the buyer is told why a payment comes back unasked.
+    async fn publish_returned(
+        &self,
+        txn: &DatabaseTransaction,
+        row: &order::Model,
+        amount: i64,
+        reason: &str,
+    ) -> Result<(), PaymentsError> {
+        use thali_proto::events::v1::{OrderPaymentReturned, OrderSummary, event::Payload};
+        let payload = Payload::OrderPaymentReturned(OrderPaymentReturned {
+            order: Some(OrderSummary {
+                order_id: row.id.to_string(),
+                buyer_account_id: row.buyer_subject.clone(),
+                store: row.username.clone(),
+                amount_minor: row.amount_minor,
+                currency: row.currency.clone(),
+                refunded_minor: row.refunded_minor,
+                reference: row.reference.clone().unwrap_or_default(),
+            }),
+            returned_minor: amount,
+            reason: reason.to_owned(),
+        });
+        self.publish_about(txn, row, payload).await
     }
 
     /// `order.paid`, `order.failed`, `order.expired` or `order.refunded` through the outbox, in
@@ -421,15 +471,7 @@ impl PaymentsStore {
             Status::Refunded | Status::PartiallyRefunded => Payload::OrderRefunded(OrderRefunded { order }),
             Status::Pending => return Ok(()),
         };
-        let event = thali_platform::events::new_event(
-            super::SERVICE,
-            format!("order:{}", row.id),
-            Uuid::parse_str(&row.seller_subject).ok(),
-            payload,
-            self.now(),
-        );
-        thali_platform::events::publish(txn, &self.queue, &event).await?;
-        Ok(())
+        self.publish_about(txn, row, payload).await
     }
 
     fn refund_job(&self, order_id: Uuid, payment: &str, amount: i64, reason: &str) -> NewJob {
@@ -455,8 +497,13 @@ impl PaymentsStore {
         let Some(payment) = order.paid_by.clone() else {
             return Ok(());
         };
-        let job = self.refund_job(order_id, &payment, order.amount_minor - order.refunded_minor, reason);
-        self.queue.enqueue(&self.db, job).await?;
+        let amount = order.amount_minor - order.refunded_minor;
+        let job = self.refund_job(order_id, &payment, amount, reason);
+        let txn = thali_platform::db::begin_write(&self.db).await?;
+        if self.queue.enqueue(&txn, job).await?.is_some() {
+            self.publish_returned(&txn, &order, amount, reason).await?;
+        }
+        txn.commit().await?;
         Ok(())
     }
 
