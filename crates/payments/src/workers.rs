@@ -322,6 +322,30 @@ fn storefront_failure(status: &tonic::Status) -> JobError {
     JobError::retry(format!("storefront: {:?} {}", status.code(), status.message()))
 }
 
+/// Refunds `payment` once under `receipt`. On a retry the last try's answer may have been lost
+/// after the gateway acted (a timeout, a crash before the answer was recorded): the payment's
+/// refunds are read first, and one with this receipt is the answer instead of a second refund.
+pub async fn refund_once(
+    gateway: &dyn Gateway,
+    credentials: &Credentials,
+    payment: &str,
+    amount_minor: Option<i64>,
+    receipt: &str,
+    retried: bool,
+) -> Result<crate::gateway::GatewayRefund, GatewayError> {
+    if retried
+        && let Some(done) = gateway
+            .payment_refunds(credentials, payment)
+            .await?
+            .into_iter()
+            .find(|r| r.receipt.as_deref() == Some(receipt))
+    {
+        tracing::info!(payment, receipt, refund = %done.id, "refund found at the gateway: not asked again");
+        return Ok(done);
+    }
+    gateway.refund(credentials, payment, amount_minor, Some(receipt)).await
+}
+
 fn reason(status: &tonic::Status) -> String {
     status
         .get_error_details()
@@ -449,10 +473,16 @@ impl Settler {
             .await
             .map_err(JobError::retry)?;
         let started = std::time::Instant::now();
-        let result = self
-            .gateway
-            .refund(&credentials, &payment, Some(row.amount_minor))
-            .await;
+        let receipt = format!("rf_{}", refund_id.simple());
+        let result = refund_once(
+            &*self.gateway,
+            &credentials,
+            &payment,
+            Some(row.amount_minor),
+            &receipt,
+            job.attempt > 1,
+        )
+        .await;
         self.record(GatewayCall {
             order_id: order.id,
             call: "refund",
@@ -512,7 +542,19 @@ impl Settler {
         } = job.payload()?;
         let credentials = self.credentials(order_id).await?;
         let started = std::time::Instant::now();
-        let result = self.gateway.refund(&credentials, &payment_id, Some(amount_minor)).await;
+        let receipt: String = format!("auto_{payment_id}")
+            .chars()
+            .take(crate::gateway::MAX_RECEIPT_CHARS)
+            .collect();
+        let result = refund_once(
+            &*self.gateway,
+            &credentials,
+            &payment_id,
+            Some(amount_minor),
+            &receipt,
+            job.attempt > 1,
+        )
+        .await;
         self.record(GatewayCall {
             order_id,
             call: "refund",

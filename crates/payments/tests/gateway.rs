@@ -318,14 +318,17 @@ async fn a_refund_takes_part_then_the_rest_and_never_more() {
         .unwrap()
         .to_owned();
     let over = gateway
-        .refund(&credentials, &payment_id, Some(50_001))
+        .refund(&credentials, &payment_id, Some(50_001), None)
         .await
         .unwrap_err();
     assert!(
         matches!(&over, GatewayError::BadRequest { field: Some(f), .. } if f == "amount"),
         "{over:?}"
     );
-    let part = gateway.refund(&credentials, &payment_id, Some(20_000)).await.unwrap();
+    let part = gateway
+        .refund(&credentials, &payment_id, Some(20_000), None)
+        .await
+        .unwrap();
     assert!(part.id.starts_with("rfnd_"));
     assert_eq!(
         (part.amount, part.status, part.payment_id.as_str()),
@@ -337,19 +340,61 @@ async fn a_refund_takes_part_then_the_rest_and_never_more() {
         (20_000, GatewayPaymentStatus::Captured)
     );
     let over = gateway
-        .refund(&credentials, &payment_id, Some(30_001))
+        .refund(&credentials, &payment_id, Some(30_001), None)
         .await
         .unwrap_err();
     assert!(matches!(over, GatewayError::BadRequest { .. }), "{over:?}");
-    let rest = gateway.refund(&credentials, &payment_id, None).await.unwrap();
+    let rest = gateway.refund(&credentials, &payment_id, None, None).await.unwrap();
     assert_eq!(rest.amount, 30_000);
     let payment = gateway.fetch_payment(&credentials, &payment_id).await.unwrap();
     assert_eq!(
         (payment.amount_refunded, payment.status),
         (50_000, GatewayPaymentStatus::Refunded)
     );
-    let again = gateway.refund(&credentials, &payment_id, None).await.unwrap_err();
+    let again = gateway.refund(&credentials, &payment_id, None, None).await.unwrap_err();
     assert!(matches!(again, GatewayError::BadRequest { .. }), "{again:?}");
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn a_refund_retried_after_its_answer_was_lost_is_not_made_twice() {
+    let running = sandbox().await;
+    let credentials = running.sandbox.create_account(None).unwrap().credentials();
+    let gateway = running.gateway();
+    let order = gateway.create_order(&credentials, &new_order(50_000)).await.unwrap();
+    let payment_id = running.pay(&order.id, "captured").await["razorpay_payment_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // The first try reached the gateway, but its answer never came back (the process died).
+    let first =
+        thali_payments::workers::refund_once(&gateway, &credentials, &payment_id, Some(20_000), "rf_one", false)
+            .await
+            .unwrap();
+    assert_eq!(first.receipt.as_deref(), Some("rf_one"));
+    // The retry finds it by its receipt instead of refunding again.
+    let retry = thali_payments::workers::refund_once(&gateway, &credentials, &payment_id, Some(20_000), "rf_one", true)
+        .await
+        .unwrap();
+    assert_eq!(retry.id, first.id);
+    let payment = gateway.fetch_payment(&credentials, &payment_id).await.unwrap();
+    assert_eq!(payment.amount_refunded, 20_000, "refunded once");
+    // Another refund (another receipt) is made; the list shows both, newest first.
+    let second = thali_payments::workers::refund_once(&gateway, &credentials, &payment_id, Some(5_000), "rf_two", true)
+        .await
+        .unwrap();
+    assert_ne!(second.id, first.id);
+    let listed = gateway.payment_refunds(&credentials, &payment_id).await.unwrap();
+    let receipts: Vec<_> = listed.iter().map(|r| r.receipt.clone().unwrap_or_default()).collect();
+    assert_eq!(receipts.len(), 2);
+    assert!(receipts.contains(&"rf_one".to_owned()) && receipts.contains(&"rf_two".to_owned()));
+    // A receipt longer than Razorpay takes is refused before the call.
+    let long = "r".repeat(41);
+    let refused = gateway
+        .refund(&credentials, &payment_id, Some(100), Some(&long))
+        .await
+        .unwrap_err();
+    assert!(matches!(refused, GatewayError::BadRequest { .. }), "{refused:?}");
     running.stop().await;
 }
 
@@ -550,7 +595,10 @@ async fn webhooks_are_signed_and_come_in_order() {
     let events: Vec<String> = receiver.take(2).await.iter().map(|h| h.event().to_owned()).collect();
     assert_eq!(events, ["payment.captured", "order.paid"]);
 
-    gateway.refund(&credentials, &payment_id, Some(5_000)).await.unwrap();
+    gateway
+        .refund(&credentials, &payment_id, Some(5_000), None)
+        .await
+        .unwrap();
     let refund = receiver.next().await;
     assert_signed(&refund, &account);
     assert_eq!(refund.event(), "refund.processed");

@@ -66,12 +66,22 @@ pub trait Gateway: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<GatewayPayment, GatewayError>>;
 
     /// Refunds `amount_minor` of a captured payment, or all that is left of it when `None`.
+    /// `receipt` (at most 40 characters) is Thali's name for the refund: the gateway keeps it,
+    /// so a refund whose answer was lost can be found again with [`Gateway::payment_refunds`].
     fn refund<'a>(
         &'a self,
         credentials: &'a Credentials,
         payment_id: &'a str,
         amount_minor: Option<i64>,
+        receipt: Option<&'a str>,
     ) -> BoxFuture<'a, Result<GatewayRefund, GatewayError>>;
+
+    /// Every refund of a payment, with its receipt.
+    fn payment_refunds<'a>(
+        &'a self,
+        credentials: &'a Credentials,
+        payment_id: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<GatewayRefund>, GatewayError>>;
 }
 
 /// An API key secret: shown as `***` by Debug and Display, so it cannot reach a log by accident.
@@ -310,6 +320,9 @@ pub struct GatewayRefund {
     pub payment_id: String,
     pub amount: i64,
     pub status: GatewayRefundStatus,
+    /// Thali's name for the refund, as sent.
+    #[serde(default)]
+    pub receipt: Option<String>,
 }
 
 /// Why a gateway call did not give an answer we can use.

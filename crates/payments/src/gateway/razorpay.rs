@@ -327,14 +327,41 @@ impl Gateway for RazorpayGateway {
         credentials: &'a Credentials,
         payment_id: &'a str,
         amount_minor: Option<i64>,
+        receipt: Option<&'a str>,
     ) -> BoxFuture<'a, Result<GatewayRefund, GatewayError>> {
         Box::pin(async move {
             let path = format!("/v1/payments/{}/refund", path_id("payment_id", payment_id)?);
-            let body = match amount_minor {
-                Some(amount) => json!({ "amount": amount }),
-                None => json!({}),
-            };
-            self.call("refund", credentials, Method::POST, path, Some(body)).await
+            let mut body = serde_json::Map::new();
+            if let Some(amount) = amount_minor {
+                body.insert("amount".into(), amount.into());
+            }
+            if let Some(receipt) = receipt {
+                if receipt.chars().count() > super::MAX_RECEIPT_CHARS {
+                    return Err(GatewayError::BadRequest {
+                        code: "BAD_REQUEST_ERROR".into(),
+                        description: "receipt: at most 40 characters".into(),
+                        field: Some("receipt".into()),
+                        reason: None,
+                    });
+                }
+                body.insert("receipt".into(), receipt.into());
+            }
+            self.call("refund", credentials, Method::POST, path, Some(body.into()))
+                .await
+        })
+    }
+
+    fn payment_refunds<'a>(
+        &'a self,
+        credentials: &'a Credentials,
+        payment_id: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<GatewayRefund>, GatewayError>> {
+        Box::pin(async move {
+            let path = format!("/v1/payments/{}/refunds", path_id("payment_id", payment_id)?);
+            let collection: Collection<GatewayRefund> = self
+                .call("payment_refunds", credentials, Method::GET, path, None)
+                .await?;
+            Ok(collection.items)
         })
     }
 }

@@ -25,6 +25,7 @@ pub(crate) fn router(sandbox: Sandbox) -> Router {
         .route("/v1/payments/{id}", get(fetch_payment))
         .route("/v1/payments/{id}/capture", post(capture))
         .route("/v1/payments/{id}/refund", post(refund))
+        .route("/v1/payments/{id}/refunds", get(payment_refunds))
         .route_layer(middleware::from_fn_with_state(sandbox.clone(), api_faults))
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
@@ -252,6 +253,17 @@ async fn capture(
     sandbox
         .inner
         .apply(|state| ops::capture(state, &key_id, &id, &fields.map))
+        .map(Json)
+}
+
+async fn payment_refunds(
+    State(sandbox): State<Sandbox>,
+    Caller(key_id): Caller,
+    Id(id): Id,
+) -> Result<Json<Value>, ApiError> {
+    sandbox
+        .inner
+        .read(|state| ops::payment_refunds(state, &key_id, &id))
         .map(Json)
 }
 

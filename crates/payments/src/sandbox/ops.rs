@@ -391,6 +391,15 @@ pub(crate) fn capture(
     Ok(json)
 }
 
+/// `GET /v1/payments/{id}/refunds`: newest first.
+pub(crate) fn payment_refunds(state: &State, key_id: &str, payment_id: &str) -> Result<Value, ApiError> {
+    own_payment(state, key_id, payment_id)?;
+    let mut items: Vec<&Refund> = state.refunds.values().filter(|r| r.payment_id == payment_id).collect();
+    items.sort_by(|a, b| b.created_at.cmp(&a.created_at).then_with(|| b.id.cmp(&a.id)));
+    let items: Vec<Value> = items.into_iter().map(Refund::to_json).collect();
+    Ok(json!({"entity": "collection", "count": items.len(), "items": items}))
+}
+
 /// `POST /v1/payments/{id}/refund`: processed at once.
 pub(crate) fn refund(
     state: &mut State,
