@@ -76,7 +76,17 @@ pub async fn observe(req: Request, next: Next) -> Response {
         "status" => status.to_string(),
     )
     .record(started.elapsed().as_secs_f64());
-    span.in_scope(|| tracing::info!(status, elapsed_ms = started.elapsed().as_millis() as u64, "request"));
+    // Metrics above count every request; the access line follows THALI_ACCESS_LOG.
+    if thali_platform::telemetry::access_line_wanted(status >= 400) {
+        let elapsed_ms = started.elapsed().as_millis() as u64;
+        span.in_scope(|| {
+            if status >= 500 {
+                tracing::warn!(target: "thali::access", status, elapsed_ms, "request");
+            } else {
+                tracing::info!(target: "thali::access", status, elapsed_ms, "request");
+            }
+        });
+    }
     response
 }
 

@@ -13,10 +13,51 @@ use serde::Deserialize;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
-    /// One JSON object per line (the default: what log pipelines ingest).
+    /// Human-readable when standard output is a terminal, JSON otherwise (the default).
+    Auto,
+    /// One JSON object per line: what log pipelines ingest.
     Json,
     /// Human-readable lines for a terminal.
     Pretty,
+}
+
+impl LogFormat {
+    /// The format to write, given whether standard output is a terminal.
+    pub fn resolve(self, terminal: bool) -> LogFormat {
+        match self {
+            LogFormat::Auto if terminal => LogFormat::Pretty,
+            LogFormat::Auto => LogFormat::Json,
+            other => other,
+        }
+    }
+}
+
+/// Which requests get an access-log line (`THALI_ACCESS_LOG`); metrics count every request
+/// whatever this says, and an error is always logged by the code that met it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessLog {
+    /// Every request.
+    All,
+    /// Requests answered with an error status (HTTP 4xx/5xx) only.
+    Errors,
+    /// Every error, and one in `n` of the other requests.
+    Sampled(u32),
+}
+
+impl AccessLog {
+    /// `all`, `errors` or `sampled:N` (N ≥ 1).
+    pub fn parse(text: &str) -> Result<Self, String> {
+        match text.trim() {
+            "all" => Ok(AccessLog::All),
+            "errors" => Ok(AccessLog::Errors),
+            other => other
+                .strip_prefix("sampled:")
+                .and_then(|n| n.parse::<u32>().ok())
+                .filter(|n| *n >= 1)
+                .map(AccessLog::Sampled)
+                .ok_or_else(|| format!("`{other}` is not all, errors or sampled:N (N at least 1)")),
+        }
+    }
 }
 
 /// Everything a Thali process reads at start.
@@ -34,8 +75,13 @@ pub struct Config {
     pub otlp_endpoint: Option<String>,
     /// `tracing` filter directives (`THALI_LOG`).
     pub log: String,
-    /// `json` or `pretty` (`THALI_LOG_FORMAT`).
+    /// `auto` (the default), `json` or `pretty` (`THALI_LOG_FORMAT`).
     pub log_format: LogFormat,
+    /// `all`, `errors` or `sampled:N` (`THALI_ACCESS_LOG`, default `sampled:100`; ADR 0024).
+    pub access_log: String,
+    /// The share of new traces kept, 0.0-1.0 (`THALI_TRACE_SAMPLE_RATIO`, default 1.0); a trace
+    /// begun elsewhere follows its caller's decision.
+    pub trace_sample_ratio: f64,
     /// Where the facade finds the storefront service (`THALI_STOREFRONT_URL`); unset means this
     /// process's own gRPC address.
     pub storefront_url: Option<String>,
@@ -177,7 +223,9 @@ impl Config {
             .set_default("grpc_addr", "127.0.0.1:50051")?
             .set_default("data_dir", "./data")?
             .set_default("log", "info")?
-            .set_default("log_format", "json")?
+            .set_default("log_format", "auto")?
+            .set_default("access_log", "sampled:100")?
+            .set_default("trace_sample_ratio", 1.0)?
             .set_default("rpc_timeout_ms", 5_000)?
             .set_default("connect_timeout_ms", 2_000)?
             .set_default("max_body_bytes", 64 * 1024)?
@@ -229,8 +277,25 @@ impl Config {
         Ok(cfg)
     }
 
+    /// The access-log policy (validated at load).
+    pub fn access_log(&self) -> AccessLog {
+        AccessLog::parse(&self.access_log).unwrap_or(AccessLog::All)
+    }
+
     /// Checks what serde cannot: relations between values and URL shapes.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Err(reason) = AccessLog::parse(&self.access_log) {
+            return Err(ConfigError::Invalid {
+                key: "access_log",
+                reason,
+            });
+        }
+        if !(0.0..=1.0).contains(&self.trace_sample_ratio) {
+            return Err(ConfigError::Invalid {
+                key: "trace_sample_ratio",
+                reason: format!("{} is not between 0.0 and 1.0", self.trace_sample_ratio),
+            });
+        }
         if let Some(url) = &self.database_url
             && !(url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://"))
         {
@@ -463,7 +528,9 @@ mod tests {
         let cfg = Config::load_from(None, env(&[]), &Overrides::default()).unwrap();
         assert_eq!(cfg.http_addr.to_string(), "127.0.0.1:8080");
         assert_eq!(cfg.grpc_addr.to_string(), "127.0.0.1:50051");
-        assert_eq!(cfg.log_format, LogFormat::Json);
+        assert_eq!(cfg.log_format, LogFormat::Auto);
+        assert_eq!(cfg.access_log(), AccessLog::Sampled(100));
+        assert_eq!(cfg.trace_sample_ratio, 1.0);
         assert!(cfg.database_url().starts_with("sqlite://./data/thali.db"));
         assert_eq!(cfg.admin_addr.to_string(), "127.0.0.1:9464");
         let client = cfg.client_settings();
@@ -548,5 +615,30 @@ mod tests {
         assert!(err.to_string().contains("http_addr"), "{err}");
         let err = Config::load_from(None, env(&[("THALI_LOG_FORMAT", "xml")]), &Overrides::default()).unwrap_err();
         assert!(err.to_string().contains("log_format"), "{err}");
+        for bad in ["some", "sampled:0", "sampled:x"] {
+            let err = Config::load_from(None, env(&[("THALI_ACCESS_LOG", bad)]), &Overrides::default()).unwrap_err();
+            assert!(err.to_string().contains("access_log"), "{err}");
+        }
+        let err =
+            Config::load_from(None, env(&[("THALI_TRACE_SAMPLE_RATIO", "1.5")]), &Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("trace_sample_ratio"), "{err}");
+    }
+
+    #[test]
+    fn the_log_format_follows_the_terminal_unless_set() {
+        assert_eq!(LogFormat::Auto.resolve(true), LogFormat::Pretty);
+        assert_eq!(LogFormat::Auto.resolve(false), LogFormat::Json);
+        assert_eq!(LogFormat::Json.resolve(true), LogFormat::Json);
+        assert_eq!(LogFormat::Pretty.resolve(false), LogFormat::Pretty);
+        let cfg = Config::load_from(
+            None,
+            env(&[("THALI_ACCESS_LOG", "errors"), ("THALI_TRACE_SAMPLE_RATIO", "0.25")]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(cfg.access_log(), AccessLog::Errors);
+        assert_eq!(cfg.trace_sample_ratio, 0.25);
+        assert_eq!(AccessLog::parse("all"), Ok(AccessLog::All));
+        assert_eq!(AccessLog::parse("sampled:7"), Ok(AccessLog::Sampled(7)));
     }
 }

@@ -16,6 +16,7 @@ pub mod events;
 pub mod health;
 pub mod idempotency;
 pub mod jobs;
+pub mod logwriter;
 pub mod money;
 pub mod net;
 pub mod server;

@@ -44,16 +44,52 @@ impl Telemetry {
         if let Err(e) = self.provider.shutdown() {
             eprintln!("telemetry shutdown: {e}");
         }
+        crate::logwriter::flush_stdout();
     }
+}
+
+static ACCESS_LOG: std::sync::OnceLock<crate::config::AccessLog> = std::sync::OnceLock::new();
+static ACCESS_SEEN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Whether this request gets an access-log line (`THALI_ACCESS_LOG`; every request until the
+/// process's telemetry says otherwise). `error`: it was answered with an error status.
+pub fn access_line_wanted(error: bool) -> bool {
+    let policy = ACCESS_LOG.get().copied().unwrap_or(crate::config::AccessLog::All);
+    let seen = match policy {
+        crate::config::AccessLog::Sampled(_) if !error => {
+            ACCESS_SEEN.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        }
+        _ => 0,
+    };
+    access_decision(policy, error, seen)
+}
+
+/// [`access_line_wanted`] for the `seen`-th request that was not an error (from 0).
+pub fn access_decision(policy: crate::config::AccessLog, error: bool, seen: u64) -> bool {
+    match policy {
+        crate::config::AccessLog::All => true,
+        crate::config::AccessLog::Errors => error,
+        crate::config::AccessLog::Sampled(n) => error || seen.is_multiple_of(u64::from(n)),
+    }
+}
+
+/// The sampler of new traces: a trace begun by a caller keeps the caller's decision; one begun
+/// here is kept with probability `ratio`.
+pub fn sampler(ratio: f64) -> opentelemetry_sdk::trace::Sampler {
+    use opentelemetry_sdk::trace::Sampler;
+    Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(ratio)))
 }
 
 /// Sets up logging, tracing and metrics for this process from the configuration.
 pub fn init(cfg: &Config, service_name: &str) -> anyhow::Result<Telemetry> {
-    let mut builder = SdkTracerProvider::builder().with_resource(
-        opentelemetry_sdk::Resource::builder()
-            .with_service_name(service_name.to_owned())
-            .build(),
-    );
+    let _ = ACCESS_LOG.set(cfg.access_log());
+    let mut builder = SdkTracerProvider::builder()
+        .with_sampler(sampler(cfg.trace_sample_ratio))
+        .with_resource(
+            opentelemetry_sdk::Resource::builder()
+                .with_service_name(service_name.to_owned())
+                .build(),
+        );
     if let Some(endpoint) = &cfg.otlp_endpoint {
         use opentelemetry_otlp::WithExportConfig;
         let exporter = opentelemetry_otlp::SpanExporter::builder()
@@ -63,7 +99,9 @@ pub fn init(cfg: &Config, service_name: &str) -> anyhow::Result<Telemetry> {
             .build()?;
         builder = builder.with_batch_exporter(exporter);
     }
-    install(builder.build(), &cfg.log, cfg.log_format)
+    use std::io::IsTerminal;
+    let format = cfg.log_format.resolve(std::io::stdout().is_terminal());
+    install(builder.build(), &cfg.log, format)
 }
 
 /// Like [`init`], but spans go to the given exporter as they end (tests read them back).
@@ -83,7 +121,8 @@ pub fn init_with_exporter_and_writer<E: SpanExporter + 'static>(
 }
 
 fn install(provider: SdkTracerProvider, filter: &str, format: LogFormat) -> anyhow::Result<Telemetry> {
-    install_to(provider, filter, format, BoxMakeWriter::new(std::io::stdout))
+    // A slow terminal or pipe never stalls a request (crate::logwriter).
+    install_to(provider, filter, format, BoxMakeWriter::new(crate::logwriter::stdout()))
 }
 
 fn install_to(
@@ -264,7 +303,7 @@ where
                 }
                 writeln!(writer, "{}", serde_json::Value::Object(line))
             }
-            LogFormat::Pretty => {
+            LogFormat::Pretty | LogFormat::Auto => {
                 write!(
                     writer,
                     "{now} {:>5} {}: {}",
@@ -384,5 +423,78 @@ mod tests {
             "4bf92f3577b34da6a3ce929d0e0e4736"
         );
         assert!(span.span_context().is_remote());
+    }
+
+    #[test]
+    fn access_modes_keep_every_error_and_what_they_say_of_the_rest() {
+        use crate::config::AccessLog;
+        let kept = |policy, error| (0..1000).filter(|seen| access_decision(policy, error, *seen)).count();
+        assert_eq!(kept(AccessLog::All, false), 1000);
+        assert_eq!(kept(AccessLog::Errors, false), 0);
+        assert_eq!(kept(AccessLog::Errors, true), 1000);
+        assert_eq!(kept(AccessLog::Sampled(100), false), 10);
+        assert_eq!(kept(AccessLog::Sampled(100), true), 1000);
+        assert_eq!(kept(AccessLog::Sampled(1), false), 1000);
+    }
+
+    #[test]
+    fn a_sampled_out_request_still_has_a_trace_id_and_passes_its_context_on() {
+        use opentelemetry::trace::TracerProvider as _;
+        opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+        // Nothing new is kept; a caller's decision is followed.
+        let exporter = opentelemetry_sdk::trace::InMemorySpanExporter::default();
+        let provider = SdkTracerProvider::builder()
+            .with_sampler(sampler(0.0))
+            .with_simple_exporter(exporter.clone())
+            .build();
+        let subscriber =
+            tracing_subscriber::registry().with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        tracing::subscriber::with_default(subscriber, || {
+            // A request that starts a trace here: not sampled, yet it has ids to log and passes
+            // them on (flags 00) so the next hop joins the same trace.
+            let span = tracing::info_span!("http.server");
+            let (trace_id, sent) = span.in_scope(|| {
+                let mut headers = http::HeaderMap::new();
+                inject_context(&mut headers);
+                (current_trace_id(), headers)
+            });
+            assert_eq!(trace_id.len(), 32, "an unsampled request still has a trace id to log");
+            let traceparent = sent
+                .get("traceparent")
+                .expect("propagated")
+                .to_str()
+                .unwrap()
+                .to_owned();
+            assert!(traceparent.contains(&trace_id), "{traceparent}");
+            assert!(traceparent.ends_with("-00"), "not sampled: {traceparent}");
+            drop(span);
+            // A caller that sampled its trace is followed, whatever our own ratio says.
+            let mut incoming = http::HeaderMap::new();
+            incoming.insert(
+                "traceparent",
+                http::HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+            );
+            let span = tracing::info_span!("grpc.server");
+            let _ = span.set_parent(extract_context(&incoming));
+            let sent = span.in_scope(|| {
+                let mut headers = http::HeaderMap::new();
+                inject_context(&mut headers);
+                headers
+            });
+            let traceparent = sent.get("traceparent").unwrap().to_str().unwrap().to_owned();
+            assert!(
+                traceparent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
+                "{traceparent}"
+            );
+            assert!(traceparent.ends_with("-01"), "the caller sampled it: {traceparent}");
+            drop(span);
+        });
+        let _ = provider.force_flush();
+        let kept = exporter.get_finished_spans().unwrap();
+        assert_eq!(kept.len(), 1, "only the span of the sampled trace is exported");
+        assert_eq!(
+            kept[0].span_context.trace_id().to_string(),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
     }
 }

@@ -344,6 +344,13 @@ async fn jobs(cfg: &Config, command: JobsCommand) -> anyhow::Result<()> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    let result = run().await;
+    // Log lines are written by a thread of their own: whatever it still holds goes out first.
+    thali_platform::logwriter::flush_stdout();
+    result
+}
+
+async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let cfg = Config::load(&cli.config.clone().into())?;
     let _ = rustls::crypto::ring::default_provider().install_default();
