@@ -49,6 +49,12 @@ impl Telemetry {
 }
 
 static ACCESS_LOG: std::sync::OnceLock<crate::config::AccessLog> = std::sync::OnceLock::new();
+
+/// Sets the process's access-log policy, once (telemetry's init does it from the configuration;
+/// a test binary may before its first request).
+pub fn set_access_log(policy: crate::config::AccessLog) {
+    let _ = ACCESS_LOG.set(policy);
+}
 static ACCESS_SEEN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// Whether this request gets an access-log line (`THALI_ACCESS_LOG`; every request until the
@@ -82,7 +88,7 @@ pub fn sampler(ratio: f64) -> opentelemetry_sdk::trace::Sampler {
 
 /// Sets up logging, tracing and metrics for this process from the configuration.
 pub fn init(cfg: &Config, service_name: &str) -> anyhow::Result<Telemetry> {
-    let _ = ACCESS_LOG.set(cfg.access_log());
+    set_access_log(cfg.access_log());
     let mut builder = SdkTracerProvider::builder()
         .with_sampler(sampler(cfg.trace_sample_ratio))
         .with_resource(
@@ -106,7 +112,7 @@ pub fn init(cfg: &Config, service_name: &str) -> anyhow::Result<Telemetry> {
 
 /// Like [`init`], but spans go to the given exporter as they end (tests read them back).
 pub fn init_with_exporter<E: SpanExporter + 'static>(exporter: E, filter: &str) -> anyhow::Result<Telemetry> {
-    init_with_exporter_and_writer(exporter, filter, BoxMakeWriter::new(std::io::stdout))
+    init_with_exporter_and_writer(exporter, filter, BoxMakeWriter::new(std::io::stdout), 1.0)
 }
 
 /// Like [`init_with_exporter`], with log lines written to `writer` (a test reads what a process
@@ -115,8 +121,12 @@ pub fn init_with_exporter_and_writer<E: SpanExporter + 'static>(
     exporter: E,
     filter: &str,
     writer: BoxMakeWriter,
+    sample_ratio: f64,
 ) -> anyhow::Result<Telemetry> {
-    let provider = SdkTracerProvider::builder().with_simple_exporter(exporter).build();
+    let provider = SdkTracerProvider::builder()
+        .with_sampler(sampler(sample_ratio))
+        .with_simple_exporter(exporter)
+        .build();
     install_to(provider, filter, LogFormat::Pretty, writer)
 }
 

@@ -27,6 +27,7 @@ pub fn spans() -> &'static InMemorySpanExporter {
                     exporter.clone(),
                     "trace",
                     tracing_subscriber::fmt::writer::BoxMakeWriter::new(move || LogSink(logs.clone())),
+                    *SAMPLE_RATIO.get_or_init(|| 1.0),
                 )
             }
             None => thali_platform::telemetry::init_with_exporter(exporter.clone(), "info,sea_orm=warn"),
@@ -39,6 +40,13 @@ pub fn spans() -> &'static InMemorySpanExporter {
 
 type LogBuffer = std::sync::Arc<std::sync::Mutex<Vec<u8>>>;
 static LOGS: OnceLock<LogBuffer> = OnceLock::new();
+static SAMPLE_RATIO: OnceLock<f64> = OnceLock::new();
+
+/// [`capture_logs`], keeping only `ratio` of the traces begun in this binary.
+pub fn capture_logs_sampled(ratio: f64) {
+    SAMPLE_RATIO.get_or_init(|| ratio);
+    capture_logs();
+}
 
 struct LogSink(LogBuffer);
 
