@@ -47,6 +47,12 @@ bench-outbox samples="300":
 bench-booking restaurants="10000" seconds="20":
     THALI_TEST_DATABASE_URL="${THALI_TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}" cargo run --release -q -p thali-tests --example booking_bench -- {{restaurants}} {{seconds}}
 
+# The hot path from outside: the cached storefront page (wrk) and a partner's GetStorefront (h2load)
+# against bare axum and bare tonic handlers serving the same bytes; prints the two ratios (docs/perf/hot-path.md).
+bench-hot-path seconds="10" connections="256" clients="64" streams="8":
+    command -v wrk >/dev/null && command -v h2load >/dev/null || $(command -v sudo) apt-get install -y wrk nghttp2-client
+    cargo run --release -q -p thali-tests --example hot_path_bench -- {{seconds}} {{connections}} {{clients}} {{streams}}
+
 # Payments on PostgreSQL through REST: signed webhooks replayed with duplicates and 10 % processing faults, then checkout p95 (docs/perf/payments.md).
 bench-payments orders="2000" checkouts="400":
     THALI_TEST_DATABASE_URL="${THALI_TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}" cargo run --release -q -p thali-tests --example payments_bench -- {{orders}} {{checkouts}}
