@@ -303,7 +303,9 @@ async fn main() -> anyhow::Result<()> {
     anyhow::ensure!(message.products.len() == 12, "the partner reads the real page");
 
     // 2. The bare handlers.
-    let bare_http = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    // The same socket settings as Thali's listeners (backlog, TCP_NODELAY), so the stacks are
+    // what differs.
+    let bare_http = thali_platform::net::bind("127.0.0.1:0".parse()?)?;
     let bare_http_addr = bare_http.local_addr()?;
     let bytes = page.clone();
     let app = axum::Router::new().route(
@@ -321,13 +323,13 @@ async fn main() -> anyhow::Result<()> {
         }),
     );
     tokio::spawn(async move { axum::serve(bare_http, app).await });
-    let bare_grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let bare_grpc = thali_platform::net::bind("127.0.0.1:0".parse()?)?;
     let bare_grpc_addr = bare_grpc.local_addr()?;
     let bare = Bare { page: message.clone() };
     tokio::spawn(async move {
         tonic::transport::Server::builder()
             .add_service(StorefrontServiceServer::new(bare))
-            .serve_with_incoming(tokio_stream_from(bare_grpc))
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(bare_grpc).with_nodelay(Some(true)))
             .await
     });
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -401,14 +403,4 @@ async fn main() -> anyhow::Result<()> {
     platform.shutdown().await?;
     telemetry.shutdown();
     Ok(())
-}
-
-/// The listener as tonic's incoming stream.
-fn tokio_stream_from(
-    listener: tokio::net::TcpListener,
-) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    futures::stream::unfold(listener, |listener| async move {
-        let next = listener.accept().await.map(|(stream, _)| stream);
-        Some((next, listener))
-    })
 }
