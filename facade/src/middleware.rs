@@ -22,30 +22,65 @@ use crate::{FacadeState, problem::Problem};
 
 /// The route template a request matched, carried from the router back out to [`observe`].
 #[derive(Clone)]
-struct RouteTag(String);
+struct RouteTag(MatchedPath);
 
-/// Inner layer (on matched routes only): tags the response with its route template.
+/// Inner layer (on matched routes only): tags the response with its route template (a shared
+/// string: no copy per request).
 pub async fn tag_route(matched: MatchedPath, req: Request, next: Next) -> Response {
-    let route = matched.as_str().to_owned();
     let mut response = next.run(req).await;
-    response.extensions_mut().insert(RouteTag(route));
+    response.extensions_mut().insert(RouteTag(matched));
     response
+}
+
+type Histograms = std::collections::HashMap<String, std::collections::HashMap<(&'static str, u16), metrics::Histogram>>;
+
+/// `http_server_request_duration_seconds` handles, registered once per route, method and status:
+/// the request path looks one up (a read lock and a hash) instead of building its labels.
+static HISTOGRAMS: std::sync::LazyLock<std::sync::RwLock<Histograms>> = std::sync::LazyLock::new(Default::default);
+
+fn duration_histogram(route: &str, method: &'static str, status: u16) -> metrics::Histogram {
+    if let Some(h) = HISTOGRAMS
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(route)
+        .and_then(|by| by.get(&(method, status)))
+    {
+        return h.clone();
+    }
+    let h = metrics::histogram!(
+        "http_server_request_duration_seconds",
+        "route" => route.to_owned(),
+        "method" => method,
+        "status" => status.to_string(),
+    );
+    HISTOGRAMS
+        .write()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry(route.to_owned())
+        .or_default()
+        .insert((method, status), h.clone());
+    h
 }
 
 /// Outer layer: continues the caller's trace (W3C `traceparent`), runs the request in a server
 /// span, and records `http_server_request_duration_seconds{route, method, status}`.
 pub async fn observe(req: Request, next: Next) -> Response {
     // Only standard methods become label values, so odd methods cannot grow the registry.
-    let method = match req.method().as_str() {
-        m @ ("GET" | "HEAD" | "POST" | "PUT" | "PATCH" | "DELETE" | "OPTIONS") => m.to_owned(),
-        _ => "OTHER".to_owned(),
+    let method: &'static str = match *req.method() {
+        axum::http::Method::GET => "GET",
+        axum::http::Method::HEAD => "HEAD",
+        axum::http::Method::POST => "POST",
+        axum::http::Method::PUT => "PUT",
+        axum::http::Method::PATCH => "PATCH",
+        axum::http::Method::DELETE => "DELETE",
+        axum::http::Method::OPTIONS => "OPTIONS",
+        _ => "OTHER",
     };
     let request_id = req
         .headers()
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
+        .unwrap_or("");
     let span = tracing::info_span!(
         "http.server",
         otel.name = %method,
@@ -62,20 +97,18 @@ pub async fn observe(req: Request, next: Next) -> Response {
     let route = response
         .extensions()
         .get::<RouteTag>()
-        .map(|r| r.0.clone())
-        .unwrap_or_else(|| "unmatched".to_owned());
+        .map(|r| r.0.as_str())
+        .unwrap_or("unmatched");
     let status = response.status().as_u16();
-    span.record("http.route", route.as_str());
-    // The route is known only after routing, when the OTel span has already started.
-    span.context().span().update_name(format!("{method} {route}"));
+    span.record("http.route", route);
+    // The route is known only after routing, when the OTel span has already started; a span
+    // that is not sampled is not renamed (nobody sees its name).
+    let otel = span.context();
+    if otel.span().span_context().is_sampled() {
+        otel.span().update_name(format!("{method} {route}"));
+    }
     span.record("http.response.status_code", status);
-    metrics::histogram!(
-        "http_server_request_duration_seconds",
-        "route" => route,
-        "method" => method,
-        "status" => status.to_string(),
-    )
-    .record(started.elapsed().as_secs_f64());
+    duration_histogram(route, method, status).record(started.elapsed().as_secs_f64());
     // Metrics above count every request; the access line follows THALI_ACCESS_LOG.
     if thali_platform::telemetry::access_line_wanted(status >= 400) {
         let elapsed_ms = started.elapsed().as_millis() as u64;
