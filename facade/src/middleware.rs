@@ -47,6 +47,9 @@ fn duration_histogram(route: &str, method: &'static str, status: u16) -> metrics
     {
         return h.clone();
     }
+    // Kept for good: the recorder must be installed before (a handle made without it counts
+    // nothing).
+    thali_platform::telemetry::metrics_handle();
     let h = metrics::histogram!(
         "http_server_request_duration_seconds",
         "route" => route.to_owned(),

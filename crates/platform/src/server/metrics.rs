@@ -2,7 +2,7 @@
 //! stack, so calls refused by authentication or shed are counted too; a path no service
 //! declares is counted as `unknown`, so probing cannot grow the registry.
 use std::{
-    collections::HashSet,
+    collections::HashMap,
     pin::Pin,
     sync::OnceLock,
     task::{Context, Poll},
@@ -43,37 +43,83 @@ pub(crate) fn response_code<B>(response: &http::Response<B>) -> tonic::Code {
         .unwrap_or(tonic::Code::Ok)
 }
 
-/// Every method path a Thali server can answer: the contracts, health and reflection.
-fn known_methods() -> &'static HashSet<String> {
-    static KNOWN: OnceLock<HashSet<String>> = OnceLock::new();
+/// The gRPC status codes, by number, as label values (tonic's names).
+const CODES: [&str; 17] = [
+    "Ok",
+    "Cancelled",
+    "Unknown",
+    "InvalidArgument",
+    "DeadlineExceeded",
+    "NotFound",
+    "AlreadyExists",
+    "PermissionDenied",
+    "ResourceExhausted",
+    "FailedPrecondition",
+    "Aborted",
+    "OutOfRange",
+    "Unimplemented",
+    "Internal",
+    "Unavailable",
+    "DataLoss",
+    "Unauthenticated",
+];
+
+/// One method's histograms, one per code, registered on first use.
+type Handles = [OnceLock<metrics::Histogram>; 17];
+
+/// Every method path a Thali server can answer (the contracts, health and reflection) and
+/// `unknown`, each with its histogram handles: a call looks its handle up instead of building
+/// labels.
+fn known_methods() -> &'static HashMap<&'static str, Handles> {
+    static KNOWN: OnceLock<HashMap<&'static str, Handles>> = OnceLock::new();
     KNOWN.get_or_init(|| {
-        let mut known = HashSet::new();
+        // Handles are kept: the recorder must be there before the first one is made (a handle
+        // made without it would count nothing, forever).
+        crate::telemetry::metrics_handle();
+        let mut known: Vec<String> = Vec::new();
         for set in [thali_proto::FILE_DESCRIPTOR_SET, tonic_health::pb::FILE_DESCRIPTOR_SET] {
             let set = prost_types::FileDescriptorSet::decode(set).expect("the embedded descriptor sets are valid");
             for file in set.file {
                 for service in &file.service {
                     for method in &service.method {
-                        known.insert(format!("{}.{}/{}", file.package(), service.name(), method.name()));
+                        known.push(format!("{}.{}/{}", file.package(), service.name(), method.name()));
                     }
                 }
             }
         }
         for version in ["v1", "v1alpha"] {
-            known.insert(format!(
+            known.push(format!(
                 "grpc.reflection.{version}.ServerReflection/ServerReflectionInfo"
             ));
         }
+        known.push("unknown".to_owned());
+        // Leaked once: a fixed set of names that live as long as the process.
         known
+            .into_iter()
+            .map(|m| (&*Box::leak(m.into_boxed_str()), Default::default()))
+            .collect()
     })
 }
 
 /// The metrics label of a request path: the method, or `unknown`.
-pub(crate) fn method_label(path: &str) -> String {
+pub(crate) fn method_label(path: &str) -> &'static str {
     let method = path.trim_start_matches('/');
-    if known_methods().contains(method) {
-        method.to_owned()
-    } else {
-        "unknown".to_owned()
+    known_methods()
+        .get_key_value(method)
+        .map(|(name, _)| *name)
+        .unwrap_or("unknown")
+}
+
+/// The duration histogram of `method` (a label from [`method_label`]) answering `code`.
+fn histogram(method: &'static str, code: tonic::Code) -> metrics::Histogram {
+    let index = usize::try_from(code as i32).unwrap_or(2).min(16);
+    match known_methods().get(method) {
+        Some(handles) => handles[index]
+            .get_or_init(
+                || metrics::histogram!("rpc_server_call_duration_seconds", "method" => method, "code" => CODES[index]),
+            )
+            .clone(),
+        None => metrics::histogram!("rpc_server_call_duration_seconds", "method" => method, "code" => CODES[index]),
     }
 }
 
@@ -100,9 +146,7 @@ where
                 Ok(response) => response_code(response),
                 Err(_) => tonic::Code::Unknown,
             };
-            let code = format!("{code:?}");
-            metrics::histogram!("rpc_server_call_duration_seconds", "method" => method, "code" => code)
-                .record(started.elapsed().as_secs_f64());
+            histogram(method, code).record(started.elapsed().as_secs_f64());
             result
         })
     }
@@ -125,5 +169,13 @@ mod tests {
             "unknown"
         );
         assert_eq!(super::method_label("/x/../y"), "unknown");
+    }
+
+    #[test]
+    fn code_labels_are_tonics_names() {
+        for n in 0..17 {
+            let code = tonic::Code::from_i32(n);
+            assert_eq!(super::CODES[n as usize], format!("{code:?}"));
+        }
     }
 }
