@@ -219,14 +219,23 @@ async fn every_replica_down_then_back() {
         listeners.push(counting_listener(*addr).await);
     }
 
-    // Uncached reads: 503 with Retry-After, until both breakers are open.
+    // Uncached reads: 503 with Retry-After, until both breakers are open. A connection the
+    // client opened to a counting listener after it took the port is accepted and never
+    // answered: that call ends at its deadline, 504 (which one comes first is a race on a busy
+    // machine).
     let opened_by = Instant::now() + Duration::from_secs(10);
     loop {
         let res = mesh.read_signed_in("cold_shop").await;
-        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
-        assert!(res.headers().contains_key("retry-after"));
+        let status = res.status();
+        assert!(
+            status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::GATEWAY_TIMEOUT,
+            "{status}"
+        );
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            assert!(res.headers().contains_key("retry-after"));
+        }
         let body: Value = res.json().await.unwrap();
-        assert_eq!(body["status"], 503);
+        assert_eq!(body["status"], status.as_u16());
         let metrics = metrics_of(&mesh.facade).await;
         let open = addrs
             .iter()
