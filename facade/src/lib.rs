@@ -28,10 +28,7 @@ use thali_proto::{
     payments::v1::payments_service_client::PaymentsServiceClient,
     storefront::v1::storefront_service_client::StorefrontServiceClient,
 };
-use tower_http::{
-    request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
-    set_header::SetResponseHeaderLayer,
-};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::problem::Problem;
@@ -84,9 +81,64 @@ impl FacadeState {
     }
 }
 
+/// How the facade's HTTP edge behaves (from `Config`).
+#[derive(Debug, Clone, Default)]
+pub struct HttpSettings {
+    /// Largest request body, in bytes.
+    pub max_body_bytes: usize,
+    /// Proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: thali_platform::net::TrustedProxies,
+    /// Exact origins allowed to call from a browser; empty: no CORS headers at all.
+    pub cors_origins: Vec<String>,
+}
+
+impl HttpSettings {
+    pub fn from_config(cfg: &thali_platform::config::Config) -> Self {
+        Self {
+            max_body_bytes: cfg.max_body_bytes,
+            trusted_proxies: cfg.trusted_proxies(),
+            cors_origins: cfg.cors_origins(),
+        }
+    }
+}
+
+/// CORS for the listed origins only: methods and headers named one by one, no credentials mode
+/// (tokens travel in `Authorization`, never in cookies), preflights cached for ten minutes.
+fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
+    use axum::http::Method;
+    if origins.is_empty() {
+        return None;
+    }
+    let origins: Vec<HeaderValue> = origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()).collect();
+    Some(
+        tower_http::cors::CorsLayer::new()
+            .allow_origin(origins)
+            .allow_methods([Method::GET, Method::POST, Method::PUT, Method::PATCH, Method::DELETE])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                header::IF_NONE_MATCH,
+                HeaderName::from_static("idempotency-key"),
+                HeaderName::from_static("traceparent"),
+                HeaderName::from_static("x-request-id"),
+            ])
+            .expose_headers([
+                header::ETAG,
+                header::LOCATION,
+                header::RETRY_AFTER,
+                HeaderName::from_static("ratelimit"),
+                HeaderName::from_static("ratelimit-policy"),
+                HeaderName::from_static("x-request-id"),
+                HeaderName::from_static(middleware::RENEWED_TOKEN_HEADER),
+            ])
+            .max_age(std::time::Duration::from_secs(600)),
+    )
+}
+
 /// The whole REST surface, with its middleware, read top to bottom in the order a request
-/// meets it: request id → trace + metrics → security headers → body limit → route.
-pub fn router(state: FacadeState, max_body_bytes: usize) -> Router {
+/// meets it: request id → client address → trace + metrics → security headers → CORS → body
+/// limit → route.
+pub fn router(state: FacadeState, settings: &HttpSettings) -> Router {
     let x_request_id = HeaderName::from_static("x-request-id");
     let api = Router::new()
         .route("/api/v1/auth/register", post(routes::identity::register))
@@ -212,21 +264,18 @@ pub fn router(state: FacadeState, max_body_bytes: usize) -> Router {
         .with_state(state)
         .merge(SwaggerUi::new("/docs").url("/api/v1/openapi.json", openapi::document()))
         .route_layer(axum::middleware::from_fn(middleware::tag_route));
-    api.fallback(not_found)
-        .layer(DefaultBodyLimit::max(max_body_bytes))
-        .layer(SetResponseHeaderLayer::if_not_present(
-            header::X_CONTENT_TYPE_OPTIONS,
-            HeaderValue::from_static("nosniff"),
-        ))
-        .layer(SetResponseHeaderLayer::if_not_present(
-            header::X_FRAME_OPTIONS,
-            HeaderValue::from_static("DENY"),
-        ))
-        .layer(SetResponseHeaderLayer::if_not_present(
-            header::REFERRER_POLICY,
-            HeaderValue::from_static("no-referrer"),
-        ))
+    let mut api = api
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(settings.max_body_bytes));
+    if let Some(cors) = cors(&settings.cors_origins) {
+        api = api.layer(cors);
+    }
+    api.layer(axum::middleware::from_fn(middleware::security_headers))
         .layer(axum::middleware::from_fn(middleware::observe))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::new(settings.trusted_proxies.clone()),
+            middleware::client_address,
+        ))
         .layer(PropagateRequestIdLayer::new(x_request_id.clone()))
         .layer(SetRequestIdLayer::new(x_request_id, MakeRequestUuid))
 }

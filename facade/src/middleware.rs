@@ -20,6 +20,78 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::{FacadeState, problem::Problem};
 
+/// The client's address as [`thali_platform::net::TrustedProxies`] resolved it (the socket
+/// peer, or the rightmost untrusted `X-Forwarded-For` entry behind a trusted proxy). Every
+/// route that needs it (login throttling, rate limits, security events) reads it from here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClientIp(pub std::net::IpAddr);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(parts
+            .extensions
+            .get::<ClientIp>()
+            .copied()
+            .unwrap_or(ClientIp(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))))
+    }
+}
+
+/// Outermost layer: resolves [`ClientIp`] once per request.
+pub async fn client_address(
+    State(proxies): State<std::sync::Arc<thali_platform::net::TrustedProxies>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let peer = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip())
+        .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+    let ip = proxies.client_ip(
+        peer,
+        req.headers().get_all("x-forwarded-for").iter().map(|v| v.as_bytes()),
+    );
+    req.extensions_mut().insert(ClientIp(ip));
+    next.run(req).await
+}
+
+/// Content-Security-Policy of every answer but the API docs: JSON needs nothing.
+const CSP_API: HeaderValue = HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'");
+/// The docs page (Swagger UI) loads only its own scripts, styles and images.
+const CSP_DOCS: HeaderValue = HeaderValue::from_static(
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+     connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
+);
+
+/// Security headers on every REST answer, and caching rules that keep one caller's answer out of
+/// another's cache: `Cache-Control: no-store` on anything answered to a request that carried
+/// credentials, `Vary: Authorization` on any cacheable answer to one that did not.
+pub async fn security_headers(req: Request, next: Next) -> Response {
+    let signed_in = req.headers().contains_key(header::AUTHORIZATION);
+    let docs = req.uri().path().starts_with("/docs");
+    let mut response = next.run(req).await;
+    let headers = response.headers_mut();
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    headers.insert(
+        header::HeaderName::from_static("cross-origin-resource-policy"),
+        HeaderValue::from_static("same-site"),
+    );
+    headers.insert(header::CONTENT_SECURITY_POLICY, if docs { CSP_DOCS } else { CSP_API });
+    if signed_in {
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    } else if headers
+        .get(header::CACHE_CONTROL)
+        .is_some_and(|v| v.as_bytes().starts_with(b"public") || v.as_bytes().windows(7).any(|w| w == b"max-age"))
+    {
+        headers.append(header::VARY, HeaderValue::from_static("authorization"));
+    }
+    response
+}
+
 /// The route template a request matched, carried from the router back out to [`observe`].
 #[derive(Clone)]
 struct RouteTag(MatchedPath);

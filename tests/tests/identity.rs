@@ -130,6 +130,57 @@ async fn repeated_failed_logins_lock_out_with_retry_after() {
     problem(res, StatusCode::UNAUTHORIZED, "BAD_CREDENTIALS").await;
 }
 
+/// Throttling is per (account, client address) and per address, never per account alone: a
+/// guesser cannot keep the owner out. Behind a trusted proxy the client is the rightmost
+/// untrusted `X-Forwarded-For` entry; from anyone else the header is ignored.
+#[tokio::test]
+async fn a_guesser_elsewhere_cannot_lock_the_owner_out() {
+    let login = |mesh: &Mesh, from: &str, password: &str| {
+        mesh.http
+            .post(mesh.url("/api/v1/auth/login"))
+            .header("x-forwarded-for", from)
+            .json(&json!({"email": "owner@example.com", "password": password}))
+            .send()
+    };
+    // The facade sits behind a load balancer on 127.0.0.1.
+    let mesh = Mesh::start_env(&[("THALI_TRUSTED_PROXIES", "127.0.0.1/32")]).await;
+    mesh.sign_up("owner@example.com", "buyer").await;
+    for _ in 0..5 {
+        let res = login(&mesh, "198.51.100.66", "guess guess guess").await.unwrap();
+        problem(res, StatusCode::UNAUTHORIZED, "BAD_CREDENTIALS").await;
+    }
+    // The guesser now waits, even with the right password (parallel guessing gains nothing)…
+    let res = login(&mesh, "6.6.6.6, 198.51.100.66", "correct horse battery")
+        .await
+        .unwrap();
+    problem(res, StatusCode::TOO_MANY_REQUESTS, "LOGIN_THROTTLED").await;
+    // …and the owner, at home, does not.
+    let res = login(&mesh, "203.0.113.5", "correct horse battery").await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK, "{}", res.text().await.unwrap());
+
+    // Without trusted proxies a forged X-Forwarded-For buys nothing: the peer is the client.
+    let mesh = Mesh::start().await;
+    mesh.sign_up("owner@example.com", "buyer").await;
+    for i in 0..5 {
+        let res = login(&mesh, &format!("198.51.100.{i}"), "guess guess guess")
+            .await
+            .unwrap();
+        problem(res, StatusCode::UNAUTHORIZED, "BAD_CREDENTIALS").await;
+    }
+    let res = login(&mesh, "198.51.100.99", "guess guess guess").await.unwrap();
+    problem(res, StatusCode::TOO_MANY_REQUESTS, "LOGIN_THROTTLED").await;
+
+    // Shapes are checked before anything is counted or looked up.
+    let res = mesh
+        .post(
+            "/api/v1/auth/login",
+            None,
+            json!({"email": format!("{}@example.com", "a".repeat(300)), "password": "x"}),
+        )
+        .await;
+    problem(res, StatusCode::BAD_REQUEST, "VALIDATION_FAILED").await;
+}
+
 #[tokio::test]
 async fn registration_rules_and_taken_emails() {
     let mesh = Mesh::start().await;

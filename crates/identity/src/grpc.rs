@@ -15,8 +15,8 @@ use uuid::Uuid;
 
 use crate::{
     domain::{
-        self, ACCESS_TOKEN_TTL, ACCOUNT_FAILURES_ALLOWED, ADDRESS_FAILURES_ALLOWED, Account, AccountStatus,
-        IdentityError, KEY_NAME_MAX, NewAccount, Role,
+        self, ACCESS_TOKEN_TTL, ADDRESS_FAILURES_ALLOWED, Account, AccountStatus, IdentityError, KEY_NAME_MAX,
+        NewAccount, PAIR_FAILURES_ALLOWED, Role,
     },
     passwords,
     store::{ApiKey, Idempotency, IdentityStore, RotateError},
@@ -262,13 +262,27 @@ impl pb::identity_service_server::IdentityService for IdentityGrpc {
         } else {
             peer
         };
-        let email = domain::normalize_email(&req.email).unwrap_or_else(|_| req.email.trim().to_lowercase());
-        let account_key = format!("account:{email}");
-        let address_key = format!("address:{address}");
+        // Shapes first: nothing unchecked reaches SQL or the password hasher.
+        let email = domain::normalize_email(&req.email).map_err(|why| IdentityError::invalid("email", why))?;
+        if req.password.is_empty() || req.password.chars().count() > domain::PASSWORD_MAX {
+            return Err(IdentityError::invalid(
+                "password",
+                format!("must be 1 to {} characters", domain::PASSWORD_MAX),
+            )
+            .into());
+        }
+        let address = match address.parse::<std::net::IpAddr>() {
+            Ok(ip) => thali_platform::net::canonical(ip).to_string(),
+            Err(_) if address.is_empty() => address,
+            Err(_) => return Err(IdentityError::invalid("client_address", "must be an IP address").into()),
+        };
+        // Throttled per (account, address) and per address, never per account alone: a guesser
+        // elsewhere cannot make the owner wait (ADR 0006).
+        let (pair_key, address_key) = domain::throttle_keys(&email, &address);
         let keys = if address.is_empty() {
-            vec![account_key.clone()]
+            vec![pair_key.clone()]
         } else {
-            vec![account_key.clone(), address_key.clone()]
+            vec![pair_key.clone(), address_key.clone()]
         };
         if let Some(retry_after) = self.store.throttled(&keys).await? {
             security_event(SecurityEvent::LoginFailed, &email, "", &address, "throttled");
@@ -279,11 +293,8 @@ impl pb::identity_service_server::IdentityService for IdentityGrpc {
         }
         // The attempt counts before the password is checked, so parallel guesses cannot slip
         // past the limit together; a success clears it.
-        let (attempts, lock) = self
-            .store
-            .record_failure(&account_key, ACCOUNT_FAILURES_ALLOWED)
-            .await?;
-        if attempts > ACCOUNT_FAILURES_ALLOWED {
+        let (attempts, lock) = self.store.record_failure(&pair_key, PAIR_FAILURES_ALLOWED).await?;
+        if attempts > PAIR_FAILURES_ALLOWED {
             security_event(SecurityEvent::LoginFailed, &email, "", &address, "throttled");
             let retry_after = lock.unwrap_or(domain::LOCKOUT_BASE);
             return Err(IdentityError::Throttled { retry_after }.into());
@@ -318,7 +329,7 @@ impl pb::identity_service_server::IdentityService for IdentityGrpc {
             }
             return Err(IdentityError::BadCredentials.into());
         };
-        self.store.clear_failures(&account_key).await?;
+        self.store.clear_failures(&pair_key).await?;
         if account.status != AccountStatus::Active {
             security_event(
                 SecurityEvent::LoginFailed,

@@ -60,6 +60,29 @@ impl AccessLog {
     }
 }
 
+/// `https://app.example.com, http://localhost:3000` → exact origins (scheme, host, optional
+/// port; no path, no wildcard: a browser sends credentials to what is listed).
+fn parse_origins(spec: &str) -> Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    for origin in spec.split(',').map(str::trim).filter(|o| !o.is_empty()) {
+        let rest = origin
+            .strip_prefix("https://")
+            .or_else(|| origin.strip_prefix("http://"))
+            .ok_or_else(|| format!("`{origin}` must start with https:// or http://"))?;
+        let host_ok = !rest.is_empty()
+            && rest
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'));
+        if !host_ok {
+            return Err(format!(
+                "`{origin}` must be scheme://host[:port] (no path, no wildcard)"
+            ));
+        }
+        out.push(origin.to_ascii_lowercase());
+    }
+    Ok(out)
+}
+
 /// Everything a Thali process reads at start.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Config {
@@ -178,6 +201,12 @@ pub struct Config {
     pub breaker_backoff_max_ms: u64,
     /// How often a target given by DNS name is resolved again, seconds (`THALI_RESOLVE_INTERVAL_S`).
     pub resolve_interval_s: u64,
+    /// Proxies whose `X-Forwarded-For` names the client, comma-separated addresses or CIDRs
+    /// (`THALI_TRUSTED_PROXIES`); empty: the socket peer is the client.
+    pub trusted_proxies: String,
+    /// Origins a browser may call the REST API from, comma-separated and exact
+    /// (`THALI_CORS_ORIGINS`, e.g. `https://app.example.com`); empty: no cross-origin calls.
+    pub cors_origins: String,
 }
 
 /// Values given on the command line; they win over every other source.
@@ -246,6 +275,8 @@ impl Config {
             .set_default("breaker_backoff_min_ms", 1_000)?
             .set_default("breaker_backoff_max_ms", 60_000)?
             .set_default("resolve_interval_s", 5)?
+            .set_default("trusted_proxies", "")?
+            .set_default("cors_origins", "")?
             .set_default("mail_from", "Thali <no-reply@thali.localhost>")?
             .set_default("mail_timeout_s", 30)?
             .set_default("webhooks_allow_insecure", false)?
@@ -275,6 +306,16 @@ impl Config {
             .try_deserialize()?;
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// The trusted proxies (validated at load).
+    pub fn trusted_proxies(&self) -> crate::net::TrustedProxies {
+        crate::net::TrustedProxies::parse(&self.trusted_proxies).unwrap_or_default()
+    }
+
+    /// The CORS origins (validated at load).
+    pub fn cors_origins(&self) -> Vec<String> {
+        parse_origins(&self.cors_origins).unwrap_or_default()
     }
 
     /// The access-log policy (validated at load).
@@ -360,6 +401,12 @@ impl Config {
         }
         if self.resolve_interval_s == 0 {
             return invalid("resolve_interval_s", "must be above 0");
+        }
+        if let Err(reason) = crate::net::TrustedProxies::parse(&self.trusted_proxies) {
+            return invalid("trusted_proxies", &reason);
+        }
+        if let Err(reason) = parse_origins(&self.cors_origins) {
+            return invalid("cors_origins", &reason);
         }
         if let Some(url) = &self.smtp_url
             && !(url.starts_with("smtp://") || url.starts_with("smtps://"))
@@ -622,6 +669,27 @@ mod tests {
         let err =
             Config::load_from(None, env(&[("THALI_TRACE_SAMPLE_RATIO", "1.5")]), &Overrides::default()).unwrap_err();
         assert!(err.to_string().contains("trace_sample_ratio"), "{err}");
+        for (key, bad) in [
+            ("THALI_TRUSTED_PROXIES", "10.0.0.0/40"),
+            ("THALI_CORS_ORIGINS", "*"),
+            ("THALI_CORS_ORIGINS", "https://app.example.com/path"),
+            ("THALI_CORS_ORIGINS", "app.example.com"),
+        ] {
+            let err = Config::load_from(None, env(&[(key, bad)]), &Overrides::default()).unwrap_err();
+            let want = key.trim_start_matches("THALI_").to_lowercase();
+            assert!(err.to_string().contains(&want), "{key}={bad}: {err}");
+        }
+        let cfg = Config::load_from(
+            None,
+            env(&[
+                ("THALI_TRUSTED_PROXIES", "10.0.0.0/8,127.0.0.1"),
+                ("THALI_CORS_ORIGINS", "https://App.example.com, http://localhost:3000"),
+            ]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert!(cfg.trusted_proxies().trusts("10.9.8.7".parse().unwrap()));
+        assert_eq!(cfg.cors_origins(), ["https://app.example.com", "http://localhost:3000"]);
     }
 
     #[test]

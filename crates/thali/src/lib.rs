@@ -472,7 +472,7 @@ pub async fn start(cfg: &Config, part: Part) -> anyhow::Result<Platform> {
             verifier,
             edge,
         );
-        let router = thali_facade::router(state, cfg.max_body_bytes);
+        let router = thali_facade::router(state, &thali_facade::HttpSettings::from_config(cfg));
         let listener =
             thali_platform::net::bind(cfg.http_addr).with_context(|| format!("binding {}", cfg.http_addr))?;
         http_addr = Some(listener.local_addr()?);

@@ -1,9 +1,7 @@
 //! Identity routes: register, login, refresh, logout, me, partner API keys, JWKS.
-use std::net::SocketAddr;
-
 use axum::{
     Json,
-    extract::{ConnectInfo, State},
+    extract::State,
     http::StatusCode,
     response::{IntoResponse, Response},
 };
@@ -13,7 +11,7 @@ use super::{created, idempotency_key, missing};
 use crate::{
     FacadeState,
     dto::{self, CreateApiKey, ListApiKeysQuery, Login, RefreshToken, Register},
-    middleware::{ApiJson, ApiPath, ApiQuery, Caller},
+    middleware::{ApiJson, ApiPath, ApiQuery, Caller, ClientIp},
     problem::Problem,
 };
 
@@ -72,13 +70,13 @@ pub async fn register(
 )]
 pub async fn login(
     State(state): State<FacadeState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientIp(client): ClientIp,
     ApiJson(body): ApiJson<Login>,
 ) -> Result<Response, Problem> {
     let req = pb::LoginRequest {
         email: body.email,
         password: body.password,
-        client_address: peer.ip().to_string(),
+        client_address: client.to_string(),
     };
     let res = state
         .identity
@@ -100,12 +98,12 @@ pub async fn login(
 )]
 pub async fn refresh(
     State(state): State<FacadeState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientIp(client): ClientIp,
     ApiJson(body): ApiJson<RefreshToken>,
 ) -> Result<Response, Problem> {
     let req = pb::RefreshRequest {
         refresh_token: body.refresh_token,
-        client_address: peer.ip().to_string(),
+        client_address: client.to_string(),
     };
     let res = state
         .identity
