@@ -4,6 +4,7 @@
 
 pub mod dto;
 pub mod edge;
+pub mod limits;
 pub mod middleware;
 pub mod openapi;
 pub mod problem;
@@ -54,6 +55,8 @@ pub struct FacadeInner {
     pub verifier: Verifier,
     /// Response cache of anonymous storefront reads, where invalidations reach the facade.
     pub edge: Option<edge::EdgeCache>,
+    /// Rate limits (ADR 0026).
+    pub limits: limits::EdgeLimits,
 }
 
 /// Where the facade reaches each service.
@@ -68,7 +71,12 @@ pub struct Services {
 impl FacadeState {
     /// State over the client stack of each service; `edge` keeps anonymous storefront answers
     /// (see [`edge`]).
-    pub fn new(services: Services, verifier: Verifier, edge: Option<edge::EdgeCache>) -> Self {
+    pub fn new(
+        services: Services,
+        verifier: Verifier,
+        edge: Option<edge::EdgeCache>,
+        limits: limits::EdgeLimits,
+    ) -> Self {
         Self(Arc::new(FacadeInner {
             storefront: Client::new(services.storefront, StorefrontServiceClient::new),
             identity: Client::new(services.identity, IdentityServiceClient::new),
@@ -77,6 +85,7 @@ impl FacadeState {
             payments: Client::new(services.payments, PaymentsServiceClient::new),
             verifier,
             edge,
+            limits,
         }))
     }
 }
@@ -137,7 +146,7 @@ fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
 
 /// The whole REST surface, with its middleware, read top to bottom in the order a request
 /// meets it: request id → client address → trace + metrics → security headers → CORS → body
-/// limit → route.
+/// limit → route: rate limit → token renewal → handler.
 pub fn router(state: FacadeState, settings: &HttpSettings) -> Router {
     let x_request_id = HeaderName::from_static("x-request-id");
     let api = Router::new()
@@ -261,8 +270,9 @@ pub fn router(state: FacadeState, settings: &HttpSettings) -> Router {
             middleware::renew_token,
         ))
         .method_not_allowed_fallback(method_not_allowed)
-        .with_state(state)
+        .with_state(state.clone())
         .merge(SwaggerUi::new("/docs").url("/api/v1/openapi.json", openapi::document()))
+        .route_layer(axum::middleware::from_fn_with_state(state, limits::rate_limit))
         .route_layer(axum::middleware::from_fn(middleware::tag_route));
     let mut api = api
         .fallback(not_found)

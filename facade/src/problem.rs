@@ -80,6 +80,12 @@ impl Problem {
         }))
     }
 
+    /// Adds `Retry-After` (whole seconds, at least 1).
+    pub fn with_retry_after(mut self, secs: u64) -> Self {
+        self.retry_after = Some(secs.max(1));
+        self
+    }
+
     pub fn with_errors(mut self, errors: Vec<FieldError>) -> Self {
         self.errors = errors;
         self

@@ -20,6 +20,7 @@ pub enum SecurityEvent {
     PasswordResetRequested,
     PasswordReset,
     EmailVerified,
+    RateLimited,
 }
 
 impl SecurityEvent {
@@ -39,6 +40,7 @@ impl SecurityEvent {
             SecurityEvent::PasswordResetRequested => "password_reset.requested",
             SecurityEvent::PasswordReset => "password_reset.done",
             SecurityEvent::EmailVerified => "email.verified",
+            SecurityEvent::RateLimited => "rate_limited",
         }
     }
 }

@@ -204,6 +204,11 @@ impl Redis {
         })
     }
 
+    /// The command client (for the rate limiter's script).
+    pub(crate) fn client(&self) -> &RedisClient {
+        &self.client
+    }
+
     /// Whether the client is connected now.
     pub fn is_up(&self) -> bool {
         self.client.is_connected()

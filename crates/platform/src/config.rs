@@ -207,6 +207,16 @@ pub struct Config {
     /// Origins a browser may call the REST API from, comma-separated and exact
     /// (`THALI_CORS_ORIGINS`, e.g. `https://app.example.com`); empty: no cross-origin calls.
     pub cors_origins: String,
+    /// REST budget of an anonymous client address (`THALI_RATE_LIMIT_ANONYMOUS`, `100/min`).
+    pub rate_limit_anonymous: String,
+    /// REST budget of a signed-in account (`THALI_RATE_LIMIT_SIGNED_IN`, `300/min`).
+    pub rate_limit_signed_in: String,
+    /// Login attempts per (account, client address) (`THALI_RATE_LIMIT_LOGIN`, `10/min`).
+    pub rate_limit_login: String,
+    /// Login attempts per client address (`THALI_RATE_LIMIT_LOGIN_ADDRESS`, `30/min`).
+    pub rate_limit_login_address: String,
+    /// Registrations per client address (`THALI_RATE_LIMIT_REGISTER`, `5/min`).
+    pub rate_limit_register: String,
 }
 
 /// Values given on the command line; they win over every other source.
@@ -277,6 +287,11 @@ impl Config {
             .set_default("resolve_interval_s", 5)?
             .set_default("trusted_proxies", "")?
             .set_default("cors_origins", "")?
+            .set_default("rate_limit_anonymous", "100/min")?
+            .set_default("rate_limit_signed_in", "300/min")?
+            .set_default("rate_limit_login", "10/min")?
+            .set_default("rate_limit_login_address", "30/min")?
+            .set_default("rate_limit_register", "5/min")?
             .set_default("mail_from", "Thali <no-reply@thali.localhost>")?
             .set_default("mail_timeout_s", 30)?
             .set_default("webhooks_allow_insecure", false)?
@@ -407,6 +422,17 @@ impl Config {
         }
         if let Err(reason) = parse_origins(&self.cors_origins) {
             return invalid("cors_origins", &reason);
+        }
+        for (key, spec) in [
+            ("rate_limit_anonymous", &self.rate_limit_anonymous),
+            ("rate_limit_signed_in", &self.rate_limit_signed_in),
+            ("rate_limit_login", &self.rate_limit_login),
+            ("rate_limit_login_address", &self.rate_limit_login_address),
+            ("rate_limit_register", &self.rate_limit_register),
+        ] {
+            if let Err(reason) = crate::ratelimit::Quota::parse(spec) {
+                return invalid(key, &reason);
+            }
         }
         if let Some(url) = &self.smtp_url
             && !(url.starts_with("smtp://") || url.starts_with("smtps://"))
@@ -674,6 +700,8 @@ mod tests {
             ("THALI_CORS_ORIGINS", "*"),
             ("THALI_CORS_ORIGINS", "https://app.example.com/path"),
             ("THALI_CORS_ORIGINS", "app.example.com"),
+            ("THALI_RATE_LIMIT_ANONYMOUS", "100"),
+            ("THALI_RATE_LIMIT_REGISTER", "0/min"),
         ] {
             let err = Config::load_from(None, env(&[(key, bad)]), &Overrides::default()).unwrap_err();
             let want = key.trim_start_matches("THALI_").to_lowercase();

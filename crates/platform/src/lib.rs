@@ -19,6 +19,7 @@ pub mod jobs;
 pub mod logwriter;
 pub mod money;
 pub mod net;
+pub mod ratelimit;
 pub mod server;
 pub mod telemetry;
 

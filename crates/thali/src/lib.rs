@@ -461,6 +461,12 @@ pub async fn start(cfg: &Config, part: Part) -> anyhow::Result<Platform> {
             ),
             None => None,
         };
+        // Rate limits: one budget across replicas through Redis when there is one.
+        let limiter_redis = match &cfg.redis_url {
+            Some(url) => Some(Redis::connect(url).await.context("redis_url")?),
+            None => None,
+        };
+        let limiter = thali_platform::ratelimit::RateLimiter::new(&cfg.tenant, limiter_redis);
         let state = thali_facade::FacadeState::new(
             thali_facade::Services {
                 storefront,
@@ -471,6 +477,7 @@ pub async fn start(cfg: &Config, part: Part) -> anyhow::Result<Platform> {
             },
             verifier,
             edge,
+            thali_facade::limits::EdgeLimits::from_config(cfg, limiter),
         );
         let router = thali_facade::router(state, &thali_facade::HttpSettings::from_config(cfg));
         let listener =

@@ -36,8 +36,20 @@ fn no_store(body: impl serde::Serialize) -> Response {
 )]
 pub async fn register(
     State(state): State<FacadeState>,
+    client: ClientIp,
     headers: axum::http::HeaderMap,
     ApiJson(body): ApiJson<Register>,
+) -> Response {
+    if let Err(refused) = state.limits.register(client).await {
+        return refused;
+    }
+    register_call(state, headers, body).await.into_response()
+}
+
+async fn register_call(
+    state: FacadeState,
+    headers: axum::http::HeaderMap,
+    body: Register,
 ) -> Result<Response, Problem> {
     let req = pb::RegisterRequest {
         email: body.email,
@@ -64,15 +76,18 @@ pub async fn register(
     request_body = Login,
     responses(
         (status = 200, description = "Signed in", body = dto::Session),
-        (status = 429, description = "Too many failed logins; see Retry-After", body = crate::problem::ProblemDetails,
+        (status = 429, description = "Too many failed logins (LOGIN_THROTTLED) or attempts (RATE_LIMITED); see Retry-After", body = crate::problem::ProblemDetails,
          content_type = "application/problem+json"),
     )
 )]
-pub async fn login(
-    State(state): State<FacadeState>,
-    ClientIp(client): ClientIp,
-    ApiJson(body): ApiJson<Login>,
-) -> Result<Response, Problem> {
+pub async fn login(State(state): State<FacadeState>, client: ClientIp, ApiJson(body): ApiJson<Login>) -> Response {
+    if let Err(refused) = state.limits.login(&body.email, client).await {
+        return refused;
+    }
+    login_call(state, client, body).await.into_response()
+}
+
+async fn login_call(state: FacadeState, ClientIp(client): ClientIp, body: Login) -> Result<Response, Problem> {
     let req = pb::LoginRequest {
         email: body.email,
         password: body.password,

@@ -125,6 +125,9 @@ impl Shared {
             .into_iter()
             .map(|(k, v)| (k.to_owned(), v))
             .collect();
+        for (key, value) in super::UNLIMITED {
+            env.insert((*key).to_owned(), (*value).to_owned());
+        }
         if let Some(pg) = &database {
             env.insert("THALI_DATABASE_URL".into(), pg.url.clone());
         }

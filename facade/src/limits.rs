@@ -1,0 +1,150 @@
+//! Rate limits at the REST edge (ADR 0026): every request is counted once against the budget of
+//! who sends it — a signed-in account (its verified token's subject) or, anonymous, the client
+//! address — and the routes an attacker would hammer have budgets of their own (login per
+//! (account, address) and per address, register per address). Answers carry the IETF
+//! `RateLimit-Policy` and `RateLimit` fields; a refusal is 429 problem+json `RATE_LIMITED` with
+//! `Retry-After`.
+use axum::{
+    extract::{Request, State},
+    http::{HeaderMap, HeaderName, HeaderValue},
+    middleware::Next,
+    response::{IntoResponse, Response},
+};
+use thali_platform::{
+    audit::{SecurityEvent, security_event},
+    auth::{Principal, bearer_token},
+    config::Config,
+    ratelimit::{Decision, Quota, RateLimiter},
+};
+
+use crate::{FacadeState, middleware::ClientIp, problem::Problem};
+
+/// The budgets (each a setting; see the README's table).
+#[derive(Clone)]
+pub struct EdgeLimits {
+    pub limiter: RateLimiter,
+    pub anonymous: Quota,
+    pub signed_in: Quota,
+    pub login: Quota,
+    pub login_address: Quota,
+    pub register: Quota,
+}
+
+impl EdgeLimits {
+    /// The budgets of `cfg`, counted by `limiter`.
+    pub fn from_config(cfg: &Config, limiter: RateLimiter) -> Self {
+        let q = |spec: &str| Quota::parse(spec).expect("quotas are validated at load");
+        Self {
+            limiter,
+            anonymous: q(&cfg.rate_limit_anonymous),
+            signed_in: q(&cfg.rate_limit_signed_in),
+            login: q(&cfg.rate_limit_login),
+            login_address: q(&cfg.rate_limit_login_address),
+            register: q(&cfg.rate_limit_register),
+        }
+    }
+
+    /// A login attempt for `email` from `ip`: 10/min for the pair, 30/min for the address.
+    pub async fn login(&self, email: &str, ip: ClientIp) -> Result<(), Response> {
+        let address = ip.0.to_string();
+        self.take("login_address", &self.login_address, &address, &address)
+            .await?;
+        let email = email.trim().to_lowercase();
+        let pair = thali_platform::idempotency::sha256_hex(format!("{email}|{address}").as_bytes());
+        self.take("login", &self.login, &pair[..32], &address).await
+    }
+
+    /// A registration from `ip`: 5/min.
+    pub async fn register(&self, ip: ClientIp) -> Result<(), Response> {
+        let address = ip.0.to_string();
+        self.take("register", &self.register, &address, &address).await
+    }
+
+    async fn take(&self, policy: &'static str, quota: &Quota, key: &str, address: &str) -> Result<(), Response> {
+        let decision = self.limiter.check(policy, quota, key).await;
+        if decision.allowed {
+            Ok(())
+        } else {
+            Err(refusal(policy, quota, &decision, address))
+        }
+    }
+}
+
+/// A token the rate limiter already verified, for the extractors after it.
+#[derive(Clone)]
+pub struct Verified(pub Principal);
+
+/// Route layer: counts the request against its caller's budget. A bad token is counted as
+/// anonymous (the route answers 401). Razorpay's webhooks are not counted per address: their
+/// signature is what authenticates them, and the gateway sends from few addresses.
+pub async fn rate_limit(State(state): State<FacadeState>, mut req: Request, next: Next) -> Response {
+    if req.uri().path().starts_with("/api/v1/webhooks/") {
+        return next.run(req).await;
+    }
+    let limits = &state.limits;
+    let ip = req
+        .extensions()
+        .get::<ClientIp>()
+        .copied()
+        .unwrap_or(ClientIp(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)));
+    let address = ip.0.to_string();
+    let verified = req
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(bearer_token)
+        .and_then(|token| state.verifier.verify(token).ok());
+    let (policy, quota, decision) = match verified {
+        Some(principal) => {
+            let decision = limits
+                .limiter
+                .check("signed_in", &limits.signed_in, &principal.subject)
+                .await;
+            req.extensions_mut().insert(Verified(principal));
+            ("signed_in", &limits.signed_in, decision)
+        }
+        None => {
+            let decision = limits.limiter.check("anonymous", &limits.anonymous, &address).await;
+            ("anonymous", &limits.anonymous, decision)
+        }
+    };
+    if !decision.allowed {
+        return refusal(policy, quota, &decision, &address);
+    }
+    let mut response = next.run(req).await;
+    // A route's own budget (login, register) speaks for itself when it refused.
+    if !response.headers().contains_key(RATELIMIT) {
+        set_fields(response.headers_mut(), policy, quota, &decision);
+    }
+    response
+}
+
+const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+
+/// `RateLimit-Policy: "anonymous";q=100;w=60` and `RateLimit: "anonymous";r=42;t=25`
+/// (draft-ietf-httpapi-ratelimit-headers).
+fn set_fields(headers: &mut HeaderMap, policy: &str, quota: &Quota, decision: &Decision) {
+    let secs = |d: std::time::Duration| d.as_secs() + u64::from(d.subsec_nanos() > 0);
+    let policy_value = format!("\"{policy}\";q={};w={}", quota.limit, quota.period.as_secs());
+    let value = format!("\"{policy}\";r={};t={}", decision.remaining, secs(decision.reset));
+    if let (Ok(p), Ok(v)) = (HeaderValue::try_from(policy_value), HeaderValue::try_from(value)) {
+        headers.insert(RATELIMIT_POLICY, p);
+        headers.insert(RATELIMIT, v);
+    }
+}
+
+/// 429 problem+json `RATE_LIMITED` with `Retry-After` and the RateLimit fields; a security event.
+fn refusal(policy: &'static str, quota: &Quota, decision: &Decision, address: &str) -> Response {
+    security_event(SecurityEvent::RateLimited, "", policy, address, "");
+    let retry = decision.retry_after.as_secs() + u64::from(decision.retry_after.subsec_nanos() > 0);
+    let mut response = Problem::new(
+        axum::http::StatusCode::TOO_MANY_REQUESTS,
+        "RATE_LIMITED",
+        format!("too many requests; try again in {} s", retry.max(1)),
+    )
+    .with_retry_after(retry)
+    .into_response();
+    set_fields(response.headers_mut(), policy, quota, decision);
+    response
+}

@@ -1,0 +1,193 @@
+//! Rate limits at the REST edge (issue 12, part 5; ADR 0026). Budgets are set per test with a
+//! one-hour window, so nothing refills while a test runs and every count is exact (the defaults,
+//! 100/min anonymous and 300/min signed in, are the same rule over a minute). Each test has a
+//! tenant of its own, so runs sharing one Redis never share a budget.
+mod support;
+
+use reqwest::{Response, StatusCode};
+use serde_json::json;
+use support::{Mesh, access, problem};
+
+fn tenant() -> String {
+    format!("rl{}", uuid::Uuid::now_v7().simple())
+}
+
+async fn mesh(tenant: &str, redis: Option<&str>, extra: &[(&str, &str)]) -> Mesh {
+    let mut env = vec![("THALI_TENANT", tenant)];
+    if let Some(url) = redis {
+        env.push(("THALI_REDIS_URL", url));
+    }
+    env.extend_from_slice(extra);
+    Mesh::start_env(&env).await
+}
+
+fn field(res: &Response, name: &str) -> String {
+    res.headers()
+        .get(name)
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default()
+}
+
+async fn assert_refused(res: Response, policy: &str, quota: &str) {
+    assert_eq!(field(&res, "ratelimit-policy"), format!("\"{policy}\";{quota}"));
+    assert!(
+        field(&res, "ratelimit").starts_with(&format!("\"{policy}\";r=0;t=")),
+        "{}",
+        field(&res, "ratelimit")
+    );
+    let retry: u64 = field(&res, "retry-after").parse().unwrap();
+    assert!(retry >= 1, "{retry}");
+    problem(res, StatusCode::TOO_MANY_REQUESTS, "RATE_LIMITED").await;
+}
+
+#[tokio::test]
+async fn the_101st_anonymous_request_is_refused_with_retry_after_and_ratelimit_fields() {
+    let mesh = mesh(&tenant(), None, &[("THALI_RATE_LIMIT_ANONYMOUS", "100/h")]).await;
+    for i in 0..100u32 {
+        let res = mesh.get("/api/v1/store/nobody").await;
+        assert_eq!(res.status(), StatusCode::NOT_FOUND, "request {}", i + 1);
+        assert_eq!(field(&res, "ratelimit-policy"), "\"anonymous\";q=100;w=3600");
+        assert!(field(&res, "ratelimit").starts_with(&format!("\"anonymous\";r={};t=", 99 - i)));
+    }
+    let res = mesh.get("/api/v1/store/nobody").await;
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry: u64 = field(&res, "retry-after").parse().unwrap();
+    assert!((35..=36).contains(&retry), "one request's worth of the hour: {retry}");
+    assert_refused(res, "anonymous", "q=100;w=3600").await;
+
+    // Refusals are counted by route and status like every other answer, and logged as security
+    // events.
+    let metrics = mesh.admin_get("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("http_server_request_duration_seconds_count")
+                && l.contains("route=\"/api/v1/store/{username}\"")
+                && l.contains("status=\"429\"")),
+        "{metrics}"
+    );
+
+    // A forged X-Forwarded-For from an untrusted peer buys no new budget.
+    let res = mesh
+        .http
+        .get(mesh.url("/api/v1/store/nobody"))
+        .header("x-forwarded-for", "203.0.113.77")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+
+    // Razorpay's webhooks are not counted per address: their signature decides.
+    let res = mesh
+        .http
+        .post(mesh.url("/api/v1/webhooks/razorpay"))
+        .header("x-razorpay-signature", "00")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(res.status().is_client_error(), "{}", res.status());
+}
+
+#[tokio::test]
+async fn a_signed_in_account_has_its_own_budget() {
+    let mesh = mesh(
+        &tenant(),
+        None,
+        &[
+            ("THALI_RATE_LIMIT_SIGNED_IN", "300/h"),
+            ("THALI_RATE_LIMIT_ANONYMOUS", "1000/h"),
+        ],
+    )
+    .await;
+    let asha = access(&mesh.sign_up("asha@example.com", "buyer").await);
+    let ravi = access(&mesh.sign_up("ravi@example.com", "buyer").await);
+    for i in 0..300 {
+        let res = mesh.get_as("/api/v1/auth/me", &asha).await;
+        assert_eq!(res.status(), StatusCode::OK, "request {}", i + 1);
+    }
+    let res = mesh.get_as("/api/v1/auth/me", &asha).await;
+    assert_refused(res, "signed_in", "q=300;w=3600").await;
+    // Another account from the same address, and anonymous calls, are not held up.
+    assert_eq!(mesh.get_as("/api/v1/auth/me", &ravi).await.status(), StatusCode::OK);
+    let res = mesh.get("/api/v1/store/nobody").await;
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+    assert_eq!(field(&res, "ratelimit-policy"), "\"anonymous\";q=1000;w=3600");
+    // A forged token is anonymous (and refused by the route, not by the limiter).
+    let res = mesh.get_as("/api/v1/auth/me", "not.a.token").await;
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn login_and_registration_have_budgets_of_their_own() {
+    let mesh = mesh(
+        &tenant(),
+        None,
+        &[
+            ("THALI_RATE_LIMIT_LOGIN", "10/h"),
+            ("THALI_RATE_LIMIT_LOGIN_ADDRESS", "13/h"),
+            ("THALI_RATE_LIMIT_REGISTER", "3/h"),
+        ],
+    )
+    .await;
+    let register = |email: String| {
+        mesh.post(
+            "/api/v1/auth/register",
+            None,
+            json!({"email": email, "password": "correct horse battery", "display_name": "X", "role": "buyer"}),
+        )
+    };
+    for i in 0..3 {
+        assert_eq!(
+            register(format!("u{i}@example.com")).await.status(),
+            StatusCode::CREATED
+        );
+    }
+    assert_refused(register("u3@example.com".into()).await, "register", "q=3;w=3600").await;
+
+    let login = |email: &'static str| {
+        mesh.post(
+            "/api/v1/auth/login",
+            None,
+            json!({"email": email, "password": "correct horse battery"}),
+        )
+    };
+    // Ten logins of one account from one address (each a success: the limit counts attempts)…
+    for i in 0..10 {
+        assert_eq!(
+            login("u0@example.com").await.status(),
+            StatusCode::OK,
+            "login {}",
+            i + 1
+        );
+    }
+    assert_refused(login("U0@example.com ").await, "login", "q=10;w=3600").await;
+    // …another account from the same address still has the address's last two (the refused
+    // attempt counted against the address too: 11 of 13 are spent).
+    assert_eq!(login("u1@example.com").await.status(), StatusCode::OK);
+    assert_eq!(login("u1@example.com").await.status(), StatusCode::OK);
+    assert_refused(login("u2@example.com").await, "login_address", "q=13;w=3600").await;
+}
+
+/// Two facade replicas on one Redis spend one budget; the server's clock decides.
+#[tokio::test]
+async fn two_replicas_sharing_redis_share_one_budget() {
+    let Some(redis) = thali_platform::testing::redis_url() else {
+        return;
+    };
+    let tenant = tenant();
+    let quota = [("THALI_RATE_LIMIT_ANONYMOUS", "10/h")];
+    let a = mesh(&tenant, Some(&redis), &quota).await;
+    let b = mesh(&tenant, Some(&redis), &quota).await;
+    for i in 0..10 {
+        let replica = if i % 2 == 0 { &a } else { &b };
+        let res = replica.get("/api/v1/store/nobody").await;
+        assert_eq!(res.status(), StatusCode::NOT_FOUND, "request {}", i + 1);
+    }
+    assert_refused(a.get("/api/v1/store/nobody").await, "anonymous", "q=10;w=3600").await;
+    assert_refused(b.get("/api/v1/store/nobody").await, "anonymous", "q=10;w=3600").await;
+    // The same run without Redis: each replica would have had its own ten.
+    let alone = mesh(&tenant, None, &quota).await;
+    assert_eq!(alone.get("/api/v1/store/nobody").await.status(), StatusCode::NOT_FOUND);
+}
