@@ -544,3 +544,34 @@ async fn user_tokens_work_on_grpc_with_the_same_roles() {
         .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);
 }
+
+/// A retried key creation (same `Idempotency-Key`) mints no second key; the retry's secret is
+/// the one that works.
+#[tokio::test]
+async fn a_retried_api_key_creation_makes_one_key() {
+    let mesh = Mesh::start().await;
+    let token = access(&mesh.sign_up("partner@example.com", "creator").await);
+    let create = || {
+        mesh.http
+            .post(mesh.url("/api/v1/api-keys"))
+            .bearer_auth(&token)
+            .header("idempotency-key", "create-pos-key")
+            .json(&json!({"name": "pos", "scopes": ["storefront.read"]}))
+            .send()
+    };
+    let first: Value = support::json_of(create().await.unwrap(), StatusCode::CREATED).await;
+    let retry: Value = support::json_of(create().await.unwrap(), StatusCode::CREATED).await;
+    assert_eq!(first["api_key"]["id"], retry["api_key"]["id"]);
+    let keys: Value = mesh.get_as("/api/v1/api-keys", &token).await.json().await.unwrap();
+    assert_eq!(keys["api_keys"].as_array().unwrap().len(), 1, "{keys}");
+    let res = mesh
+        .http
+        .post(mesh.url("/api/v1/api-keys"))
+        .bearer_auth(&token)
+        .header("idempotency-key", "create-pos-key")
+        .json(&json!({"name": "another", "scopes": ["storefront.read"]}))
+        .send()
+        .await
+        .unwrap();
+    problem(res, StatusCode::CONFLICT, "IDEMPOTENCY_KEY_REUSED").await;
+}

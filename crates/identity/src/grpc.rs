@@ -463,7 +463,12 @@ impl pb::identity_service_server::IdentityService for IdentityGrpc {
             }
             None => None,
         };
-        let (key, secret) = self.store.create_api_key(owner, name, &scopes, expires_at).await?;
+        let idem = domain::parse_idempotency_key(&req.idempotency_key)?
+            .map(|k| Idempotency::new(k, &(owner, name, &scopes, expires_at)));
+        let (key, secret) = self
+            .store
+            .create_api_key(owner, name, &scopes, expires_at, idem.as_ref())
+            .await?;
         security_event(
             SecurityEvent::ApiKeyCreated,
             &caller.0.to_string(),

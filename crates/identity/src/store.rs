@@ -262,6 +262,14 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 /// Failures older than this are forgotten before a new one is counted.
 const FAILURE_MEMORY: chrono::TimeDelta = chrono::TimeDelta::minutes(15);
 
+/// A new partner key secret under `prefix`: `thali_pk_<prefix>_<43 random characters>`.
+fn api_key_secret(prefix: &str) -> String {
+    format!(
+        "{API_KEY_PREFIX}{prefix}_{}",
+        URL_SAFE_NO_PAD.encode(random_bytes::<32>())
+    )
+}
+
 /// How long an idempotency key answers with its first result.
 /// Identity's idempotency keys (ADR 0005; the rules live in `platform::idempotency`).
 const KEYS: Keys = Keys::new("identity_idempotency");
@@ -829,19 +837,25 @@ impl IdentityStore {
         name: &str,
         scopes: &[String],
         expires_at: Option<DateTime<Utc>>,
+        idem: Option<&Idempotency>,
     ) -> Result<(ApiKey, String), IdentityError> {
+        const SCOPE: &str = "api_key";
+        let subject = owner.to_string();
+        if let Some(idem) = idem
+            && let Some(id) = self.replay(SCOPE, &subject, idem).await?
+        {
+            return self.reissue_api_key_secret(id).await;
+        }
         account::Entity::find_by_id(owner)
             .one(&self.db)
             .await?
             .ok_or(IdentityError::ApiKeyNotFound)?;
         for _ in 0..3 {
             let prefix = random_alphanumeric(12);
-            let secret = format!(
-                "{API_KEY_PREFIX}{prefix}_{}",
-                URL_SAFE_NO_PAD.encode(random_bytes::<32>())
-            );
+            let secret = api_key_secret(&prefix);
+            let id = Uuid::now_v7();
             let row = api_key::ActiveModel {
-                id: Set(Uuid::now_v7()),
+                id: Set(id),
                 owner_id: Set(owner),
                 name: Set(name.to_owned()),
                 prefix: Set(prefix),
@@ -852,14 +866,51 @@ impl IdentityStore {
                 last_used_at: Set(None),
                 revoked_at: Set(None),
             };
-            match row.insert(&self.db).await {
-                Ok(model) => return Ok((model.into(), secret)),
+            let txn = self.db.begin().await?;
+            if let Some(idem) = idem
+                && !KEYS.claim(&txn, SCOPE, &subject, idem, id, Utc::now()).await?
+            {
+                // A concurrent request with the same key committed first: answer with its key.
+                drop(txn);
+                let id = self
+                    .replay(SCOPE, &subject, idem)
+                    .await?
+                    .ok_or(IdentityError::Unavailable)?;
+                return self.reissue_api_key_secret(id).await;
+            }
+            match row.insert(&txn).await {
+                Ok(model) => {
+                    txn.commit().await?;
+                    return Ok((model.into(), secret));
+                }
                 // A prefix collision (1 in 62^12): draw again.
                 Err(e) if is_unique_violation(&e) => continue,
                 Err(e) => return Err(e.into()),
             }
         }
         Err(IdentityError::Internal("could not draw a unique API key prefix".into()))
+    }
+
+    /// A retried creation: the key made the first time, with a new secret. The first secret
+    /// was kept only as a hash, so it cannot be shown again; it stops working now, so no key
+    /// lives on whose secret nobody holds (ADR 0025). A key revoked since comes back without a
+    /// secret.
+    async fn reissue_api_key_secret(&self, id: Uuid) -> Result<(ApiKey, String), IdentityError> {
+        let found = api_key::Entity::find_by_id(id)
+            .one(&self.db)
+            .await?
+            .ok_or(IdentityError::ApiKeyNotFound)?;
+        if found.revoked_at.is_some() {
+            return Ok((found.into(), String::new()));
+        }
+        let secret = api_key_secret(&found.prefix);
+        api_key::Entity::update_many()
+            .col_expr(api_key::Column::KeyHash, Expr::value(sha256_hex(&secret)))
+            .filter(api_key::Column::Id.eq(id))
+            .filter(api_key::Column::RevokedAt.is_null())
+            .exec(&self.db)
+            .await?;
+        Ok((found.into(), secret))
     }
 
     /// API keys of `owner`, newest first.

@@ -71,12 +71,61 @@ async fn two_racing_rotations_of_one_token_leave_one_winner_and_kill_the_family(
     }
 }
 
+/// A retried CreateApiKey mints no second key: it answers with the first one and a new secret
+/// (the first secret, held only as a hash, stops working); racing retries make one key.
+#[tokio::test]
+async fn creating_an_api_key_honours_its_idempotency_key() {
+    use thali_identity::store::Idempotency;
+    for (backend, store) in stores().await {
+        let owner = account(&store, "idem@example.com").await;
+        let scopes = vec!["storefront.read".to_owned()];
+        let idem = |name: &str| Idempotency::new("retry-1".into(), &(owner, name));
+        let pos = idem("pos");
+        let ((a, first), (b, second)) = {
+            let (x, y) = tokio::join!(
+                store.create_api_key(owner, "pos", &scopes, None, Some(&pos)),
+                store.create_api_key(owner, "pos", &scopes, None, Some(&pos)),
+            );
+            (x.unwrap(), y.unwrap())
+        };
+        assert_eq!(a.id, b.id, "{backend}: one key");
+        assert_eq!(store.api_keys(owner).await.unwrap().len(), 1, "{backend}");
+        assert_ne!(first, second, "{backend}");
+        let (c, third) = store
+            .create_api_key(owner, "pos", &scopes, None, Some(&pos))
+            .await
+            .unwrap();
+        assert_eq!(c.id, a.id, "{backend}");
+        assert!(
+            store.verify_api_key(&parse_api_key(&third).unwrap()).await.is_ok(),
+            "{backend}"
+        );
+        for old in [&first, &second] {
+            assert!(
+                matches!(
+                    store.verify_api_key(&parse_api_key(old).unwrap()).await,
+                    Err(IdentityError::BadApiKey)
+                ),
+                "{backend}: an earlier secret stops working"
+            );
+        }
+        // The same key with another request is refused.
+        assert!(matches!(
+            store
+                .create_api_key(owner, "other", &scopes, None, Some(&idem("other")))
+                .await,
+            Err(IdentityError::IdempotencyKeyReused)
+        ));
+        assert_eq!(store.api_keys(owner).await.unwrap().len(), 1, "{backend}");
+    }
+}
+
 #[tokio::test]
 async fn api_keys_verify_only_while_valid() {
     for (backend, store) in stores().await {
         let owner = account(&store, "keys@example.com").await;
         let scopes = vec!["storefront.read".to_owned()];
-        let (key, secret) = store.create_api_key(owner, "pos", &scopes, None).await.unwrap();
+        let (key, secret) = store.create_api_key(owner, "pos", &scopes, None, None).await.unwrap();
         let presented = parse_api_key(&secret).expect("a minted key has the key shape");
         let (found, found_owner) = store.verify_api_key(&presented).await.unwrap();
         assert_eq!((found.id, found_owner.id), (key.id, owner), "{backend}");
@@ -94,7 +143,10 @@ async fn api_keys_verify_only_while_valid() {
         );
 
         let past = chrono::Utc::now() - chrono::Duration::seconds(1);
-        let (_, expired) = store.create_api_key(owner, "old", &scopes, Some(past)).await.unwrap();
+        let (_, expired) = store
+            .create_api_key(owner, "old", &scopes, Some(past), None)
+            .await
+            .unwrap();
         let expired = parse_api_key(&expired).unwrap();
         assert!(
             matches!(store.verify_api_key(&expired).await, Err(IdentityError::BadApiKey)),

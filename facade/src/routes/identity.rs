@@ -261,16 +261,20 @@ pub async fn me(State(state): State<FacadeState>, caller: Caller) -> Result<Json
     Ok(Json(res.into_inner().account.ok_or_else(|| missing("account"))?.into()))
 }
 
-/// Create a partner API key. The secret is in this answer once and never again.
+/// Create a partner API key. The secret is in this answer once and never again. A retry with
+/// the same `Idempotency-Key` answers with the same key and a new secret (the first stops
+/// working): the secret is kept only as a hash.
 #[utoipa::path(
     post, path = "/api/v1/api-keys", tag = "api-keys",
     request_body = CreateApiKey,
+    params(("Idempotency-Key" = Option<String>, Header, pattern = r"^[\x21-\x7E]{1,200}$")),
     responses((status = 201, description = "Created", body = dto::CreatedApiKey)),
     security(("bearer" = []))
 )]
 pub async fn create_api_key(
     State(state): State<FacadeState>,
     caller: Caller,
+    headers: axum::http::HeaderMap,
     ApiJson(body): ApiJson<CreateApiKey>,
 ) -> Result<Response, Problem> {
     let expire_time = match body.expires_at.as_deref() {
@@ -298,7 +302,7 @@ pub async fn create_api_key(
         scopes: body.scopes,
         expire_time,
         owner_id: body.owner_id.unwrap_or_default(),
-        idempotency_key: String::new(),
+        idempotency_key: idempotency_key(&headers)?,
     };
     let res = state
         .identity
