@@ -485,6 +485,15 @@ impl From<thali_proto::identity::v1::ApiKey> for ApiKey {
     }
 }
 
+/// Body of `POST /api/v1/admin/accounts/{id}/disable`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DisableAccount {
+    /// Why, for the audit trail.
+    #[schema(min_length = 1, max_length = 500)]
+    pub reason: String,
+}
+
 /// Body of `POST /api/v1/api-keys`.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

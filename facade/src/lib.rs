@@ -171,6 +171,10 @@ pub fn router(state: FacadeState, settings: &HttpSettings) -> Router {
         )
         .route("/api/v1/api-keys/{id}", delete(routes::identity::revoke_api_key))
         .route("/.well-known/jwks.json", get(routes::identity::jwks))
+        .route(
+            "/api/v1/admin/accounts/{id}/disable",
+            post(routes::identity::disable_account),
+        )
         .route("/api/v1/creators", post(routes::storefront::create_creator))
         .route(
             "/api/v1/creators/{username}",

@@ -27,6 +27,7 @@ use crate::{dto, problem, routes};
         routes::identity::list_api_keys,
         routes::identity::revoke_api_key,
         routes::identity::jwks,
+        routes::identity::disable_account,
         routes::storefront::create_creator,
         routes::storefront::get_creator,
         routes::storefront::update_profile,
@@ -74,6 +75,7 @@ use crate::{dto, problem, routes};
         routes::payments::get_payment_account,
     ),
     components(schemas(
+        dto::DisableAccount,
         dto::booking::Policy,
         dto::booking::PolicyChanges,
         dto::booking::OpeningHours,
@@ -157,6 +159,7 @@ use crate::{dto, problem, routes};
     tags(
         (name = "auth", description = "Accounts and sessions"),
         (name = "api-keys", description = "Partner API keys"),
+        (name = "admin", description = "Operations only admins may call"),
         (name = "creators", description = "Creator pages"),
         (name = "products", description = "Products of a creator"),
         (name = "storefront", description = "Public storefront reads"),

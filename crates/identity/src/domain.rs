@@ -53,6 +53,8 @@ pub enum IdentityError {
     Forbidden,
     #[error("no such API key")]
     ApiKeyNotFound,
+    #[error("no such account")]
+    AccountNotFound,
     #[error("the idempotency key was used for a different request")]
     IdempotencyKeyReused,
     #[error("the link is not valid: it was used already, has expired, or never existed")]

@@ -72,6 +72,7 @@ impl From<IdentityError> for Status {
             IdentityError::BadApiKey => errors::with_reason(Code::Unauthenticated, "API_KEY_INVALID", message),
             IdentityError::Forbidden => errors::with_reason(Code::PermissionDenied, "FORBIDDEN", message),
             IdentityError::ApiKeyNotFound => errors::with_reason(Code::NotFound, "API_KEY_NOT_FOUND", message),
+            IdentityError::AccountNotFound => errors::with_reason(Code::NotFound, "ACCOUNT_NOT_FOUND", message),
             IdentityError::BadToken => errors::with_reason(Code::InvalidArgument, "TOKEN_INVALID", message),
             IdentityError::IdempotencyKeyReused => {
                 errors::with_reason(Code::Aborted, "IDEMPOTENCY_KEY_REUSED", message)
@@ -510,6 +511,69 @@ impl pb::identity_service_server::IdentityService for IdentityGrpc {
         );
         Ok(Response::new(pb::RevokeApiKeyResponse {
             api_key: Some(api_key_pb(key)),
+        }))
+    }
+
+    async fn list_revocations(
+        &self,
+        request: Request<pb::ListRevocationsRequest>,
+    ) -> Result<Response<pb::ListRevocationsResponse>, Status> {
+        if request.extensions().get::<ServiceCaller>().is_none() {
+            return Err(IdentityError::Forbidden.into());
+        }
+        let req = request.into_inner();
+        let limit = match req.page_size {
+            0 => 500,
+            n @ 1..=1000 => n as u64,
+            _ => return Err(IdentityError::invalid("page_size", "must be 0 to 1000").into()),
+        };
+        let rows = self.store.revocations_after(req.after_id.max(0), limit).await?;
+        Ok(Response::new(pb::ListRevocationsResponse {
+            revocations: rows
+                .into_iter()
+                .map(|r| pb::Revocation {
+                    id: r.id,
+                    kind: r.kind,
+                    subject: r.subject,
+                    revoke_time: Some(timestamp(r.revoked_at)),
+                })
+                .collect(),
+        }))
+    }
+
+    async fn disable_account(
+        &self,
+        request: Request<pb::DisableAccountRequest>,
+    ) -> Result<Response<pb::DisableAccountResponse>, Status> {
+        let (admin, is_admin) = account_caller(&request)?;
+        if !is_admin {
+            if let Some(p) = principal(&request) {
+                thali_platform::audit::access_denied(p, "DisableAccount", "admin role required");
+            }
+            return Err(IdentityError::Forbidden.into());
+        }
+        let req = request.into_inner();
+        let id = Uuid::parse_str(req.account_id.trim())
+            .map_err(|_| IdentityError::invalid("account_id", "must be a UUID"))?;
+        let reason = req.reason.trim();
+        if reason.is_empty() || reason.chars().count() > 500 || reason.chars().any(char::is_control) {
+            return Err(IdentityError::invalid("reason", "must be 1 to 500 visible characters").into());
+        }
+        if id == admin {
+            return Err(IdentityError::invalid("account_id", "an admin cannot disable their own account").into());
+        }
+        let (account, changed) = self.store.disable_account(id).await?;
+        if changed {
+            security_event(
+                SecurityEvent::AccountDisabled,
+                &admin.to_string(),
+                &id.to_string(),
+                "",
+                reason,
+            );
+        }
+        Ok(Response::new(pb::DisableAccountResponse {
+            account: Some(account_pb(&account)),
         }))
     }
 

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use ring::rand::{SecureRandom, SystemRandom};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, DatabaseConnection, DbErr, EntityTrait, ExprTrait, PaginatorTrait, QueryFilter,
-    QueryOrder, Set, TransactionTrait,
+    QueryOrder, QuerySelect, Set, TransactionTrait,
     sea_query::{Expr, OnConflict},
 };
 use thali_platform::db::is_unique_violation;
@@ -110,6 +110,27 @@ pub mod refresh_token {
         pub expires_at: DateTimeUtc,
         pub used_at: Option<DateTimeUtc>,
         pub revoked_at: Option<DateTimeUtc>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod revocation {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "revocations")]
+    pub struct Model {
+        #[sea_orm(primary_key)]
+        pub id: i64,
+        /// `session` (a login session id) or `account` (every token issued up to `revoked_at`).
+        pub kind: String,
+        pub subject: String,
+        pub revoked_at: DateTimeUtc,
+        pub expires_at: DateTimeUtc,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -261,6 +282,26 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// Failures older than this are forgotten before a new one is counted.
 const FAILURE_MEMORY: chrono::TimeDelta = chrono::TimeDelta::minutes(15);
+
+/// Writes a revocation in `txn`, kept as long as an access token it refuses could live.
+async fn record_revocation(
+    txn: &impl sea_orm::ConnectionTrait,
+    kind: &str,
+    subject: &str,
+    at: DateTime<Utc>,
+) -> Result<(), DbErr> {
+    let ttl = chrono::Duration::from_std(crate::domain::ACCESS_TOKEN_TTL).unwrap_or_default();
+    revocation::ActiveModel {
+        id: sea_orm::ActiveValue::NotSet,
+        kind: Set(kind.to_owned()),
+        subject: Set(subject.to_owned()),
+        revoked_at: Set(at),
+        expires_at: Set(at + ttl + chrono::Duration::minutes(5)),
+    }
+    .insert(txn)
+    .await?;
+    Ok(())
+}
 
 /// A new partner key secret under `prefix`: `thali_pk_<prefix>_<43 random characters>`.
 fn api_key_secret(prefix: &str) -> String {
@@ -558,6 +599,8 @@ impl IdentityStore {
             .filter(refresh_token::Column::RevokedAt.is_null())
             .exec(&txn)
             .await?;
+        // Access tokens issued before the new password stop working too.
+        record_revocation(&txn, "account", &account_id.to_string(), now).await?;
         txn.commit().await?;
         Ok((account_id, revoked.rows_affected))
     }
@@ -748,14 +791,70 @@ impl IdentityStore {
         })
     }
 
+    /// Ends login session `family_id`: its refresh tokens stop working now, and its access
+    /// tokens as soon as every verifier has read the revocation (within seconds).
     async fn revoke_family(&self, family_id: Uuid) -> Result<u64, IdentityError> {
+        let now = Utc::now();
+        let txn = thali_platform::db::begin_write(&self.db).await?;
         let result = refresh_token::Entity::update_many()
-            .col_expr(refresh_token::Column::RevokedAt, Expr::value(Utc::now()))
+            .col_expr(refresh_token::Column::RevokedAt, Expr::value(now))
             .filter(refresh_token::Column::FamilyId.eq(family_id))
             .filter(refresh_token::Column::RevokedAt.is_null())
+            .exec(&txn)
+            .await?;
+        record_revocation(&txn, "session", &family_id.to_string(), now).await?;
+        txn.commit().await?;
+        Ok(result.rows_affected)
+    }
+
+    /// Disables account `id` (an admin's decision): it can no longer sign in, every refresh
+    /// token is revoked and every access token issued so far is refused. Returns the account
+    /// and whether it was active until now.
+    pub async fn disable_account(&self, id: Uuid) -> Result<(Account, bool), IdentityError> {
+        let now = Utc::now();
+        let txn = thali_platform::db::begin_write(&self.db).await?;
+        let changed = account::Entity::update_many()
+            .col_expr(account::Column::Status, Expr::value(AccountStatus::Disabled.as_str()))
+            .col_expr(account::Column::UpdatedAt, Expr::value(now))
+            .filter(account::Column::Id.eq(id))
+            .filter(account::Column::Status.ne(AccountStatus::Disabled.as_str()))
+            .exec(&txn)
+            .await?;
+        let found = account::Entity::find_by_id(id)
+            .one(&txn)
+            .await?
+            .ok_or(IdentityError::AccountNotFound)?;
+        if changed.rows_affected == 1 {
+            refresh_token::Entity::update_many()
+                .col_expr(refresh_token::Column::RevokedAt, Expr::value(now))
+                .filter(refresh_token::Column::AccountId.eq(id))
+                .filter(refresh_token::Column::RevokedAt.is_null())
+                .exec(&txn)
+                .await?;
+            record_revocation(&txn, "account", &id.to_string(), now).await?;
+        }
+        txn.commit().await?;
+        Ok((found.try_into()?, changed.rows_affected == 1))
+    }
+
+    /// Revocations after `after_id` that still matter, oldest first, at most `limit`.
+    pub async fn revocations_after(&self, after_id: i64, limit: u64) -> Result<Vec<revocation::Model>, IdentityError> {
+        Ok(revocation::Entity::find()
+            .filter(revocation::Column::Id.gt(after_id))
+            .filter(revocation::Column::ExpiresAt.gt(Utc::now()))
+            .order_by_asc(revocation::Column::Id)
+            .limit(limit)
+            .all(&self.db)
+            .await?)
+    }
+
+    /// Housekeeping: deletes revocations no token can outlive any more. Returns how many.
+    pub async fn prune_revocations(&self, now: DateTime<Utc>) -> Result<u64, DbErr> {
+        let done = revocation::Entity::delete_many()
+            .filter(revocation::Column::ExpiresAt.lt(now))
             .exec(&self.db)
             .await?;
-        Ok(result.rows_affected)
+        Ok(done.rows_affected)
     }
 
     /// Trades a refresh token for a new one in the same family. A token that was already used

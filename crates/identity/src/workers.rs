@@ -13,12 +13,13 @@ pub const SERVICE: &str = "identity";
 pub const PRUNE_REFRESH_TOKENS: &str = "identity.prune_refresh_tokens";
 pub const PRUNE_LOGIN_THROTTLE: &str = "identity.prune_login_throttle";
 pub const PRUNE_IDEMPOTENCY: &str = "identity.prune_idempotency";
+pub const PRUNE_REVOCATIONS: &str = "identity.prune_revocations";
 
 const HOUR: Duration = Duration::from_secs(3600);
 
 /// The identity worker: its housekeeping jobs, each once an hour across every replica.
 pub fn worker(store: IdentityStore, queue: Queue) -> Worker {
-    let (a, b, c) = (store.clone(), store.clone(), store.clone());
+    let (a, b, c, d) = (store.clone(), store.clone(), store.clone(), store.clone());
     Worker::new(store.connection().clone(), queue)
         .with_housekeeping()
         .prune_every(PRUNE_REFRESH_TOKENS, HOUR, move |now| {
@@ -32,5 +33,9 @@ pub fn worker(store: IdentityStore, queue: Queue) -> Worker {
         .prune_every(PRUNE_IDEMPOTENCY, HOUR, move |now| {
             let s = c.clone();
             async move { s.prune_idempotency(now).await }
+        })
+        .prune_every(PRUNE_REVOCATIONS, HOUR, move |now| {
+            let s = d.clone();
+            async move { s.prune_revocations(now).await }
         })
 }

@@ -235,8 +235,8 @@ async fn hourly_housekeeping_deletes_what_no_request_can_use_and_keeps_the_rest(
         );
         assert_eq!(
             worker.run_once().await.unwrap(),
-            4,
-            "{backend}: three prunes and the queue's own"
+            5,
+            "{backend}: four prunes and the queue's own"
         );
         assert_eq!(rows(&store, "login_throttle").await, 0, "{backend}");
         assert_eq!(rows(&store, "refresh_tokens").await, 1, "{backend}");
@@ -246,7 +246,7 @@ async fn hourly_housekeeping_deletes_what_no_request_can_use_and_keeps_the_rest(
 
         // Past the refresh token's 30 days: the session and the key's 24 h are over.
         clock.advance(Duration::from_secs(31 * 24 * 3600));
-        assert_eq!(worker.run_once().await.unwrap(), 4, "{backend}");
+        assert_eq!(worker.run_once().await.unwrap(), 5, "{backend}");
         assert_eq!(rows(&store, "refresh_tokens").await, 0, "{backend}");
         assert_eq!(rows(&store, "identity_idempotency").await, 0, "{backend}");
         assert_eq!(rows(&store, "accounts").await, 1, "accounts stay");
@@ -437,5 +437,49 @@ async fn a_sign_in_from_a_new_address_is_an_event_but_the_first_and_repeats_are_
         assert!(!store.note_login_address(id, "198.51.100.7").await.unwrap());
         assert!(!store.note_login_address(id, "").await.unwrap());
         assert_eq!(told(outbox(&db).await), ["198.51.100.7"], "{backend}");
+    }
+}
+
+/// Ending a session and disabling an account are written as revocations, in the same
+/// transaction as the refresh tokens they revoke, and listed after a cursor until they expire.
+#[tokio::test]
+async fn revocations_are_recorded_listed_after_a_cursor_and_pruned() {
+    for (backend, store) in stores().await {
+        let id = account(&store, "rev@example.com").await;
+        let session = store.start_family(id).await.unwrap();
+        store.logout(&session.token).await.unwrap();
+        let listed = store.revocations_after(0, 100).await.unwrap();
+        assert_eq!(listed.len(), 1, "{backend}");
+        assert_eq!(
+            (listed[0].kind.as_str(), listed[0].subject.clone()),
+            ("session", session.family_id.to_string()),
+            "{backend}"
+        );
+
+        let other = store.start_family(id).await.unwrap();
+        let (disabled, changed) = store.disable_account(id).await.unwrap();
+        assert!(changed && disabled.status == AccountStatus::Disabled, "{backend}");
+        assert!(!store.session_is_live(other.family_id).await.unwrap(), "{backend}");
+        let (_, again) = store.disable_account(id).await.unwrap();
+        assert!(!again, "{backend}: disabling twice records nothing new");
+        let after = store.revocations_after(listed[0].id, 100).await.unwrap();
+        assert_eq!(after.len(), 1, "{backend}");
+        assert_eq!(
+            (after[0].kind.as_str(), after[0].subject.clone()),
+            ("account", id.to_string())
+        );
+        assert!(matches!(
+            store.disable_account(uuid::Uuid::now_v7()).await,
+            Err(IdentityError::AccountNotFound)
+        ));
+
+        // Nothing is pruned while a token could still be refused by it; all of it a week on.
+        assert_eq!(
+            store.prune_revocations(chrono::Utc::now()).await.unwrap(),
+            0,
+            "{backend}"
+        );
+        let later = chrono::Utc::now() + chrono::Duration::days(8);
+        assert_eq!(store.prune_revocations(later).await.unwrap(), 2, "{backend}");
     }
 }

@@ -21,6 +21,7 @@ pub enum SecurityEvent {
     PasswordReset,
     EmailVerified,
     RateLimited,
+    AccountDisabled,
 }
 
 impl SecurityEvent {
@@ -41,6 +42,7 @@ impl SecurityEvent {
             SecurityEvent::PasswordReset => "password_reset.done",
             SecurityEvent::EmailVerified => "email.verified",
             SecurityEvent::RateLimited => "rate_limited",
+            SecurityEvent::AccountDisabled => "admin.account_disabled",
         }
     }
 }

@@ -96,6 +96,8 @@ pub enum AuthError {
     UnknownApiKey,
     #[error("credentials cannot be checked right now")]
     Unavailable,
+    #[error("the session has ended; sign in again")]
+    Revoked,
 }
 
 /// Problems with the key files; these stop the process at start.
@@ -253,6 +255,9 @@ impl Signer {
 /// Verifies tokens against every public key in the keys dir, chosen by `kid`.
 #[derive(Clone)]
 pub struct Verifier {
+    /// Sessions and accounts whose tokens are refused (kept up to date by
+    /// [`crate::revocations::spawn_feed`]).
+    revocations: Arc<crate::revocations::Revocations>,
     keys: Arc<HashMap<String, DecodingKey>>,
     /// The same keys as base64url text, for JWKS.
     public: Arc<HashMap<String, String>>,
@@ -294,6 +299,7 @@ impl Verifier {
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         validation.leeway = 30;
         Ok(Self {
+            revocations: Arc::default(),
             keys: Arc::new(keys),
             public: Arc::new(public),
             validation: Arc::new(validation),
@@ -324,7 +330,13 @@ impl Verifier {
         Ok(data.claims)
     }
 
-    /// Checks a user access token: signature, key id, issuer, audience `thali-api`, expiry.
+    /// The revocations this verifier follows (shared by its clones).
+    pub fn revocations(&self) -> Arc<crate::revocations::Revocations> {
+        self.revocations.clone()
+    }
+
+    /// Checks a user access token: signature, key id, issuer, audience `thali-api`, expiry, and
+    /// that its session and account were not revoked.
     pub fn verify(&self, token: &str) -> Result<Principal, AuthError> {
         let claims = self.decode(token, &self.validation)?;
         if claims.sub.starts_with(SERVICE_SUBJECT_PREFIX) {
@@ -333,6 +345,9 @@ impl Verifier {
         // Subjects are stored as owners (at most 128 characters): refuse what cannot be one.
         if claims.sub.is_empty() || claims.sub.len() > 128 {
             return Err(AuthError::Malformed);
+        }
+        if self.revocations.refuses(&claims.sub, claims.sid.as_deref(), claims.iat) {
+            return Err(AuthError::Revoked);
         }
         Ok(Principal {
             subject: claims.sub,

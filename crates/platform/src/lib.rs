@@ -20,6 +20,7 @@ pub mod logwriter;
 pub mod money;
 pub mod net;
 pub mod ratelimit;
+pub mod revocations;
 pub mod server;
 pub mod telemetry;
 

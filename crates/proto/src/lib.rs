@@ -79,6 +79,8 @@ pub mod identity {
             VerifyEmailRequest => "VerifyEmail", never;
             RequestPasswordResetRequest => "RequestPasswordReset", never;
             ResetPasswordRequest => "ResetPassword", never;
+            ListRevocationsRequest => "ListRevocations", read;
+            DisableAccountRequest => "DisableAccount", idempotent;
         }
     }
 }

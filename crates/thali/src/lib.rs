@@ -246,6 +246,8 @@ pub async fn start(cfg: &Config, part: Part) -> anyhow::Result<Platform> {
 
     // gRPC: every service this part runs, on one server.
     let mut grpc_addr = None;
+    // Whether this process already follows identity's revocations (one feed per process).
+    let mut revocation_feed = false;
     let mut storefront_invalidations = None;
     let mut sandbox_addr = None;
     // The embedded sandbox and the platform account's key id: its webhooks go to this
@@ -278,6 +280,13 @@ pub async fn start(cfg: &Config, part: Part) -> anyhow::Result<Platform> {
             .chain(thali_booking::API_KEY_SCOPES)
             .copied()
             .collect();
+        // Revoked sessions and accounts, read from identity every second (ADR 0027).
+        watchers.push(thali_platform::revocations::spawn_feed(
+            verifier.revocations(),
+            identity_target.clone(),
+            thali_platform::revocations::POLL_EVERY,
+        ));
+        revocation_feed = true;
         let policy =
             AuthPolicy::new(verifier.clone()).with_api_keys(Arc::new(IdentityApiKeys::new(identity_target)), &scopes);
 
@@ -429,6 +438,13 @@ pub async fn start(cfg: &Config, part: Part) -> anyhow::Result<Platform> {
         let payments_url = url_of(&cfg.payments_url);
         let storefront = Target::new("storefront", &storefront_url, &identity, client_settings.clone()).await?;
         let identity_service = Target::new("identity", &identity_url, &identity, client_settings.clone()).await?;
+        if !revocation_feed {
+            watchers.push(thali_platform::revocations::spawn_feed(
+                verifier.revocations(),
+                identity_service.clone(),
+                thali_platform::revocations::POLL_EVERY,
+            ));
+        }
         let notifications =
             Target::new("notifications", &notifications_url, &identity, client_settings.clone()).await?;
         let booking = Target::new("booking", &booking_url, &identity, client_settings.clone()).await?;

@@ -381,6 +381,39 @@ pub async fn revoke_api_key(
     Ok(Json(res.into_inner().api_key.ok_or_else(|| missing("api_key"))?.into()))
 }
 
+/// Admins: disable an account. It can no longer sign in, its refresh tokens stop working at
+/// once and every access token it holds is refused everywhere within seconds.
+#[utoipa::path(
+    post, path = "/api/v1/admin/accounts/{id}/disable", tag = "admin",
+    params(("id" = String, Path, description = "The account")),
+    request_body = dto::DisableAccount,
+    responses(
+        (status = 200, description = "Disabled (or already was)", body = dto::Account),
+        (status = 403, description = "Not an admin", body = crate::problem::ProblemDetails,
+         content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn disable_account(
+    State(state): State<FacadeState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(body): ApiJson<dto::DisableAccount>,
+) -> Result<Json<dto::Account>, Problem> {
+    let req = pb::DisableAccountRequest {
+        account_id: id,
+        reason: body.reason,
+    };
+    let res = state
+        .identity
+        .call(
+            caller.request(req),
+            |mut c, r| async move { c.disable_account(r).await },
+        )
+        .await?;
+    Ok(Json(res.into_inner().account.ok_or_else(|| missing("account"))?.into()))
+}
+
 /// Public keys that verify Thali access tokens.
 #[utoipa::path(
     get, path = "/.well-known/jwks.json", tag = "auth",
