@@ -9,6 +9,7 @@ pub mod middleware;
 pub mod openapi;
 pub mod problem;
 pub mod routes;
+pub mod tls;
 
 use std::sync::Arc;
 
@@ -99,6 +100,8 @@ pub struct HttpSettings {
     pub trusted_proxies: thali_platform::net::TrustedProxies,
     /// Exact origins allowed to call from a browser; empty: no CORS headers at all.
     pub cors_origins: Vec<String>,
+    /// The facade serves HTTPS: answers carry HSTS.
+    pub hsts: bool,
 }
 
 impl HttpSettings {
@@ -107,6 +110,7 @@ impl HttpSettings {
             max_body_bytes: cfg.max_body_bytes,
             trusted_proxies: cfg.trusted_proxies(),
             cors_origins: cfg.cors_origins(),
+            hsts: cfg.tls_files().is_some(),
         }
     }
 }
@@ -284,14 +288,17 @@ pub fn router(state: FacadeState, settings: &HttpSettings) -> Router {
     if let Some(cors) = cors(&settings.cors_origins) {
         api = api.layer(cors);
     }
-    api.layer(axum::middleware::from_fn(middleware::security_headers))
-        .layer(axum::middleware::from_fn(middleware::observe))
-        .layer(axum::middleware::from_fn_with_state(
-            Arc::new(settings.trusted_proxies.clone()),
-            middleware::client_address,
-        ))
-        .layer(PropagateRequestIdLayer::new(x_request_id.clone()))
-        .layer(SetRequestIdLayer::new(x_request_id, MakeRequestUuid))
+    api.layer(axum::middleware::from_fn_with_state(
+        middleware::Hsts(settings.hsts),
+        middleware::security_headers,
+    ))
+    .layer(axum::middleware::from_fn(middleware::observe))
+    .layer(axum::middleware::from_fn_with_state(
+        Arc::new(settings.trusted_proxies.clone()),
+        middleware::client_address,
+    ))
+    .layer(PropagateRequestIdLayer::new(x_request_id.clone()))
+    .layer(SetRequestIdLayer::new(x_request_id, MakeRequestUuid))
 }
 
 async fn not_found() -> Problem {

@@ -46,8 +46,8 @@ pub async fn client_address(
 ) -> Response {
     let peer = req
         .extensions()
-        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-        .map(|c| c.0.ip())
+        .get::<axum::extract::ConnectInfo<crate::tls::Peer>>()
+        .map(|c| c.0.0.ip())
         .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
     let ip = proxies.client_ip(
         peer,
@@ -68,7 +68,11 @@ const CSP_DOCS: HeaderValue = HeaderValue::from_static(
 /// Security headers on every REST answer, and caching rules that keep one caller's answer out of
 /// another's cache: `Cache-Control: no-store` on anything answered to a request that carried
 /// credentials, `Vary: Authorization` on any cacheable answer to one that did not.
-pub async fn security_headers(req: Request, next: Next) -> Response {
+/// Whether answers carry `Strict-Transport-Security` (the facade serves HTTPS).
+#[derive(Clone, Copy)]
+pub struct Hsts(pub bool);
+
+pub async fn security_headers(State(Hsts(hsts)): State<Hsts>, req: Request, next: Next) -> Response {
     let signed_in = req.headers().contains_key(header::AUTHORIZATION);
     let docs = req.uri().path().starts_with("/docs");
     let mut response = next.run(req).await;
@@ -81,6 +85,13 @@ pub async fn security_headers(req: Request, next: Next) -> Response {
         HeaderValue::from_static("same-site"),
     );
     headers.insert(header::CONTENT_SECURITY_POLICY, if docs { CSP_DOCS } else { CSP_API });
+    if hsts {
+        // Two years, subdomains included.
+        headers.insert(
+            header::STRICT_TRANSPORT_SECURITY,
+            HeaderValue::from_static("max-age=63072000; includeSubDomains"),
+        );
+    }
     if signed_in {
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     } else if headers

@@ -217,6 +217,20 @@ pub struct Config {
     pub rate_limit_login_address: String,
     /// Registrations per client address (`THALI_RATE_LIMIT_REGISTER`, `5/min`).
     pub rate_limit_register: String,
+    /// PEM certificate chain of this part's listeners (`THALI_TLS_CERT_FILE`); with the key,
+    /// the facade serves HTTPS and the gRPC server TLS, 1.3 only (ADR 0028).
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of that certificate (`THALI_TLS_KEY_FILE`).
+    pub tls_key_file: Option<PathBuf>,
+    /// PEM CA certificates that other parts' certificates chain to (`THALI_TLS_CA_FILE`):
+    /// clients verify servers with it, and servers clients under `tls_client_auth=required`.
+    pub tls_ca_file: Option<PathBuf>,
+    /// `none` (default) or `required`: whether gRPC clients must present a certificate
+    /// (`THALI_TLS_CLIENT_AUTH`).
+    pub tls_client_auth: String,
+    /// Lets a public listener serve plain text on a non-loopback address
+    /// (`THALI_ALLOW_PLAINTEXT`): TLS ends at an ingress or mesh in front.
+    pub allow_plaintext: bool,
 }
 
 /// Values given on the command line; they win over every other source.
@@ -292,6 +306,8 @@ impl Config {
             .set_default("rate_limit_login", "10/min")?
             .set_default("rate_limit_login_address", "30/min")?
             .set_default("rate_limit_register", "5/min")?
+            .set_default("tls_client_auth", "none")?
+            .set_default("allow_plaintext", false)?
             .set_default("mail_from", "Thali <no-reply@thali.localhost>")?
             .set_default("mail_timeout_s", 30)?
             .set_default("webhooks_allow_insecure", false)?
@@ -321,6 +337,32 @@ impl Config {
             .try_deserialize()?;
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// This part's TLS files, when it serves TLS.
+    pub fn tls_files(&self) -> Option<crate::tls::TlsFiles> {
+        Some(crate::tls::TlsFiles {
+            cert: self.tls_cert_file.clone()?,
+            key: self.tls_key_file.clone()?,
+            ca: self.tls_ca_file.clone(),
+            client_auth: self.tls_client_auth == "required",
+        })
+    }
+
+    /// Refuses to serve `listener` in plain text on a non-loopback `addr` unless
+    /// `allow_plaintext` says TLS ends in front of it.
+    pub fn check_plaintext(&self, listener: &'static str, addr: SocketAddr) -> Result<(), ConfigError> {
+        if self.tls_files().is_some() || self.allow_plaintext || addr.ip().is_loopback() {
+            return Ok(());
+        }
+        Err(ConfigError::Invalid {
+            key: "tls_cert_file",
+            reason: format!(
+                "the {listener} listener on {addr} would serve plain text on a non-loopback address: \
+                 set THALI_TLS_CERT_FILE and THALI_TLS_KEY_FILE (`thali dev-certs` makes a local set), \
+                 or THALI_ALLOW_PLAINTEXT=true when TLS ends in front of it"
+            ),
+        })
     }
 
     /// The trusted proxies (validated at load).
@@ -422,6 +464,20 @@ impl Config {
         }
         if let Err(reason) = parse_origins(&self.cors_origins) {
             return invalid("cors_origins", &reason);
+        }
+        if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
+            return invalid("tls_cert_file", "tls_cert_file and tls_key_file go together");
+        }
+        match self.tls_client_auth.as_str() {
+            "none" => {}
+            "required" if self.tls_ca_file.is_some() && self.tls_cert_file.is_some() => {}
+            "required" => {
+                return invalid(
+                    "tls_client_auth",
+                    "required needs tls_ca_file, tls_cert_file and tls_key_file",
+                );
+            }
+            _ => return invalid("tls_client_auth", "must be none or required"),
         }
         for (key, spec) in [
             ("rate_limit_anonymous", &self.rate_limit_anonymous),
@@ -584,7 +640,44 @@ impl Config {
                 backoff_max: Duration::from_millis(self.breaker_backoff_max_ms),
             },
             resolve_every: Duration::from_secs(self.resolve_interval_s),
+            tls: None,
         }
+    }
+
+    /// TLS of the calls to other parts (`https://` URLs): servers verified against
+    /// `tls_ca_file`; this part's certificate presented when it has one (mutual TLS).
+    pub fn client_tls(&self) -> Result<Option<tonic::transport::ClientTlsConfig>, ConfigError> {
+        let Some(ca) = &self.tls_ca_file else {
+            return Ok(None);
+        };
+        let read = |key: &'static str, path: &Path| {
+            std::fs::read(path).map_err(|e| ConfigError::Invalid {
+                key,
+                reason: format!("{}: {e}", path.display()),
+            })
+        };
+        let mut tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(read("tls_ca_file", ca)?));
+        if let (Some(cert), Some(key)) = (&self.tls_cert_file, &self.tls_key_file) {
+            tls = tls.identity(tonic::transport::Identity::from_pem(
+                read("tls_cert_file", cert)?,
+                read("tls_key_file", key)?,
+            ));
+        }
+        Ok(Some(tls))
+    }
+
+    /// The URL of this process's own gRPC server at `addr` (https when it serves TLS).
+    pub fn own_grpc_url(&self, addr: SocketAddr) -> String {
+        let scheme = if self.tls_files().is_some() { "https" } else { "http" };
+        let addr = match addr.ip() {
+            std::net::IpAddr::V4(ip) if ip.is_unspecified() => SocketAddr::from(([127, 0, 0, 1], addr.port())),
+            std::net::IpAddr::V6(ip) if ip.is_unspecified() => {
+                SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, addr.port()))
+            }
+            _ => addr,
+        };
+        format!("{scheme}://{addr}")
     }
 }
 

@@ -5,6 +5,8 @@
 //! within the grace period.
 #![forbid(unsafe_code)]
 
+pub mod dev_certs;
+
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context;
@@ -228,7 +230,8 @@ pub async fn start(cfg: &Config, part: Part) -> anyhow::Result<Platform> {
     let (jobs_stop, jobs_stop_rx) = watch::channel(false);
     let mut job_workers = Vec::new();
     let health = Health::new();
-    let client_settings = cfg.client_settings();
+    let mut client_settings = cfg.client_settings();
+    client_settings.tls = cfg.client_tls()?;
     let keys_dir = cfg.keys_dir();
     if part == Part::All {
         ensure_key_pair(&keys_dir).context("creating the JWT key pair")?;
@@ -264,11 +267,12 @@ pub async fn start(cfg: &Config, part: Part) -> anyhow::Result<Platform> {
         } else {
             migrated(cfg).await?
         };
+        cfg.check_plaintext("gRPC", cfg.grpc_addr)?;
         let listener =
             thali_platform::net::bind(cfg.grpc_addr).with_context(|| format!("binding {}", cfg.grpc_addr))?;
         let own = listener.local_addr()?;
         grpc_addr = Some(own);
-        let identity_url = cfg.identity_url.clone().unwrap_or_else(|| format!("http://{own}"));
+        let identity_url = cfg.identity_url.clone().unwrap_or_else(|| cfg.own_grpc_url(own));
         let identity_target = Target::new("identity", &identity_url, &identity, client_settings.clone()).await?;
         if !part.runs_identity() {
             let target = identity_target.clone();
@@ -334,7 +338,7 @@ pub async fn start(cfg: &Config, part: Part) -> anyhow::Result<Platform> {
                 None => None,
             };
             // Deposits are asked of payments (this process's own address when unset).
-            let payments_url = cfg.payments_url.clone().unwrap_or_else(|| format!("http://{own}"));
+            let payments_url = cfg.payments_url.clone().unwrap_or_else(|| cfg.own_grpc_url(own));
             let payments = Target::new("payments", &payments_url, &identity, client_settings.clone()).await?;
             let booking = thali_booking::Booking::new(db.clone(), redis, &cfg.tenant, Some(payments)).await;
             sinks = sinks.with(thali_booking::workers::SERVICE, booking.sink());
@@ -357,7 +361,7 @@ pub async fn start(cfg: &Config, part: Part) -> anyhow::Result<Platform> {
                 let shutdown = stopped(grpc_stop_rx.clone());
                 grpc_tasks.spawn(async move { sandbox.serve(listener, shutdown).await.context("sandbox gateway") });
             }
-            let storefront_url = cfg.storefront_url.clone().unwrap_or_else(|| format!("http://{own}"));
+            let storefront_url = cfg.storefront_url.clone().unwrap_or_else(|| cfg.own_grpc_url(own));
             let storefront = Target::new("storefront", &storefront_url, &identity, client_settings.clone()).await?;
             if !part.runs_storefront() {
                 let target = storefront.clone();
@@ -416,10 +420,24 @@ pub async fn start(cfg: &Config, part: Part) -> anyhow::Result<Platform> {
         let shutdown = stopped(grpc_stop_rx);
         let server_health = health.clone();
         let max_concurrent_rpcs = cfg.max_concurrent_rpcs;
+        let grpc_tls = match cfg.tls_files() {
+            Some(files) => {
+                Some(thali_platform::tls::server_config(&files, &[b"h2"]).context("the gRPC TLS certificate")?)
+            }
+            None => None,
+        };
         grpc_tasks.spawn(async move {
-            thali_platform::server::serve(listener, routes, &server_health, policy, max_concurrent_rpcs, shutdown)
-                .await
-                .context("gRPC server")
+            thali_platform::server::serve_with_tls(
+                listener,
+                grpc_tls,
+                routes,
+                &server_health,
+                policy,
+                max_concurrent_rpcs,
+                shutdown,
+            )
+            .await
+            .context("gRPC server")
         });
     }
 
@@ -428,8 +446,8 @@ pub async fn start(cfg: &Config, part: Part) -> anyhow::Result<Platform> {
     if part.runs_facade() {
         let url_of = |configured: &Option<String>| match (configured, grpc_addr) {
             (Some(url), _) => url.clone(),
-            (None, Some(addr)) => format!("http://{addr}"),
-            (None, None) => format!("http://{}", cfg.grpc_addr),
+            (None, Some(addr)) => cfg.own_grpc_url(addr),
+            (None, None) => cfg.own_grpc_url(cfg.grpc_addr),
         };
         let storefront_url = url_of(&cfg.storefront_url);
         let identity_url = url_of(&cfg.identity_url);
@@ -496,9 +514,24 @@ pub async fn start(cfg: &Config, part: Part) -> anyhow::Result<Platform> {
             thali_facade::limits::EdgeLimits::from_config(cfg, limiter),
         );
         let router = thali_facade::router(state, &thali_facade::HttpSettings::from_config(cfg));
+        cfg.check_plaintext("HTTP", cfg.http_addr)?;
         let listener =
             thali_platform::net::bind(cfg.http_addr).with_context(|| format!("binding {}", cfg.http_addr))?;
         http_addr = Some(listener.local_addr()?);
+        let http_tls = match cfg.tls_files() {
+            // Browsers and apps present no certificate: mutual TLS is for the gRPC hops.
+            Some(files) => Some(
+                thali_platform::tls::server_config(
+                    &thali_platform::tls::TlsFiles {
+                        client_auth: false,
+                        ..files
+                    },
+                    &[b"h2", b"http/1.1"],
+                )
+                .context("the facade's TLS certificate")?,
+            ),
+            None => None,
+        };
         if let (Some((sandbox, key_id)), Some(addr)) = (&embedded_sandbox, http_addr) {
             let url = format!("http://{addr}/api/v1/webhooks/razorpay");
             sandbox
@@ -507,12 +540,26 @@ pub async fn start(cfg: &Config, part: Part) -> anyhow::Result<Platform> {
             tracing::info!(%url, "sandbox gateway: webhooks go to the facade");
         }
         let shutdown = stopped(stop_rx);
-        tasks.spawn(async move {
-            axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
-                .with_graceful_shutdown(shutdown)
-                .await
-                .context("HTTP server")
-        });
+        let service = router.into_make_service_with_connect_info::<thali_facade::tls::Peer>();
+        match http_tls {
+            Some(config) => {
+                let listener = thali_facade::tls::TlsListener::new(listener, config)?;
+                tasks.spawn(async move {
+                    axum::serve(listener, service)
+                        .with_graceful_shutdown(shutdown)
+                        .await
+                        .context("HTTPS server")
+                });
+            }
+            None => {
+                tasks.spawn(async move {
+                    axum::serve(listener, service)
+                        .with_graceful_shutdown(shutdown)
+                        .await
+                        .context("HTTP server")
+                });
+            }
+        }
     }
 
     // Admin: metrics, liveness with every dependency's state, readiness of this process.
@@ -563,10 +610,10 @@ async fn subscribers(
              subscriber takes them (they go dead; set it and retry them)"
         );
     }
-    let url = cfg.notifications_url.clone().unwrap_or_else(|| format!("http://{own}"));
+    let url = cfg.notifications_url.clone().unwrap_or_else(|| cfg.own_grpc_url(own));
     let target = Target::new(thali_notifications::workers::SERVICE, &url, identity, settings.clone()).await?;
     // Deposits: payments tells booking about deposit orders; booking asks payments for refunds.
-    let booking_url = cfg.booking_url.clone().unwrap_or_else(|| format!("http://{own}"));
+    let booking_url = cfg.booking_url.clone().unwrap_or_else(|| cfg.own_grpc_url(own));
     let booking = Target::new(
         thali_booking::workers::SERVICE,
         &booking_url,
@@ -574,7 +621,7 @@ async fn subscribers(
         settings.clone(),
     )
     .await?;
-    let payments_url = cfg.payments_url.clone().unwrap_or_else(|| format!("http://{own}"));
+    let payments_url = cfg.payments_url.clone().unwrap_or_else(|| cfg.own_grpc_url(own));
     let payments = Target::new(
         thali_payments::workers::SERVICE,
         &payments_url,

@@ -83,6 +83,16 @@ enum Command {
         #[arg(long, default_value_t = 168, value_parser = clap::value_parser!(u64).range(1..=8760))]
         ttl_hours: u64,
     },
+    /// Write a local CA and a certificate for every part (TLS 1.3 between all of them): the CA
+    /// is made once, each run issues a new certificate from it (a rotation).
+    DevCerts {
+        /// Where the files go.
+        #[arg(long, default_value = "./data/tls")]
+        dir: std::path::PathBuf,
+        /// Another name (or address) the certificate must hold; repeat for several.
+        #[arg(long = "name")]
+        names: Vec<String>,
+    },
     /// Manage the JWT signing keys.
     Keys {
         #[command(subcommand)]
@@ -536,6 +546,13 @@ async fn run() -> anyhow::Result<()> {
                     }
                 }
             }
+            Ok(())
+        }
+        Command::DevCerts { dir, names } => {
+            let certs = thali::dev_certs::write(&dir, &names)?;
+            println!("THALI_TLS_CERT_FILE={}", certs.cert.display());
+            println!("THALI_TLS_KEY_FILE={}", certs.key.display());
+            println!("THALI_TLS_CA_FILE={}", certs.ca.display());
             Ok(())
         }
         Command::Token { sub, roles, ttl_hours } => {

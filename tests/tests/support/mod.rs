@@ -96,6 +96,25 @@ pub const UNLIMITED: &[(&str, &str)] = &[
     ("THALI_RATE_LIMIT_REGISTER", "1000000/min"),
 ];
 
+/// A whole platform's settings on loopback ports the system picks, data under `data_dir`, with
+/// [`UNLIMITED`] rate limits.
+pub fn loopback_env(data_dir: &std::path::Path) -> HashMap<String, String> {
+    let mut env: HashMap<String, String> = [
+        ("THALI_DATA_DIR", data_dir.display().to_string()),
+        ("THALI_HTTP_ADDR", "127.0.0.1:0".into()),
+        ("THALI_GRPC_ADDR", "127.0.0.1:0".into()),
+        ("THALI_ADMIN_ADDR", "127.0.0.1:0".into()),
+        ("THALI_SANDBOX_ADDR", "127.0.0.1:0".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    for (key, value) in UNLIMITED {
+        env.insert((*key).to_owned(), (*value).to_owned());
+    }
+    env
+}
+
 impl Mesh {
     /// The embedded platform: SQLite in a fresh data dir.
     pub async fn start() -> Self {
@@ -120,19 +139,7 @@ impl Mesh {
     async fn start_full(database_url: Option<String>, redis_url: Option<String>, extra: &[(&str, &str)]) -> Self {
         spans();
         let data_dir = std::env::temp_dir().join(format!("thali-e2e-{}", uuid::Uuid::now_v7()));
-        let mut env: HashMap<String, String> = [
-            ("THALI_DATA_DIR", data_dir.display().to_string()),
-            ("THALI_HTTP_ADDR", "127.0.0.1:0".into()),
-            ("THALI_GRPC_ADDR", "127.0.0.1:0".into()),
-            ("THALI_ADMIN_ADDR", "127.0.0.1:0".into()),
-            ("THALI_SANDBOX_ADDR", "127.0.0.1:0".into()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect();
-        for (key, value) in UNLIMITED {
-            env.insert((*key).to_owned(), (*value).to_owned());
-        }
+        let mut env = loopback_env(&data_dir);
         if let Some(url) = database_url {
             env.insert("THALI_DATABASE_URL".into(), url);
         }

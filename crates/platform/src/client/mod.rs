@@ -63,6 +63,9 @@ pub struct ClientSettings {
     pub breaker: BreakerSettings,
     /// How often a target given by DNS name is resolved again.
     pub resolve_every: Duration,
+    /// TLS towards `https://` endpoints: the CA the servers chain to and, for mutual TLS, this
+    /// part's own certificate (see `Config::client_tls`).
+    pub tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
 impl Default for ClientSettings {
@@ -73,6 +76,7 @@ impl Default for ClientSettings {
             retry: RetrySettings::default(),
             breaker: BreakerSettings::default(),
             resolve_every: Duration::from_secs(5),
+            tls: None,
         }
     }
 }
@@ -161,7 +165,7 @@ impl Target {
     /// A new endpoint at `url`, with its own lazily connected channel and breaker.
     fn endpoint(&self, url: &str) -> Result<balance::Endpoint, tonic::transport::Error> {
         let settings = &self.0.settings;
-        let stack = endpoint_stack(url, &self.0.token, settings.connect_timeout)?;
+        let stack = endpoint_stack(url, &self.0.token, settings.connect_timeout, settings.tls.as_ref())?;
         let label = balance::label(url);
         Ok(balance::Endpoint::new(
             label.clone(),
@@ -214,8 +218,15 @@ fn endpoint_stack(
     url: &str,
     token: &ServiceTokenLayer,
     connect_timeout: Duration,
+    tls: Option<&tonic::transport::ClientTlsConfig>,
 ) -> Result<GrpcChannel, tonic::transport::Error> {
-    let channel = TonicEndpoint::from_shared(url.to_owned())?
+    let mut endpoint = TonicEndpoint::from_shared(url.to_owned())?;
+    if let Some(tls) = tls
+        && url.starts_with("https://")
+    {
+        endpoint = endpoint.tls_config(tls.clone())?;
+    }
+    let channel = endpoint
         .connect_timeout(connect_timeout)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(30))
@@ -233,7 +244,12 @@ pub fn endpoint_channel(
     identity: &ServiceIdentity,
     connect_timeout: Duration,
 ) -> Result<GrpcChannel, tonic::transport::Error> {
-    endpoint_stack(url, &ServiceTokenLayer::new(identity.clone(), target), connect_timeout)
+    endpoint_stack(
+        url,
+        &ServiceTokenLayer::new(identity.clone(), target),
+        connect_timeout,
+        None,
+    )
 }
 
 /// A typed client (`StorefrontServiceClient`, …) behind the stack of one [`Target`].

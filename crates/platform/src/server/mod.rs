@@ -34,6 +34,19 @@ pub async fn serve(
     max_concurrent_rpcs: usize,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
+    serve_with_tls(listener, None, routes, health, policy, max_concurrent_rpcs, shutdown).await
+}
+
+/// [`serve`], over TLS when `tls` is given (see [`crate::tls::server_config`]; ALPN `h2`).
+pub async fn serve_with_tls(
+    listener: TcpListener,
+    tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+    routes: Routes,
+    health: &Health,
+    policy: AuthPolicy,
+    max_concurrent_rpcs: usize,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), tonic::transport::Error> {
     let stack = ServiceBuilder::new()
         .layer(MetricsLayer)
         .layer(TraceLayer)
@@ -56,9 +69,20 @@ pub async fn serve(
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha);
-    tonic::transport::Server::builder()
-        .layer(stack)
-        .add_routes(all)
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown)
-        .await
+    let server = tonic::transport::Server::builder().layer(stack).add_routes(all);
+    match tls {
+        None => {
+            server
+                .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown)
+                .await
+        }
+        Some(config) => {
+            let accepted = crate::tls::spawn_acceptor(listener, config, "grpc");
+            let incoming = futures::stream::unfold(accepted, |mut rx| async move {
+                let (tls, _peer) = rx.recv().await?;
+                Some((Ok::<_, std::io::Error>(tls), rx))
+            });
+            server.serve_with_incoming_shutdown(incoming, shutdown).await
+        }
+    }
 }

@@ -1,0 +1,230 @@
+//! TLS for Thali's own listeners and the calls between its parts (ADR 0028): TLS 1.3 only, on
+//! rustls with the ring provider; the certificate and key files are read again when they change,
+//! so a rotation needs no restart; with `THALI_TLS_CLIENT_AUTH=required` a client must present a
+//! certificate issued by `THALI_TLS_CA_FILE` (mutual TLS between services).
+use std::{
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, RwLock},
+    time::{Duration, Instant, SystemTime},
+};
+
+use rustls::{
+    RootCertStore, ServerConfig,
+    crypto::CryptoProvider,
+    pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
+    server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier},
+    sign::CertifiedKey,
+};
+
+/// Where a part's TLS material is (`THALI_TLS_*`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// PEM certificate chain, leaf first (`THALI_TLS_CERT_FILE`).
+    pub cert: PathBuf,
+    /// PEM private key (`THALI_TLS_KEY_FILE`).
+    pub key: PathBuf,
+    /// PEM CA certificates that client certificates (and, for clients, servers) must chain to
+    /// (`THALI_TLS_CA_FILE`).
+    pub ca: Option<PathBuf>,
+    /// Whether clients must present a certificate (`THALI_TLS_CLIENT_AUTH=required`).
+    pub client_auth: bool,
+}
+
+/// A TLS file that cannot be used; the part does not start.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{path}: {reason}")]
+    File { path: PathBuf, reason: String },
+    #[error("TLS: {0}")]
+    Rustls(#[from] rustls::Error),
+    #[error("client certificates: {0}")]
+    ClientVerifier(String),
+}
+
+fn file_error(path: &Path, reason: impl ToString) -> TlsError {
+    TlsError::File {
+        path: path.to_owned(),
+        reason: reason.to_string(),
+    }
+}
+
+/// The ring provider: the only crypto provider in the tree (ADR 0002).
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Reads a PEM certificate chain.
+pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| file_error(path, e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| file_error(path, e))?;
+    if certs.is_empty() {
+        return Err(file_error(path, "holds no PEM certificate"));
+    }
+    Ok(certs)
+}
+
+/// Reads a PEM private key (PKCS#8, PKCS#1 or SEC1).
+pub fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_file(path).map_err(|e| file_error(path, e))
+}
+
+/// Reads the CA certificates of `path` into a root store.
+pub fn read_roots(path: &Path) -> Result<RootCertStore, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for cert in read_certs(path)? {
+        roots.add(cert).map_err(|e| file_error(path, e))?;
+    }
+    Ok(roots)
+}
+
+fn certified_key(files: &TlsFiles) -> Result<Arc<CertifiedKey>, TlsError> {
+    let certs = read_certs(&files.cert)?;
+    let key = read_key(&files.key)?;
+    let key = provider()
+        .key_provider
+        .load_private_key(key)
+        .map_err(|e| file_error(&files.key, e))?;
+    let certified = CertifiedKey::new(certs, key);
+    certified
+        .keys_match()
+        .map_err(|e| file_error(&files.key, format!("does not match the certificate: {e}")))?;
+    Ok(Arc::new(certified))
+}
+
+fn modified(path: &Path) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+/// How often a handshake may look at the files' modification times.
+const CHECK_EVERY: Duration = Duration::from_secs(1);
+
+/// The certificate of a listener, read again when its files change.
+#[derive(Debug)]
+pub struct ReloadingCert {
+    files: TlsFiles,
+    current: RwLock<(Arc<CertifiedKey>, Option<SystemTime>, Option<SystemTime>)>,
+    checked: Mutex<Instant>,
+}
+
+impl ReloadingCert {
+    pub fn load(files: &TlsFiles) -> Result<Self, TlsError> {
+        let key = certified_key(files)?;
+        Ok(Self {
+            current: RwLock::new((key, modified(&files.cert), modified(&files.key))),
+            files: files.clone(),
+            checked: Mutex::new(Instant::now()),
+        })
+    }
+
+    /// Reads the files again if they changed since the last look (at most once a second). A
+    /// half-written or broken pair keeps the previous certificate, with a warning.
+    fn refresh(&self) {
+        {
+            let mut checked = self.checked.lock().unwrap_or_else(|e| e.into_inner());
+            if checked.elapsed() < CHECK_EVERY {
+                return;
+            }
+            *checked = Instant::now();
+        }
+        let (cert_at, key_at) = (modified(&self.files.cert), modified(&self.files.key));
+        {
+            let current = self.current.read().unwrap_or_else(|e| e.into_inner());
+            if current.1 == cert_at && current.2 == key_at {
+                return;
+            }
+        }
+        match certified_key(&self.files) {
+            Ok(key) => {
+                *self.current.write().unwrap_or_else(|e| e.into_inner()) = (key, cert_at, key_at);
+                tracing::info!(cert = %self.files.cert.display(), "TLS certificate reloaded");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "TLS certificate files changed but cannot be used; keeping the previous one")
+            }
+        }
+    }
+}
+
+impl ResolvesServerCert for ReloadingCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.refresh();
+        Some(self.current.read().unwrap_or_else(|e| e.into_inner()).0.clone())
+    }
+}
+
+/// A server configuration for `files`: TLS 1.3 only, ALPN `alpn`, client certificates required
+/// when `files.client_auth`.
+pub fn server_config(files: &TlsFiles, alpn: &[&[u8]]) -> Result<Arc<ServerConfig>, TlsError> {
+    let builder = ServerConfig::builder_with_provider(provider()).with_protocol_versions(&[&rustls::version::TLS13])?;
+    let builder = if files.client_auth {
+        let ca = files
+            .ca
+            .as_ref()
+            .ok_or_else(|| TlsError::ClientVerifier("THALI_TLS_CLIENT_AUTH=required needs THALI_TLS_CA_FILE".into()))?;
+        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(read_roots(ca)?), provider())
+            .build()
+            .map_err(|e| TlsError::ClientVerifier(e.to_string()))?;
+        builder.with_client_cert_verifier(verifier)
+    } else {
+        builder.with_no_client_auth()
+    };
+    let mut config = builder.with_cert_resolver(Arc::new(ReloadingCert::load(files)?));
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(Arc::new(config))
+}
+
+/// A TLS connection a listener accepted, with its peer.
+pub type Accepted = (
+    tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+    std::net::SocketAddr,
+);
+
+/// Longest a client may take to finish its handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Accepts TCP connections on `listener` and completes their TLS handshakes concurrently (a
+/// slow client never holds up the next); finished connections arrive on the returned channel.
+/// Failed handshakes (a TLS 1.2 client, no client certificate when one is required, garbage)
+/// are counted in `tls_handshake_failures_total` and dropped. Stops when the receiver is dropped.
+pub fn spawn_acceptor(
+    listener: tokio::net::TcpListener,
+    config: Arc<ServerConfig>,
+    listener_name: &'static str,
+) -> tokio::sync::mpsc::Receiver<Accepted> {
+    let (tx, rx) = tokio::sync::mpsc::channel(1024);
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    tokio::spawn(async move {
+        loop {
+            let (tcp, peer) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(pair) => pair,
+                    Err(e) => {
+                        tracing::warn!(error = %e, listener = listener_name, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                () = tx.closed() => return,
+            };
+            let _ = tcp.set_nodelay(true);
+            let (acceptor, tx) = (acceptor.clone(), tx.clone());
+            tokio::spawn(async move {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => {
+                        let _ = tx.send((tls, peer)).await;
+                    }
+                    Ok(Err(e)) => {
+                        tracing::debug!(error = %e, %peer, listener = listener_name, "TLS handshake failed");
+                        metrics::counter!("tls_handshake_failures_total", "listener" => listener_name).increment(1);
+                    }
+                    Err(_) => {
+                        metrics::counter!("tls_handshake_failures_total", "listener" => listener_name).increment(1);
+                    }
+                }
+            });
+        }
+    });
+    rx
+}
