@@ -467,6 +467,8 @@ pub struct ApiKey {
     pub last_used_at: Option<String>,
     #[schema(format = DateTime)]
     pub revoked_at: Option<String>,
+    /// Calls per minute the key may make over gRPC; absent: the platform's default.
+    pub rate_limit_per_minute: Option<i32>,
 }
 
 impl From<thali_proto::identity::v1::ApiKey> for ApiKey {
@@ -481,6 +483,7 @@ impl From<thali_proto::identity::v1::ApiKey> for ApiKey {
             expires_at: rfc3339(k.expire_time),
             last_used_at: rfc3339(k.last_use_time),
             revoked_at: rfc3339(k.revoke_time),
+            rate_limit_per_minute: (k.rate_limit_per_minute > 0).then_some(k.rate_limit_per_minute),
         }
     }
 }
@@ -509,6 +512,9 @@ pub struct CreateApiKey {
     /// Admins only: create the key for this account.
     #[schema(format = Uuid)]
     pub owner_id: Option<String>,
+    /// Admins only: calls per minute the key may make over gRPC (default: the platform's).
+    #[schema(minimum = 1, maximum = 1000000)]
+    pub rate_limit_per_minute: Option<i32>,
 }
 
 fn scopes_schema() -> utoipa::openapi::Array {

@@ -217,6 +217,7 @@ async fn main() -> anyhow::Result<()> {
         ("THALI_RATE_LIMIT_LOGIN", "1000000000/min".into()),
         ("THALI_RATE_LIMIT_LOGIN_ADDRESS", "1000000000/min".into()),
         ("THALI_RATE_LIMIT_REGISTER", "1000000000/min".into()),
+        ("THALI_RATE_LIMIT_API_KEY", "1000000000/min".into()),
         ("THALI_SANDBOX_ADDR", "127.0.0.1:0".into()),
     ] {
         env.insert(k.to_owned(), v);
@@ -248,7 +249,7 @@ async fn main() -> anyhow::Result<()> {
                 json!({"email": email, "password": password, "display_name": "Bench", "role": role}),
             )
             .await?;
-            anyhow::ensure!(res.status() == StatusCode::CREATED, "register: {}", res.text().await?);
+            anyhow::ensure!(res.status() == StatusCode::ACCEPTED, "register: {}", res.text().await?);
             let session: Value = post(
                 "/api/v1/auth/login",
                 None,

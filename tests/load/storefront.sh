@@ -35,7 +35,7 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
 # Every client of this run is 127.0.0.1: rate limits stay on but far above what it sends.
-for policy in ANONYMOUS SIGNED_IN LOGIN LOGIN_ADDRESS REGISTER; do
+for policy in ANONYMOUS SIGNED_IN LOGIN LOGIN_ADDRESS REGISTER API_KEY; do
   export "THALI_RATE_LIMIT_$policy=1000000000/min"
 done
 

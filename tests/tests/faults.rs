@@ -340,7 +340,7 @@ async fn identity_down_makes_api_key_calls_unavailable_not_unauthenticated() {
         .send()
         .await
         .unwrap();
-    assert_eq!(register.status(), StatusCode::CREATED);
+    assert_eq!(register.status(), StatusCode::ACCEPTED);
     let login: Value = client
         .post(mesh.facade.http_url("/api/v1/auth/login"))
         .json(&json!({"email": "partner@example.com", "password": "correct horse battery"}))

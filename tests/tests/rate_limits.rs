@@ -1,6 +1,7 @@
 //! Rate limits at the REST edge (issue 12, part 5; ADR 0026). Budgets are set per test with a
-//! one-hour window, so nothing refills while a test runs and every count is exact (the defaults,
-//! 100/min anonymous and 300/min signed in, are the same rule over a minute). Each test has a
+//! one-day window, so nothing refills while a test runs (however slow the machine) and every
+//! count is exact (the defaults, 100/min anonymous and 300/min signed in, are the same rule over
+//! a minute; the limiter's own unit tests check the refill under paused time). Each test has a
 //! tenant of its own, so runs sharing one Redis never share a budget.
 mod support;
 
@@ -29,6 +30,7 @@ fn field(res: &Response, name: &str) -> String {
 }
 
 async fn assert_refused(res: Response, policy: &str, quota: &str) {
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(field(&res, "ratelimit-policy"), format!("\"{policy}\";{quota}"));
     assert!(
         field(&res, "ratelimit").starts_with(&format!("\"{policy}\";r=0;t=")),
@@ -42,18 +44,18 @@ async fn assert_refused(res: Response, policy: &str, quota: &str) {
 
 #[tokio::test]
 async fn the_101st_anonymous_request_is_refused_with_retry_after_and_ratelimit_fields() {
-    let mesh = mesh(&tenant(), None, &[("THALI_RATE_LIMIT_ANONYMOUS", "100/h")]).await;
+    let mesh = mesh(&tenant(), None, &[("THALI_RATE_LIMIT_ANONYMOUS", "100/86400s")]).await;
     for i in 0..100u32 {
         let res = mesh.get("/api/v1/store/nobody").await;
         assert_eq!(res.status(), StatusCode::NOT_FOUND, "request {}", i + 1);
-        assert_eq!(field(&res, "ratelimit-policy"), "\"anonymous\";q=100;w=3600");
+        assert_eq!(field(&res, "ratelimit-policy"), "\"anonymous\";q=100;w=86400");
         assert!(field(&res, "ratelimit").starts_with(&format!("\"anonymous\";r={};t=", 99 - i)));
     }
     let res = mesh.get("/api/v1/store/nobody").await;
     assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
     let retry: u64 = field(&res, "retry-after").parse().unwrap();
-    assert!((35..=36).contains(&retry), "one request's worth of the hour: {retry}");
-    assert_refused(res, "anonymous", "q=100;w=3600").await;
+    assert!((850..=864).contains(&retry), "one request's worth of the day: {retry}");
+    assert_refused(res, "anonymous", "q=100;w=86400").await;
 
     // Refusals are counted by route and status like every other answer, and logged as security
     // events.
@@ -96,8 +98,8 @@ async fn a_signed_in_account_has_its_own_budget() {
         &tenant(),
         None,
         &[
-            ("THALI_RATE_LIMIT_SIGNED_IN", "300/h"),
-            ("THALI_RATE_LIMIT_ANONYMOUS", "1000/h"),
+            ("THALI_RATE_LIMIT_SIGNED_IN", "300/86400s"),
+            ("THALI_RATE_LIMIT_ANONYMOUS", "1000/86400s"),
         ],
     )
     .await;
@@ -108,12 +110,12 @@ async fn a_signed_in_account_has_its_own_budget() {
         assert_eq!(res.status(), StatusCode::OK, "request {}", i + 1);
     }
     let res = mesh.get_as("/api/v1/auth/me", &asha).await;
-    assert_refused(res, "signed_in", "q=300;w=3600").await;
+    assert_refused(res, "signed_in", "q=300;w=86400").await;
     // Another account from the same address, and anonymous calls, are not held up.
     assert_eq!(mesh.get_as("/api/v1/auth/me", &ravi).await.status(), StatusCode::OK);
     let res = mesh.get("/api/v1/store/nobody").await;
     assert_eq!(res.status(), StatusCode::NOT_FOUND);
-    assert_eq!(field(&res, "ratelimit-policy"), "\"anonymous\";q=1000;w=3600");
+    assert_eq!(field(&res, "ratelimit-policy"), "\"anonymous\";q=1000;w=86400");
     // A forged token is anonymous (and refused by the route, not by the limiter).
     let res = mesh.get_as("/api/v1/auth/me", "not.a.token").await;
     assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
@@ -125,9 +127,9 @@ async fn login_and_registration_have_budgets_of_their_own() {
         &tenant(),
         None,
         &[
-            ("THALI_RATE_LIMIT_LOGIN", "10/h"),
-            ("THALI_RATE_LIMIT_LOGIN_ADDRESS", "13/h"),
-            ("THALI_RATE_LIMIT_REGISTER", "3/h"),
+            ("THALI_RATE_LIMIT_LOGIN", "10/86400s"),
+            ("THALI_RATE_LIMIT_LOGIN_ADDRESS", "13/86400s"),
+            ("THALI_RATE_LIMIT_REGISTER", "3/86400s"),
         ],
     )
     .await;
@@ -141,10 +143,10 @@ async fn login_and_registration_have_budgets_of_their_own() {
     for i in 0..3 {
         assert_eq!(
             register(format!("u{i}@example.com")).await.status(),
-            StatusCode::CREATED
+            StatusCode::ACCEPTED
         );
     }
-    assert_refused(register("u3@example.com".into()).await, "register", "q=3;w=3600").await;
+    assert_refused(register("u3@example.com".into()).await, "register", "q=3;w=86400").await;
 
     let login = |email: &'static str| {
         mesh.post(
@@ -162,12 +164,12 @@ async fn login_and_registration_have_budgets_of_their_own() {
             i + 1
         );
     }
-    assert_refused(login("U0@example.com ").await, "login", "q=10;w=3600").await;
+    assert_refused(login("U0@example.com ").await, "login", "q=10;w=86400").await;
     // …another account from the same address still has the address's last two (the refused
     // attempt counted against the address too: 11 of 13 are spent).
     assert_eq!(login("u1@example.com").await.status(), StatusCode::OK);
     assert_eq!(login("u1@example.com").await.status(), StatusCode::OK);
-    assert_refused(login("u2@example.com").await, "login_address", "q=13;w=3600").await;
+    assert_refused(login("u2@example.com").await, "login_address", "q=13;w=86400").await;
 }
 
 /// Two facade replicas on one Redis spend one budget; the server's clock decides.
@@ -177,7 +179,7 @@ async fn two_replicas_sharing_redis_share_one_budget() {
         return;
     };
     let tenant = tenant();
-    let quota = [("THALI_RATE_LIMIT_ANONYMOUS", "10/h")];
+    let quota = [("THALI_RATE_LIMIT_ANONYMOUS", "10/86400s")];
     let a = mesh(&tenant, Some(&redis), &quota).await;
     let b = mesh(&tenant, Some(&redis), &quota).await;
     for i in 0..10 {
@@ -185,9 +187,94 @@ async fn two_replicas_sharing_redis_share_one_budget() {
         let res = replica.get("/api/v1/store/nobody").await;
         assert_eq!(res.status(), StatusCode::NOT_FOUND, "request {}", i + 1);
     }
-    assert_refused(a.get("/api/v1/store/nobody").await, "anonymous", "q=10;w=3600").await;
-    assert_refused(b.get("/api/v1/store/nobody").await, "anonymous", "q=10;w=3600").await;
+    assert_refused(a.get("/api/v1/store/nobody").await, "anonymous", "q=10;w=86400").await;
+    assert_refused(b.get("/api/v1/store/nobody").await, "anonymous", "q=10;w=86400").await;
     // The same run without Redis: each replica would have had its own ten.
     let alone = mesh(&tenant, None, &quota).await;
     assert_eq!(alone.get("/api/v1/store/nobody").await.status(), StatusCode::NOT_FOUND);
+}
+
+/// Over gRPC, a partner API key is limited per key (its own limit when an admin set one, else
+/// `THALI_RATE_LIMIT_API_KEY`), refused with RESOURCE_EXHAUSTED and RetryInfo; an account
+/// calling with its own token has the signed-in budget.
+#[tokio::test]
+async fn api_keys_are_limited_per_key_over_grpc() {
+    use thali_proto::storefront::v1::{GetStorefrontRequest, storefront_service_client::StorefrontServiceClient};
+    use tonic_types::StatusExt;
+
+    let mesh = mesh(
+        &tenant(),
+        None,
+        &[
+            ("THALI_RATE_LIMIT_API_KEY", "8/86400s"),
+            ("THALI_RATE_LIMIT_SIGNED_IN", "1000/86400s"),
+        ],
+    )
+    .await;
+    let owner = mesh.sign_up("partner@example.com", "creator").await;
+    let token = access(&owner);
+    let owner_id = owner["account"]["id"].as_str().unwrap().to_owned();
+    mesh.create_creator(&token, "partner_shop").await;
+    let key = |body: serde_json::Value, as_token: String| {
+        let mesh = &mesh;
+        async move {
+            let res = mesh.post("/api/v1/api-keys", Some(&as_token), body).await;
+            let status = res.status();
+            (status, res.json::<serde_json::Value>().await.unwrap())
+        }
+    };
+    // Only an admin sets a key's own limit.
+    let (status, _) = key(
+        json!({"name": "fast", "scopes": ["storefront.read"], "rate_limit_per_minute": 5}),
+        token.clone(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let admin = mesh.signer.mint(
+        &uuid::Uuid::now_v7().to_string(),
+        &["admin".into()],
+        std::time::Duration::from_secs(600),
+    );
+    let (status, limited) = key(
+        json!({"name": "slow", "scopes": ["storefront.read"], "rate_limit_per_minute": 3, "owner_id": owner_id}),
+        admin,
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{limited}");
+    assert_eq!(limited["api_key"]["rate_limit_per_minute"], 3);
+    let (status, default) = key(json!({"name": "pos", "scopes": ["storefront.read"]}), token.clone()).await;
+    assert_eq!(status, StatusCode::CREATED);
+
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", mesh.grpc_addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = StorefrontServiceClient::new(channel);
+    let call = |bearer: String| {
+        let mut req = tonic::Request::new(GetStorefrontRequest {
+            username: "partner_shop".into(),
+        });
+        req.metadata_mut()
+            .insert("authorization", format!("Bearer {bearer}").parse().unwrap());
+        req
+    };
+    for (secret, allowed) in [
+        (limited["secret"].as_str().unwrap(), 3),
+        (default["secret"].as_str().unwrap(), 8),
+    ] {
+        for i in 0..allowed {
+            client
+                .get_storefront(call(secret.to_owned()))
+                .await
+                .unwrap_or_else(|e| panic!("call {} of {allowed}: {e}", i + 1));
+        }
+        let refused = client.get_storefront(call(secret.to_owned())).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted, "{refused:?}");
+        let retry = refused.get_details_retry_info().expect("RetryInfo");
+        assert!(retry.retry_delay.unwrap() > std::time::Duration::ZERO);
+        assert_eq!(refused.get_details_error_info().unwrap().reason, "RATE_LIMITED");
+    }
+    // The account itself, with its own token, is not held up by its keys' budgets.
+    client.get_storefront(call(token)).await.unwrap();
 }

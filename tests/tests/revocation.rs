@@ -57,7 +57,7 @@ impl Replicas {
             .send()
             .await
             .unwrap();
-        json_of(res, StatusCode::CREATED).await;
+        json_of(res, StatusCode::ACCEPTED).await;
         let res = http()
             .post(self.a.http_url("/api/v1/auth/login"))
             .json(&json!({"email": email, "password": "correct horse battery"}))

@@ -146,7 +146,7 @@ async fn tls_1_3_only_on_the_facade_and_on_grpc_and_the_mesh_works_over_it() {
         .send()
         .await
         .unwrap();
-    assert_eq!(res.status(), StatusCode::CREATED, "{}", res.text().await.unwrap());
+    assert_eq!(res.status(), StatusCode::ACCEPTED, "{}", res.text().await.unwrap());
     let res = https.get(p.url("/api/v1/store/nobody")).send().await.unwrap();
     assert_eq!(res.status(), StatusCode::NOT_FOUND);
     assert_eq!(
@@ -182,7 +182,7 @@ async fn mutual_tls_refuses_a_grpc_client_without_a_certificate() {
         .send()
         .await
         .unwrap();
-    assert_eq!(res.status(), StatusCode::CREATED, "{}", res.text().await.unwrap());
+    assert_eq!(res.status(), StatusCode::ACCEPTED, "{}", res.text().await.unwrap());
 }
 
 #[tokio::test]

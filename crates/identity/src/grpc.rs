@@ -136,6 +136,7 @@ fn api_key_pb(k: ApiKey) -> pb::ApiKey {
         expire_time: k.expires_at.map(timestamp),
         last_use_time: k.last_used_at.map(timestamp),
         revoke_time: k.revoked_at.map(timestamp),
+        rate_limit_per_minute: k.rate_limit_per_minute.unwrap_or(0),
     }
 }
 
@@ -242,10 +243,21 @@ impl pb::identity_service_server::IdentityService for IdentityGrpc {
         let hash = passwords::hash_async(req.password)
             .await
             .map_err(|_| IdentityError::Unavailable)?;
-        let account = self
+        let account = match self
             .store
             .register(&new, hash, AccountStatus::Active, None, idem.as_ref())
-            .await?;
+            .await
+        {
+            Ok(account) => account,
+            // The same answer as for a new email (no account in it either way the facade
+            // shows); the owner is told by email instead (ADR 0006).
+            Err(IdentityError::EmailTaken) => {
+                self.store.registration_attempted(&new.email).await?;
+                security_event(SecurityEvent::RegistrationOfTakenEmail, "", "", "", "");
+                return Ok(Response::new(pb::RegisterResponse { account: None }));
+            }
+            Err(e) => return Err(e.into()),
+        };
         tracing::info!(account_id = %account.id, role = account.role.as_str(), "account registered");
         Ok(Response::new(pb::RegisterResponse {
             account: Some(account_pb(&account)),
@@ -464,11 +476,21 @@ impl pb::identity_service_server::IdentityService for IdentityGrpc {
             }
             None => None,
         };
+        let rate_limit = match req.rate_limit_per_minute {
+            0 => None,
+            n @ 1..=1_000_000 if caller.1 => Some(n),
+            1..=1_000_000 => {
+                return Err(IdentityError::Forbidden.into());
+            }
+            _ => {
+                return Err(IdentityError::invalid("rate_limit_per_minute", "must be 1 to 1000000").into());
+            }
+        };
         let idem = domain::parse_idempotency_key(&req.idempotency_key)?
-            .map(|k| Idempotency::new(k, &(owner, name, &scopes, expires_at)));
+            .map(|k| Idempotency::new(k, &(owner, name, &scopes, expires_at, rate_limit)));
         let (key, secret) = self
             .store
-            .create_api_key(owner, name, &scopes, expires_at, idem.as_ref())
+            .create_api_key(owner, name, &scopes, expires_at, rate_limit, idem.as_ref())
             .await?;
         security_event(
             SecurityEvent::ApiKeyCreated,
@@ -591,6 +613,7 @@ impl pb::identity_service_server::IdentityService for IdentityGrpc {
             key_id: key.id.to_string(),
             owner_id: owner.id.to_string(),
             owner_role: role_pb(owner.role) as i32,
+            rate_limit_per_minute: key.rate_limit_per_minute.unwrap_or(0),
             scopes: key.scopes,
         }))
     }

@@ -35,41 +35,52 @@ pub fn verify_nobody(password: &str) {
     let _ = verify(password, dummy);
 }
 
-/// Hashes running at once: each holds 19 MiB and a core, so a burst of logins must wait its
-/// turn (or be told to come back) instead of exhausting memory.
-fn permits() -> &'static tokio::sync::Semaphore {
-    static PERMITS: OnceLock<tokio::sync::Semaphore> = OnceLock::new();
-    PERMITS.get_or_init(|| {
-        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
-        tokio::sync::Semaphore::new(cores * 2)
-    })
+/// Which hashing slots a call takes: sign-ins, or new passwords (registration, reset, operator
+/// tools). Each pool has its own slots, so a registration flood can slow logins down (they share
+/// the cores) but never turns them away (ADR 0006).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pool {
+    Login,
+    NewPassword,
 }
 
-/// How long a login waits for a free hashing slot before it is turned away.
+/// Hashes running at once per pool: each holds 19 MiB and a core, so a burst must wait its turn
+/// (or be told to come back) instead of exhausting memory.
+fn permits(pool: Pool) -> &'static tokio::sync::Semaphore {
+    static LOGIN: OnceLock<tokio::sync::Semaphore> = OnceLock::new();
+    static NEW_PASSWORD: OnceLock<tokio::sync::Semaphore> = OnceLock::new();
+    let cores = || std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+    match pool {
+        Pool::Login => LOGIN.get_or_init(|| tokio::sync::Semaphore::new(cores() * 2)),
+        Pool::NewPassword => NEW_PASSWORD.get_or_init(|| tokio::sync::Semaphore::new(cores())),
+    }
+}
+
+/// How long a call waits for a free hashing slot before it is turned away.
 const QUEUE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// No hashing slot came free in time: the service is overloaded.
 #[derive(Debug, Clone, Copy)]
 pub struct Busy;
 
-async fn slot() -> Result<tokio::sync::SemaphorePermit<'static>, Busy> {
-    tokio::time::timeout(QUEUE_WAIT, permits().acquire())
+async fn slot(pool: Pool) -> Result<tokio::sync::SemaphorePermit<'static>, Busy> {
+    tokio::time::timeout(QUEUE_WAIT, permits(pool).acquire())
         .await
         .map_err(|_| Busy)?
         .map_err(|_| Busy)
 }
 
-/// [`hash`] on the blocking pool, within the concurrency bound.
+/// [`hash`] of a new password on the blocking pool, within the new-password slots.
 pub async fn hash_async(password: String) -> Result<String, Busy> {
-    let _slot = slot().await?;
+    let _slot = slot(Pool::NewPassword).await?;
     Ok(tokio::task::spawn_blocking(move || hash(&password))
         .await
         .expect("password hashing does not panic"))
 }
 
-/// [`verify`] (or [`verify_nobody`] without a hash) on the blocking pool, within the bound.
+/// [`verify`] (or [`verify_nobody`] without a hash) on the blocking pool, within the login slots.
 pub async fn verify_async(password: String, phc: Option<String>) -> Result<bool, Busy> {
-    let _slot = slot().await?;
+    let _slot = slot(Pool::Login).await?;
     let verified = tokio::task::spawn_blocking(move || match phc {
         Some(phc) => verify(&password, &phc),
         None => {
@@ -94,5 +105,20 @@ mod tests {
         assert!(!verify("correct horse battery stapler", &phc));
         assert!(!verify("anything", "not a phc string"));
         assert_ne!(hash("same"), hash("same"), "salts differ");
+    }
+
+    /// A flood of registrations holds every new-password slot: a login still gets one.
+    #[tokio::test]
+    async fn registrations_never_take_the_login_slots() {
+        let held: Vec<_> = (0..permits(Pool::NewPassword).available_permits())
+            .map(|_| permits(Pool::NewPassword).try_acquire().unwrap())
+            .collect();
+        assert!(
+            permits(Pool::NewPassword).try_acquire().is_err(),
+            "registrations are full"
+        );
+        let login = tokio::time::timeout(std::time::Duration::from_millis(100), slot(Pool::Login)).await;
+        assert!(matches!(login, Ok(Ok(_))), "a login is not turned away");
+        drop(held);
     }
 }

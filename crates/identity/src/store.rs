@@ -16,7 +16,7 @@ pub use thali_platform::idempotency::Idempotency;
 use thali_platform::idempotency::{Keys, Replay};
 use thali_proto::events::v1::{
     AccountCreated, AccountEmailVerificationRequested, AccountLoginNewAddress, AccountPasswordResetRequested,
-    event::Payload,
+    AccountRegistrationAttempted, event::Payload,
 };
 use uuid::Uuid;
 
@@ -157,6 +157,7 @@ pub mod api_key {
         pub expires_at: Option<DateTimeUtc>,
         pub last_used_at: Option<DateTimeUtc>,
         pub revoked_at: Option<DateTimeUtc>,
+        pub rate_limit_per_minute: Option<i32>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -223,6 +224,8 @@ pub struct ApiKey {
     pub expires_at: Option<DateTime<Utc>>,
     pub last_used_at: Option<DateTime<Utc>>,
     pub revoked_at: Option<DateTime<Utc>>,
+    /// Calls per minute; None: the platform default.
+    pub rate_limit_per_minute: Option<i32>,
 }
 
 impl From<api_key::Model> for ApiKey {
@@ -237,6 +240,7 @@ impl From<api_key::Model> for ApiKey {
             expires_at: m.expires_at,
             last_used_at: m.last_used_at,
             revoked_at: m.revoked_at,
+            rate_limit_per_minute: m.rate_limit_per_minute,
         }
     }
 }
@@ -662,6 +666,32 @@ impl IdentityStore {
         Ok(tell)
     }
 
+    /// Someone tried to register `email` (normalised), which has an account: its owner is told
+    /// by email (`account.registration_attempted`). Returns whether the account exists.
+    pub async fn registration_attempted(&self, email: &str) -> Result<bool, IdentityError> {
+        let txn = thali_platform::db::begin_write(&self.db).await?;
+        let Some(found) = account::Entity::find()
+            .filter(account::Column::Email.eq(email))
+            .one(&txn)
+            .await?
+        else {
+            return Ok(false);
+        };
+        let event = thali_platform::events::new_event(
+            crate::workers::SERVICE,
+            format!("account:{}", found.id),
+            Some(found.id),
+            Payload::AccountRegistrationAttempted(AccountRegistrationAttempted {
+                account_id: found.id.to_string(),
+                email: found.email,
+            }),
+            self.queue.now(),
+        );
+        thali_platform::events::publish(&txn, &self.queue, &event).await?;
+        txn.commit().await?;
+        Ok(true)
+    }
+
     /// The account with this id.
     pub async fn account(&self, id: Uuid) -> Result<Account, IdentityError> {
         account::Entity::find_by_id(id)
@@ -936,6 +966,7 @@ impl IdentityStore {
         name: &str,
         scopes: &[String],
         expires_at: Option<DateTime<Utc>>,
+        rate_limit_per_minute: Option<i32>,
         idem: Option<&Idempotency>,
     ) -> Result<(ApiKey, String), IdentityError> {
         const SCOPE: &str = "api_key";
@@ -964,6 +995,7 @@ impl IdentityStore {
                 expires_at: Set(expires_at),
                 last_used_at: Set(None),
                 revoked_at: Set(None),
+                rate_limit_per_minute: Set(rate_limit_per_minute),
             };
             let txn = self.db.begin().await?;
             if let Some(idem) = idem

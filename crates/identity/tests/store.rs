@@ -83,8 +83,8 @@ async fn creating_an_api_key_honours_its_idempotency_key() {
         let pos = idem("pos");
         let ((a, first), (b, second)) = {
             let (x, y) = tokio::join!(
-                store.create_api_key(owner, "pos", &scopes, None, Some(&pos)),
-                store.create_api_key(owner, "pos", &scopes, None, Some(&pos)),
+                store.create_api_key(owner, "pos", &scopes, None, None, Some(&pos)),
+                store.create_api_key(owner, "pos", &scopes, None, None, Some(&pos)),
             );
             (x.unwrap(), y.unwrap())
         };
@@ -92,7 +92,7 @@ async fn creating_an_api_key_honours_its_idempotency_key() {
         assert_eq!(store.api_keys(owner).await.unwrap().len(), 1, "{backend}");
         assert_ne!(first, second, "{backend}");
         let (c, third) = store
-            .create_api_key(owner, "pos", &scopes, None, Some(&pos))
+            .create_api_key(owner, "pos", &scopes, None, None, Some(&pos))
             .await
             .unwrap();
         assert_eq!(c.id, a.id, "{backend}");
@@ -112,7 +112,7 @@ async fn creating_an_api_key_honours_its_idempotency_key() {
         // The same key with another request is refused.
         assert!(matches!(
             store
-                .create_api_key(owner, "other", &scopes, None, Some(&idem("other")))
+                .create_api_key(owner, "other", &scopes, None, None, Some(&idem("other")))
                 .await,
             Err(IdentityError::IdempotencyKeyReused)
         ));
@@ -125,7 +125,10 @@ async fn api_keys_verify_only_while_valid() {
     for (backend, store) in stores().await {
         let owner = account(&store, "keys@example.com").await;
         let scopes = vec!["storefront.read".to_owned()];
-        let (key, secret) = store.create_api_key(owner, "pos", &scopes, None, None).await.unwrap();
+        let (key, secret) = store
+            .create_api_key(owner, "pos", &scopes, None, None, None)
+            .await
+            .unwrap();
         let presented = parse_api_key(&secret).expect("a minted key has the key shape");
         let (found, found_owner) = store.verify_api_key(&presented).await.unwrap();
         assert_eq!((found.id, found_owner.id), (key.id, owner), "{backend}");
@@ -144,7 +147,7 @@ async fn api_keys_verify_only_while_valid() {
 
         let past = chrono::Utc::now() - chrono::Duration::seconds(1);
         let (_, expired) = store
-            .create_api_key(owner, "old", &scopes, Some(past), None)
+            .create_api_key(owner, "old", &scopes, Some(past), None, None)
             .await
             .unwrap();
         let expired = parse_api_key(&expired).unwrap();

@@ -61,6 +61,13 @@ pub const CATALOGUE: &[Channels] = &[
         email: EmailPolicy::Required,
         owner_in_app: false,
     },
+    // Someone tried to register the account's email: told to the owner only, by email.
+    Channels {
+        event_type: "account.registration_attempted",
+        in_app: false,
+        email: EmailPolicy::Required,
+        owner_in_app: false,
+    },
     // The guest by email (a receipt: always sent), the restaurant's owner in-app.
     Channels {
         event_type: "booking.confirmed",
@@ -468,6 +475,14 @@ impl Incoming {
                 None,
                 serde_json::json!({ "token": p.token, "to": p.email }),
             ),
+            Payload::AccountRegistrationAttempted(p) => (
+                account("account_registration_attempted.account_id", &p.account_id)?,
+                None,
+                serde_json::json!({
+                    "to": p.email,
+                    "at": occurred_at.format("%Y-%m-%d %H:%M UTC").to_string(),
+                }),
+            ),
             Payload::ProductOutOfStock(p) => (
                 account("owner_account_id", &event.owner_account_id)?,
                 None,
@@ -508,6 +523,7 @@ impl Incoming {
         let to = match payload {
             Payload::AccountEmailVerificationRequested(p) => Some(p.email.clone()),
             Payload::AccountPasswordResetRequested(p) => Some(p.email.clone()),
+            Payload::AccountRegistrationAttempted(p) => Some(p.email.clone()),
             _ => None,
         };
         let data = match payload {
@@ -524,6 +540,7 @@ impl Incoming {
             // Never leaves for a webhook (see SECRET_BEARING); no token in it regardless.
             Payload::AccountEmailVerificationRequested(p) => serde_json::json!({ "account_id": p.account_id }),
             Payload::AccountPasswordResetRequested(p) => serde_json::json!({ "account_id": p.account_id }),
+            Payload::AccountRegistrationAttempted(p) => serde_json::json!({ "account_id": p.account_id }),
             Payload::ProductOutOfStock(p) => serde_json::json!({
                 "creator_id": p.creator_id,
                 "username": p.username,

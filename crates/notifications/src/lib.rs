@@ -24,6 +24,7 @@ pub const SUBSCRIBES_TO: &[&str] = &[
     "account.login_new_address",
     "account.email_verification_requested",
     "account.password_reset_requested",
+    "account.registration_attempted",
     "product.out_of_stock",
     "booking.confirmed",
     "booking.cancelled",

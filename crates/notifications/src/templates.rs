@@ -83,6 +83,18 @@ const SOURCES: &[(&str, &str)] = &[
         include_str!("../templates/account.email_verification_requested/email.html"),
     ),
     (
+        "account.registration_attempted/subject.txt",
+        include_str!("../templates/account.registration_attempted/subject.txt"),
+    ),
+    (
+        "account.registration_attempted/email.txt",
+        include_str!("../templates/account.registration_attempted/email.txt"),
+    ),
+    (
+        "account.registration_attempted/email.html",
+        include_str!("../templates/account.registration_attempted/email.html"),
+    ),
+    (
         "account.password_reset_requested/subject.txt",
         include_str!("../templates/account.password_reset_requested/subject.txt"),
     ),

@@ -116,6 +116,7 @@ async fn verify(client: &Client<IdentityServiceClient<crate::client::GrpcChannel
                 api_key: Some(ApiKeyGrant {
                     key_id: res.key_id,
                     scopes: res.scopes,
+                    rate_limit_per_minute: u32::try_from(res.rate_limit_per_minute).ok().filter(|n| *n > 0),
                 }),
                 issued_at: 0,
                 session: None,
@@ -176,6 +177,7 @@ mod tests {
             api_key: Some(ApiKeyGrant {
                 key_id: "k1".into(),
                 scopes: vec!["storefront.read".into()],
+                rate_limit_per_minute: None,
             }),
             issued_at: 0,
             session: None,

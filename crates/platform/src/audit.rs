@@ -22,6 +22,7 @@ pub enum SecurityEvent {
     EmailVerified,
     RateLimited,
     AccountDisabled,
+    RegistrationOfTakenEmail,
 }
 
 impl SecurityEvent {
@@ -43,6 +44,7 @@ impl SecurityEvent {
             SecurityEvent::EmailVerified => "email.verified",
             SecurityEvent::RateLimited => "rate_limited",
             SecurityEvent::AccountDisabled => "admin.account_disabled",
+            SecurityEvent::RegistrationOfTakenEmail => "registration.email_taken",
         }
     }
 }

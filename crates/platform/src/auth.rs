@@ -40,6 +40,8 @@ pub struct Principal {
 pub struct ApiKeyGrant {
     pub key_id: String,
     pub scopes: Vec<String>,
+    /// The key's own rate limit, calls per minute (None: the platform default).
+    pub rate_limit_per_minute: Option<u32>,
 }
 
 /// The token of an `Authorization: Bearer <token>` value (the scheme is case-insensitive).

@@ -217,6 +217,9 @@ pub struct Config {
     pub rate_limit_login_address: String,
     /// Registrations per client address (`THALI_RATE_LIMIT_REGISTER`, `5/min`).
     pub rate_limit_register: String,
+    /// gRPC budget of a partner API key without a limit of its own (`THALI_RATE_LIMIT_API_KEY`,
+    /// `600/min`).
+    pub rate_limit_api_key: String,
     /// PEM certificate chain of this part's listeners (`THALI_TLS_CERT_FILE`); with the key,
     /// the facade serves HTTPS and the gRPC server TLS, 1.3 only (ADR 0028).
     pub tls_cert_file: Option<PathBuf>,
@@ -306,6 +309,7 @@ impl Config {
             .set_default("rate_limit_login", "10/min")?
             .set_default("rate_limit_login_address", "30/min")?
             .set_default("rate_limit_register", "5/min")?
+            .set_default("rate_limit_api_key", "600/min")?
             .set_default("tls_client_auth", "none")?
             .set_default("allow_plaintext", false)?
             .set_default("mail_from", "Thali <no-reply@thali.localhost>")?
@@ -485,6 +489,7 @@ impl Config {
             ("rate_limit_login", &self.rate_limit_login),
             ("rate_limit_login_address", &self.rate_limit_login_address),
             ("rate_limit_register", &self.rate_limit_register),
+            ("rate_limit_api_key", &self.rate_limit_api_key),
         ] {
             if let Err(reason) = crate::ratelimit::Quota::parse(spec) {
                 return invalid(key, &reason);

@@ -40,6 +40,7 @@ pub fn type_of(payload: &Payload) -> &'static str {
         Payload::ProductOutOfStock(_) => "product.out_of_stock",
         Payload::AccountEmailVerificationRequested(_) => "account.email_verification_requested",
         Payload::AccountPasswordResetRequested(_) => "account.password_reset_requested",
+        Payload::AccountRegistrationAttempted(_) => "account.registration_attempted",
         Payload::BookingConfirmed(_) => "booking.confirmed",
         Payload::BookingCancelled(_) => "booking.cancelled",
         Payload::BookingReminder(_) => "booking.reminder",

@@ -291,8 +291,22 @@ pub async fn start(cfg: &Config, part: Part) -> anyhow::Result<Platform> {
             thali_platform::revocations::POLL_EVERY,
         ));
         revocation_feed = true;
-        let policy =
-            AuthPolicy::new(verifier.clone()).with_api_keys(Arc::new(IdentityApiKeys::new(identity_target)), &scopes);
+        // Partner API keys and accounts calling directly are rate limited here (ADR 0026).
+        let grpc_limiter = thali_platform::ratelimit::RateLimiter::new(
+            &cfg.tenant,
+            match &cfg.redis_url {
+                Some(url) => Some(Redis::connect(url).await.context("redis_url")?),
+                None => None,
+            },
+        );
+        let quota = |spec: &str| thali_platform::ratelimit::Quota::parse(spec).expect("validated at load");
+        let policy = AuthPolicy::new(verifier.clone())
+            .with_api_keys(Arc::new(IdentityApiKeys::new(identity_target)), &scopes)
+            .with_limits(thali_platform::server::GrpcLimits {
+                limiter: grpc_limiter,
+                api_key: quota(&cfg.rate_limit_api_key),
+                signed_in: quota(&cfg.rate_limit_signed_in),
+            });
 
         let probe_db = db.clone();
         watchers.push(health.watch_dependency("database", HEALTH_INTERVAL, move || {

@@ -27,12 +27,18 @@ fn no_store(body: impl serde::Serialize) -> Response {
         .into_response()
 }
 
-/// Create an account.
+/// Create an account. The answer is the same whether or not the email already has an account
+/// (so it tells nobody which emails do); the owner of an existing one is told by email. Sign in
+/// next with the same email and password.
 #[utoipa::path(
     post, path = "/api/v1/auth/register", tag = "auth",
     request_body = Register,
     params(("Idempotency-Key" = Option<String>, Header, pattern = r"^[\x21-\x7E]{1,200}$")),
-    responses((status = 201, description = "Registered", body = dto::Account))
+    responses(
+        (status = 202, description = "Accepted: sign in next; a verification link is on its way", body = dto::Accepted),
+        (status = 400, description = "A field breaks its rules", body = crate::problem::ProblemDetails,
+         content_type = "application/problem+json"),
+    )
 )]
 pub async fn register(
     State(state): State<FacadeState>,
@@ -58,16 +64,18 @@ async fn register_call(
         role: dto::Role::from(body.role).to_pb() as i32,
         idempotency_key: idempotency_key(&headers)?,
     };
-    let account = state
+    // Created or not, the caller learns the same thing.
+    state
         .identity
         .call(req, |mut c, r| async move { c.register(r).await })
-        .await?
-        .into_inner()
-        .account;
-    Ok(created(
-        "/api/v1/auth/me".to_owned(),
-        dto::Account::from(account.ok_or_else(|| missing("account"))?),
-    ))
+        .await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(dto::Accepted {
+            status: "accepted: sign in with this email and password; a verification link is on its way".into(),
+        }),
+    )
+        .into_response())
 }
 
 /// Log in with email and password. Repeated failures answer 429 with Retry-After.
@@ -302,6 +310,7 @@ pub async fn create_api_key(
         scopes: body.scopes,
         expire_time,
         owner_id: body.owner_id.unwrap_or_default(),
+        rate_limit_per_minute: body.rate_limit_per_minute.unwrap_or(0),
         idempotency_key: idempotency_key(&headers)?,
     };
     let res = state

@@ -94,6 +94,7 @@ pub const UNLIMITED: &[(&str, &str)] = &[
     ("THALI_RATE_LIMIT_LOGIN", "1000000/min"),
     ("THALI_RATE_LIMIT_LOGIN_ADDRESS", "1000000/min"),
     ("THALI_RATE_LIMIT_REGISTER", "1000000/min"),
+    ("THALI_RATE_LIMIT_API_KEY", "1000000/min"),
 ];
 
 /// A whole platform's settings on loopback ports the system picks, data under `data_dir`, with
@@ -224,7 +225,7 @@ impl Mesh {
                 json!({"email": email, "password": "correct horse battery", "display_name": "Someone", "role": role}),
             )
             .await;
-        assert_eq!(res.status(), StatusCode::CREATED, "{}", res.text().await.unwrap());
+        assert_eq!(res.status(), StatusCode::ACCEPTED, "{}", res.text().await.unwrap());
         let res = self
             .post(
                 "/api/v1/auth/login",

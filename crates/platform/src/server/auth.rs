@@ -41,6 +41,17 @@ pub struct AuthPolicy {
     api_keys: Option<Arc<dyn ApiKeyResolver>>,
     /// Method path (`/pkg.Service/Method`) → scope an API key needs to call it.
     scopes: Arc<HashMap<String, String>>,
+    limits: Option<Arc<GrpcLimits>>,
+}
+
+/// Rate limits of the callers that reach a gRPC server directly (ADR 0026): a partner API key
+/// (its own quota when identity sets one, else `api_key`) and an account calling with its own
+/// token (`signed_in`). Other Thali services are not limited here: the facade counted the end
+/// user already.
+pub struct GrpcLimits {
+    pub limiter: crate::ratelimit::RateLimiter,
+    pub api_key: crate::ratelimit::Quota,
+    pub signed_in: crate::ratelimit::Quota,
 }
 
 impl AuthPolicy {
@@ -50,7 +61,42 @@ impl AuthPolicy {
             verifier,
             api_keys: None,
             scopes: Arc::default(),
+            limits: None,
         }
+    }
+
+    /// Limits partner API keys and accounts calling directly (see [`GrpcLimits`]).
+    pub fn with_limits(mut self, limits: GrpcLimits) -> Self {
+        self.limits = Some(Arc::new(limits));
+        self
+    }
+
+    /// Counts one call of `key` under `policy`; RESOURCE_EXHAUSTED with `RetryInfo` when over.
+    async fn take(
+        &self,
+        policy: &'static str,
+        quota: &crate::ratelimit::Quota,
+        key: &str,
+        path: &str,
+        peer: &str,
+    ) -> Result<(), tonic::Status> {
+        let Some(limits) = &self.limits else { return Ok(()) };
+        let decision = limits.limiter.check(policy, quota, key).await;
+        if decision.allowed {
+            return Ok(());
+        }
+        security_event(SecurityEvent::RateLimited, key, path, peer, policy);
+        let wait = decision.retry_after.max(std::time::Duration::from_millis(1));
+        Err(crate::errors::resource_exhausted(
+            "RATE_LIMITED",
+            format!(
+                "{} calls per {} s allowed; try again in {} ms",
+                quota.limit,
+                quota.period.as_secs(),
+                wait.as_millis()
+            ),
+            wait,
+        ))
     }
 
     /// Accepts partner API keys through `resolver`, for the methods in `scopes`.
@@ -101,6 +147,12 @@ impl AuthPolicy {
                 return Err(tonic::Status::permission_denied(message));
             }
             security_event(SecurityEvent::ApiKeyUsed, &grant.key_id, path, peer, "");
+            if let Some(limits) = &self.limits {
+                let quota = grant
+                    .rate_limit_per_minute
+                    .map_or(limits.api_key, crate::ratelimit::Quota::per_minute);
+                self.take("api_key", &quota, &grant.key_id, path, peer).await?;
+            }
             return Ok(Grant {
                 principal: Some(principal),
                 service: None,
@@ -113,6 +165,10 @@ impl AuthPolicy {
                 .verifier
                 .verify(token)
                 .map_err(|e| unauthenticated(&e.to_string()))?;
+            if let Some(limits) = &self.limits {
+                self.take("signed_in", &limits.signed_in, &principal.subject, path, peer)
+                    .await?;
+            }
             return Ok(Grant {
                 principal: Some(principal),
                 service: None,
