@@ -288,17 +288,18 @@ pub fn router(state: FacadeState, settings: &HttpSettings) -> Router {
     if let Some(cors) = cors(&settings.cors_origins) {
         api = api.layer(cors);
     }
-    api.layer(axum::middleware::from_fn_with_state(
-        middleware::Hsts(settings.hsts),
-        middleware::security_headers,
-    ))
-    .layer(axum::middleware::from_fn(middleware::observe))
-    .layer(axum::middleware::from_fn_with_state(
-        Arc::new(settings.trusted_proxies.clone()),
-        middleware::client_address,
-    ))
-    .layer(PropagateRequestIdLayer::new(x_request_id.clone()))
-    .layer(SetRequestIdLayer::new(x_request_id, MakeRequestUuid))
+    api.layer(axum::middleware::from_fn(middleware::escape_json))
+        .layer(axum::middleware::from_fn_with_state(
+            middleware::Hsts(settings.hsts),
+            middleware::security_headers,
+        ))
+        .layer(axum::middleware::from_fn(middleware::observe))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::new(settings.trusted_proxies.clone()),
+            middleware::client_address,
+        ))
+        .layer(PropagateRequestIdLayer::new(x_request_id.clone()))
+        .layer(SetRequestIdLayer::new(x_request_id, MakeRequestUuid))
 }
 
 async fn not_found() -> Problem {

@@ -103,6 +103,45 @@ pub async fn security_headers(State(Hsts(hsts)): State<Hsts>, req: Request, next
     response
 }
 
+/// JSON answers with `<`, `>` and `&` written as `\u003c`, `\u003e`, `\u0026`: the same JSON to
+/// any parser, but a page that inlines an answer in a `<script>` block cannot be broken out of
+/// by a user's text (`</script>`), and HTML-sniffing has nothing to find. Those bytes can only
+/// stand inside JSON strings, so the rewrite is a byte-for-byte swap; answers without them
+/// pass untouched.
+pub async fn escape_json(req: Request, next: Next) -> Response {
+    let response = next.run(req).await;
+    let json = response.headers().get(header::CONTENT_TYPE).is_some_and(|v| {
+        let v = v.as_bytes();
+        v.starts_with(b"application/json") || v.starts_with(b"application/problem+json")
+    });
+    if !json {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, usize::MAX).await else {
+        return Problem::new(
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            "INTERNAL",
+            "the answer could not be written",
+        )
+        .into_response();
+    };
+    if !bytes.iter().any(|b| matches!(b, b'<' | b'>' | b'&')) {
+        return Response::from_parts(parts, axum::body::Body::from(bytes));
+    }
+    let mut out = Vec::with_capacity(bytes.len() + 32);
+    for &b in bytes.iter() {
+        match b {
+            b'<' => out.extend_from_slice(b"\\u003c"),
+            b'>' => out.extend_from_slice(b"\\u003e"),
+            b'&' => out.extend_from_slice(b"\\u0026"),
+            _ => out.push(b),
+        }
+    }
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, axum::body::Body::from(out))
+}
+
 /// The route template a request matched, carried from the router back out to [`observe`].
 #[derive(Clone)]
 struct RouteTag(MatchedPath);

@@ -190,3 +190,42 @@ async fn the_public_port_serves_no_metrics_and_no_dependency_detail() {
     );
     assert_eq!(mesh.admin_get("/healthz").await.status(), StatusCode::OK);
 }
+
+/// Part 7: plain text is normalised (NFC) and refused with control or bidi characters; markup is
+/// kept as text and every JSON answer escapes `<`, `>` and `&`, so a page inlining it cannot be
+/// broken out of.
+#[tokio::test]
+async fn user_text_is_normalised_and_cannot_break_out_of_a_page() {
+    let mesh = Mesh::start().await;
+    let token = access(&mesh.sign_up("asha@example.com", "creator").await);
+    let res = mesh
+        .post(
+            "/api/v1/creators",
+            Some(&token),
+            json!({"username": "xss_shop", "display_name": "</script><script>alert(1)</script>", "bio": "Cafe\u{301} & chai"}),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let raw = mesh.get("/api/v1/store/xss_shop").await.text().await.unwrap();
+    assert!(!raw.contains('<') && !raw.contains('>') && !raw.contains('&'), "{raw}");
+    assert!(raw.contains("\\u003c/script\\u003e"), "{raw}");
+    let page: serde_json::Value = serde_json::from_str(&raw).unwrap();
+    assert_eq!(page["creator"]["display_name"], "</script><script>alert(1)</script>");
+    assert_eq!(page["creator"]["bio"], "Caf\u{e9} & chai", "stored in NFC");
+
+    for (field, bad) in [
+        ("display_name", "txt\u{202E}exe.doc"),
+        ("display_name", "two\nlines"),
+        ("bio", "bell\u{7}"),
+    ] {
+        let mut body = json!({"username": "bad_shop", "display_name": "Fine", "bio": ""});
+        body[field] = json!(bad);
+        let res = mesh.post("/api/v1/creators", Some(&token), body).await;
+        let problem = support::problem(res, StatusCode::BAD_REQUEST, "VALIDATION_FAILED").await;
+        assert_eq!(problem["errors"][0]["field"], field, "{problem}");
+    }
+    // Errors escape too: a problem's detail never carries raw markup.
+    let res = mesh.get("/api/v1/store/%3Cscript%3E").await;
+    let raw = res.text().await.unwrap();
+    assert!(!raw.contains('<'), "{raw}");
+}

@@ -522,18 +522,24 @@ impl BookingError {
     }
 }
 
-/// Checks a free-text field: trimmed length within `1..=max` (or `0..=max` when optional), no
-/// control characters.
+/// Checks a free-text field (`platform::text`: trimmed, NFC, length within `1..=max`, or
+/// `0..=max` when optional, no control or bidi characters; line breaks only in the notes and
+/// addresses) and returns its stored form.
 fn text(field: &str, value: &str, max: usize, required: bool, out: &mut Vec<Violation>) -> String {
-    let v = value.trim();
-    if required && v.is_empty() {
-        out.push(Violation::new(field, "must not be empty"));
-    } else if v.chars().count() > max {
-        out.push(Violation::new(field, format!("at most {max} characters")));
-    } else if v.chars().any(|c| c.is_control() && c != '\n') {
-        out.push(Violation::new(field, "must not contain control characters"));
+    use thali_platform::text::{Rules, plain};
+    let min = usize::from(required);
+    let rules = if matches!(field, "address" | "note" | "reason") {
+        Rules::multiline(min, max)
+    } else {
+        Rules::line(min, max)
+    };
+    match plain(value, rules) {
+        Ok(v) => v,
+        Err(why) => {
+            out.push(Violation::new(field, why));
+            value.trim().to_owned()
+        }
     }
-    v.to_owned()
 }
 
 /// Lowercase cuisine tags: 1–40 of `a-z 0-9 - space`, at most 10, no repeats.

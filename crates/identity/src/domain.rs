@@ -226,14 +226,14 @@ impl NewAccount {
         if let Err(why) = check_password(password) {
             violations.push(Violation::new("password", why));
         }
-        let display_name = display_name.trim().to_owned();
-        let len = display_name.chars().count();
-        if len == 0 || len > DISPLAY_NAME_MAX || display_name.chars().any(char::is_control) {
-            violations.push(Violation::new(
-                "display_name",
-                format!("must be 1 to {DISPLAY_NAME_MAX} visible characters"),
-            ));
-        }
+        let display_name =
+            match thali_platform::text::plain(display_name, thali_platform::text::Rules::line(1, DISPLAY_NAME_MAX)) {
+                Ok(name) => name,
+                Err(why) => {
+                    violations.push(Violation::new("display_name", why));
+                    display_name.trim().to_owned()
+                }
+            };
         let role = match role {
             Some(r @ (Role::Buyer | Role::Creator | Role::RestaurantOwner)) => r,
             Some(Role::Admin) => {

@@ -460,12 +460,9 @@ impl pb::identity_service_server::IdentityService for IdentityGrpc {
         let caller = account_caller(&request)?;
         let req = request.into_inner();
         let owner = owner_for(caller, &req.owner_id)?;
-        let name = req.name.trim();
-        if name.is_empty() || name.chars().count() > KEY_NAME_MAX || name.chars().any(char::is_control) {
-            return Err(
-                IdentityError::invalid("name", format!("must be 1 to {KEY_NAME_MAX} visible characters")).into(),
-            );
-        }
+        let name = thali_platform::text::plain(&req.name, thali_platform::text::Rules::line(1, KEY_NAME_MAX))
+            .map_err(|why| IdentityError::invalid("name", why))?;
+        let name = name.as_str();
         let scopes = domain::check_scopes(&req.scopes)?;
         let expires_at = match req.expire_time {
             Some(t) => {
@@ -577,10 +574,9 @@ impl pb::identity_service_server::IdentityService for IdentityGrpc {
         let req = request.into_inner();
         let id = Uuid::parse_str(req.account_id.trim())
             .map_err(|_| IdentityError::invalid("account_id", "must be a UUID"))?;
-        let reason = req.reason.trim();
-        if reason.is_empty() || reason.chars().count() > 500 || reason.chars().any(char::is_control) {
-            return Err(IdentityError::invalid("reason", "must be 1 to 500 visible characters").into());
-        }
+        let reason = thali_platform::text::plain(&req.reason, thali_platform::text::Rules::multiline(1, 500))
+            .map_err(|why| IdentityError::invalid("reason", why))?;
+        let reason = reason.as_str();
         if id == admin {
             return Err(IdentityError::invalid("account_id", "an admin cannot disable their own account").into());
         }

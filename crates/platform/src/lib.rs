@@ -23,6 +23,7 @@ pub mod ratelimit;
 pub mod revocations;
 pub mod server;
 pub mod telemetry;
+pub mod text;
 pub mod tls;
 
 pub use auth::{Principal, Signer, Verifier};

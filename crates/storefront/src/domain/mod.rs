@@ -234,21 +234,22 @@ pub fn is_currency(code: &str) -> bool {
     thali_platform::money::is_currency(code)
 }
 
-fn check_text(field: &str, value: &str, min: usize, max: usize, out: &mut Vec<Violation>) {
-    let len = value.chars().count();
-    if len < min {
-        out.push(Violation::new(
-            field,
-            if min == 1 {
-                "must not be empty".to_owned()
-            } else {
-                format!("must be at least {min} characters")
-            },
-        ));
-    } else if len > max {
-        out.push(Violation::new(field, format!("must be at most {max} characters")));
-    } else if value.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
-        out.push(Violation::new(field, "must not contain control characters"));
+/// Checks a free-text field with `platform::text` (trimmed, NFC, lengths in characters, no
+/// control or bidi characters; line breaks only in the bio and descriptions) and returns its
+/// stored form.
+fn check_text(field: &str, value: &str, min: usize, max: usize, out: &mut Vec<Violation>) -> String {
+    use thali_platform::text::{Rules, plain};
+    let rules = if matches!(field, "bio" | "description") {
+        Rules::multiline(min, max)
+    } else {
+        Rules::line(min, max)
+    };
+    match plain(value, rules) {
+        Ok(v) => v,
+        Err(why) => {
+            out.push(Violation::new(field, why));
+            value.trim().to_owned()
+        }
     }
 }
 
@@ -273,10 +274,8 @@ impl NewCreator {
         if let Err(why) = check_username(username) {
             violations.push(Violation::new("username", why));
         }
-        let display_name = display_name.trim().to_owned();
-        let bio = bio.trim().to_owned();
-        check_text("display_name", &display_name, 1, DISPLAY_NAME_MAX, &mut violations);
-        check_text("bio", &bio, 0, BIO_MAX, &mut violations);
+        let display_name = check_text("display_name", display_name, 1, DISPLAY_NAME_MAX, &mut violations);
+        let bio = check_text("bio", bio, 0, BIO_MAX, &mut violations);
         done(
             Self {
                 username: username.to_owned(),
@@ -291,14 +290,8 @@ impl NewCreator {
 impl ProfileChanges {
     pub fn parse(display_name: Option<&str>, bio: Option<&str>) -> Result<Self, StorefrontError> {
         let mut violations = Vec::new();
-        let display_name = display_name.map(|d| d.trim().to_owned());
-        let bio = bio.map(|b| b.trim().to_owned());
-        if let Some(d) = &display_name {
-            check_text("display_name", d, 1, DISPLAY_NAME_MAX, &mut violations);
-        }
-        if let Some(b) = &bio {
-            check_text("bio", b, 0, BIO_MAX, &mut violations);
-        }
+        let display_name = display_name.map(|d| check_text("display_name", d, 1, DISPLAY_NAME_MAX, &mut violations));
+        let bio = bio.map(|b| check_text("bio", b, 0, BIO_MAX, &mut violations));
         done(Self { display_name, bio }, violations)
     }
 }
@@ -312,10 +305,8 @@ impl NewProduct {
         active: Option<bool>,
     ) -> Result<Self, StorefrontError> {
         let mut violations = Vec::new();
-        let title = title.trim().to_owned();
-        let description = description.trim().to_owned();
-        check_text("title", &title, 1, TITLE_MAX, &mut violations);
-        check_text("description", &description, 0, DESCRIPTION_MAX, &mut violations);
+        let title = check_text("title", title, 1, TITLE_MAX, &mut violations);
+        let description = check_text("description", description, 0, DESCRIPTION_MAX, &mut violations);
         let price = match price {
             Some((amount_minor, currency)) => {
                 check_price("price", amount_minor, currency, &mut violations);
@@ -357,14 +348,8 @@ impl ProductChanges {
         stock: Option<Option<i64>>,
     ) -> Result<Self, StorefrontError> {
         let mut violations = Vec::new();
-        let title = title.map(|t| t.trim().to_owned());
-        let description = description.map(|d| d.trim().to_owned());
-        if let Some(t) = &title {
-            check_text("title", t, 1, TITLE_MAX, &mut violations);
-        }
-        if let Some(d) = &description {
-            check_text("description", d, 0, DESCRIPTION_MAX, &mut violations);
-        }
+        let title = title.map(|t| check_text("title", t, 1, TITLE_MAX, &mut violations));
+        let description = description.map(|d| check_text("description", d, 0, DESCRIPTION_MAX, &mut violations));
         let price = price.map(|(amount_minor, currency)| {
             check_price("price", amount_minor, currency, &mut violations);
             Money {
