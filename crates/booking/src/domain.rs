@@ -526,20 +526,14 @@ impl BookingError {
 /// `0..=max` when optional, no control or bidi characters; line breaks only in the notes and
 /// addresses) and returns its stored form.
 fn text(field: &str, value: &str, max: usize, required: bool, out: &mut Vec<Violation>) -> String {
-    use thali_platform::text::{Rules, plain};
+    use thali_platform::text::Rules;
     let min = usize::from(required);
     let rules = if matches!(field, "address" | "note" | "reason") {
         Rules::multiline(min, max)
     } else {
         Rules::line(min, max)
     };
-    match plain(value, rules) {
-        Ok(v) => v,
-        Err(why) => {
-            out.push(Violation::new(field, why));
-            value.trim().to_owned()
-        }
-    }
+    thali_platform::text::field(field, value, rules, out)
 }
 
 /// Lowercase cuisine tags: 1–40 of `a-z 0-9 - space`, at most 10, no repeats.

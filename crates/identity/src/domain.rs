@@ -226,14 +226,12 @@ impl NewAccount {
         if let Err(why) = check_password(password) {
             violations.push(Violation::new("password", why));
         }
-        let display_name =
-            match thali_platform::text::plain(display_name, thali_platform::text::Rules::line(1, DISPLAY_NAME_MAX)) {
-                Ok(name) => name,
-                Err(why) => {
-                    violations.push(Violation::new("display_name", why));
-                    display_name.trim().to_owned()
-                }
-            };
+        let display_name = thali_platform::text::field(
+            "display_name",
+            display_name,
+            thali_platform::text::Rules::line(1, DISPLAY_NAME_MAX),
+            &mut violations,
+        );
         let role = match role {
             Some(r @ (Role::Buyer | Role::Creator | Role::RestaurantOwner)) => r,
             Some(Role::Admin) => {

@@ -64,6 +64,18 @@ pub fn plain(raw: &str, rules: Rules) -> Result<String, String> {
     Ok(text)
 }
 
+/// [`plain`] for one field of a request: the stored form, or the raw value trimmed with the
+/// violation added to `out` (so every field's problem is reported at once).
+pub fn field(name: &str, raw: &str, rules: Rules, out: &mut Vec<crate::errors::Violation>) -> String {
+    match plain(raw, rules) {
+        Ok(text) => text,
+        Err(why) => {
+            out.push(crate::errors::Violation::new(name, why));
+            raw.trim().to_owned()
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

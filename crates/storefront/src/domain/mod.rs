@@ -238,19 +238,13 @@ pub fn is_currency(code: &str) -> bool {
 /// control or bidi characters; line breaks only in the bio and descriptions) and returns its
 /// stored form.
 fn check_text(field: &str, value: &str, min: usize, max: usize, out: &mut Vec<Violation>) -> String {
-    use thali_platform::text::{Rules, plain};
+    use thali_platform::text::Rules;
     let rules = if matches!(field, "bio" | "description") {
         Rules::multiline(min, max)
     } else {
         Rules::line(min, max)
     };
-    match plain(value, rules) {
-        Ok(v) => v,
-        Err(why) => {
-            out.push(Violation::new(field, why));
-            value.trim().to_owned()
-        }
-    }
+    thali_platform::text::field(field, value, rules, out)
 }
 
 fn check_stock(field: &str, stock: i64, out: &mut Vec<Violation>) {
