@@ -218,6 +218,7 @@ pub async fn observe(req: Request, next: Next) -> Response {
     // A missing or malformed traceparent starts a new trace.
     let _ = span.set_parent(thali_platform::telemetry::extract_context(req.headers()));
     let started = Instant::now();
+    let client = req.extensions().get::<ClientIp>().copied();
     let response = next.run(req).instrument(span.clone()).await;
     let route = response
         .extensions()
@@ -233,6 +234,12 @@ pub async fn observe(req: Request, next: Next) -> Response {
         otel.span().update_name(format!("{method} {route}"));
     }
     span.record("http.response.status_code", status);
+    // A refusal by a service (PERMISSION_DENIED) is a security event at the edge too, with the
+    // client's address, which the service does not see.
+    if status == 403 {
+        let client = client.map(|ip| ip.0.to_string()).unwrap_or_default();
+        span.in_scope(|| security_event(SecurityEvent::AccessDenied, "", route, &client, "403"));
+    }
     duration_histogram(route, method, status).record(started.elapsed().as_secs_f64());
     // Metrics above count every request; the access line follows THALI_ACCESS_LOG.
     if thali_platform::telemetry::access_line_wanted(status >= 400) {
@@ -312,11 +319,16 @@ impl FromRequestParts<FacadeState> for Caller {
                 token: token.to_owned(),
             }),
             Err(e) => {
+                let client = parts
+                    .extensions
+                    .get::<ClientIp>()
+                    .map(|ip| ip.0.to_string())
+                    .unwrap_or_default();
                 security_event(
                     SecurityEvent::AuthenticationFailed,
                     "",
                     parts.uri.path(),
-                    "",
+                    &client,
                     &e.to_string(),
                 );
                 Err(Unauthorized(Problem::unauthorized(e.to_string())))
