@@ -149,8 +149,8 @@ fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
 }
 
 /// The whole REST surface, with its middleware, read top to bottom in the order a request
-/// meets it: request id → client address → trace + metrics → security headers → CORS → body
-/// limit → route: rate limit → token renewal → handler.
+/// meets it: request id → edge (client address, trace + metrics, JSON escaping and security
+/// headers on the way out) → CORS → body limit → route: rate limit → token renewal → handler.
 pub fn router(state: FacadeState, settings: &HttpSettings) -> Router {
     let x_request_id = HeaderName::from_static("x-request-id");
     let api = Router::new()
@@ -288,16 +288,11 @@ pub fn router(state: FacadeState, settings: &HttpSettings) -> Router {
     if let Some(cors) = cors(&settings.cors_origins) {
         api = api.layer(cors);
     }
-    api.layer(axum::middleware::from_fn(middleware::escape_json))
-        .layer(axum::middleware::from_fn_with_state(
-            middleware::Hsts(settings.hsts),
-            middleware::security_headers,
-        ))
-        .layer(axum::middleware::from_fn(middleware::observe))
-        .layer(axum::middleware::from_fn_with_state(
-            Arc::new(settings.trusted_proxies.clone()),
-            middleware::client_address,
-        ))
+    let edge = Arc::new(middleware::Edge {
+        proxies: settings.trusted_proxies.clone(),
+        hsts: settings.hsts,
+    });
+    api.layer(axum::middleware::from_fn_with_state(edge, middleware::observe))
         .layer(PropagateRequestIdLayer::new(x_request_id.clone()))
         .layer(SetRequestIdLayer::new(x_request_id, MakeRequestUuid))
 }

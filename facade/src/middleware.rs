@@ -38,23 +38,19 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
     }
 }
 
-/// Outermost layer: resolves [`ClientIp`] once per request.
-pub async fn client_address(
-    State(proxies): State<std::sync::Arc<thali_platform::net::TrustedProxies>>,
-    mut req: Request,
-    next: Next,
-) -> Response {
+/// Resolves [`ClientIp`] once per request (in [`observe`], before anything else reads it).
+fn resolve_client(proxies: &thali_platform::net::TrustedProxies, req: &mut Request) -> ClientIp {
     let peer = req
         .extensions()
         .get::<axum::extract::ConnectInfo<crate::tls::Peer>>()
         .map(|c| c.0.0.ip())
         .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
-    let ip = proxies.client_ip(
+    let ip = ClientIp(proxies.client_ip(
         peer,
         req.headers().get_all("x-forwarded-for").iter().map(|v| v.as_bytes()),
-    );
-    req.extensions_mut().insert(ClientIp(ip));
-    next.run(req).await
+    ));
+    req.extensions_mut().insert(ip);
+    ip
 }
 
 /// Content-Security-Policy of every answer but the API docs: JSON needs nothing.
@@ -68,22 +64,21 @@ const CSP_DOCS: HeaderValue = HeaderValue::from_static(
 /// Security headers on every REST answer, and caching rules that keep one caller's answer out of
 /// another's cache: `Cache-Control: no-store` on anything answered to a request that carried
 /// credentials, `Vary: Authorization` on any cacheable answer to one that did not.
-/// Whether answers carry `Strict-Transport-Security` (the facade serves HTTPS).
-#[derive(Clone, Copy)]
-pub struct Hsts(pub bool);
+/// What the edge middleware needs from the configuration.
+pub struct Edge {
+    pub proxies: thali_platform::net::TrustedProxies,
+    /// The facade serves HTTPS: answers carry `Strict-Transport-Security`.
+    pub hsts: bool,
+}
 
-pub async fn security_headers(State(Hsts(hsts)): State<Hsts>, req: Request, next: Next) -> Response {
-    let signed_in = req.headers().contains_key(header::AUTHORIZATION);
-    let docs = req.uri().path().starts_with("/docs");
-    let mut response = next.run(req).await;
-    let headers = response.headers_mut();
+/// Security headers on every REST answer, and caching rules that keep one caller's answer out of
+/// another's cache: `Cache-Control: no-store` on anything answered to a request that carried
+/// credentials, `Vary: Authorization` on any cacheable answer to one that did not.
+fn set_security_headers(headers: &mut axum::http::HeaderMap, signed_in: bool, docs: bool, hsts: bool) {
     headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
-    headers.insert(
-        header::HeaderName::from_static("cross-origin-resource-policy"),
-        HeaderValue::from_static("same-site"),
-    );
+    headers.insert(CORP, HeaderValue::from_static("same-site"));
     headers.insert(header::CONTENT_SECURITY_POLICY, if docs { CSP_DOCS } else { CSP_API });
     if hsts {
         // Two years, subdomains included.
@@ -100,16 +95,16 @@ pub async fn security_headers(State(Hsts(hsts)): State<Hsts>, req: Request, next
     {
         headers.append(header::VARY, HeaderValue::from_static("authorization"));
     }
-    response
 }
+
+const CORP: axum::http::HeaderName = axum::http::HeaderName::from_static("cross-origin-resource-policy");
 
 /// JSON answers with `<`, `>` and `&` written as `\u003c`, `\u003e`, `\u0026`: the same JSON to
 /// any parser, but a page that inlines an answer in a `<script>` block cannot be broken out of
 /// by a user's text (`</script>`), and HTML-sniffing has nothing to find. Those bytes can only
 /// stand inside JSON strings, so the rewrite is a byte-for-byte swap; answers without them
 /// pass untouched.
-pub async fn escape_json(req: Request, next: Next) -> Response {
-    let response = next.run(req).await;
+async fn escape_json(response: Response) -> Response {
     let json = response.headers().get(header::CONTENT_TYPE).is_some_and(|v| {
         let v = v.as_bytes();
         v.starts_with(b"application/json") || v.starts_with(b"application/problem+json")
@@ -187,9 +182,14 @@ fn duration_histogram(route: &str, method: &'static str, status: u16) -> metrics
     h
 }
 
-/// Outer layer: continues the caller's trace (W3C `traceparent`), runs the request in a server
-/// span, and records `http_server_request_duration_seconds{route, method, status}`.
-pub async fn observe(req: Request, next: Next) -> Response {
+/// The edge, one layer (each `from_fn` layer costs a boxed service per request): resolves the
+/// client's address, continues the caller's trace (W3C `traceparent`) in a server span, escapes
+/// JSON answers and sets the security headers on every answer, and records
+/// `http_server_request_duration_seconds{route, method, status}`.
+pub async fn observe(State(edge): State<std::sync::Arc<Edge>>, mut req: Request, next: Next) -> Response {
+    let client = Some(resolve_client(&edge.proxies, &mut req));
+    let signed_in = req.headers().contains_key(header::AUTHORIZATION);
+    let docs = req.uri().path().starts_with("/docs");
     // Only standard methods become label values, so odd methods cannot grow the registry.
     let method: &'static str = match *req.method() {
         axum::http::Method::GET => "GET",
@@ -218,8 +218,8 @@ pub async fn observe(req: Request, next: Next) -> Response {
     // A missing or malformed traceparent starts a new trace.
     let _ = span.set_parent(thali_platform::telemetry::extract_context(req.headers()));
     let started = Instant::now();
-    let client = req.extensions().get::<ClientIp>().copied();
-    let response = next.run(req).instrument(span.clone()).await;
+    let mut response = escape_json(next.run(req).instrument(span.clone()).await).await;
+    set_security_headers(response.headers_mut(), signed_in, docs, edge.hsts);
     let route = response
         .extensions()
         .get::<RouteTag>()
