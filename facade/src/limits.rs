@@ -87,7 +87,6 @@ pub async fn rate_limit(State(state): State<FacadeState>, mut req: Request, next
         .get::<ClientIp>()
         .copied()
         .unwrap_or(ClientIp(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)));
-    let address = ip.0.to_string();
     let verified = req
         .headers()
         .get(axum::http::header::AUTHORIZATION)
@@ -104,12 +103,15 @@ pub async fn rate_limit(State(state): State<FacadeState>, mut req: Request, next
             ("signed_in", &limits.signed_in, decision)
         }
         None => {
-            let decision = limits.limiter.check("anonymous", &limits.anonymous, &address).await;
+            let decision = limits
+                .limiter
+                .check("anonymous", &limits.anonymous, &ip.0.to_string())
+                .await;
             ("anonymous", &limits.anonymous, decision)
         }
     };
     if !decision.allowed {
-        return refusal(policy, quota, &decision, &address);
+        return refusal(policy, quota, &decision, &ip.0.to_string());
     }
     let mut response = next.run(req).await;
     // A route's own budget (login, register) speaks for itself when it refused.

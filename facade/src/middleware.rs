@@ -187,7 +187,7 @@ fn duration_histogram(route: &str, method: &'static str, status: u16) -> metrics
 /// JSON answers and sets the security headers on every answer, and records
 /// `http_server_request_duration_seconds{route, method, status}`.
 pub async fn observe(State(edge): State<std::sync::Arc<Edge>>, mut req: Request, next: Next) -> Response {
-    let client = Some(resolve_client(&edge.proxies, &mut req));
+    let client = resolve_client(&edge.proxies, &mut req);
     let signed_in = req.headers().contains_key(header::AUTHORIZATION);
     let docs = req.uri().path().starts_with("/docs");
     // Only standard methods become label values, so odd methods cannot grow the registry.
@@ -237,7 +237,7 @@ pub async fn observe(State(edge): State<std::sync::Arc<Edge>>, mut req: Request,
     // A refusal by a service (PERMISSION_DENIED) is a security event at the edge too, with the
     // client's address, which the service does not see.
     if status == 403 {
-        let client = client.map(|ip| ip.0.to_string()).unwrap_or_default();
+        let client = client.0.to_string();
         span.in_scope(|| security_event(SecurityEvent::AccessDenied, "", route, &client, "403"));
     }
     duration_histogram(route, method, status).record(started.elapsed().as_secs_f64());

@@ -247,6 +247,16 @@ pub async fn start(cfg: &Config, part: Part) -> anyhow::Result<Platform> {
     };
     let metrics = thali_platform::telemetry::metrics_handle();
 
+    // Rate limits (ADR 0026): one limiter per process for the facade's and the gRPC server's
+    // budgets (their keys are policy-named), shared across replicas through Redis if there is one.
+    let limiter = thali_platform::ratelimit::RateLimiter::new(
+        &cfg.tenant,
+        match &cfg.redis_url {
+            Some(url) => Some(Redis::connect(url).await.context("redis_url")?),
+            None => None,
+        },
+    );
+
     // gRPC: every service this part runs, on one server.
     let mut grpc_addr = None;
     // Whether this process already follows identity's revocations (one feed per process).
@@ -292,18 +302,11 @@ pub async fn start(cfg: &Config, part: Part) -> anyhow::Result<Platform> {
         ));
         revocation_feed = true;
         // Partner API keys and accounts calling directly are rate limited here (ADR 0026).
-        let grpc_limiter = thali_platform::ratelimit::RateLimiter::new(
-            &cfg.tenant,
-            match &cfg.redis_url {
-                Some(url) => Some(Redis::connect(url).await.context("redis_url")?),
-                None => None,
-            },
-        );
         let quota = |spec: &str| thali_platform::ratelimit::Quota::parse(spec).expect("validated at load");
         let policy = AuthPolicy::new(verifier.clone())
             .with_api_keys(Arc::new(IdentityApiKeys::new(identity_target)), &scopes)
             .with_limits(thali_platform::server::GrpcLimits {
-                limiter: grpc_limiter,
+                limiter: limiter.clone(),
                 api_key: quota(&cfg.rate_limit_api_key),
                 signed_in: quota(&cfg.rate_limit_signed_in),
             });
@@ -509,12 +512,6 @@ pub async fn start(cfg: &Config, part: Part) -> anyhow::Result<Platform> {
             ),
             None => None,
         };
-        // Rate limits: one budget across replicas through Redis when there is one.
-        let limiter_redis = match &cfg.redis_url {
-            Some(url) => Some(Redis::connect(url).await.context("redis_url")?),
-            None => None,
-        };
-        let limiter = thali_platform::ratelimit::RateLimiter::new(&cfg.tenant, limiter_redis);
         let state = thali_facade::FacadeState::new(
             thali_facade::Services {
                 storefront,
@@ -525,7 +522,7 @@ pub async fn start(cfg: &Config, part: Part) -> anyhow::Result<Platform> {
             },
             verifier,
             edge,
-            thali_facade::limits::EdgeLimits::from_config(cfg, limiter),
+            thali_facade::limits::EdgeLimits::from_config(cfg, limiter.clone()),
         );
         let router = thali_facade::router(state, &thali_facade::HttpSettings::from_config(cfg));
         cfg.check_plaintext("HTTP", cfg.http_addr)?;
