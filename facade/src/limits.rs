@@ -87,12 +87,15 @@ pub async fn rate_limit(State(state): State<FacadeState>, mut req: Request, next
         .get::<ClientIp>()
         .copied()
         .unwrap_or(ClientIp(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)));
-    let verified = req
+    let token = req
         .headers()
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(bearer_token)
-        .and_then(|token| state.verifier.verify(token).ok());
+        .and_then(bearer_token);
+    let verified = match token {
+        Some(token) => state.verifier.verify_fresh(token).await.ok(),
+        None => None,
+    };
     let (policy, quota, decision) = match verified {
         Some(principal) => {
             let decision = limits

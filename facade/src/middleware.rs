@@ -313,7 +313,7 @@ impl FromRequestParts<FacadeState> for Caller {
                 token: token.to_owned(),
             });
         }
-        match state.verifier.verify(token) {
+        match state.verifier.verify_fresh(token).await {
             Ok(principal) => Ok(Caller {
                 principal,
                 token: token.to_owned(),

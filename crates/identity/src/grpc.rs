@@ -5,7 +5,7 @@ use std::{sync::Arc, time::Duration};
 use chrono::{DateTime, Utc};
 use thali_platform::{
     audit::{SecurityEvent, security_event},
-    auth::{Principal, Signer, Verifier},
+    auth::{Principal, Signer},
     errors,
     server::{ServiceCaller, principal},
 };
@@ -26,16 +26,11 @@ use crate::{
 pub struct IdentityGrpc {
     store: IdentityStore,
     signer: Arc<Signer>,
-    verifier: Verifier,
 }
 
 impl IdentityGrpc {
-    pub fn new(store: IdentityStore, signer: Arc<Signer>, verifier: Verifier) -> Self {
-        Self {
-            store,
-            signer,
-            verifier,
-        }
+    pub fn new(store: IdentityStore, signer: Arc<Signer>) -> Self {
+        Self { store, signer }
     }
 
     /// An access token of `account` in login session `session` (its refresh-token family).
@@ -618,8 +613,12 @@ impl pb::identity_service_server::IdentityService for IdentityGrpc {
         &self,
         _request: Request<pb::ListSigningKeysRequest>,
     ) -> Result<Response<pb::ListSigningKeysResponse>, Status> {
+        // Identity's own keys (the active one, one published ahead of activation, one
+        // retiring): the keys that sign user tokens. Open to every caller (ADR 0029); the dir is
+        // re-read at most once a second, so a key just added is listed by every replica.
+        self.signer.reload_if_older(std::time::Duration::from_secs(1));
         let keys = self
-            .verifier
+            .signer
             .public_keys()
             .into_iter()
             .map(|(kid, x)| pb::SigningKey { kid, x })

@@ -11,17 +11,13 @@ pub mod workers;
 use std::sync::Arc;
 
 use sea_orm::DatabaseConnection;
-use thali_platform::auth::{Signer, Verifier};
+use thali_platform::auth::Signer;
 use thali_proto::identity::v1::identity_service_server::IdentityServiceServer;
 
 /// Methods partner API keys may call on identity: none (keys cannot manage accounts or keys).
 pub const API_KEY_SCOPES: &[(&str, &str)] = &[];
 
 /// The identity gRPC service over `db`, minting tokens with `signer`.
-pub fn service(
-    db: DatabaseConnection,
-    signer: Arc<Signer>,
-    verifier: Verifier,
-) -> IdentityServiceServer<grpc::IdentityGrpc> {
-    IdentityServiceServer::new(grpc::IdentityGrpc::new(store::IdentityStore::new(db), signer, verifier))
+pub fn service(db: DatabaseConnection, signer: Arc<Signer>) -> IdentityServiceServer<grpc::IdentityGrpc> {
+    IdentityServiceServer::new(grpc::IdentityGrpc::new(store::IdentityStore::new(db), signer))
 }

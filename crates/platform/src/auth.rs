@@ -7,7 +7,8 @@ use std::{
     io::Write,
     os::unix::fs::OpenOptionsExt,
     path::{Path, PathBuf},
-    sync::Arc,
+    pin::Pin,
+    sync::{Arc, RwLock},
     time::Duration,
 };
 
@@ -100,6 +101,8 @@ pub enum AuthError {
     Unavailable,
     #[error("the session has ended; sign in again")]
     Revoked,
+    #[error("the token was signed by a key that may not issue it")]
+    NotIssuer,
 }
 
 /// Problems with the key files; these stop the process at start.
@@ -111,6 +114,12 @@ pub enum KeyError {
     Invalid { path: PathBuf },
     #[error("no signing key in {0}")]
     NoSigningKey(PathBuf),
+    #[error(
+        "{0} holds several signing keys and no `active` file naming the one that signs: run `thali keys activate <key id>`"
+    )]
+    NoActiveKey(PathBuf),
+    #[error("{dir}/active names {kid}, which has no private key there")]
+    UnknownActiveKey { dir: PathBuf, kid: String },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> KeyError + '_ {
@@ -120,17 +129,30 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> KeyError + '_ {
     }
 }
 
-/// Creates an Ed25519 key pair in `dir` unless a signing key is already there. The private key
-/// file is created with mode 0600. Returns the key id of the signing key.
+/// The file in a keys dir naming the key id that signs (ADR 0029). Rotation is explicit: a new
+/// key is added and published first, and signs only once this file names it.
+pub const ACTIVE_FILE: &str = "active";
+
+/// Creates an Ed25519 key pair in `dir`, and makes it the active one, unless the dir holds a
+/// private key already. The private key file is created with mode 0600. Returns the key id of
+/// the signing key.
 pub fn ensure_key_pair(dir: &Path) -> Result<String, KeyError> {
-    if let Ok(signer) = Signer::load(dir) {
-        return Ok(signer.kid);
+    match Signer::load(dir) {
+        Ok(signer) => Ok(signer.kid()),
+        Err(KeyError::NoSigningKey(_)) | Err(KeyError::Io { .. })
+            if private_keys(dir).unwrap_or_default().is_empty() =>
+        {
+            let kid = add_key_pair(dir)?;
+            activate(dir, &kid)?;
+            Ok(kid)
+        }
+        Err(e) => Err(e),
     }
-    add_key_pair(dir)
 }
 
-/// Writes a new Ed25519 key pair into `dir` (private key mode 0600); being the newest, it signs
-/// from now on while older public keys keep verifying. Returns its key id.
+/// Writes a new Ed25519 key pair into `dir` (private key mode 0600). It does **not** sign until
+/// [`activate`]d: publish its public key first, so every verifier knows it before it is used.
+/// Returns its key id.
 pub fn add_key_pair(dir: &Path) -> Result<String, KeyError> {
     fs::create_dir_all(dir).map_err(io_err(dir))?;
     let rng = ring::rand::SystemRandom::new();
@@ -151,6 +173,63 @@ pub fn add_key_pair(dir: &Path) -> Result<String, KeyError> {
     Ok(kid)
 }
 
+/// Makes `kid` (a private key in `dir`) the signing key: the `active` file is replaced
+/// atomically; running processes switch within their key refresh interval.
+pub fn activate(dir: &Path, kid: &str) -> Result<(), KeyError> {
+    if !private_keys(dir)?.iter().any(|(k, _)| k == kid) {
+        return Err(KeyError::UnknownActiveKey {
+            dir: dir.to_owned(),
+            kid: kid.to_owned(),
+        });
+    }
+    let tmp = dir.join(format!(".{ACTIVE_FILE}.{}", std::process::id()));
+    fs::write(&tmp, format!("{kid}\n")).map_err(io_err(&tmp))?;
+    let path = dir.join(ACTIVE_FILE);
+    fs::rename(&tmp, &path).map_err(io_err(&path))
+}
+
+/// Removes key `kid` from `dir` (once no token it signed can still be valid). The active key
+/// cannot be removed.
+pub fn retire(dir: &Path, kid: &str) -> Result<(), KeyError> {
+    let signer = Signer::load(dir)?;
+    if signer.kid() == kid {
+        return Err(KeyError::UnknownActiveKey {
+            dir: dir.to_owned(),
+            kid: format!("{kid} (it is the active key; activate another first)"),
+        });
+    }
+    let mut found = false;
+    for ext in ["ed25519", "pub"] {
+        let path = dir.join(format!("{kid}.{ext}"));
+        match fs::remove_file(&path) {
+            Ok(()) => found = true,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(&path)(e)),
+        }
+    }
+    if found {
+        Ok(())
+    } else {
+        Err(KeyError::UnknownActiveKey {
+            dir: dir.to_owned(),
+            kid: kid.to_owned(),
+        })
+    }
+}
+
+/// Copies the public keys of `dir` into `to` as `<owner>.<kid>.pub`: how a part's service keys
+/// are distributed to the other parts (their `THALI_TRUSTED_KEYS_DIR`). Returns the files written.
+pub fn publish(dir: &Path, owner: &str, to: &Path) -> Result<Vec<PathBuf>, KeyError> {
+    fs::create_dir_all(to).map_err(io_err(to))?;
+    let mut written = Vec::new();
+    for (kid, x) in Signer::load(dir)?.public_keys() {
+        let path = to.join(format!("{owner}.{kid}.pub"));
+        fs::write(&path, &x).map_err(io_err(&path))?;
+        written.push(path);
+    }
+    Ok(written)
+}
+
 /// Key id: the first 16 hex digits of the SHA-256 of the public key.
 fn key_id(public: &[u8]) -> String {
     let digest = ring::digest::digest(&ring::digest::SHA256, public);
@@ -158,37 +237,125 @@ fn key_id(public: &[u8]) -> String {
     format!("ed25519-{hex}")
 }
 
-/// Mints access tokens with the newest private key in the keys dir.
-pub struct Signer {
+/// The private keys of `dir`: key id and PKCS#8 bytes, sorted by key id.
+fn private_keys(dir: &Path) -> Result<Vec<(String, Vec<u8>)>, KeyError> {
+    let mut keys = Vec::new();
+    for entry in fs::read_dir(dir).map_err(io_err(dir))? {
+        let path = entry.map_err(io_err(dir))?.path();
+        if path.extension().is_some_and(|e| e == "ed25519") {
+            let der = fs::read(&path).map_err(io_err(&path))?;
+            let pair = Ed25519KeyPair::from_pkcs8(&der).map_err(|_| KeyError::Invalid { path: path.clone() })?;
+            keys.push((key_id(pair.public_key().as_ref()), der));
+        }
+    }
+    keys.sort();
+    Ok(keys)
+}
+
+/// The key that signs, and every public key of the dir.
+struct SigningState {
     kid: String,
     key: EncodingKey,
+    /// Key id → base64url public key, of every pair in the dir (the active one, one published
+    /// ahead of its activation, one retiring).
+    public: Vec<(String, String)>,
+}
+
+fn load_signing(dir: &Path) -> Result<SigningState, KeyError> {
+    let keys = private_keys(dir)?;
+    if keys.is_empty() {
+        return Err(KeyError::NoSigningKey(dir.to_owned()));
+    }
+    let active = match fs::read_to_string(dir.join(ACTIVE_FILE)) {
+        Ok(text) => Some(text.trim().to_owned()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(io_err(&dir.join(ACTIVE_FILE))(e)),
+    };
+    let (kid, der) = match active {
+        Some(kid) => keys
+            .iter()
+            .find(|(k, _)| *k == kid)
+            .ok_or_else(|| KeyError::UnknownActiveKey {
+                dir: dir.to_owned(),
+                kid: kid.clone(),
+            })?,
+        None if keys.len() == 1 => &keys[0],
+        None => return Err(KeyError::NoActiveKey(dir.to_owned())),
+    };
+    let public = keys
+        .iter()
+        .map(|(kid, der)| {
+            let pair = Ed25519KeyPair::from_pkcs8(der).expect("checked when read");
+            (kid.clone(), URL_SAFE_NO_PAD.encode(pair.public_key().as_ref()))
+        })
+        .collect();
+    Ok(SigningState {
+        kid: kid.clone(),
+        key: EncodingKey::from_ed_der(der),
+        public,
+    })
+}
+
+/// Mints tokens with the active private key of one keys dir (ADR 0029); [`Signer::reload`]
+/// follows a change of the active key without a restart.
+pub struct Signer {
+    dir: PathBuf,
+    state: RwLock<Arc<SigningState>>,
+    /// When the dir was last read.
+    read_at: std::sync::Mutex<std::time::Instant>,
 }
 
 impl Signer {
-    /// Loads the most recently written `*.ed25519` key in `dir`.
+    /// Loads the keys of `dir`: the one its `active` file names signs (the only one, when there
+    /// is one key and no such file).
     pub fn load(dir: &Path) -> Result<Self, KeyError> {
-        let mut newest: Option<(std::time::SystemTime, PathBuf)> = None;
-        for entry in fs::read_dir(dir).map_err(io_err(dir))? {
-            let path = entry.map_err(io_err(dir))?.path();
-            if path.extension().is_some_and(|e| e == "ed25519") {
-                let modified = fs::metadata(&path).and_then(|m| m.modified()).map_err(io_err(&path))?;
-                if newest.as_ref().is_none_or(|(t, _)| modified > *t) {
-                    newest = Some((modified, path));
-                }
-            }
-        }
-        let (_, path) = newest.ok_or_else(|| KeyError::NoSigningKey(dir.to_owned()))?;
-        let der = fs::read(&path).map_err(io_err(&path))?;
-        let pair = Ed25519KeyPair::from_pkcs8(&der).map_err(|_| KeyError::Invalid { path: path.clone() })?;
         Ok(Self {
-            kid: key_id(pair.public_key().as_ref()),
-            key: EncodingKey::from_ed_der(&der),
+            dir: dir.to_owned(),
+            state: RwLock::new(Arc::new(load_signing(dir)?)),
+            read_at: std::sync::Mutex::new(std::time::Instant::now()),
         })
     }
 
+    /// [`Signer::reload`] unless the dir was read less than `age` ago: for a key set served to
+    /// anyone, which must list a key added a moment ago without a file read per call.
+    pub fn reload_if_older(&self, age: Duration) {
+        {
+            let mut read_at = self.read_at.lock().unwrap_or_else(|e| e.into_inner());
+            if read_at.elapsed() < age {
+                return;
+            }
+            *read_at = std::time::Instant::now();
+        }
+        if let Err(e) = self.reload() {
+            tracing::warn!(error = %e, "signing keys: keeping the keys in use");
+        }
+    }
+
+    /// Re-reads the keys dir; on an error the keys in use stay. Returns the active key id.
+    pub fn reload(&self) -> Result<String, KeyError> {
+        *self.read_at.lock().unwrap_or_else(|e| e.into_inner()) = std::time::Instant::now();
+        let fresh = load_signing(&self.dir)?;
+        let kid = fresh.kid.clone();
+        let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
+        if state.kid != fresh.kid || state.public != fresh.public {
+            tracing::info!(active = %fresh.kid, keys = fresh.public.len(), dir = %self.dir.display(), "signing keys reloaded");
+            *state = Arc::new(fresh);
+        }
+        Ok(kid)
+    }
+
+    fn current(&self) -> Arc<SigningState> {
+        self.state.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     /// Key id written into every token's header.
-    pub fn kid(&self) -> &str {
-        &self.kid
+    pub fn kid(&self) -> String {
+        self.current().kid.clone()
+    }
+
+    /// Every public key of this signer's dir, by key id (base64url, JWK `x`).
+    pub fn public_keys(&self) -> Vec<(String, String)> {
+        self.current().public.clone()
     }
 
     /// A token for `subject` with `roles`, valid for `ttl`.
@@ -248,53 +415,150 @@ impl Signer {
             roles: roles.to_vec(),
             sid: sid.map(str::to_owned),
         };
+        let state = self.current();
         let mut header = Header::new(Algorithm::EdDSA);
-        header.kid = Some(self.kid.clone());
-        jsonwebtoken::encode(&header, &claims, &self.key).expect("Ed25519 signing with a validated key cannot fail")
+        header.kid = Some(state.kid.clone());
+        jsonwebtoken::encode(&header, &claims, &state.key).expect("Ed25519 signing with a validated key cannot fail")
     }
 }
 
-/// Verifies tokens against every public key in the keys dir, chosen by `kid`.
+/// Fetches the public keys that sign user tokens from identity's open key set:
+/// `(key id, base64url key)` pairs.
+pub type FetchKeys =
+    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<Vec<(String, String)>, String>> + Send>> + Send + Sync>;
+
+/// One public key a verifier knows, and what it may sign.
+#[derive(Clone)]
+struct KnownKey {
+    key: DecodingKey,
+    x: String,
+    /// The part whose service tokens it may sign; None: any (one process runs every part).
+    owner: Option<String>,
+    /// Whether it may sign user tokens (identity's keys only).
+    users: bool,
+}
+
+/// Where a verifier's keys come from (ADR 0029).
+struct KeySources {
+    /// The part's own keys dir, its owner (None: every part) and whether it issues user tokens.
+    own: Option<(PathBuf, Option<String>, bool)>,
+    /// Public keys of other parts, distributed as files `<owner>.<kid>.pub`.
+    trusted: Option<PathBuf>,
+    /// Identity's key set, when this part does not hold it.
+    remote: std::sync::OnceLock<FetchKeys>,
+    /// The keys identity listed last.
+    fetched: RwLock<Vec<(String, String)>>,
+    known: RwLock<Arc<HashMap<String, KnownKey>>>,
+    /// When the keys were last refreshed (a refresh on an unknown key id runs at most once a
+    /// second).
+    refreshed: tokio::sync::Mutex<Option<std::time::Instant>>,
+}
+
+/// Verifies tokens against the public keys it knows, chosen by `kid`; each key may sign only
+/// what its owner may (user tokens: identity's keys; `svc:<part>` tokens: that part's keys).
 #[derive(Clone)]
 pub struct Verifier {
     /// Sessions and accounts whose tokens are refused (kept up to date by
     /// [`crate::revocations::spawn_feed`]).
     revocations: Arc<crate::revocations::Revocations>,
-    keys: Arc<HashMap<String, DecodingKey>>,
-    /// The same keys as base64url text, for JWKS.
-    public: Arc<HashMap<String, String>>,
+    sources: Arc<KeySources>,
     validation: Arc<Validation>,
 }
 
 impl std::fmt::Debug for Verifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Verifier")
-            .field("kids", &self.keys.keys().collect::<Vec<_>>())
+            .field("kids", &self.known().keys().cloned().collect::<Vec<_>>())
             .finish()
     }
 }
 
-impl Verifier {
-    /// Loads every `*.pub` file (base64url Ed25519 public key) in `dir`.
-    pub fn load(dir: &Path) -> Result<Self, KeyError> {
-        let mut keys = HashMap::new();
-        let mut public = HashMap::new();
-        for entry in fs::read_dir(dir).map_err(io_err(dir))? {
-            let path = entry.map_err(io_err(dir))?.path();
-            if path.extension().is_some_and(|e| e == "pub") {
-                let text = fs::read_to_string(&path).map_err(io_err(&path))?;
-                let raw = URL_SAFE_NO_PAD
-                    .decode(text.trim())
-                    .ok()
-                    .filter(|k| k.len() == 32)
-                    .ok_or_else(|| KeyError::Invalid { path: path.clone() })?;
-                public.insert(key_id(&raw), URL_SAFE_NO_PAD.encode(&raw));
-                keys.insert(key_id(&raw), DecodingKey::from_ed_der(&raw));
+/// Reads the `*.pub` files of `dir` (base64url Ed25519 public keys). `named`: file names are
+/// `<owner>.<kid>.pub` and the owner is returned; else the owner is None. An unreadable or
+/// invalid file is an error only when `strict`; else it is skipped with a warning.
+/// A public key read from a file: its owner (when the file name says), key id and raw bytes.
+type PublicKeyFile = (Option<String>, String, Vec<u8>);
+
+fn read_public_keys(dir: &Path, named: bool, strict: bool) -> Result<Vec<PublicKeyFile>, KeyError> {
+    let mut keys = Vec::new();
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if !strict && e.kind() == std::io::ErrorKind::NotFound => return Ok(keys),
+        Err(e) => return Err(io_err(dir)(e)),
+    };
+    for entry in entries {
+        let path = entry.map_err(io_err(dir))?.path();
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        if name.starts_with('.') || !name.ends_with(".pub") {
+            continue;
+        }
+        let owner = if named {
+            match name.split_once('.') {
+                Some((owner, rest))
+                    if !owner.is_empty()
+                        && rest != "pub"
+                        && owner
+                            .bytes()
+                            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') =>
+                {
+                    Some(owner.to_owned())
+                }
+                _ => {
+                    tracing::warn!(file = %path.display(), "trusted key file not named <owner>.<kid>.pub: ignored");
+                    continue;
+                }
             }
+        } else {
+            None
+        };
+        let raw = fs::read_to_string(&path).map_err(io_err(&path)).and_then(|text| {
+            URL_SAFE_NO_PAD
+                .decode(text.trim())
+                .ok()
+                .filter(|k| k.len() == 32)
+                .ok_or_else(|| KeyError::Invalid { path: path.clone() })
+        });
+        match raw {
+            Ok(raw) => keys.push((owner, key_id(&raw), raw)),
+            Err(e) if strict => return Err(e),
+            Err(e) => tracing::warn!(error = %e, "public key file ignored"),
         }
-        if keys.is_empty() {
-            return Err(KeyError::NoSigningKey(dir.to_owned()));
+    }
+    Ok(keys)
+}
+
+impl Verifier {
+    /// A verifier of one process that runs every part: every `*.pub` file of `dir` verifies
+    /// user tokens and any part's service tokens.
+    pub fn load(dir: &Path) -> Result<Self, KeyError> {
+        Self::with_sources(KeySources::new(Some((dir.to_owned(), None, true)), None))
+    }
+
+    /// The verifier of one part (ADR 0029): its own keys (`own`, owned by `owner`, which may sign
+    /// user tokens when `issues_user_tokens`) and the other parts' public keys in `trusted`
+    /// (`<owner>.<kid>.pub`; `identity.*` keys sign user tokens). [`Verifier::follow_identity`]
+    /// adds identity's key set.
+    pub fn for_part(
+        own: &Path,
+        owner: &str,
+        issues_user_tokens: bool,
+        trusted: Option<&Path>,
+    ) -> Result<Self, KeyError> {
+        Self::with_sources(KeySources::new(
+            Some((own.to_owned(), Some(owner.to_owned()), issues_user_tokens)),
+            trusted.map(Path::to_owned),
+        ))
+    }
+
+    fn with_sources(sources: KeySources) -> Result<Self, KeyError> {
+        let known = sources.read(true)?;
+        if known.is_empty() {
+            let dir = sources.own.as_ref().map(|(d, ..)| d.clone()).unwrap_or_default();
+            return Err(KeyError::NoSigningKey(dir));
         }
+        *sources.known.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(known);
         let mut validation = Validation::new(Algorithm::EdDSA);
         validation.set_issuer(&[ISSUER]);
         validation.set_audience(&[AUDIENCE]);
@@ -302,25 +566,74 @@ impl Verifier {
         validation.leeway = 30;
         Ok(Self {
             revocations: Arc::default(),
-            keys: Arc::new(keys),
-            public: Arc::new(public),
+            sources: Arc::new(sources),
             validation: Arc::new(validation),
         })
     }
 
+    /// Also trusts the keys identity lists in its open key set to sign user tokens (read by
+    /// [`Verifier::refresh`]).
+    pub fn follow_identity(&self, fetch: FetchKeys) {
+        let _ = self.sources.remote.set(fetch);
+    }
+
+    /// Re-reads the key files and identity's key set. A source that fails keeps what it gave
+    /// last; the error says which.
+    pub async fn refresh(&self) -> Result<(), String> {
+        let mut failure = None;
+        if let Some(fetch) = self.sources.remote.get() {
+            match fetch().await {
+                Ok(keys) => *self.sources.fetched.write().unwrap_or_else(|e| e.into_inner()) = keys,
+                Err(e) => failure = Some(format!("identity's key set: {e}")),
+            }
+        }
+        match self.sources.read(false) {
+            Ok(known) => {
+                let mut current = self.sources.known.write().unwrap_or_else(|e| e.into_inner());
+                if current.len() != known.len() || known.keys().any(|k| !current.contains_key(k)) {
+                    tracing::info!(keys = known.len(), "verifying keys refreshed");
+                }
+                *current = Arc::new(known);
+            }
+            Err(e) => failure = Some(e.to_string()),
+        }
+        *self.sources.refreshed.lock().await = Some(std::time::Instant::now());
+        failure.map_or(Ok(()), Err)
+    }
+
+    /// Refreshes unless that happened in the last second (a token naming an unknown key id
+    /// may be signed by a key published a moment ago; a flood of made-up key ids costs at most
+    /// one refresh a second).
+    async fn refresh_on_miss(&self) {
+        let mut last = self.sources.refreshed.lock().await;
+        if last.is_some_and(|at| at.elapsed() < Duration::from_secs(1)) {
+            return;
+        }
+        *last = Some(std::time::Instant::now());
+        drop(last);
+        if let Err(e) = self.refresh().await {
+            tracing::warn!(error = %e, "refreshing the verifying keys after an unknown key id");
+        }
+    }
+
+    fn known(&self) -> Arc<HashMap<String, KnownKey>> {
+        self.sources.known.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     /// Decodes `token` after checking its algorithm (EdDSA only), key id, signature, issuer,
     /// expiry and the audience `validation` names.
-    fn decode(&self, token: &str, validation: &Validation) -> Result<Claims, AuthError> {
+    fn decode(&self, token: &str, validation: &Validation) -> Result<(Claims, KnownKey), AuthError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Malformed)?;
         if header.alg != Algorithm::EdDSA {
             return Err(AuthError::Malformed);
         }
+        let known = self.known();
         let key = header
             .kid
             .as_deref()
-            .and_then(|kid| self.keys.get(kid))
+            .and_then(|kid| known.get(kid))
             .ok_or(AuthError::UnknownKey)?;
-        let data = jsonwebtoken::decode::<Claims>(token, key, validation).map_err(|e| {
+        let data = jsonwebtoken::decode::<Claims>(token, &key.key, validation).map_err(|e| {
             use jsonwebtoken::errors::ErrorKind;
             match e.kind() {
                 ErrorKind::ExpiredSignature => AuthError::Expired,
@@ -329,7 +642,7 @@ impl Verifier {
                 _ => AuthError::Malformed,
             }
         })?;
-        Ok(data.claims)
+        Ok((data.claims, key.clone()))
     }
 
     /// The revocations this verifier follows (shared by its clones).
@@ -337,12 +650,15 @@ impl Verifier {
         self.revocations.clone()
     }
 
-    /// Checks a user access token: signature, key id, issuer, audience `thali-api`, expiry, and
-    /// that its session and account were not revoked.
+    /// Checks a user access token: signature by a key that may sign user tokens, key id,
+    /// issuer, audience `thali-api`, expiry, and that its session and account were not revoked.
     pub fn verify(&self, token: &str) -> Result<Principal, AuthError> {
-        let claims = self.decode(token, &self.validation)?;
+        let (claims, key) = self.decode(token, &self.validation)?;
         if claims.sub.starts_with(SERVICE_SUBJECT_PREFIX) {
             return Err(AuthError::WrongAudience);
+        }
+        if !key.users {
+            return Err(AuthError::NotIssuer);
         }
         // Subjects are stored as owners (at most 128 characters): refuse what cannot be one.
         if claims.sub.is_empty() || claims.sub.len() > 128 {
@@ -360,16 +676,43 @@ impl Verifier {
         })
     }
 
-    /// Checks a service token addressed to `audience`; returns the calling service's name.
+    /// [`Verifier::verify`], refreshing the keys once when the token names a key id not known
+    /// yet (one published since the last refresh).
+    pub async fn verify_fresh(&self, token: &str) -> Result<Principal, AuthError> {
+        match self.verify(token) {
+            Err(AuthError::UnknownKey) => {
+                self.refresh_on_miss().await;
+                self.verify(token)
+            }
+            other => other,
+        }
+    }
+
+    /// Checks a service token addressed to `audience`, signed by a key of the service it names;
+    /// returns the calling service's name.
     pub fn verify_service(&self, token: &str, audience: &str) -> Result<String, AuthError> {
         let mut validation = (*self.validation).clone();
         validation.set_audience(&[audience]);
-        let claims = self.decode(token, &validation)?;
-        claims
+        let (claims, key) = self.decode(token, &validation)?;
+        let service = claims
             .sub
             .strip_prefix(SERVICE_SUBJECT_PREFIX)
-            .map(str::to_owned)
-            .ok_or(AuthError::WrongAudience)
+            .ok_or(AuthError::WrongAudience)?;
+        if key.owner.as_deref().is_some_and(|owner| owner != service) {
+            return Err(AuthError::NotIssuer);
+        }
+        Ok(service.to_owned())
+    }
+
+    /// [`Verifier::verify_service`], refreshing the keys once on an unknown key id.
+    pub async fn verify_service_fresh(&self, token: &str, audience: &str) -> Result<String, AuthError> {
+        match self.verify_service(token, audience) {
+            Err(AuthError::UnknownKey) => {
+                self.refresh_on_miss().await;
+                self.verify_service(token, audience)
+            }
+            other => other,
+        }
     }
 
     /// Kinds of token a caller may present, told apart without verifying: a service token is
@@ -381,9 +724,14 @@ impl Verifier {
         value.get("aud").and_then(|a| a.as_str()).map(str::to_owned)
     }
 
-    /// Public keys by key id, base64url (JWK `x`), for JWKS.
+    /// The public keys that may sign user tokens, by key id, base64url (JWK `x`).
     pub fn public_keys(&self) -> Vec<(String, String)> {
-        let mut keys: Vec<_> = self.public.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let mut keys: Vec<_> = self
+            .known()
+            .iter()
+            .filter(|(_, k)| k.users)
+            .map(|(kid, k)| (kid.clone(), k.x.clone()))
+            .collect();
         keys.sort();
         keys
     }
@@ -392,6 +740,76 @@ impl Verifier {
     pub fn verify_bearer(&self, header_value: &str) -> Result<Principal, AuthError> {
         self.verify(bearer_token(header_value).ok_or(AuthError::Malformed)?)
     }
+}
+
+impl KeySources {
+    fn new(own: Option<(PathBuf, Option<String>, bool)>, trusted: Option<PathBuf>) -> Self {
+        Self {
+            own,
+            trusted,
+            remote: std::sync::OnceLock::new(),
+            fetched: RwLock::default(),
+            known: RwLock::default(),
+            refreshed: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// Every key the sources hold now. `strict`: a bad own key file is an error (at start).
+    fn read(&self, strict: bool) -> Result<HashMap<String, KnownKey>, KeyError> {
+        let mut known = HashMap::new();
+        let mut add = |kid: String, raw: &[u8], owner: Option<String>, users: bool| {
+            known.entry(kid).or_insert_with(|| KnownKey {
+                key: DecodingKey::from_ed_der(raw),
+                x: URL_SAFE_NO_PAD.encode(raw),
+                owner,
+                users,
+            });
+        };
+        if let Some((dir, owner, users)) = &self.own {
+            for (_, kid, raw) in read_public_keys(dir, false, strict)? {
+                add(kid, &raw, owner.clone(), *users);
+            }
+        }
+        if let Some(dir) = &self.trusted {
+            for (owner, kid, raw) in read_public_keys(dir, true, false)? {
+                let users = owner.as_deref() == Some(IDENTITY);
+                add(kid, &raw, owner, users);
+            }
+        }
+        for (kid, x) in self.fetched.read().unwrap_or_else(|e| e.into_inner()).iter() {
+            match URL_SAFE_NO_PAD.decode(x) {
+                Ok(raw) if raw.len() == 32 && key_id(&raw) == *kid => {
+                    add(kid.clone(), &raw, Some(IDENTITY.to_owned()), true)
+                }
+                _ => tracing::warn!(kid, "identity listed a key that does not match its id: ignored"),
+            }
+        }
+        Ok(known)
+    }
+}
+
+/// The part that issues user tokens.
+pub const IDENTITY: &str = "identity";
+
+/// Keeps `signer` and `verifier` up to date with their key files (and identity's key set)
+/// every `every`, until the task is dropped.
+pub fn spawn_refresh(signer: Arc<Signer>, verifier: Verifier, every: Duration) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            if let Err(e) = signer.reload() {
+                tracing::warn!(error = %e, "signing keys: keeping the keys in use");
+                metrics::counter!("auth_key_refresh_failures_total", "source" => "signing").increment(1);
+            }
+            if let Err(e) = verifier.refresh().await {
+                tracing::warn!(error = %e, "verifying keys: keeping what the failed source gave last");
+                metrics::counter!("auth_key_refresh_failures_total", "source" => "verifying").increment(1);
+            }
+        }
+    })
 }
 
 #[cfg(test)]
@@ -430,15 +848,19 @@ mod tests {
     }
 
     #[test]
-    fn after_rotation_the_new_key_signs_and_old_tokens_still_verify() {
+    fn a_new_key_signs_only_once_activated_and_old_tokens_still_verify() {
         let dir = temp_dir("rotate");
         let old_kid = ensure_key_pair(&dir).unwrap();
-        let old_token = Signer::load(&dir).unwrap().mint("u", &[], Duration::from_secs(60));
-        std::thread::sleep(Duration::from_millis(20));
+        let signer = Signer::load(&dir).unwrap();
+        let old_token = signer.mint("u", &[], Duration::from_secs(60));
         let new_kid = add_key_pair(&dir).unwrap();
         assert_ne!(old_kid, new_kid);
-        let signer = Signer::load(&dir).unwrap();
-        assert_eq!(signer.kid(), new_kid, "the newest key signs");
+        assert_eq!(signer.reload().unwrap(), old_kid, "an added key does not sign yet");
+        assert_eq!(Signer::load(&dir).unwrap().kid(), old_kid, "nor after a restart");
+        assert_eq!(signer.public_keys().len(), 2, "but it is published");
+
+        activate(&dir, &new_kid).unwrap();
+        assert_eq!(signer.reload().unwrap(), new_kid, "the active file names the signer");
         let verifier = Verifier::load(&dir).unwrap();
         assert!(
             verifier.verify(&old_token).is_ok(),
@@ -446,6 +868,117 @@ mod tests {
         );
         assert!(verifier.verify(&signer.mint("u", &[], Duration::from_secs(60))).is_ok());
         assert_eq!(verifier.public_keys().len(), 2);
+
+        assert!(retire(&dir, &new_kid).is_err(), "the active key cannot be retired");
+        retire(&dir, &old_kid).unwrap();
+        assert_eq!(
+            Verifier::load(&dir).unwrap().verify(&old_token),
+            Err(AuthError::UnknownKey)
+        );
+        assert!(matches!(
+            activate(&dir, &old_kid),
+            Err(KeyError::UnknownActiveKey { .. })
+        ));
+    }
+
+    #[test]
+    fn several_keys_and_no_active_file_refuse_to_start() {
+        let dir = temp_dir("ambiguous");
+        add_key_pair(&dir).unwrap();
+        add_key_pair(&dir).unwrap();
+        assert!(matches!(Signer::load(&dir), Err(KeyError::NoActiveKey(_))));
+        assert!(
+            ensure_key_pair(&dir).is_err(),
+            "init never adds a third key to pick from"
+        );
+        fs::write(dir.join(ACTIVE_FILE), "ed25519-0000000000000000\n").unwrap();
+        assert!(matches!(Signer::load(&dir), Err(KeyError::UnknownActiveKey { .. })));
+    }
+
+    #[test]
+    fn each_key_signs_only_what_its_owner_may() {
+        let identity = temp_dir("custody-identity");
+        let facade = temp_dir("custody-facade");
+        let trusted = temp_dir("custody-trusted");
+        ensure_key_pair(&identity).unwrap();
+        ensure_key_pair(&facade).unwrap();
+        publish(&identity, IDENTITY, &trusted).unwrap();
+        publish(&facade, "facade", &trusted).unwrap();
+        // An unrelated or malformed file in the trusted dir is ignored, not fatal.
+        fs::write(trusted.join("README.pub"), "x").unwrap();
+        fs::write(trusted.join("storefront.ed25519-00.pub"), "not a key").unwrap();
+        let own = temp_dir("custody-storefront");
+        ensure_key_pair(&own).unwrap();
+        let verifier = Verifier::for_part(&own, "storefront", false, Some(&trusted)).unwrap();
+
+        let ttl = Duration::from_secs(60);
+        let by_identity = Signer::load(&identity).unwrap();
+        let by_facade = Signer::load(&facade).unwrap();
+        assert_eq!(
+            verifier
+                .verify(&by_identity.mint("admin-1", &["admin".into()], ttl))
+                .unwrap()
+                .subject,
+            "admin-1"
+        );
+        assert_eq!(
+            verifier.verify(&by_facade.mint("admin-1", &["admin".into()], ttl)),
+            Err(AuthError::NotIssuer),
+            "the facade cannot mint a user token"
+        );
+        let aud = service_audience("storefront");
+        assert_eq!(
+            verifier
+                .verify_service(&by_facade.mint_service("facade", &aud, ttl), &aud)
+                .unwrap(),
+            "facade"
+        );
+        assert_eq!(
+            verifier.verify_service(&by_facade.mint_service("payments", &aud, ttl), &aud),
+            Err(AuthError::NotIssuer),
+            "a part cannot speak for another"
+        );
+        let own_signer = Signer::load(&own).unwrap();
+        assert_eq!(
+            verifier.verify(&own_signer.mint("u", &[], ttl)),
+            Err(AuthError::NotIssuer)
+        );
+        assert_eq!(
+            verifier.public_keys(),
+            by_identity.public_keys(),
+            "only identity's keys sign users"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_key_published_after_start_verifies_on_first_sight() {
+        let identity = temp_dir("late-identity");
+        let own = temp_dir("late-own");
+        let trusted = temp_dir("late-trusted");
+        ensure_key_pair(&identity).unwrap();
+        ensure_key_pair(&own).unwrap();
+        publish(&identity, IDENTITY, &trusted).unwrap();
+        let verifier = Verifier::for_part(&own, "facade", false, Some(&trusted)).unwrap();
+
+        // Identity rotates: its new key is served by its key set, not (yet) in the files.
+        let new_kid = add_key_pair(&identity).unwrap();
+        activate(&identity, &new_kid).unwrap();
+        let token = Signer::load(&identity).unwrap().mint("u", &[], Duration::from_secs(60));
+        assert_eq!(verifier.verify(&token), Err(AuthError::UnknownKey));
+        let listed = Signer::load(&identity).unwrap().public_keys();
+        verifier.follow_identity(Arc::new(move || {
+            let listed = listed.clone();
+            Box::pin(async move { Ok(listed) })
+        }));
+        assert_eq!(verifier.verify_fresh(&token).await.unwrap().subject, "u");
+
+        // A made-up key id costs at most one refresh a second, and is refused.
+        let mut forged = token.clone();
+        forged.replace_range(
+            ..forged.find('.').unwrap(),
+            &URL_SAFE_NO_PAD.encode(r#"{"alg":"EdDSA","kid":"ed25519-ffffffffffffffff"}"#),
+        );
+        assert_eq!(verifier.verify_fresh(&forged).await, Err(AuthError::UnknownKey));
     }
 
     #[test]
@@ -464,8 +997,8 @@ mod tests {
             serde_json::from_slice(&URL_SAFE_NO_PAD.decode(expired.split('.').nth(1).unwrap()).unwrap()).unwrap();
         claims.exp -= 3600;
         let mut header = Header::new(Algorithm::EdDSA);
-        header.kid = Some(signer.kid.clone());
-        let expired = jsonwebtoken::encode(&header, &claims, &signer.key).unwrap();
+        header.kid = Some(signer.kid());
+        let expired = jsonwebtoken::encode(&header, &claims, &signer.current().key).unwrap();
         assert_eq!(verifier.verify(&expired), Err(AuthError::Expired));
 
         let other_aud = signer.mint_for("x", &[], Duration::from_secs(60), "thali-storefront");

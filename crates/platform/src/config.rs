@@ -156,8 +156,16 @@ pub struct Config {
     pub redis_url: Option<String>,
     /// Tenant partition of cache keys (`THALI_TENANT`).
     pub tenant: String,
-    /// Directory holding the JWT keys (`THALI_KEYS_DIR`); unset means `<data_dir>/keys`.
+    /// This part's own JWT key pairs and the `active` file naming the one that signs
+    /// (`THALI_KEYS_DIR`); unset means `<data_dir>/keys`. Identity's keys sign user tokens; every
+    /// other part's keys sign only its own service tokens (ADR 0029).
     pub keys_dir: Option<PathBuf>,
+    /// The other parts' public keys, `<owner>.<kid>.pub` (`THALI_TRUSTED_KEYS_DIR`); unset means
+    /// `<data_dir>/trusted-keys` (absent: none, as in one process running every part).
+    pub trusted_keys_dir: Option<PathBuf>,
+    /// How often key files and identity's key set are re-read, in seconds
+    /// (`THALI_KEYS_REFRESH_S`); an unknown key id also triggers a re-read (at most once a second).
+    pub keys_refresh_s: u64,
     /// The data keys that encrypt secrets at rest (`THALI_DATA_KEYS_FILE`, see
     /// `platform::crypto`); unset means `<data_dir>/data-keys.json`, created on first use.
     pub data_keys_file: Option<PathBuf>,
@@ -220,6 +228,9 @@ pub struct Config {
     /// gRPC budget of a partner API key without a limit of its own (`THALI_RATE_LIMIT_API_KEY`,
     /// `600/min`).
     pub rate_limit_api_key: String,
+    /// Razorpay webhook deliveries per payment account, counted once the signature checks out
+    /// (`THALI_RATE_LIMIT_WEBHOOK`, `6000/min`); never the per-address limit.
+    pub rate_limit_webhook: String,
     /// PEM certificate chain of this part's listeners (`THALI_TLS_CERT_FILE`); with the key,
     /// the facade serves HTTPS and the gRPC server TLS, 1.3 only (ADR 0028).
     pub tls_cert_file: Option<PathBuf>,
@@ -302,6 +313,7 @@ impl Config {
             .set_default("breaker_backoff_min_ms", 1_000)?
             .set_default("breaker_backoff_max_ms", 60_000)?
             .set_default("resolve_interval_s", 5)?
+            .set_default("keys_refresh_s", 10)?
             .set_default("trusted_proxies", "")?
             .set_default("cors_origins", "")?
             .set_default("rate_limit_anonymous", "100/min")?
@@ -310,6 +322,7 @@ impl Config {
             .set_default("rate_limit_login_address", "30/min")?
             .set_default("rate_limit_register", "5/min")?
             .set_default("rate_limit_api_key", "600/min")?
+            .set_default("rate_limit_webhook", "6000/min")?
             .set_default("tls_client_auth", "none")?
             .set_default("allow_plaintext", false)?
             .set_default("mail_from", "Thali <no-reply@thali.localhost>")?
@@ -490,6 +503,7 @@ impl Config {
             ("rate_limit_login_address", &self.rate_limit_login_address),
             ("rate_limit_register", &self.rate_limit_register),
             ("rate_limit_api_key", &self.rate_limit_api_key),
+            ("rate_limit_webhook", &self.rate_limit_webhook),
         ] {
             if let Err(reason) = crate::ratelimit::Quota::parse(spec) {
                 return invalid(key, &reason);
@@ -517,6 +531,9 @@ impl Config {
                 "razorpay_url",
                 "needs razorpay_key_id, razorpay_key_secret_file and razorpay_webhook_secret_file",
             );
+        }
+        if !(1..=3600).contains(&self.keys_refresh_s) {
+            return invalid("keys_refresh_s", "must be 1 to 3600");
         }
         if !(1..=120).contains(&self.gateway_timeout_s) {
             return invalid("gateway_timeout_s", "must be 1 to 120");
@@ -580,6 +597,18 @@ impl Config {
     /// Directory of the JWT keys.
     pub fn keys_dir(&self) -> PathBuf {
         self.keys_dir.clone().unwrap_or_else(|| self.data_dir.join("keys"))
+    }
+
+    /// Directory of the other parts' public keys.
+    pub fn trusted_keys_dir(&self) -> PathBuf {
+        self.trusted_keys_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("trusted-keys"))
+    }
+
+    /// How often keys are re-read.
+    pub fn keys_refresh(&self) -> Duration {
+        Duration::from_secs(self.keys_refresh_s)
     }
 
     /// The data keys file.

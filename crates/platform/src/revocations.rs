@@ -10,7 +10,9 @@ use std::{
     time::Duration,
 };
 
-use thali_proto::identity::v1::{ListRevocationsRequest, identity_service_client::IdentityServiceClient};
+use thali_proto::identity::v1::{
+    ListRevocationsRequest, ListSigningKeysRequest, identity_service_client::IdentityServiceClient,
+};
 
 use crate::client::{Client, Target};
 
@@ -107,6 +109,27 @@ pub fn spawn_feed(list: Arc<Revocations>, identity: Target, every: Duration) -> 
                 }
             }
         }
+    })
+}
+
+/// Identity's open key set (`ListSigningKeys`) as a source of the keys that sign user tokens
+/// (ADR 0029): a verifier refreshes from it, so a key identity publishes verifies everywhere
+/// without a restart.
+pub fn identity_key_set(identity: Target) -> crate::auth::FetchKeys {
+    let client = Client::new(identity, IdentityServiceClient::new);
+    Arc::new(move || {
+        let client = client.clone();
+        Box::pin(async move {
+            let keys = client
+                .call(ListSigningKeysRequest {}, |mut c, r| async move {
+                    c.list_signing_keys(r).await
+                })
+                .await
+                .map_err(|status| status.message().to_owned())?
+                .into_inner()
+                .keys;
+            Ok(keys.into_iter().map(|k| (k.kid, k.x)).collect())
+        })
     })
 }
 

@@ -74,8 +74,8 @@ impl Part {
     fn runs_facade(self) -> bool {
         matches!(self, Part::All | Part::Facade)
     }
-    /// The name this part signs its service tokens with.
-    fn service_name(self) -> &'static str {
+    /// The name this part signs its service tokens with (and owns its keys under: ADR 0029).
+    pub fn service_name(self) -> &'static str {
         match self {
             Part::All => "thali",
             Part::Identity => "identity",
@@ -236,11 +236,28 @@ pub async fn start(cfg: &Config, part: Part) -> anyhow::Result<Platform> {
     if part == Part::All {
         ensure_key_pair(&keys_dir).context("creating the JWT key pair")?;
     }
-    let verifier =
-        Verifier::load(&keys_dir).with_context(|| format!("loading JWT public keys from {}", keys_dir.display()))?;
+    // Key custody (ADR 0029): one process running every part holds one key; a part alone holds
+    // its own keys (identity's sign user tokens, every other part's only its service tokens) and
+    // trusts the other parts' public keys from files and identity's open key set.
+    let verifier = if part == Part::All {
+        Verifier::load(&keys_dir)
+    } else {
+        Verifier::for_part(
+            &keys_dir,
+            part.service_name(),
+            part.runs_identity(),
+            Some(&cfg.trusted_keys_dir()),
+        )
+    }
+    .with_context(|| format!("loading JWT public keys from {}", keys_dir.display()))?;
     let signer = Arc::new(
         Signer::load(&keys_dir).with_context(|| format!("loading the signing key from {}", keys_dir.display()))?,
     );
+    watchers.push(thali_platform::auth::spawn_refresh(
+        signer.clone(),
+        verifier.clone(),
+        cfg.keys_refresh(),
+    ));
     let identity = ServiceIdentity {
         name: part.service_name().to_owned(),
         signer: signer.clone(),
@@ -301,6 +318,9 @@ pub async fn start(cfg: &Config, part: Part) -> anyhow::Result<Platform> {
             thali_platform::revocations::POLL_EVERY,
         ));
         revocation_feed = true;
+        if !part.runs_identity() {
+            verifier.follow_identity(thali_platform::revocations::identity_key_set(identity_target.clone()));
+        }
         // Partner API keys and accounts calling directly are rate limited here (ADR 0026).
         let quota = |spec: &str| thali_platform::ratelimit::Quota::parse(spec).expect("validated at load");
         let policy = AuthPolicy::new(verifier.clone())
@@ -327,7 +347,7 @@ pub async fn start(cfg: &Config, part: Part) -> anyhow::Result<Platform> {
             );
             let worker = thali_platform::events::relay(worker, subscribers.clone());
             job_workers.push(worker.spawn(jobs_stop_rx.clone()));
-            routes.add_service(thali_identity::service(db.clone(), signer.clone(), verifier.clone()));
+            routes.add_service(thali_identity::service(db.clone(), signer.clone()));
             health.serving::<IdentityServiceServer<IdentityGrpc>>().await;
         }
         if part.runs_storefront() {
@@ -388,7 +408,11 @@ pub async fn start(cfg: &Config, part: Part) -> anyhow::Result<Platform> {
             let data_keys = cfg.data_keys_file();
             let keys = thali_platform::crypto::Keyring::open(&data_keys)
                 .with_context(|| format!("data keys ({})", data_keys.display()))?;
-            let payments = thali_payments::Payments::new(db.clone(), storefront, gateway, account, Arc::new(keys));
+            let payments = thali_payments::Payments::new(db.clone(), storefront, gateway, account, Arc::new(keys))
+                .limit_webhooks(thali_payments::grpc::WebhookLimit {
+                    limiter: limiter.clone(),
+                    quota: quota(&cfg.rate_limit_webhook),
+                });
             sinks = sinks.with(thali_payments::workers::SERVICE, payments.sink());
             let worker = payments.job_worker(Queue::new(thali_payments::workers::SERVICE));
             let worker = thali_platform::events::relay(worker, subscribers.clone());
@@ -479,6 +503,9 @@ pub async fn start(cfg: &Config, part: Part) -> anyhow::Result<Platform> {
                 identity_service.clone(),
                 thali_platform::revocations::POLL_EVERY,
             ));
+        }
+        if !part.runs_identity() {
+            verifier.follow_identity(thali_platform::revocations::identity_key_set(identity_service.clone()));
         }
         let notifications =
             Target::new("notifications", &notifications_url, &identity, client_settings.clone()).await?;

@@ -187,11 +187,30 @@ fn parse_age(s: &str) -> Result<std::time::Duration, String> {
 
 #[derive(Subcommand)]
 enum KeysCommand {
-    /// Create an Ed25519 key pair in the keys dir unless one is there; prints its key id.
+    /// Create an Ed25519 key pair in this part's keys dir (THALI_KEYS_DIR) and make it the
+    /// active one, unless the dir holds a key; prints the active key id.
     Init,
-    /// Add a new key pair: it signs from now on; older public keys keep verifying (ADR 0007).
-    Rotate,
-    /// List the key ids that verify tokens.
+    /// Add a new key pair, NOT yet signing: publish it first (identity's key set lists it at
+    /// once; a service's key is copied with `publish`), wait for the key refresh interval, then
+    /// `activate` it (ADR 0029).
+    Add,
+    /// Make a key of the keys dir the one that signs (running processes switch within
+    /// THALI_KEYS_REFRESH_S).
+    Activate { kid: String },
+    /// Remove a key that no longer signs, once the tokens it signed have expired (user tokens:
+    /// 7 days; service tokens: 5 minutes).
+    Retire { kid: String },
+    /// Copy this part's public keys into another part's trusted keys dir as `<owner>.<kid>.pub`.
+    Publish {
+        /// The part these keys belong to (identity, storefront, notifications, booking,
+        /// payments, facade).
+        #[arg(long)]
+        owner: String,
+        /// The trusted keys dir to write into.
+        #[arg(long)]
+        to: std::path::PathBuf,
+    },
+    /// List the key ids of the keys dir and which one signs.
     List,
     /// Rotate the data keys that encrypt secrets at rest (creators' gateway secrets): add a new
     /// active key to THALI_DATA_KEYS_FILE, then re-encrypt every stored secret with it, showing
@@ -533,15 +552,35 @@ async fn run() -> anyhow::Result<()> {
             match command {
                 KeysCommand::RotateData { .. } => unreachable!("handled above"),
                 KeysCommand::Init => println!("{}", ensure_key_pair(&dir).context("creating the JWT key pair")?),
-                KeysCommand::Rotate => println!(
+                KeysCommand::Add => println!(
                     "{}",
                     thali_platform::auth::add_key_pair(&dir).context("adding a key pair")?
                 ),
+                KeysCommand::Activate { kid } => {
+                    thali_platform::auth::activate(&dir, &kid).context("activating the key")?;
+                    println!("{kid} signs from now on ({})", dir.display());
+                }
+                KeysCommand::Retire { kid } => {
+                    thali_platform::auth::retire(&dir, &kid).context("retiring the key")?;
+                    println!("{kid} removed from {}", dir.display());
+                }
+                KeysCommand::Publish { owner, to } => {
+                    anyhow::ensure!(
+                        !owner.is_empty()
+                            && owner
+                                .bytes()
+                                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'),
+                        "--owner is a part name: lowercase letters, digits and '-'"
+                    );
+                    for path in thali_platform::auth::publish(&dir, &owner, &to).context("publishing the keys")? {
+                        println!("{}", path.display());
+                    }
+                }
                 KeysCommand::List => {
-                    let verifier = thali_platform::auth::Verifier::load(&dir)?;
                     let signing = Signer::load(&dir)?;
-                    for (kid, _) in verifier.public_keys() {
-                        let mark = if kid == signing.kid() { "  (signs)" } else { "" };
+                    let active = signing.kid();
+                    for (kid, _) in signing.public_keys() {
+                        let mark = if kid == active { "  (signs)" } else { "" };
                         println!("{kid}{mark}");
                     }
                 }

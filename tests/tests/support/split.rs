@@ -6,6 +6,16 @@ use thali::Part;
 use thali_platform::{Config, auth::Signer, config::Overrides};
 use tokio::sync::oneshot;
 
+/// Every part that runs alone.
+pub const PARTS: [Part; 6] = [
+    Part::Identity,
+    Part::Storefront,
+    Part::Notifications,
+    Part::Booking,
+    Part::Payments,
+    Part::Facade,
+];
+
 /// One running part.
 pub struct Proc {
     pub grpc: Option<SocketAddr>,
@@ -27,6 +37,14 @@ impl Proc {
             "THALI_SANDBOX_ADDR",
         ] {
             env.entry(key.to_owned()).or_insert_with(|| "127.0.0.1:0".to_owned());
+        }
+        // Each part holds its own keys (ADR 0029); one process running every part holds identity's.
+        if let Some(data_dir) = env.get("THALI_DATA_DIR").cloned() {
+            env.entry("THALI_KEYS_DIR".to_owned()).or_insert_with(|| {
+                Shared::keys_dir_in(&PathBuf::from(data_dir), part)
+                    .display()
+                    .to_string()
+            });
         }
         let (addrs_tx, addrs_rx) = std::sync::mpsc::channel();
         let (command, command_rx) = oneshot::channel::<bool>();
@@ -138,7 +156,13 @@ impl Shared {
             env.insert((*k).to_owned(), (*v).to_owned());
         }
         let cfg = Config::load_from(None, Some(env.clone()), &Overrides::default()).unwrap();
-        thali_platform::auth::ensure_key_pair(&cfg.keys_dir()).unwrap();
+        // `thali keys init` in each part's keys dir, and `thali keys publish` of every part's
+        // public keys into the trusted keys dir they all read.
+        for part in PARTS {
+            let dir = Self::keys_dir_in(&data_dir, part);
+            thali_platform::auth::ensure_key_pair(&dir).unwrap();
+            thali_platform::auth::publish(&dir, part.service_name(), &cfg.trusted_keys_dir()).unwrap();
+        }
         thali::migrate(&cfg).await.unwrap();
         Self {
             env,
@@ -156,7 +180,18 @@ impl Shared {
         env
     }
 
+    /// Identity's signer: mints user tokens.
     pub fn signer(&self) -> Signer {
-        Signer::load(&self.data_dir.join("keys")).unwrap()
+        Signer::load(&self.keys_dir(Part::Identity)).unwrap()
+    }
+
+    /// The keys dir of `part`.
+    pub fn keys_dir(&self, part: Part) -> PathBuf {
+        Self::keys_dir_in(&self.data_dir, part)
+    }
+
+    fn keys_dir_in(data_dir: &std::path::Path, part: Part) -> PathBuf {
+        let part = if part == Part::All { Part::Identity } else { part };
+        data_dir.join("keys").join(part.service_name())
     }
 }

@@ -163,7 +163,8 @@ impl AuthPolicy {
         if audience == crate::auth::AUDIENCE {
             let principal = self
                 .verifier
-                .verify(token)
+                .verify_fresh(token)
+                .await
                 .map_err(|e| unauthenticated(&e.to_string()))?;
             if let Some(limits) = &self.limits {
                 self.take("signed_in", &limits.signed_in, &principal.subject, path, peer)
@@ -177,7 +178,8 @@ impl AuthPolicy {
         let wanted = service_audience(audience_service(path, headers));
         let service = self
             .verifier
-            .verify_service(token, &wanted)
+            .verify_service_fresh(token, &wanted)
+            .await
             .map_err(|e| unauthenticated(&e.to_string()))?;
         let principal = match headers.get(USER_TOKEN_HEADER) {
             Some(user) => {
@@ -186,7 +188,8 @@ impl AuthPolicy {
                     .map_err(|_| unauthenticated("the user token is malformed"))?;
                 Some(
                     self.verifier
-                        .verify(user)
+                        .verify_fresh(user)
+                        .await
                         .map_err(|e| unauthenticated(&e.to_string()))?,
                 )
             }
@@ -232,8 +235,12 @@ fn key_hint(key: &str) -> &str {
     key.get(..21).unwrap_or("thali_pk_")
 }
 
+/// Identity's key set: the public keys that verify user tokens are open to everyone, as health
+/// is (ADR 0029).
+pub const OPEN_KEY_SET: &str = "/thali.identity.v1.IdentityService/ListSigningKeys";
+
 pub(crate) fn is_open(path: &str) -> bool {
-    path.starts_with("/grpc.health.v1.Health/") || path.starts_with("/grpc.reflection.")
+    path.starts_with("/grpc.health.v1.Health/") || path.starts_with("/grpc.reflection.") || path == OPEN_KEY_SET
 }
 
 /// Layer adding [`Auth`] to a gRPC server.
