@@ -86,6 +86,7 @@ async fn main() -> anyhow::Result<()> {
         ("THALI_RATE_LIMIT_LOGIN_ADDRESS", "1000000000/min".into()),
         ("THALI_RATE_LIMIT_REGISTER", "1000000000/min".into()),
         ("THALI_RATE_LIMIT_API_KEY", "1000000000/min".into()),
+        ("THALI_RATE_LIMIT_WEBHOOK", "1000000000/min".into()),
         ("THALI_LOG", "warn".into()),
     ]
     .into_iter()

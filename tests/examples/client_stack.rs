@@ -110,6 +110,7 @@ async fn main() {
         ("THALI_RATE_LIMIT_LOGIN_ADDRESS", "1000000000/min".to_owned()),
         ("THALI_RATE_LIMIT_REGISTER", "1000000000/min".to_owned()),
         ("THALI_RATE_LIMIT_API_KEY", "1000000000/min".to_owned()),
+        ("THALI_RATE_LIMIT_WEBHOOK", "1000000000/min".to_owned()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))

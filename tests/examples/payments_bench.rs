@@ -76,6 +76,7 @@ async fn main() -> anyhow::Result<()> {
         ("THALI_RATE_LIMIT_LOGIN_ADDRESS", "1000000000/min".into()),
         ("THALI_RATE_LIMIT_REGISTER", "1000000000/min".into()),
         ("THALI_RATE_LIMIT_API_KEY", "1000000000/min".into()),
+        ("THALI_RATE_LIMIT_WEBHOOK", "1000000000/min".into()),
         ("THALI_SANDBOX_ADDR", "127.0.0.1:0".into()),
         ("THALI_LOG", "error".into()),
     ]

@@ -92,6 +92,63 @@ async fn the_101st_anonymous_request_is_refused_with_retry_after_and_ratelimit_f
     assert!(res.status().is_client_error(), "{}", res.status());
 }
 
+/// Razorpay's webhooks are never held to the per-address budget (Razorpay sends from a few
+/// addresses), and have their own per-account limit, counted only once the signature checks
+/// out: forged deliveries take nothing from it.
+#[tokio::test]
+async fn razorpay_webhooks_have_their_own_limit_counted_after_the_signature() {
+    let mesh = mesh(
+        &tenant(),
+        None,
+        &[
+            ("THALI_RATE_LIMIT_ANONYMOUS", "2/86400s"),
+            ("THALI_RATE_LIMIT_WEBHOOK", "3/86400s"),
+        ],
+    )
+    .await;
+    let secret = std::fs::read_to_string(mesh.data_dir.join("sandbox-gateway/webhook_secret")).unwrap();
+    let body = serde_json::json!({"entity": "event", "account_id": "acc_x", "event": "payment.captured",
+        "contains": ["payment"], "payload": {"payment": {"entity": {"id": "pay_x", "order_id": "order_not_ours",
+        "amount": 100, "currency": "INR", "status": "captured"}}}, "created_at": 1})
+    .to_string();
+    let send = |signature: String, event_id: String| {
+        mesh.http
+            .post(mesh.url("/api/v1/webhooks/razorpay"))
+            .header("content-type", "application/json")
+            .header("x-razorpay-signature", signature)
+            .header("x-razorpay-event-id", event_id)
+            .body(body.clone())
+            .send()
+    };
+    let genuine = thali_payments::signature::sign_hex(secret.trim().as_bytes(), body.as_bytes());
+    let forged = thali_payments::signature::sign_hex(b"not the secret", body.as_bytes());
+
+    for i in 0..5 {
+        let res = send(forged.clone(), format!("evt_forged_{i}")).await.unwrap();
+        problem(res, StatusCode::BAD_REQUEST, "INVALID_SIGNATURE").await;
+    }
+    for i in 0..3 {
+        let res = send(genuine.clone(), format!("evt_{i}")).await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK, "genuine delivery {}", i + 1);
+    }
+    let res = send(genuine.clone(), "evt_3".into()).await.unwrap();
+    let retry: u64 = field(&res, "retry-after").parse().unwrap();
+    assert!(retry >= 1, "{retry}");
+    let refused = problem(res, StatusCode::TOO_MANY_REQUESTS, "RATE_LIMITED").await;
+    assert!(refused["detail"].as_str().unwrap().contains("webhook"), "{refused}");
+    // A forged delivery is still told its signature is wrong, not that a budget is spent.
+    let res = send(forged, "evt_forged_last".into()).await.unwrap();
+    problem(res, StatusCode::BAD_REQUEST, "INVALID_SIGNATURE").await;
+    // And none of it came out of the address's budget.
+    for _ in 0..2 {
+        assert_eq!(mesh.get("/api/v1/store/nobody").await.status(), StatusCode::NOT_FOUND);
+    }
+    assert_eq!(
+        mesh.get("/api/v1/store/nobody").await.status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+}
+
 #[tokio::test]
 async fn a_signed_in_account_has_its_own_budget() {
     let mesh = mesh(

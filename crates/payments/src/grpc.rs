@@ -38,9 +38,23 @@ pub struct PaymentsGrpc {
     storefront: Client<StorefrontServiceClient<GrpcChannel>>,
     gateway: Arc<dyn Gateway>,
     accounts: Accounts,
+    /// The budget of Razorpay's webhooks per payment account, counted only once a delivery's
+    /// signature checks out (ADR 0026); None: unlimited.
+    webhook_limit: Option<Arc<WebhookLimit>>,
+}
+
+/// See [`PaymentsGrpc::webhook_limit`].
+pub struct WebhookLimit {
+    pub limiter: thali_platform::ratelimit::RateLimiter,
+    pub quota: thali_platform::ratelimit::Quota,
 }
 
 impl PaymentsGrpc {
+    /// Limits signed webhook deliveries per payment account.
+    pub fn limit_webhooks(&mut self, limit: WebhookLimit) {
+        self.webhook_limit = Some(Arc::new(limit));
+    }
+
     pub fn new(
         store: PaymentsStore,
         storefront: Client<StorefrontServiceClient<GrpcChannel>>,
@@ -52,6 +66,7 @@ impl PaymentsGrpc {
             storefront,
             gateway,
             accounts,
+            webhook_limit: None,
         }
     }
 
@@ -780,6 +795,31 @@ impl pb::payments_service_server::PaymentsService for PaymentsGrpc {
                 },
             );
             return Err(PaymentsError::InvalidSignature.into());
+        }
+        // Only a genuine delivery is counted, by its account: a flood of forged ones costs an
+        // HMAC each and takes nothing from Razorpay's budget.
+        if let Some(limit) = &self.webhook_limit {
+            let decision = limit.limiter.check("webhook", &limit.quota, account).await;
+            if !decision.allowed {
+                let wait = decision.retry_after.max(std::time::Duration::from_millis(1));
+                security_event(
+                    SecurityEvent::RateLimited,
+                    "razorpay",
+                    &format!("webhook for account {account}"),
+                    "",
+                    "webhook",
+                );
+                return Err(thali_platform::errors::resource_exhausted(
+                    "RATE_LIMITED",
+                    format!(
+                        "{} webhook deliveries per {} s allowed for this account; try again in {} ms",
+                        limit.quota.limit,
+                        limit.quota.period.as_secs(),
+                        wait.as_millis()
+                    ),
+                    wait,
+                ));
+            }
         }
         let event_id = req.event_id.as_str();
         if event_id.is_empty() || event_id.len() > 64 || !event_id.bytes().all(|b| b.is_ascii_graphic()) {

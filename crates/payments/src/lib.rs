@@ -75,6 +75,14 @@ impl Payments {
         Self { grpc, settler }
     }
 
+    /// Limits Razorpay's signed webhook deliveries per payment account (ADR 0026).
+    pub fn limit_webhooks(mut self, limit: grpc::WebhookLimit) -> Self {
+        Arc::get_mut(&mut self.grpc)
+            .expect("limits are set before the service is shared")
+            .limit_webhooks(limit);
+        self
+    }
+
     /// The service's job worker on `queue` (effects, the dead-letter sweep, housekeeping).
     pub fn job_worker(&self, queue: Queue) -> Worker {
         workers::job_worker(self.settler.clone(), queue)

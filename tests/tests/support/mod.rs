@@ -95,6 +95,7 @@ pub const UNLIMITED: &[(&str, &str)] = &[
     ("THALI_RATE_LIMIT_LOGIN_ADDRESS", "1000000/min"),
     ("THALI_RATE_LIMIT_REGISTER", "1000000/min"),
     ("THALI_RATE_LIMIT_API_KEY", "1000000/min"),
+    ("THALI_RATE_LIMIT_WEBHOOK", "1000000/min"),
 ];
 
 /// A whole platform's settings on loopback ports the system picks, data under `data_dir`, with
