@@ -28,19 +28,25 @@ pub struct EdgeLimits {
     pub login: Quota,
     pub login_address: Quota,
     pub register: Quota,
+    /// `RateLimit-Policy` of the two budgets every request takes from, made once.
+    anonymous_policy: HeaderValue,
+    signed_in_policy: HeaderValue,
 }
 
 impl EdgeLimits {
     /// The budgets of `cfg`, counted by `limiter`.
     pub fn from_config(cfg: &Config, limiter: RateLimiter) -> Self {
         let q = |spec: &str| Quota::parse(spec).expect("quotas are validated at load");
+        let (anonymous, signed_in) = (q(&cfg.rate_limit_anonymous), q(&cfg.rate_limit_signed_in));
         Self {
             limiter,
-            anonymous: q(&cfg.rate_limit_anonymous),
-            signed_in: q(&cfg.rate_limit_signed_in),
+            anonymous,
+            signed_in,
             login: q(&cfg.rate_limit_login),
             login_address: q(&cfg.rate_limit_login_address),
             register: q(&cfg.rate_limit_register),
+            anonymous_policy: policy_value("anonymous", &anonymous),
+            signed_in_policy: policy_value("signed_in", &signed_in),
         }
     }
 
@@ -96,21 +102,21 @@ pub async fn rate_limit(State(state): State<FacadeState>, mut req: Request, next
         Some(token) => state.verifier.verify_fresh(token).await.ok(),
         None => None,
     };
-    let (policy, quota, decision) = match verified {
+    let (policy, quota, policy_header, decision) = match verified {
         Some(principal) => {
             let decision = limits
                 .limiter
                 .check("signed_in", &limits.signed_in, &principal.subject)
                 .await;
             req.extensions_mut().insert(Verified(principal));
-            ("signed_in", &limits.signed_in, decision)
+            ("signed_in", &limits.signed_in, &limits.signed_in_policy, decision)
         }
         None => {
             let decision = limits
                 .limiter
-                .check("anonymous", &limits.anonymous, &ip.0.to_string())
+                .check("anonymous", &limits.anonymous, &Address::of(ip.0))
                 .await;
-            ("anonymous", &limits.anonymous, decision)
+            ("anonymous", &limits.anonymous, &limits.anonymous_policy, decision)
         }
     };
     if !decision.allowed {
@@ -119,9 +125,63 @@ pub async fn rate_limit(State(state): State<FacadeState>, mut req: Request, next
     let mut response = next.run(req).await;
     // A route's own budget (login, register) speaks for itself when it refused.
     if !response.headers().contains_key(RATELIMIT) {
-        set_fields(response.headers_mut(), policy, quota, &decision);
+        let headers = response.headers_mut();
+        headers.insert(RATELIMIT_POLICY, policy_header.clone());
+        headers.insert(RATELIMIT, remaining_value(policy, &decision));
     }
     response
+}
+
+/// A client address as text on the stack (an IPv6 address is at most 45 characters): the
+/// anonymous budget's key, with no allocation per request.
+struct Address {
+    buf: [u8; 48],
+    len: usize,
+}
+
+impl Address {
+    fn of(ip: std::net::IpAddr) -> Self {
+        use std::fmt::Write;
+        let mut address = Self { buf: [0; 48], len: 0 };
+        write!(address, "{ip}").expect("an IP address fits in 48 bytes");
+        address
+    }
+}
+
+impl std::fmt::Write for Address {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let end = self.len + s.len();
+        self.buf
+            .get_mut(self.len..end)
+            .ok_or(std::fmt::Error)?
+            .copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
+    }
+}
+
+impl std::ops::Deref for Address {
+    type Target = str;
+    fn deref(&self) -> &str {
+        std::str::from_utf8(&self.buf[..self.len]).expect("written from a str")
+    }
+}
+
+/// `"anonymous";q=100;w=60`
+fn policy_value(policy: &str, quota: &Quota) -> HeaderValue {
+    HeaderValue::try_from(format!("\"{policy}\";q={};w={}", quota.limit, quota.period.as_secs()))
+        .expect("a policy name and two numbers are a valid header value")
+}
+
+/// `"anonymous";r=42;t=25`
+fn remaining_value(policy: &str, decision: &Decision) -> HeaderValue {
+    let secs = |d: std::time::Duration| d.as_secs() + u64::from(d.subsec_nanos() > 0);
+    HeaderValue::try_from(format!(
+        "\"{policy}\";r={};t={}",
+        decision.remaining,
+        secs(decision.reset)
+    ))
+    .expect("a policy name and two numbers are a valid header value")
 }
 
 const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
@@ -130,13 +190,8 @@ const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy")
 /// `RateLimit-Policy: "anonymous";q=100;w=60` and `RateLimit: "anonymous";r=42;t=25`
 /// (draft-ietf-httpapi-ratelimit-headers).
 fn set_fields(headers: &mut HeaderMap, policy: &str, quota: &Quota, decision: &Decision) {
-    let secs = |d: std::time::Duration| d.as_secs() + u64::from(d.subsec_nanos() > 0);
-    let policy_value = format!("\"{policy}\";q={};w={}", quota.limit, quota.period.as_secs());
-    let value = format!("\"{policy}\";r={};t={}", decision.remaining, secs(decision.reset));
-    if let (Ok(p), Ok(v)) = (HeaderValue::try_from(policy_value), HeaderValue::try_from(value)) {
-        headers.insert(RATELIMIT_POLICY, p);
-        headers.insert(RATELIMIT, v);
-    }
+    headers.insert(RATELIMIT_POLICY, policy_value(policy, quota));
+    headers.insert(RATELIMIT, remaining_value(policy, decision));
 }
 
 /// 429 problem+json `RATE_LIMITED` with `Retry-After` and the RateLimit fields; a security event.

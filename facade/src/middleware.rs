@@ -75,6 +75,7 @@ pub struct Edge {
 /// another's cache: `Cache-Control: no-store` on anything answered to a request that carried
 /// credentials, `Vary: Authorization` on any cacheable answer to one that did not.
 fn set_security_headers(headers: &mut axum::http::HeaderMap, signed_in: bool, docs: bool, hsts: bool) {
+    headers.reserve(8);
     headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
@@ -105,6 +106,9 @@ const CORP: axum::http::HeaderName = axum::http::HeaderName::from_static("cross-
 /// stand inside JSON strings, so the rewrite is a byte-for-byte swap; answers without them
 /// pass untouched.
 async fn escape_json(response: Response) -> Response {
+    if response.extensions().get::<JsonEscaped>().is_some() {
+        return response;
+    }
     let json = response.headers().get(header::CONTENT_TYPE).is_some_and(|v| {
         let v = v.as_bytes();
         v.starts_with(b"application/json") || v.starts_with(b"application/problem+json")
@@ -121,11 +125,25 @@ async fn escape_json(response: Response) -> Response {
         )
         .into_response();
     };
-    if !bytes.iter().any(|b| matches!(b, b'<' | b'>' | b'&')) {
+    let Some(out) = escape_json_bytes(&bytes) else {
         return Response::from_parts(parts, axum::body::Body::from(bytes));
+    };
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, axum::body::Body::from(out))
+}
+
+/// Marks an answer whose JSON body went through [`escape_json_bytes`] already (a cached page,
+/// escaped once when cached): [`observe`] does not scan it again.
+#[derive(Clone, Copy)]
+pub struct JsonEscaped;
+
+/// `json` with `<`, `>`, `&` written as `\u003c`, `\u003e`, `\u0026`; None when it has none.
+pub fn escape_json_bytes(json: &[u8]) -> Option<Vec<u8>> {
+    if !json.iter().any(|b| matches!(b, b'<' | b'>' | b'&')) {
+        return None;
     }
-    let mut out = Vec::with_capacity(bytes.len() + 32);
-    for &b in bytes.iter() {
+    let mut out = Vec::with_capacity(json.len() + 32);
+    for &b in json {
         match b {
             b'<' => out.extend_from_slice(b"\\u003c"),
             b'>' => out.extend_from_slice(b"\\u003e"),
@@ -133,8 +151,7 @@ async fn escape_json(response: Response) -> Response {
             _ => out.push(b),
         }
     }
-    parts.headers.remove(header::CONTENT_LENGTH);
-    Response::from_parts(parts, axum::body::Body::from(out))
+    Some(out)
 }
 
 /// The route template a request matched, carried from the router back out to [`observe`].

@@ -131,10 +131,11 @@ return {1, ahead, 0}
 const SWEEP_AT: usize = 4096;
 const SHARDS: usize = 16;
 
-/// One replica's own TATs (microseconds on tokio's clock, so tests can pause time).
+/// One replica's own TATs (microseconds on tokio's clock, so tests can pause time), by policy
+/// then key: a key seen before is looked up and updated in place, with no allocation.
 struct Local {
     started: tokio::time::Instant,
-    shards: Vec<Mutex<HashMap<String, u64>>>,
+    shards: Vec<Mutex<HashMap<&'static str, HashMap<String, u64>>>>,
     hasher: std::collections::hash_map::RandomState,
 }
 
@@ -147,15 +148,22 @@ impl Local {
         }
     }
 
-    fn check(&self, quota: &Quota, key: &str) -> Decision {
+    fn check(&self, policy: &'static str, quota: &Quota, key: &str) -> Decision {
         // Starts at one period so a fresh key is never "in the past" of zero.
         let now = self.started.elapsed().as_micros() as u64 + quota.tolerance_us();
-        let shard = &self.shards[self.hasher.hash_one(key) as usize % SHARDS];
-        let mut map = shard.lock().unwrap_or_else(|e| e.into_inner());
-        let tat = map.get(key).copied().unwrap_or(0);
-        let (decision, store) = Decision::step(quota, tat, now);
+        let shard = &self.shards[self.hasher.hash_one((policy, key)) as usize % SHARDS];
+        let mut shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+        let map = shard.entry(policy).or_default();
+        if let Some(tat) = map.get_mut(key) {
+            let (decision, store) = Decision::step(quota, *tat, now);
+            if let Some(new) = store {
+                *tat = new;
+            }
+            return decision;
+        }
+        let (decision, store) = Decision::step(quota, 0, now);
         if let Some(tat) = store {
-            if map.len() >= SWEEP_AT && !map.contains_key(key) {
+            if map.len() >= SWEEP_AT {
                 map.retain(|_, t| *t > now);
             }
             map.insert(key.to_owned(), tat);
@@ -206,7 +214,7 @@ impl RateLimiter {
                 fallback("disconnected");
             }
         }
-        self.0.local.check(quota, &format!("{policy}:{key}"))
+        self.0.local.check(policy, quota, key)
     }
 
     async fn shared(
@@ -301,7 +309,13 @@ mod tests {
                 tokio::time::advance(Duration::from_secs(61)).await;
             }
         }
-        let held: usize = limiter.0.local.shards.iter().map(|s| s.lock().unwrap().len()).sum();
+        let held: usize = limiter
+            .0
+            .local
+            .shards
+            .iter()
+            .map(|s| s.lock().unwrap().values().map(HashMap::len).sum::<usize>())
+            .sum();
         assert!(held <= SWEEP_AT * SHARDS, "{held}");
     }
 }

@@ -24,34 +24,37 @@ pub fn untagged(tagged: &[u8]) -> &[u8] {
     &tagged[34..]
 }
 
-/// `body` with its ETag in front (`"…"` is 34 bytes), so a cached answer needs no hashing.
+/// `body` JSON-escaped as every answer is (`crate::middleware::escape_json_bytes`), with its
+/// ETag in front (`"…"` is 34 bytes): a cached answer needs no hashing and no escaping pass.
 pub fn with_etag(body: Vec<u8>) -> Vec<u8> {
+    let body = crate::middleware::escape_json_bytes(&body).unwrap_or(body);
     let mut out = etag(&body).into_bytes();
     out.extend_from_slice(&body);
     out
 }
 
-/// As [`conditional`], for bytes made by [`with_etag`], without copying the body.
+/// As [`conditional`], for bytes made by [`with_etag`], without copying the body or the tag;
+/// the answer is marked as escaped already.
 pub fn conditional_tagged(request: &HeaderMap, tagged: std::sync::Arc<[u8]>, cache_control: HeaderValue) -> Response {
-    let tag = std::str::from_utf8(&tagged[..34])
-        .expect("the ETag prefix is ASCII")
-        .to_owned();
-    let body = axum::body::Bytes::from_owner(tagged).slice(34..);
-    respond(request, tag, body, cache_control)
+    let whole = axum::body::Bytes::from_owner(tagged);
+    let tag = HeaderValue::from_maybe_shared(whole.slice(..34)).expect("a quoted hex ETag is a valid header value");
+    let mut response = respond(request, tag, whole.slice(34..), cache_control);
+    response.extensions_mut().insert(crate::middleware::JsonEscaped);
+    response
 }
 
 /// 200 with `body` as JSON, or 304 when `request` already holds it; both with `ETag` and
 /// `Cache-Control`.
 pub fn conditional(request: &HeaderMap, body: Vec<u8>, cache_control: HeaderValue) -> Response {
-    let tag = etag(&body);
+    let tag = HeaderValue::from_str(&etag(&body)).expect("a quoted hex ETag is a valid header value");
     respond(request, tag, axum::body::Bytes::from(body), cache_control)
 }
 
-fn respond(request: &HeaderMap, tag: String, body: axum::body::Bytes, cache_control: HeaderValue) -> Response {
+fn respond(request: &HeaderMap, tag: HeaderValue, body: axum::body::Bytes, cache_control: HeaderValue) -> Response {
     let not_modified = request
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| matches(v, &tag));
+        .is_some_and(|v| matches(v, tag.to_str().expect("ASCII")));
     let mut response = if not_modified {
         let mut r = Response::new(Body::empty());
         *r.status_mut() = StatusCode::NOT_MODIFIED;
@@ -63,10 +66,7 @@ fn respond(request: &HeaderMap, tag: String, body: axum::body::Bytes, cache_cont
         r
     };
     let headers = response.headers_mut();
-    headers.insert(
-        header::ETAG,
-        HeaderValue::from_str(&tag).expect("hex in quotes is a valid header"),
-    );
+    headers.insert(header::ETAG, tag);
     headers.insert(header::CACHE_CONTROL, cache_control);
     response
 }
