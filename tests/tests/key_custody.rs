@@ -137,21 +137,28 @@ async fn login(addr: SocketAddr, email: &str) -> reqwest::Result<reqwest::Respon
 }
 
 /// The signed-in calls a user makes: identity's `me` and a storefront write, through `addr`.
-async fn signed_in_calls(addr: SocketAddr, token: &str, n: usize) -> Vec<reqwest::Result<StatusCode>> {
-    let me = http()
-        .get(url(addr, "/api/v1/auth/me"))
-        .bearer_auth(token)
-        .send()
-        .await
-        .map(|r| r.status());
+async fn signed_in_calls(addr: SocketAddr, token: &str, n: usize) -> Vec<(String, reqwest::Result<StatusCode>)> {
+    let me = http().get(url(addr, "/api/v1/auth/me")).bearer_auth(token).send().await;
     let edit = http()
         .patch(url(addr, "/api/v1/creators/rotating_shop"))
         .bearer_auth(token)
         .json(&json!({"display_name": format!("Rotating {n}")}))
         .send()
-        .await
-        .map(|r| r.status());
-    vec![me, edit]
+        .await;
+    let mut out = Vec::new();
+    for (what, res) in [("me", me), ("edit", edit)] {
+        out.push(match res {
+            Ok(res) if !res.status().is_success() => {
+                let status = res.status();
+                (
+                    format!("{what} {status}: {}", res.text().await.unwrap_or_default()),
+                    Ok(status),
+                )
+            }
+            other => (what.to_owned(), other.map(|r| r.status())),
+        });
+    }
+    out
 }
 
 #[derive(Default, Debug)]
@@ -228,10 +235,10 @@ async fn a_key_rotation_during_a_rolling_restart_gives_no_401() {
                 };
                 for token in fresh.iter().chain([&old_token]) {
                     let kid = kid_of(token);
-                    for result in signed_in_calls(b, token, n).await {
+                    for (what, result) in signed_in_calls(b, token, n).await {
                         seen.lock()
                             .unwrap()
-                            .record(&kid, &format!("token of {kid} on {b}"), result);
+                            .record(&kid, &format!("token of {kid} on {b}: {what}"), result);
                     }
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -257,11 +264,11 @@ async fn a_key_rotation_during_a_rolling_restart_gives_no_401() {
         new_kid,
         "the restarted identity signs with the new key"
     );
-    for result in signed_in_calls(mesh.facade_addrs[1], &new_token, 0).await {
+    for (what, result) in signed_in_calls(mesh.facade_addrs[1], &new_token, 0).await {
         assert_eq!(
             result.unwrap(),
             StatusCode::OK,
-            "a facade that never restarted verifies the new key"
+            "a facade that never restarted verifies the new key: {what}"
         );
     }
 
@@ -282,11 +289,11 @@ async fn a_key_rotation_during_a_rolling_restart_gives_no_401() {
 
     for addr in mesh.facade_addrs.clone() {
         for token in [&old_token, &new_token] {
-            for result in signed_in_calls(addr, token, 1).await {
+            for (what, result) in signed_in_calls(addr, token, 1).await {
                 assert_eq!(
                     result.unwrap(),
                     StatusCode::OK,
-                    "token of {} on a new facade",
+                    "token of {} on a new facade: {what}",
                     kid_of(token)
                 );
             }

@@ -223,8 +223,11 @@ pub fn publish(dir: &Path, owner: &str, to: &Path) -> Result<Vec<PathBuf>, KeyEr
     fs::create_dir_all(to).map_err(io_err(to))?;
     let mut written = Vec::new();
     for (kid, x) in Signer::load(dir)?.public_keys() {
+        // Written aside and renamed: a verifier never reads half a key.
         let path = to.join(format!("{owner}.{kid}.pub"));
-        fs::write(&path, &x).map_err(io_err(&path))?;
+        let tmp = to.join(format!(".{owner}.{kid}.pub.{}", std::process::id()));
+        fs::write(&tmp, &x).map_err(io_err(&tmp))?;
+        fs::rename(&tmp, &path).map_err(io_err(&path))?;
         written.push(path);
     }
     Ok(written)
@@ -449,9 +452,8 @@ struct KeySources {
     /// The keys identity listed last.
     fetched: RwLock<Vec<(String, String)>>,
     known: RwLock<Arc<HashMap<String, KnownKey>>>,
-    /// When the keys were last refreshed (a refresh on an unknown key id runs at most once a
-    /// second).
-    refreshed: tokio::sync::Mutex<Option<std::time::Instant>>,
+    /// When the last re-read of the keys started (see [`Verifier::refresh_on_miss`]).
+    refreshed: tokio::sync::Mutex<Option<tokio::time::Instant>>,
 }
 
 /// Verifies tokens against the public keys it knows, chosen by `kid`; each key may sign only
@@ -580,6 +582,12 @@ impl Verifier {
     /// Re-reads the key files and identity's key set. A source that fails keeps what it gave
     /// last; the error says which.
     pub async fn refresh(&self) -> Result<(), String> {
+        let mut last = self.sources.refreshed.lock().await;
+        *last = Some(tokio::time::Instant::now());
+        self.reread().await
+    }
+
+    async fn reread(&self) -> Result<(), String> {
         let mut failure = None;
         if let Some(fetch) = self.sources.remote.get() {
             match fetch().await {
@@ -597,21 +605,25 @@ impl Verifier {
             }
             Err(e) => failure = Some(e.to_string()),
         }
-        *self.sources.refreshed.lock().await = Some(std::time::Instant::now());
         failure.map_or(Ok(()), Err)
     }
 
-    /// Refreshes unless that happened in the last second (a token naming an unknown key id
-    /// may be signed by a key published a moment ago; a flood of made-up key ids costs at most
-    /// one refresh a second).
+    /// Makes sure the keys were re-read after this call began: a token naming an unknown key
+    /// id may be signed by a key published a moment ago. One re-read serves every call that
+    /// missed before it started, and re-reads start at least a second apart (a call waits for
+    /// its turn rather than being refused), so a flood of made-up key ids costs at most one
+    /// re-read a second and a real new key is never refused.
     async fn refresh_on_miss(&self) {
+        let missed_at = tokio::time::Instant::now();
         let mut last = self.sources.refreshed.lock().await;
-        if last.is_some_and(|at| at.elapsed() < Duration::from_secs(1)) {
-            return;
+        if let Some(started) = *last {
+            if started >= missed_at {
+                return;
+            }
+            tokio::time::sleep_until(started + MISS_REFRESH_GAP).await;
         }
-        *last = Some(std::time::Instant::now());
-        drop(last);
-        if let Err(e) = self.refresh().await {
+        *last = Some(tokio::time::Instant::now());
+        if let Err(e) = self.reread().await {
             tracing::warn!(error = %e, "refreshing the verifying keys after an unknown key id");
         }
     }
@@ -788,6 +800,9 @@ impl KeySources {
     }
 }
 
+/// The least time between two re-reads of the keys caused by unknown key ids.
+const MISS_REFRESH_GAP: Duration = Duration::from_secs(1);
+
 /// The part that issues user tokens.
 pub const IDENTITY: &str = "identity";
 
@@ -950,8 +965,9 @@ mod tests {
         );
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_key_published_after_start_verifies_on_first_sight() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
         let identity = temp_dir("late-identity");
         let own = temp_dir("late-own");
         let trusted = temp_dir("late-trusted");
@@ -959,26 +975,59 @@ mod tests {
         ensure_key_pair(&own).unwrap();
         publish(&identity, IDENTITY, &trusted).unwrap();
         let verifier = Verifier::for_part(&own, "facade", false, Some(&trusted)).unwrap();
-
-        // Identity rotates: its new key is served by its key set, not (yet) in the files.
-        let new_kid = add_key_pair(&identity).unwrap();
-        activate(&identity, &new_kid).unwrap();
-        let token = Signer::load(&identity).unwrap().mint("u", &[], Duration::from_secs(60));
-        assert_eq!(verifier.verify(&token), Err(AuthError::UnknownKey));
-        let listed = Signer::load(&identity).unwrap().public_keys();
-        verifier.follow_identity(Arc::new(move || {
-            let listed = listed.clone();
-            Box::pin(async move { Ok(listed) })
+        // Identity's key set, as its replicas serve it (they read identity's keys dir).
+        let fetches = Arc::new(AtomicUsize::new(0));
+        verifier.follow_identity(Arc::new({
+            let (identity, fetches) = (identity.clone(), fetches.clone());
+            move || {
+                let (identity, fetches) = (identity.clone(), fetches.clone());
+                Box::pin(async move {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    fetches.fetch_add(1, Ordering::SeqCst);
+                    Ok(Signer::load(&identity).unwrap().public_keys())
+                })
+            }
         }));
-        assert_eq!(verifier.verify_fresh(&token).await.unwrap().subject, "u");
+        let rotate = || {
+            let kid = add_key_pair(&identity).unwrap();
+            activate(&identity, &kid).unwrap();
+            Signer::load(&identity).unwrap().mint("u", &[], Duration::from_secs(60))
+        };
 
-        // A made-up key id costs at most one refresh a second, and is refused.
-        let mut forged = token.clone();
-        forged.replace_range(
-            ..forged.find('.').unwrap(),
-            &URL_SAFE_NO_PAD.encode(r#"{"alg":"EdDSA","kid":"ed25519-ffffffffffffffff"}"#),
+        // Identity rotates: its new key is in its key set, not in the files.
+        let token = rotate();
+        assert_eq!(verifier.verify(&token), Err(AuthError::UnknownKey));
+        // Calls that miss together all wait for one fetch, and all pass.
+        let answers = futures::future::join_all((0..8).map(|_| verifier.verify_fresh(&token))).await;
+        assert!(
+            answers.iter().all(|a| a.as_ref().is_ok_and(|p| p.subject == "u")),
+            "{answers:?}"
         );
-        assert_eq!(verifier.verify_fresh(&forged).await, Err(AuthError::UnknownKey));
+        assert_eq!(fetches.load(Ordering::SeqCst), 1);
+
+        // Another key at once (within the second): it waits for its turn, and passes.
+        let again = rotate();
+        assert_eq!(verifier.verify_fresh(&again).await.unwrap().subject, "u");
+        assert_eq!(fetches.load(Ordering::SeqCst), 2);
+
+        // Made-up key ids are refused, and a flood of them costs one fetch a second.
+        let forged: Vec<String> = (0..50)
+            .map(|i| {
+                let mut forged = token.clone();
+                let header = format!(r#"{{"alg":"EdDSA","kid":"ed25519-{i:016x}"}}"#);
+                forged.replace_range(..forged.find('.').unwrap(), &URL_SAFE_NO_PAD.encode(header));
+                forged
+            })
+            .collect();
+        let started = tokio::time::Instant::now();
+        let answers = futures::future::join_all(forged.iter().map(|t| verifier.verify_fresh(t))).await;
+        assert!(answers.iter().all(|a| *a == Err(AuthError::UnknownKey)));
+        let fetched = fetches.load(Ordering::SeqCst) - 2;
+        let seconds = started.elapsed().as_secs_f64();
+        assert!(
+            fetched as f64 <= seconds + 1.0,
+            "{fetched} fetches in {seconds:.2} s for 50 made-up key ids"
+        );
     }
 
     #[test]
