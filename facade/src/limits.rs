@@ -125,9 +125,7 @@ pub async fn rate_limit(State(state): State<FacadeState>, mut req: Request, next
     let mut response = next.run(req).await;
     // A route's own budget (login, register) speaks for itself when it refused.
     if !response.headers().contains_key(RATELIMIT) {
-        let headers = response.headers_mut();
-        headers.insert(RATELIMIT_POLICY, policy_header.clone());
-        headers.insert(RATELIMIT, remaining_value(policy, &decision));
+        set_fields(response.headers_mut(), policy, policy_header.clone(), &decision);
     }
     response
 }
@@ -189,8 +187,8 @@ const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy")
 
 /// `RateLimit-Policy: "anonymous";q=100;w=60` and `RateLimit: "anonymous";r=42;t=25`
 /// (draft-ietf-httpapi-ratelimit-headers).
-fn set_fields(headers: &mut HeaderMap, policy: &str, quota: &Quota, decision: &Decision) {
-    headers.insert(RATELIMIT_POLICY, policy_value(policy, quota));
+fn set_fields(headers: &mut HeaderMap, policy: &str, policy_header: HeaderValue, decision: &Decision) {
+    headers.insert(RATELIMIT_POLICY, policy_header);
     headers.insert(RATELIMIT, remaining_value(policy, decision));
 }
 
@@ -205,6 +203,6 @@ fn refusal(policy: &'static str, quota: &Quota, decision: &Decision, address: &s
     )
     .with_retry_after(retry)
     .into_response();
-    set_fields(response.headers_mut(), policy, quota, decision);
+    set_fields(response.headers_mut(), policy, policy_value(policy, quota), decision);
     response
 }

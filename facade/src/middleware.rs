@@ -61,9 +61,6 @@ const CSP_DOCS: HeaderValue = HeaderValue::from_static(
      connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
 );
 
-/// Security headers on every REST answer, and caching rules that keep one caller's answer out of
-/// another's cache: `Cache-Control: no-store` on anything answered to a request that carried
-/// credentials, `Vary: Authorization` on any cacheable answer to one that did not.
 /// What the edge middleware needs from the configuration.
 pub struct Edge {
     pub proxies: thali_platform::net::TrustedProxies,

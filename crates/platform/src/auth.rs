@@ -137,17 +137,15 @@ pub const ACTIVE_FILE: &str = "active";
 /// private key already. The private key file is created with mode 0600. Returns the key id of
 /// the signing key.
 pub fn ensure_key_pair(dir: &Path) -> Result<String, KeyError> {
-    match Signer::load(dir) {
-        Ok(signer) => Ok(signer.kid()),
-        Err(KeyError::NoSigningKey(_)) | Err(KeyError::Io { .. })
-            if private_keys(dir).unwrap_or_default().is_empty() =>
-        {
-            let kid = add_key_pair(dir)?;
-            activate(dir, &kid)?;
-            Ok(kid)
-        }
-        Err(e) => Err(e),
+    match private_keys(dir) {
+        Ok(keys) if !keys.is_empty() => return Ok(Signer::load(dir)?.kid()),
+        Ok(_) => {}
+        Err(KeyError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
     }
+    let kid = add_key_pair(dir)?;
+    activate(dir, &kid)?;
+    Ok(kid)
 }
 
 /// Writes a new Ed25519 key pair into `dir` (private key mode 0600). It does **not** sign until
@@ -441,10 +439,18 @@ struct KnownKey {
     users: bool,
 }
 
+/// The part's own keys dir, as a verifier reads it.
+struct OwnKeys {
+    dir: PathBuf,
+    /// The part they belong to (None: one process running every part).
+    owner: Option<String>,
+    /// Whether they sign user tokens.
+    users: bool,
+}
+
 /// Where a verifier's keys come from (ADR 0029).
 struct KeySources {
-    /// The part's own keys dir, its owner (None: every part) and whether it issues user tokens.
-    own: Option<(PathBuf, Option<String>, bool)>,
+    own: OwnKeys,
     /// Public keys of other parts, distributed as files `<owner>.<kid>.pub`.
     trusted: Option<PathBuf>,
     /// Identity's key set, when this part does not hold it.
@@ -535,7 +541,14 @@ impl Verifier {
     /// A verifier of one process that runs every part: every `*.pub` file of `dir` verifies
     /// user tokens and any part's service tokens.
     pub fn load(dir: &Path) -> Result<Self, KeyError> {
-        Self::with_sources(KeySources::new(Some((dir.to_owned(), None, true)), None))
+        Self::with_sources(KeySources::new(
+            OwnKeys {
+                dir: dir.to_owned(),
+                owner: None,
+                users: true,
+            },
+            None,
+        ))
     }
 
     /// The verifier of one part (ADR 0029): its own keys (`own`, owned by `owner`, which may sign
@@ -549,7 +562,11 @@ impl Verifier {
         trusted: Option<&Path>,
     ) -> Result<Self, KeyError> {
         Self::with_sources(KeySources::new(
-            Some((own.to_owned(), Some(owner.to_owned()), issues_user_tokens)),
+            OwnKeys {
+                dir: own.to_owned(),
+                owner: Some(owner.to_owned()),
+                users: issues_user_tokens,
+            },
             trusted.map(Path::to_owned),
         ))
     }
@@ -557,8 +574,7 @@ impl Verifier {
     fn with_sources(sources: KeySources) -> Result<Self, KeyError> {
         let known = sources.read(true)?;
         if known.is_empty() {
-            let dir = sources.own.as_ref().map(|(d, ..)| d.clone()).unwrap_or_default();
-            return Err(KeyError::NoSigningKey(dir));
+            return Err(KeyError::NoSigningKey(sources.own.dir.clone()));
         }
         *sources.known.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(known);
         let mut validation = Validation::new(Algorithm::EdDSA);
@@ -691,10 +707,16 @@ impl Verifier {
     /// [`Verifier::verify`], refreshing the keys once when the token names a key id not known
     /// yet (one published since the last refresh).
     pub async fn verify_fresh(&self, token: &str) -> Result<Principal, AuthError> {
-        match self.verify(token) {
+        self.again_after_miss(|| self.verify(token)).await
+    }
+
+    /// Runs `check`; if the token named an unknown key id, once more after
+    /// [`Verifier::refresh_on_miss`].
+    async fn again_after_miss<T>(&self, check: impl Fn() -> Result<T, AuthError>) -> Result<T, AuthError> {
+        match check() {
             Err(AuthError::UnknownKey) => {
                 self.refresh_on_miss().await;
-                self.verify(token)
+                check()
             }
             other => other,
         }
@@ -718,13 +740,7 @@ impl Verifier {
 
     /// [`Verifier::verify_service`], refreshing the keys once on an unknown key id.
     pub async fn verify_service_fresh(&self, token: &str, audience: &str) -> Result<String, AuthError> {
-        match self.verify_service(token, audience) {
-            Err(AuthError::UnknownKey) => {
-                self.refresh_on_miss().await;
-                self.verify_service(token, audience)
-            }
-            other => other,
-        }
+        self.again_after_miss(|| self.verify_service(token, audience)).await
     }
 
     /// Kinds of token a caller may present, told apart without verifying: a service token is
@@ -755,7 +771,7 @@ impl Verifier {
 }
 
 impl KeySources {
-    fn new(own: Option<(PathBuf, Option<String>, bool)>, trusted: Option<PathBuf>) -> Self {
+    fn new(own: OwnKeys, trusted: Option<PathBuf>) -> Self {
         Self {
             own,
             trusted,
@@ -777,10 +793,8 @@ impl KeySources {
                 users,
             });
         };
-        if let Some((dir, owner, users)) = &self.own {
-            for (_, kid, raw) in read_public_keys(dir, false, strict)? {
-                add(kid, &raw, owner.clone(), *users);
-            }
+        for (_, kid, raw) in read_public_keys(&self.own.dir, false, strict)? {
+            add(kid, &raw, self.own.owner.clone(), self.own.users);
         }
         if let Some(dir) = &self.trusted {
             for (owner, kid, raw) in read_public_keys(dir, true, false)? {
