@@ -423,10 +423,11 @@ pub async fn disable_account(
     Ok(Json(res.into_inner().account.ok_or_else(|| missing("account"))?.into()))
 }
 
-/// Public keys that verify Thali access tokens.
+/// Public keys that verify Thali user access tokens: identity's keys only (the active one, one
+/// published ahead of its activation, one retiring; ADR 0029).
 #[utoipa::path(
     get, path = "/.well-known/jwks.json", tag = "auth",
-    responses((status = 200, description = "JWKS", body = dto::Jwks))
+    responses((status = 200, description = "JWKS of identity's signing keys", body = dto::Jwks))
 )]
 pub async fn jwks(State(state): State<FacadeState>) -> Result<Response, Problem> {
     let res = state

@@ -162,6 +162,7 @@ pub async fn verify_payment(
     responses(
         (status = 200, description = "Taken (or taken before, or dead-lettered)", body = dto::WebhookAccepted),
         (status = 400, description = "INVALID_SIGNATURE, or no event id"),
+        (status = 429, description = "RATE_LIMITED: the account's webhook budget (THALI_RATE_LIMIT_WEBHOOK, counted after the signature) is spent; Retry-After"),
         (status = 503, description = "WEBHOOK_STORAGE_UNAVAILABLE: deliver it again"),
     )
 )]
@@ -186,6 +187,7 @@ pub async fn razorpay_webhook(
         (status = 200, description = "Taken", body = dto::WebhookAccepted),
         (status = 400, description = "INVALID_SIGNATURE"),
         (status = 404, description = "ACCOUNT_NOT_FOUND"),
+        (status = 429, description = "RATE_LIMITED: the account's webhook budget is spent; Retry-After"),
     )
 )]
 pub async fn razorpay_account_webhook(
