@@ -13,6 +13,11 @@ lint:
     cargo fmt --all -- --check
     cargo clippy --workspace --all-targets -- -D warnings
 
+# Dependency scanning as CI runs it: cargo-deny (pinned; installed from crates.io if absent) over
+# advisories (the offline RustSec copy in ../shared/advisory-db), licenses, bans and sources.
+audit:
+    bash .ci/deny
+
 # Exactly what CI runs (starts PostgreSQL and Redis if they are down).
 ci:
     CI=true bash .ci/run
