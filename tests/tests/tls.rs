@@ -1,7 +1,8 @@
 //! TLS 1.3 on every listener (issue 12, part 1; ADR 0028): handshakes at 1.2 are refused and at
 //! 1.3 accepted on the facade and on gRPC; the whole mesh (facade → services over gRPC) works
 //! over TLS; mutual TLS refuses a gRPC client without a certificate; a part refuses to serve
-//! plain text on a non-loopback address; a rotated certificate is picked up without a restart.
+//! plain text on a non-loopback address; a rotated certificate is picked up without a restart,
+//! by the listeners and by the part's calls to other parts (the client certificate of mutual TLS).
 mod support;
 
 use std::{collections::HashMap, net::SocketAddr, path::Path, sync::Arc, time::Duration};
@@ -210,6 +211,58 @@ async fn a_rotated_certificate_is_picked_up_without_a_restart() {
         .await
         .unwrap();
     assert_eq!(grpc_leaf, after, "gRPC serves it too");
+}
+
+#[tokio::test]
+async fn a_rotated_client_certificate_is_presented_on_the_next_connection() {
+    provider();
+    let dir = std::env::temp_dir().join(format!("thali-client-cert-{}", uuid::Uuid::now_v7()));
+    let certs = dev_certs::write(&dir, &[]).unwrap();
+    let files = thali_platform::tls::TlsFiles {
+        cert: certs.cert.clone(),
+        key: certs.key.clone(),
+        ca: Some(certs.ca.clone()),
+        client_auth: true,
+    };
+    // A gRPC-like listener that requires a client certificate and tells which one it got.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let uri: tonic::codegen::http::Uri = format!("http://127.0.0.1:{}", listener.local_addr().unwrap().port())
+        .parse()
+        .unwrap();
+    let server = thali_platform::tls::server_config(&files, &[b"h2"]).unwrap();
+    let mut accepted = thali_platform::tls::spawn_acceptor(listener, server, "test");
+    // The connector a part's client stack uses (`THALI_TLS_CA_FILE` + the part's own files).
+    let connector = thali_platform::tls::ClientTls::load(&certs.ca, Some(&files))
+        .unwrap()
+        .connector(Some("localhost"))
+        .unwrap();
+    let mut presented = async || {
+        let _conn = connector.connect(&uri).await.expect("mutual TLS handshake");
+        let (tls, _) = accepted.recv().await.unwrap();
+        tls.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+    };
+    let before = presented().await;
+    assert_eq!(
+        before,
+        thali_platform::tls::read_certs(&certs.cert).unwrap()[0].to_vec()
+    );
+
+    // `thali dev-certs` again: same CA, a new certificate and key, swapped in by rename.
+    dev_certs::write(&dir, &[]).unwrap();
+    let on_disk = thali_platform::tls::read_certs(&certs.cert).unwrap()[0].to_vec();
+    assert_ne!(on_disk, before);
+    let mut after = before.clone();
+    for _ in 0..30 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        after = presented().await;
+        if after != before {
+            break;
+        }
+    }
+    assert_eq!(
+        after, on_disk,
+        "the next connection presents the new certificate, no restart"
+    );
 }
 
 #[tokio::test]

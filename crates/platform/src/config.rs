@@ -9,6 +9,8 @@ use std::{
 
 use serde::Deserialize;
 
+use crate::secret::Secret;
+
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -92,8 +94,11 @@ pub struct Config {
     pub grpc_addr: SocketAddr,
     /// Local state: the SQLite file and, in embedded mode, the JWT key pair (`THALI_DATA_DIR`).
     pub data_dir: PathBuf,
-    /// Database URL; unset means a SQLite file in the data dir (`THALI_DATABASE_URL`).
-    pub database_url: Option<String>,
+    /// Database URL; unset means a SQLite file in the data dir (`THALI_DATABASE_URL`, or
+    /// `THALI_DATABASE_URL_FILE` naming a file that holds it: the URL can carry a password).
+    pub database_url: Option<Secret<String>>,
+    /// File holding the database URL (`THALI_DATABASE_URL_FILE`; not with `database_url`).
+    pub database_url_file: Option<PathBuf>,
     /// OTLP/gRPC endpoint for traces; unset means no export (`THALI_OTLP_ENDPOINT`).
     pub otlp_endpoint: Option<String>,
     /// `tracing` filter directives (`THALI_LOG`).
@@ -152,8 +157,11 @@ pub struct Config {
     /// (`THALI_WEBHOOKS_ALLOW_INSECURE`): development and tests only.
     pub webhooks_allow_insecure: bool,
     /// Redis for the L2 cache and cross-replica invalidation (`THALI_REDIS_URL`): `redis://`,
-    /// `rediss://`, `redis-sentinel://` or `redis-cluster://`; unset means L1 only.
-    pub redis_url: Option<String>,
+    /// `rediss://`, `redis-sentinel://` or `redis-cluster://`; unset means L1 only. It can carry
+    /// a password: `THALI_REDIS_URL_FILE` names a file that holds it instead.
+    pub redis_url: Option<Secret<String>>,
+    /// File holding the Redis URL (`THALI_REDIS_URL_FILE`; not with `redis_url`).
+    pub redis_url_file: Option<PathBuf>,
     /// Tenant partition of cache keys (`THALI_TENANT`).
     pub tenant: String,
     /// This part's own JWT key pairs and the `active` file naming the one that signs
@@ -254,6 +262,7 @@ pub struct Overrides {
     pub grpc_addr: Option<String>,
     pub data_dir: Option<String>,
     pub database_url: Option<String>,
+    pub database_url_file: Option<String>,
     pub otlp_endpoint: Option<String>,
     pub log: Option<String>,
     pub log_format: Option<String>,
@@ -338,12 +347,13 @@ impl Config {
         if env.is_some() {
             environment = environment.source(env);
         }
-        let cfg: Config = builder
+        let mut cfg: Config = builder
             .add_source(environment.ignore_empty(true))
             .set_override_option("http_addr", overrides.http_addr.clone())?
             .set_override_option("grpc_addr", overrides.grpc_addr.clone())?
             .set_override_option("data_dir", overrides.data_dir.clone())?
             .set_override_option("database_url", overrides.database_url.clone())?
+            .set_override_option("database_url_file", overrides.database_url_file.clone())?
             .set_override_option("otlp_endpoint", overrides.otlp_endpoint.clone())?
             .set_override_option("log", overrides.log.clone())?
             .set_override_option("log_format", overrides.log_format.clone())?
@@ -352,8 +362,29 @@ impl Config {
             .set_override_option("admin_addr", overrides.admin_addr.clone())?
             .build()?
             .try_deserialize()?;
+        cfg.read_secret_files()?;
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// Secrets given as files (`*_FILE`): read now, so a missing or empty file stops the start
+    /// with its key named. A value and its file together are refused (which one wins would be
+    /// a guess).
+    fn read_secret_files(&mut self) -> Result<(), ConfigError> {
+        for (key, value, file) in [
+            ("database_url_file", &mut self.database_url, &self.database_url_file),
+            ("redis_url_file", &mut self.redis_url, &self.redis_url_file),
+        ] {
+            let Some(file) = file else { continue };
+            if value.is_some() {
+                return Err(ConfigError::Invalid {
+                    key,
+                    reason: format!("set either {} or {key}, not both", key.trim_end_matches("_file")),
+                });
+            }
+            *value = Some(crate::secret::read_file(file).map_err(|reason| ConfigError::Invalid { key, reason })?);
+        }
+        Ok(())
     }
 
     /// This part's TLS files, when it serves TLS.
@@ -411,7 +442,7 @@ impl Config {
                 reason: format!("{} is not between 0.0 and 1.0", self.trace_sample_ratio),
             });
         }
-        if let Some(url) = &self.database_url
+        if let Some(url) = self.database_url.as_ref().map(Secret::expose)
             && !(url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://"))
         {
             return Err(ConfigError::Invalid {
@@ -544,7 +575,7 @@ impl Config {
         if self.max_concurrent_rpcs == 0 {
             return invalid("max_concurrent_rpcs", "must be above 0");
         }
-        if let Some(url) = &self.redis_url
+        if let Some(url) = self.redis_url.as_ref().map(Secret::expose)
             && !["redis://", "rediss://", "redis-sentinel://", "redis-cluster://"]
                 .iter()
                 .any(|p| url.starts_with(p))
@@ -589,7 +620,7 @@ impl Config {
     /// The database URL in use: the configured one or the embedded SQLite file.
     pub fn database_url(&self) -> String {
         match &self.database_url {
-            Some(url) => url.clone(),
+            Some(url) => url.expose().clone(),
             None => format!("sqlite://{}?mode=rwc", self.data_dir.join("thali.db").display()),
         }
     }
@@ -679,26 +710,18 @@ impl Config {
     }
 
     /// TLS of the calls to other parts (`https://` URLs): servers verified against
-    /// `tls_ca_file`; this part's certificate presented when it has one (mutual TLS).
-    pub fn client_tls(&self) -> Result<Option<tonic::transport::ClientTlsConfig>, ConfigError> {
+    /// `tls_ca_file`; this part's certificate presented when it has one (mutual TLS), re-read
+    /// when its files change.
+    pub fn client_tls(&self) -> Result<Option<crate::tls::ClientTls>, ConfigError> {
         let Some(ca) = &self.tls_ca_file else {
             return Ok(None);
         };
-        let read = |key: &'static str, path: &Path| {
-            std::fs::read(path).map_err(|e| ConfigError::Invalid {
-                key,
-                reason: format!("{}: {e}", path.display()),
+        crate::tls::ClientTls::load(ca, self.tls_files().as_ref())
+            .map(Some)
+            .map_err(|e| ConfigError::Invalid {
+                key: "tls_ca_file",
+                reason: e.to_string(),
             })
-        };
-        let mut tls = tonic::transport::ClientTlsConfig::new()
-            .ca_certificate(tonic::transport::Certificate::from_pem(read("tls_ca_file", ca)?));
-        if let (Some(cert), Some(key)) = (&self.tls_cert_file, &self.tls_key_file) {
-            tls = tls.identity(tonic::transport::Identity::from_pem(
-                read("tls_cert_file", cert)?,
-                read("tls_key_file", key)?,
-            ));
-        }
-        Ok(Some(tls))
     }
 
     /// The URL of this process's own gRPC server at `addr` (https when it serves TLS).
@@ -744,6 +767,73 @@ mod tests {
         assert_eq!(client.breaker.backoff_max, Duration::from_secs(60));
         assert_eq!(cfg.max_concurrent_rpcs, 1000);
         assert_eq!(cfg.shutdown_grace(), Duration::from_secs(25));
+    }
+
+    #[test]
+    fn connection_urls_with_passwords_come_from_files_and_never_print() {
+        let dir = std::env::temp_dir().join(format!("thali-cfg-secret-{}", uuid::Uuid::now_v7()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (db, redis) = (dir.join("db"), dir.join("redis"));
+        std::fs::write(&db, "postgres://thali:pg-pass-123@db:5432/thali\n").unwrap();
+        std::fs::write(&redis, "redis://:redis-pass-456@cache:6379/").unwrap();
+        let (db_s, redis_s) = (db.display().to_string(), redis.display().to_string());
+        let cfg = Config::load_from(
+            None,
+            env(&[("THALI_DATABASE_URL_FILE", &db_s), ("THALI_REDIS_URL_FILE", &redis_s)]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(cfg.database_url(), "postgres://thali:pg-pass-123@db:5432/thali");
+        assert_eq!(
+            cfg.redis_url.as_ref().unwrap().expose(),
+            "redis://:redis-pass-456@cache:6379/"
+        );
+        let printed = format!("{cfg:?}");
+        assert!(
+            !printed.contains("pg-pass-123") && !printed.contains("redis-pass-456"),
+            "{printed}"
+        );
+
+        // The command line names the file, never the password.
+        let flags = Overrides {
+            database_url_file: Some(db_s.clone()),
+            ..Overrides::default()
+        };
+        assert_eq!(
+            Config::load_from(None, env(&[]), &flags).unwrap().database_url(),
+            "postgres://thali:pg-pass-123@db:5432/thali"
+        );
+
+        let both = Config::load_from(
+            None,
+            env(&[
+                ("THALI_DATABASE_URL", "sqlite::memory:"),
+                ("THALI_DATABASE_URL_FILE", &db_s),
+            ]),
+            &Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(both.contains("not both"), "{both}");
+        std::fs::write(&redis, "\n").unwrap();
+        let empty = Config::load_from(None, env(&[("THALI_REDIS_URL_FILE", &redis_s)]), &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(empty.contains("redis_url_file") && empty.contains("empty"), "{empty}");
+        let missing = Config::load_from(
+            None,
+            env(&[("THALI_DATABASE_URL_FILE", "/nonexistent/db-url")]),
+            &Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(missing.contains("/nonexistent/db-url"), "{missing}");
+        // A bad URL read from a file is refused like one given directly, without echoing it.
+        std::fs::write(&db, "mysql://root:pw-789@db/thali").unwrap();
+        let bad = Config::load_from(None, env(&[("THALI_DATABASE_URL_FILE", &db_s)]), &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(bad.contains("database_url") && !bad.contains("pw-789"), "{bad}");
     }
 
     #[test]

@@ -21,6 +21,7 @@ pub mod money;
 pub mod net;
 pub mod ratelimit;
 pub mod revocations;
+pub mod secret;
 pub mod server;
 pub mod telemetry;
 pub mod text;
@@ -28,4 +29,5 @@ pub mod tls;
 
 pub use auth::{Principal, Signer, Verifier};
 pub use config::Config;
+pub use secret::Secret;
 pub mod testing;

@@ -1,17 +1,22 @@
 //! TLS for Thali's own listeners and the calls between its parts (ADR 0028): TLS 1.3 only, on
 //! rustls with the ring provider; the certificate and key files are read again when they change,
 //! so a rotation needs no restart; with `THALI_TLS_CLIENT_AUTH=required` a client must present a
-//! certificate issued by `THALI_TLS_CA_FILE` (mutual TLS between services).
+//! certificate issued by `THALI_TLS_CA_FILE` (mutual TLS between services). A part's own
+//! certificate, which it also presents as a client, is re-read the same way ([`ClientTls`]).
 use std::{
+    future::Future,
     path::{Path, PathBuf},
+    pin::Pin,
     sync::{Arc, Mutex, RwLock},
+    task::{Context, Poll},
     time::{Duration, Instant, SystemTime},
 };
 
 use rustls::{
-    RootCertStore, ServerConfig,
+    ClientConfig, RootCertStore, ServerConfig, SignatureScheme,
+    client::{ResolvesClientCert, Resumption},
     crypto::CryptoProvider,
-    pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
+    pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject},
     server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier},
     sign::CertifiedKey,
 };
@@ -147,10 +152,130 @@ impl ReloadingCert {
     }
 }
 
+impl ReloadingCert {
+    fn current(&self) -> Arc<CertifiedKey> {
+        self.refresh();
+        self.current.read().unwrap_or_else(|e| e.into_inner()).0.clone()
+    }
+}
+
 impl ResolvesServerCert for ReloadingCert {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        self.refresh();
-        Some(self.current.read().unwrap_or_else(|e| e.into_inner()).0.clone())
+        Some(self.current())
+    }
+}
+
+/// The same certificate, presented by this part when it calls another one (mutual TLS).
+impl ResolvesClientCert for ReloadingCert {
+    fn resolve(&self, _root_hint_subjects: &[&[u8]], _sigschemes: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        Some(self.current())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// TLS of the calls between Thali's parts: TLS 1.3 only, servers verified against
+/// `THALI_TLS_CA_FILE`, ALPN `h2`, and — when the part has a certificate — that certificate
+/// presented for mutual TLS, re-read when its files change like a listener's (each new
+/// connection presents the current one). Session resumption is off, so every connection
+/// proves the certificate it has now.
+#[derive(Debug, Clone)]
+pub struct ClientTls {
+    config: Arc<ClientConfig>,
+}
+
+impl ClientTls {
+    /// Trusts the CA certificates of `ca`; presents `own` (certificate and key files) when given.
+    pub fn load(ca: &Path, own: Option<&TlsFiles>) -> Result<Self, TlsError> {
+        let builder = ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_root_certificates(read_roots(ca)?);
+        let mut config = match own {
+            Some(files) => builder.with_client_cert_resolver(Arc::new(ReloadingCert::load(files)?)),
+            None => builder.with_no_client_auth(),
+        };
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        config.resumption = Resumption::disabled();
+        Ok(Self {
+            config: Arc::new(config),
+        })
+    }
+
+    /// A connector for one endpoint. The server's certificate must name `server_name` when
+    /// given (a target found by DNS: the name it was resolved from, not the address), else the
+    /// host of the URL connected to.
+    pub fn connector(&self, server_name: Option<&str>) -> Result<TlsConnect, TlsError> {
+        let server_name = server_name
+            .map(|name| {
+                ServerName::try_from(name.to_owned()).map_err(|e| TlsError::ClientVerifier(format!("`{name}`: {e}")))
+            })
+            .transpose()?;
+        Ok(TlsConnect {
+            connector: tokio_rustls::TlsConnector::from(self.config.clone()),
+            server_name,
+        })
+    }
+}
+
+/// Opens a TCP connection and a TLS session over it (see [`ClientTls`]); the connector of a
+/// tonic channel.
+#[derive(Clone)]
+pub struct TlsConnect {
+    connector: tokio_rustls::TlsConnector,
+    server_name: Option<ServerName<'static>>,
+}
+
+/// A connection made by [`TlsConnect`].
+pub type ClientStream = hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
+
+impl tower::Service<http::Uri> for TlsConnect {
+    type Response = ClientStream;
+    type Error = std::io::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<ClientStream, std::io::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        Box::pin(self.connect(&uri))
+    }
+}
+
+impl TlsConnect {
+    /// Connects to the host and port of `uri` and completes the TLS handshake.
+    pub fn connect(
+        &self,
+        uri: &http::Uri,
+    ) -> impl Future<Output = Result<ClientStream, std::io::Error>> + Send + 'static {
+        let invalid = |reason: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, reason);
+        let host = uri
+            .host()
+            .unwrap_or_default()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        let port = uri.port_u16().unwrap_or(443);
+        let server_name = match &self.server_name {
+            Some(name) => Ok(name.clone()),
+            None => ServerName::try_from(host.clone()).map_err(|e| invalid(format!("`{host}`: {e}"))),
+        };
+        let connector = self.connector.clone();
+        async move {
+            let server_name = server_name?;
+            let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
+            tcp.set_nodelay(true)?;
+            let tls = connector.connect(server_name, tcp).await?;
+            if tls.get_ref().1.alpn_protocol() != Some(b"h2") {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "the server did not agree to HTTP/2 (ALPN h2)",
+                ));
+            }
+            Ok(hyper_util::rt::TokioIo::new(tls))
+        }
     }
 }
 

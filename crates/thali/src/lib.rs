@@ -269,7 +269,7 @@ pub async fn start(cfg: &Config, part: Part) -> anyhow::Result<Platform> {
     let limiter = thali_platform::ratelimit::RateLimiter::new(
         &cfg.tenant,
         match &cfg.redis_url {
-            Some(url) => Some(Redis::connect(url).await.context("redis_url")?),
+            Some(url) => Some(Redis::connect(url.expose()).await.context("redis_url")?),
             None => None,
         },
     );
@@ -352,7 +352,7 @@ pub async fn start(cfg: &Config, part: Part) -> anyhow::Result<Platform> {
         }
         if part.runs_storefront() {
             let redis = match &cfg.redis_url {
-                Some(url) => Some(Redis::connect(url).await.context("redis_url")?),
+                Some(url) => Some(Redis::connect(url.expose()).await.context("redis_url")?),
                 None => None,
             };
             let storefront = thali_storefront::Storefront::new(db.clone(), redis, &cfg.tenant).await;
@@ -371,7 +371,7 @@ pub async fn start(cfg: &Config, part: Part) -> anyhow::Result<Platform> {
         }
         if part.runs_booking() {
             let redis = match &cfg.redis_url {
-                Some(url) => Some(Redis::connect(url).await.context("redis_url")?),
+                Some(url) => Some(Redis::connect(url.expose()).await.context("redis_url")?),
                 None => None,
             };
             // Deposits are asked of payments (this process's own address when unset).
@@ -525,7 +525,7 @@ pub async fn start(cfg: &Config, part: Part) -> anyhow::Result<Platform> {
         let invalidations = match (storefront_invalidations, &cfg.redis_url) {
             (Some(local), _) => Some(local),
             (None, Some(url)) => {
-                let redis = Redis::connect(url).await.context("redis_url")?;
+                let redis = Redis::connect(url.expose()).await.context("redis_url")?;
                 let probe = redis.clone();
                 watchers.push(health.watch_flag("redis", HEALTH_INTERVAL, move || probe.is_up()));
                 Some(thali_platform::cache::invalidation_feed(&redis, "storefront").await)

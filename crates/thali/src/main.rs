@@ -35,9 +35,13 @@ struct ConfigFlags {
     /// Data directory [THALI_DATA_DIR; default ./data]
     #[arg(long, global = true)]
     data_dir: Option<String>,
-    /// Database URL [THALI_DATABASE_URL; default SQLite in the data dir]
+    /// Database URL without a password [THALI_DATABASE_URL; default SQLite in the data dir]
+    /// (a URL with a password goes in a file: --database-url-file)
     #[arg(long, global = true)]
     database_url: Option<String>,
+    /// File holding the database URL [THALI_DATABASE_URL_FILE]
+    #[arg(long, global = true)]
+    database_url_file: Option<String>,
     /// OTLP/gRPC endpoint for traces [THALI_OTLP_ENDPOINT; default: no export]
     #[arg(long, global = true)]
     otlp_endpoint: Option<String>,
@@ -265,6 +269,7 @@ impl From<ConfigFlags> for Overrides {
             grpc_addr: f.grpc_addr,
             data_dir: f.data_dir,
             database_url: f.database_url,
+            database_url_file: f.database_url_file,
             otlp_endpoint: f.otlp_endpoint,
             log: f.log,
             log_format: f.log_format,

@@ -65,7 +65,7 @@ pub struct ClientSettings {
     pub resolve_every: Duration,
     /// TLS towards `https://` endpoints: the CA the servers chain to and, for mutual TLS, this
     /// part's own certificate (see `Config::client_tls`).
-    pub tls: Option<tonic::transport::ClientTlsConfig>,
+    pub tls: Option<crate::tls::ClientTls>,
 }
 
 impl Default for ClientSettings {
@@ -92,6 +92,9 @@ struct TargetInner {
     budget: TpsBudget,
     endpoints: balance::EndpointSet,
     token: ServiceTokenLayer,
+    /// The name a server's certificate must carry when the target is a DNS name resolved to
+    /// addresses (its endpoints' URLs then hold addresses, not the name).
+    tls_name: Option<String>,
 }
 
 /// A target that cannot be used as configured.
@@ -134,6 +137,10 @@ impl Target {
             budget,
             endpoints: balance::EndpointSet::default(),
             token: ServiceTokenLayer::new(identity.clone(), name),
+            tls_name: match &discovery {
+                Discovery::Dns { host, .. } => Some(host.clone()),
+                Discovery::Static(_) => None,
+            },
             settings,
         }));
         if let Discovery::Static(urls) = &discovery {
@@ -163,9 +170,18 @@ impl Target {
     }
 
     /// A new endpoint at `url`, with its own lazily connected channel and breaker.
-    fn endpoint(&self, url: &str) -> Result<balance::Endpoint, tonic::transport::Error> {
+    fn endpoint(&self, url: &str) -> Result<balance::Endpoint, TargetError> {
         let settings = &self.0.settings;
-        let stack = endpoint_stack(url, &self.0.token, settings.connect_timeout, settings.tls.as_ref())?;
+        let tls = match &settings.tls {
+            Some(tls) if url.starts_with("https://") => {
+                Some(tls.connector(self.0.tls_name.as_deref()).map_err(|e| TargetError {
+                    target: self.0.name.clone(),
+                    reason: e.to_string(),
+                })?)
+            }
+            _ => None,
+        };
+        let stack = endpoint_stack(url, &self.0.token, settings.connect_timeout, tls)?;
         let label = balance::label(url);
         Ok(balance::Endpoint::new(
             label.clone(),
@@ -218,20 +234,32 @@ fn endpoint_stack(
     url: &str,
     token: &ServiceTokenLayer,
     connect_timeout: Duration,
-    tls: Option<&tonic::transport::ClientTlsConfig>,
-) -> Result<GrpcChannel, tonic::transport::Error> {
-    let mut endpoint = TonicEndpoint::from_shared(url.to_owned())?;
-    if let Some(tls) = tls
-        && url.starts_with("https://")
-    {
-        endpoint = endpoint.tls_config(tls.clone())?;
-    }
-    let channel = endpoint
+    tls: Option<crate::tls::TlsConnect>,
+) -> Result<GrpcChannel, TargetError> {
+    let invalid = |e: tonic::transport::Error| TargetError {
+        target: url.to_owned(),
+        reason: e.to_string(),
+    };
+    let endpoint = match &tls {
+        // Thali's own connector makes the TLS session (TLS 1.3, a reloading client
+        // certificate); tonic sees a plain connection, and requests still say `https`.
+        Some(_) => TonicEndpoint::from_shared(url.replacen("https://", "http://", 1))
+            .map_err(invalid)?
+            .origin(url.parse().map_err(|e| TargetError {
+                target: url.to_owned(),
+                reason: format!("{e}"),
+            })?),
+        None => TonicEndpoint::from_shared(url.to_owned()).map_err(invalid)?,
+    };
+    let endpoint = endpoint
         .connect_timeout(connect_timeout)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(30))
-        .keep_alive_while_idle(true)
-        .connect_lazy();
+        .keep_alive_while_idle(true);
+    let channel = match tls {
+        Some(connector) => endpoint.connect_with_connector_lazy(connector),
+        None => endpoint.connect_lazy(),
+    };
     Ok(token.layer(InjectTraceLayer.layer(channel)))
 }
 
@@ -243,7 +271,7 @@ pub fn endpoint_channel(
     target: &str,
     identity: &ServiceIdentity,
     connect_timeout: Duration,
-) -> Result<GrpcChannel, tonic::transport::Error> {
+) -> Result<GrpcChannel, TargetError> {
     endpoint_stack(
         url,
         &ServiceTokenLayer::new(identity.clone(), target),
