@@ -43,7 +43,7 @@ impl World {
         let account = PlatformAccount {
             gateway: "sandbox".into(),
             credentials: Credentials::new(created.key_id.clone(), created.key_secret.expose()),
-            webhook_secret: KeySecret::new(created.webhook_secret.expose()),
+            webhook_secret: KeySecret::new(created.webhook_secret.expose().to_owned()),
         };
         let clock = ManualClock::new(Utc::now());
         let queue = Queue::with_clock(thali_payments::workers::SERVICE, Arc::new(clock.clone()));

@@ -84,32 +84,9 @@ pub trait Gateway: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<Vec<GatewayRefund>, GatewayError>>;
 }
 
-/// An API key secret: shown as `***` by Debug and Display, so it cannot reach a log by accident.
-#[derive(Clone, PartialEq, Eq)]
-pub struct KeySecret(String);
-
-impl KeySecret {
-    pub fn new(secret: impl Into<String>) -> Self {
-        Self(secret.into())
-    }
-
-    /// The secret itself, for the one place that needs it (the Authorization header, a signature).
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for KeySecret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
-}
-
-impl fmt::Display for KeySecret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
-}
+/// An API key or webhook secret: shown as `***` by Debug and Display, so it cannot reach a log
+/// by accident (the platform's [`thali_platform::Secret`]).
+pub type KeySecret = thali_platform::Secret<String>;
 
 /// The account a call acts for: the platform's, or a creator's own.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -122,7 +99,7 @@ impl Credentials {
     pub fn new(key_id: impl Into<String>, key_secret: impl Into<String>) -> Self {
         Self {
             key_id: key_id.into(),
-            key_secret: KeySecret::new(key_secret),
+            key_secret: KeySecret::new(key_secret.into()),
         }
     }
 }
