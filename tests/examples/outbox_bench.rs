@@ -60,7 +60,7 @@ async fn main() -> anyhow::Result<()> {
         )
         .map_err(|e| anyhow::anyhow!("{e:?}"))?;
         let account = store
-            .register(&new, "$argon2id$bench".into(), AccountStatus::Active, None, None)
+            .register(&new, "$argon2id$bench".into(), AccountStatus::Active, None, None, "")
             .await
             .map_err(|e| anyhow::anyhow!("{e:?}"))?;
         // The registration has committed (register returns after its commit): from here to the

@@ -1241,6 +1241,27 @@ impl BookingStore {
             reason: reason.to_owned(),
         });
         self.publish(&txn, &found, &r, cancelled).await?;
+        if by_owner {
+            // An owner's cancellation takes a guest's table away: it goes in the audit trail
+            // (ADR 0031), with the change.
+            thali_platform::audit_log::record(
+                &txn,
+                crate::workers::SERVICE,
+                &thali_platform::audit_log::Entry::new(
+                    thali_platform::audit_log::account(by),
+                    "booking.cancelled_by_owner",
+                    format!("booking:{id}"),
+                )
+                .with_details(serde_json::json!({
+                    "restaurant": r.id,
+                    "guest": thali_platform::audit_log::account(found.guest_id),
+                    "starts_at": found.starts_at,
+                    "deposit": deposit_status_for_audit(found.deposit_status.as_deref()),
+                    "reason": reason,
+                })),
+            )
+            .await?;
+        }
         if refund {
             let why = if by_owner {
                 "the restaurant cancelled the booking"
@@ -1263,6 +1284,15 @@ impl BookingStore {
             restaurant: r,
             old_city_key: None,
         })
+    }
+}
+
+/// What an owner's cancellation does to the deposit, for the audit record.
+fn deposit_status_for_audit(status: Option<&str>) -> &'static str {
+    match status {
+        Some("paid") => "refund_requested",
+        Some("pending") => "void",
+        _ => "none",
     }
 }
 

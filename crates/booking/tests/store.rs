@@ -190,6 +190,14 @@ async fn a_cancelled_booking_frees_its_table_and_only_its_guest_or_owner_may_can
             .await
             .unwrap();
         assert_eq!(cancelled.status, "cancelled");
+        // The owner's cancellation is in booking's audit trail, with its reason; the refused
+        // attempts left nothing there.
+        let trail = thali_platform::audit_log::chain_now(&p.db, "booking").await.unwrap();
+        assert_eq!(trail.len(), 1, "{}: {trail:?}", p.backend);
+        assert_eq!(trail[0].action, "booking.cancelled_by_owner");
+        assert_eq!(trail[0].actor, format!("acct:{}", p.owner));
+        assert_eq!(trail[0].target, format!("booking:{}", booked.id));
+        assert!(trail[0].details.contains("kitchen closed"), "{}", trail[0].details);
 
         let again = p
             .store

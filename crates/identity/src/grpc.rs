@@ -156,6 +156,22 @@ fn owner_for(caller: (Uuid, bool), requested: &str) -> Result<Uuid, IdentityErro
     Ok(wanted)
 }
 
+/// The address a request comes from, as a parser of the request's `client_address` field: only
+/// another Thali service (the facade) may say which address a call comes from; anyone else is
+/// taken at the address they connect from. The address is checked and made canonical.
+fn client_address<T>(request: &Request<T>) -> impl FnOnce(&str) -> Result<String, Status> + use<T> {
+    let trusted = request.extensions().get::<ServiceCaller>().is_some();
+    let peer = request.remote_addr().map(|a| a.ip().to_string()).unwrap_or_default();
+    move |claimed: &str| {
+        let address = if trusted { claimed.trim().to_owned() } else { peer };
+        match address.parse::<std::net::IpAddr>() {
+            Ok(ip) => Ok(thali_platform::net::canonical(ip).to_string()),
+            Err(_) if address.is_empty() => Ok(address),
+            Err(_) => Err(IdentityError::invalid("client_address", "must be an IP address").into()),
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl pb::identity_service_server::IdentityService for IdentityGrpc {
     async fn request_email_verification(
@@ -232,7 +248,9 @@ impl pb::identity_service_server::IdentityService for IdentityGrpc {
     }
 
     async fn register(&self, request: Request<pb::RegisterRequest>) -> Result<Response<pb::RegisterResponse>, Status> {
+        let address = client_address(&request);
         let req = request.into_inner();
+        let address = address(&req.client_address)?;
         let new = NewAccount::parse(&req.email, &req.password, &req.display_name, role_from_pb(req.role))?;
         let idem = domain::parse_idempotency_key(&req.idempotency_key)?.map(|k| Idempotency::new(k, &new));
         let hash = passwords::hash_async(req.password)
@@ -240,7 +258,7 @@ impl pb::identity_service_server::IdentityService for IdentityGrpc {
             .map_err(|_| IdentityError::Unavailable)?;
         let account = match self
             .store
-            .register(&new, hash, AccountStatus::Active, None, idem.as_ref())
+            .register(&new, hash, AccountStatus::Active, None, idem.as_ref(), &address)
             .await
         {
             Ok(account) => account,
@@ -260,16 +278,9 @@ impl pb::identity_service_server::IdentityService for IdentityGrpc {
     }
 
     async fn login(&self, request: Request<pb::LoginRequest>) -> Result<Response<pb::LoginResponse>, Status> {
-        // Only another Thali service (the facade) may say which address a login comes from;
-        // anyone else is counted by the address they connect from.
-        let trusted = request.extensions().get::<ServiceCaller>().is_some();
-        let peer = request.remote_addr().map(|a| a.ip().to_string()).unwrap_or_default();
+        let address = client_address(&request);
         let req = request.into_inner();
-        let address = if trusted {
-            req.client_address.trim().to_owned()
-        } else {
-            peer
-        };
+        let address = address(&req.client_address)?;
         // Shapes first: nothing unchecked reaches SQL or the password hasher.
         let email = domain::normalize_email(&req.email).map_err(|why| IdentityError::invalid("email", why))?;
         if req.password.is_empty() || req.password.chars().count() > domain::PASSWORD_MAX {
@@ -279,11 +290,6 @@ impl pb::identity_service_server::IdentityService for IdentityGrpc {
             )
             .into());
         }
-        let address = match address.parse::<std::net::IpAddr>() {
-            Ok(ip) => thali_platform::net::canonical(ip).to_string(),
-            Err(_) if address.is_empty() => address,
-            Err(_) => return Err(IdentityError::invalid("client_address", "must be an IP address").into()),
-        };
         // Throttled per (account, address) and per address, never per account alone: a guesser
         // elsewhere cannot make the owner wait (ADR 0006).
         let (pair_key, address_key) = domain::throttle_keys(&email, &address);
@@ -294,6 +300,7 @@ impl pb::identity_service_server::IdentityService for IdentityGrpc {
         };
         if let Some(retry_after) = self.store.throttled(&keys).await? {
             security_event(SecurityEvent::LoginFailed, &email, "", &address, "throttled");
+            self.store.record_login_failure(None, &address, "throttled").await?;
             return Err(IdentityError::Throttled {
                 retry_after: retry_after.max(Duration::from_secs(1)),
             }
@@ -304,6 +311,7 @@ impl pb::identity_service_server::IdentityService for IdentityGrpc {
         let (attempts, lock) = self.store.record_failure(&pair_key, PAIR_FAILURES_ALLOWED).await?;
         if attempts > PAIR_FAILURES_ALLOWED {
             security_event(SecurityEvent::LoginFailed, &email, "", &address, "throttled");
+            self.store.record_login_failure(None, &address, "throttled").await?;
             let retry_after = lock.unwrap_or(domain::LOCKOUT_BASE);
             return Err(IdentityError::Throttled { retry_after }.into());
         }
@@ -315,8 +323,12 @@ impl pb::identity_service_server::IdentityService for IdentityGrpc {
         let ok = passwords::verify_async(req.password, hash)
             .await
             .map_err(|_| IdentityError::Unavailable)?;
+        let known = account.as_ref().map(|a| a.id);
         let Some(account) = account.filter(|_| ok) else {
             security_event(SecurityEvent::LoginFailed, &email, "", &address, "bad credentials");
+            self.store
+                .record_login_failure(known, &address, "bad credentials")
+                .await?;
             let mut locked = lock;
             if !address.is_empty() {
                 locked = locked.max(
@@ -346,9 +358,12 @@ impl pb::identity_service_server::IdentityService for IdentityGrpc {
                 &address,
                 "account not active",
             );
+            self.store
+                .record_login_failure(Some(account.id), &address, "account not active")
+                .await?;
             return Err(IdentityError::AccountInactive.into());
         }
-        let refresh = self.store.start_family(account.id).await?;
+        let refresh = self.store.start_family(account.id, &address).await?;
         // A sign-in from an address the account has not used before is told to its owner.
         self.store.note_login_address(account.id, &address).await?;
         let (access, access_expires) = self.access_token(&account, Some(refresh.family_id));
@@ -575,7 +590,7 @@ impl pb::identity_service_server::IdentityService for IdentityGrpc {
         if id == admin {
             return Err(IdentityError::invalid("account_id", "an admin cannot disable their own account").into());
         }
-        let (account, changed) = self.store.disable_account(id).await?;
+        let (account, changed) = self.store.disable_account(id, admin, reason).await?;
         if changed {
             security_event(
                 SecurityEvent::AccountDisabled,

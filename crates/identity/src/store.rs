@@ -11,6 +11,7 @@ use sea_orm::{
     QueryOrder, QuerySelect, Set, TransactionTrait,
     sea_query::{Expr, OnConflict},
 };
+use thali_platform::audit_log::{self, Entry};
 use thali_platform::db::is_unique_violation;
 pub use thali_platform::idempotency::Idempotency;
 use thali_platform::idempotency::{Keys, Replay};
@@ -287,6 +288,11 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 /// Failures older than this are forgotten before a new one is counted.
 const FAILURE_MEMORY: chrono::TimeDelta = chrono::TimeDelta::minutes(15);
 
+/// Adds `entry` to identity's audit trail, in `conn`'s transaction (ADR 0031).
+async fn audit<C: sea_orm::ConnectionTrait>(conn: &C, entry: Entry) -> Result<(), DbErr> {
+    audit_log::record(conn, crate::workers::SERVICE, &entry).await
+}
+
 /// Writes a revocation in `txn`, kept as long as an access token it refuses could live.
 async fn record_revocation(
     txn: &impl sea_orm::ConnectionTrait,
@@ -388,6 +394,7 @@ impl IdentityStore {
         status: AccountStatus,
         role_override: Option<Role>,
         idem: Option<&Idempotency>,
+        address: &str,
     ) -> Result<Account, IdentityError> {
         const SCOPE: &str = "register";
         if let Some(idem) = idem
@@ -438,6 +445,13 @@ impl IdentityStore {
             self.queue.now(),
         );
         thali_platform::events::publish(&txn, &self.queue, &event).await?;
+        audit(
+            &txn,
+            Entry::new(audit_log::account(id), "account.registered", format!("account:{id}"))
+                .from_address(address)
+                .with_details(serde_json::json!({"role": model.role, "status": model.status})),
+        )
+        .await?;
         // The verification link goes out with the welcome.
         self.issue_token(&txn, &model, TokenPurpose::VerifyEmail).await?;
         txn.commit().await?;
@@ -789,8 +803,45 @@ impl IdentityStore {
     }
 
     /// Starts a refresh-token family for `account_id` (a login).
-    pub async fn start_family(&self, account_id: Uuid) -> Result<IssuedRefresh, IdentityError> {
-        self.insert_refresh(&self.db, account_id, Uuid::now_v7()).await
+    pub async fn start_family(&self, account_id: Uuid, address: &str) -> Result<IssuedRefresh, IdentityError> {
+        let txn = self.db.begin().await?;
+        let issued = self.insert_refresh(&txn, account_id, Uuid::now_v7()).await?;
+        audit(
+            &txn,
+            Entry::new(
+                audit_log::account(account_id),
+                "login.succeeded",
+                format!("account:{account_id}"),
+            )
+            .from_address(address)
+            .with_details(serde_json::json!({"session": issued.family_id})),
+        )
+        .await?;
+        txn.commit().await?;
+        Ok(issued)
+    }
+
+    /// Records a refused sign-in in the audit trail: `account` when the email has one, `why` the
+    /// reason (`bad credentials`, `throttled`, `account not active`). The email itself is not
+    /// kept (personal data an erasure could not remove from the chain).
+    pub async fn record_login_failure(
+        &self,
+        account: Option<Uuid>,
+        address: &str,
+        why: &str,
+    ) -> Result<(), IdentityError> {
+        let (actor, target) = match account {
+            Some(id) => (audit_log::account(id), format!("account:{id}")),
+            None => ("anonymous".to_owned(), "account:unknown".to_owned()),
+        };
+        audit(
+            &self.db,
+            Entry::new(actor, "login.failed", target)
+                .from_address(address)
+                .with_details(serde_json::json!({"reason": why})),
+        )
+        .await?;
+        Ok(())
     }
 
     async fn insert_refresh(
@@ -840,7 +891,7 @@ impl IdentityStore {
     /// Disables account `id` (an admin's decision): it can no longer sign in, every refresh
     /// token is revoked and every access token issued so far is refused. Returns the account
     /// and whether it was active until now.
-    pub async fn disable_account(&self, id: Uuid) -> Result<(Account, bool), IdentityError> {
+    pub async fn disable_account(&self, id: Uuid, by: Uuid, reason: &str) -> Result<(Account, bool), IdentityError> {
         let now = Utc::now();
         let txn = thali_platform::db::begin_write(&self.db).await?;
         let changed = account::Entity::update_many()
@@ -862,6 +913,16 @@ impl IdentityStore {
                 .exec(&txn)
                 .await?;
             record_revocation(&txn, "account", &id.to_string(), now).await?;
+            audit(
+                &txn,
+                Entry::new(
+                    audit_log::account(by),
+                    "admin.account_disabled",
+                    format!("account:{id}"),
+                )
+                .with_details(serde_json::json!({"reason": reason, "sessions_ended": true})),
+            )
+            .await?;
         }
         txn.commit().await?;
         Ok((found.try_into()?, changed.rows_affected == 1))
@@ -1011,6 +1072,12 @@ impl IdentityStore {
             }
             match row.insert(&txn).await {
                 Ok(model) => {
+                    audit(
+                        &txn,
+                        Entry::new(audit_log::account(owner), "api_key.created", format!("api_key:{id}"))
+                            .with_details(serde_json::json!({"scopes": scopes, "expires_at": expires_at, "rate_limit_per_minute": rate_limit_per_minute})),
+                    )
+                    .await?;
                     txn.commit().await?;
                     return Ok((model.into(), secret));
                 }
@@ -1069,7 +1136,16 @@ impl IdentityStore {
         }
         let mut row: api_key::ActiveModel = found.into();
         row.revoked_at = Set(Some(Utc::now()));
-        Ok(row.update(&self.db).await?.into())
+        let txn = self.db.begin().await?;
+        let revoked = row.update(&txn).await?;
+        audit(
+            &txn,
+            Entry::new(audit_log::account(caller), "api_key.revoked", format!("api_key:{id}"))
+                .with_details(serde_json::json!({"owner": revoked.owner_id, "by_admin": caller_is_admin && revoked.owner_id != caller})),
+        )
+        .await?;
+        txn.commit().await?;
+        Ok(revoked.into())
     }
 
     /// Resolves a presented key: it must exist, match its hash, be unrevoked and unexpired, and

@@ -34,6 +34,7 @@ async fn account(store: &IdentityStore, email: &str) -> uuid::Uuid {
             AccountStatus::Active,
             None,
             None,
+            "203.0.113.7",
         )
         .await
         .unwrap()
@@ -46,7 +47,7 @@ async fn emails_are_unique_in_the_database() {
         account(&store, "same@example.com").await;
         let again = NewAccount::parse("same@example.com", "correct horse battery", "Other", Some(Role::Buyer)).unwrap();
         let err = store
-            .register(&again, "x".into(), AccountStatus::Active, None, None)
+            .register(&again, "x".into(), AccountStatus::Active, None, None, "")
             .await
             .unwrap_err();
         assert!(matches!(err, IdentityError::EmailTaken), "{backend}: {err:?}");
@@ -57,7 +58,7 @@ async fn emails_are_unique_in_the_database() {
 async fn two_racing_rotations_of_one_token_leave_one_winner_and_kill_the_family() {
     for (backend, store) in stores().await {
         let id = account(&store, "race@example.com").await;
-        let first = store.start_family(id).await.unwrap();
+        let first = store.start_family(id, "").await.unwrap();
         let (a, b) = tokio::join!(store.rotate(&first.token), store.rotate(&first.token));
         let winners = [&a, &b].iter().filter(|r| r.is_ok()).count();
         assert_eq!(winners, 1, "{backend}: exactly one rotation wins");
@@ -222,10 +223,10 @@ async fn hourly_housekeeping_deletes_what_no_request_can_use_and_keeps_the_rest(
         let new = NewAccount::parse("keep@example.com", "correct horse battery", "Keep", Some(Role::Buyer)).unwrap();
         let idem = Idempotency::new("key-1".into(), &"register keep");
         let account = store
-            .register(&new, "x".into(), AccountStatus::Active, None, Some(&idem))
+            .register(&new, "x".into(), AccountStatus::Active, None, Some(&idem), "")
             .await
             .unwrap();
-        let session = store.start_family(account.id).await.unwrap();
+        let session = store.start_family(account.id, "").await.unwrap();
         store.record_failure("login:someone@example.com", 5).await.unwrap();
         assert_eq!(rows(&store, "login_throttle").await, 1);
 
@@ -277,7 +278,7 @@ async fn a_new_account_and_its_account_created_event_commit_together() {
             NewAccount::parse("first@example.com", "correct horse battery", "Again", Some(Role::Buyer)).unwrap();
         assert!(
             store
-                .register(&again, "x".into(), AccountStatus::Active, None, None)
+                .register(&again, "x".into(), AccountStatus::Active, None, None, "")
                 .await
                 .is_err()
         );
@@ -340,8 +341,8 @@ async fn mailed_token(db: &DatabaseConnection, reset: bool) -> String {
 async fn a_reset_token_works_once_expires_and_ends_every_session() {
     for (backend, store, clock, db) in clocked_stores().await {
         let id = account(&store, "reset@example.com").await;
-        let phone = store.start_family(id).await.unwrap();
-        let laptop = store.start_family(id).await.unwrap();
+        let phone = store.start_family(id, "").await.unwrap();
+        let laptop = store.start_family(id, "").await.unwrap();
 
         // Same answer for an address without an account, and nothing is mailed.
         let before = outbox(&db).await.len();
@@ -449,7 +450,7 @@ async fn a_sign_in_from_a_new_address_is_an_event_but_the_first_and_repeats_are_
 async fn revocations_are_recorded_listed_after_a_cursor_and_pruned() {
     for (backend, store) in stores().await {
         let id = account(&store, "rev@example.com").await;
-        let session = store.start_family(id).await.unwrap();
+        let session = store.start_family(id, "").await.unwrap();
         store.logout(&session.token).await.unwrap();
         let listed = store.revocations_after(0, 100).await.unwrap();
         assert_eq!(listed.len(), 1, "{backend}");
@@ -459,11 +460,11 @@ async fn revocations_are_recorded_listed_after_a_cursor_and_pruned() {
             "{backend}"
         );
 
-        let other = store.start_family(id).await.unwrap();
-        let (disabled, changed) = store.disable_account(id).await.unwrap();
+        let other = store.start_family(id, "").await.unwrap();
+        let (disabled, changed) = store.disable_account(id, uuid::Uuid::nil(), "test").await.unwrap();
         assert!(changed && disabled.status == AccountStatus::Disabled, "{backend}");
         assert!(!store.session_is_live(other.family_id).await.unwrap(), "{backend}");
-        let (_, again) = store.disable_account(id).await.unwrap();
+        let (_, again) = store.disable_account(id, uuid::Uuid::nil(), "test").await.unwrap();
         assert!(!again, "{backend}: disabling twice records nothing new");
         let after = store.revocations_after(listed[0].id, 100).await.unwrap();
         assert_eq!(after.len(), 1, "{backend}");
@@ -472,7 +473,9 @@ async fn revocations_are_recorded_listed_after_a_cursor_and_pruned() {
             ("account", id.to_string())
         );
         assert!(matches!(
-            store.disable_account(uuid::Uuid::now_v7()).await,
+            store
+                .disable_account(uuid::Uuid::now_v7(), uuid::Uuid::nil(), "test")
+                .await,
             Err(IdentityError::AccountNotFound)
         ));
 
@@ -484,5 +487,88 @@ async fn revocations_are_recorded_listed_after_a_cursor_and_pruned() {
         );
         let later = chrono::Utc::now() + chrono::Duration::days(8);
         assert_eq!(store.prune_revocations(later).await.unwrap(), 2, "{backend}");
+    }
+}
+
+/// The audit records identity has enqueued, oldest first: (action, actor, target, address).
+async fn audit_trail(db: &DatabaseConnection) -> Vec<(String, String, String, String)> {
+    thali_platform::audit_log::chain_now(db, "identity")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.action, r.actor, r.target, r.actor_address))
+        .collect()
+}
+
+#[tokio::test]
+async fn every_audited_action_commits_its_record_with_its_change_and_a_refused_change_leaves_none() {
+    for t in testing::all().await {
+        Migrator::up(&t.db, None).await.unwrap();
+        let (backend, db) = (t.backend, t.db.clone());
+        let store = IdentityStore::new(t.db);
+        let new = NewAccount::parse("audit@example.com", "correct horse battery", "A", Some(Role::Creator)).unwrap();
+        let id = store
+            .register(&new, "x".into(), AccountStatus::Active, None, None, "203.0.113.7")
+            .await
+            .unwrap()
+            .id;
+        // A sign-up that the database refuses (the email is taken) rolls back with its record.
+        let err = store
+            .register(&new, "x".into(), AccountStatus::Active, None, None, "203.0.113.8")
+            .await
+            .unwrap_err();
+        assert!(matches!(err, IdentityError::EmailTaken), "{backend}: {err:?}");
+        store.start_family(id, "203.0.113.7").await.unwrap();
+        store
+            .record_login_failure(Some(id), "198.51.100.1", "bad credentials")
+            .await
+            .unwrap();
+        store
+            .record_login_failure(None, "198.51.100.2", "throttled")
+            .await
+            .unwrap();
+        let (key, _) = store
+            .create_api_key(id, "pos", &["storefront.read".to_owned()], None, None, None)
+            .await
+            .unwrap();
+        store.revoke_api_key(id, false, key.id).await.unwrap();
+        let admin = account(&store, "admin@example.com").await;
+        store.disable_account(id, admin, "fraud report").await.unwrap();
+        // Disabling twice changes nothing, and records nothing.
+        store.disable_account(id, admin, "again").await.unwrap();
+
+        let (acct, target) = (format!("acct:{id}"), format!("account:{id}"));
+        let key_target = format!("api_key:{}", key.id);
+        let trail = audit_trail(&db).await;
+        let want: Vec<(&str, &str, &str, &str)> = vec![
+            ("account.registered", &acct, &target, "203.0.113.7"),
+            ("login.succeeded", &acct, &target, "203.0.113.7"),
+            ("login.failed", &acct, &target, "198.51.100.1"),
+            ("login.failed", "anonymous", "account:unknown", "198.51.100.2"),
+            ("api_key.created", &acct, &key_target, ""),
+            ("api_key.revoked", &acct, &key_target, ""),
+        ];
+        let got: Vec<(&str, &str, &str, &str)> = trail
+            .iter()
+            .map(|(a, b, c, d)| (a.as_str(), b.as_str(), c.as_str(), d.as_str()))
+            .collect();
+        assert_eq!(&got[..6], &want[..], "{backend}");
+        assert_eq!(got[6].0, "account.registered", "{backend}: the admin's own sign-up");
+        assert_eq!(
+            got[7],
+            (
+                "admin.account_disabled",
+                format!("acct:{admin}").as_str(),
+                target.as_str(),
+                ""
+            )
+        );
+        assert_eq!(got.len(), 8, "{backend}: {got:?}");
+        assert!(
+            thali_platform::audit_log::verify(&db, "identity", None, |_| {})
+                .await
+                .unwrap()
+                .is_ok()
+        );
     }
 }

@@ -193,7 +193,7 @@ async fn rotation_re_encrypts_every_row_with_the_new_key_in_pages() {
             assert_eq!(DataKeys::key_id_of(&w).unwrap(), new);
             let read = store.account(&keys, *id).await.unwrap().unwrap();
             assert_eq!(
-                read.credentials.key_secret.expose(),
+                read.credentials.key_secret.expose().as_str(),
                 format!("key-secret-number-{n}-abcdef")
             );
         }
@@ -250,6 +250,44 @@ async fn a_webhook_settles_only_orders_of_the_account_that_signed_it() {
             },
             "{}",
             t.backend
+        );
+    }
+}
+
+#[tokio::test]
+async fn connecting_and_replacing_an_account_are_in_the_audit_trail_without_the_secrets() {
+    for t in backends().await {
+        let store = PaymentsStore::new(t.db.clone());
+        let keys = Keyring::open(&keys_file()).unwrap();
+        let seller = Uuid::now_v7().to_string();
+        let (first, _) = store
+            .connect_account(&keys, &seller, "chai_point", &secrets(1))
+            .await
+            .unwrap();
+        store
+            .connect_account(&keys, &seller, "chai_point", &secrets(2))
+            .await
+            .unwrap();
+        let trail = thali_platform::audit_log::chain_now(&t.db, "payments").await.unwrap();
+        let actions: Vec<&str> = trail.iter().map(|r| r.action.as_str()).collect();
+        assert_eq!(
+            actions,
+            ["payment_account.connected", "payment_account.replaced"],
+            "{}",
+            t.backend
+        );
+        for row in &trail {
+            assert_eq!(row.actor, format!("acct:{seller}"));
+            assert_eq!(row.target, format!("payment_account:{}", first.id));
+            assert!(
+                !row.details.contains("secret-number") && !row.details.contains("webhook-secret"),
+                "{}",
+                row.details
+            );
+        }
+        assert!(
+            trail[1].details.contains("rzp_test_Creator2"),
+            "the public key id is kept"
         );
     }
 }

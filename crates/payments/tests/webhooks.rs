@@ -414,6 +414,13 @@ async fn refunds_asked_at_once_never_give_back_more_than_was_paid() {
         }
         assert_eq!(taken, 1, "{}: one refund of everything", t.backend);
         assert_eq!(jobs(&t, REFUND_REQUEST).await, 1, "{}", t.backend);
+        // One audit record, the taken refund's: the refused requests rolled back with theirs.
+        let trail = thali_platform::audit_log::chain_now(&t.db, "payments").await.unwrap();
+        assert_eq!(trail.len(), 1, "{}: {trail:?}", t.backend);
+        assert_eq!(trail[0].action, "refund.requested");
+        assert_eq!(trail[0].actor, "acct:seller");
+        assert_eq!(trail[0].target, format!("order:{order}"));
+        assert!(trail[0].details.contains("4900"), "{}", trail[0].details);
     }
 }
 

@@ -398,6 +398,15 @@ impl Signer {
         self.mint_claims(subject, roles, issued_at, ttl, AUDIENCE, sid)
     }
 
+    /// Signs `message` with the active key: (key id, base64url Ed25519 signature). For records
+    /// kept outside the database, such as the audit chain's signed head.
+    pub fn sign_bytes(&self, message: &[u8]) -> (String, String) {
+        let state = self.current();
+        let signature = jsonwebtoken::crypto::sign(message, &state.key, Algorithm::EdDSA)
+            .expect("Ed25519 signing with a validated key cannot fail");
+        (state.kid.clone(), signature)
+    }
+
     fn mint_claims(
         &self,
         subject: &str,

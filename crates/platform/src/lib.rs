@@ -4,6 +4,7 @@
 
 pub mod api_keys;
 pub mod audit;
+pub mod audit_log;
 pub mod auth;
 pub mod cache;
 pub mod client;

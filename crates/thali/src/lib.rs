@@ -347,6 +347,14 @@ pub async fn start(cfg: &Config, part: Part) -> anyhow::Result<Platform> {
             );
             let worker = thali_platform::events::relay(worker, subscribers.clone());
             job_workers.push(worker.spawn(jobs_stop_rx.clone()));
+            // Identity's audit chain: one writer appends what its transactions recorded (ADR 0031).
+            job_workers.push(thali_platform::audit_log::spawn_writer(
+                db.clone(),
+                thali_identity::workers::SERVICE,
+                signer.clone(),
+                AUDIT_APPEND_EVERY,
+                jobs_stop_rx.clone(),
+            ));
             routes.add_service(thali_identity::service(db.clone(), signer.clone()));
             health.serving::<IdentityServiceServer<IdentityGrpc>>().await;
         }
@@ -382,6 +390,13 @@ pub async fn start(cfg: &Config, part: Part) -> anyhow::Result<Platform> {
             let worker = booking.job_worker(Queue::new(thali_booking::workers::SERVICE));
             let worker = thali_platform::events::relay(worker, subscribers.clone());
             job_workers.push(worker.spawn(jobs_stop_rx.clone()));
+            job_workers.push(thali_platform::audit_log::spawn_writer(
+                db.clone(),
+                thali_booking::workers::SERVICE,
+                signer.clone(),
+                AUDIT_APPEND_EVERY,
+                jobs_stop_rx.clone(),
+            ));
             if cfg.redis_url.is_some() && !part.runs_storefront() {
                 watchers.push(health.watch_flag("redis", HEALTH_INTERVAL, booking.redis_probe()));
             }
@@ -417,6 +432,13 @@ pub async fn start(cfg: &Config, part: Part) -> anyhow::Result<Platform> {
             let worker = payments.job_worker(Queue::new(thali_payments::workers::SERVICE));
             let worker = thali_platform::events::relay(worker, subscribers.clone());
             job_workers.push(worker.spawn(jobs_stop_rx.clone()));
+            job_workers.push(thali_platform::audit_log::spawn_writer(
+                db.clone(),
+                thali_payments::workers::SERVICE,
+                signer.clone(),
+                AUDIT_APPEND_EVERY,
+                jobs_stop_rx.clone(),
+            ));
             routes.add_service(payments.server());
             health
                 .serving::<PaymentsServiceServer<thali_payments::grpc::PaymentsGrpc>>()
@@ -794,6 +816,9 @@ fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
 const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// How often each dependency is probed.
+/// How often a service's audit writer moves pending records into its chain.
+const AUDIT_APPEND_EVERY: Duration = Duration::from_millis(500);
+
 const HEALTH_INTERVAL: Duration = Duration::from_secs(2);
 
 /// The admin listener: `/metrics` (Prometheus), `/healthz` (alive, with each dependency's

@@ -117,6 +117,37 @@ enum Command {
         #[command(subcommand)]
         command: JobsCommand,
     },
+    /// Check and export the tamper-evident audit trail (operator tool).
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Walk each service's hash chain from its first row and name the first broken link (a row
+    /// edited, deleted or reordered); exits 1 when one is found.
+    Verify {
+        /// One service's chain (identity, payments, …); default every chain in the database.
+        #[arg(long)]
+        service: Option<String>,
+        /// A head logged earlier ("audit chain head" lines): SEQ:HASH must still be on the chain
+        /// (with --service).
+        #[arg(long, requires = "service")]
+        head: Option<String>,
+    },
+    /// Write the rows at or after --since as JSON lines (oldest first, per service).
+    Export {
+        /// RFC 3339 time, e.g. 2026-12-01T00:00:00Z.
+        #[arg(long)]
+        since: String,
+        #[arg(long)]
+        service: Option<String>,
+        /// A file to write; default standard output.
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -502,13 +533,21 @@ async fn run() -> anyhow::Result<()> {
                 .map_err(|_| anyhow::anyhow!("password hashing is busy"))?;
             let store = thali_identity::store::IdentityStore::new(db);
             let account = store
-                .register(&new, hash, AccountStatus::Active, admin.then_some(Role::Admin), None)
+                .register(
+                    &new,
+                    hash,
+                    AccountStatus::Active,
+                    admin.then_some(Role::Admin),
+                    None,
+                    "",
+                )
                 .await
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
             println!("{} {} ({})", account.id, account.email, account.role.as_str());
             Ok(())
         }
         Command::Jobs { command } => jobs(&cfg, command).await,
+        Command::Audit { command } => audit(&cfg, command).await,
         Command::Dlq { command } => {
             let db = thali::migrated(&cfg).await?;
             let store = thali_payments::store::PaymentsStore::new(db);
@@ -609,14 +648,118 @@ async fn run() -> anyhow::Result<()> {
     }
 }
 
+/// `thali audit verify | export`.
+async fn audit(cfg: &Config, command: AuditCommand) -> anyhow::Result<()> {
+    use thali_platform::audit_log;
+    let db = thali::migrated(cfg).await?;
+    match command {
+        AuditCommand::Verify { service, head } => {
+            let head = match &head {
+                Some(text) => {
+                    let (seq, hash) = text.split_once(':').context("--head is SEQ:HASH")?;
+                    Some((seq.parse::<i64>().context("--head: SEQ is a number")?, hash.to_owned()))
+                }
+                None => None,
+            };
+            let services = match service {
+                Some(s) => vec![s],
+                None => audit_log::services(&db).await?,
+            };
+            if services.is_empty() {
+                println!("audit: no chain in this database yet");
+                return Ok(());
+            }
+            let mut broken = false;
+            for service in &services {
+                // What the service committed and its writer has not chained yet goes in first
+                // (under the same chain lock a writer takes).
+                audit_log::append_all(&db, service).await?;
+                let total = audit_log::count(&db, service).await?;
+                let mut bar = progress::Progress::new(format!("audit verify {service}"), total);
+                let mut shown = 0;
+                let expected = head.as_ref().map(|(seq, hash)| (*seq, hash.as_str()));
+                let result = audit_log::verify(&db, service, expected, |done| {
+                    bar.advance(done - shown, "");
+                    shown = done;
+                })
+                .await?;
+                bar.finish();
+                match result {
+                    Ok(ok) => match ok.head {
+                        Some((seq, hash)) => println!(
+                            "audit: {service}: {} row(s) verify; head seq {seq} hash {hash}",
+                            ok.rows
+                        ),
+                        None => println!("audit: {service}: empty chain"),
+                    },
+                    Err(why) => {
+                        println!("audit: BROKEN: {why}");
+                        broken = true;
+                    }
+                }
+            }
+            if broken {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        AuditCommand::Export { since, service, out } => {
+            use std::io::Write;
+            let since = chrono::DateTime::parse_from_rfc3339(&since)
+                .context("--since is an RFC 3339 time, e.g. 2026-12-01T00:00:00Z")?
+                .with_timezone(&chrono::Utc);
+            let mut sink: Box<dyn Write> = match &out {
+                Some(path) => Box::new(std::io::BufWriter::new(
+                    std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
+                )),
+                None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+            };
+            // Like verify: what was committed and not chained yet goes in first.
+            for s in audit_log::services(&db).await? {
+                audit_log::append_all(&db, &s).await?;
+            }
+            let (mut after, mut written) = (None::<(String, i64)>, 0u64);
+            loop {
+                let page = audit_log::rows_since(
+                    &db,
+                    since,
+                    service.as_deref(),
+                    after.as_ref().map(|(s, n)| (s.as_str(), *n)),
+                    1000,
+                )
+                .await?;
+                for row in &page {
+                    serde_json::to_writer(&mut sink, row)?;
+                    sink.write_all(b"\n")?;
+                }
+                written += page.len() as u64;
+                match page.last() {
+                    Some(last) if page.len() == 1000 => after = Some((last.service.clone(), last.seq)),
+                    _ => break,
+                }
+                eprintln!("audit export: {written} row(s)");
+            }
+            sink.flush()?;
+            eprintln!("audit export: {written} row(s) written");
+            Ok(())
+        }
+    }
+}
+
 /// `thali keys rotate-data`: a new active data key, then every stored secret re-encrypted with it
 /// in batches (each row's update applies only to the value it read, so a concurrent write wins).
 async fn rotate_data(cfg: &Config, resume: bool, add_key_only: bool, batch: u64) -> anyhow::Result<()> {
     use thali_platform::crypto::{DataKeys, Keyring};
     let path = cfg.data_keys_file();
+    let db = thali::migrated(cfg).await?;
+    let store = thali_payments::store::PaymentsStore::new(db);
     if !resume {
         DataKeys::ensure(&path).with_context(|| format!("data keys ({})", path.display()))?;
         let id = DataKeys::add_key(&path).with_context(|| format!("adding a data key to {}", path.display()))?;
+        store
+            .record_data_key_event("data_key.added", serde_json::json!({"key": id}))
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         eprintln!("rotate-data: {id} is the active data key in {}", path.display());
         if add_key_only {
             println!("rotate-data: {id} added; re-encrypt with `thali keys rotate-data --resume`");
@@ -624,8 +767,6 @@ async fn rotate_data(cfg: &Config, resume: bool, add_key_only: bool, batch: u64)
         }
     }
     let keys = Keyring::open(&path).with_context(|| format!("data keys ({})", path.display()))?;
-    let db = thali::migrated(cfg).await?;
-    let store = thali_payments::store::PaymentsStore::new(db);
     let total = store.count_accounts().await.map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut bar = progress::Progress::new("rotate-data payment_accounts", total);
     let (mut after, mut rotated) = (None, 0u64);
@@ -642,6 +783,13 @@ async fn rotate_data(cfg: &Config, resume: bool, add_key_only: bool, batch: u64)
         }
     }
     bar.finish();
+    store
+        .record_data_key_event(
+            "data_key.rotated",
+            serde_json::json!({"active": keys.current().active_id(), "re_encrypted": rotated, "accounts": total}),
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     println!(
         "rotate-data: {rotated} of {total} payment account(s) re-encrypted; every secret is under {}",
         keys.current().active_id()

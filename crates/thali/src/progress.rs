@@ -4,16 +4,16 @@ use std::io::{IsTerminal, Write};
 
 /// A count towards a known total.
 pub struct Progress {
-    label: &'static str,
+    label: String,
     total: u64,
     done: u64,
     terminal: bool,
 }
 
 impl Progress {
-    pub fn new(label: &'static str, total: u64) -> Self {
+    pub fn new(label: impl Into<String>, total: u64) -> Self {
         let progress = Self {
-            label,
+            label: label.into(),
             total,
             done: 0,
             terminal: std::io::stderr().is_terminal(),
@@ -71,7 +71,7 @@ mod tests {
     #[test]
     fn the_line_shows_the_bar_the_count_and_the_percentage() {
         let mut p = Progress {
-            label: "rotate-data",
+            label: "rotate-data".into(),
             total: 4,
             done: 0,
             terminal: false,
@@ -82,7 +82,7 @@ mod tests {
             "rotate-data: [#######-----------------------] 1/4 (25%) 1 re-encrypted"
         );
         let empty = Progress {
-            label: "x",
+            label: "x".into(),
             total: 0,
             done: 0,
             terminal: false,

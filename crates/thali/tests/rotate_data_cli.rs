@@ -40,6 +40,28 @@ async fn an_operator_rotates_the_data_key_and_every_secret_follows() {
         "progress: {err}"
     );
     assert!(out.contains("7 of 7 payment account(s) re-encrypted"), "{out}");
+    // The operator's rotation is in payments' audit trail.
+    let (ok, trail, _) = thali(
+        &dir,
+        &[
+            "audit",
+            "export",
+            "--since",
+            "2000-01-01T00:00:00Z",
+            "--service",
+            "payments",
+        ],
+    );
+    assert!(ok);
+    let rows: Vec<serde_json::Value> = trail.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(rows.iter().any(|r| r["action"] == "data_key.added"), "{trail}");
+    let rotated_row = rows
+        .iter()
+        .find(|r| r["action"] == "data_key.rotated")
+        .expect("data_key.rotated");
+    let details: serde_json::Value = serde_json::from_str(rotated_row["details"].as_str().unwrap()).unwrap();
+    assert_eq!(details["re_encrypted"], 7);
+    assert_eq!(rotated_row["actor"], "operator");
     let rotated = Keyring::open(&path).unwrap();
     let second = rotated.current().active_id().to_owned();
     assert_ne!(first, second);
@@ -47,10 +69,13 @@ async fn an_operator_rotates_the_data_key_and_every_secret_follows() {
         let account = store.account(&rotated, *id).await.unwrap().unwrap();
         assert_eq!(account.data_key_id, second);
         assert_eq!(
-            account.credentials.key_secret.expose(),
+            account.credentials.key_secret.expose().as_str(),
             format!("key-secret-{n}-abcdefgh")
         );
-        assert_eq!(account.webhook_secret.expose(), format!("hook-secret-{n}-abcdefgh"));
+        assert_eq!(
+            account.webhook_secret.expose().as_str(),
+            format!("hook-secret-{n}-abcdefgh")
+        );
     }
     // The old key stays in the file (a value it wrote may still be read by a lagging process).
     assert!(std::fs::read_to_string(&path).unwrap().contains(&first));

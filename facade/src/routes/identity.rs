@@ -49,11 +49,12 @@ pub async fn register(
     if let Err(refused) = state.limits.register(client).await {
         return refused;
     }
-    register_call(state, headers, body).await.into_response()
+    register_call(state, client, headers, body).await.into_response()
 }
 
 async fn register_call(
     state: FacadeState,
+    ClientIp(client): ClientIp,
     headers: axum::http::HeaderMap,
     body: Register,
 ) -> Result<Response, Problem> {
@@ -63,6 +64,7 @@ async fn register_call(
         display_name: body.display_name,
         role: dto::Role::from(body.role).to_pb() as i32,
         idempotency_key: idempotency_key(&headers)?,
+        client_address: client.to_string(),
     };
     // Created or not, the caller learns the same thing.
     state

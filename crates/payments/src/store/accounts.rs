@@ -8,7 +8,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
-    Set,
+    Set, TransactionTrait,
 };
 use thali_platform::{
     crypto::{CryptoError, DataKeys, Keyring, Place},
@@ -146,6 +146,7 @@ impl PaymentsStore {
             let webhook_secret = keys
                 .encrypt(place(WEBHOOK_SECRET_COLUMN, &row_id), secrets.webhook_secret.as_bytes())
                 .map_err(crypto)?;
+            let txn = self.db.begin().await?;
             let written = match existing {
                 Some(row) => {
                     let mut update: payment_account::ActiveModel = row.into();
@@ -154,7 +155,7 @@ impl PaymentsStore {
                     update.key_secret = Set(key_secret);
                     update.webhook_secret = Set(webhook_secret);
                     update.updated_at = Set(now);
-                    update.update(&self.db).await.map(|row| (row, false))
+                    update.update(&txn).await.map(|row| (row, false))
                 }
                 None => payment_account::ActiveModel {
                     id: Set(id),
@@ -166,18 +167,50 @@ impl PaymentsStore {
                     created_at: Set(now),
                     updated_at: Set(now),
                 }
-                .insert(&self.db)
+                .insert(&txn)
                 .await
                 .map(|row| (row, true)),
             };
             match written {
-                Ok((row, created)) => return Ok((open(keys, &row)?, created)),
+                Ok((row, created)) => {
+                    // Where a seller's money goes is recorded with the change (ADR 0031); the
+                    // secrets are not, the key id is public.
+                    thali_platform::audit_log::record(
+                        &txn,
+                        crate::workers::SERVICE,
+                        &thali_platform::audit_log::Entry::new(
+                            super::refunds::audit_actor(seller),
+                            if created {
+                                "payment_account.connected"
+                            } else {
+                                "payment_account.replaced"
+                            },
+                            format!("payment_account:{}", row.id),
+                        )
+                        .with_details(serde_json::json!({"store": username, "key_id": row.key_id})),
+                    )
+                    .await?;
+                    txn.commit().await?;
+                    return Ok((open(keys, &row)?, created));
+                }
                 // Another connect for this seller inserted first: write over theirs.
                 Err(e) if is_unique_violation(&e) => continue,
                 Err(e) => return Err(e.into()),
             }
         }
         Err(PaymentsError::Unavailable)
+    }
+
+    /// Records a data-key event of the operator's `thali keys rotate-data` in payments' audit
+    /// trail (ADR 0031): `data_key.added` or `data_key.rotated`, with the key id and counts.
+    pub async fn record_data_key_event(&self, action: &str, details: serde_json::Value) -> Result<(), PaymentsError> {
+        thali_platform::audit_log::record(
+            &self.db,
+            crate::workers::SERVICE,
+            &thali_platform::audit_log::Entry::new("operator", action, "data_keys").with_details(details),
+        )
+        .await?;
+        Ok(())
     }
 
     /// `seller`'s connected account, decrypted; None when they use the platform's.

@@ -196,6 +196,24 @@ impl PaymentsStore {
                 NewJob::new(REFUND_REQUEST, &RefundRequestJob { refund_id: id }).unique(format!("refund-request:{id}")),
             )
             .await?;
+        // Every refund, whoever asked (the seller, an admin, a rejected fulfilment, a deposit),
+        // goes in the audit trail with its request (ADR 0031).
+        thali_platform::audit_log::record(
+            txn,
+            crate::workers::SERVICE,
+            &thali_platform::audit_log::Entry::new(
+                audit_actor(caller),
+                "refund.requested",
+                format!("order:{}", row.id),
+            )
+            .with_details(serde_json::json!({
+                "refund": id,
+                "amount_minor": amount,
+                "currency": row.currency,
+                "reason": inserted.reason,
+            })),
+        )
+        .await?;
         Ok(inserted)
     }
 
@@ -267,5 +285,15 @@ impl PaymentsStore {
             .await?
             .ok_or(PaymentsError::OrderNotFound)?;
         Ok((row, order))
+    }
+}
+
+/// The audit actor of a subject: `acct:<id>` for an account, the subject itself otherwise
+/// (`svc:<part>` for another service).
+pub(crate) fn audit_actor(subject: &str) -> String {
+    if subject.starts_with("svc:") {
+        subject.to_owned()
+    } else {
+        thali_platform::audit_log::account(subject)
     }
 }
