@@ -3,6 +3,7 @@
 use std::{env, path::PathBuf};
 
 const FILES: &[&str] = &[
+    "thali/audit/v1/audit.proto",
     "thali/booking/v1/booking.proto",
     "thali/common/v1/money.proto",
     "thali/events/v1/events.proto",

@@ -809,3 +809,50 @@ pub struct ListDeliveriesQuery {
     #[param(pattern = r"^([A-Za-z0-9_-]{21}[AQgw])?$")]
     pub page_token: Option<String>,
 }
+
+/// Query of `GET /api/v1/admin/audit`.
+#[derive(Debug, Clone, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct AuditQuery {
+    /// The chain: `identity`, `payments` or `booking`.
+    pub service: String,
+    /// Exact action, e.g. `login.failed`.
+    pub action: Option<String>,
+    /// Exact actor, e.g. `acct:<uuid>`.
+    pub actor: Option<String>,
+    /// Exact target, e.g. `account:<uuid>`.
+    pub target: Option<String>,
+    /// Records at or after this RFC 3339 time.
+    pub since: Option<String>,
+    /// 1-200; 0 or absent means 50.
+    #[param(minimum = 0, maximum = 200)]
+    pub page_size: Option<i32>,
+    /// From the previous page's `next_page_token`.
+    pub page_token: Option<String>,
+}
+
+/// One record of the audit trail (ADR 0031).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct AuditRecord {
+    pub service: String,
+    pub seq: i64,
+    pub at: Option<String>,
+    pub actor: String,
+    pub actor_address: String,
+    pub action: String,
+    pub target: String,
+    /// The details object, as recorded.
+    #[schema(value_type = Object)]
+    pub details: serde_json::Value,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+/// One page of a service's audit chain, oldest first.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct AuditPage {
+    pub records: Vec<AuditRecord>,
+    /// Pass as `page_token` for the next page; absent on the last page.
+    pub next_page_token: Option<String>,
+}

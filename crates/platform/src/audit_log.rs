@@ -25,6 +25,10 @@ use serde::Serialize;
 
 use crate::db::statement;
 
+/// The metadata naming the service whose chain an `AuditService` call reads: a service token for
+/// the call is addressed to that service, and the request's `service` must be the same.
+pub const SERVICE_HEADER: &str = "x-thali-audit-service";
+
 /// The `prev_hash` of a chain's first row.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
@@ -487,6 +491,49 @@ pub async fn verify<C: ConnectionTrait>(
     }))
 }
 
+/// What a listing keeps: exact matches on the fields given.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub action: Option<String>,
+    pub actor: Option<String>,
+    pub target: Option<String>,
+    pub since: Option<DateTime<Utc>>,
+}
+
+/// One page of `service`'s chain after `after_seq`, oldest first, at most `limit` rows.
+pub async fn list<C: ConnectionTrait>(
+    conn: &C,
+    service: &str,
+    filter: &Filter,
+    after_seq: i64,
+    limit: u64,
+) -> Result<Vec<Row>, DbErr> {
+    let mut sql = String::from(
+        "SELECT service, seq, at, actor, actor_address, action, target, details, prev_hash, hash \
+         FROM audit_log WHERE service = $1 AND seq > $2",
+    );
+    let mut values: Vec<Value> = vec![service.into(), after_seq.into()];
+    for (column, value) in [
+        ("action", &filter.action),
+        ("actor", &filter.actor),
+        ("target", &filter.target),
+    ] {
+        if let Some(value) = value {
+            values.push(value.clone().into());
+            sql.push_str(&format!(" AND {column} = ${}", values.len()));
+        }
+    }
+    if let Some(since) = filter.since {
+        values.push(since.into());
+        sql.push_str(&format!(" AND at >= ${}", values.len()));
+    }
+    sql.push_str(&format!(" ORDER BY seq LIMIT {limit}"));
+    let rows = conn
+        .query_all_raw(statement(conn.get_database_backend(), &sql, values))
+        .await?;
+    rows.iter().map(Row::from_query).collect()
+}
+
 /// Rows at or after `since`, oldest first per service, page by page: `after` is the last
 /// (service, seq) of the previous page.
 pub async fn rows_since<C: ConnectionTrait>(
@@ -519,6 +566,164 @@ pub async fn rows_since<C: ConnectionTrait>(
         .query_all_raw(statement(conn.get_database_backend(), &sql, values))
         .await?;
     rows.iter().map(Row::from_query).collect()
+}
+
+/// `thali.audit.v1.AuditService` over this process's database: admins list the chains of the
+/// services the process runs.
+pub mod grpc {
+    use sea_orm::DatabaseConnection;
+    use thali_proto::audit::v1::{
+        self as pb,
+        audit_service_server::{AuditService, AuditServiceServer},
+    };
+    use tonic::{Code, Request, Response, Status};
+
+    use crate::errors::{self, Violation};
+
+    pub struct AuditGrpc {
+        db: DatabaseConnection,
+        services: Vec<&'static str>,
+    }
+
+    /// The service for the chains of `services` (the ones this process runs).
+    pub fn server(db: DatabaseConnection, services: Vec<&'static str>) -> AuditServiceServer<AuditGrpc> {
+        AuditServiceServer::new(AuditGrpc { db, services })
+    }
+
+    fn page_token(seq: i64) -> String {
+        use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+        URL_SAFE_NO_PAD.encode(seq.to_be_bytes())
+    }
+
+    fn parse_page_token(raw: &str) -> Result<i64, Violation> {
+        use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+        if raw.is_empty() {
+            return Ok(0);
+        }
+        URL_SAFE_NO_PAD
+            .decode(raw)
+            .ok()
+            .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
+            .map(i64::from_be_bytes)
+            .filter(|seq| *seq >= 0)
+            .ok_or_else(|| Violation::new("page_token", "is not a token this service issued"))
+    }
+
+    /// An exact-match filter value: empty is none; at most 200 characters, no control characters.
+    fn exact(field: &str, value: &str, bad: &mut Vec<Violation>) -> Option<String> {
+        if value.is_empty() {
+            return None;
+        }
+        if value.chars().count() > 200 || value.chars().any(char::is_control) {
+            bad.push(Violation::new(
+                field,
+                "must be at most 200 characters, without control characters",
+            ));
+            return None;
+        }
+        Some(value.to_owned())
+    }
+
+    #[tonic::async_trait]
+    impl AuditService for AuditGrpc {
+        async fn list_audit_records(
+            &self,
+            request: Request<pb::ListAuditRecordsRequest>,
+        ) -> Result<Response<pb::ListAuditRecordsResponse>, Status> {
+            let admin = crate::server::principal(&request)
+                .is_some_and(|p| p.api_key.is_none() && p.roles.iter().any(|r| r == "admin"));
+            if !admin {
+                if let Some(p) = crate::server::principal(&request) {
+                    crate::audit::access_denied(p, "ListAuditRecords", "admin role required");
+                }
+                return Err(errors::with_reason(
+                    Code::PermissionDenied,
+                    "ADMIN_REQUIRED",
+                    "only an administrator reads the audit trail",
+                ));
+            }
+            let addressed = request
+                .metadata()
+                .get(super::SERVICE_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            let req = request.into_inner();
+            let mut bad = Vec::new();
+            if addressed.as_ref().is_some_and(|a| *a != req.service) {
+                bad.push(Violation::new(
+                    "service",
+                    format!("must be the service named in {}", super::SERVICE_HEADER),
+                ));
+            }
+            let service = self.services.iter().find(|s| **s == req.service).copied();
+            if service.is_none() {
+                bad.push(Violation::new(
+                    "service",
+                    format!("must be one of: {}", self.services.join(", ")),
+                ));
+            }
+            let filter = super::Filter {
+                action: exact("action", &req.action, &mut bad),
+                actor: exact("actor", &req.actor, &mut bad),
+                target: exact("target", &req.target, &mut bad),
+                since: match req.since {
+                    Some(t) => match chrono::DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32) {
+                        Some(at) => Some(at),
+                        None => {
+                            bad.push(Violation::new("since", "is not a time"));
+                            None
+                        }
+                    },
+                    None => None,
+                },
+            };
+            let limit = errors::page_size(req.page_size, 50, 200).map_err(|v| bad.push(v)).ok();
+            let after = parse_page_token(&req.page_token).map_err(|v| bad.push(v)).ok();
+            let (Some(service), Some(limit), Some(after), true) = (service, limit, after, bad.is_empty()) else {
+                return Err(errors::invalid_argument(&bad));
+            };
+            let mut rows = super::list(&self.db, service, &filter, after, limit + 1)
+                .await
+                .map_err(|e| {
+                    if crate::db::is_unavailable(&e) {
+                        errors::unavailable(
+                            "DATABASE_UNAVAILABLE",
+                            "the audit trail cannot be read now",
+                            std::time::Duration::from_secs(1),
+                        )
+                    } else {
+                        errors::internal(&e)
+                    }
+                })?;
+            let next = if rows.len() as u64 > limit {
+                rows.truncate(limit as usize);
+                rows.last().map(|r| page_token(r.seq)).unwrap_or_default()
+            } else {
+                String::new()
+            };
+            Ok(Response::new(pb::ListAuditRecordsResponse {
+                records: rows
+                    .into_iter()
+                    .map(|r| pb::AuditRecord {
+                        service: r.service,
+                        seq: r.seq,
+                        at: Some(prost_types::Timestamp {
+                            seconds: r.at.timestamp(),
+                            nanos: r.at.timestamp_subsec_nanos() as i32,
+                        }),
+                        actor: r.actor,
+                        actor_address: r.actor_address,
+                        action: r.action,
+                        target: r.target,
+                        details: r.details,
+                        prev_hash: r.prev_hash,
+                        hash: r.hash,
+                    })
+                    .collect(),
+                next_page_token: next,
+            }))
+        }
+    }
 }
 
 #[cfg(test)]

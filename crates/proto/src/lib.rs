@@ -8,6 +8,16 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "
 mod retry;
 pub use retry::RetryPolicy;
 
+pub mod audit {
+    pub mod v1 {
+        tonic::include_proto!("thali.audit.v1");
+
+        crate::retry::retry_table! {
+            ListAuditRecordsRequest => "ListAuditRecords", read;
+        }
+    }
+}
+
 pub mod booking {
     pub mod v1 {
         tonic::include_proto!("thali.booking.v1");

@@ -479,6 +479,18 @@ pub async fn start(cfg: &Config, part: Part) -> anyhow::Result<Platform> {
         if !sinks.is_empty() {
             routes.add_service(sinks.server());
         }
+        // The audit chains this process keeps, for admins (ADR 0031).
+        let chains: Vec<&'static str> = [
+            (part.runs_identity(), thali_identity::workers::SERVICE),
+            (part.runs_booking(), thali_booking::workers::SERVICE),
+            (part.runs_payments(), thali_payments::workers::SERVICE),
+        ]
+        .into_iter()
+        .filter_map(|(runs, service)| runs.then_some(service))
+        .collect();
+        if !chains.is_empty() {
+            routes.add_service(thali_platform::audit_log::grpc::server(db.clone(), chains));
+        }
         let routes = routes.routes();
         let shutdown = stopped(grpc_stop_rx);
         let server_health = health.clone();

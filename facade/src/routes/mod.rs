@@ -1,4 +1,5 @@
 //! REST handlers: authenticate, take the JSON, call one RPC, map the answer.
+pub mod audit;
 pub mod booking;
 pub mod http_cache;
 pub mod identity;

@@ -217,17 +217,17 @@ fn service_of(path: &str) -> &str {
 
 /// The service a service token for `path` must be addressed to. An event delivery
 /// (`thali.events.v1.EventSink`) is addressed to the subscriber it names in
-/// [`crate::events::SUBSCRIBER_HEADER`]: one process can host several subscribers.
+/// [`crate::events::SUBSCRIBER_HEADER`], an audit listing (`thali.audit.v1.AuditService`) to the
+/// service whose chain it reads ([`crate::audit_log::SERVICE_HEADER`]): one process can host
+/// several services.
 fn audience_service<'a>(path: &'a str, headers: &'a http::HeaderMap) -> &'a str {
     let service = service_of(path);
-    if service == "events"
-        && let Some(subscriber) = headers
-            .get(crate::events::SUBSCRIBER_HEADER)
-            .and_then(|v| v.to_str().ok())
-    {
-        return subscriber;
-    }
-    service
+    let named_by = match service {
+        "events" => crate::events::SUBSCRIBER_HEADER,
+        "audit" => crate::audit_log::SERVICE_HEADER,
+        _ => return service,
+    };
+    headers.get(named_by).and_then(|v| v.to_str().ok()).unwrap_or(service)
 }
 
 /// The public prefix of a key, safe to log.
