@@ -207,3 +207,49 @@ async fn verify_names_a_row_edited_deleted_or_reordered() {
         );
     }
 }
+
+#[tokio::test]
+async fn the_logged_head_is_signed_by_the_part_and_verifies_against_its_public_key() {
+    use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+    use tracing_subscriber::layer::SubscriberExt;
+
+    let t = testing::sqlite().await;
+    Migrator::up(&t.db, None).await.unwrap();
+    chain(&t.db, "identity", 2).await;
+    let dir = std::env::temp_dir().join(format!("thali-audit-head-{}", uuid::Uuid::now_v7()));
+    thali_platform::auth::ensure_key_pair(&dir).unwrap();
+    let signer = thali_platform::auth::Signer::load(&dir).unwrap();
+
+    let out = testing::CapturedWriter::default();
+    let writer = out.clone();
+    let subscriber = tracing_subscriber::registry().with(
+        tracing_subscriber::fmt::layer()
+            .json()
+            .with_writer(move || writer.clone()),
+    );
+    {
+        let _guard = tracing::subscriber::set_default(subscriber);
+        audit_log::log_signed_head(&t.db, "identity", &signer).await.unwrap();
+    }
+    let line: serde_json::Value = serde_json::from_str(out.text().lines().last().unwrap()).unwrap();
+    let f = &line["fields"];
+    assert_eq!(line["target"], "thali::audit");
+    assert_eq!(f["message"], "audit chain head");
+    let (seq, hash) = audit_log::head(&t.db, "identity").await.unwrap().unwrap();
+    assert_eq!(f["seq"], seq);
+    assert_eq!(f["hash"], hash.as_str());
+    let message = format!(
+        "thali.audit_log.head\nidentity\n{seq}\n{hash}\n{}",
+        f["signed_at"].as_str().unwrap()
+    );
+    let (kid, public) = signer.public_keys().into_iter().next().unwrap();
+    assert_eq!(f["kid"], kid.as_str());
+    let key =
+        ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, URL_SAFE_NO_PAD.decode(public).unwrap());
+    let signature = URL_SAFE_NO_PAD.decode(f["signature"].as_str().unwrap()).unwrap();
+    key.verify(message.as_bytes(), &signature)
+        .expect("the head's signature verifies");
+    // Another head does not verify with that signature.
+    let forged = message.replace(&format!("\n{seq}\n"), &format!("\n{}\n", seq + 1));
+    assert!(key.verify(forged.as_bytes(), &signature).is_err());
+}
