@@ -9,7 +9,7 @@ use thali_platform::auth::Signer;
 
 mod support;
 
-use support::{Mesh, problem, spans};
+use support::{Mesh, eventually, mailed_code, problem, spans};
 
 fn fields(body: &Value) -> Vec<String> {
     body["errors"]
@@ -591,23 +591,6 @@ async fn storefront_reads_keep_answering_while_redis_is_down() {
     assert_eq!(mesh.get("/api/v1/store/redis_shop").await.status(), StatusCode::OK);
 }
 
-/// Polls `check` every 100 ms for up to 15 s (the relay and the email job run in the
-/// background; SQLite workers poll).
-async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let until = std::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        if let Some(found) = check().await {
-            return found;
-        }
-        assert!(std::time::Instant::now() < until, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test]
 async fn a_new_user_is_welcomed_in_app_and_by_email_and_sees_only_their_own_notifications() {
     let mesh = Mesh::start().await;
@@ -938,28 +921,6 @@ async fn a_partner_registers_an_endpoint_and_verifies_every_delivery_with_a_stan
     let rotated: Value = res.json().await.unwrap();
     assert_ne!(rotated["secret"], secret.as_str());
     assert!(rotated["endpoint"]["previous_secret_until"].is_string());
-}
-
-/// The newest code starting with `prefix` in an email to `to` under the platform's mail folder.
-async fn mailed_code(mesh: &Mesh, to: &str, prefix: &str, not: &[String]) -> String {
-    let mail = mesh.data_dir.join("mail");
-    eventually(&format!("a {prefix}… code for {to}"), || async {
-        std::fs::read_dir(&mail).ok()?.flatten().find_map(|entry| {
-            let bytes = std::fs::read(entry.path()).ok()?;
-            let message = mail_parser::MessageParser::default().parse(&bytes)?;
-            if message.to()?.first()?.address()? != to {
-                return None;
-            }
-            let text = message.body_text(0)?.into_owned();
-            let at = text.find(prefix)?;
-            let code: String = text[at..]
-                .chars()
-                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
-                .collect();
-            (!not.contains(&code)).then_some(code)
-        })
-    })
-    .await
 }
 
 #[tokio::test]

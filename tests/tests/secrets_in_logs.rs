@@ -14,32 +14,6 @@ use serde_json::{Value, json};
 use support::{Mesh, access, json_of};
 use thali_proto::storefront::v1::{self as pb, storefront_service_client::StorefrontServiceClient};
 
-/// Polls the mail dir for a code starting with `prefix` sent to `to`.
-async fn mailed_code(mesh: &Mesh, to: &str, prefix: &str) -> String {
-    for _ in 0..200 {
-        // Several mails go to one address: look at all of them.
-        if let Some(code) = std::fs::read_dir(mesh.data_dir.join("mail")).ok().and_then(|dir| {
-            dir.flatten().find_map(|entry| {
-                let bytes = std::fs::read(entry.path()).ok()?;
-                let message = mail_parser::MessageParser::default().parse(&bytes)?;
-                (message.to()?.first()?.address()? == to).then_some(())?;
-                let text = message.body_text(0)?.into_owned();
-                let at = text.find(prefix)?;
-                Some(
-                    text[at..]
-                        .chars()
-                        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
-                        .collect::<String>(),
-                )
-            })
-        }) {
-            return code;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    panic!("no {prefix}… code mailed to {to}");
-}
-
 /// Where a JWT-shaped string (`eyJ….….…`) starts in `line`, if anywhere.
 fn jwt_in(line: &str) -> Option<&str> {
     let at = line.find("eyJ")?;
@@ -145,7 +119,7 @@ async fn no_secret_or_token_reaches_a_log_line_on_the_readme_tour() {
     secrets.push(("webhook secret".into(), hook["secret"].as_str().unwrap().to_owned()));
 
     // Email verification and a password reset; the codes come by email.
-    let verify = mailed_code(&mesh, "asha@example.com", "thali_ve_").await;
+    let verify = support::mailed_code(&mesh, "asha@example.com", "thali_ve_", &[]).await;
     let res = mesh
         .post("/api/v1/auth/verify-email", None, json!({"token": verify}))
         .await;
@@ -159,7 +133,7 @@ async fn no_secret_or_token_reaches_a_log_line_on_the_readme_tour() {
         )
         .await;
     assert_eq!(res.status(), StatusCode::ACCEPTED);
-    let reset = mailed_code(&mesh, "asha@example.com", "thali_pr_").await;
+    let reset = support::mailed_code(&mesh, "asha@example.com", "thali_pr_", &[]).await;
     let new_password = "a brand new passphrase";
     let res = mesh
         .post(

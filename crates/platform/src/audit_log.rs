@@ -25,6 +25,9 @@ use serde::Serialize;
 
 use crate::db::statement;
 
+/// Every column of a chain row, in [`Row`]'s order.
+const ROW_COLUMNS: &str = "service, seq, at, actor, actor_address, action, target, details, prev_hash, hash";
+
 /// The metadata naming the service whose chain an `AuditService` call reads: a service token for
 /// the call is addressed to that service, and the request's `service` must be the same.
 pub const SERVICE_HEADER: &str = "x-thali-audit-service";
@@ -440,8 +443,7 @@ pub async fn verify<C: ConnectionTrait>(
             .query_all_raw(statement(
                 conn.get_database_backend(),
                 &format!(
-                    "SELECT service, seq, at, actor, actor_address, action, target, details, prev_hash, hash \
-                     FROM audit_log WHERE service = $1 AND seq > $2 ORDER BY seq LIMIT {PAGE}"
+                    "SELECT {ROW_COLUMNS} FROM audit_log WHERE service = $1 AND seq > $2 ORDER BY seq LIMIT {PAGE}"
                 ),
                 vec![service.into(), previous.into()],
             ))
@@ -520,10 +522,7 @@ pub async fn list<C: ConnectionTrait>(
     after_seq: i64,
     limit: u64,
 ) -> Result<Vec<Row>, DbErr> {
-    let mut sql = String::from(
-        "SELECT service, seq, at, actor, actor_address, action, target, details, prev_hash, hash \
-         FROM audit_log WHERE service = $1 AND seq > $2",
-    );
+    let mut sql = format!("SELECT {ROW_COLUMNS} FROM audit_log WHERE service = $1 AND seq > $2");
     let mut values: Vec<Value> = vec![service.into(), after_seq.into()];
     for (column, value) in [
         ("action", &filter.action),
@@ -555,10 +554,7 @@ pub async fn rows_since<C: ConnectionTrait>(
     after: Option<(&str, i64)>,
     limit: u64,
 ) -> Result<Vec<Row>, DbErr> {
-    let mut sql = String::from(
-        "SELECT service, seq, at, actor, actor_address, action, target, details, prev_hash, hash \
-         FROM audit_log WHERE at >= $1",
-    );
+    let mut sql = format!("SELECT {ROW_COLUMNS} FROM audit_log WHERE at >= $1");
     let mut values: Vec<Value> = vec![since.into()];
     if let Some(service) = service {
         values.push(service.into());

@@ -44,6 +44,8 @@ pub enum TlsError {
     Rustls(#[from] rustls::Error),
     #[error("client certificates: {0}")]
     ClientVerifier(String),
+    #[error("server name {0}")]
+    ServerName(String),
 }
 
 fn file_error(path: &Path, reason: impl ToString) -> TlsError {
@@ -209,7 +211,7 @@ impl ClientTls {
     pub fn connector(&self, server_name: Option<&str>) -> Result<TlsConnect, TlsError> {
         let server_name = server_name
             .map(|name| {
-                ServerName::try_from(name.to_owned()).map_err(|e| TlsError::ClientVerifier(format!("`{name}`: {e}")))
+                ServerName::try_from(name.to_owned()).map_err(|e| TlsError::ServerName(format!("`{name}`: {e}")))
             })
             .transpose()?;
         Ok(TlsConnect {

@@ -347,3 +347,42 @@ pub async fn a_quarter_hour_passes(mesh: &Mesh, order: &str) {
         .await
         .unwrap();
 }
+
+/// Polls `check` every 100 ms for up to 15 s (the relay and the email job run in the
+/// background; SQLite workers poll).
+pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let until = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(found) = check().await {
+            return found;
+        }
+        assert!(std::time::Instant::now() < until, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The newest code starting with `prefix` in an email to `to` under the platform's mail folder.
+pub async fn mailed_code(mesh: &Mesh, to: &str, prefix: &str, not: &[String]) -> String {
+    let mail = mesh.data_dir.join("mail");
+    eventually(&format!("a {prefix}… code for {to}"), || async {
+        std::fs::read_dir(&mail).ok()?.flatten().find_map(|entry| {
+            let bytes = std::fs::read(entry.path()).ok()?;
+            let message = mail_parser::MessageParser::default().parse(&bytes)?;
+            if message.to()?.first()?.address()? != to {
+                return None;
+            }
+            let text = message.body_text(0)?.into_owned();
+            let at = text.find(prefix)?;
+            let code: String = text[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
+                .collect();
+            (!not.contains(&code)).then_some(code)
+        })
+    })
+    .await
+}
