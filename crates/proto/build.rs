@@ -10,6 +10,7 @@ const FILES: &[&str] = &[
     "thali/identity/v1/identity.proto",
     "thali/notifications/v1/notifications.proto",
     "thali/payments/v1/payments.proto",
+    "thali/privacy/v1/privacy.proto",
     "thali/storefront/v1/storefront.proto",
 ];
 

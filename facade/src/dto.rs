@@ -302,7 +302,7 @@ pub struct Account {
     pub email: String,
     pub display_name: String,
     pub role: Option<Role>,
-    /// `active`, `locked` or `disabled`.
+    /// `active`, `locked`, `disabled` or `erased`.
     pub status: String,
     #[schema(format = DateTime)]
     pub created_at: Option<String>,
@@ -318,6 +318,7 @@ impl From<thali_proto::identity::v1::Account> for Account {
             S::Active => "active",
             S::Locked => "locked",
             S::Disabled => "disabled",
+            S::Erased => "erased",
             S::Unspecified => "unknown",
         };
         Self {
@@ -855,4 +856,44 @@ pub struct AuditPage {
     pub records: Vec<AuditRecord>,
     /// Pass as `page_token` for the next page; absent on the last page.
     pub next_page_token: Option<String>,
+}
+
+/// Body of `DELETE /api/v1/me`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EraseAccount {
+    /// The account's current password.
+    pub password: String,
+}
+
+/// An erased account (ADR 0032).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ErasedAccount {
+    pub account_id: String,
+    #[schema(format = DateTime)]
+    pub erased_at: Option<String>,
+}
+
+/// Everything Thali holds about the caller (ADR 0032): one member per service, each in the
+/// shape that service gives it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct PersonalDataExport {
+    pub account_id: String,
+    #[schema(format = DateTime)]
+    pub exported_at: String,
+    /// The account, its sessions, API keys and sign-in addresses.
+    #[schema(value_type = Object)]
+    pub identity: serde_json::Value,
+    /// The stores the account owns, with their products.
+    #[schema(value_type = Object)]
+    pub storefront: serde_json::Value,
+    /// Its bookings as a guest and the restaurants it owns.
+    #[schema(value_type = Object)]
+    pub booking: serde_json::Value,
+    /// Orders it placed and received, its payment accounts (no secrets), refunds it asked for.
+    #[schema(value_type = Object)]
+    pub payments: serde_json::Value,
+    /// Its address as told, notifications, preferences, emails and webhook endpoints.
+    #[schema(value_type = Object)]
+    pub notifications: serde_json::Value,
 }

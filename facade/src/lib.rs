@@ -159,6 +159,8 @@ pub fn router(state: FacadeState, settings: &HttpSettings) -> Router {
         .route("/api/v1/auth/refresh", post(routes::identity::refresh))
         .route("/api/v1/auth/logout", post(routes::identity::logout))
         .route("/api/v1/auth/me", get(routes::identity::me))
+        .route("/api/v1/me", delete(routes::privacy::erase))
+        .route("/api/v1/me/export", get(routes::privacy::export))
         .route("/api/v1/auth/verify-email", post(routes::identity::verify_email))
         .route(
             "/api/v1/auth/verify-email/resend",

@@ -21,17 +21,7 @@ fn day() -> String {
 /// token, restaurant id).
 async fn set_up(mesh: &Mesh, email: &str) -> (String, String) {
     let owner = access(&mesh.sign_up(email, "restaurant_owner").await);
-    let r = json_of(
-        mesh.post(
-            "/api/v1/restaurants",
-            Some(&owner),
-            json!({"name": "Dosa Corner", "city": "Bengaluru", "cuisines": ["south indian"],
-                   "address": "1 MG Road", "time_zone": "Asia/Kolkata"}),
-        )
-        .await,
-        StatusCode::CREATED,
-    )
-    .await;
+    let r = support::open_restaurant(mesh, &owner, &["T1"]).await;
     let id = r["id"].as_str().unwrap().to_owned();
     assert_eq!(r["policy"]["slot_minutes"], 15);
     assert_eq!(
@@ -39,40 +29,6 @@ async fn set_up(mesh: &Mesh, email: &str) -> (String, String) {
         Some(36),
         "the owner sees it is theirs"
     );
-    json_of(
-        mesh.post(
-            &format!("/api/v1/restaurants/{id}/tables"),
-            Some(&owner),
-            json!({"label": "T1", "min_seats": 2, "max_seats": 4}),
-        )
-        .await,
-        StatusCode::CREATED,
-    )
-    .await;
-    let week: Vec<Value> = [
-        "monday",
-        "tuesday",
-        "wednesday",
-        "thursday",
-        "friday",
-        "saturday",
-        "sunday",
-    ]
-    .iter()
-    .map(|d| json!({"weekday": d, "opens": "08:00", "closes": "23:00"}))
-    .collect();
-    let hours = json_of(
-        mesh.send(
-            Method::PUT,
-            &format!("/api/v1/restaurants/{id}/hours"),
-            Some(&owner),
-            json!({ "hours": week }),
-        )
-        .await,
-        StatusCode::OK,
-    )
-    .await;
-    assert_eq!(hours["hours"].as_array().unwrap().len(), 7);
     (owner, id)
 }
 

@@ -1023,7 +1023,13 @@ impl pb::booking_service_server::BookingService for BookingGrpc {
 }
 
 /// The events booking takes: what payments says of deposit orders.
-pub const SUBSCRIBES_TO: &[&str] = &["order.paid", "order.failed", "order.expired", "order.refunded"];
+pub const SUBSCRIBES_TO: &[&str] = &[
+    "order.paid",
+    "order.failed",
+    "order.expired",
+    "order.refunded",
+    thali_platform::privacy::ERASED,
+];
 
 #[tonic::async_trait]
 impl thali_platform::events::Sink for BookingGrpc {
@@ -1031,6 +1037,13 @@ impl thali_platform::events::Sink for BookingGrpc {
     /// business: taken and ignored).
     async fn take(&self, event: thali_proto::events::v1::Event) -> Result<bool, Status> {
         use thali_proto::events::v1::event::Payload;
+        if let Some(Payload::AccountErased(p)) = &event.payload {
+            let account = Uuid::parse_str(&p.account_id)
+                .map_err(|_| Status::invalid_argument("account_erased.account_id is not a UUID"))?;
+            let event_id =
+                Uuid::parse_str(&event.id).map_err(|_| Status::invalid_argument("event.id is not a UUID"))?;
+            return Ok(self.store.erase_guest(event_id, account, Utc::now()).await?);
+        }
         let (order, outcome) = match &event.payload {
             Some(Payload::OrderPaid(p)) => (p.order.as_ref(), domain::DepositOutcome::Paid),
             Some(Payload::OrderExpired(p)) => (p.order.as_ref(), domain::DepositOutcome::Expired),
@@ -1039,7 +1052,11 @@ impl thali_platform::events::Sink for BookingGrpc {
                 let full = p.order.as_ref().is_some_and(|o| o.refunded_minor >= o.amount_minor);
                 (p.order.as_ref(), domain::DepositOutcome::Refunded { full })
             }
-            _ => return Err(Status::invalid_argument("booking takes order.* events only")),
+            _ => {
+                return Err(Status::invalid_argument(
+                    "booking takes order.* and account.erased events only",
+                ));
+            }
         };
         let order = order.ok_or_else(|| Status::invalid_argument("the event has no order"))?;
         let Some(booking) = order.reference.strip_prefix("booking:") else {

@@ -98,6 +98,11 @@ impl Booking {
         self.grpc.clone()
     }
 
+    /// What booking holds about an account, for its owner's export (ADR 0032).
+    pub fn personal_data(&self) -> Arc<dyn thali_platform::privacy::PersonalData> {
+        Arc::new(PersonalData(self.store.clone()))
+    }
+
     /// The service's job worker on `queue`, ready to spawn.
     pub fn job_worker(&self, queue: thali_platform::jobs::Queue) -> thali_platform::jobs::Worker {
         workers::job_worker(self.store.clone(), queue, self.payments.clone())
@@ -112,5 +117,14 @@ impl Booking {
     /// The gRPC service, ready to add to a server.
     pub fn server(&self) -> BookingServiceServer<grpc::BookingGrpc> {
         BookingServiceServer::from_arc(self.grpc.clone())
+    }
+}
+
+struct PersonalData(store::BookingStore);
+
+#[tonic::async_trait]
+impl thali_platform::privacy::PersonalData for PersonalData {
+    async fn export(&self, account: uuid::Uuid) -> Result<serde_json::Value, sea_orm::DbErr> {
+        self.0.personal_data(account).await
     }
 }

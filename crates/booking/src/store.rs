@@ -20,7 +20,9 @@ use thali_proto::events::v1::{BookingCancelled, BookingReminder, BookingSummary,
 use uuid::Uuid;
 
 mod deposits;
+mod privacy;
 pub use deposits::{DepositJob, RELEASE_UNPAID, REQUEST_DEPOSIT};
+pub use privacy::ERASED_GUEST;
 
 use crate::domain::{
     Booking, BookingError, BookingsOf, Closure, Day, Hold, HoursRange, NewBooking, NewRestaurant, NewTable, Policy,

@@ -59,6 +59,8 @@ pub enum IdentityError {
     IdempotencyKeyReused,
     #[error("the link is not valid: it was used already, has expired, or never existed")]
     BadToken,
+    #[error("the password is not the account's")]
+    PasswordIncorrect,
     #[error("the database does not answer")]
     Unavailable,
     #[error("internal: {0}")]
@@ -108,6 +110,8 @@ pub enum AccountStatus {
     Active,
     Locked,
     Disabled,
+    /// Erased by its owner (ADR 0032). Stored as `disabled` with `erased_at` set.
+    Erased,
 }
 
 impl AccountStatus {
@@ -116,6 +120,7 @@ impl AccountStatus {
             AccountStatus::Active => "active",
             AccountStatus::Locked => "locked",
             AccountStatus::Disabled => "disabled",
+            AccountStatus::Erased => "erased",
         }
     }
 
@@ -127,6 +132,14 @@ impl AccountStatus {
             _ => return None,
         })
     }
+}
+
+/// The display name an erased account keeps (the column needs one).
+pub const ERASED_DISPLAY_NAME: &str = "Erased account";
+
+/// The email an erased account keeps: unique, reserved (`.invalid` never resolves), naming no one.
+pub fn erased_email(id: uuid::Uuid) -> String {
+    format!("erased-{}@erased.invalid", id.simple())
 }
 
 /// An account.

@@ -68,6 +68,9 @@ impl From<IdentityError> for Status {
             IdentityError::Forbidden => errors::with_reason(Code::PermissionDenied, "FORBIDDEN", message),
             IdentityError::ApiKeyNotFound => errors::with_reason(Code::NotFound, "API_KEY_NOT_FOUND", message),
             IdentityError::AccountNotFound => errors::with_reason(Code::NotFound, "ACCOUNT_NOT_FOUND", message),
+            IdentityError::PasswordIncorrect => {
+                errors::with_reason(Code::PermissionDenied, "PASSWORD_INCORRECT", message)
+            }
             IdentityError::BadToken => errors::with_reason(Code::InvalidArgument, "TOKEN_INVALID", message),
             IdentityError::IdempotencyKeyReused => {
                 errors::with_reason(Code::Aborted, "IDEMPOTENCY_KEY_REUSED", message)
@@ -114,6 +117,7 @@ fn account_pb(a: &Account) -> pb::Account {
             AccountStatus::Active => pb::AccountStatus::Active,
             AccountStatus::Locked => pb::AccountStatus::Locked,
             AccountStatus::Disabled => pb::AccountStatus::Disabled,
+            AccountStatus::Erased => pb::AccountStatus::Erased,
         } as i32,
         create_time: Some(timestamp(a.created_at)),
         email_verify_time: a.email_verified_at.map(timestamp),
@@ -602,6 +606,68 @@ impl pb::identity_service_server::IdentityService for IdentityGrpc {
         }
         Ok(Response::new(pb::DisableAccountResponse {
             account: Some(account_pb(&account)),
+        }))
+    }
+
+    async fn erase_account(
+        &self,
+        request: Request<pb::EraseAccountRequest>,
+    ) -> Result<Response<pb::EraseAccountResponse>, Status> {
+        let address = client_address(&request);
+        let (id, _) = account_caller(&request)?;
+        let req = request.into_inner();
+        let address = address(&req.client_address)?;
+        if req.password.is_empty() || req.password.chars().count() > domain::PASSWORD_MAX {
+            return Err(IdentityError::invalid(
+                "password",
+                format!("must be 1 to {} characters", domain::PASSWORD_MAX),
+            )
+            .into());
+        }
+        let account = self.store.account(id).await?;
+        if account.status == AccountStatus::Erased {
+            return Err(IdentityError::Unauthenticated.into());
+        }
+        // The password is guessed no faster here than at login: the same (account, address)
+        // throttle counts the attempt before the check.
+        let (pair_key, _) = domain::throttle_keys(&account.email, &address);
+        if let Some(retry_after) = self.store.throttled(std::slice::from_ref(&pair_key)).await? {
+            return Err(IdentityError::Throttled {
+                retry_after: retry_after.max(Duration::from_secs(1)),
+            }
+            .into());
+        }
+        let (attempts, lock) = self.store.record_failure(&pair_key, PAIR_FAILURES_ALLOWED).await?;
+        if attempts > PAIR_FAILURES_ALLOWED {
+            let retry_after = lock.unwrap_or(domain::LOCKOUT_BASE);
+            return Err(IdentityError::Throttled { retry_after }.into());
+        }
+        let hash = self
+            .store
+            .account_for_login(&account.email)
+            .await?
+            .map(|(_, hash)| hash);
+        let ok = passwords::verify_async(req.password, hash)
+            .await
+            .map_err(|_| IdentityError::Unavailable)?;
+        if !ok {
+            security_event(
+                SecurityEvent::LoginFailed,
+                &account.email,
+                "",
+                &address,
+                "wrong password to erase the account",
+            );
+            self.store
+                .record_login_failure(Some(id), &address, "wrong password to erase the account")
+                .await?;
+            return Err(IdentityError::PasswordIncorrect.into());
+        }
+        let erased_at = self.store.erase_account(id, &address).await?;
+        tracing::info!(account = %id, "account erased at its owner's request");
+        Ok(Response::new(pb::EraseAccountResponse {
+            account_id: id.to_string(),
+            erased_at: Some(timestamp(erased_at)),
         }))
     }
 

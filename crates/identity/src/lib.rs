@@ -21,3 +21,15 @@ pub const API_KEY_SCOPES: &[(&str, &str)] = &[];
 pub fn service(db: DatabaseConnection, signer: Arc<Signer>) -> IdentityServiceServer<grpc::IdentityGrpc> {
     IdentityServiceServer::new(grpc::IdentityGrpc::new(store::IdentityStore::new(db), signer))
 }
+
+/// What identity holds about an account, for its owner's export (ADR 0032).
+pub fn personal_data(db: DatabaseConnection) -> Arc<dyn thali_platform::privacy::PersonalData> {
+    Arc::new(store::IdentityStore::new(db))
+}
+
+#[tonic::async_trait]
+impl thali_platform::privacy::PersonalData for store::IdentityStore {
+    async fn export(&self, account: uuid::Uuid) -> Result<serde_json::Value, sea_orm::DbErr> {
+        self.personal_data(account).await
+    }
+}

@@ -7,8 +7,8 @@ use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use chrono::{DateTime, Utc};
 use ring::rand::{SecureRandom, SystemRandom};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, DatabaseConnection, DbErr, EntityTrait, ExprTrait, PaginatorTrait, QueryFilter,
-    QueryOrder, QuerySelect, Set, TransactionTrait,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait, ExprTrait, PaginatorTrait,
+    QueryFilter, QueryOrder, QuerySelect, Set, TransactionTrait,
     sea_query::{Expr, OnConflict},
 };
 use thali_platform::audit_log::{self, Entry};
@@ -16,8 +16,8 @@ use thali_platform::db::is_unique_violation;
 pub use thali_platform::idempotency::Idempotency;
 use thali_platform::idempotency::{Keys, Replay};
 use thali_proto::events::v1::{
-    AccountCreated, AccountEmailVerificationRequested, AccountLoginNewAddress, AccountPasswordResetRequested,
-    AccountRegistrationAttempted, event::Payload,
+    AccountCreated, AccountEmailVerificationRequested, AccountErased, AccountLoginNewAddress,
+    AccountPasswordResetRequested, AccountRegistrationAttempted, event::Payload,
 };
 use uuid::Uuid;
 
@@ -44,6 +44,8 @@ pub mod account {
         pub created_at: DateTimeUtc,
         pub updated_at: DateTimeUtc,
         pub email_verified_at: Option<DateTimeUtc>,
+        /// Erased by its owner (ADR 0032): every personal field above is anonymised.
+        pub erased_at: Option<DateTimeUtc>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -205,8 +207,11 @@ impl TryFrom<account::Model> for Account {
             email: m.email,
             display_name: m.display_name,
             role: Role::parse(&m.role).ok_or_else(|| IdentityError::Internal(format!("unknown role {}", m.role)))?,
-            status: AccountStatus::parse(&m.status)
-                .ok_or_else(|| IdentityError::Internal(format!("unknown status {}", m.status)))?,
+            status: match m.erased_at {
+                Some(_) => AccountStatus::Erased,
+                None => AccountStatus::parse(&m.status)
+                    .ok_or_else(|| IdentityError::Internal(format!("unknown status {}", m.status)))?,
+            },
             created_at: m.created_at,
             email_verified_at: m.email_verified_at,
         })
@@ -426,6 +431,7 @@ impl IdentityStore {
             created_at: Set(now),
             updated_at: Set(now),
             email_verified_at: Set(None),
+            erased_at: Set(None),
         };
         let model = match row.insert(&txn).await {
             Ok(m) => m,
@@ -926,6 +932,168 @@ impl IdentityStore {
         }
         txn.commit().await?;
         Ok((found.try_into()?, changed.rows_affected == 1))
+    }
+
+    /// Erases `id` at its owner's request (ADR 0032), in one transaction: the account row keeps
+    /// its id (orders, bookings and the audit trail name it) with every personal field
+    /// anonymised and its password unusable; its sessions, emailed tokens, known sign-in
+    /// addresses and idempotency records go; its API keys are revoked and unnamed; every token it
+    /// holds is refused from now on (a revocation); the delivered events about it, which carried
+    /// its email, are forgotten; and `account.erased` tells every other service. Erasing an
+    /// erased account answers when it was erased and does nothing again.
+    pub async fn erase_account(&self, id: Uuid, address: &str) -> Result<DateTime<Utc>, IdentityError> {
+        let now = self.queue.now();
+        let txn = thali_platform::db::begin_write(&self.db).await?;
+        let found = account::Entity::find_by_id(id)
+            .one(&txn)
+            .await?
+            .ok_or(IdentityError::AccountNotFound)?;
+        if let Some(at) = found.erased_at {
+            return Ok(at);
+        }
+        let known_addresses: Vec<String> = login_address::Entity::find()
+            .filter(login_address::Column::AccountId.eq(id))
+            .all(&txn)
+            .await?
+            .into_iter()
+            .map(|a| a.address)
+            .collect();
+        account::Entity::update_many()
+            .col_expr(account::Column::Email, Expr::value(crate::domain::erased_email(id)))
+            .col_expr(
+                account::Column::DisplayName,
+                Expr::value(crate::domain::ERASED_DISPLAY_NAME),
+            )
+            .col_expr(account::Column::PasswordHash, Expr::value("!erased"))
+            .col_expr(account::Column::Status, Expr::value(AccountStatus::Disabled.as_str()))
+            .col_expr(
+                account::Column::EmailVerifiedAt,
+                Expr::value(Option::<DateTime<Utc>>::None),
+            )
+            .col_expr(account::Column::ErasedAt, Expr::value(now))
+            .col_expr(account::Column::UpdatedAt, Expr::value(now))
+            .filter(account::Column::Id.eq(id))
+            .exec(&txn)
+            .await?;
+        refresh_token::Entity::delete_many()
+            .filter(refresh_token::Column::AccountId.eq(id))
+            .exec(&txn)
+            .await?;
+        account_token::Entity::delete_many()
+            .filter(account_token::Column::AccountId.eq(id))
+            .exec(&txn)
+            .await?;
+        login_address::Entity::delete_many()
+            .filter(login_address::Column::AccountId.eq(id))
+            .exec(&txn)
+            .await?;
+        let throttled: Vec<String> = known_addresses
+            .iter()
+            .map(|a| crate::domain::throttle_keys(&found.email, a).0)
+            .collect();
+        if !throttled.is_empty() {
+            login_throttle::Entity::delete_many()
+                .filter(login_throttle::Column::ThrottleKey.is_in(throttled))
+                .exec(&txn)
+                .await?;
+        }
+        api_key::Entity::update_many()
+            .col_expr(api_key::Column::RevokedAt, Expr::value(now))
+            .filter(api_key::Column::OwnerId.eq(id))
+            .filter(api_key::Column::RevokedAt.is_null())
+            .exec(&txn)
+            .await?;
+        api_key::Entity::update_many()
+            .col_expr(api_key::Column::Name, Expr::value("erased"))
+            .filter(api_key::Column::OwnerId.eq(id))
+            .exec(&txn)
+            .await?;
+        // Registration's idempotency records are kept under the email.
+        txn.execute_raw(thali_platform::db::statement(
+            txn.get_database_backend(),
+            "DELETE FROM identity_idempotency WHERE subject IN ($1, $2)",
+            vec![found.email.clone().into(), id.to_string().into()],
+        ))
+        .await?;
+        record_revocation(&txn, "account", &id.to_string(), now).await?;
+        let aggregate = format!("account:{id}");
+        thali_platform::privacy::forget_delivered_events(&txn, crate::workers::SERVICE, &aggregate).await?;
+        let event = thali_platform::events::new_event(
+            crate::workers::SERVICE,
+            aggregate,
+            Some(id),
+            Payload::AccountErased(AccountErased {
+                account_id: id.to_string(),
+            }),
+            now,
+        );
+        thali_platform::events::publish(&txn, &self.queue, &event).await?;
+        audit(
+            &txn,
+            Entry::new(audit_log::account(id), "account.erased", format!("account:{id}"))
+                .from_address(address)
+                .with_details(serde_json::json!({"sessions_ended": true, "api_keys_revoked": true})),
+        )
+        .await?;
+        txn.commit().await?;
+        Ok(now)
+    }
+
+    /// What identity holds about `id`, for its owner's export (ADR 0032): the account, its
+    /// sessions, API keys (never their secrets) and the addresses it signed in from.
+    pub async fn personal_data(&self, id: Uuid) -> Result<serde_json::Value, DbErr> {
+        let Some(account) = account::Entity::find_by_id(id).one(&self.db).await? else {
+            return Ok(serde_json::json!({}));
+        };
+        let sessions = refresh_token::Entity::find()
+            .filter(refresh_token::Column::AccountId.eq(id))
+            .order_by_asc(refresh_token::Column::CreatedAt)
+            .all(&self.db)
+            .await?;
+        let keys = api_key::Entity::find()
+            .filter(api_key::Column::OwnerId.eq(id))
+            .order_by_asc(api_key::Column::CreatedAt)
+            .all(&self.db)
+            .await?;
+        let addresses = login_address::Entity::find()
+            .filter(login_address::Column::AccountId.eq(id))
+            .all(&self.db)
+            .await?;
+        Ok(serde_json::json!({
+            "account": {
+                "id": account.id,
+                "email": account.email,
+                "display_name": account.display_name,
+                "role": account.role,
+                "status": account.status,
+                "created_at": account.created_at,
+                "updated_at": account.updated_at,
+                "email_verified_at": account.email_verified_at,
+                "erased_at": account.erased_at,
+            },
+            "sessions": sessions.iter().map(|t| serde_json::json!({
+                "session": t.family_id,
+                "created_at": t.created_at,
+                "expires_at": t.expires_at,
+                "used_at": t.used_at,
+                "revoked_at": t.revoked_at,
+            })).collect::<Vec<_>>(),
+            "api_keys": keys.iter().map(|k| serde_json::json!({
+                "id": k.id,
+                "name": k.name,
+                "prefix": k.prefix,
+                "scopes": k.scopes,
+                "created_at": k.created_at,
+                "expires_at": k.expires_at,
+                "last_used_at": k.last_used_at,
+                "revoked_at": k.revoked_at,
+            })).collect::<Vec<_>>(),
+            "sign_in_addresses": addresses.iter().map(|a| serde_json::json!({
+                "address": a.address,
+                "first_seen_at": a.first_seen_at,
+                "last_seen_at": a.last_seen_at,
+            })).collect::<Vec<_>>(),
+        }))
     }
 
     /// Revocations after `after_id` that still matter, oldest first, at most `limit`.

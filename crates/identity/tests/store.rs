@@ -572,3 +572,74 @@ async fn every_audited_action_commits_its_record_with_its_change_and_a_refused_c
         );
     }
 }
+
+#[tokio::test]
+async fn an_erased_account_keeps_its_id_and_nothing_personal_and_its_event_carries_none() {
+    for (backend, store, _clock, db) in clocked_stores().await {
+        let id = account(&store, "erase.me@example.com").await;
+        let other = account(&store, "stays@example.com").await;
+        let (key, _) = store
+            .create_api_key(id, "my laptop", &["storefront.read".into()], None, None, None)
+            .await
+            .unwrap();
+        store.start_family(id, "203.0.113.7").await.unwrap();
+
+        let at = store.erase_account(id, "203.0.113.7").await.unwrap();
+        // A second erasure answers the first's time and does nothing again.
+        assert_eq!(store.erase_account(id, "203.0.113.7").await.unwrap(), at, "{backend}");
+
+        let erased = store.account(id).await.unwrap();
+        assert_eq!(erased.status, AccountStatus::Erased, "{backend}");
+        assert!(!erased.email.contains("erase.me"), "{backend}");
+        assert_eq!(erased.display_name, "Erased account", "{backend}");
+        assert!(
+            store.account_for_login("erase.me@example.com").await.unwrap().is_none(),
+            "{backend}: the address is free"
+        );
+        let keys = store.api_keys(id).await.unwrap();
+        assert!(
+            keys.iter().all(|k| k.revoked_at.is_some() && k.name != "my laptop"),
+            "{backend}: {keys:?}"
+        );
+        assert_eq!(keys[0].id, key.id);
+        assert_eq!(rows(&store, "refresh_tokens").await, 0, "{backend}: sessions end");
+        let per_account = |table: &str| {
+            let db = db.clone();
+            let sql = format!("SELECT COUNT(*) AS n FROM {table} WHERE account_id = $1");
+            async move {
+                let stmt = thali_platform::db::statement(db.get_database_backend(), &sql, vec![id.into()]);
+                db.query_one_raw(stmt)
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .try_get::<i64>("", "n")
+                    .unwrap()
+            }
+        };
+        assert_eq!(per_account("account_tokens").await, 0, "{backend}");
+        assert_eq!(per_account("login_addresses").await, 0, "{backend}");
+        // The other account is untouched.
+        assert_eq!(store.account(other).await.unwrap().status, AccountStatus::Active);
+
+        // The delivered events about the account were forgotten only once delivered: here none
+        // was (no relay runs), so the outbox holds account.created … and account.erased, which
+        // names the account and nothing else.
+        let events = outbox(&db).await;
+        let erased_event = events
+            .iter()
+            .find(|e| e.r#type == "account.erased")
+            .expect("account.erased is in the outbox");
+        assert_eq!(erased_event.aggregate, format!("account:{id}"), "{backend}");
+        match &erased_event.payload {
+            Some(Payload::AccountErased(p)) => assert_eq!(p.account_id, id.to_string()),
+            other => panic!("{backend}: {other:?}"),
+        }
+        let trail = audit_trail(&db).await;
+        assert!(
+            trail
+                .iter()
+                .any(|(action, _, target, _)| action == "account.erased" && *target == format!("account:{id}")),
+            "{backend}: {trail:?}"
+        );
+    }
+}

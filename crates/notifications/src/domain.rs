@@ -419,6 +419,10 @@ fn booking_data(
     data
 }
 
+/// What a notification that named an erased account's person says instead (ADR 0032).
+pub const ERASED_TITLE: &str = "About an erased account";
+pub const ERASED_BODY: &str = "This notification named a person whose account has since been erased.";
+
 impl Incoming {
     /// Checks an event and picks who it is for. INVALID_ARGUMENT (never retried by the relay)
     /// for an event that can never be taken.
@@ -512,6 +516,13 @@ impl Incoming {
                 }
                 (account, recipient, context)
             }
+            // Taken by the sink itself (the account's data is erased), never a notification.
+            Payload::AccountErased(_) => {
+                return Err(NotificationError::invalid(
+                    "event.type",
+                    "account.erased is not a notification",
+                ));
+            }
             // Between booking and payments: nobody is told of it.
             Payload::BookingDepositRefundRequested(_) => {
                 return Err(NotificationError::invalid(
@@ -559,6 +570,7 @@ impl Incoming {
                 "returned_minor": p.returned_minor,
                 "reason": p.reason,
             }),
+            Payload::AccountErased(p) => serde_json::json!({ "account_id": p.account_id }),
             Payload::BookingDepositRefundRequested(p) => serde_json::json!({
                 "booking_id": p.booking_id,
                 "order_id": p.order_id,

@@ -289,6 +289,13 @@ impl pb::notification_service_server::NotificationService for NotificationsGrpc 
 #[tonic::async_trait]
 impl thali_platform::events::Sink for NotificationsGrpc {
     async fn take(&self, event: Event) -> Result<bool, Status> {
+        if let Some(thali_proto::events::v1::event::Payload::AccountErased(p)) = &event.payload {
+            let account = Uuid::parse_str(&p.account_id)
+                .map_err(|_| Status::invalid_argument("account_erased.account_id is not a UUID"))?;
+            let event_id =
+                Uuid::parse_str(&event.id).map_err(|_| Status::invalid_argument("event.id is not a UUID"))?;
+            return Ok(self.store.erase_account(event_id, account).await?);
+        }
         let incoming = Incoming::from_event(&event)?;
         let new = self.store.take(&incoming, &self.templates).await?;
         tracing::debug!(event_id = %incoming.event_id, event_type = incoming.event_type, new, "event taken");

@@ -34,6 +34,7 @@ pub const SUBSCRIBES_TO: &[&str] = &[
     "order.expired",
     "order.refunded",
     "order.payment_returned",
+    thali_platform::privacy::ERASED,
 ];
 
 /// The notifications service: its gRPC handlers, event sink and mailer.
@@ -94,6 +95,11 @@ impl Notifications {
         self.grpc.clone()
     }
 
+    /// What notifications holds about an account, for its owner's export (ADR 0032).
+    pub fn personal_data(&self) -> Arc<dyn thali_platform::privacy::PersonalData> {
+        Arc::new(PersonalData(self.store.clone()))
+    }
+
     /// The service's job worker on `queue` (email, housekeeping), ready to spawn.
     pub fn job_worker(&self, queue: Queue) -> Worker {
         workers::job_worker(self.store.clone(), queue, self.outbound.clone())
@@ -102,5 +108,14 @@ impl Notifications {
     /// The gRPC service, ready to add to a server.
     pub fn server(&self) -> NotificationServiceServer<grpc::NotificationsGrpc> {
         NotificationServiceServer::from_arc(self.grpc.clone())
+    }
+}
+
+struct PersonalData(store::NotificationStore);
+
+#[tonic::async_trait]
+impl thali_platform::privacy::PersonalData for PersonalData {
+    async fn export(&self, account: uuid::Uuid) -> Result<serde_json::Value, sea_orm::DbErr> {
+        self.0.personal_data(account).await
     }
 }

@@ -341,7 +341,7 @@ impl NotificationStore {
             let text = templates
                 .in_app(incoming.event_type, &context)
                 .map_err(template_failed)?;
-            in_app_row(&txn, incoming, incoming.account_id, text, now).await?;
+            in_app_row(&txn, incoming, incoming.account_id, None, text, now).await?;
         }
 
         // The restaurant's owner (or whoever owns the event's resource) hears of it in-app.
@@ -351,7 +351,7 @@ impl NotificationStore {
             let text = templates
                 .in_app(incoming.event_type, &context)
                 .map_err(template_failed)?;
-            in_app_row(&txn, incoming, owner, text, now).await?;
+            in_app_row(&txn, incoming, owner, Some(incoming.account_id), text, now).await?;
         }
 
         let wanted = match channels.email {
@@ -944,17 +944,20 @@ fn decode_token(token: &str) -> Result<Uuid, NotificationError> {
 }
 
 /// One in-app notification of `incoming` for `account` (once per account and event).
+/// Writes an in-app notification for `account`; `about` is the account whose person it names
+/// when that is someone else (its erasure finds the notification).
 async fn in_app_row(
     txn: &impl ConnectionTrait,
     incoming: &Incoming,
     account: Uuid,
+    about: Option<Uuid>,
     text: crate::templates::InApp,
     now: chrono::DateTime<chrono::Utc>,
 ) -> Result<(), sea_orm::DbErr> {
     txn.execute_raw(statement(
         txn.get_database_backend(),
-        "INSERT INTO notifications (id, account_id, event_id, event_type, title, body, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+        "INSERT INTO notifications (id, account_id, event_id, event_type, title, body, created_at, about_account_id) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
         vec![
             Uuid::now_v7().into(),
             account.into(),
@@ -963,8 +966,121 @@ async fn in_app_row(
             text.title.into(),
             text.body.into(),
             now.into(),
+            about.into(),
         ],
     ))
     .await?;
     Ok(())
+}
+
+/// Personal data (ADR 0032): an account's export, and the erasure `account.erased` asks for.
+impl NotificationStore {
+    /// Forgets everything notifications keeps of `account`, once per event (the inbox), in one
+    /// transaction: its address and name, its in-app notifications, preferences and emails (a
+    /// queued one is never sent: its job finds nothing), its webhook endpoints with their
+    /// deliveries, and the settled deliveries to other accounts' endpoints that named it.
+    /// Returns false for an event taken before.
+    pub async fn erase_account(&self, event_id: Uuid, account: Uuid) -> Result<bool, NotificationError> {
+        let now = self.queue.now();
+        let txn = thali_platform::db::begin_write(&self.db).await?;
+        if !thali_platform::events::accept(&txn, SERVICE, event_id, thali_platform::privacy::ERASED, now).await? {
+            return Ok(false);
+        }
+        notification::Entity::delete_many()
+            .filter(notification::Column::AccountId.eq(account))
+            .exec(&txn)
+            .await?;
+        // Others' notifications that named this account's person keep their place, not the name.
+        txn.execute_raw(statement(
+            txn.get_database_backend(),
+            "UPDATE notifications SET title = $1, body = $2, about_account_id = NULL WHERE about_account_id = $3",
+            vec![domain::ERASED_TITLE.into(), domain::ERASED_BODY.into(), account.into()],
+        ))
+        .await?;
+        preference::Entity::delete_many()
+            .filter(preference::Column::AccountId.eq(account))
+            .exec(&txn)
+            .await?;
+        email::Entity::delete_many()
+            .filter(email::Column::AccountId.eq(account))
+            .exec(&txn)
+            .await?;
+        // Deliveries and their attempts go with the endpoint (ON DELETE CASCADE).
+        endpoint::Entity::delete_many()
+            .filter(endpoint::Column::AccountId.eq(account))
+            .exec(&txn)
+            .await?;
+        delivery::Entity::delete_many()
+            .filter(delivery::Column::Payload.contains(account.to_string()))
+            .filter(delivery::Column::State.ne("pending"))
+            .exec(&txn)
+            .await?;
+        recipient::Entity::delete_many()
+            .filter(recipient::Column::AccountId.eq(account))
+            .exec(&txn)
+            .await?;
+        txn.commit().await?;
+        tracing::info!(%account, "notifications of the account forgotten");
+        Ok(true)
+    }
+
+    /// What notifications holds about `account`: its address and name as last told, in-app
+    /// notifications, email preferences, emails, and webhook endpoints (never their secrets).
+    pub async fn personal_data(&self, account: Uuid) -> Result<serde_json::Value, DbErr> {
+        let recipient = recipient::Entity::find_by_id(account).one(&self.db).await?;
+        let notifications = notification::Entity::find()
+            .filter(notification::Column::AccountId.eq(account))
+            .order_by_asc(notification::Column::CreatedAt)
+            .all(&self.db)
+            .await?;
+        let preferences = preference::Entity::find()
+            .filter(preference::Column::AccountId.eq(account))
+            .all(&self.db)
+            .await?;
+        let emails = email::Entity::find()
+            .filter(email::Column::AccountId.eq(account))
+            .order_by_asc(email::Column::CreatedAt)
+            .all(&self.db)
+            .await?;
+        let endpoints = endpoint::Entity::find()
+            .filter(endpoint::Column::AccountId.eq(account))
+            .all(&self.db)
+            .await?;
+        Ok(serde_json::json!({
+            "recipient": recipient.map(|r| serde_json::json!({
+                "email": r.email,
+                "display_name": r.display_name,
+                "updated_at": r.updated_at,
+            })),
+            "notifications": notifications.iter().map(|n| serde_json::json!({
+                "id": n.id,
+                "event_type": n.event_type,
+                "title": n.title,
+                "body": n.body,
+                "created_at": n.created_at,
+                "read_at": n.read_at,
+            })).collect::<Vec<_>>(),
+            "email_preferences": preferences.iter().map(|p| serde_json::json!({
+                "event_type": p.event_type,
+                "email": p.email,
+            })).collect::<Vec<_>>(),
+            "emails": emails.iter().map(|e| serde_json::json!({
+                "id": e.id,
+                "template": e.template,
+                "to": e.to_address,
+                "subject": e.subject,
+                "text_body": e.text_body,
+                "state": e.state,
+                "created_at": e.created_at,
+                "sent_at": e.sent_at,
+            })).collect::<Vec<_>>(),
+            "webhook_endpoints": endpoints.iter().map(|e| serde_json::json!({
+                "id": e.id,
+                "url": e.url,
+                "event_types": e.event_types,
+                "state": e.state,
+                "created_at": e.created_at,
+            })).collect::<Vec<_>>(),
+        }))
+    }
 }

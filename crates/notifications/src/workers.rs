@@ -107,11 +107,11 @@ pub fn job_worker_with(
 
 async fn send_email(store: NotificationStore, clock: Queue, mailer: Mailer, job: Job) -> Result<(), JobError> {
     let SendEmail { email_id } = job.payload()?;
-    let email = store
-        .email(email_id)
-        .await
-        .map_err(JobError::retry)?
-        .ok_or_else(|| JobError::Fatal(format!("no email {email_id}")))?;
+    let Some(email) = store.email(email_id).await.map_err(JobError::retry)? else {
+        // Erased with its account (ADR 0032) before it went out: nothing to send.
+        tracing::info!(%email_id, "email no longer exists (its account was erased); not sent");
+        return Ok(());
+    };
     // Sent (or refused for good) on an earlier run whose completion was lost.
     if email.state != "queued" {
         return Ok(());

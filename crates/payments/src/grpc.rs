@@ -857,7 +857,7 @@ impl pb::payments_service_server::PaymentsService for PaymentsGrpc {
 }
 
 /// The events payments takes: a booking's paid deposit to give back.
-pub const SUBSCRIBES_TO: &[&str] = &["booking.deposit_refund_requested"];
+pub const SUBSCRIBES_TO: &[&str] = &["booking.deposit_refund_requested", thali_platform::privacy::ERASED];
 
 #[tonic::async_trait]
 impl thali_platform::events::Sink for PaymentsGrpc {
@@ -866,9 +866,16 @@ impl thali_platform::events::Sink for PaymentsGrpc {
     /// done.
     async fn take(&self, event: thali_proto::events::v1::Event) -> Result<bool, Status> {
         use thali_proto::events::v1::event::Payload;
+        if let Some(Payload::AccountErased(p)) = &event.payload {
+            let account = Uuid::parse_str(&p.account_id)
+                .map_err(|_| Status::invalid_argument("account_erased.account_id is not a UUID"))?;
+            let event_id =
+                Uuid::parse_str(&event.id).map_err(|_| Status::invalid_argument("event.id is not a UUID"))?;
+            return Ok(self.store.erase_account(event_id, account, chrono::Utc::now()).await?);
+        }
         let Some(Payload::BookingDepositRefundRequested(p)) = &event.payload else {
             return Err(Status::invalid_argument(
-                "payments takes booking.deposit_refund_requested only",
+                "payments takes booking.deposit_refund_requested and account.erased only",
             ));
         };
         let order_id = Uuid::parse_str(&p.order_id)

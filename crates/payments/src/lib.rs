@@ -98,8 +98,22 @@ impl Payments {
         self.grpc.clone()
     }
 
+    /// What payments holds about an account, for its owner's export (ADR 0032).
+    pub fn personal_data(&self) -> Arc<dyn thali_platform::privacy::PersonalData> {
+        Arc::new(PersonalData(self.settler.store.clone()))
+    }
+
     /// The gRPC service, ready to add to a server.
     pub fn server(&self) -> PaymentsServiceServer<grpc::PaymentsGrpc> {
         PaymentsServiceServer::from_arc(self.grpc.clone())
+    }
+}
+
+struct PersonalData(store::PaymentsStore);
+
+#[tonic::async_trait]
+impl thali_platform::privacy::PersonalData for PersonalData {
+    async fn export(&self, account: uuid::Uuid) -> Result<serde_json::Value, sea_orm::DbErr> {
+        self.0.personal_data(account).await
     }
 }

@@ -650,19 +650,13 @@ pub mod grpc {
                     "only an administrator reads the audit trail",
                 ));
             }
-            let addressed = request
-                .metadata()
-                .get(super::SERVICE_HEADER)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned);
+            let misaddressed = crate::server::addressed_elsewhere(
+                request.metadata(),
+                super::SERVICE_HEADER,
+                &request.get_ref().service,
+            );
             let req = request.into_inner();
-            let mut bad = Vec::new();
-            if addressed.as_ref().is_some_and(|a| *a != req.service) {
-                bad.push(Violation::new(
-                    "service",
-                    format!("must be the service named in {}", super::SERVICE_HEADER),
-                ));
-            }
+            let mut bad: Vec<Violation> = misaddressed.into_iter().collect();
             let service = self.services.iter().find(|s| **s == req.service).copied();
             if service.is_none() {
                 bad.push(Violation::new(

@@ -41,6 +41,7 @@ pub fn type_of(payload: &Payload) -> &'static str {
         Payload::AccountEmailVerificationRequested(_) => "account.email_verification_requested",
         Payload::AccountPasswordResetRequested(_) => "account.password_reset_requested",
         Payload::AccountRegistrationAttempted(_) => "account.registration_attempted",
+        Payload::AccountErased(_) => "account.erased",
         Payload::BookingConfirmed(_) => "booking.confirmed",
         Payload::BookingCancelled(_) => "booking.cancelled",
         Payload::BookingReminder(_) => "booking.reminder",
@@ -81,12 +82,17 @@ struct RelayPayload {
     event: String,
 }
 
+/// The relay jobs of one aggregate's events are ordered under this key.
+pub fn ordering_key(aggregate: &str) -> String {
+    format!("event:{aggregate}")
+}
+
 /// Writes `event` on `conn` — the transaction of the change that caused it.
 pub async fn publish<C: ConnectionTrait>(conn: &C, queue: &Queue, event: &Event) -> Result<(), DbErr> {
     let payload = RelayPayload {
         event: STANDARD.encode(event.encode_to_vec()),
     };
-    let job = NewJob::new(RELAY_KIND, &payload).ordered_by(format!("event:{}", event.aggregate));
+    let job = NewJob::new(RELAY_KIND, &payload).ordered_by(ordering_key(&event.aggregate));
     queue.enqueue(conn, job).await?;
     Ok(())
 }

@@ -91,6 +91,8 @@ pub mod identity {
             ResetPasswordRequest => "ResetPassword", never;
             ListRevocationsRequest => "ListRevocations", read;
             DisableAccountRequest => "DisableAccount", idempotent;
+            // After an erasure the caller's token is refused: a repeat could not say it worked.
+            EraseAccountRequest => "EraseAccount", never;
         }
     }
 }
@@ -136,6 +138,16 @@ pub mod payments {
             GetPaymentAccountRequest => "GetPaymentAccount", read;
             // One order per booking: a repeat answers the same order.
             CreateDepositOrderRequest => "CreateDepositOrder", idempotent;
+        }
+    }
+}
+
+pub mod privacy {
+    pub mod v1 {
+        tonic::include_proto!("thali.privacy.v1");
+
+        crate::retry::retry_table! {
+            ExportPersonalDataRequest => "ExportPersonalData", read;
         }
     }
 }

@@ -520,3 +520,27 @@ impl pb::storefront_service_server::StorefrontService for StorefrontGrpc {
         }))
     }
 }
+
+/// The event types storefront subscribes to.
+pub const SUBSCRIBES_TO: &[&str] = &[thali_platform::privacy::ERASED];
+
+#[tonic::async_trait]
+impl thali_platform::events::Sink for StorefrontGrpc {
+    /// An erased account's stores are erased (ADR 0032) and their cached pages dropped.
+    async fn take(&self, event: thali_proto::events::v1::Event) -> Result<bool, Status> {
+        use thali_proto::events::v1::event::Payload;
+        let Some(Payload::AccountErased(p)) = &event.payload else {
+            return Err(Status::invalid_argument("storefront takes account.erased only"));
+        };
+        let account = Uuid::parse_str(&p.account_id)
+            .map_err(|_| Status::invalid_argument("account_erased.account_id is not a UUID"))?;
+        let event_id = Uuid::parse_str(&event.id).map_err(|_| Status::invalid_argument("event.id is not a UUID"))?;
+        let Some(names) = self.store.erase_owner(event_id, account, chrono::Utc::now()).await? else {
+            return Ok(false);
+        };
+        for name in &names {
+            self.invalidate(name).await;
+        }
+        Ok(true)
+    }
+}

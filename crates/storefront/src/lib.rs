@@ -151,4 +151,23 @@ impl Storefront {
     pub fn server(&self) -> StorefrontServiceServer<grpc::StorefrontGrpc> {
         StorefrontServiceServer::from_arc(self.grpc.clone())
     }
+
+    /// The service's event subscriber (erased accounts' stores).
+    pub fn sink(&self) -> Arc<dyn thali_platform::events::Sink> {
+        self.grpc.clone()
+    }
+
+    /// What storefront holds about an account, for its owner's export (ADR 0032).
+    pub fn personal_data(&self) -> Arc<dyn thali_platform::privacy::PersonalData> {
+        Arc::new(PersonalData(self.store.clone()))
+    }
+}
+
+struct PersonalData(store::StorefrontStore);
+
+#[tonic::async_trait]
+impl thali_platform::privacy::PersonalData for PersonalData {
+    async fn export(&self, account: uuid::Uuid) -> Result<serde_json::Value, sea_orm::DbErr> {
+        self.0.personal_data(account).await
+    }
 }

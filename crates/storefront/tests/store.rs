@@ -367,6 +367,7 @@ async fn the_database_refuses_rows_that_break_the_rules() {
             owner_subject: Set("alice".into()),
             created_at: Set(now),
             updated_at: Set(now),
+            erased_at: Set(None),
         };
         assert!(
             bad_name.insert(db).await.is_err(),

@@ -340,6 +340,8 @@ pub async fn start(cfg: &Config, part: Part) -> anyhow::Result<Platform> {
         let mut routes = tonic::service::RoutesBuilder::default();
         // The subscribers this process hosts behind its one EventSink.
         let mut sinks = Sinks::default();
+        // The services whose personal data this process exports (ADR 0032).
+        let mut exporters = thali_platform::privacy::Exporters::default();
         if part.runs_identity() {
             let worker = thali_identity::workers::worker(
                 thali_identity::store::IdentityStore::new(db.clone()),
@@ -355,6 +357,10 @@ pub async fn start(cfg: &Config, part: Part) -> anyhow::Result<Platform> {
                 AUDIT_APPEND_EVERY,
                 jobs_stop_rx.clone(),
             ));
+            exporters = exporters.with(
+                thali_identity::workers::SERVICE,
+                thali_identity::personal_data(db.clone()),
+            );
             routes.add_service(thali_identity::service(db.clone(), signer.clone()));
             health.serving::<IdentityServiceServer<IdentityGrpc>>().await;
         }
@@ -374,6 +380,8 @@ pub async fn start(cfg: &Config, part: Part) -> anyhow::Result<Platform> {
             if cfg.redis_url.is_some() {
                 watchers.push(health.watch_flag("redis", HEALTH_INTERVAL, storefront.redis_probe()));
             }
+            sinks = sinks.with(thali_storefront::workers::SERVICE, storefront.sink());
+            exporters = exporters.with(thali_storefront::workers::SERVICE, storefront.personal_data());
             routes.add_service(storefront.server());
             health.serving::<StorefrontServiceServer<StorefrontGrpc>>().await;
         }
@@ -387,6 +395,7 @@ pub async fn start(cfg: &Config, part: Part) -> anyhow::Result<Platform> {
             let payments = Target::new("payments", &payments_url, &identity, client_settings.clone()).await?;
             let booking = thali_booking::Booking::new(db.clone(), redis, &cfg.tenant, Some(payments)).await;
             sinks = sinks.with(thali_booking::workers::SERVICE, booking.sink());
+            exporters = exporters.with(thali_booking::workers::SERVICE, booking.personal_data());
             let worker = booking.job_worker(Queue::new(thali_booking::workers::SERVICE));
             let worker = thali_platform::events::relay(worker, subscribers.clone());
             job_workers.push(worker.spawn(jobs_stop_rx.clone()));
@@ -429,6 +438,7 @@ pub async fn start(cfg: &Config, part: Part) -> anyhow::Result<Platform> {
                     quota: quota(&cfg.rate_limit_webhook),
                 });
             sinks = sinks.with(thali_payments::workers::SERVICE, payments.sink());
+            exporters = exporters.with(thali_payments::workers::SERVICE, payments.personal_data());
             let worker = payments.job_worker(Queue::new(thali_payments::workers::SERVICE));
             let worker = thali_platform::events::relay(worker, subscribers.clone());
             job_workers.push(worker.spawn(jobs_stop_rx.clone()));
@@ -466,6 +476,7 @@ pub async fn start(cfg: &Config, part: Part) -> anyhow::Result<Platform> {
             let notifications = thali_notifications::Notifications::new(db.clone(), mailer, webhooks, &cfg.app_url)
                 .context("notification templates")?;
             sinks = sinks.with(thali_notifications::workers::SERVICE, notifications.sink());
+            exporters = exporters.with(thali_notifications::workers::SERVICE, notifications.personal_data());
             job_workers.push(
                 notifications
                     .job_worker(Queue::new(thali_notifications::workers::SERVICE))
@@ -478,6 +489,9 @@ pub async fn start(cfg: &Config, part: Part) -> anyhow::Result<Platform> {
         }
         if !sinks.is_empty() {
             routes.add_service(sinks.server());
+        }
+        if !exporters.is_empty() {
+            routes.add_service(thali_platform::privacy::grpc::server(exporters));
         }
         // The audit chains this process keeps, for admins (ADR 0031).
         let chains: Vec<&'static str> = [
@@ -701,6 +715,15 @@ async fn subscribers(
         settings.clone(),
     )
     .await?;
+    // Erasure: storefront erases an erased account's stores (ADR 0032).
+    let storefront_url = cfg.storefront_url.clone().unwrap_or_else(|| cfg.own_grpc_url(own));
+    let storefront = Target::new(
+        thali_storefront::workers::SERVICE,
+        &storefront_url,
+        identity,
+        settings.clone(),
+    )
+    .await?;
     Ok(Subscribers::default()
         .subscribe(
             thali_notifications::workers::SERVICE,
@@ -716,6 +739,11 @@ async fn subscribers(
             thali_payments::workers::SERVICE,
             payments,
             thali_payments::grpc::SUBSCRIBES_TO,
+        )
+        .subscribe(
+            thali_storefront::workers::SERVICE,
+            storefront,
+            thali_storefront::grpc::SUBSCRIBES_TO,
         ))
 }
 

@@ -5,6 +5,7 @@ pub mod http_cache;
 pub mod identity;
 pub mod notifications;
 pub mod payments;
+pub mod privacy;
 pub mod storefront;
 
 use axum::{

@@ -386,3 +386,57 @@ pub async fn mailed_code(mesh: &Mesh, to: &str, prefix: &str, not: &[String]) ->
     })
     .await
 }
+
+/// Opens a restaurant for `owner`: Dosa Corner in Bengaluru (Asia/Kolkata), one table for 2–4
+/// per label, open every day 08:00–23:00. Returns the restaurant as created.
+pub async fn open_restaurant(mesh: &Mesh, owner: &str, tables: &[&str]) -> Value {
+    let r = json_of(
+        mesh.post(
+            "/api/v1/restaurants",
+            Some(owner),
+            json!({"name": "Dosa Corner", "city": "Bengaluru", "cuisines": ["south indian"],
+                   "address": "1 MG Road", "time_zone": "Asia/Kolkata"}),
+        )
+        .await,
+        StatusCode::CREATED,
+    )
+    .await;
+    let id = r["id"].as_str().unwrap();
+    for label in tables {
+        json_of(
+            mesh.post(
+                &format!("/api/v1/restaurants/{id}/tables"),
+                Some(owner),
+                json!({"label": label, "min_seats": 2, "max_seats": 4}),
+            )
+            .await,
+            StatusCode::CREATED,
+        )
+        .await;
+    }
+    let week: Vec<Value> = [
+        "monday",
+        "tuesday",
+        "wednesday",
+        "thursday",
+        "friday",
+        "saturday",
+        "sunday",
+    ]
+    .iter()
+    .map(|d| json!({"weekday": d, "opens": "08:00", "closes": "23:00"}))
+    .collect();
+    let hours = json_of(
+        mesh.send(
+            reqwest::Method::PUT,
+            &format!("/api/v1/restaurants/{id}/hours"),
+            Some(owner),
+            json!({ "hours": week }),
+        )
+        .await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(hours["hours"].as_array().unwrap().len(), 7);
+    r
+}

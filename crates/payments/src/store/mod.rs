@@ -14,6 +14,7 @@ use crate::domain::{GatewayCall, OrderLine, OrderRecord, PaymentsError, Status};
 
 mod accounts;
 mod fulfilment;
+mod privacy;
 mod reconcile;
 mod refunds;
 mod webhooks;

@@ -218,16 +218,31 @@ fn service_of(path: &str) -> &str {
 /// The service a service token for `path` must be addressed to. An event delivery
 /// (`thali.events.v1.EventSink`) is addressed to the subscriber it names in
 /// [`crate::events::SUBSCRIBER_HEADER`], an audit listing (`thali.audit.v1.AuditService`) to the
-/// service whose chain it reads ([`crate::audit_log::SERVICE_HEADER`]): one process can host
+/// service whose chain it reads ([`crate::audit_log::SERVICE_HEADER`]), a personal-data export
+/// to the service asked ([`crate::privacy::SERVICE_HEADER`]): one process can host
 /// several services.
 fn audience_service<'a>(path: &'a str, headers: &'a http::HeaderMap) -> &'a str {
     let service = service_of(path);
     let named_by = match service {
         "events" => crate::events::SUBSCRIBER_HEADER,
         "audit" => crate::audit_log::SERVICE_HEADER,
+        "privacy" => crate::privacy::SERVICE_HEADER,
         _ => return service,
     };
     headers.get(named_by).and_then(|v| v.to_str().ok()).unwrap_or(service)
+}
+
+/// The service a request is addressed to in `header` (see [`audience_service`]), when it is not
+/// `asked`, the service its body names: the call is refused rather than answered for a service
+/// its token was not meant for.
+pub fn addressed_elsewhere(
+    metadata: &tonic::metadata::MetadataMap,
+    header: &str,
+    asked: &str,
+) -> Option<crate::errors::Violation> {
+    let addressed = metadata.get(header).and_then(|v| v.to_str().ok())?;
+    (addressed != asked)
+        .then(|| crate::errors::Violation::new("service", format!("must be the service named in {header}")))
 }
 
 /// The public prefix of a key, safe to log.

@@ -17,7 +17,9 @@ use tonic_health::{pb::health_server::HealthServer, server::HealthService};
 use tower::ServiceBuilder;
 
 pub use crate::health::Health;
-pub use auth::{ApiKeyResolver, AuthLayer, AuthPolicy, GrpcLimits, ServiceCaller, USER_TOKEN_HEADER, principal};
+pub use auth::{
+    ApiKeyResolver, AuthLayer, AuthPolicy, GrpcLimits, ServiceCaller, USER_TOKEN_HEADER, addressed_elsewhere, principal,
+};
 pub use deadline::DeadlineScopeLayer;
 pub use metrics::MetricsLayer;
 pub use shed::ShedLayer;

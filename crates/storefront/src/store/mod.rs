@@ -16,6 +16,7 @@ use crate::domain::{
     StorefrontError,
 };
 
+mod privacy;
 mod reservations;
 pub use reservations::{EXPIRE_BATCH, ReservationChange, reservation, reservation_line};
 
@@ -35,6 +36,8 @@ pub mod creator {
         pub owner_subject: String,
         pub created_at: DateTimeUtc,
         pub updated_at: DateTimeUtc,
+        /// Erased with its owner's account (ADR 0032): found by no name any more.
+        pub erased_at: Option<DateTimeUtc>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -220,6 +223,7 @@ impl StorefrontStore {
             owner_subject: Set(owner.to_owned()),
             created_at: Set(now),
             updated_at: Set(now),
+            erased_at: Set(None),
         };
         let model = match row.insert(&txn).await {
             Ok(model) => model,
@@ -242,6 +246,7 @@ impl StorefrontStore {
     pub async fn creator(&self, username: &str) -> Result<Creator, StorefrontError> {
         creator::Entity::find()
             .filter(creator::Column::Username.eq(username))
+            .filter(creator::Column::ErasedAt.is_null())
             .one(&self.db)
             .await?
             .map(Into::into)
@@ -256,6 +261,7 @@ impl StorefrontStore {
     ) -> Result<creator::Model, StorefrontError> {
         let found = creator::Entity::find()
             .filter(creator::Column::Username.eq(username))
+            .filter(creator::Column::ErasedAt.is_null())
             .one(txn)
             .await?
             .ok_or(StorefrontError::CreatorNotFound)?;
