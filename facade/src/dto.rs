@@ -74,6 +74,9 @@ pub struct Creator {
     pub created_at: Option<String>,
     #[schema(format = DateTime)]
     pub updated_at: Option<String>,
+    /// The creator's picture, when one was uploaded (public reads).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub avatar: Option<Image>,
 }
 
 impl From<pb::Creator> for Creator {
@@ -86,6 +89,35 @@ impl From<pb::Creator> for Creator {
             owner_subject: Some(c.owner_subject).filter(|s| !s.is_empty()),
             created_at: rfc3339(c.create_time),
             updated_at: rfc3339(c.update_time),
+            avatar: c.avatar.map(Into::into),
+        }
+    }
+}
+
+/// An uploaded image: read it through `url`, a signed link that works until `url_expire_time`
+/// (ADR 0033). Relative links are on this API's origin.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Image {
+    pub id: String,
+    pub url: String,
+    pub content_type: String,
+    pub width: i32,
+    pub height: i32,
+    pub size_bytes: i64,
+    #[schema(format = DateTime)]
+    pub url_expire_time: Option<String>,
+}
+
+impl From<pb::Image> for Image {
+    fn from(i: pb::Image) -> Self {
+        Self {
+            id: i.id,
+            url: i.url,
+            content_type: i.content_type,
+            width: i.width,
+            height: i.height,
+            size_bytes: i.size_bytes,
+            url_expire_time: rfc3339(i.url_expire_time),
         }
     }
 }
@@ -109,6 +141,8 @@ pub struct Product {
     /// Set once archived.
     #[schema(format = DateTime)]
     pub archived_at: Option<String>,
+    /// Its images, oldest first (public reads and lists).
+    pub images: Vec<Image>,
 }
 
 impl From<pb::Product> for Product {
@@ -124,6 +158,7 @@ impl From<pb::Product> for Product {
             created_at: rfc3339(p.create_time),
             updated_at: rfc3339(p.update_time),
             archived_at: rfc3339(p.archive_time),
+            images: p.images.into_iter().map(Into::into).collect(),
         }
     }
 }

@@ -58,6 +58,8 @@ pub struct FacadeInner {
     pub edge: Option<edge::EdgeCache>,
     /// Rate limits (ADR 0026).
     pub limits: limits::EdgeLimits,
+    /// The embedded object store whose signed links `GET /media/{key}` serves (ADR 0033).
+    pub media: Option<Arc<thali_platform::objects::LocalStore>>,
 }
 
 /// Where the facade reaches each service.
@@ -87,7 +89,17 @@ impl FacadeState {
             verifier,
             edge,
             limits,
+            media: None,
         }))
+    }
+
+    /// Serves the signed links of `store` at `GET /media/{key}`. Called before the state is
+    /// shared.
+    pub fn with_media(mut self, store: Arc<thali_platform::objects::LocalStore>) -> Self {
+        Arc::get_mut(&mut self.0)
+            .expect("media is set before the state is shared")
+            .media = Some(store);
+        self
     }
 }
 
@@ -96,6 +108,8 @@ impl FacadeState {
 pub struct HttpSettings {
     /// Largest request body, in bytes.
     pub max_body_bytes: usize,
+    /// Largest image upload, in bytes (the upload routes' own body limit).
+    pub max_upload_bytes: usize,
     /// Proxies whose `X-Forwarded-For` is believed.
     pub trusted_proxies: thali_platform::net::TrustedProxies,
     /// Exact origins allowed to call from a browser; empty: no CORS headers at all.
@@ -108,6 +122,7 @@ impl HttpSettings {
     pub fn from_config(cfg: &thali_platform::config::Config) -> Self {
         Self {
             max_body_bytes: cfg.max_body_bytes,
+            max_upload_bytes: cfg.max_upload_bytes,
             trusted_proxies: cfg.trusted_proxies(),
             cors_origins: cfg.cors_origins(),
             hsts: cfg.tls_files().is_some(),
@@ -192,6 +207,15 @@ pub fn router(state: FacadeState, settings: &HttpSettings) -> Router {
             post(routes::storefront::create_product).get(routes::storefront::list_products),
         )
         .route("/api/v1/products/{id}", patch(routes::storefront::update_product))
+        .route(
+            "/api/v1/products/{id}/images",
+            post(routes::media::add_product_image).layer(DefaultBodyLimit::max(settings.max_upload_bytes)),
+        )
+        .route(
+            "/api/v1/creators/{username}/avatar",
+            put(routes::media::set_avatar).layer(DefaultBodyLimit::max(settings.max_upload_bytes)),
+        )
+        .route("/media/{key}", get(routes::media::read))
         .route(
             "/api/v1/products/{id}/archive",
             post(routes::storefront::archive_product),

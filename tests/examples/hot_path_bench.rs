@@ -79,6 +79,12 @@ impl StorefrontService for Bare {
     ) -> Result<Response<pb::ListProductsResponse>, Status> {
         Err(Status::unimplemented("bare"))
     }
+    async fn upload_media(
+        &self,
+        _: Request<tonic::Streaming<pb::UploadMediaRequest>>,
+    ) -> Result<Response<pb::UploadMediaResponse>, Status> {
+        Err(Status::unimplemented("bare"))
+    }
     async fn reserve_stock(
         &self,
         _: Request<pb::ReserveStockRequest>,

@@ -435,6 +435,12 @@ impl StorefrontService for SlowStorefront {
     ) -> Result<Response<pb::ArchiveProductResponse>, Status> {
         Err(Status::unimplemented("slow test server"))
     }
+    async fn upload_media(
+        &self,
+        _: Request<tonic::Streaming<pb::UploadMediaRequest>>,
+    ) -> Result<Response<pb::UploadMediaResponse>, Status> {
+        Err(Status::unimplemented("slow test server"))
+    }
     async fn list_products(
         &self,
         _: Request<pb::ListProductsRequest>,

@@ -75,6 +75,15 @@ async fn tour(mesh: &Mesh) -> World {
         StatusCode::CREATED,
     )
     .await;
+    let avatar = mesh
+        .http
+        .put(mesh.url("/api/v1/creators/zubeida_kitchen/avatar"))
+        .bearer_auth(&zubeida)
+        .body(support::real_png())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(avatar.status(), StatusCode::OK);
     let product = json_of(
         mesh.post(
             "/api/v1/creators/zubeida_kitchen/products",
@@ -159,6 +168,7 @@ async fn the_export_holds_the_callers_data_and_no_one_elses() {
     assert_eq!(store["username"], "zubeida_kitchen");
     assert_eq!(store["bio"], "Recipes from Zubeida's grandmother");
     assert_eq!(store["products"][0]["title"], "Spice box");
+    assert_eq!(store["media"][0]["kind"], "avatar");
     let bookings = mine["booking"]["bookings"].as_array().unwrap();
     assert_eq!(bookings.len(), 1, "her booking only: {bookings:?}");
     assert_eq!(bookings[0]["guest_name"], "Zubeida Q");
@@ -385,6 +395,12 @@ async fn erasure(mesh: &Mesh, db: &DatabaseConnection) {
         left
     };
     assert!(left.is_empty(), "personal fields left after erasure: {left:#?}");
+    // Her picture is gone from the object store too.
+    let media = mesh.data_dir.join("media").join("objects");
+    support::eventually("her avatar's object is deleted", || async {
+        support::files_under(&media).is_empty().then_some(())
+    })
+    .await;
     problem(
         mesh.get("/api/v1/store/zubeida_kitchen").await,
         StatusCode::NOT_FOUND,

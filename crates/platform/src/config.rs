@@ -183,6 +183,9 @@ pub struct Config {
     pub connect_timeout_ms: u64,
     /// Largest request body the facade accepts, in bytes (`THALI_MAX_BODY_BYTES`).
     pub max_body_bytes: usize,
+    /// Largest image upload, in bytes (`THALI_MAX_UPLOAD_BYTES`; the upload routes have their own
+    /// body limit).
+    pub max_upload_bytes: usize,
     /// Where `/metrics`, `/healthz` and `/readyz` are served (`THALI_ADMIN_ADDR`).
     pub admin_addr: SocketAddr,
     /// Calls one process's gRPC server runs at once; more are shed with UNAVAILABLE
@@ -305,6 +308,7 @@ impl Config {
             .set_default("rpc_timeout_ms", 5_000)?
             .set_default("connect_timeout_ms", 2_000)?
             .set_default("max_body_bytes", 64 * 1024)?
+            .set_default("max_upload_bytes", 5 * 1024 * 1024)?
             .set_default("tenant", "default")?
             .set_default("admin_addr", "127.0.0.1:9464")?
             .set_default("max_concurrent_rpcs", 1_000)?
@@ -614,6 +618,12 @@ impl Config {
                 reason: "must be at least 1024".into(),
             });
         }
+        if !(1024..=64 * 1024 * 1024).contains(&self.max_upload_bytes) {
+            return Err(ConfigError::Invalid {
+                key: "max_upload_bytes",
+                reason: "must be from 1024 to 67108864 (64 MiB)".into(),
+            });
+        }
         Ok(())
     }
 
@@ -652,6 +662,11 @@ impl Config {
     /// Where `.eml` files go when no SMTP server is configured.
     pub fn mail_dir(&self) -> PathBuf {
         self.data_dir.join("mail")
+    }
+
+    /// Where the embedded object store keeps uploaded media, and its link-signing key.
+    pub fn media_dir(&self) -> PathBuf {
+        self.data_dir.join("media")
     }
 
     /// Where embedded mode keeps the sandbox gateway's platform account and its state.

@@ -20,6 +20,7 @@ pub mod jobs;
 pub mod logwriter;
 pub mod money;
 pub mod net;
+pub mod objects;
 pub mod privacy;
 pub mod ratelimit;
 pub mod revocations;

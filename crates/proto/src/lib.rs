@@ -169,5 +169,33 @@ pub mod storefront {
             CommitReservationRequest => "CommitReservation", idempotent;
             ReleaseReservationRequest => "ReleaseReservation", idempotent;
         }
+
+        /// An upload as the client stack sends it: the target and the whole body, cut into
+        /// `UploadMedia` chunks when sent (one attempt: an upload is never sent twice).
+        #[derive(Debug, Clone)]
+        pub struct MediaUpload {
+            pub target: MediaTarget,
+            pub bytes: prost::bytes::Bytes,
+        }
+
+        impl crate::retry::RetryPolicy for MediaUpload {
+            const METHOD: &'static str = "UploadMedia";
+            fn retry_safe(&self) -> bool {
+                false
+            }
+        }
+
+        impl MediaUpload {
+            /// The request stream's messages: the target, then chunks of at most `chunk` bytes.
+            pub fn messages(&self, chunk: usize) -> Vec<UploadMediaRequest> {
+                let mut out = vec![UploadMediaRequest {
+                    part: Some(upload_media_request::Part::Target(self.target.clone())),
+                }];
+                out.extend(self.bytes.chunks(chunk.max(1)).map(|c| UploadMediaRequest {
+                    part: Some(upload_media_request::Part::Chunk(c.to_vec())),
+                }));
+                out
+            }
+        }
     }
 }

@@ -9,6 +9,7 @@ use thali_platform::{
     auth::Principal,
     cache::{CacheKey, LoadError, Source, TwoLevelCache},
     errors,
+    objects::ObjectStore,
     server::{ServiceCaller, principal},
 };
 use thali_proto::{common::v1 as common, storefront::v1 as pb};
@@ -20,7 +21,7 @@ use crate::{
         self, Creator, NewCreator, NewProduct, Product, ProductChanges, ProfileChanges, Reservation,
         ReservationRequest, ReservationState, StorefrontError,
     },
-    store::{Idempotency, ReservationChange, StorefrontStore},
+    store::{Idempotency, MediaFor, ReservationChange, StorefrontStore, media_row},
     workers::ReadCounter,
 };
 
@@ -31,6 +32,28 @@ pub struct StorefrontGrpc {
     cache: Arc<TwoLevelCache>,
     tenant: String,
     reads: Arc<ReadCounter>,
+    /// Where uploaded media goes (ADR 0033); None: uploads are refused, reads carry no images.
+    media: Option<Media>,
+}
+
+/// The object store and the largest upload it takes.
+#[derive(Clone)]
+pub struct Media {
+    pub objects: Arc<dyn ObjectStore>,
+    pub max_upload_bytes: usize,
+}
+
+/// Links to `row`'s object made at `now`.
+fn image_pb(objects: &dyn ObjectStore, row: &media_row::Model, now: chrono::DateTime<chrono::Utc>) -> pb::Image {
+    pb::Image {
+        id: row.object_key.clone(),
+        url: objects.link(&row.object_key, now),
+        content_type: row.content_type.clone(),
+        width: row.width,
+        height: row.height,
+        size_bytes: row.size_bytes,
+        url_expire_time: Some(timestamp(thali_platform::objects::link_expiry(now))),
+    }
 }
 
 impl StorefrontGrpc {
@@ -40,7 +63,42 @@ impl StorefrontGrpc {
             cache,
             tenant,
             reads,
+            media: None,
         }
+    }
+
+    /// Takes uploads into `media`.
+    pub fn with_media(&mut self, media: Media) {
+        self.media = Some(media);
+    }
+
+    /// Fills the images of `products` (and `creator`'s avatar) with links made now.
+    async fn attach_media(
+        store: &StorefrontStore,
+        media: Option<&Media>,
+        creator: Option<&mut pb::Creator>,
+        products: &mut [pb::Product],
+    ) -> Result<(), StorefrontError> {
+        let Some(media) = media else {
+            return Ok(());
+        };
+        let now = chrono::Utc::now();
+        if let Some(creator) = creator
+            && let Ok(id) = Uuid::parse_str(&creator.id)
+        {
+            creator.avatar = store
+                .avatar(id)
+                .await?
+                .map(|row| image_pb(media.objects.as_ref(), &row, now));
+        }
+        let ids: Vec<Uuid> = products.iter().filter_map(|p| Uuid::parse_str(&p.id).ok()).collect();
+        let mut images = store.product_images(&ids).await?;
+        for p in products.iter_mut() {
+            if let Some(rows) = Uuid::parse_str(&p.id).ok().and_then(|id| images.remove(&id)) {
+                p.images = rows.iter().map(|r| image_pb(media.objects.as_ref(), r, now)).collect();
+            }
+        }
+        Ok(())
     }
 
     /// `t:{tenant}:v{n}:store:{username}`.
@@ -54,16 +112,19 @@ impl StorefrontGrpc {
         username: &str,
     ) -> Result<(pb::GetStorefrontResponse, Source), StorefrontError> {
         let store = self.store.clone();
+        let media = self.media.clone();
         let owned = username.to_owned();
         let cached = self
             .cache
             .get_or_load(&self.storefront_key(username), move || async move {
                 let (creator, products) = store.storefront(&owned).await?;
-                let full = pb::GetStorefrontResponse {
+                let mut full = pb::GetStorefrontResponse {
                     creator: Some(creator_pb(creator)),
                     products: products.into_iter().map(product_pb).collect(),
                     stale: false,
                 };
+                // The links in a cached page outlive its cache life (ADR 0033).
+                Self::attach_media(&store, media.as_ref(), full.creator.as_mut(), &mut full.products).await?;
                 Ok::<_, StorefrontError>(full.encode_to_vec())
             })
             .await?;
@@ -170,6 +231,21 @@ impl From<StorefrontError> for Status {
             StorefrontError::ServiceOnly => {
                 errors::with_reason(Code::PermissionDenied, "SERVICE_ONLY", err.to_string())
             }
+            StorefrontError::Image(domain::media::ImageError::Unsupported) => {
+                errors::with_reason(Code::InvalidArgument, "UNSUPPORTED_MEDIA_TYPE", err.to_string())
+            }
+            StorefrontError::Image(domain::media::ImageError::Malformed(_)) => {
+                errors::with_reason(Code::InvalidArgument, "IMAGE_MALFORMED", err.to_string())
+            }
+            StorefrontError::Image(domain::media::ImageError::Dimensions { .. }) => {
+                errors::with_reason(Code::InvalidArgument, "IMAGE_TOO_LARGE", err.to_string())
+            }
+            StorefrontError::UploadTooLarge(_) => {
+                errors::with_reason(Code::InvalidArgument, "UPLOAD_TOO_LARGE", err.to_string())
+            }
+            StorefrontError::MediaUnavailable => {
+                errors::unavailable("MEDIA_UNAVAILABLE", err.to_string(), Duration::from_secs(2))
+            }
             StorefrontError::Unavailable => {
                 errors::unavailable("DATABASE_UNAVAILABLE", err.to_string(), Duration::from_secs(2))
             }
@@ -207,6 +283,7 @@ fn creator_pb(c: Creator) -> pb::Creator {
         owner_subject: c.owner_subject,
         create_time: Some(timestamp(c.created_at)),
         update_time: Some(timestamp(c.updated_at)),
+        avatar: None,
     }
 }
 
@@ -235,6 +312,7 @@ fn product_pb(p: Product) -> pb::Product {
         create_time: Some(timestamp(p.created_at)),
         update_time: Some(timestamp(p.updated_at)),
         archive_time: p.archived_at.map(timestamp),
+        images: Vec::new(),
     }
 }
 
@@ -346,13 +424,13 @@ impl pb::storefront_service_server::StorefrontService for StorefrontGrpc {
         let service = request.extensions().get::<ServiceCaller>().is_some() && viewer.is_none();
         let req = request.into_inner();
         let creator = self.store.creator(lookup_username(&req.username)?).await?;
-        Ok(Response::new(pb::GetCreatorResponse {
-            creator: Some(if service {
-                creator_pb(creator)
-            } else {
-                public_creator_pb(creator, viewer.as_deref())
-            }),
-        }))
+        let mut creator = if service {
+            creator_pb(creator)
+        } else {
+            public_creator_pb(creator, viewer.as_deref())
+        };
+        Self::attach_media(&self.store, self.media.as_ref(), Some(&mut creator), &mut []).await?;
+        Ok(Response::new(pb::GetCreatorResponse { creator: Some(creator) }))
     }
 
     async fn update_profile(
@@ -455,8 +533,10 @@ impl pb::storefront_service_server::StorefrontService for StorefrontGrpc {
             .store
             .list_products(who.as_deref(), lookup_username(&req.username)?, size, after)
             .await?;
+        let mut products: Vec<pb::Product> = products.into_iter().map(product_pb).collect();
+        Self::attach_media(&self.store, self.media.as_ref(), None, &mut products).await?;
         Ok(Response::new(pb::ListProductsResponse {
-            products: products.into_iter().map(product_pb).collect(),
+            products,
             next_page_token: next.map(errors::page_token).unwrap_or_default(),
         }))
     }
@@ -507,6 +587,86 @@ impl pb::storefront_service_server::StorefrontService for StorefrontGrpc {
         }))
     }
 
+    async fn upload_media(
+        &self,
+        request: Request<tonic::Streaming<pb::UploadMediaRequest>>,
+    ) -> Result<Response<pb::UploadMediaResponse>, Status> {
+        use pb::{media_target::Target, upload_media_request::Part};
+        let who = caller(&request)?;
+        let Some(media) = self.media.clone() else {
+            return Err(errors::with_reason(
+                Code::FailedPrecondition,
+                "MEDIA_NOT_CONFIGURED",
+                "this storefront has no object store",
+            ));
+        };
+        let mut parts = request.into_inner();
+        let first = parts.message().await?.and_then(|m| m.part);
+        let target = match first {
+            Some(Part::Target(pb::MediaTarget {
+                target: Some(Target::ProductId(id)),
+            })) => MediaFor::Product {
+                product_id: product_id(&id)?,
+            },
+            Some(Part::Target(pb::MediaTarget {
+                target: Some(Target::AvatarOf(username)),
+            })) => MediaFor::Avatar {
+                username: lookup_username(&username)?.to_owned(),
+            },
+            _ => {
+                return Err(
+                    StorefrontError::invalid("target", "the first message names what the upload is for").into(),
+                );
+            }
+        };
+        let label = match &target {
+            MediaFor::Product { product_id } => product_id.to_string(),
+            MediaFor::Avatar { username } => username.clone(),
+        };
+        // Ownership first: nobody else's bytes are read.
+        let place = audited(&who, &label, self.store.media_target(&who.subject, &target).await)?;
+        let mut bytes = Vec::new();
+        while let Some(message) = parts.message().await? {
+            let Some(Part::Chunk(chunk)) = message.part else {
+                return Err(StorefrontError::invalid("target", "only the first message names the target").into());
+            };
+            if bytes.len() + chunk.len() > media.max_upload_bytes {
+                return Err(StorefrontError::UploadTooLarge(media.max_upload_bytes).into());
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        let image = domain::media::inspect(&bytes).map_err(StorefrontError::from)?;
+        let key = thali_platform::objects::new_key(image.kind.extension());
+        let size = bytes.len();
+        media
+            .objects
+            .put(&key, image.kind.content_type(), bytes.into())
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = %e, "an upload could not be stored");
+                StorefrontError::MediaUnavailable
+            })?;
+        let now = chrono::Utc::now();
+        let stored = match self.store.add_media(&who.subject, &place, &key, image, size, now).await {
+            Ok(stored) => stored,
+            Err(e) => {
+                // No row names the object: it goes.
+                let _ = media.objects.delete(&key).await;
+                return Err(audited::<()>(&who, &label, Err(e)).unwrap_err().into());
+            }
+        };
+        if let Some(old) = &stored.replaced
+            && let Err(e) = media.objects.delete(old).await
+        {
+            tracing::warn!(key = %old, error = %e, "a replaced avatar's object was not deleted");
+        }
+        self.invalidate(&stored.username).await;
+        tracing::info!(key = %key, content_type = image.kind.content_type(), size, "media stored");
+        Ok(Response::new(pb::UploadMediaResponse {
+            image: Some(image_pb(media.objects.as_ref(), &stored.row, now)),
+        }))
+    }
+
     async fn release_reservation(
         &self,
         request: Request<pb::ReleaseReservationRequest>,
@@ -535,11 +695,20 @@ impl thali_platform::events::Sink for StorefrontGrpc {
         let account = Uuid::parse_str(&p.account_id)
             .map_err(|_| Status::invalid_argument("account_erased.account_id is not a UUID"))?;
         let event_id = Uuid::parse_str(&event.id).map_err(|_| Status::invalid_argument("event.id is not a UUID"))?;
-        let Some(names) = self.store.erase_owner(event_id, account, chrono::Utc::now()).await? else {
+        let Some(erased) = self.store.erase_owner(event_id, account, chrono::Utc::now()).await? else {
             return Ok(false);
         };
-        for name in &names {
+        for name in &erased.usernames {
             self.invalidate(name).await;
+        }
+        // The rows are gone; the objects follow (an object left by a failure here is named by
+        // no row and read by no link).
+        if let Some(media) = &self.media {
+            for key in &erased.objects {
+                if let Err(e) = media.objects.delete(key).await {
+                    tracing::warn!(%key, error = %e, "an erased store's object was not deleted");
+                }
+            }
         }
         Ok(true)
     }

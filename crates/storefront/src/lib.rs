@@ -33,6 +33,7 @@ pub const API_KEY_SCOPES: &[(&str, &str)] = &[
         "/thali.storefront.v1.StorefrontService/CreateProduct",
         "storefront.write",
     ),
+    ("/thali.storefront.v1.StorefrontService/UploadMedia", "storefront.write"),
     (
         "/thali.storefront.v1.StorefrontService/UpdateProduct",
         "storefront.write",
@@ -150,6 +151,22 @@ impl Storefront {
     /// The gRPC service, ready to add to a server.
     pub fn server(&self) -> StorefrontServiceServer<grpc::StorefrontGrpc> {
         StorefrontServiceServer::from_arc(self.grpc.clone())
+    }
+
+    /// Takes uploads into `objects` (ADR 0033), at most `max_upload_bytes` each. Called before
+    /// the service is shared.
+    pub fn with_media(
+        mut self,
+        objects: Arc<dyn thali_platform::objects::ObjectStore>,
+        max_upload_bytes: usize,
+    ) -> Self {
+        Arc::get_mut(&mut self.grpc)
+            .expect("media is set before the service is shared")
+            .with_media(grpc::Media {
+                objects,
+                max_upload_bytes,
+            });
+        self
     }
 
     /// The service's event subscriber (erased accounts' stores).

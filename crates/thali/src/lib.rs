@@ -369,7 +369,9 @@ pub async fn start(cfg: &Config, part: Part) -> anyhow::Result<Platform> {
                 Some(url) => Some(Redis::connect(url.expose()).await.context("redis_url")?),
                 None => None,
             };
-            let storefront = thali_storefront::Storefront::new(db.clone(), redis, &cfg.tenant).await;
+            let storefront = thali_storefront::Storefront::new(db.clone(), redis, &cfg.tenant)
+                .await
+                .with_media(media_store(cfg)?, cfg.max_upload_bytes);
             // The most-read storefronts are in the cache before the service says SERVING.
             storefront.warm().await;
             storefront_invalidations = Some(storefront.invalidations());
@@ -598,7 +600,8 @@ pub async fn start(cfg: &Config, part: Part) -> anyhow::Result<Platform> {
             verifier,
             edge,
             thali_facade::limits::EdgeLimits::from_config(cfg, limiter.clone()),
-        );
+        )
+        .with_media(media_store(cfg)?);
         let router = thali_facade::router(state, &thali_facade::HttpSettings::from_config(cfg));
         cfg.check_plaintext("HTTP", cfg.http_addr)?;
         let listener =
@@ -679,6 +682,15 @@ pub async fn start(cfg: &Config, part: Part) -> anyhow::Result<Platform> {
         jobs_stop,
         job_workers,
     })
+}
+
+/// The object store for uploaded media (ADR 0033): a private directory under the data dir,
+/// whose signed links the facade serves.
+fn media_store(cfg: &Config) -> anyhow::Result<Arc<thali_platform::objects::LocalStore>> {
+    let dir = cfg.media_dir();
+    let store = thali_platform::objects::LocalStore::open(&dir)
+        .with_context(|| format!("opening the media store ({})", dir.display()))?;
+    Ok(Arc::new(store))
 }
 
 /// The services that take each event type, reached through the client stack: notifications at

@@ -3,6 +3,7 @@ pub mod audit;
 pub mod booking;
 pub mod http_cache;
 pub mod identity;
+pub mod media;
 pub mod notifications;
 pub mod payments;
 pub mod privacy;

@@ -3,6 +3,7 @@ use chrono::{DateTime, Utc};
 use thali_platform::errors::Violation;
 use uuid::Uuid;
 
+pub mod media;
 mod reservation;
 pub use reservation::*;
 
@@ -96,6 +97,12 @@ pub enum StorefrontError {
     ReservationCommitted,
     #[error("only Thali services may hold stock")]
     ServiceOnly,
+    #[error("{0}")]
+    Image(#[from] media::ImageError),
+    #[error("the upload is over {0} bytes")]
+    UploadTooLarge(usize),
+    #[error("media cannot be stored now")]
+    MediaUnavailable,
     #[error("the database does not answer")]
     Unavailable,
     #[error("internal: {0}")]

@@ -16,8 +16,11 @@ use crate::domain::{
     StorefrontError,
 };
 
+mod media;
 mod privacy;
 mod reservations;
+pub use media::{MediaFor, MediaTarget, StoredMedia, media_row};
+pub use privacy::Erased;
 pub use reservations::{EXPIRE_BATCH, ReservationChange, reservation, reservation_line};
 
 pub mod creator {

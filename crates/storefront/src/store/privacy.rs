@@ -7,22 +7,30 @@ use sea_orm::{ColumnTrait, DbErr, EntityTrait, QueryFilter, QueryOrder, sea_quer
 use thali_platform::{db::begin_write, privacy::erased_handle};
 use uuid::Uuid;
 
-use super::{StorefrontStore, creator, product};
+use super::{StorefrontStore, creator, media_row, product};
 use crate::domain::StorefrontError;
 
 /// What an erased store is called (the column needs a name).
 pub const ERASED_STORE: &str = "Erased store";
 
+/// What an erasure took away: the stores' former usernames (for the cache to forget) and the
+/// objects of their media (for the object store to delete once committed).
+#[derive(Debug, Clone, Default)]
+pub struct Erased {
+    pub usernames: Vec<String>,
+    pub objects: Vec<String>,
+}
+
 impl StorefrontStore {
-    /// Erases the stores `account` owns, once per event (the inbox), in one transaction.
-    /// Returns the usernames they had (for the cache to forget), or None for an event taken
+    /// Erases the stores `account` owns, once per event (the inbox), in one transaction: their
+    /// avatars and product images go too. Returns what was taken, or None for an event taken
     /// before.
     pub async fn erase_owner(
         &self,
         event_id: Uuid,
         account: Uuid,
         now: DateTime<Utc>,
-    ) -> Result<Option<Vec<String>>, StorefrontError> {
+    ) -> Result<Option<Erased>, StorefrontError> {
         let txn = begin_write(&self.db).await?;
         if !thali_platform::events::accept(
             &txn,
@@ -41,7 +49,17 @@ impl StorefrontStore {
             .all(&txn)
             .await?;
         let mut names = Vec::with_capacity(owned.len());
+        let mut objects = Vec::new();
         for c in owned {
+            let media = media_row::Entity::find()
+                .filter(media_row::Column::CreatorId.eq(c.id))
+                .all(&txn)
+                .await?;
+            objects.extend(media.into_iter().map(|m| m.object_key));
+            media_row::Entity::delete_many()
+                .filter(media_row::Column::CreatorId.eq(c.id))
+                .exec(&txn)
+                .await?;
             creator::Entity::update_many()
                 .col_expr(
                     creator::Column::Username,
@@ -75,8 +93,11 @@ impl StorefrontStore {
             names.push(c.username);
         }
         txn.commit().await?;
-        tracing::info!(%account, stores = names.len(), "stores of an erased account erased");
-        Ok(Some(names))
+        tracing::info!(%account, stores = names.len(), objects = objects.len(), "stores of an erased account erased");
+        Ok(Some(Erased {
+            usernames: names,
+            objects,
+        }))
     }
 
     /// What storefront holds about `account`: the stores it owns and their products.
@@ -91,6 +112,11 @@ impl StorefrontStore {
             let products = product::Entity::find()
                 .filter(product::Column::CreatorId.eq(c.id))
                 .order_by_asc(product::Column::CreatedAt)
+                .all(&self.db)
+                .await?;
+            let media = media_row::Entity::find()
+                .filter(media_row::Column::CreatorId.eq(c.id))
+                .order_by_asc(media_row::Column::CreatedAt)
                 .all(&self.db)
                 .await?;
             stores.push(serde_json::json!({
@@ -111,6 +137,14 @@ impl StorefrontStore {
                     "stock": p.stock,
                     "created_at": p.created_at,
                     "archived_at": p.archived_at,
+                })).collect::<Vec<_>>(),
+                "media": media.iter().map(|m| serde_json::json!({
+                    "id": m.object_key,
+                    "kind": m.kind,
+                    "product_id": m.product_id,
+                    "content_type": m.content_type,
+                    "size_bytes": m.size_bytes,
+                    "created_at": m.created_at,
                 })).collect::<Vec<_>>(),
             }));
         }
