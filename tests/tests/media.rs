@@ -196,6 +196,13 @@ async fn a_real_image_is_read_only_through_a_signed_link_that_expires() {
     assert_eq!(res.status(), StatusCode::OK);
     assert_eq!(res.headers()["content-type"], "image/png");
     assert_eq!(res.headers()["x-content-type-options"], "nosniff");
+    assert!(
+        res.headers()["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .contains("default-src 'none'"),
+        "no script runs from an image answer"
+    );
     assert_eq!(
         res.headers()["content-disposition"],
         format!("inline; filename=\"{key}\"").as_str()

@@ -176,7 +176,36 @@ async fn the_export_holds_the_callers_data_and_no_one_elses() {
     assert_eq!(mine["payments"]["orders_received"][0]["id"], world.ravi_order.as_str());
     assert_eq!(mine["payments"]["orders_placed"], json!([]));
     assert_eq!(mine["notifications"]["recipient"]["email"], "zubeida@example.com");
+    // A password reset asked with a stolen session: its token is never in the export, whether
+    // its email went out yet or not.
+    let reset = mesh
+        .post(
+            "/api/v1/auth/password-reset",
+            None,
+            json!({"email": "zubeida@example.com"}),
+        )
+        .await;
+    assert!(reset.status().is_success(), "{}", reset.status());
+    let mine = support::eventually("the reset email is in the export", || async {
+        let mine = export(&mesh, &world.zubeida).await;
+        let listed = mine["notifications"]["emails"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["template"] == "account.password_reset_requested");
+        listed.then_some(mine)
+    })
+    .await;
+    for e in mine["notifications"]["emails"].as_array().unwrap() {
+        if e["template"] == "account.password_reset_requested" {
+            assert!(e["text_body"].is_null(), "{e}");
+        }
+    }
     let text = mine.to_string();
+    assert!(
+        !text.contains("thali_pr_") && !text.contains("thali_ve_"),
+        "a token in the export: {text}"
+    );
     for theirs in [
         "Ravi K",
         "ravi@example.com",

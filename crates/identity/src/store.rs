@@ -1017,7 +1017,12 @@ impl IdentityStore {
         .await?;
         record_revocation(&txn, "account", &id.to_string(), now).await?;
         let aggregate = format!("account:{id}");
-        thali_platform::privacy::forget_delivered_events(&txn, crate::workers::SERVICE, &aggregate).await?;
+        thali_platform::privacy::forget_delivered_events(
+            &txn,
+            crate::workers::SERVICE,
+            std::slice::from_ref(&aggregate),
+        )
+        .await?;
         let event = thali_platform::events::new_event(
             crate::workers::SERVICE,
             aggregate,

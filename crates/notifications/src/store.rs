@@ -306,6 +306,21 @@ impl NotificationStore {
             return Ok(false);
         }
         let backend = txn.get_database_backend();
+        // An event about an erased account, still in flight when the erasure came: taken, and
+        // nothing it carries is written (ADR 0032).
+        let erased = txn
+            .query_one_raw(statement(
+                backend,
+                "SELECT account_id FROM erased_accounts WHERE account_id = $1",
+                vec![incoming.account_id.into()],
+            ))
+            .await?
+            .is_some();
+        if erased {
+            txn.commit().await?;
+            tracing::info!(event_id = %incoming.event_id, "event about an erased account taken without effect");
+            return Ok(true);
+        }
         if let Some(r) = &incoming.recipient {
             txn.execute_raw(statement(
                 backend,
@@ -986,6 +1001,12 @@ impl NotificationStore {
         if !thali_platform::events::accept(&txn, SERVICE, event_id, thali_platform::privacy::ERASED, now).await? {
             return Ok(false);
         }
+        txn.execute_raw(statement(
+            txn.get_database_backend(),
+            "INSERT INTO erased_accounts (account_id, erased_at) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            vec![account.into(), now.into()],
+        ))
+        .await?;
         notification::Entity::delete_many()
             .filter(notification::Column::AccountId.eq(account))
             .exec(&txn)
@@ -1064,12 +1085,18 @@ impl NotificationStore {
                 "event_type": p.event_type,
                 "email": p.email,
             })).collect::<Vec<_>>(),
+            // A message that carries a token (a password reset, an address check) is listed
+            // without its body: the export must not hand a stolen session the token.
             "emails": emails.iter().map(|e| serde_json::json!({
                 "id": e.id,
                 "template": e.template,
                 "to": e.to_address,
                 "subject": e.subject,
-                "text_body": e.text_body,
+                "text_body": if domain::SECRET_BEARING.contains(&e.template.as_str()) {
+                    None
+                } else {
+                    Some(&e.text_body)
+                },
                 "state": e.state,
                 "created_at": e.created_at,
                 "sent_at": e.sent_at,

@@ -629,3 +629,82 @@ async fn a_booking_waits_for_its_guests_address_then_emails_the_guest_and_tells_
         assert_eq!(emails[0].outgoing.subject, "Your table at Dosa Corner is booked");
     }
 }
+
+#[tokio::test]
+async fn an_erased_guest_is_blanked_in_the_owners_inbox_and_a_late_event_about_them_writes_nothing() {
+    use thali_proto::events::v1::{AccountErased, BookingConfirmed, BookingSummary};
+    for t in backends().await {
+        let n = service(&t, Mailer::files(mail_dir(), FROM).unwrap());
+        let sink = n.sink();
+        let (guest, owner) = (Uuid::now_v7(), Uuid::now_v7());
+        let booked = |booking: Uuid| {
+            events::new_event(
+                "booking",
+                format!("booking:{booking}"),
+                Some(owner),
+                Payload::BookingConfirmed(BookingConfirmed {
+                    booking: Some(BookingSummary {
+                        booking_id: booking.to_string(),
+                        restaurant_id: Uuid::now_v7().to_string(),
+                        restaurant_name: "Dosa Corner".into(),
+                        guest_account_id: guest.to_string(),
+                        guest_name: "Meera Iyer".into(),
+                        party_size: 2,
+                        local_start: "2026-11-25T19:30".into(),
+                        time_zone: "Asia/Kolkata".into(),
+                        start_time: None,
+                    }),
+                }),
+                chrono::Utc::now(),
+            )
+        };
+        sink.take(account_created(guest, "meera@example.com", "Meera Iyer"))
+            .await
+            .unwrap();
+        assert!(sink.take(booked(Uuid::now_v7())).await.unwrap());
+        let erased = events::new_event(
+            "identity",
+            format!("account:{guest}"),
+            Some(guest),
+            Payload::AccountErased(AccountErased {
+                account_id: guest.to_string(),
+            }),
+            chrono::Utc::now(),
+        );
+        assert!(sink.take(erased.clone()).await.unwrap(), "{}", t.backend);
+        assert!(
+            !sink.take(erased).await.unwrap(),
+            "{}: a redelivery does nothing",
+            t.backend
+        );
+
+        // The owner keeps the notification, without the guest's name.
+        let owners = n.store().list(owner, 0, "", false).await.unwrap();
+        assert_eq!(owners.notifications.len(), 1, "{}", t.backend);
+        assert!(!owners.notifications[0].title.contains("Meera"), "{}", t.backend);
+        assert!(!owners.notifications[0].body.contains("Meera"), "{}", t.backend);
+        // The guest's own are gone.
+        assert!(
+            n.store()
+                .list(guest, 0, "", false)
+                .await
+                .unwrap()
+                .notifications
+                .is_empty()
+        );
+
+        // A booking event still in flight when the erasure came: taken, nothing written.
+        let late = booked(Uuid::now_v7());
+        assert!(sink.take(late.clone()).await.unwrap(), "{}", t.backend);
+        assert_eq!(
+            n.store().list(owner, 0, "", false).await.unwrap().notifications.len(),
+            1
+        );
+        let emails = n
+            .store()
+            .emails_of_event(Uuid::parse_str(&late.id).unwrap())
+            .await
+            .unwrap();
+        assert!(emails.is_empty(), "{}", t.backend);
+    }
+}

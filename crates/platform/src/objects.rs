@@ -111,27 +111,34 @@ impl LocalStore {
         restrict(dir)?;
         let key_file = dir.join("link-signing-key");
         let secret = match std::fs::read(&key_file) {
-            Ok(bytes) if bytes.len() == 32 => bytes,
-            Ok(_) => {
-                return Err(std::io::Error::other(format!(
-                    "{} must hold exactly 32 bytes",
-                    key_file.display()
-                )));
-            }
+            Ok(bytes) => bytes,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let mut bytes = [0u8; 32];
                 SystemRandom::new()
                     .fill(&mut bytes)
                     .map_err(|_| std::io::Error::other("no random source"))?;
-                match write_private(&key_file, &bytes) {
+                // Written whole aside, then linked into place: a process starting beside this
+                // one (facade and storefront share the data dir) reads either no key or all of
+                // it, and the first link wins.
+                let partial = dir.join(format!("link-signing-key.{}.partial", std::process::id()));
+                let _ = std::fs::remove_file(&partial);
+                write_private(&partial, &bytes)?;
+                let linked = std::fs::hard_link(&partial, &key_file);
+                std::fs::remove_file(&partial)?;
+                match linked {
                     Ok(()) => bytes.to_vec(),
-                    // Another process made it first: theirs is the key.
                     Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => std::fs::read(&key_file)?,
                     Err(e) => return Err(e),
                 }
             }
             Err(e) => return Err(e),
         };
+        if secret.len() != 32 {
+            return Err(std::io::Error::other(format!(
+                "{} must hold exactly 32 bytes",
+                key_file.display()
+            )));
+        }
         Ok(Self {
             dir: dir.to_owned(),
             key: hmac::Key::new(hmac::HMAC_SHA256, &secret),

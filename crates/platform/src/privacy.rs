@@ -36,24 +36,34 @@ pub fn erased_handle(account: Uuid, name: &str) -> String {
     format!("erased-{}", &digest[..16])
 }
 
-/// Deletes `service`'s delivered events (relay jobs done or dead) about `aggregate`, such as
+/// Deletes `service`'s delivered events (relay jobs done or dead) about `aggregates`, such as
 /// `account:<id>` or `booking:<id>`: their payloads carried the personal fields an erasure
-/// removes. Events still queued or being delivered are left to finish. Returns how many.
+/// removes. Events still queued or being delivered are left to finish (the queue's housekeeping
+/// deletes them [`crate::jobs::DONE_RETENTION_DAYS`] days after). One statement per 500
+/// aggregates. Returns how many.
 pub async fn forget_delivered_events<C: ConnectionTrait>(
     conn: &C,
     service: &str,
-    aggregate: &str,
+    aggregates: &[String],
 ) -> Result<u64, DbErr> {
-    let stmt = crate::db::statement(
-        conn.get_database_backend(),
-        "DELETE FROM jobs WHERE service = $1 AND kind = $2 AND ordering_key = $3 AND state IN ('done', 'dead')",
-        vec![
-            service.into(),
-            crate::events::RELAY_KIND.into(),
-            crate::events::ordering_key(aggregate).into(),
-        ],
-    );
-    Ok(conn.execute_raw(stmt).await?.rows_affected())
+    let mut deleted = 0;
+    for batch in aggregates.chunks(500) {
+        let mut values: Vec<sea_orm::Value> = vec![service.into(), crate::events::RELAY_KIND.into()];
+        values.extend(
+            batch
+                .iter()
+                .map(|a| sea_orm::Value::from(crate::events::ordering_key(a))),
+        );
+        let keys: Vec<String> = (3..=values.len()).map(|i| format!("${i}")).collect();
+        let sql = format!(
+            "DELETE FROM jobs WHERE service = $1 AND kind = $2 AND state IN ('done', 'dead') \
+             AND ordering_key IN ({})",
+            keys.join(", ")
+        );
+        let stmt = crate::db::statement(conn.get_database_backend(), &sql, values);
+        deleted += conn.execute_raw(stmt).await?.rows_affected();
+    }
+    Ok(deleted)
 }
 
 /// The services whose personal data a process answers for, by name.

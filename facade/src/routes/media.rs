@@ -231,9 +231,5 @@ pub async fn read(
     if let Ok(v) = HeaderValue::from_str(&format!("private, max-age={max_age}")) {
         h.insert(header::CACHE_CONTROL, v);
     }
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static("default-src 'none'; sandbox"),
-    );
     Ok(response)
 }

@@ -52,10 +52,8 @@ impl BookingStore {
             .filter(booking::Column::CancelReason.is_not_null())
             .exec(&txn)
             .await?;
-        for id in &ids {
-            thali_platform::privacy::forget_delivered_events(&txn, crate::workers::SERVICE, &format!("booking:{id}"))
-                .await?;
-        }
+        let aggregates: Vec<String> = ids.iter().map(|id| format!("booking:{id}")).collect();
+        thali_platform::privacy::forget_delivered_events(&txn, crate::workers::SERVICE, &aggregates).await?;
         txn.commit().await?;
         tracing::info!(%account, bookings = ids.len(), "guest's bookings anonymised");
         Ok(true)

@@ -71,10 +71,8 @@ impl PaymentsStore {
                 .exec(&txn)
                 .await?;
         }
-        for o in &orders {
-            thali_platform::privacy::forget_delivered_events(&txn, crate::workers::SERVICE, &format!("order:{}", o.id))
-                .await?;
-        }
+        let aggregates: Vec<String> = orders.iter().map(|o| format!("order:{}", o.id)).collect();
+        thali_platform::privacy::forget_delivered_events(&txn, crate::workers::SERVICE, &aggregates).await?;
         txn.commit().await?;
         tracing::info!(%account, orders = orders.len(), stores = stores.len(), "payments records anonymised");
         Ok(true)

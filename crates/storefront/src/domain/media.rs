@@ -211,7 +211,7 @@ fn webp(b: &[u8]) -> Result<(u32, u32), ImageError> {
     let chunk = b.get(12..16).ok_or(short.clone())?;
     let data = 20usize;
     let chunk_len = le32(b, 16).ok_or(short.clone())? as usize;
-    if data + chunk_len > b.len() {
+    if data.checked_add(chunk_len).is_none_or(|end| end > b.len()) {
         return Err(short);
     }
     let (width, height) = match chunk {

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, Set};
+use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set};
 use thali_platform::db::{begin_write, is_unique_violation};
 use uuid::Uuid;
 
@@ -112,8 +112,11 @@ impl StorefrontStore {
         now: DateTime<Utc>,
     ) -> Result<StoredMedia, StorefrontError> {
         let txn = begin_write(&self.db).await?;
+        // Locked (PostgreSQL; SQLite's write transaction already is): an erasure cannot commit
+        // between this check and the insert.
         let owner = creator::Entity::find_by_id(target.creator_id)
             .filter(creator::Column::ErasedAt.is_null())
+            .lock_exclusive()
             .one(&txn)
             .await?
             .ok_or(StorefrontError::CreatorNotFound)?;

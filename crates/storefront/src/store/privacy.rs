@@ -3,7 +3,7 @@
 //! pseudonym payments gives the same store, the display name and bio go, and every product is
 //! archived.
 use chrono::{DateTime, Utc};
-use sea_orm::{ColumnTrait, DbErr, EntityTrait, QueryFilter, QueryOrder, sea_query::Expr};
+use sea_orm::{ColumnTrait, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect, sea_query::Expr};
 use thali_platform::{db::begin_write, privacy::erased_handle};
 use uuid::Uuid;
 
@@ -46,6 +46,7 @@ impl StorefrontStore {
         let owned = creator::Entity::find()
             .filter(creator::Column::OwnerSubject.eq(account.to_string()))
             .filter(creator::Column::ErasedAt.is_null())
+            .lock_exclusive()
             .all(&txn)
             .await?;
         let mut names = Vec::with_capacity(owned.len());
@@ -87,7 +88,7 @@ impl StorefrontStore {
             thali_platform::privacy::forget_delivered_events(
                 &txn,
                 crate::workers::SERVICE,
-                &format!("creator:{}", c.id),
+                &[format!("creator:{}", c.id)],
             )
             .await?;
             names.push(c.username);
