@@ -275,3 +275,72 @@ async fn a_real_image_is_read_only_through_a_signed_link_that_expires() {
         StatusCode::OK
     );
 }
+
+#[tokio::test]
+async fn with_an_s3_compatible_store_uploads_land_in_the_private_bucket() {
+    let url = match std::env::var("THALI_TEST_S3_URL") {
+        Ok(url) if !url.is_empty() => url,
+        _ => {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "CI=true needs THALI_TEST_S3_URL (.ci/run starts moto)"
+            );
+            return;
+        }
+    };
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let bucket = format!("thali-e2e-{}", uuid::Uuid::now_v7().simple());
+    let secret_file = std::env::temp_dir().join(format!("thali-s3-secret-{}", uuid::Uuid::now_v7()));
+    std::fs::write(&secret_file, "testing\n").unwrap();
+    thali_platform::objects::S3Store::new(
+        &url,
+        &bucket,
+        "us-east-1",
+        true,
+        "testing",
+        &thali_platform::secret::Secret::new("testing".to_owned()),
+        std::time::Duration::from_secs(10),
+    )
+    .unwrap()
+    .create_bucket()
+    .await
+    .unwrap();
+    let secret_path = secret_file.display().to_string();
+    let mesh = Mesh::start_env(&[
+        ("THALI_S3_URL", url.as_str()),
+        ("THALI_S3_BUCKET", bucket.as_str()),
+        ("THALI_S3_ACCESS_KEY_ID", "testing"),
+        ("THALI_S3_SECRET_ACCESS_KEY_FILE", secret_path.as_str()),
+    ])
+    .await;
+    let (token, product) = shop(&mesh).await;
+    let png = real_png();
+    let image = json_of(
+        upload(
+            &mesh,
+            Method::POST,
+            &format!("/api/v1/products/{product}/images"),
+            &token,
+            png.clone(),
+            &[],
+        )
+        .await,
+        StatusCode::CREATED,
+    )
+    .await;
+    let link = image["url"].as_str().unwrap().to_owned();
+    assert!(link.starts_with(&url) && link.contains(&bucket), "{link}");
+    let page = json_of(mesh.get("/api/v1/store/chai_point").await, StatusCode::OK).await;
+    assert_eq!(page["products"][0]["images"][0]["url"], link.as_str());
+    let res = mesh.http.get(&link).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.headers()["content-type"], "image/png");
+    assert_eq!(res.bytes().await.unwrap().to_vec(), png);
+    // Unsigned: refused by the private bucket. Nothing is kept on the local disk.
+    let unsigned = link.split('?').next().unwrap();
+    assert_eq!(
+        mesh.http.get(unsigned).send().await.unwrap().status(),
+        StatusCode::FORBIDDEN
+    );
+    assert!(support::files_under(&mesh.data_dir.join("media").join("objects")).is_empty());
+}

@@ -146,6 +146,20 @@ pub struct Config {
     pub smtp_url: Option<String>,
     /// File holding the SMTP password (`THALI_SMTP_PASSWORD_FILE`); the URL never carries it.
     pub smtp_password_file: Option<PathBuf>,
+    /// An S3-compatible object store for uploaded media (`THALI_S3_URL`, e.g.
+    /// `https://s3.ap-south-1.amazonaws.com`); unset means the local store under the data dir
+    /// (ADR 0033).
+    pub s3_url: Option<String>,
+    /// The media bucket (`THALI_S3_BUCKET`), private.
+    pub s3_bucket: Option<String>,
+    /// The bucket's region (`THALI_S3_REGION`).
+    pub s3_region: String,
+    /// Path-style addressing (`THALI_S3_PATH_STYLE`), as most local S3-compatible servers want.
+    pub s3_path_style: bool,
+    /// The access key id (`THALI_S3_ACCESS_KEY_ID`; public half).
+    pub s3_access_key_id: Option<String>,
+    /// File holding the secret access key (`THALI_S3_SECRET_ACCESS_KEY_FILE`).
+    pub s3_secret_access_key_file: Option<PathBuf>,
     /// The sender of Thali's email (`THALI_MAIL_FROM`).
     pub mail_from: String,
     /// Longest time one email send may take, connection to answer, seconds (`THALI_MAIL_TIMEOUT_S`).
@@ -341,6 +355,8 @@ impl Config {
             .set_default("mail_from", "Thali <no-reply@thali.localhost>")?
             .set_default("mail_timeout_s", 30)?
             .set_default("webhooks_allow_insecure", false)?
+            .set_default("s3_region", "us-east-1")?
+            .set_default("s3_path_style", true)?
             .set_default("app_url", "http://localhost:3000")?
             .set_default("sandbox_addr", "127.0.0.1:8090")?
             .set_default("gateway_timeout_s", 10)?;
@@ -566,6 +582,17 @@ impl Config {
                 "razorpay_url",
                 "needs razorpay_key_id, razorpay_key_secret_file and razorpay_webhook_secret_file",
             );
+        }
+        if let Some(url) = &self.s3_url {
+            if !(url.starts_with("https://") || url.starts_with("http://")) {
+                return invalid("s3_url", "must be an http(s) URL");
+            }
+            if self.s3_bucket.is_none() || self.s3_access_key_id.is_none() || self.s3_secret_access_key_file.is_none() {
+                return invalid(
+                    "s3_url",
+                    "needs s3_bucket, s3_access_key_id and s3_secret_access_key_file",
+                );
+            }
         }
         if !(1..=3600).contains(&self.keys_refresh_s) {
             return invalid("keys_refresh_s", "must be 1 to 3600");

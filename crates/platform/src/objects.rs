@@ -217,6 +217,145 @@ impl ObjectStore for LocalStore {
     }
 }
 
+/// Objects in a bucket of any S3-compatible store (distributed mode). Requests and links are
+/// signed with SigV4 (rusty-s3, sans-IO; sent with reqwest); the bucket stays private, and a
+/// link is a presigned GET signed as of the start of its window, so one window's links are one
+/// link.
+pub struct S3Store {
+    bucket: rusty_s3::Bucket,
+    credentials: rusty_s3::Credentials,
+    http: reqwest::Client,
+}
+
+/// How long a signed PUT or DELETE is good for: it is sent at once.
+const REQUEST_LIFE: Duration = Duration::from_secs(60);
+
+impl S3Store {
+    /// The bucket `bucket` at `endpoint` (path-style addressing when `path_style`, as local
+    /// S3-compatible servers want; virtual-hosted otherwise).
+    pub fn new(
+        endpoint: &str,
+        bucket: &str,
+        region: &str,
+        path_style: bool,
+        access_key_id: &str,
+        secret_access_key: &crate::secret::Secret<String>,
+        timeout: Duration,
+    ) -> Result<Self, ObjectError> {
+        let url = endpoint
+            .parse()
+            .map_err(|e| ObjectError::Remote(format!("s3_url {endpoint:?}: {e}")))?;
+        let style = if path_style {
+            rusty_s3::UrlStyle::Path
+        } else {
+            rusty_s3::UrlStyle::VirtualHost
+        };
+        let bucket = rusty_s3::Bucket::new(url, style, bucket.to_owned(), region.to_owned())
+            .map_err(|e| ObjectError::Remote(format!("s3 bucket: {e}")))?;
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(Duration::from_secs(3))
+            .build()
+            .map_err(|e| ObjectError::Remote(format!("s3 client: {e}")))?;
+        Ok(Self {
+            bucket,
+            credentials: rusty_s3::Credentials::new(access_key_id, secret_access_key.expose().clone()),
+            http,
+        })
+    }
+
+    /// Creates the bucket (operators normally do, with the policy in `deploy/s3/`); tests and
+    /// first runs use this. A bucket that exists already is no error.
+    pub async fn create_bucket(&self) -> Result<(), ObjectError> {
+        use rusty_s3::S3Action;
+        let url = self.bucket.create_bucket(&self.credentials).sign(REQUEST_LIFE);
+        let res = self
+            .http
+            .put(url)
+            .header(reqwest::header::CONTENT_LENGTH, "0")
+            .body(Vec::new())
+            .send()
+            .await
+            .map_err(|e| ObjectError::Remote(format!("creating the bucket: {e}")))?;
+        if res.status().is_success() || res.status() == reqwest::StatusCode::CONFLICT {
+            Ok(())
+        } else {
+            Err(ObjectError::Remote(format!(
+                "creating the bucket: HTTP {}",
+                res.status()
+            )))
+        }
+    }
+}
+
+fn jiff_time(at: DateTime<Utc>) -> jiff::Timestamp {
+    jiff::Timestamp::from_second(at.timestamp()).unwrap_or(jiff::Timestamp::UNIX_EPOCH)
+}
+
+#[tonic::async_trait]
+impl ObjectStore for S3Store {
+    async fn put(&self, key: &str, content_type: &str, bytes: Bytes) -> Result<(), ObjectError> {
+        use rusty_s3::S3Action;
+        key_content_type(key).ok_or_else(|| ObjectError::Remote(format!("{key:?} is not an object key")))?;
+        let url = self.bucket.put_object(Some(&self.credentials), key).sign(REQUEST_LIFE);
+        let res = self
+            .http
+            .put(url)
+            .header(reqwest::header::CONTENT_TYPE, content_type)
+            .body(bytes)
+            .send()
+            .await
+            .map_err(|e| ObjectError::Remote(format!("storing {key}: {e}")))?;
+        if !res.status().is_success() {
+            return Err(ObjectError::Remote(format!("storing {key}: HTTP {}", res.status())));
+        }
+        Ok(())
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), ObjectError> {
+        use rusty_s3::S3Action;
+        let url = self
+            .bucket
+            .delete_object(Some(&self.credentials), key)
+            .sign(REQUEST_LIFE);
+        let res = self
+            .http
+            .delete(url)
+            .send()
+            .await
+            .map_err(|e| ObjectError::Remote(format!("deleting {key}: {e}")))?;
+        if res.status().is_success() || res.status() == reqwest::StatusCode::NOT_FOUND {
+            Ok(())
+        } else {
+            Err(ObjectError::Remote(format!("deleting {key}: HTTP {}", res.status())))
+        }
+    }
+
+    fn link(&self, key: &str, now: DateTime<Utc>) -> String {
+        use rusty_s3::S3Action;
+        let start = window_start(now);
+        let life = (link_expiry(now) - start).to_std().unwrap_or(2 * WINDOW);
+        let mut action = self.bucket.get_object(Some(&self.credentials), key);
+        // Served as an image, inline, under its own name, whatever the store guesses.
+        if let Some(content_type) = key_content_type(key) {
+            action.query_mut().insert("response-content-type", content_type);
+        }
+        let disposition = format!("inline; filename=\"{key}\"");
+        action
+            .query_mut()
+            .insert("response-content-disposition", disposition.as_str());
+        action.sign_with_time(life, &jiff_time(start)).to_string()
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "S3-compatible bucket {} at {}",
+            self.bucket.name(),
+            self.bucket.base_url()
+        )
+    }
+}
+
 #[cfg(unix)]
 fn restrict(dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;

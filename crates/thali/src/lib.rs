@@ -600,8 +600,12 @@ pub async fn start(cfg: &Config, part: Part) -> anyhow::Result<Platform> {
             verifier,
             edge,
             thali_facade::limits::EdgeLimits::from_config(cfg, limiter.clone()),
-        )
-        .with_media(media_store(cfg)?);
+        );
+        // The local store's links are served here; an S3-compatible store serves its own.
+        let state = match cfg.s3_url {
+            Some(_) => state,
+            None => state.with_media(local_media(cfg)?),
+        };
         let router = thali_facade::router(state, &thali_facade::HttpSettings::from_config(cfg));
         cfg.check_plaintext("HTTP", cfg.http_addr)?;
         let listener =
@@ -684,13 +688,42 @@ pub async fn start(cfg: &Config, part: Part) -> anyhow::Result<Platform> {
     })
 }
 
-/// The object store for uploaded media (ADR 0033): a private directory under the data dir,
-/// whose signed links the facade serves.
-fn media_store(cfg: &Config) -> anyhow::Result<Arc<thali_platform::objects::LocalStore>> {
+/// The local object store for uploaded media (ADR 0033): a private directory under the data
+/// dir, whose signed links the facade serves.
+fn local_media(cfg: &Config) -> anyhow::Result<Arc<thali_platform::objects::LocalStore>> {
     let dir = cfg.media_dir();
     let store = thali_platform::objects::LocalStore::open(&dir)
         .with_context(|| format!("opening the media store ({})", dir.display()))?;
     Ok(Arc::new(store))
+}
+
+/// Where uploaded media goes: the S3-compatible bucket when `THALI_S3_URL` is set, else the
+/// local store.
+fn media_store(cfg: &Config) -> anyhow::Result<Arc<dyn thali_platform::objects::ObjectStore>> {
+    let store: Arc<dyn thali_platform::objects::ObjectStore> = match &cfg.s3_url {
+        Some(url) => {
+            let path = cfg
+                .s3_secret_access_key_file
+                .as_ref()
+                .context("s3_secret_access_key_file")?;
+            let secret = thali_platform::secret::read_file(path).map_err(|e| anyhow::anyhow!("reading {e}"))?;
+            Arc::new(
+                thali_platform::objects::S3Store::new(
+                    url,
+                    cfg.s3_bucket.as_deref().context("s3_bucket")?,
+                    &cfg.s3_region,
+                    cfg.s3_path_style,
+                    cfg.s3_access_key_id.as_deref().context("s3_access_key_id")?,
+                    &secret,
+                    Duration::from_secs(30),
+                )
+                .context("the S3-compatible media store")?,
+            )
+        }
+        None => local_media(cfg)?,
+    };
+    tracing::info!(store = %store.describe(), "storefront: where media goes");
+    Ok(store)
 }
 
 /// The services that take each event type, reached through the client stack: notifications at
