@@ -100,7 +100,7 @@ impl Booking {
 
     /// What booking holds about an account, for its owner's export (ADR 0032).
     pub fn personal_data(&self) -> Arc<dyn thali_platform::privacy::PersonalData> {
-        Arc::new(PersonalData(self.store.clone()))
+        Arc::new(self.store.clone())
     }
 
     /// The service's job worker on `queue`, ready to spawn.
@@ -120,11 +120,9 @@ impl Booking {
     }
 }
 
-struct PersonalData(store::BookingStore);
-
 #[tonic::async_trait]
-impl thali_platform::privacy::PersonalData for PersonalData {
+impl thali_platform::privacy::PersonalData for store::BookingStore {
     async fn export(&self, account: uuid::Uuid) -> Result<serde_json::Value, sea_orm::DbErr> {
-        self.0.personal_data(account).await
+        self.personal_data(account).await
     }
 }

@@ -97,7 +97,7 @@ impl Notifications {
 
     /// What notifications holds about an account, for its owner's export (ADR 0032).
     pub fn personal_data(&self) -> Arc<dyn thali_platform::privacy::PersonalData> {
-        Arc::new(PersonalData(self.store.clone()))
+        Arc::new(self.store.clone())
     }
 
     /// The service's job worker on `queue` (email, housekeeping), ready to spawn.
@@ -111,11 +111,9 @@ impl Notifications {
     }
 }
 
-struct PersonalData(store::NotificationStore);
-
 #[tonic::async_trait]
-impl thali_platform::privacy::PersonalData for PersonalData {
+impl thali_platform::privacy::PersonalData for store::NotificationStore {
     async fn export(&self, account: uuid::Uuid) -> Result<serde_json::Value, sea_orm::DbErr> {
-        self.0.personal_data(account).await
+        self.personal_data(account).await
     }
 }

@@ -100,7 +100,7 @@ impl Payments {
 
     /// What payments holds about an account, for its owner's export (ADR 0032).
     pub fn personal_data(&self) -> Arc<dyn thali_platform::privacy::PersonalData> {
-        Arc::new(PersonalData(self.settler.store.clone()))
+        Arc::new(self.settler.store.clone())
     }
 
     /// The gRPC service, ready to add to a server.
@@ -109,11 +109,9 @@ impl Payments {
     }
 }
 
-struct PersonalData(store::PaymentsStore);
-
 #[tonic::async_trait]
-impl thali_platform::privacy::PersonalData for PersonalData {
+impl thali_platform::privacy::PersonalData for store::PaymentsStore {
     async fn export(&self, account: uuid::Uuid) -> Result<serde_json::Value, sea_orm::DbErr> {
-        self.0.personal_data(account).await
+        self.personal_data(account).await
     }
 }
