@@ -414,7 +414,8 @@ pub struct Register {
     pub password: String,
     #[schema(example = "Asha", min_length = 1, max_length = 80)]
     pub display_name: String,
-    /// Admins are made by an operator (`thali users create --admin`).
+    /// Admins are made by an operator (`thali users create --admin`) or by another admin
+    /// (`PUT /api/v1/admin/accounts/{id}/role`).
     pub role: RegisterRole,
 }
 
@@ -524,10 +525,20 @@ impl From<thali_proto::identity::v1::ApiKey> for ApiKey {
     }
 }
 
-/// Body of `POST /api/v1/admin/accounts/{id}/disable`.
+/// Body of `POST /api/v1/admin/accounts/{id}/disable` and `…/enable`.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct DisableAccount {
+pub struct AdminReason {
+    /// Why, for the audit trail.
+    #[schema(min_length = 1, max_length = 500)]
+    pub reason: String,
+}
+
+/// Body of `PUT /api/v1/admin/accounts/{id}/role`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetAccountRole {
+    pub role: Role,
     /// Why, for the audit trail.
     #[schema(min_length = 1, max_length = 500)]
     pub reason: String,

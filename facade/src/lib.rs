@@ -196,6 +196,14 @@ pub fn router(state: FacadeState, settings: &HttpSettings) -> Router {
             "/api/v1/admin/accounts/{id}/disable",
             post(routes::identity::disable_account),
         )
+        .route(
+            "/api/v1/admin/accounts/{id}/enable",
+            post(routes::identity::enable_account),
+        )
+        .route(
+            "/api/v1/admin/accounts/{id}/role",
+            put(routes::identity::set_account_role),
+        )
         .route("/api/v1/admin/audit", get(routes::audit::list))
         .route("/api/v1/creators", post(routes::storefront::create_creator))
         .route(

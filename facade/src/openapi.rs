@@ -28,6 +28,8 @@ use crate::{dto, problem, routes};
         routes::identity::revoke_api_key,
         routes::identity::jwks,
         routes::identity::disable_account,
+        routes::identity::enable_account,
+        routes::identity::set_account_role,
         routes::audit::list,
         routes::privacy::export,
         routes::privacy::erase,
@@ -81,7 +83,8 @@ use crate::{dto, problem, routes};
         routes::payments::get_payment_account,
     ),
     components(schemas(
-        dto::DisableAccount,
+        dto::AdminReason,
+        dto::SetAccountRole,
         dto::booking::Policy,
         dto::booking::PolicyChanges,
         dto::booking::OpeningHours,

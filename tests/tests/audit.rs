@@ -153,3 +153,206 @@ async fn only_an_admin_reads_the_trail_filtered_and_paged() {
         .collect();
     assert_eq!(actions, ["account.registered", "login.succeeded"], "{one}");
 }
+
+#[tokio::test]
+async fn an_admin_changes_a_role_and_a_status_and_the_trail_records_both_with_the_role_before_and_after() {
+    let mesh = Mesh::start().await;
+    let session = mesh.sign_up("ravi@example.com", "buyer").await;
+    let ravi = session["account"]["id"].as_str().unwrap().to_owned();
+    let (old_access, old_refresh) = (
+        support::access(&session),
+        session["tokens"]["refresh_token"].as_str().unwrap().to_owned(),
+    );
+    let admin_id = uuid::Uuid::now_v7().to_string();
+    let admin = mesh.signer.mint(&admin_id, &["admin".into()], Duration::from_secs(600));
+    let someone = support::access(&mesh.sign_up("someone@example.com", "buyer").await);
+    let put = |path: String, token: String, body: serde_json::Value| {
+        let mesh = &mesh;
+        async move { mesh.send(reqwest::Method::PUT, &path, Some(&token), body).await }
+    };
+    let role_path = format!("/api/v1/admin/accounts/{ravi}/role");
+    let promote = json!({"role": "restaurant_owner", "reason": "opened Ravi's Dosa Corner"});
+
+    // Who may, and what is refused: a non-admin, an admin's own role, no reason, an unknown
+    // role, an unknown account.
+    support::problem(
+        put(role_path.clone(), someone.clone(), promote.clone()).await,
+        StatusCode::FORBIDDEN,
+        "FORBIDDEN",
+    )
+    .await;
+    support::problem(
+        put(
+            format!("/api/v1/admin/accounts/{admin_id}/role"),
+            admin.clone(),
+            promote.clone(),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "VALIDATION_FAILED",
+    )
+    .await;
+    let body = support::problem(
+        put(
+            role_path.clone(),
+            admin.clone(),
+            json!({"role": "buyer", "reason": "  "}),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "VALIDATION_FAILED",
+    )
+    .await;
+    assert_eq!(body["errors"][0]["field"], "reason", "{body}");
+    let res = put(
+        role_path.clone(),
+        admin.clone(),
+        json!({"role": "emperor", "reason": "why not"}),
+    )
+    .await;
+    assert!(res.status().is_client_error(), "{}", res.status());
+    support::problem(
+        put(
+            format!("/api/v1/admin/accounts/{}/role", uuid::Uuid::now_v7()),
+            admin.clone(),
+            promote.clone(),
+        )
+        .await,
+        StatusCode::NOT_FOUND,
+        "ACCOUNT_NOT_FOUND",
+    )
+    .await;
+
+    // The change: Ravi's sessions end, his next sign-in carries the new role.
+    let changed = support::json_of(
+        put(role_path.clone(), admin.clone(), promote.clone()).await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(changed["role"], "restaurant_owner", "{changed}");
+    support::eventually("the old access token is refused", || {
+        let (mesh, token) = (&mesh, old_access.clone());
+        async move { (mesh.get_as("/api/v1/auth/me", &token).await.status() == StatusCode::UNAUTHORIZED).then_some(()) }
+    })
+    .await;
+    let res = mesh
+        .post("/api/v1/auth/refresh", None, json!({"refresh_token": old_refresh}))
+        .await;
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    let again = support::json_of(
+        mesh.post(
+            "/api/v1/auth/login",
+            None,
+            json!({"email": "ravi@example.com", "password": "correct horse battery"}),
+        )
+        .await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(again["account"]["role"], "restaurant_owner", "{again}");
+    // The same role again: 200, nothing changes, nothing is recorded.
+    support::json_of(
+        put(role_path.clone(), admin.clone(), promote.clone()).await,
+        StatusCode::OK,
+    )
+    .await;
+
+    // A status change and its undoing: disabled, Ravi cannot sign in; enabled, he can.
+    let reason = json!({"reason": "chargeback under review"});
+    support::json_of(
+        mesh.post(
+            &format!("/api/v1/admin/accounts/{ravi}/disable"),
+            Some(&admin),
+            reason.clone(),
+        )
+        .await,
+        StatusCode::OK,
+    )
+    .await;
+    let login = json!({"email": "ravi@example.com", "password": "correct horse battery"});
+    assert!(
+        mesh.post("/api/v1/auth/login", None, login.clone())
+            .await
+            .status()
+            .is_client_error(),
+        "a disabled account cannot sign in"
+    );
+    support::problem(
+        mesh.post(
+            &format!("/api/v1/admin/accounts/{ravi}/enable"),
+            Some(&someone),
+            reason.clone(),
+        )
+        .await,
+        StatusCode::FORBIDDEN,
+        "FORBIDDEN",
+    )
+    .await;
+    let enabled = support::json_of(
+        mesh.post(
+            &format!("/api/v1/admin/accounts/{ravi}/enable"),
+            Some(&admin),
+            reason.clone(),
+        )
+        .await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(enabled["status"], "active", "{enabled}");
+    support::json_of(mesh.post("/api/v1/auth/login", None, login).await, StatusCode::OK).await;
+
+    // An erased account's role is not for changing.
+    let gone = mesh.sign_up("gone@example.com", "buyer").await;
+    let gone_id = gone["account"]["id"].as_str().unwrap().to_owned();
+    let res = mesh
+        .send(
+            reqwest::Method::DELETE,
+            "/api/v1/me",
+            Some(&support::access(&gone)),
+            json!({"password": "correct horse battery"}),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    support::problem(
+        put(
+            format!("/api/v1/admin/accounts/{gone_id}/role"),
+            admin.clone(),
+            promote.clone(),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "ACCOUNT_ERASED",
+    )
+    .await;
+
+    // The trail: one role change, with the role before and after and the admin as the actor;
+    // the disabling and the enabling.
+    let records = support::eventually("the admin actions are chained", || {
+        let (mesh, admin, admin_id) = (&mesh, admin.clone(), admin_id.clone());
+        async move {
+            let page = support::json_of(
+                mesh.get_as(
+                    &format!("/api/v1/admin/audit?service=identity&actor=acct:{admin_id}"),
+                    &admin,
+                )
+                .await,
+                StatusCode::OK,
+            )
+            .await;
+            let records = page["records"].as_array().cloned().unwrap_or_default();
+            (records.len() >= 3).then_some(records)
+        }
+    })
+    .await;
+    let actions: Vec<&str> = records.iter().map(|r| r["action"].as_str().unwrap()).collect();
+    assert_eq!(
+        actions,
+        ["admin.role_changed", "admin.account_disabled", "admin.account_enabled"],
+        "{records:?}"
+    );
+    assert_eq!(records[0]["target"], format!("account:{ravi}"));
+    assert_eq!(records[0]["details"]["from"], "buyer");
+    assert_eq!(records[0]["details"]["to"], "restaurant_owner");
+    assert_eq!(records[0]["details"]["reason"], "opened Ravi's Dosa Corner");
+    assert_eq!(records[2]["details"]["status_before"], "disabled");
+}

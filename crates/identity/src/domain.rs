@@ -61,6 +61,8 @@ pub enum IdentityError {
     BadToken,
     #[error("the password is not the account's")]
     PasswordIncorrect,
+    #[error("the account was erased by its owner")]
+    AccountErased,
     #[error("the database does not answer")]
     Unavailable,
     #[error("internal: {0}")]

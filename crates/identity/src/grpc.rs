@@ -68,6 +68,7 @@ impl From<IdentityError> for Status {
             IdentityError::Forbidden => errors::with_reason(Code::PermissionDenied, "FORBIDDEN", message),
             IdentityError::ApiKeyNotFound => errors::with_reason(Code::NotFound, "API_KEY_NOT_FOUND", message),
             IdentityError::AccountNotFound => errors::with_reason(Code::NotFound, "ACCOUNT_NOT_FOUND", message),
+            IdentityError::AccountErased => errors::with_reason(Code::FailedPrecondition, "ACCOUNT_ERASED", message),
             IdentityError::PasswordIncorrect => {
                 errors::with_reason(Code::PermissionDenied, "PASSWORD_INCORRECT", message)
             }
@@ -147,6 +148,26 @@ fn account_caller<T>(request: &Request<T>) -> Result<(Uuid, bool), IdentityError
     }
     let id = Uuid::parse_str(&p.subject).map_err(|_| IdentityError::Unauthenticated)?;
     Ok((id, p.has_role("admin")))
+}
+
+/// The admin making an admin call (`rpc` names it in the refusal's security event).
+fn admin_caller<T>(request: &Request<T>, rpc: &str) -> Result<Uuid, IdentityError> {
+    let (caller, is_admin) = account_caller(request)?;
+    if !is_admin {
+        if let Some(p) = principal(request) {
+            thali_platform::audit::access_denied(p, rpc, "admin role required");
+        }
+        return Err(IdentityError::Forbidden);
+    }
+    Ok(caller)
+}
+
+/// The account an admin call is about and the reason it gives (for the audit trail).
+fn admin_target(account_id: &str, reason: &str) -> Result<(Uuid, String), IdentityError> {
+    let id = Uuid::parse_str(account_id.trim()).map_err(|_| IdentityError::invalid("account_id", "must be a UUID"))?;
+    let reason = thali_platform::text::plain(reason, thali_platform::text::Rules::multiline(1, 500))
+        .map_err(|why| IdentityError::invalid("reason", why))?;
+    Ok((id, reason))
 }
 
 fn owner_for(caller: (Uuid, bool), requested: &str) -> Result<Uuid, IdentityError> {
@@ -501,7 +522,14 @@ impl pb::identity_service_server::IdentityService for IdentityGrpc {
             .map(|k| Idempotency::new(k, &(owner, name, &scopes, expires_at, rate_limit)));
         let (key, secret) = self
             .store
-            .create_api_key(owner, name, &scopes, expires_at, rate_limit, idem.as_ref())
+            .create_api_key(
+                crate::store::KeyFor { owner, by: caller.0 },
+                name,
+                &scopes,
+                expires_at,
+                rate_limit,
+                idem.as_ref(),
+            )
             .await?;
         security_event(
             SecurityEvent::ApiKeyCreated,
@@ -578,33 +606,73 @@ impl pb::identity_service_server::IdentityService for IdentityGrpc {
         &self,
         request: Request<pb::DisableAccountRequest>,
     ) -> Result<Response<pb::DisableAccountResponse>, Status> {
-        let (admin, is_admin) = account_caller(&request)?;
-        if !is_admin {
-            if let Some(p) = principal(&request) {
-                thali_platform::audit::access_denied(p, "DisableAccount", "admin role required");
-            }
-            return Err(IdentityError::Forbidden.into());
-        }
+        let admin = admin_caller(&request, "DisableAccount")?;
         let req = request.into_inner();
-        let id = Uuid::parse_str(req.account_id.trim())
-            .map_err(|_| IdentityError::invalid("account_id", "must be a UUID"))?;
-        let reason = thali_platform::text::plain(&req.reason, thali_platform::text::Rules::multiline(1, 500))
-            .map_err(|why| IdentityError::invalid("reason", why))?;
-        let reason = reason.as_str();
+        let (id, reason) = admin_target(&req.account_id, &req.reason)?;
         if id == admin {
             return Err(IdentityError::invalid("account_id", "an admin cannot disable their own account").into());
         }
-        let (account, changed) = self.store.disable_account(id, admin, reason).await?;
+        let (account, changed) = self.store.disable_account(id, admin, &reason).await?;
         if changed {
             security_event(
                 SecurityEvent::AccountDisabled,
                 &admin.to_string(),
                 &id.to_string(),
                 "",
-                reason,
+                &reason,
             );
         }
         Ok(Response::new(pb::DisableAccountResponse {
+            account: Some(account_pb(&account)),
+        }))
+    }
+
+    async fn enable_account(
+        &self,
+        request: Request<pb::EnableAccountRequest>,
+    ) -> Result<Response<pb::EnableAccountResponse>, Status> {
+        let admin = admin_caller(&request, "EnableAccount")?;
+        let req = request.into_inner();
+        let (id, reason) = admin_target(&req.account_id, &req.reason)?;
+        let (account, changed) = self.store.enable_account(id, admin, &reason).await?;
+        if changed {
+            security_event(
+                SecurityEvent::AccountEnabled,
+                &admin.to_string(),
+                &id.to_string(),
+                "",
+                &reason,
+            );
+        }
+        Ok(Response::new(pb::EnableAccountResponse {
+            account: Some(account_pb(&account)),
+        }))
+    }
+
+    async fn set_account_role(
+        &self,
+        request: Request<pb::SetAccountRoleRequest>,
+    ) -> Result<Response<pb::SetAccountRoleResponse>, Status> {
+        let admin = admin_caller(&request, "SetAccountRole")?;
+        let req = request.into_inner();
+        let (id, reason) = admin_target(&req.account_id, &req.reason)?;
+        let role = role_from_pb(req.role)
+            .ok_or_else(|| IdentityError::invalid("role", "must be buyer, creator, restaurant_owner or admin"))?;
+        if id == admin {
+            // Also keeps the last admin from demoting themselves.
+            return Err(IdentityError::invalid("account_id", "an admin cannot change their own role").into());
+        }
+        let (account, changed) = self.store.set_account_role(id, role, admin, &reason).await?;
+        if changed {
+            security_event(
+                SecurityEvent::RoleChanged,
+                &admin.to_string(),
+                &id.to_string(),
+                "",
+                &format!("{}: {reason}", role.as_str()),
+            );
+        }
+        Ok(Response::new(pb::SetAccountRoleResponse {
             account: Some(account_pb(&account)),
         }))
     }

@@ -26,6 +26,49 @@ use crate::domain::{
     REFRESH_TOKEN_TTL, Role, TokenPurpose, lockout,
 };
 
+/// Account `id`, locked for this transaction (PostgreSQL; SQLite's write transaction already
+/// is), unless it was erased.
+async fn live_account_locked(txn: &sea_orm::DatabaseTransaction, id: Uuid) -> Result<account::Model, IdentityError> {
+    let found = account::Entity::find_by_id(id)
+        .lock_exclusive()
+        .one(txn)
+        .await?
+        .ok_or(IdentityError::AccountNotFound)?;
+    if found.erased_at.is_some() {
+        return Err(IdentityError::AccountErased);
+    }
+    Ok(found)
+}
+
+/// Ends every session of account `id`: its refresh tokens are revoked, and a revocation makes
+/// every verifier refuse the access tokens it was issued until `now`.
+/// Returns how many refresh tokens were live.
+async fn end_sessions(txn: &sea_orm::DatabaseTransaction, id: Uuid, now: DateTime<Utc>) -> Result<u64, IdentityError> {
+    let revoked = refresh_token::Entity::update_many()
+        .col_expr(refresh_token::Column::RevokedAt, Expr::value(now))
+        .filter(refresh_token::Column::AccountId.eq(id))
+        .filter(refresh_token::Column::RevokedAt.is_null())
+        .exec(txn)
+        .await?;
+    record_revocation(txn, "account", &id.to_string(), now).await?;
+    Ok(revoked.rows_affected)
+}
+
+/// Whose API key is made, and by whom: the owner themselves, or an admin acting for them (the
+/// audit trail names the admin as the actor).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyFor {
+    pub owner: Uuid,
+    pub by: Uuid,
+}
+
+impl From<Uuid> for KeyFor {
+    /// The owner's own key.
+    fn from(owner: Uuid) -> Self {
+        Self { owner, by: owner }
+    }
+}
+
 pub mod account {
     use sea_orm::entity::prelude::*;
 
@@ -617,16 +660,10 @@ impl IdentityStore {
             .filter(account::Column::Id.eq(account_id))
             .exec(&txn)
             .await?;
-        let revoked = refresh_token::Entity::update_many()
-            .col_expr(refresh_token::Column::RevokedAt, Expr::value(now))
-            .filter(refresh_token::Column::AccountId.eq(account_id))
-            .filter(refresh_token::Column::RevokedAt.is_null())
-            .exec(&txn)
-            .await?;
         // Access tokens issued before the new password stop working too.
-        record_revocation(&txn, "account", &account_id.to_string(), now).await?;
+        let revoked = end_sessions(&txn, account_id, now).await?;
         txn.commit().await?;
-        Ok((account_id, revoked.rows_affected))
+        Ok((account_id, revoked))
     }
 
     /// Records a successful login of `account_id` from `address`. The first time the account
@@ -912,13 +949,7 @@ impl IdentityStore {
             .await?
             .ok_or(IdentityError::AccountNotFound)?;
         if changed.rows_affected == 1 {
-            refresh_token::Entity::update_many()
-                .col_expr(refresh_token::Column::RevokedAt, Expr::value(now))
-                .filter(refresh_token::Column::AccountId.eq(id))
-                .filter(refresh_token::Column::RevokedAt.is_null())
-                .exec(&txn)
-                .await?;
-            record_revocation(&txn, "account", &id.to_string(), now).await?;
+            end_sessions(&txn, id, now).await?;
             audit(
                 &txn,
                 Entry::new(
@@ -932,6 +963,86 @@ impl IdentityStore {
         }
         txn.commit().await?;
         Ok((found.try_into()?, changed.rows_affected == 1))
+    }
+
+    /// Enables the disabled account `id` again (an admin's decision). An erased account stays
+    /// erased. The tokens it held when it was disabled stay refused (their revocation stands);
+    /// it signs in afresh. Returns the account and whether it was disabled until now.
+    pub async fn enable_account(&self, id: Uuid, by: Uuid, reason: &str) -> Result<(Account, bool), IdentityError> {
+        let now = Utc::now();
+        let txn = thali_platform::db::begin_write(&self.db).await?;
+        let found = live_account_locked(&txn, id).await?;
+        let changed = account::Entity::update_many()
+            .col_expr(account::Column::Status, Expr::value(AccountStatus::Active.as_str()))
+            .col_expr(account::Column::UpdatedAt, Expr::value(now))
+            .filter(account::Column::Id.eq(id))
+            .filter(account::Column::Status.eq(AccountStatus::Disabled.as_str()))
+            .filter(account::Column::ErasedAt.is_null())
+            .exec(&txn)
+            .await?
+            .rows_affected
+            == 1;
+        if changed {
+            audit(
+                &txn,
+                Entry::new(audit_log::account(by), "admin.account_enabled", format!("account:{id}"))
+                    .with_details(serde_json::json!({"reason": reason, "status_before": found.status})),
+            )
+            .await?;
+        }
+        let account = account::Entity::find_by_id(id)
+            .one(&txn)
+            .await?
+            .ok_or(IdentityError::AccountNotFound)?;
+        txn.commit().await?;
+        Ok((account.try_into()?, changed))
+    }
+
+    /// Gives account `id` the role `role` (an admin's decision). When the role changes, every
+    /// session of the account ends and every token it holds is refused from now on (its tokens
+    /// carry its role), and the change is audited with the role before and after. An erased
+    /// account keeps the role it had. Returns the account and whether its role changed.
+    pub async fn set_account_role(
+        &self,
+        id: Uuid,
+        role: Role,
+        by: Uuid,
+        reason: &str,
+    ) -> Result<(Account, bool), IdentityError> {
+        let now = Utc::now();
+        let txn = thali_platform::db::begin_write(&self.db).await?;
+        // Locked: two admins changing the role at once record what each really changed.
+        let found = live_account_locked(&txn, id).await?;
+        let changed = account::Entity::update_many()
+            .col_expr(account::Column::Role, Expr::value(role.as_str()))
+            .col_expr(account::Column::UpdatedAt, Expr::value(now))
+            .filter(account::Column::Id.eq(id))
+            .filter(account::Column::Role.ne(role.as_str()))
+            .exec(&txn)
+            .await?
+            .rows_affected
+            == 1;
+        if changed {
+            end_sessions(&txn, id, now).await?;
+            audit(
+                &txn,
+                Entry::new(audit_log::account(by), "admin.role_changed", format!("account:{id}")).with_details(
+                    serde_json::json!({
+                        "reason": reason,
+                        "from": found.role,
+                        "to": role.as_str(),
+                        "sessions_ended": true,
+                    }),
+                ),
+            )
+            .await?;
+        }
+        let account = account::Entity::find_by_id(id)
+            .one(&txn)
+            .await?
+            .ok_or(IdentityError::AccountNotFound)?;
+        txn.commit().await?;
+        Ok((account.try_into()?, changed))
     }
 
     /// Erases `id` at its owner's request (ADR 0032), in one transaction: the account row keeps
@@ -1196,7 +1307,7 @@ impl IdentityStore {
     /// Creates an API key for `owner`; returns it and the whole secret (shown once).
     pub async fn create_api_key(
         &self,
-        owner: Uuid,
+        owner: impl Into<KeyFor>,
         name: &str,
         scopes: &[String],
         expires_at: Option<DateTime<Utc>>,
@@ -1204,6 +1315,7 @@ impl IdentityStore {
         idem: Option<&Idempotency>,
     ) -> Result<(ApiKey, String), IdentityError> {
         const SCOPE: &str = "api_key";
+        let KeyFor { owner, by } = owner.into();
         let subject = owner.to_string();
         if let Some(idem) = idem
             && let Some(id) = self.replay(SCOPE, &subject, idem).await?
@@ -1247,8 +1359,15 @@ impl IdentityStore {
                 Ok(model) => {
                     audit(
                         &txn,
-                        Entry::new(audit_log::account(owner), "api_key.created", format!("api_key:{id}"))
-                            .with_details(serde_json::json!({"scopes": scopes, "expires_at": expires_at, "rate_limit_per_minute": rate_limit_per_minute})),
+                        Entry::new(audit_log::account(by), "api_key.created", format!("api_key:{id}")).with_details(
+                            serde_json::json!({
+                                "owner": owner,
+                                "by_admin": by != owner,
+                                "scopes": scopes,
+                                "expires_at": expires_at,
+                                "rate_limit_per_minute": rate_limit_per_minute,
+                            }),
+                        ),
                     )
                     .await?;
                     txn.commit().await?;

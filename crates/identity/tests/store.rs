@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use thali_identity::{
     domain::{AccountStatus, IdentityError, NewAccount, Role, parse_api_key},
-    store::{IdentityStore, RotateError},
+    store::{IdentityStore, KeyFor, RotateError},
 };
 
 use base64::Engine;
@@ -500,6 +500,12 @@ async fn audit_trail(db: &DatabaseConnection) -> Vec<(String, String, String, St
         .collect()
 }
 
+/// The details of identity's `n`th audit record (0-based).
+async fn trail_details(db: &DatabaseConnection, n: usize) -> serde_json::Value {
+    let rows = thali_platform::audit_log::chain_now(db, "identity").await.unwrap();
+    serde_json::from_str(&rows[n].details).unwrap()
+}
+
 #[tokio::test]
 async fn every_audited_action_commits_its_record_with_its_change_and_a_refused_change_leaves_none() {
     for t in testing::all().await {
@@ -536,6 +542,39 @@ async fn every_audited_action_commits_its_record_with_its_change_and_a_refused_c
         store.disable_account(id, admin, "fraud report").await.unwrap();
         // Disabling twice changes nothing, and records nothing.
         store.disable_account(id, admin, "again").await.unwrap();
+        let (enabled, changed) = store.enable_account(id, admin, "appeal upheld").await.unwrap();
+        assert!(changed && enabled.status == AccountStatus::Active, "{backend}");
+        assert!(!store.enable_account(id, admin, "again").await.unwrap().1, "{backend}");
+        let (promoted, changed) = store
+            .set_account_role(id, Role::RestaurantOwner, admin, "opened a cafe")
+            .await
+            .unwrap();
+        assert!(changed && promoted.role == Role::RestaurantOwner, "{backend}");
+        assert!(
+            !store
+                .set_account_role(id, Role::RestaurantOwner, admin, "again")
+                .await
+                .unwrap()
+                .1,
+            "{backend}: the same role again changes and records nothing"
+        );
+        // Refused changes leave no record: an erased account's role and status stay as they are.
+        let gone = account(&store, "gone@example.com").await;
+        store.erase_account(gone, "203.0.113.9").await.unwrap();
+        assert!(matches!(
+            store.set_account_role(gone, Role::Admin, admin, "no").await,
+            Err(IdentityError::AccountErased)
+        ));
+        assert!(matches!(
+            store.enable_account(gone, admin, "no").await,
+            Err(IdentityError::AccountErased)
+        ));
+        assert!(matches!(
+            store
+                .set_account_role(uuid::Uuid::now_v7(), Role::Admin, admin, "no")
+                .await,
+            Err(IdentityError::AccountNotFound)
+        ));
 
         let (acct, target) = (format!("acct:{id}"), format!("account:{id}"));
         let key_target = format!("api_key:{}", key.id);
@@ -563,13 +602,81 @@ async fn every_audited_action_commits_its_record_with_its_change_and_a_refused_c
                 ""
             )
         );
-        assert_eq!(got.len(), 8, "{backend}: {got:?}");
+        assert_eq!(
+            (got[8].0, got[8].2),
+            ("admin.account_enabled", target.as_str()),
+            "{backend}"
+        );
+        assert_eq!(trail_details(&db, 8).await["status_before"], "disabled", "{backend}");
+        assert_eq!((got[9].0, got[9].2), ("admin.role_changed", target.as_str()));
+        let details = trail_details(&db, 9).await;
+        assert_eq!(
+            (&details["from"], &details["to"], &details["reason"]),
+            (
+                &serde_json::json!("creator"),
+                &serde_json::json!("restaurant_owner"),
+                &serde_json::json!("opened a cafe")
+            ),
+            "{backend}"
+        );
+        // The erased account's sign-up and erasure; nothing of the refused changes.
+        let tail: Vec<&str> = got[10..].iter().map(|r| r.0).collect();
+        assert_eq!(tail, ["account.registered", "account.erased"], "{backend}");
         assert!(
             thali_platform::audit_log::verify(&db, "identity", None, |_| {})
                 .await
                 .unwrap()
                 .is_ok()
         );
+    }
+}
+
+#[tokio::test]
+async fn a_key_an_admin_makes_for_an_owner_names_the_admin_as_the_actor() {
+    for t in testing::all().await {
+        Migrator::up(&t.db, None).await.unwrap();
+        let (backend, db) = (t.backend, t.db.clone());
+        let store = IdentityStore::new(t.db);
+        let owner = account(&store, "owner@example.com").await;
+        let admin = account(&store, "admin@example.com").await;
+        let (own, _) = store
+            .create_api_key(owner, "pos", &["storefront.read".to_owned()], None, None, None)
+            .await
+            .unwrap();
+        let (made, _) = store
+            .create_api_key(
+                KeyFor { owner, by: admin },
+                "partner",
+                &["storefront.read".to_owned()],
+                None,
+                Some(600),
+                None,
+            )
+            .await
+            .unwrap();
+        assert_eq!(made.owner_id, owner, "{backend}");
+        let keys: Vec<_> = thali_platform::audit_log::chain_now(&db, "identity")
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|r| r.action == "api_key.created")
+            .collect();
+        assert_eq!(keys.len(), 2, "{backend}");
+        let details = |n: usize| serde_json::from_str::<serde_json::Value>(&keys[n].details).unwrap();
+        assert_eq!(
+            (keys[0].actor.as_str(), keys[0].target.clone()),
+            (format!("acct:{owner}").as_str(), format!("api_key:{}", own.id)),
+            "{backend}"
+        );
+        assert_eq!(details(0)["by_admin"], false, "{backend}");
+        assert_eq!(
+            (keys[1].actor.as_str(), keys[1].target.clone()),
+            (format!("acct:{admin}").as_str(), format!("api_key:{}", made.id)),
+            "{backend}"
+        );
+        assert_eq!(details(1)["by_admin"], true, "{backend}");
+        assert_eq!(details(1)["owner"], owner.to_string(), "{backend}");
+        assert_eq!(details(1)["rate_limit_per_minute"], 600, "{backend}");
     }
 }
 

@@ -22,6 +22,8 @@ pub enum SecurityEvent {
     EmailVerified,
     RateLimited,
     AccountDisabled,
+    AccountEnabled,
+    RoleChanged,
     RegistrationOfTakenEmail,
 }
 
@@ -44,6 +46,8 @@ impl SecurityEvent {
             SecurityEvent::EmailVerified => "email.verified",
             SecurityEvent::RateLimited => "rate_limited",
             SecurityEvent::AccountDisabled => "admin.account_disabled",
+            SecurityEvent::AccountEnabled => "admin.account_enabled",
+            SecurityEvent::RoleChanged => "admin.role_changed",
             SecurityEvent::RegistrationOfTakenEmail => "registration.email_taken",
         }
     }

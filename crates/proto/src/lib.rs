@@ -91,6 +91,8 @@ pub mod identity {
             ResetPasswordRequest => "ResetPassword", never;
             ListRevocationsRequest => "ListRevocations", read;
             DisableAccountRequest => "DisableAccount", idempotent;
+            EnableAccountRequest => "EnableAccount", idempotent;
+            SetAccountRoleRequest => "SetAccountRole", idempotent;
             // After an erasure the caller's token is refused: a repeat could not say it worked.
             EraseAccountRequest => "EraseAccount", never;
         }

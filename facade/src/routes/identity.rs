@@ -397,7 +397,7 @@ pub async fn revoke_api_key(
 #[utoipa::path(
     post, path = "/api/v1/admin/accounts/{id}/disable", tag = "admin",
     params(("id" = String, Path, description = "The account")),
-    request_body = dto::DisableAccount,
+    request_body = dto::AdminReason,
     responses(
         (status = 200, description = "Disabled (or already was)", body = dto::Account),
         (status = 403, description = "Not an admin", body = crate::problem::ProblemDetails,
@@ -409,7 +409,7 @@ pub async fn disable_account(
     State(state): State<FacadeState>,
     caller: Caller,
     ApiPath(id): ApiPath<String>,
-    ApiJson(body): ApiJson<dto::DisableAccount>,
+    ApiJson(body): ApiJson<dto::AdminReason>,
 ) -> Result<Json<dto::Account>, Problem> {
     let req = pb::DisableAccountRequest {
         account_id: id,
@@ -420,6 +420,79 @@ pub async fn disable_account(
         .call(
             caller.request(req),
             |mut c, r| async move { c.disable_account(r).await },
+        )
+        .await?;
+    Ok(Json(res.into_inner().account.ok_or_else(|| missing("account"))?.into()))
+}
+
+/// Admins: enable a disabled account again (never an erased one). It signs in with its
+/// password; the tokens it held when it was disabled stay refused.
+#[utoipa::path(
+    post, path = "/api/v1/admin/accounts/{id}/enable", tag = "admin",
+    params(("id" = String, Path, description = "The account")),
+    request_body = dto::AdminReason,
+    responses(
+        (status = 200, description = "Enabled (or was not disabled)", body = dto::Account),
+        (status = 403, description = "Not an admin", body = crate::problem::ProblemDetails,
+         content_type = "application/problem+json"),
+        (status = 404, description = "No such account", body = crate::problem::ProblemDetails,
+         content_type = "application/problem+json"),
+        (status = 400, description = "No reason, or `ACCOUNT_ERASED`: erased by its owner", body = crate::problem::ProblemDetails,
+         content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn enable_account(
+    State(state): State<FacadeState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(body): ApiJson<dto::AdminReason>,
+) -> Result<Json<dto::Account>, Problem> {
+    let req = pb::EnableAccountRequest {
+        account_id: id,
+        reason: body.reason,
+    };
+    let res = state
+        .identity
+        .call(caller.request(req), |mut c, r| async move { c.enable_account(r).await })
+        .await?;
+    Ok(Json(res.into_inner().account.ok_or_else(|| missing("account"))?.into()))
+}
+
+/// Admins: give another account a role. When the role changes, the account's sessions end and
+/// every token it holds is refused everywhere within seconds: it signs in again and its new
+/// tokens carry the new role. The change, with the role before and after, is audited.
+#[utoipa::path(
+    put, path = "/api/v1/admin/accounts/{id}/role", tag = "admin",
+    params(("id" = String, Path, description = "The account")),
+    request_body = dto::SetAccountRole,
+    responses(
+        (status = 200, description = "The account with its role (unchanged if it had it)", body = dto::Account),
+        (status = 400, description = "Own account, no reason, or `ACCOUNT_ERASED`: erased by its owner",
+         body = crate::problem::ProblemDetails, content_type = "application/problem+json"),
+        (status = 403, description = "Not an admin", body = crate::problem::ProblemDetails,
+         content_type = "application/problem+json"),
+        (status = 404, description = "No such account", body = crate::problem::ProblemDetails,
+         content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn set_account_role(
+    State(state): State<FacadeState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(body): ApiJson<dto::SetAccountRole>,
+) -> Result<Json<dto::Account>, Problem> {
+    let req = pb::SetAccountRoleRequest {
+        account_id: id,
+        role: body.role.to_pb() as i32,
+        reason: body.reason,
+    };
+    let res = state
+        .identity
+        .call(
+            caller.request(req),
+            |mut c, r| async move { c.set_account_role(r).await },
         )
         .await?;
     Ok(Json(res.into_inner().account.ok_or_else(|| missing("account"))?.into()))
