@@ -48,6 +48,10 @@ bench-jobs jobs="50000" samples="300":
 bench-outbox samples="300":
     THALI_TEST_DATABASE_URL="${THALI_TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}" cargo run --release -q -p thali-tests --example outbox_bench -- {{samples}}
 
+# Identity's writes with and without a flood of failed-login audit records, and against chaining in each request (docs/perf/audit.md).
+bench-audit seconds="10" writers="8" flooders="8":
+    THALI_TEST_DATABASE_URL="${THALI_TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}" cargo run --release -q -p thali-tests --example audit_flood_bench -- {{seconds}} {{writers}} {{flooders}}
+
 # Booking on PostgreSQL through REST: 64 clients racing, availability and search latency (docs/perf/booking.md).
 bench-booking restaurants="10000" seconds="20":
     THALI_TEST_DATABASE_URL="${THALI_TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}" cargo run --release -q -p thali-tests --example booking_bench -- {{restaurants}} {{seconds}}
