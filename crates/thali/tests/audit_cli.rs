@@ -6,10 +6,6 @@ mod support;
 
 use sea_orm::ConnectionTrait;
 use support::thali;
-use thali_identity::{
-    domain::{AccountStatus, NewAccount, Role},
-    store::IdentityStore,
-};
 
 #[tokio::test]
 async fn an_operator_verifies_the_trail_and_finds_a_row_edited_by_hand() {
@@ -18,27 +14,7 @@ async fn an_operator_verifies_the_trail_and_finds_a_row_edited_by_hand() {
     assert!(ok, "migrate: {err}");
     let url = format!("sqlite://{}?mode=rwc", dir.join("thali.db").display());
     let db = thali_platform::db::connect(&url).await.unwrap();
-    let store = IdentityStore::new(db.clone());
-    for n in 0..3 {
-        let new = NewAccount::parse(
-            &format!("user{n}@example.com"),
-            "correct horse battery",
-            "Someone",
-            Some(Role::Buyer),
-        )
-        .unwrap();
-        store
-            .register(
-                &new,
-                "$argon2id$x".into(),
-                AccountStatus::Active,
-                None,
-                None,
-                "203.0.113.9",
-            )
-            .await
-            .unwrap();
-    }
+    support::register_buyers(&db, 3).await;
 
     let (ok, out, err) = thali(&dir, &["audit", "verify"]);
     assert!(ok, "{out}{err}");
