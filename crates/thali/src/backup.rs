@@ -215,8 +215,13 @@ async fn last_migration<C: ConnectionTrait>(conn: &C) -> anyhow::Result<Option<S
     Ok(row.map(|r| r.try_get::<String>("", "version")).transpose()?)
 }
 
-/// `thali backup [--out DIR]`.
-pub async fn backup(cfg: &Config, out: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+/// `thali backup [--out DIR] [--keep N]`: the backup's directory, and the older backups beside
+/// it that `keep` removed.
+pub async fn backup(
+    cfg: &Config,
+    out: Option<PathBuf>,
+    keep: Option<usize>,
+) -> anyhow::Result<(PathBuf, Vec<PathBuf>)> {
     let url = cfg.database_url();
     let kind = kind(&url)?;
     let out = out.unwrap_or_else(|| {
@@ -313,7 +318,48 @@ pub async fn backup(cfg: &Config, out: Option<PathBuf>) -> anyhow::Result<PathBu
         "keys": keys_summary(cfg)?,
     });
     std::fs::write(out.join(MANIFEST), serde_json::to_vec_pretty(&manifest)?)?;
-    Ok(out)
+    let removed = match keep {
+        Some(n) => prune(&out, n)?,
+        None => Vec::new(),
+    };
+    Ok((out, removed))
+}
+
+/// Keeps the `keep` newest backups in the directory that holds `latest` (by their manifests'
+/// time; `latest` always stays) and removes the others. Only directories with a manifest of
+/// this format are backups; nothing else there is touched.
+fn prune(latest: &Path, keep: usize) -> anyhow::Result<Vec<PathBuf>> {
+    let Some(parent) = latest.parent().filter(|p| !p.as_os_str().is_empty()) else {
+        return Ok(Vec::new());
+    };
+    let mut backups = Vec::new();
+    for entry in std::fs::read_dir(parent)? {
+        let path = entry?.path();
+        let Ok(text) = std::fs::read(path.join(MANIFEST)) else {
+            continue;
+        };
+        let Ok(manifest) = serde_json::from_slice::<Value>(&text) else {
+            continue;
+        };
+        let at = manifest["created_at"]
+            .as_str()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
+        if manifest["format"] == FORMAT
+            && let Some(at) = at
+        {
+            backups.push((at, path));
+        }
+    }
+    backups.sort_by_key(|b| std::cmp::Reverse(b.0));
+    let mut removed = Vec::new();
+    for (_, path) in backups.into_iter().skip(keep.max(1)) {
+        if path == latest {
+            continue;
+        }
+        std::fs::remove_dir_all(&path).with_context(|| format!("removing the old backup {}", path.display()))?;
+        removed.push(path);
+    }
+    Ok(removed)
 }
 
 /// The key files a backup needs to be served and decrypted, by name and SHA-256 (not copied).

@@ -132,6 +132,10 @@ enum Command {
         /// Where the backup goes (a new or empty directory) [default: <data dir>/backups/<UTC time>]
         #[arg(long)]
         out: Option<std::path::PathBuf>,
+        /// Retention: keep this many newest backups beside the new one (their directory's other
+        /// backups are removed; anything that is not a backup is left alone).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+        keep: Option<u64>,
     },
     /// Restore a backup into the configured database, which must be empty (checksums and key
     /// files are checked first; all or nothing).
@@ -578,9 +582,16 @@ async fn run() -> anyhow::Result<()> {
         }
         Command::Jobs { command } => jobs(&cfg, command).await,
         Command::Audit { command } => audit(&cfg, command).await,
-        Command::Backup { command: None, out } => {
-            let dir = backup::backup(&cfg, out).await?;
+        Command::Backup {
+            command: None,
+            out,
+            keep,
+        } => {
+            let (dir, removed) = backup::backup(&cfg, out, keep.map(|k| k as usize)).await?;
             println!("backup: written to {}", dir.display());
+            for old in removed {
+                println!("backup: removed the old backup {}", old.display());
+            }
             Ok(())
         }
         Command::Backup {

@@ -124,7 +124,36 @@ async fn an_embedded_platform_is_backed_up_restored_elsewhere_and_verified_and_d
     assert!(!third.join("thali.db").exists());
     let (ok, _, err) = thali_on(&dir, None, &["backup", "verify", out]);
     assert!(!ok && err.contains("does not match"), "{err}");
-    for d in [dir, backup, elsewhere, third] {
+    // Retention: the two newest backups stay; what is not a backup is never touched.
+    let root = temp("retention");
+    std::fs::create_dir_all(root.join("notes")).unwrap();
+    let paths: Vec<String> = (1..=3)
+        .map(|n| root.join(format!("b{n}")).display().to_string())
+        .collect();
+    for (n, p) in paths.iter().enumerate() {
+        let mut args = vec!["backup", "--out", p.as_str()];
+        if n == 2 {
+            args.extend(["--keep", "2"]);
+        }
+        let (ok, stdout, err) = thali_on(&dir, None, &args);
+        assert!(ok, "{stdout}{err}");
+        if n == 2 {
+            assert!(
+                stdout.contains(&format!("removed the old backup {}", paths[0])),
+                "{stdout}"
+            );
+        }
+    }
+    assert!(!Path::new(&paths[0]).exists());
+    assert!(Path::new(&paths[1]).join("manifest.json").exists() && Path::new(&paths[2]).exists());
+    assert!(root.join("notes").exists());
+    let (ok, _, err) = thali_on(
+        &dir,
+        None,
+        &["backup", "--out", &root.join("b4").display().to_string(), "--keep", "0"],
+    );
+    assert!(!ok && err.contains("--keep"), "{err}");
+    for d in [dir, backup, elsewhere, third, root] {
         let _ = std::fs::remove_dir_all(d);
     }
 }
