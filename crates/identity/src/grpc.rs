@@ -519,7 +519,7 @@ impl pb::identity_service_server::IdentityService for IdentityGrpc {
             }
         };
         let idem = domain::parse_idempotency_key(&req.idempotency_key)?
-            .map(|k| Idempotency::new(k, &(owner, name, &scopes, expires_at, rate_limit)));
+            .map(|k| Idempotency::new(k, &(owner, caller.0, name, &scopes, expires_at, rate_limit)));
         let (key, secret) = self
             .store
             .create_api_key(

@@ -26,6 +26,27 @@ use crate::domain::{
     REFRESH_TOKEN_TTL, Role, TokenPurpose, lockout,
 };
 
+/// Locks the rows of admin `by` and of account `id` (in id order, so two admins acting on each
+/// other cannot deadlock) and checks that `by`, when it is an account, is still an active admin:
+/// of two admins demoting or disabling each other at once, the second finds itself no longer
+/// one. (`by` need not be an account: an operator's token minted with `thali token`.)
+async fn lock_for_admin_action(txn: &sea_orm::DatabaseTransaction, by: Uuid, id: Uuid) -> Result<(), IdentityError> {
+    let rows = account::Entity::find()
+        .filter(account::Column::Id.is_in([by, id]))
+        .order_by_asc(account::Column::Id)
+        .lock_exclusive()
+        .all(txn)
+        .await?;
+    if let Some(admin) = rows.iter().find(|a| a.id == by)
+        && (admin.role != Role::Admin.as_str()
+            || admin.status != AccountStatus::Active.as_str()
+            || admin.erased_at.is_some())
+    {
+        return Err(IdentityError::Forbidden);
+    }
+    Ok(())
+}
+
 /// Account `id`, locked for this transaction (PostgreSQL; SQLite's write transaction already
 /// is), unless it was erased.
 async fn live_account_locked(txn: &sea_orm::DatabaseTransaction, id: Uuid) -> Result<account::Model, IdentityError> {
@@ -937,6 +958,7 @@ impl IdentityStore {
     pub async fn disable_account(&self, id: Uuid, by: Uuid, reason: &str) -> Result<(Account, bool), IdentityError> {
         let now = Utc::now();
         let txn = thali_platform::db::begin_write(&self.db).await?;
+        lock_for_admin_action(&txn, by, id).await?;
         let changed = account::Entity::update_many()
             .col_expr(account::Column::Status, Expr::value(AccountStatus::Disabled.as_str()))
             .col_expr(account::Column::UpdatedAt, Expr::value(now))
@@ -971,6 +993,7 @@ impl IdentityStore {
     pub async fn enable_account(&self, id: Uuid, by: Uuid, reason: &str) -> Result<(Account, bool), IdentityError> {
         let now = Utc::now();
         let txn = thali_platform::db::begin_write(&self.db).await?;
+        lock_for_admin_action(&txn, by, id).await?;
         let found = live_account_locked(&txn, id).await?;
         let changed = account::Entity::update_many()
             .col_expr(account::Column::Status, Expr::value(AccountStatus::Active.as_str()))
@@ -1012,6 +1035,7 @@ impl IdentityStore {
         let now = Utc::now();
         let txn = thali_platform::db::begin_write(&self.db).await?;
         // Locked: two admins changing the role at once record what each really changed.
+        lock_for_admin_action(&txn, by, id).await?;
         let found = live_account_locked(&txn, id).await?;
         let changed = account::Entity::update_many()
             .col_expr(account::Column::Role, Expr::value(role.as_str()))

@@ -26,13 +26,19 @@ async fn stores() -> Vec<(&'static str, IdentityStore)> {
 }
 
 async fn account(store: &IdentityStore, email: &str) -> uuid::Uuid {
+    account_as(store, email, None).await
+}
+
+/// An active account with `role` instead of the creator role it asks for (as `thali users
+/// create --admin` makes an admin).
+async fn account_as(store: &IdentityStore, email: &str, role: Option<Role>) -> uuid::Uuid {
     let new = NewAccount::parse(email, "correct horse battery", "Someone", Some(Role::Creator)).unwrap();
     store
         .register(
             &new,
             "$argon2id$not-checked-here".into(),
             AccountStatus::Active,
-            None,
+            role,
             None,
             "203.0.113.7",
         )
@@ -490,6 +496,48 @@ async fn revocations_are_recorded_listed_after_a_cursor_and_pruned() {
     }
 }
 
+/// An active admin account.
+async fn admin_account(store: &IdentityStore, email: &str) -> uuid::Uuid {
+    account_as(store, email, Some(Role::Admin)).await
+}
+
+#[tokio::test]
+async fn of_two_admins_acting_on_each_other_the_second_is_no_longer_one() {
+    for t in testing::all().await {
+        Migrator::up(&t.db, None).await.unwrap();
+        let (backend, store) = (t.backend, IdentityStore::new(t.db));
+        let a = admin_account(&store, "a@example.com").await;
+        let b = admin_account(&store, "b@example.com").await;
+        store
+            .set_account_role(b, Role::Buyer, a, "left the team")
+            .await
+            .unwrap();
+        for refused in [
+            store.set_account_role(a, Role::Buyer, b, "revenge").await.map(|_| ()),
+            store.disable_account(a, b, "revenge").await.map(|_| ()),
+            store.enable_account(b, b, "let me back").await.map(|_| ()),
+        ] {
+            assert!(
+                matches!(refused, Err(IdentityError::Forbidden)),
+                "{backend}: {refused:?}"
+            );
+        }
+        assert_eq!(store.account(a).await.unwrap().role, Role::Admin, "{backend}");
+        // A disabled admin acts no more either.
+        let c = admin_account(&store, "c@example.com").await;
+        store.disable_account(c, a, "on leave").await.unwrap();
+        assert!(matches!(
+            store.set_account_role(b, Role::Admin, c, "x").await,
+            Err(IdentityError::Forbidden)
+        ));
+        // An operator's token names no account: it may act.
+        store
+            .set_account_role(b, Role::Admin, uuid::Uuid::now_v7(), "rehired")
+            .await
+            .unwrap();
+    }
+}
+
 /// The audit records identity has enqueued, oldest first: (action, actor, target, address).
 async fn audit_trail(db: &DatabaseConnection) -> Vec<(String, String, String, String)> {
     thali_platform::audit_log::chain_now(db, "identity")
@@ -538,7 +586,7 @@ async fn every_audited_action_commits_its_record_with_its_change_and_a_refused_c
             .await
             .unwrap();
         store.revoke_api_key(id, false, key.id).await.unwrap();
-        let admin = account(&store, "admin@example.com").await;
+        let admin = admin_account(&store, "admin@example.com").await;
         store.disable_account(id, admin, "fraud report").await.unwrap();
         // Disabling twice changes nothing, and records nothing.
         store.disable_account(id, admin, "again").await.unwrap();
