@@ -78,15 +78,18 @@ fn pg_env(url: &str) -> anyhow::Result<Vec<(&'static str, String)>> {
             env.push(("PGPASSWORD", percent_decode(password)?));
         }
     }
-    let (host, port) = match hostport.rsplit_once(':') {
-        Some((h, p)) if !h.ends_with(']') || hostport.starts_with('[') => (h, Some(p)),
-        _ => (hostport, None),
+    let (host, port) = if let Some(inner) = hostport.strip_prefix('[') {
+        // [IPv6]:port
+        let (h, rest) = inner.split_once(']').context("an IPv6 host without its closing ]")?;
+        (h, rest.strip_prefix(':'))
+    } else {
+        match hostport.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (hostport, None),
+        }
     };
     if !host.is_empty() {
-        env.push((
-            "PGHOST",
-            percent_decode(host.trim_start_matches('[').trim_end_matches(']'))?,
-        ));
+        env.push(("PGHOST", percent_decode(host)?));
     }
     if let Some(p) = port {
         env.push(("PGPORT", p.to_owned()));
@@ -95,9 +98,20 @@ fn pg_env(url: &str) -> anyhow::Result<Vec<(&'static str, String)>> {
         env.push(("PGDATABASE", percent_decode(db)?));
     }
     for pair in query.split('&').filter(|p| !p.is_empty()) {
-        if let Some(("sslmode", v)) = pair.split_once('=') {
-            env.push(("PGSSLMODE", percent_decode(v)?));
-        }
+        let Some((key, value)) = pair.split_once('=') else {
+            continue;
+        };
+        let var = match key {
+            "sslmode" => "PGSSLMODE",
+            "sslrootcert" => "PGSSLROOTCERT",
+            "sslcert" => "PGSSLCERT",
+            "sslkey" => "PGSSLKEY",
+            // A Unix socket directory: postgres:///thali?host=/var/run/postgresql
+            "host" => "PGHOST",
+            _ => continue,
+        };
+        env.retain(|(k, _)| *k != var);
+        env.push((var, percent_decode(value)?));
     }
     Ok(env)
 }
@@ -233,6 +247,9 @@ pub async fn backup(
         bail!("{} is not empty: a backup goes into a new directory", out.display());
     }
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    // Personal data and password hashes: for the operator only.
+    set_mode(&out, 0o700)?;
+    let out = std::fs::canonicalize(&out)?;
     let db = thali::migrated(cfg).await?;
     let (file, counts) = match kind {
         Kind::Sqlite => {
@@ -265,12 +282,11 @@ pub async fn backup(
             let counts = row_counts(&txn).await?;
             let target = out.join(PG_FILE);
             let mut bar = Progress::new("backup database", counts.len() as u64);
-            let mut cmd = Command::new("pg_dump");
+            let mut cmd = pg_command("pg_dump", &url)?;
             cmd.args(["--format=custom", "--no-owner", "--no-privileges", "--verbose"])
                 .arg(format!("--snapshot={snapshot}"))
                 .arg("--file")
-                .arg(&target)
-                .envs(pg_env(&url)?);
+                .arg(&target);
             run_with_progress(cmd, "dumping contents of table", &mut bar).context("pg_dump")?;
             bar.finish();
             txn.commit().await?;
@@ -293,10 +309,16 @@ pub async fn backup(
         for rel in &objects {
             let to = out.join("media").join(rel);
             std::fs::create_dir_all(to.parent().expect("under media/"))?;
-            std::fs::copy(media_dir.join(rel), &to)?;
-            let (sha, bytes) = file_digest(&to)?;
-            media.push(json!({"path": rel.display().to_string(), "bytes": bytes, "sha256": sha}));
-            bar.advance(1, "");
+            match std::fs::copy(media_dir.join(rel), &to) {
+                Ok(_) => {
+                    let (sha, bytes) = file_digest(&to)?;
+                    media.push(json!({"path": rel.display().to_string(), "bytes": bytes, "sha256": sha}));
+                    bar.advance(1, "");
+                }
+                // Deleted since the listing (an image removed meanwhile): not in the backup.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => bar.advance(1, "(gone meanwhile)"),
+                Err(e) => return Err(e).with_context(|| format!("copying media {}", rel.display())),
+            }
         }
         bar.finish();
     }
@@ -318,11 +340,26 @@ pub async fn backup(
         "keys": keys_summary(cfg)?,
     });
     std::fs::write(out.join(MANIFEST), serde_json::to_vec_pretty(&manifest)?)?;
+    for rel in files_under(&out)? {
+        set_mode(&out.join(rel), 0o600)?;
+    }
     let removed = match keep {
         Some(n) => prune(&out, n)?,
         None => Vec::new(),
     };
     Ok((out, removed))
+}
+
+fn set_mode(path: &Path, mode: u32) -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .with_context(|| format!("making {} private", path.display()))?;
+    }
+    #[cfg(not(unix))]
+    let _ = (path, mode);
+    Ok(())
 }
 
 /// Keeps the `keep` newest backups in the directory that holds `latest` (by their manifests'
@@ -379,6 +416,19 @@ fn keys_summary(cfg: &Config) -> anyhow::Result<Value> {
     Ok(json!({"signing_keys": signing, "data_keys_sha256": data_keys}))
 }
 
+/// `program` with the connection of `url` only: no PG* variable inherited from the caller
+/// (PGSERVICE, PGOPTIONS, …) changes where it connects or how.
+fn pg_command(program: &str, url: &str) -> anyhow::Result<Command> {
+    let mut cmd = Command::new(program);
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("PG") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.envs(pg_env(url)?);
+    Ok(cmd)
+}
+
 /// Runs `cmd`, advancing `bar` for every line of its standard error that contains `marker`;
 /// fails with the tool's last lines when it fails.
 fn run_with_progress(mut cmd: Command, marker: &str, bar: &mut Progress) -> anyhow::Result<()> {
@@ -407,13 +457,12 @@ fn run_with_progress(mut cmd: Command, marker: &str, bar: &mut Progress) -> anyh
 /// Restores backup `dir`'s dump into the database of `url` in one transaction (`clean`: dropping
 /// what is there first), with a progress bar per table.
 fn pg_restore(url: &str, manifest: &Value, dir: &Path, clean: bool, label: &str) -> anyhow::Result<()> {
-    let env = pg_env(url)?;
-    let database = env
-        .iter()
+    let database = pg_env(url)?
+        .into_iter()
         .find(|(k, _)| *k == "PGDATABASE")
-        .map(|(_, v)| v.clone())
+        .map(|(_, v)| v)
         .context("the database URL names no database")?;
-    let mut cmd = Command::new("pg_restore");
+    let mut cmd = pg_command("pg_restore", url)?;
     cmd.args([
         "--no-owner",
         "--no-privileges",
@@ -421,7 +470,6 @@ fn pg_restore(url: &str, manifest: &Value, dir: &Path, clean: bool, label: &str)
         "--exit-on-error",
         "--verbose",
     ])
-    .envs(env)
     .arg("--dbname")
     .arg(database);
     if clean {
@@ -496,20 +544,25 @@ fn check_keys(cfg: &Config, manifest: &Value) -> anyhow::Result<()> {
             path.is_file(),
             "the backup's data was encrypted with data keys ({}), and there is no data keys file at {}: \
              put the data keys file of the backup in place first; nothing was restored",
-            &want[..12],
+            short(want),
             path.display()
         );
         let (got, _) = file_digest(&path)?;
         ensure!(
             got == want,
             "the data keys file at {} is not the one the backup was made with (SHA-256 {} ≠ {}): \
-             put that file in place first (a newer file that still holds its keys: use --force); nothing was restored",
+             put that file in place first (a newer file that still holds its keys: use --skip-keys-check); nothing was restored",
             path.display(),
-            &got[..12],
-            &want[..12]
+            short(&got),
+            short(want)
         );
     }
     Ok(())
+}
+
+/// The first 12 characters of a digest, for messages (whatever a damaged manifest holds).
+fn short(digest: &str) -> &str {
+    digest.get(..12).unwrap_or(digest)
 }
 
 /// Counts of the restored database against the manifest's; the tables that differ.
@@ -532,11 +585,20 @@ fn count_mismatches(manifest: &Value, got: &BTreeMap<String, i64>) -> Vec<String
     bad
 }
 
-/// `thali restore DIR [--force]`: into the configured database, which must be empty unless
-/// `force`.
-pub async fn restore(cfg: &Config, dir: &Path, force: bool) -> anyhow::Result<()> {
+/// How a restore may go beyond the safe default.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RestoreOptions {
+    /// Replace a database that holds tables.
+    pub replace: bool,
+    /// Restore although the data keys file present is not the backup's.
+    pub skip_keys_check: bool,
+}
+
+/// `thali restore DIR`: into the configured database, which must be empty unless
+/// `options.replace`. The platform must be stopped (a running one is not detected).
+pub async fn restore(cfg: &Config, dir: &Path, options: RestoreOptions) -> anyhow::Result<()> {
     let manifest = checked_manifest(dir)?;
-    if !force {
+    if !options.skip_keys_check {
         check_keys(cfg, &manifest)?;
     }
     let url = cfg.database_url();
@@ -548,59 +610,33 @@ pub async fn restore(cfg: &Config, dir: &Path, force: bool) -> anyhow::Result<()
         manifest["database"]["kind"],
         if kind == Kind::Sqlite { "SQLite" } else { "PostgreSQL" }
     );
-    let counts = match kind {
+    let refuse = |what: String, n: usize| {
+        anyhow::anyhow!("{what} holds {n} table(s): restore into an empty database, or use --replace to replace it")
+    };
+    // Checked before anything is written: the media go first (files added beside any others),
+    // then the database in one step.
+    let sqlite_target = sqlite_path(&url);
+    let pg = match kind {
         Kind::Sqlite => {
-            let path = sqlite_path(&url);
-            if path.exists() && !force {
-                let db = sqlite(&path, false).await?;
+            if sqlite_target.exists() && !options.replace {
+                let db = sqlite(&sqlite_target, false).await?;
                 let tables = tables(&db).await?;
                 db.close().await?;
-                ensure!(
-                    tables.is_empty(),
-                    "{} holds {} table(s): restore into an empty database, or use --force to replace it",
-                    path.display(),
-                    tables.len()
-                );
+                if !tables.is_empty() {
+                    return Err(refuse(sqlite_target.display().to_string(), tables.len()));
+                }
             }
-            let mut bar = Progress::new("restore database", 1);
-            if let Some(parent) = path.parent() {
-                std::fs::create_dir_all(parent)?;
-            }
-            let staged = path.with_extension("db.restoring");
-            std::fs::copy(dir.join(SQLITE_FILE), &staged)?;
-            // The old database's journal would be replayed over the new file: it goes first.
-            for suffix in ["-wal", "-shm"] {
-                let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
-            }
-            std::fs::rename(&staged, &path)?;
-            bar.advance(1, "");
-            bar.finish();
-            let db = sqlite(&path, false).await?;
-            let counts = row_counts(&db).await?;
-            db.close().await?;
-            counts
+            None
         }
         Kind::Postgres => {
             let db = thali_platform::db::connect(&url).await?;
             let existing = tables(&db).await?;
-            ensure!(
-                existing.is_empty() || force,
-                "the database holds {} table(s): restore into an empty database, or use --force to replace it",
-                existing.len()
-            );
-            pg_restore(&url, &manifest, dir, force && !existing.is_empty(), "restore database")
-                .context("pg_restore (nothing was restored)")?;
-            let counts = row_counts(&db).await?;
-            db.close().await?;
-            counts
+            if !existing.is_empty() && !options.replace {
+                return Err(refuse("the database".into(), existing.len()));
+            }
+            Some((db, !existing.is_empty()))
         }
     };
-    let bad = count_mismatches(&manifest, &counts);
-    ensure!(
-        bad.is_empty(),
-        "restored, but the row counts differ: {}",
-        bad.join("; ")
-    );
 
     let media = manifest["media"].as_array().cloned().unwrap_or_default();
     if !media.is_empty() {
@@ -614,6 +650,45 @@ pub async fn restore(cfg: &Config, dir: &Path, force: bool) -> anyhow::Result<()
         }
         bar.finish();
     }
+
+    let counts = match pg {
+        None => {
+            let path = sqlite_target;
+            let mut bar = Progress::new("restore database", 1);
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            let staged = path.with_extension("db.restoring");
+            std::fs::copy(dir.join(SQLITE_FILE), &staged)?;
+            std::fs::File::open(&staged)?.sync_all()?;
+            // The old database's journal would be replayed over the new file: it goes first.
+            for suffix in ["-wal", "-shm"] {
+                let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+            }
+            std::fs::rename(&staged, &path)?;
+            if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::File::open(parent)?.sync_all()?;
+            }
+            bar.advance(1, "");
+            bar.finish();
+            let db = sqlite(&path, false).await?;
+            let counts = row_counts(&db).await?;
+            db.close().await?;
+            counts
+        }
+        Some((db, clean)) => {
+            pg_restore(&url, &manifest, dir, clean, "restore database").context("pg_restore (nothing was restored)")?;
+            let counts = row_counts(&db).await?;
+            db.close().await?;
+            counts
+        }
+    };
+    let bad = count_mismatches(&manifest, &counts);
+    ensure!(
+        bad.is_empty(),
+        "the database was restored, but its row counts differ from the backup's: {}",
+        bad.join("; ")
+    );
     Ok(())
 }
 
@@ -622,25 +697,16 @@ pub async fn restore(cfg: &Config, dir: &Path, force: bool) -> anyhow::Result<()
 pub async fn verify(cfg: &Config, dir: &Path) -> anyhow::Result<Vec<String>> {
     let manifest = checked_manifest(dir)?;
     let url = cfg.database_url();
-    let mut findings = Vec::new();
     let scratch_name = format!("thali_verify_{}", uuid::Uuid::now_v7().simple());
-    let (db, scratch) = match manifest["database"]["file"].as_str() {
+    let (scratch, scratch_url) = match manifest["database"]["file"].as_str() {
         Some(SQLITE_FILE) => {
             let path = std::env::temp_dir().join(format!("{scratch_name}.db"));
-            std::fs::copy(dir.join(SQLITE_FILE), &path)?;
-            let db = sqlite(&path, false).await?;
-            let check = db
-                .query_one_raw(sea_orm::Statement::from_string(
-                    DbBackend::Sqlite,
-                    "PRAGMA integrity_check",
-                ))
-                .await?
-                .context("an integrity check")?
-                .try_get_by_index::<String>(0)?;
-            if check != "ok" {
-                findings.push(format!("integrity_check: {check}"));
+            let scratch = Scratch::File(path.clone());
+            if let Err(e) = std::fs::copy(dir.join(SQLITE_FILE), &path) {
+                scratch.remove().await?;
+                return Err(e.into());
             }
-            (db, Scratch::File(path))
+            (scratch, format!("sqlite://{}?mode=rw", path.display()))
         }
         Some(PG_FILE) => {
             ensure!(
@@ -654,17 +720,39 @@ pub async fn verify(cfg: &Config, dir: &Path) -> anyhow::Result<Vec<String>> {
                 .context("creating a scratch database (the role needs CREATEDB)")?;
             let scratch = Scratch::Database(admin, scratch_name.clone());
             let scratch_url = with_database(&url, &scratch_name);
-            let restored = pg_restore(&scratch_url, &manifest, dir, false, "verify restore");
-            if let Err(e) = restored {
+            if let Err(e) = pg_restore(&scratch_url, &manifest, dir, false, "verify restore") {
                 scratch.remove().await?;
                 return Err(e.context("the dump does not restore"));
             }
-            (thali_platform::db::connect(&scratch_url).await?, scratch)
+            (scratch, scratch_url)
         }
         _ => bail!("the manifest names no database file this thali knows"),
     };
+    // Whatever happens in the checks, the scratch database goes.
+    let findings = check_restored(&scratch_url, &manifest).await;
+    scratch.remove().await?;
+    findings
+}
+
+/// Integrity (SQLite), row counts and audit chains of the restored copy at `url`.
+async fn check_restored(url: &str, manifest: &Value) -> anyhow::Result<Vec<String>> {
+    let db = thali_platform::db::connect(url).await?;
+    let mut findings = Vec::new();
+    if db.get_database_backend() == DbBackend::Sqlite {
+        let check = db
+            .query_one_raw(sea_orm::Statement::from_string(
+                DbBackend::Sqlite,
+                "PRAGMA integrity_check",
+            ))
+            .await?
+            .context("an integrity check")?
+            .try_get_by_index::<String>(0)?;
+        if check != "ok" {
+            findings.push(format!("integrity_check: {check}"));
+        }
+    }
     let counts = row_counts(&db).await?;
-    findings.extend(count_mismatches(&manifest, &counts));
+    findings.extend(count_mismatches(manifest, &counts));
     if counts.contains_key("audit_log") {
         for service in thali_platform::audit_log::services(&db).await? {
             let total = thali_platform::audit_log::count(&db, &service).await?;
@@ -682,7 +770,6 @@ pub async fn verify(cfg: &Config, dir: &Path) -> anyhow::Result<Vec<String>> {
         }
     }
     db.close().await?;
-    scratch.remove().await?;
     Ok(findings)
 }
 
@@ -726,6 +813,14 @@ mod tests {
             vec![("PGHOST", "127.0.0.1".to_owned()), ("PGDATABASE", "x".to_owned())]
         );
         assert!(pg_env("postgres://u:%zz@h/d").is_err());
+        let v6 = pg_env("postgres://u@[::1]:5433/d").unwrap();
+        assert!(v6.contains(&("PGHOST", "::1".to_owned())) && v6.contains(&("PGPORT", "5433".to_owned())));
+        let socket = pg_env("postgres:///d?host=%2Fvar%2Frun%2Fpostgresql&sslrootcert=%2Fca.pem").unwrap();
+        assert!(
+            socket.contains(&("PGHOST", "/var/run/postgresql".to_owned())),
+            "{socket:?}"
+        );
+        assert!(socket.contains(&("PGSSLROOTCERT", "/ca.pem".to_owned())));
     }
 
     #[test]

@@ -137,14 +137,19 @@ enum Command {
         #[arg(long, value_parser = clap::value_parser!(u64).range(1..=10_000))]
         keep: Option<u64>,
     },
-    /// Restore a backup into the configured database, which must be empty (checksums and key
-    /// files are checked first; all or nothing).
+    /// Restore a backup into the configured database, which must be empty; stop the platform
+    /// first. Checksums and the data keys file are checked before anything is written; the
+    /// database is restored in one step.
     Restore {
         /// The backup's directory.
         dir: std::path::PathBuf,
-        /// Replace a database that holds tables, and skip the data keys check.
+        /// Replace a database that holds tables.
         #[arg(long)]
-        force: bool,
+        replace: bool,
+        /// Restore although the data keys file present is not the backup's (it still holds the
+        /// backup's keys, say, with newer ones added).
+        #[arg(long)]
+        skip_keys_check: bool,
     },
 }
 
@@ -612,8 +617,16 @@ async fn run() -> anyhow::Result<()> {
                 std::process::exit(1);
             }
         }
-        Command::Restore { dir, force } => {
-            backup::restore(&cfg, &dir, force).await?;
+        Command::Restore {
+            dir,
+            replace,
+            skip_keys_check,
+        } => {
+            let options = backup::RestoreOptions {
+                replace,
+                skip_keys_check,
+            };
+            backup::restore(&cfg, &dir, options).await?;
             println!("restore: {} restored; start the platform", dir.display());
             Ok(())
         }

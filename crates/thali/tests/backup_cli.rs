@@ -80,9 +80,9 @@ async fn an_embedded_platform_is_backed_up_restored_elsewhere_and_verified_and_d
     let (ok, _, err) = thali_on(&dir, None, &["backup", "--out", out]);
     assert!(!ok && err.contains("not empty"), "{err}");
 
-    // Into the database it came from (it holds tables): refused without --force.
+    // Into the database it came from (it holds tables): refused without --replace.
     let (ok, _, err) = thali_on(&dir, None, &["restore", out]);
-    assert!(!ok && err.contains("--force"), "{err}");
+    assert!(!ok && err.contains("--replace"), "{err}");
 
     // Elsewhere, without the data keys file: refused, nothing written.
     let elsewhere = temp("dst");
@@ -180,7 +180,7 @@ async fn a_postgres_database_is_dumped_in_one_snapshot_restored_into_an_empty_on
 
     // The source holds tables: refused. An empty database: restored, every row.
     let (ok, _, err) = thali_on(&dir, Some(&source.url), &["restore", out]);
-    assert!(!ok && err.contains("--force"), "{err}");
+    assert!(!ok && err.contains("--replace"), "{err}");
     let target = thali_platform::testing::postgres().await.unwrap();
     let (ok, stdout, err) = thali_on(&dir, Some(&target.url), &["restore", out]);
     assert!(ok, "{stdout}{err}");
