@@ -183,7 +183,9 @@ impl Seen {
             // A replica draining or starting: 503 with Retry-After is the documented answer.
             Ok(StatusCode::SERVICE_UNAVAILABLE) => self.unreachable += 1,
             Ok(s) => self.other.push(format!("{what}: {s}")),
-            Err(e) if e.is_connect() => self.unreachable += 1,
+            // Refused, or sent on a kept-alive connection the stopping replica closed at that
+            // moment (a race of HTTP keep-alive, seen once under load): the replica was away.
+            Err(e) if e.is_connect() || e.is_request() => self.unreachable += 1,
             Err(e) => self.other.push(format!("{what}: {e}")),
         }
     }
