@@ -351,6 +351,10 @@ async fn an_admin_changes_a_role_and_a_status_and_the_trail_records_both_with_th
         "{records:?}"
     );
     assert_eq!(records[0]["target"], format!("account:{ravi}"));
+    assert!(
+        records.iter().all(|r| r["actor_address"] == "127.0.0.1"),
+        "the admin's address: {records:?}"
+    );
     assert_eq!(records[0]["details"]["from"], "buyer");
     assert_eq!(records[0]["details"]["to"], "restaurant_owner");
     assert_eq!(records[0]["details"]["reason"], "opened Ravi's Dosa Corner");

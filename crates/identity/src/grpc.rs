@@ -607,18 +607,23 @@ impl pb::identity_service_server::IdentityService for IdentityGrpc {
         request: Request<pb::DisableAccountRequest>,
     ) -> Result<Response<pb::DisableAccountResponse>, Status> {
         let admin = admin_caller(&request, "DisableAccount")?;
+        let address = client_address(&request);
         let req = request.into_inner();
+        let by = crate::store::Acting {
+            id: admin,
+            address: address(&req.client_address)?,
+        };
         let (id, reason) = admin_target(&req.account_id, &req.reason)?;
         if id == admin {
             return Err(IdentityError::invalid("account_id", "an admin cannot disable their own account").into());
         }
-        let (account, changed) = self.store.disable_account(id, admin, &reason).await?;
+        let (account, changed) = self.store.disable_account(id, by.clone(), &reason).await?;
         if changed {
             security_event(
                 SecurityEvent::AccountDisabled,
                 &admin.to_string(),
                 &id.to_string(),
-                "",
+                &by.address,
                 &reason,
             );
         }
@@ -632,15 +637,20 @@ impl pb::identity_service_server::IdentityService for IdentityGrpc {
         request: Request<pb::EnableAccountRequest>,
     ) -> Result<Response<pb::EnableAccountResponse>, Status> {
         let admin = admin_caller(&request, "EnableAccount")?;
+        let address = client_address(&request);
         let req = request.into_inner();
+        let by = crate::store::Acting {
+            id: admin,
+            address: address(&req.client_address)?,
+        };
         let (id, reason) = admin_target(&req.account_id, &req.reason)?;
-        let (account, changed) = self.store.enable_account(id, admin, &reason).await?;
+        let (account, changed) = self.store.enable_account(id, by.clone(), &reason).await?;
         if changed {
             security_event(
                 SecurityEvent::AccountEnabled,
                 &admin.to_string(),
                 &id.to_string(),
-                "",
+                &by.address,
                 &reason,
             );
         }
@@ -654,7 +664,12 @@ impl pb::identity_service_server::IdentityService for IdentityGrpc {
         request: Request<pb::SetAccountRoleRequest>,
     ) -> Result<Response<pb::SetAccountRoleResponse>, Status> {
         let admin = admin_caller(&request, "SetAccountRole")?;
+        let address = client_address(&request);
         let req = request.into_inner();
+        let by = crate::store::Acting {
+            id: admin,
+            address: address(&req.client_address)?,
+        };
         let (id, reason) = admin_target(&req.account_id, &req.reason)?;
         let role = role_from_pb(req.role)
             .ok_or_else(|| IdentityError::invalid("role", "must be buyer, creator, restaurant_owner or admin"))?;
@@ -662,13 +677,13 @@ impl pb::identity_service_server::IdentityService for IdentityGrpc {
             // Also keeps the last admin from demoting themselves.
             return Err(IdentityError::invalid("account_id", "an admin cannot change their own role").into());
         }
-        let (account, changed) = self.store.set_account_role(id, role, admin, &reason).await?;
+        let (account, changed) = self.store.set_account_role(id, role, by.clone(), &reason).await?;
         if changed {
             security_event(
                 SecurityEvent::RoleChanged,
                 &admin.to_string(),
                 &id.to_string(),
-                "",
+                &by.address,
                 &format!("{}: {reason}", role.as_str()),
             );
         }

@@ -75,6 +75,23 @@ async fn end_sessions(txn: &sea_orm::DatabaseTransaction, id: Uuid, now: DateTim
     Ok(revoked.rows_affected)
 }
 
+/// The admin an admin action is by, and the address the request came from (for the audit
+/// trail); a bare id when there is no address (an operator tool).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Acting {
+    pub id: Uuid,
+    pub address: String,
+}
+
+impl From<Uuid> for Acting {
+    fn from(id: Uuid) -> Self {
+        Self {
+            id,
+            address: String::new(),
+        }
+    }
+}
+
 /// Whose API key is made, and by whom: the owner themselves, or an admin acting for them (the
 /// audit trail names the admin as the actor).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -955,10 +972,16 @@ impl IdentityStore {
     /// Disables account `id` (an admin's decision): it can no longer sign in, every refresh
     /// token is revoked and every access token issued so far is refused. Returns the account
     /// and whether it was active until now.
-    pub async fn disable_account(&self, id: Uuid, by: Uuid, reason: &str) -> Result<(Account, bool), IdentityError> {
+    pub async fn disable_account(
+        &self,
+        id: Uuid,
+        by: impl Into<Acting>,
+        reason: &str,
+    ) -> Result<(Account, bool), IdentityError> {
         let now = Utc::now();
         let txn = thali_platform::db::begin_write(&self.db).await?;
-        lock_for_admin_action(&txn, by, id).await?;
+        let by: Acting = by.into();
+        lock_for_admin_action(&txn, by.id, id).await?;
         let changed = account::Entity::update_many()
             .col_expr(account::Column::Status, Expr::value(AccountStatus::Disabled.as_str()))
             .col_expr(account::Column::UpdatedAt, Expr::value(now))
@@ -975,10 +998,11 @@ impl IdentityStore {
             audit(
                 &txn,
                 Entry::new(
-                    audit_log::account(by),
+                    audit_log::account(by.id),
                     "admin.account_disabled",
                     format!("account:{id}"),
                 )
+                .from_address(&by.address)
                 .with_details(serde_json::json!({"reason": reason, "sessions_ended": true})),
             )
             .await?;
@@ -990,10 +1014,16 @@ impl IdentityStore {
     /// Enables the disabled account `id` again (an admin's decision). An erased account stays
     /// erased. The tokens it held when it was disabled stay refused (their revocation stands);
     /// it signs in afresh. Returns the account and whether it was disabled until now.
-    pub async fn enable_account(&self, id: Uuid, by: Uuid, reason: &str) -> Result<(Account, bool), IdentityError> {
+    pub async fn enable_account(
+        &self,
+        id: Uuid,
+        by: impl Into<Acting>,
+        reason: &str,
+    ) -> Result<(Account, bool), IdentityError> {
         let now = Utc::now();
         let txn = thali_platform::db::begin_write(&self.db).await?;
-        lock_for_admin_action(&txn, by, id).await?;
+        let by: Acting = by.into();
+        lock_for_admin_action(&txn, by.id, id).await?;
         let found = live_account_locked(&txn, id).await?;
         let changed = account::Entity::update_many()
             .col_expr(account::Column::Status, Expr::value(AccountStatus::Active.as_str()))
@@ -1008,8 +1038,13 @@ impl IdentityStore {
         if changed {
             audit(
                 &txn,
-                Entry::new(audit_log::account(by), "admin.account_enabled", format!("account:{id}"))
-                    .with_details(serde_json::json!({"reason": reason, "status_before": found.status})),
+                Entry::new(
+                    audit_log::account(by.id),
+                    "admin.account_enabled",
+                    format!("account:{id}"),
+                )
+                .from_address(&by.address)
+                .with_details(serde_json::json!({"reason": reason, "status_before": found.status})),
             )
             .await?;
         }
@@ -1029,13 +1064,14 @@ impl IdentityStore {
         &self,
         id: Uuid,
         role: Role,
-        by: Uuid,
+        by: impl Into<Acting>,
         reason: &str,
     ) -> Result<(Account, bool), IdentityError> {
         let now = Utc::now();
         let txn = thali_platform::db::begin_write(&self.db).await?;
         // Locked: two admins changing the role at once record what each really changed.
-        lock_for_admin_action(&txn, by, id).await?;
+        let by: Acting = by.into();
+        lock_for_admin_action(&txn, by.id, id).await?;
         let found = live_account_locked(&txn, id).await?;
         let changed = account::Entity::update_many()
             .col_expr(account::Column::Role, Expr::value(role.as_str()))
@@ -1050,14 +1086,14 @@ impl IdentityStore {
             end_sessions(&txn, id, now).await?;
             audit(
                 &txn,
-                Entry::new(audit_log::account(by), "admin.role_changed", format!("account:{id}")).with_details(
-                    serde_json::json!({
+                Entry::new(audit_log::account(by.id), "admin.role_changed", format!("account:{id}"))
+                    .from_address(&by.address)
+                    .with_details(serde_json::json!({
                         "reason": reason,
                         "from": found.role,
                         "to": role.as_str(),
                         "sessions_ended": true,
-                    }),
-                ),
+                    })),
             )
             .await?;
         }

@@ -408,12 +408,14 @@ pub async fn revoke_api_key(
 pub async fn disable_account(
     State(state): State<FacadeState>,
     caller: Caller,
+    ClientIp(client): ClientIp,
     ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<dto::AdminReason>,
 ) -> Result<Json<dto::Account>, Problem> {
     let req = pb::DisableAccountRequest {
         account_id: id,
         reason: body.reason,
+        client_address: client.to_string(),
     };
     let res = state
         .identity
@@ -445,12 +447,14 @@ pub async fn disable_account(
 pub async fn enable_account(
     State(state): State<FacadeState>,
     caller: Caller,
+    ClientIp(client): ClientIp,
     ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<dto::AdminReason>,
 ) -> Result<Json<dto::Account>, Problem> {
     let req = pb::EnableAccountRequest {
         account_id: id,
         reason: body.reason,
+        client_address: client.to_string(),
     };
     let res = state
         .identity
@@ -480,6 +484,7 @@ pub async fn enable_account(
 pub async fn set_account_role(
     State(state): State<FacadeState>,
     caller: Caller,
+    ClientIp(client): ClientIp,
     ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<dto::SetAccountRole>,
 ) -> Result<Json<dto::Account>, Problem> {
@@ -487,6 +492,7 @@ pub async fn set_account_role(
         account_id: id,
         role: body.role.to_pb() as i32,
         reason: body.reason,
+        client_address: client.to_string(),
     };
     let res = state
         .identity
