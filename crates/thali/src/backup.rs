@@ -560,6 +560,25 @@ fn check_keys(cfg: &Config, manifest: &Value) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The backup's signing key files that the keys directory present lacks or holds otherwise.
+/// Nothing stored depends on them (tokens are not stored), so a difference is a warning: every
+/// session and token made before the backup is refused, and users sign in again.
+fn signing_keys_missing(cfg: &Config, manifest: &Value) -> anyhow::Result<Vec<String>> {
+    let dir = cfg.keys_dir();
+    let mut missing = Vec::new();
+    for key in manifest["keys"]["signing_keys"].as_array().into_iter().flatten() {
+        let (Some(file), Some(want)) = (key["file"].as_str(), key["sha256"].as_str()) else {
+            continue;
+        };
+        let path = dir.join(file);
+        let same = path.is_file() && file_digest(&path)?.0 == want;
+        if !same && !file.split('/').any(|c| c == "..") {
+            missing.push(file.to_owned());
+        }
+    }
+    Ok(missing)
+}
+
 /// The first 12 characters of a digest, for messages (whatever a damaged manifest holds).
 fn short(digest: &str) -> &str {
     digest.get(..12).unwrap_or(digest)
@@ -600,6 +619,15 @@ pub async fn restore(cfg: &Config, dir: &Path, options: RestoreOptions) -> anyho
     let manifest = checked_manifest(dir)?;
     if !options.skip_keys_check {
         check_keys(cfg, &manifest)?;
+    }
+    let missing = signing_keys_missing(cfg, &manifest)?;
+    if !missing.is_empty() {
+        eprintln!(
+            "restore: warning: the keys directory {} lacks the backup's signing key file(s) {} (or holds \
+             other ones): tokens made before the backup will be refused and users sign in again",
+            cfg.keys_dir().display(),
+            missing.join(", ")
+        );
     }
     let url = cfg.database_url();
     let kind = kind(&url)?;

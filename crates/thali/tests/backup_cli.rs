@@ -54,6 +54,8 @@ async fn an_embedded_platform_is_backed_up_restored_elsewhere_and_verified_and_d
     std::fs::write(media.join("0123abcd.png"), b"\x89PNG\r\n\x1a\n an image").unwrap();
     std::fs::write(media.join("link-signing-key"), [7u8; 32]).unwrap();
     std::fs::write(dir.join("data-keys.json"), br#"{"keys": "stand-in"}"#).unwrap();
+    std::fs::create_dir_all(dir.join("keys")).unwrap();
+    std::fs::write(dir.join("keys/ed25519-0001.ed25519"), [1u8; 32]).unwrap();
 
     let backup = temp("out");
     let out = backup.to_str().unwrap();
@@ -96,6 +98,11 @@ async fn an_embedded_platform_is_backed_up_restored_elsewhere_and_verified_and_d
     assert!(ok, "{stdout}{err}");
     assert!(
         err.contains("check backup") && err.contains("restore database"),
+        "{err}"
+    );
+    // Its keys directory lacks the backup's signing key: a warning that users sign in again.
+    assert!(
+        err.contains("lacks the backup's signing key file(s) ed25519-0001.ed25519") && err.contains("sign in again"),
         "{err}"
     );
     let restored = thali_platform::db::connect(&format!("sqlite://{}?mode=rw", elsewhere.join("thali.db").display()))
