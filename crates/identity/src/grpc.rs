@@ -150,24 +150,57 @@ fn account_caller<T>(request: &Request<T>) -> Result<(Uuid, bool), IdentityError
     Ok((id, p.has_role("admin")))
 }
 
-/// The admin making an admin call (`rpc` names it in the refusal's security event).
-fn admin_caller<T>(request: &Request<T>, rpc: &str) -> Result<Uuid, IdentityError> {
-    let (caller, is_admin) = account_caller(request)?;
-    if !is_admin {
-        if let Some(p) = principal(request) {
-            thali_platform::audit::access_denied(p, rpc, "admin role required");
-        }
-        return Err(IdentityError::Forbidden);
-    }
-    Ok(caller)
+/// An admin call, read: the admin and the address it came from, the account it is about, and
+/// why (for the audit trail).
+struct AdminCall {
+    by: crate::store::Acting,
+    target: Uuid,
+    reason: String,
 }
 
-/// The account an admin call is about and the reason it gives (for the audit trail).
-fn admin_target(account_id: &str, reason: &str) -> Result<(Uuid, String), IdentityError> {
-    let id = Uuid::parse_str(account_id.trim()).map_err(|_| IdentityError::invalid("account_id", "must be a UUID"))?;
-    let reason = thali_platform::text::plain(reason, thali_platform::text::Rules::multiline(1, 500))
-        .map_err(|why| IdentityError::invalid("reason", why))?;
-    Ok((id, reason))
+impl AdminCall {
+    /// Reads `request` of admin RPC `rpc` (named in a refusal's security event); `fields`
+    /// answers its account id, reason and client address.
+    fn read<T>(request: Request<T>, rpc: &str, fields: impl Fn(&T) -> [&str; 3]) -> Result<(Self, T), Status> {
+        let (caller, is_admin) = account_caller(&request)?;
+        if !is_admin {
+            if let Some(p) = principal(&request) {
+                thali_platform::audit::access_denied(p, rpc, "admin role required");
+            }
+            return Err(IdentityError::Forbidden.into());
+        }
+        let address = client_address(&request);
+        let req = request.into_inner();
+        let [account_id, reason, client] = fields(&req);
+        let target =
+            Uuid::parse_str(account_id.trim()).map_err(|_| IdentityError::invalid("account_id", "must be a UUID"))?;
+        let reason = thali_platform::text::plain(reason, thali_platform::text::Rules::multiline(1, 500))
+            .map_err(|why| IdentityError::invalid("reason", why))?;
+        let by = crate::store::Acting {
+            id: caller,
+            address: address(client)?,
+        };
+        Ok((Self { by, target, reason }, req))
+    }
+
+    /// Refuses a call on the admin's own account.
+    fn not_on_self(&self, what: &str) -> Result<(), Status> {
+        if self.target == self.by.id {
+            return Err(IdentityError::invalid("account_id", format!("an admin cannot {what}")).into());
+        }
+        Ok(())
+    }
+
+    /// The security event of a change made (`detail`: what it was).
+    fn logged(&self, event: SecurityEvent, detail: &str) {
+        security_event(
+            event,
+            &self.by.id.to_string(),
+            &self.target.to_string(),
+            &self.by.address,
+            detail,
+        );
+    }
 }
 
 fn owner_for(caller: (Uuid, bool), requested: &str) -> Result<Uuid, IdentityError> {
@@ -606,26 +639,16 @@ impl pb::identity_service_server::IdentityService for IdentityGrpc {
         &self,
         request: Request<pb::DisableAccountRequest>,
     ) -> Result<Response<pb::DisableAccountResponse>, Status> {
-        let admin = admin_caller(&request, "DisableAccount")?;
-        let address = client_address(&request);
-        let req = request.into_inner();
-        let by = crate::store::Acting {
-            id: admin,
-            address: address(&req.client_address)?,
-        };
-        let (id, reason) = admin_target(&req.account_id, &req.reason)?;
-        if id == admin {
-            return Err(IdentityError::invalid("account_id", "an admin cannot disable their own account").into());
-        }
-        let (account, changed) = self.store.disable_account(id, by.clone(), &reason).await?;
+        let (call, _) = AdminCall::read(request, "DisableAccount", |r| {
+            [&r.account_id, &r.reason, &r.client_address]
+        })?;
+        call.not_on_self("disable their own account")?;
+        let (account, changed) = self
+            .store
+            .disable_account(call.target, call.by.clone(), &call.reason)
+            .await?;
         if changed {
-            security_event(
-                SecurityEvent::AccountDisabled,
-                &admin.to_string(),
-                &id.to_string(),
-                &by.address,
-                &reason,
-            );
+            call.logged(SecurityEvent::AccountDisabled, &call.reason);
         }
         Ok(Response::new(pb::DisableAccountResponse {
             account: Some(account_pb(&account)),
@@ -636,23 +659,15 @@ impl pb::identity_service_server::IdentityService for IdentityGrpc {
         &self,
         request: Request<pb::EnableAccountRequest>,
     ) -> Result<Response<pb::EnableAccountResponse>, Status> {
-        let admin = admin_caller(&request, "EnableAccount")?;
-        let address = client_address(&request);
-        let req = request.into_inner();
-        let by = crate::store::Acting {
-            id: admin,
-            address: address(&req.client_address)?,
-        };
-        let (id, reason) = admin_target(&req.account_id, &req.reason)?;
-        let (account, changed) = self.store.enable_account(id, by.clone(), &reason).await?;
+        let (call, _) = AdminCall::read(request, "EnableAccount", |r| {
+            [&r.account_id, &r.reason, &r.client_address]
+        })?;
+        let (account, changed) = self
+            .store
+            .enable_account(call.target, call.by.clone(), &call.reason)
+            .await?;
         if changed {
-            security_event(
-                SecurityEvent::AccountEnabled,
-                &admin.to_string(),
-                &id.to_string(),
-                &by.address,
-                &reason,
-            );
+            call.logged(SecurityEvent::AccountEnabled, &call.reason);
         }
         Ok(Response::new(pb::EnableAccountResponse {
             account: Some(account_pb(&account)),
@@ -663,28 +678,21 @@ impl pb::identity_service_server::IdentityService for IdentityGrpc {
         &self,
         request: Request<pb::SetAccountRoleRequest>,
     ) -> Result<Response<pb::SetAccountRoleResponse>, Status> {
-        let admin = admin_caller(&request, "SetAccountRole")?;
-        let address = client_address(&request);
-        let req = request.into_inner();
-        let by = crate::store::Acting {
-            id: admin,
-            address: address(&req.client_address)?,
-        };
-        let (id, reason) = admin_target(&req.account_id, &req.reason)?;
+        let (call, req) = AdminCall::read(request, "SetAccountRole", |r| {
+            [&r.account_id, &r.reason, &r.client_address]
+        })?;
         let role = role_from_pb(req.role)
             .ok_or_else(|| IdentityError::invalid("role", "must be buyer, creator, restaurant_owner or admin"))?;
-        if id == admin {
-            // Also keeps the last admin from demoting themselves.
-            return Err(IdentityError::invalid("account_id", "an admin cannot change their own role").into());
-        }
-        let (account, changed) = self.store.set_account_role(id, role, by.clone(), &reason).await?;
+        // Also keeps the last admin from demoting themselves.
+        call.not_on_self("change their own role")?;
+        let (account, changed) = self
+            .store
+            .set_account_role(call.target, role, call.by.clone(), &call.reason)
+            .await?;
         if changed {
-            security_event(
+            call.logged(
                 SecurityEvent::RoleChanged,
-                &admin.to_string(),
-                &id.to_string(),
-                &by.address,
-                &format!("{}: {reason}", role.as_str()),
+                &format!("{}: {}", role.as_str(), call.reason),
             );
         }
         Ok(Response::new(pb::SetAccountRoleResponse {

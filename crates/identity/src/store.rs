@@ -47,6 +47,21 @@ async fn lock_for_admin_action(txn: &sea_orm::DatabaseTransaction, by: Uuid, id:
     Ok(())
 }
 
+/// Commits an admin change to account `id` and answers the account as it now is, and whether
+/// the change changed anything.
+async fn commit_with_account(
+    txn: sea_orm::DatabaseTransaction,
+    id: Uuid,
+    changed: bool,
+) -> Result<(Account, bool), IdentityError> {
+    let account = account::Entity::find_by_id(id)
+        .one(&txn)
+        .await?
+        .ok_or(IdentityError::AccountNotFound)?;
+    txn.commit().await?;
+    Ok((account.try_into()?, changed))
+}
+
 /// Account `id`, locked for this transaction (PostgreSQL; SQLite's write transaction already
 /// is), unless it was erased.
 async fn live_account_locked(txn: &sea_orm::DatabaseTransaction, id: Uuid) -> Result<account::Model, IdentityError> {
@@ -988,12 +1003,10 @@ impl IdentityStore {
             .filter(account::Column::Id.eq(id))
             .filter(account::Column::Status.ne(AccountStatus::Disabled.as_str()))
             .exec(&txn)
-            .await?;
-        let found = account::Entity::find_by_id(id)
-            .one(&txn)
             .await?
-            .ok_or(IdentityError::AccountNotFound)?;
-        if changed.rows_affected == 1 {
+            .rows_affected
+            == 1;
+        if changed {
             end_sessions(&txn, id, now).await?;
             audit(
                 &txn,
@@ -1007,8 +1020,7 @@ impl IdentityStore {
             )
             .await?;
         }
-        txn.commit().await?;
-        Ok((found.try_into()?, changed.rows_affected == 1))
+        commit_with_account(txn, id, changed).await
     }
 
     /// Enables the disabled account `id` again (an admin's decision). An erased account stays
@@ -1048,12 +1060,7 @@ impl IdentityStore {
             )
             .await?;
         }
-        let account = account::Entity::find_by_id(id)
-            .one(&txn)
-            .await?
-            .ok_or(IdentityError::AccountNotFound)?;
-        txn.commit().await?;
-        Ok((account.try_into()?, changed))
+        commit_with_account(txn, id, changed).await
     }
 
     /// Gives account `id` the role `role` (an admin's decision). When the role changes, every
@@ -1097,12 +1104,7 @@ impl IdentityStore {
             )
             .await?;
         }
-        let account = account::Entity::find_by_id(id)
-            .one(&txn)
-            .await?
-            .ok_or(IdentityError::AccountNotFound)?;
-        txn.commit().await?;
-        Ok((account.try_into()?, changed))
+        commit_with_account(txn, id, changed).await
     }
 
     /// Erases `id` at its owner's request (ADR 0032), in one transaction: the account row keeps
