@@ -18,6 +18,11 @@ lint:
 audit:
     bash .ci/deny
 
+# The alert rules as CI checks them: promtool check config/rules and the rules' unit tests
+# (observability/tests/alerts.test.yml); promtool is unpacked from Debian's package if absent.
+alerts:
+    bash .ci/promtool
+
 # Exactly what CI runs (starts PostgreSQL and Redis if they are down).
 ci:
     CI=true bash .ci/run

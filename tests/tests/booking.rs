@@ -6,7 +6,7 @@ mod support;
 use chrono::{Duration, Utc};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use support::{Mesh, access, json_of, mail_to, pay, problem, settles};
+use support::{Mesh, access, json_of, mail_to, metric, pay, problem, settles};
 
 /// Three days from now in Kolkata, as `YYYY-MM-DD`.
 fn day() -> String {
@@ -105,11 +105,14 @@ async fn an_owner_sets_up_a_restaurant_and_a_guest_books_and_cancels_through_res
             .json(&body)
             .send()
     };
+    let created_before = metric(&mesh, "bookings_total", &[("event", "created")]).await;
     let b = json_of(
         send("tour-1", booking(&id, "19:00")).await.unwrap(),
         StatusCode::CREATED,
     )
     .await;
+    let created = metric(&mesh, "bookings_total", &[("event", "created")]).await;
+    assert!(created >= created_before + 1.0, "bookings per minute counts it");
     let again = json_of(
         send("tour-1", booking(&id, "19:00")).await.unwrap(),
         StatusCode::CREATED,
@@ -213,6 +216,9 @@ async fn an_owner_sets_up_a_restaurant_and_a_guest_books_and_cancels_through_res
     )
     .await;
     assert_eq!(cancelled["status"], "cancelled");
+    assert!(metric(&mesh, "bookings_total", &[("event", "cancelled"), ("by", "guest")]).await >= 1.0);
+    // The database pool's gauges, sampled by the health probe every 2 s.
+    assert!(metric(&mesh, "db_pool_max_connections", &[]).await >= 1.0);
     eventually("the guest's cancellation email", || async {
         mail_to(&mesh, "asha@guest.example", "is cancelled")
     })

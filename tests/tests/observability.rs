@@ -6,19 +6,8 @@ mod support;
 
 use reqwest::StatusCode;
 use serde_json::Value;
-use support::{Mesh, access, json_of};
+use support::{Mesh, access, json_of, metrics};
 use thali_platform::config::AccessLog;
-
-async fn metrics(mesh: &Mesh) -> String {
-    mesh.http
-        .get(format!("{}/metrics", mesh.admin))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
 
 /// The count of `http_server_request_duration_seconds` for the storefront route and `status`.
 fn counted(text: &str, status: &str) -> f64 {

@@ -8,7 +8,7 @@ mod support;
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use support::{Mesh, access, json_of, mail, mail_to, pay, problem, settles};
+use support::{Mesh, access, json_of, mail, mail_to, metric, pay, problem, settles};
 
 /// A creator's store with a limited product (stock 3) and an unlimited one. Returns (creator
 /// token, limited product id, unlimited product id).
@@ -302,10 +302,17 @@ async fn the_gateways_webhooks_settle_paid_orders_and_commit_their_stock() {
     let (creator, chai, _) = store(&mesh, "asha@example.com", "paid_shop").await;
     let buyer = access(&mesh.sign_up("ravi@example.com", "buyer").await);
     let db = database(&mesh).await;
+    // The business metrics the dashboards read (other tests of this binary add to them too).
+    let created = || metric(&mesh, "payments_orders_created_total", &[("kind", "checkout")]);
+    let gmv = || metric(&mesh, "payments_paid_minor_total", &[("currency", "INR")]);
+    let lag = || metric(&mesh, "webhook_processing_lag_seconds_count", &[]);
+    let (created_before, gmv_before, lag_before) = (created().await, gmv().await, lag().await);
 
     // Captured at once: payment.captured and order.paid reach the facade, the order is paid.
     let body = json!({"username": "paid_shop", "lines": [{"product_id": chai, "quantity": 1}]});
     let order = json_of(checkout(&mesh, &buyer, "p-1", body.clone()).await, StatusCode::CREATED).await;
+    assert!(created().await >= created_before + 1.0);
+    let amount = order["total"]["amount_minor"].as_f64().unwrap();
     let id = order["id"].as_str().unwrap().to_owned();
     let uuid = uuid::Uuid::parse_str(&id).unwrap();
     pay(
@@ -316,6 +323,11 @@ async fn the_gateways_webhooks_settle_paid_orders_and_commit_their_stock() {
     .await;
     let paid = settles(&mesh, &buyer, &id, "paid").await;
     assert!(paid["paid_at"].is_string(), "{paid}");
+    assert!(gmv().await >= gmv_before + amount, "the paid amount counts in GMV");
+    assert!(
+        lag().await >= lag_before + 1.0,
+        "the webhook's processing lag is recorded"
+    );
     for _ in 0..200 {
         if scalar(&db, "SELECT state FROM stock_reservations WHERE id = $1", uuid)
             .await

@@ -1165,6 +1165,8 @@ impl BookingStore {
                 self.confirmed(&txn, &row, r, now).await?;
             }
             txn.commit().await?;
+            // Bookings per minute (a business KPI): counted once it is kept, never for a replay.
+            metrics::counter!("bookings_total", "event" => "created").increment(1);
             Ok(Attempt::Booked(Box::new(Changed {
                 value: row.into(),
                 restaurant: r.clone(),
@@ -1281,6 +1283,8 @@ impl BookingStore {
             .await?;
         }
         txn.commit().await?;
+        let by = if by_owner { "restaurant" } else { "guest" };
+        metrics::counter!("bookings_total", "event" => "cancelled", "by" => by).increment(1);
         Ok(Changed {
             value: self.booking(id).await?,
             restaurant: r,

@@ -30,6 +30,30 @@ pub async fn connect(url: &str) -> Result<DatabaseConnection, DbErr> {
     Database::connect(opts).await
 }
 
+/// The pool's state as gauges: connections open and in use, open and idle, and the most it may
+/// open (`db_pool_connections{state}`, `db_pool_max_connections`). In use near the maximum for
+/// minutes means calls queue for a connection (alert DatabasePoolSaturated). Sampled by the
+/// database health probe.
+pub fn record_pool(db: &DatabaseConnection) {
+    fn set(size: u32, idle: usize, max: u32) {
+        let idle = idle.min(size as usize) as f64;
+        metrics::gauge!("db_pool_connections", "state" => "in_use").set(f64::from(size) - idle);
+        metrics::gauge!("db_pool_connections", "state" => "idle").set(idle);
+        metrics::gauge!("db_pool_max_connections").set(f64::from(max));
+    }
+    match db.get_database_backend() {
+        sea_orm::DbBackend::Postgres => {
+            let pool = db.get_postgres_connection_pool();
+            set(pool.size(), pool.num_idle(), pool.options().get_max_connections());
+        }
+        sea_orm::DbBackend::Sqlite => {
+            let pool = db.get_sqlite_connection_pool();
+            set(pool.size(), pool.num_idle(), pool.options().get_max_connections());
+        }
+        _ => {}
+    }
+}
+
 fn sqlite_dir(url: &str) -> Option<&Path> {
     let path = url.trim_start_matches("sqlite://").trim_start_matches("sqlite:");
     let path = path.split('?').next()?;

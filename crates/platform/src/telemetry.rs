@@ -33,6 +33,12 @@ const DURATION_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
+/// Lags that reach from instant to hours (a webhook retried from the dead-letter queue waits 30 s
+/// to 1 h between tries).
+const LAG_BUCKETS: &[f64] = &[
+    0.1, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0,
+];
+
 /// Keeps the tracer provider alive; flushes pending spans when shut down.
 pub struct Telemetry {
     provider: SdkTracerProvider,
@@ -169,6 +175,11 @@ pub fn metrics_handle() -> PrometheusHandle {
         .get_or_init(|| {
             let handle = PrometheusBuilder::new()
                 .set_buckets(DURATION_BUCKETS)
+                .expect("bucket list is not empty")
+                .set_buckets_for_metric(
+                    metrics_exporter_prometheus::Matcher::Full("webhook_processing_lag_seconds".into()),
+                    LAG_BUCKETS,
+                )
                 .expect("bucket list is not empty")
                 .install_recorder()
                 .expect("the Prometheus recorder is installed once, here");

@@ -93,11 +93,89 @@ fn certified_key(files: &TlsFiles) -> Result<Arc<CertifiedKey>, TlsError> {
         .key_provider
         .load_private_key(key)
         .map_err(|e| file_error(&files.key, e))?;
+    // When the certificate in use ends (alert CertificateExpiringSoon); read again on each reload.
+    if let Some(ends) = not_after(&certs[0]) {
+        let name = files
+            .cert
+            .file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+        metrics::gauge!("tls_certificate_expiry_timestamp_seconds", "cert" => name).set(ends as f64);
+    }
     let certified = CertifiedKey::new(certs, key);
     certified
         .keys_match()
         .map_err(|e| file_error(&files.key, format!("does not match the certificate: {e}")))?;
     Ok(Arc::new(certified))
+}
+
+/// The end of a certificate's validity (`notAfter`) in seconds since 1970, read from its DER.
+/// None when the bytes are not a certificate this walk understands. rustls and webpki check the
+/// date but do not expose it, and one field does not justify an X.509 parser crate.
+pub fn not_after(cert: &[u8]) -> Option<i64> {
+    // One DER element: its tag, its contents and what follows it.
+    fn element(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+        let (&tag, rest) = input.split_first()?;
+        let (&first, rest) = rest.split_first()?;
+        let (len, rest) = if first < 0x80 {
+            (usize::from(first), rest)
+        } else {
+            let n = usize::from(first & 0x7f);
+            if n == 0 || n > 4 || rest.len() < n {
+                return None;
+            }
+            let len = rest[..n].iter().fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
+            (len, &rest[n..])
+        };
+        (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
+    }
+    const SEQUENCE: u8 = 0x30;
+    let (SEQUENCE, certificate, _) = element(cert)? else {
+        return None;
+    };
+    let (SEQUENCE, tbs, _) = element(certificate)? else {
+        return None;
+    };
+    let (tag, _, mut rest) = element(tbs)?;
+    if tag != 0xa0 {
+        // No explicit version: the first element was the serial number.
+        rest = tbs;
+    }
+    let (0x02, _, rest) = element(rest)? else { return None };
+    let (SEQUENCE, _, rest) = element(rest)? else {
+        return None;
+    }; // signature algorithm
+    let (SEQUENCE, _, rest) = element(rest)? else {
+        return None;
+    }; // issuer
+    let (SEQUENCE, validity, _) = element(rest)? else {
+        return None;
+    };
+    let (_, _, after) = element(validity)?; // notBefore
+    let (tag, time, _) = element(after)?;
+    let digits = |s: &[u8]| -> Option<u32> {
+        s.iter().try_fold(0u32, |acc, b| {
+            b.is_ascii_digit().then(|| acc * 10 + u32::from(b - b'0'))
+        })
+    };
+    // UTCTime YYMMDDHHMMSSZ (RFC 5280: YY < 50 is 20YY) or GeneralizedTime YYYYMMDDHHMMSSZ.
+    let (year, rest) = match (tag, time.len()) {
+        (0x17, 13) => {
+            let yy = digits(&time[..2])?;
+            (if yy < 50 { 2000 + yy } else { 1900 + yy }, &time[2..])
+        }
+        (0x18, 15) => (digits(&time[..4])?, &time[4..]),
+        _ => return None,
+    };
+    if rest.last() != Some(&b'Z') {
+        return None;
+    }
+    let field = |i: usize| digits(&rest[i..i + 2]);
+    let at = chrono::NaiveDate::from_ymd_opt(i32::try_from(year).ok()?, field(0)?, field(2)?)?.and_hms_opt(
+        field(4)?,
+        field(6)?,
+        field(8)?,
+    )?;
+    Some(at.and_utc().timestamp())
 }
 
 fn modified(path: &Path) -> Option<SystemTime> {

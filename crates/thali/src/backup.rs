@@ -350,6 +350,48 @@ pub async fn backup(
     Ok((out, removed))
 }
 
+/// Writes a finished backup's time, size and duration to `file` in the Prometheus text format,
+/// for node_exporter's textfile collector: `thali_backup_last_success_timestamp_seconds` is what
+/// the alert BackupMissing watches. Written whole under a temporary name, then renamed, so a
+/// scrape never reads half a file. A failed backup writes nothing: the time stays the last
+/// success's, and the alert fires when that grows old.
+pub fn write_metrics(file: &Path, backup: &Path, took: std::time::Duration) -> anyhow::Result<()> {
+    let bytes: u64 = files_under(backup)?
+        .iter()
+        .map(|rel| std::fs::metadata(backup.join(rel)).map_or(0, |m| m.len()))
+        .sum();
+    let now = chrono::Utc::now().timestamp_millis() as f64 / 1000.0;
+    let mut text = String::new();
+    for (name, help, value) in [
+        (
+            "thali_backup_last_success_timestamp_seconds",
+            "When the last successful thali backup finished, in seconds since 1970.",
+            now,
+        ),
+        (
+            "thali_backup_size_bytes",
+            "Size of the last successful backup's files.",
+            bytes as f64,
+        ),
+        (
+            "thali_backup_duration_seconds",
+            "How long the last successful backup took.",
+            took.as_secs_f64(),
+        ),
+    ] {
+        text.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}\n"));
+    }
+    let dir = file
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = file.file_name().context("the metrics file needs a file name")?;
+    let tmp = dir.join(format!(".{}.tmp", name.to_string_lossy()));
+    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, file).with_context(|| format!("renaming {} to {}", tmp.display(), file.display()))?;
+    Ok(())
+}
+
 fn set_mode(path: &Path, mode: u32) -> anyhow::Result<()> {
     #[cfg(unix)]
     {

@@ -123,3 +123,53 @@ pub fn write(dir: &Path, extra: &[String]) -> anyhow::Result<DevCerts> {
         key: key_path,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn self_signed((year, month, day): (i32, u8, u8)) -> Vec<u8> {
+        let mut params = CertificateParams::new(vec!["thali.test".to_owned()]).unwrap();
+        params.not_before = rcgen::date_time_ymd(1990, 6, 1);
+        params.not_after = rcgen::date_time_ymd(year, month, day);
+        params
+            .self_signed(&KeyPair::generate().unwrap())
+            .unwrap()
+            .der()
+            .to_vec()
+    }
+
+    #[test]
+    fn the_end_of_a_certificate_is_read_in_both_time_forms() {
+        // UTCTime before 2050, GeneralizedTime from 2050 on (RFC 5280), and a UTCTime year ≥ 50
+        // that is in the 1900s.
+        let cases = [
+            ((2030, 1, 1), 1_893_456_000),
+            ((2055, 3, 4), 2_687_731_200),
+            ((1999, 12, 31), 946_598_400),
+        ];
+        for ((y, m, d), want) in cases {
+            let der = self_signed((y, m, d));
+            assert_eq!(thali_platform::tls::not_after(&der), Some(want), "{y}-{m}-{d}");
+        }
+        // The development leaf, as issued by `write` and read from its PEM file.
+        let dir = std::env::temp_dir().join(format!("thali-not-after-{}", uuid::Uuid::now_v7()));
+        let certs = write(&dir, &[]).unwrap();
+        let leaf = thali_platform::tls::read_certs(&certs.cert).unwrap();
+        assert_eq!(thali_platform::tls::not_after(&leaf[0]), Some(1_893_456_000));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn bytes_that_are_not_a_whole_certificate_have_no_end() {
+        let der = self_signed((2030, 1, 1));
+        for cut in [0, 1, 2, 10, der.len() / 3, der.len() / 2] {
+            assert_eq!(thali_platform::tls::not_after(&der[..cut]), None, "cut at {cut}");
+        }
+        assert_eq!(thali_platform::tls::not_after(b"not a certificate"), None);
+        assert_eq!(
+            thali_platform::tls::not_after(&[0x30, 0x84, 0xff, 0xff, 0xff, 0xff]),
+            None
+        );
+    }
+}

@@ -334,7 +334,11 @@ pub async fn start(cfg: &Config, part: Part) -> anyhow::Result<Platform> {
         let probe_db = db.clone();
         watchers.push(health.watch_dependency("database", HEALTH_INTERVAL, move || {
             let db = probe_db.clone();
-            async move { db.ping().await.is_ok() }
+            async move {
+                let up = db.ping().await.is_ok();
+                thali_platform::db::record_pool(&db);
+                up
+            }
         }));
         let subscribers = subscribers(cfg, part, own, &identity, &client_settings).await?;
         let mut routes = tonic::service::RoutesBuilder::default();

@@ -136,6 +136,10 @@ enum Command {
         /// backups are removed; anything that is not a backup is left alone).
         #[arg(long, value_parser = clap::value_parser!(u64).range(1..=10_000))]
         keep: Option<u64>,
+        /// After a successful backup, write its time, size and duration to this file in
+        /// Prometheus text format, for node_exporter's textfile collector (alert BackupMissing).
+        #[arg(long, env = "THALI_BACKUP_METRICS_FILE")]
+        metrics_file: Option<std::path::PathBuf>,
     },
     /// Restore a backup into the configured database, which must be empty; stop the platform
     /// first. Checksums and the data keys file are checked before anything is written; the
@@ -591,9 +595,15 @@ async fn run() -> anyhow::Result<()> {
             command: None,
             out,
             keep,
+            metrics_file,
         } => {
+            let started = std::time::Instant::now();
             let (dir, removed) = backup::backup(&cfg, out, keep.map(|k| k as usize)).await?;
             println!("backup: written to {}", dir.display());
+            if let Some(file) = metrics_file {
+                backup::write_metrics(&file, &dir, started.elapsed())?;
+                println!("backup: metrics written to {}", file.display());
+            }
             for old in removed {
                 println!("backup: removed the old backup {}", old.display());
             }

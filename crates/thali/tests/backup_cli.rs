@@ -59,11 +59,30 @@ async fn an_embedded_platform_is_backed_up_restored_elsewhere_and_verified_and_d
 
     let backup = temp("out");
     let out = backup.to_str().unwrap();
-    let (ok, stdout, err) = thali_on(&dir, None, &["backup", "--out", out]);
+    // The scheduled job's form: its time, size and duration go to node_exporter's textfile
+    // directory, where the alert BackupMissing watches the time.
+    let textfile = temp("textfile").with_extension("prom");
+    let metrics = textfile.to_str().unwrap();
+    let (ok, stdout, err) = thali_on(&dir, None, &["backup", "--out", out, "--metrics-file", metrics]);
     assert!(ok, "{stdout}{err}");
     assert!(
         err.contains("backup database") && err.contains("backup media"),
         "progress: {err}"
+    );
+    let written = std::fs::read_to_string(&textfile).unwrap();
+    let value = |name: &str| -> f64 {
+        let line = written
+            .lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("{name} in {written}"));
+        line.split_once(' ').unwrap().1.parse().unwrap()
+    };
+    let at = value("thali_backup_last_success_timestamp_seconds");
+    assert!((chrono::Utc::now().timestamp() as f64 - at).abs() < 120.0, "{written}");
+    assert!(value("thali_backup_size_bytes") > 1000.0, "{written}");
+    assert!(
+        written.contains("# TYPE thali_backup_duration_seconds gauge"),
+        "{written}"
     );
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(backup.join("manifest.json")).unwrap()).unwrap();
@@ -78,9 +97,11 @@ async fn an_embedded_platform_is_backed_up_restored_elsewhere_and_verified_and_d
         .collect();
     assert_eq!(media_paths, ["0123abcd.png"], "the signing key is a key, not media");
     assert!(manifest["keys"]["data_keys_sha256"].is_string(), "{manifest}");
-    // A second backup into the same directory is refused.
-    let (ok, _, err) = thali_on(&dir, None, &["backup", "--out", out]);
+    // A second backup into the same directory is refused, and leaves the last success's time.
+    let (ok, _, err) = thali_on(&dir, None, &["backup", "--out", out, "--metrics-file", metrics]);
     assert!(!ok && err.contains("not empty"), "{err}");
+    assert_eq!(std::fs::read_to_string(&textfile).unwrap(), written);
+    std::fs::remove_file(&textfile).unwrap();
 
     // Into the database it came from (it holds tables): refused without --replace.
     let (ok, _, err) = thali_on(&dir, None, &["restore", out]);

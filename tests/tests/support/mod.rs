@@ -271,6 +271,36 @@ pub async fn json_of(res: Response, status: StatusCode) -> Value {
     serde_json::from_str(&body).unwrap_or(Value::Null)
 }
 
+/// The mesh's admin `/metrics` page.
+pub async fn metrics(mesh: &Mesh) -> String {
+    mesh.http
+        .get(format!("{}/metrics", mesh.admin))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// The sum of every series of the metric `name` on the mesh's admin `/metrics` whose labels
+/// include `labels` (0 when none is there yet). Other tests of the binary share the recorder, so
+/// compare before and after with `>=`.
+pub async fn metric(mesh: &Mesh, name: &str, labels: &[(&str, &str)]) -> f64 {
+    metrics(mesh)
+        .await
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (metric, rest) = series.split_once('{').unwrap_or((series, "}"));
+            (metric == name && labels.iter().all(|(k, v)| rest.contains(&format!("{k}=\"{v}\""))))
+                .then(|| value.parse::<f64>().ok())
+                .flatten()
+        })
+        .sum()
+}
+
 /// Polls the order until its status is `want` (webhooks arrive asynchronously).
 pub async fn settles(mesh: &Mesh, token: &str, id: &str, want: &str) -> Value {
     for _ in 0..200 {

@@ -279,6 +279,10 @@ impl PaymentsStore {
         .await?;
         self.insert_call(&txn, call).await?;
         txn.commit().await?;
+        // Checkouts started (a business KPI; paid ÷ created is the conversion): counted once the
+        // order is kept, never for a replay.
+        let kind = if r.reference.is_some() { "deposit" } else { "checkout" };
+        metrics::counter!("payments_orders_created_total", "kind" => kind).increment(1);
         Ok(Written::Created(r.clone()))
     }
 

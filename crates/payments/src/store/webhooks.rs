@@ -183,7 +183,10 @@ impl PaymentsStore {
 
     /// Takes a webhook whose signature held: records its id and applies it to its order, once.
     pub async fn take_webhook(&self, account: &str, event_id: &str, body: &[u8]) -> Result<Taken, PaymentsError> {
-        self.process(account, event_id, body, None).await
+        let received = std::time::Instant::now();
+        let taken = self.process(account, event_id, body, None).await?;
+        processed_after(received.elapsed().as_secs_f64());
+        Ok(taken)
     }
 
     /// One processing of an event; `from_dlq` is its dead-letter row, deleted in the same
@@ -348,6 +351,11 @@ impl PaymentsStore {
         }
         if next.status != current.status {
             metrics::counter!("payments_orders_settled_total", "status" => next.status.as_str()).increment(1);
+            if next.status == Status::Paid && current.status != Status::Paid {
+                // Gross merchandise value in minor units (paise), per currency: a business KPI.
+                metrics::counter!("payments_paid_minor_total", "currency" => row.currency.clone())
+                    .increment(u64::try_from(row.amount_minor).unwrap_or(0));
+            }
             tracing::info!(order_id = %row.id, from = current.status.as_str(), to = next.status.as_str(), "order moved");
         }
         Ok(Some(Taken::Applied {
@@ -593,6 +601,8 @@ impl PaymentsStore {
             .await
         {
             Ok(taken) => {
+                // From its arrival (when it was dead-lettered) to now.
+                processed_after((self.now() - row.created_at).as_seconds_f64().max(0.0));
                 tracing::info!(event_id = %row.event_id, retry = row.retry_count + 1, ?taken, "dead-lettered webhook processed");
                 Ok(true)
             }
@@ -681,4 +691,10 @@ fn delta(d: Duration) -> TimeDelta {
 /// At most `max` characters of `text`.
 fn truncate(text: &str, max: usize) -> String {
     text.chars().take(max).collect()
+}
+
+/// Webhook processing lag (a business KPI): from a webhook's arrival to its processing committed,
+/// at once or after retries from the dead-letter queue.
+fn processed_after(seconds: f64) {
+    metrics::histogram!("webhook_processing_lag_seconds").record(seconds);
 }
