@@ -400,6 +400,28 @@ async fn the_gateways_webhooks_settle_paid_orders_and_commit_their_stock() {
             .all(|o| o["status"] == "paid"),
         "{sales}"
     );
+
+    // The last cup taken at checkout: the creator (not the buyer) is told it is out of stock.
+    // The event names the page's owner; without one, notifications refused it and the relay job
+    // died.
+    let body = json!({"username": "paid_shop", "lines": [{"product_id": chai, "quantity": 1}]});
+    json_of(checkout(&mesh, &buyer, "p-3", body).await, StatusCode::CREATED).await;
+    let mut sold_out = None;
+    for _ in 0..200 {
+        let told = json_of(mesh.get_as("/api/v1/notifications", &creator).await, StatusCode::OK).await;
+        sold_out = told["notifications"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["event_type"] == "product.out_of_stock")
+            .cloned();
+        if sold_out.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let sold_out = sold_out.expect("the creator is told the chai sold out");
+    assert_eq!(sold_out["title"], "Masala chai is out of stock");
 }
 
 #[tokio::test]

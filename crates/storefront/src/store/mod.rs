@@ -424,7 +424,8 @@ impl StorefrontStore {
                 &page,
                 model.id,
                 model.title.clone(),
-                Uuid::parse_str(caller).ok(),
+                // The caller owns the page (owned_product checked it).
+                caller,
             )
             .await?;
         }

@@ -164,7 +164,7 @@ impl StorefrontStore {
         .exec_without_returning(&txn)
         .await?;
         for (product_id, title) in sold_out {
-            self.publish_sold_out(&txn, owner.id, &owner.username, product_id, title, None)
+            self.publish_sold_out(&txn, owner.id, &owner.username, product_id, title, &owner.owner_subject)
                 .await?;
         }
         txn.commit().await?;
@@ -353,7 +353,9 @@ impl StorefrontStore {
         }
     }
 
-    /// Writes `product.out_of_stock` for a product whose stock just reached zero, in `txn`.
+    /// Writes `product.out_of_stock` for a product whose stock just reached zero, in `txn`. The
+    /// event is the page owner's (`owner_subject`, an account id): notifications tells that
+    /// account, whoever's checkout took the last unit.
     pub(super) async fn publish_sold_out(
         &self,
         txn: &DatabaseTransaction,
@@ -361,12 +363,12 @@ impl StorefrontStore {
         username: &str,
         product_id: Uuid,
         title: String,
-        actor: Option<Uuid>,
+        owner_subject: &str,
     ) -> Result<(), StorefrontError> {
         let event = thali_platform::events::new_event(
             crate::workers::SERVICE,
             format!("creator:{creator_id}"),
-            actor,
+            Uuid::parse_str(owner_subject).ok(),
             Payload::ProductOutOfStock(ProductOutOfStock {
                 creator_id: creator_id.to_string(),
                 username: username.to_owned(),
