@@ -23,6 +23,15 @@ audit:
 alerts:
     bash .ci/promtool
 
+# The Kubernetes overlays as CI checks them: each renders with kustomize and passes a strict
+# schema check (kustomize and kubernetes-validate are fetched if absent).
+k8s-check:
+    bash .ci/k8s
+
+# Roll a release out with automatic rollback: `just rollout deploy/k8s/overlays/prod 0.2.0`.
+rollout overlay tag:
+    bash deploy/rollout.sh {{overlay}} {{tag}}
+
 # Exactly what CI runs (starts PostgreSQL and Redis if they are down).
 ci:
     CI=true bash .ci/run
