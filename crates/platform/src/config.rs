@@ -205,6 +205,10 @@ pub struct Config {
     /// Calls one process's gRPC server runs at once; more are shed with UNAVAILABLE
     /// (`THALI_MAX_CONCURRENT_RPCS`).
     pub max_concurrent_rpcs: usize,
+    /// Most database connections one process opens (`THALI_DB_MAX_CONNECTIONS`; default 20 on
+    /// PostgreSQL, 8 on SQLite). Replicas × this must stay under the server's
+    /// `max_connections` (docs/ops/deploy.md).
+    pub db_max_connections: Option<u32>,
     /// Time in-flight calls get to finish after SIGTERM, in seconds (`THALI_SHUTDOWN_GRACE_S`).
     pub shutdown_grace_s: u64,
     /// How long the facade may serve its last copy of a storefront page while the storefront
@@ -603,6 +607,9 @@ impl Config {
         if self.mail_timeout_s == 0 {
             return invalid("mail_timeout_s", "must be above 0");
         }
+        if self.db_max_connections.is_some_and(|n| n == 0 || n > 10_000) {
+            return invalid("db_max_connections", "must be between 1 and 10000");
+        }
         if self.max_concurrent_rpcs == 0 {
             return invalid("max_concurrent_rpcs", "must be above 0");
         }
@@ -903,6 +910,13 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("retry_budget_window_s"), "{err}");
+        let err =
+            Config::load_from(None, env(&[("THALI_DB_MAX_CONNECTIONS", "0")]), &Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("db_max_connections"), "{err}");
+        let cfg = Config::load_from(None, env(&[("THALI_DB_MAX_CONNECTIONS", "12")]), &Overrides::default()).unwrap();
+        assert_eq!(cfg.db_max_connections, Some(12));
+        let cfg = Config::load_from(None, env(&[]), &Overrides::default()).unwrap();
+        assert_eq!(cfg.db_max_connections, None);
     }
 
     #[test]

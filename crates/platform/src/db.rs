@@ -7,8 +7,13 @@ use sea_orm::{
     TransactionOptions, TransactionTrait,
 };
 
-/// Opens a pool on `url`. For SQLite the file's directory is created first.
+/// Opens a pool on `url` of the default size. For SQLite the file's directory is created first.
 pub async fn connect(url: &str) -> Result<DatabaseConnection, DbErr> {
+    connect_sized(url, None).await
+}
+
+/// Opens a pool on `url` of at most `max` connections (default 20 on PostgreSQL, 8 on SQLite).
+pub async fn connect_sized(url: &str, max: Option<u32>) -> Result<DatabaseConnection, DbErr> {
     let is_sqlite = url.starts_with("sqlite:");
     if is_sqlite && let Some(dir) = sqlite_dir(url) {
         std::fs::create_dir_all(dir).map_err(|e| DbErr::Custom(format!("creating {}: {e}", dir.display())))?;
@@ -20,7 +25,7 @@ pub async fn connect(url: &str) -> Result<DatabaseConnection, DbErr> {
     opts.sqlx_logging(false)
         .connect_timeout(Duration::from_secs(2))
         .acquire_timeout(Duration::from_secs(2))
-        .max_connections(if is_sqlite { 8 } else { 20 })
+        .max_connections(max.unwrap_or(if is_sqlite { 8 } else { 20 }))
         .map_sqlx_sqlite_opts(|o| {
             use sea_orm::sqlx::sqlite::SqliteJournalMode;
             o.journal_mode(SqliteJournalMode::Wal)
@@ -139,6 +144,14 @@ pub fn is_unavailable(err: &DbErr) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn the_pool_is_as_large_as_configured_and_its_gauges_say_so() {
+        let db = connect_sized("sqlite::memory:", Some(3)).await.unwrap();
+        assert_eq!(db.get_sqlite_connection_pool().options().get_max_connections(), 3);
+        let db = connect("sqlite::memory:").await.unwrap();
+        assert_eq!(db.get_sqlite_connection_pool().options().get_max_connections(), 8);
+    }
 
     #[test]
     fn sqlite_directory_is_found_in_the_url() {

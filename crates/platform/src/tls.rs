@@ -93,18 +93,20 @@ fn certified_key(files: &TlsFiles) -> Result<Arc<CertifiedKey>, TlsError> {
         .key_provider
         .load_private_key(key)
         .map_err(|e| file_error(&files.key, e))?;
-    // When the certificate in use ends (alert CertificateExpiringSoon); read again on each reload.
-    if let Some(ends) = not_after(&certs[0]) {
+    let ends = not_after(&certs[0]);
+    let certified = CertifiedKey::new(certs, key);
+    certified
+        .keys_match()
+        .map_err(|e| file_error(&files.key, format!("does not match the certificate: {e}")))?;
+    // When the certificate now in use ends (alert CertificateExpiringSoon): set only once the pair
+    // is accepted, so a broken replacement leaves the date of the one still served.
+    if let Some(ends) = ends {
         let name = files
             .cert
             .file_name()
             .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
         metrics::gauge!("tls_certificate_expiry_timestamp_seconds", "cert" => name).set(ends as f64);
     }
-    let certified = CertifiedKey::new(certs, key);
-    certified
-        .keys_match()
-        .map_err(|e| file_error(&files.key, format!("does not match the certificate: {e}")))?;
     Ok(Arc::new(certified))
 }
 

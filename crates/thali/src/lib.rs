@@ -189,7 +189,7 @@ async fn stopped(mut rx: watch::Receiver<bool>) {
 
 /// Connects to the database and applies pending migrations, printing each one.
 pub async fn migrate(cfg: &Config) -> anyhow::Result<DatabaseConnection> {
-    let db = thali_platform::db::connect(&cfg.database_url())
+    let db = thali_platform::db::connect_sized(&cfg.database_url(), cfg.db_max_connections)
         .await
         .context("connecting to the database")?;
     let pending = Migrator::get_pending_migrations(&db).await?;
@@ -208,7 +208,7 @@ pub async fn migrate(cfg: &Config) -> anyhow::Result<DatabaseConnection> {
 
 /// Connects to a database that must already be migrated.
 pub async fn migrated(cfg: &Config) -> anyhow::Result<DatabaseConnection> {
-    let db = thali_platform::db::connect(&cfg.database_url())
+    let db = thali_platform::db::connect_sized(&cfg.database_url(), cfg.db_max_connections)
         .await
         .context("connecting to the database")?;
     let pending = Migrator::get_pending_migrations(&db).await?;

@@ -238,6 +238,8 @@ impl BookingStore {
         self.release(&txn, &row, &r, "expired", "The deposit was not paid in time", now)
             .await?;
         txn.commit().await?;
+        // Counted as created when it was held: its release is a cancellation for the KPIs.
+        metrics::counter!("bookings_total", "event" => "cancelled", "by" => "unpaid").increment(1);
         Ok(Some(Changed {
             value: self.booking(id).await?,
             restaurant: r,

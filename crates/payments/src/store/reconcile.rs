@@ -150,11 +150,14 @@ impl PaymentsStore {
             Err(e) if is_unique_violation(&e) => return Ok(Taken::Duplicate),
             Err(e) => return Err(e.into()),
         }
-        let taken = self
+        let (taken, moved) = self
             .apply_to_order(&txn, gateway_order_id, event, None, None)
             .await?
-            .unwrap_or(Taken::Ignored);
+            .unwrap_or((Taken::Ignored, None));
         txn.commit().await?;
+        if let Some(moved) = moved {
+            moved.count();
+        }
         Ok(taken)
     }
 }

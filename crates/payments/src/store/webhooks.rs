@@ -185,7 +185,9 @@ impl PaymentsStore {
     pub async fn take_webhook(&self, account: &str, event_id: &str, body: &[u8]) -> Result<Taken, PaymentsError> {
         let received = std::time::Instant::now();
         let taken = self.process(account, event_id, body, None).await?;
-        processed_after(received.elapsed().as_secs_f64());
+        if matches!(taken, Taken::Applied { .. }) {
+            processed_after(received.elapsed().as_secs_f64());
+        }
         Ok(taken)
     }
 
@@ -232,13 +234,18 @@ impl PaymentsStore {
             }
             Err(e) => return Err(e.into()),
         }
-        let taken = match (&read, gateway_order_id) {
+        let (taken, moved) = match (&read, gateway_order_id) {
             (Ok(w), Some(gateway_order)) if w.event.is_some() => {
                 let event = w.event.as_ref().expect("checked is_some");
-                self.apply_to_order(&txn, &gateway_order, event, w.refund_of.as_deref(), Some(account))
+                match self
+                    .apply_to_order(&txn, &gateway_order, event, w.refund_of.as_deref(), Some(account))
                     .await?
+                {
+                    Some((taken, moved)) => (Some(taken), moved),
+                    None => (None, None),
+                }
             }
-            _ => None,
+            _ => (None, None),
         };
         let taken = match taken {
             Some(applied) => applied,
@@ -254,6 +261,9 @@ impl PaymentsStore {
             dlq::Entity::delete_by_id(id).exec(&txn).await?;
         }
         txn.commit().await?;
+        if let Some(moved) = moved {
+            moved.count();
+        }
         Ok(taken)
     }
 
@@ -277,7 +287,7 @@ impl PaymentsStore {
         event: &Event,
         refund_of: Option<&str>,
         account: Option<&str>,
-    ) -> Result<Option<Taken>, PaymentsError> {
+    ) -> Result<Option<(Taken, Option<Moved>)>, PaymentsError> {
         let Some(row) = order::Entity::find()
             .filter(order::Column::GatewayOrderId.eq(gateway_order))
             .lock_exclusive()
@@ -349,19 +359,22 @@ impl PaymentsStore {
         if let Event::Refunded { refund, .. } = event {
             self.refund_processed(txn, refund).await?;
         }
-        if next.status != current.status {
-            metrics::counter!("payments_orders_settled_total", "status" => next.status.as_str()).increment(1);
-            if next.status == Status::Paid && current.status != Status::Paid {
-                // Gross merchandise value in minor units (paise), per currency: a business KPI.
-                metrics::counter!("payments_paid_minor_total", "currency" => row.currency.clone())
-                    .increment(u64::try_from(row.amount_minor).unwrap_or(0));
-            }
+        let moved = (next.status != current.status).then(|| {
             tracing::info!(order_id = %row.id, from = current.status.as_str(), to = next.status.as_str(), "order moved");
-        }
-        Ok(Some(Taken::Applied {
-            order_id: row.id,
-            status: next.status,
-        }))
+            Moved {
+                from: current.status,
+                to: next.status,
+                amount_minor: row.amount_minor,
+                currency: row.currency.clone(),
+            }
+        });
+        Ok(Some((
+            Taken::Applied {
+                order_id: row.id,
+                status: next.status,
+            },
+            moved,
+        )))
     }
 
     async fn enqueue_effect(
@@ -602,7 +615,9 @@ impl PaymentsStore {
         {
             Ok(taken) => {
                 // From its arrival (when it was dead-lettered) to now.
-                processed_after((self.now() - row.created_at).as_seconds_f64().max(0.0));
+                if matches!(taken, Taken::Applied { .. }) {
+                    processed_after((self.now() - row.created_at).as_seconds_f64().max(0.0));
+                }
                 tracing::info!(event_id = %row.event_id, retry = row.retry_count + 1, ?taken, "dead-lettered webhook processed");
                 Ok(true)
             }
@@ -691,6 +706,26 @@ fn delta(d: Duration) -> TimeDelta {
 /// At most `max` characters of `text`.
 fn truncate(text: &str, max: usize) -> String {
     text.chars().take(max).collect()
+}
+
+/// An order's status change, counted once its transaction has committed (a failed commit is
+/// retried from the dead-letter queue and must not count twice).
+pub(super) struct Moved {
+    from: Status,
+    to: Status,
+    amount_minor: i64,
+    currency: String,
+}
+
+impl Moved {
+    pub(super) fn count(self) {
+        metrics::counter!("payments_orders_settled_total", "status" => self.to.as_str()).increment(1);
+        if self.to == Status::Paid && self.from != Status::Paid {
+            // Gross merchandise value in minor units (paise), per currency: a business KPI.
+            metrics::counter!("payments_paid_minor_total", "currency" => self.currency)
+                .increment(u64::try_from(self.amount_minor).unwrap_or(0));
+        }
+    }
 }
 
 /// Webhook processing lag (a business KPI): from a webhook's arrival to its processing committed,
