@@ -32,6 +32,15 @@ k8s-check:
 rollout overlay tag:
     bash deploy/rollout.sh {{overlay}} {{tag}}
 
+# Outage drills on a PostgreSQL and Redis of their own: `just drill stop-postgres`
+# (kill-service | stop-redis | stop-postgres; prints the MTTR; docs/ops/drills.md).
+drill scenario:
+    bash tests/drills/outage.sh {{scenario}}
+
+# Point-in-time recovery drill with pgBackRest (docs/ops/disaster-recovery.md).
+drill-pitr rows="1000000":
+    ROWS={{rows}} bash tests/drills/pitr.sh
+
 # Exactly what CI runs (starts PostgreSQL and Redis if they are down).
 ci:
     CI=true bash .ci/run

@@ -32,6 +32,7 @@ if [ -z "$pg_bin" ] || [ ! -x "$pg_bin/initdb" ]; then
 fi
 if ! command -v pgbackrest >/dev/null; then
   log "installing pgbackrest from Debian packages"
+  DEBIAN_FRONTEND=noninteractive apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbackrest >/dev/null
 fi
 if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then
@@ -143,7 +144,16 @@ t0=$(now_ms)
 brest --type=time "--target=$target" --target-action=promote restore
 t_restored=$(now_ms)
 as_pg "$pg_bin/pg_ctl" -D "$data" -l "$work/postgres.log" -w -t 600 start >/dev/null
-until [ "$(psql_drill -c 'SELECT pg_is_in_recovery()' 2>/dev/null)" = f ]; do sleep 0.1; done
+# Recovery that stops short of the target shuts the server down: give up after 10 minutes.
+for _ in $(seq 1 6000); do
+  [ "$(psql_drill -c 'SELECT pg_is_in_recovery()' 2>/dev/null)" = f ] && break
+  sleep 0.1
+done
+if [ "$(psql_drill -c 'SELECT pg_is_in_recovery()' 2>/dev/null)" != f ]; then
+  echo "PITR DRILL FAILED: the restored cluster did not reach the target and promote (log: $work/postgres.log)" >&2
+  tail -20 "$work/postgres.log" >&2 || true
+  exit 1
+fi
 t1=$(now_ms)
 
 read -r total base wal late after < <(psql_drill -F ' ' -c "SELECT count(*),
