@@ -75,6 +75,8 @@ async fn spans_of_one_request_reach_the_otlp_collector() {
 
     let received = collector.received.lock().await;
     let mut names = Vec::new();
+    // (name, kind, span id, parent span id) of the trace's spans.
+    let mut spans = Vec::new();
     for request in received.iter() {
         for resource in &request.resource_spans {
             let service = resource
@@ -87,6 +89,12 @@ async fn spans_of_one_request_reach_the_otlp_collector() {
                 for span in &scope.spans {
                     if hex(&span.trace_id) == trace_id {
                         names.push(span.name.clone());
+                        spans.push((
+                            span.name.clone(),
+                            span.kind,
+                            span.span_id.clone(),
+                            span.parent_span_id.clone(),
+                        ));
                     }
                 }
             }
@@ -97,6 +105,22 @@ async fn spans_of_one_request_reach_the_otlp_collector() {
         names.iter().any(|n| n.ends_with("StorefrontService/GetStorefront")),
         "{names:?}"
     );
+    // One trace, hop by hop: the facade's request (server) → its call to storefront (client,
+    // retries included) → storefront's handling of it (server).
+    const SERVER: i32 = 2;
+    const CLIENT: i32 = 3;
+    let find = |pick: &dyn Fn(&str, i32) -> bool| {
+        spans
+            .iter()
+            .find(|(name, kind, _, _)| pick(name, *kind))
+            .unwrap_or_else(|| panic!("{spans:?}"))
+            .clone()
+    };
+    let http = find(&|name, kind| name == "GET /api/v1/store/{username}" && kind == SERVER);
+    let client = find(&|name, kind| name == "storefront/GetStorefront" && kind == CLIENT);
+    let served = find(&|name, kind| name.ends_with("StorefrontService/GetStorefront") && kind == SERVER);
+    assert_eq!(client.3, http.2, "the call is the facade request's child");
+    assert_eq!(served.3, client.2, "storefront's span is the call's child");
     drop(received);
     platform.shutdown().await.unwrap();
 }

@@ -30,6 +30,7 @@ use tower::{
     Layer,
     retry::budget::{Budget, TpsBudget},
 };
+use tracing::Instrument;
 
 pub use balance::Discovery;
 pub use breaker::{BreakerSettings, BreakerState};
@@ -317,6 +318,39 @@ impl<C> Client<C> {
         F: Fn(C, tonic::Request<Req>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<Res>, Status>>,
     {
+        // One client span for the whole call, retries included: the traceparent each attempt
+        // carries names it, so the callee's server span is its child and one trace shows
+        // caller → call → callee.
+        let span = tracing::info_span!(
+            "grpc.client",
+            otel.name = %format_args!("{}/{}", self.target.0.name, Req::METHOD),
+            otel.kind = "client",
+            rpc.system = "grpc",
+            rpc.method = Req::METHOD,
+            peer.service = %self.target.0.name,
+            rpc.grpc.status_code = tracing::field::Empty,
+            thali.retries = tracing::field::Empty,
+        );
+        let record = span.clone();
+        let outcome = self.call_in_span(request, call).instrument(span).await;
+        let code = match &outcome {
+            Ok(_) => tonic::Code::Ok,
+            Err(status) => status.code(),
+        };
+        record.record("rpc.grpc.status_code", code as i32);
+        outcome
+    }
+
+    async fn call_in_span<Req, Res, F, Fut>(
+        &self,
+        request: impl IntoRequest<Req>,
+        call: F,
+    ) -> Result<tonic::Response<Res>, Status>
+    where
+        Req: RetryPolicy + Clone,
+        F: Fn(C, tonic::Request<Req>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<Res>, Status>>,
+    {
         let target = &*self.target.0;
         let started = Instant::now();
         let (mut metadata, _, message) = request.into_request().into_parts();
@@ -402,6 +436,7 @@ impl<C> Client<C> {
             tracing::debug!(target_service = %target.name, method = Req::METHOD, endpoint = %endpoint.addr, reason, "retrying");
             tried.push(i);
             retries += 1;
+            tracing::Span::current().record("thali.retries", retries);
             tokio::time::sleep(pause).await;
         };
         // A failure of the connection (not an answer of the service) is UNAVAILABLE to the
