@@ -29,6 +29,14 @@ tag=$2
 [ -f "$overlay/kustomization.yaml" ] || { echo "$overlay has no kustomization.yaml" >&2; exit 64; }
 [[ "$tag" =~ ^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$ ]] || { echo "not an image tag: $tag" >&2; exit 64; }
 
+if ! command -v "${KUBECTL:-kubectl}" >/dev/null; then
+  echo "${KUBECTL:-kubectl} not found: install kubectl, or name it with KUBECTL" >&2
+  exit 69
+fi
+if [ -n "${KUSTOMIZE:-}" ] && ! command -v "$KUSTOMIZE" >/dev/null; then
+  echo "KUSTOMIZE=$KUSTOMIZE not found" >&2
+  exit 69
+fi
 ns=${NAMESPACE:-thali}
 timeout=${TIMEOUT:-300s}
 migrate_timeout=${MIGRATE_TIMEOUT:-600}

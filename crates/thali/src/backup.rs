@@ -350,6 +350,26 @@ pub async fn backup(
     Ok((out, removed))
 }
 
+/// Makes sure `write_metrics` can write `file`: its directory is created if missing, and a
+/// file is written and removed there.
+pub fn prepare_metrics_file(file: &Path) -> anyhow::Result<()> {
+    let (dir, tmp) = metrics_tmp(file)?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {} for the metrics file", dir.display()))?;
+    std::fs::write(&tmp, b"").with_context(|| format!("{} is not writable for the metrics file", dir.display()))?;
+    std::fs::remove_file(&tmp)?;
+    Ok(())
+}
+
+/// The metrics file's directory and the temporary name it is written under.
+fn metrics_tmp(file: &Path) -> anyhow::Result<(&Path, PathBuf)> {
+    let dir = file
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = file.file_name().context("the metrics file needs a file name")?;
+    Ok((dir, dir.join(format!(".{}.tmp", name.to_string_lossy()))))
+}
+
 /// Writes a finished backup's time, size and duration to `file` in the Prometheus text format,
 /// for node_exporter's textfile collector: `thali_backup_last_success_timestamp_seconds` is what
 /// the alert BackupMissing watches. Written whole under a temporary name, then renamed, so a
@@ -381,12 +401,7 @@ pub fn write_metrics(file: &Path, backup: &Path, took: std::time::Duration) -> a
     ] {
         text.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}\n"));
     }
-    let dir = file
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = file.file_name().context("the metrics file needs a file name")?;
-    let tmp = dir.join(format!(".{}.tmp", name.to_string_lossy()));
+    let (_, tmp) = metrics_tmp(file)?;
     std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, file).with_context(|| format!("renaming {} to {}", tmp.display(), file.display()))?;
     Ok(())

@@ -597,6 +597,10 @@ async fn run() -> anyhow::Result<()> {
             keep,
             metrics_file,
         } => {
+            // A metrics file that cannot be written fails now, not after the backup.
+            if let Some(file) = &metrics_file {
+                backup::prepare_metrics_file(file)?;
+            }
             let started = std::time::Instant::now();
             let (dir, removed) = backup::backup(&cfg, out, keep.map(|k| k as usize)).await?;
             println!("backup: written to {}", dir.display());

@@ -61,7 +61,8 @@ async fn an_embedded_platform_is_backed_up_restored_elsewhere_and_verified_and_d
     let out = backup.to_str().unwrap();
     // The scheduled job's form: its time, size and duration go to node_exporter's textfile
     // directory, where the alert BackupMissing watches the time.
-    let textfile = temp("textfile").with_extension("prom");
+    // (Its directory does not exist yet: the backup makes it.)
+    let textfile = temp("textfile").join("thali_backup.prom");
     let metrics = textfile.to_str().unwrap();
     let (ok, stdout, err) = thali_on(&dir, None, &["backup", "--out", out, "--metrics-file", metrics]);
     assert!(ok, "{stdout}{err}");
@@ -101,7 +102,25 @@ async fn an_embedded_platform_is_backed_up_restored_elsewhere_and_verified_and_d
     let (ok, _, err) = thali_on(&dir, None, &["backup", "--out", out, "--metrics-file", metrics]);
     assert!(!ok && err.contains("not empty"), "{err}");
     assert_eq!(std::fs::read_to_string(&textfile).unwrap(), written);
-    std::fs::remove_file(&textfile).unwrap();
+    std::fs::remove_dir_all(textfile.parent().unwrap()).unwrap();
+    // A metrics file that cannot be written is refused before any backup is taken.
+    let blocked = temp("blocked");
+    std::fs::write(&blocked, b"a file, not a directory").unwrap();
+    let nowhere = temp("never");
+    let (ok, _, err) = thali_on(
+        &dir,
+        None,
+        &[
+            "backup",
+            "--out",
+            nowhere.to_str().unwrap(),
+            "--metrics-file",
+            blocked.join("thali_backup.prom").to_str().unwrap(),
+        ],
+    );
+    assert!(!ok && err.contains("for the metrics file"), "{err}");
+    assert!(!nowhere.exists(), "no backup was taken");
+    std::fs::remove_file(&blocked).unwrap();
 
     // Into the database it came from (it holds tables): refused without --replace.
     let (ok, _, err) = thali_on(&dir, None, &["restore", out]);
