@@ -15,7 +15,8 @@
 #    new pod; maxUnavailable 0 keeps the old pods serving meanwhile).
 # 5. If the apply fails or a rollout does not finish in time, every Deployment whose revision
 #    changed is undone to the revision noted in step 2, the undo is waited for, and the script
-#    exits 2.
+#    exits 2. What step 3 applied (the ConfigMap among it) stays: migrations and configuration
+#    are expand-only, so the previous release runs with them (docs/ops/deploy.md).
 #
 # Environment: NAMESPACE (thali), TIMEOUT (300s per rollout), MIGRATE_TIMEOUT (600, seconds; the
 # Job's own activeDeadlineSeconds), KUBECTL (kubectl), KUSTOMIZE (empty: `kubectl kustomize`; a
@@ -28,6 +29,7 @@ overlay=$1
 tag=$2
 [ -f "$overlay/kustomization.yaml" ] || { echo "$overlay has no kustomization.yaml" >&2; exit 64; }
 [[ "$tag" =~ ^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$ ]] || { echo "not an image tag: $tag" >&2; exit 64; }
+[[ "${MIGRATE_TIMEOUT:-600}" =~ ^[0-9]{1,6}$ ]] || { echo "MIGRATE_TIMEOUT is whole seconds: ${MIGRATE_TIMEOUT}" >&2; exit 64; }
 
 if ! command -v "${KUBECTL:-kubectl}" >/dev/null; then
   echo "${KUBECTL:-kubectl} not found: install kubectl, or name it with KUBECTL" >&2
@@ -45,9 +47,9 @@ kubectl=${KUBECTL:-kubectl}
 deployments=(identity storefront notifications booking payments facade)
 say() { printf '[rollout] %s\n' "$*"; }
 k() { "$kubectl" -n "$ns" "$@"; }
-revision() { # deployment -> its revision, empty when it does not exist (or cannot be read)
+revision() { # deployment -> its revision, empty when it does not exist; fails when unreadable
   k get deployment "$1" --ignore-not-found \
-    -o 'jsonpath={.metadata.annotations.deployment\.kubernetes\.io/revision}' 2>/dev/null || true
+    -o 'jsonpath={.metadata.annotations.deployment\.kubernetes\.io/revision}'
 }
 
 work=$(mktemp -d)
@@ -74,8 +76,12 @@ awk 'function flush() { doc = doc "\n"; if (doc != "\n" && doc !~ /\nkind: (Depl
   "$work/release.yaml" > "$work/prelude.yaml"
 say "rendered $overlay at ghcr.io/thali/thali:$tag"
 
+# A revision that cannot be read stops the release here, before anything is applied: without it
+# a failed rollout could not be undone.
 declare -A before
-for d in "${deployments[@]}"; do before[$d]=$(revision "$d"); done
+for d in "${deployments[@]}"; do
+  before[$d]=$(revision "$d") || { say "cannot read deployment/$d; nothing was applied"; exit 1; }
+done
 
 say "migrations (job/thali-migrate)"
 k delete job thali-migrate --ignore-not-found --wait=true
@@ -102,7 +108,7 @@ rollback() { # why
   local status=0 any=0 d now old
   for d in "${deployments[@]}"; do
     old=${before[$d]}
-    now=$(revision "$d")
+    now=$(revision "$d" 2>/dev/null) || now="?"
     if [ -n "$old" ] && [ "$now" != "$old" ]; then
       any=1
       say "deployment/$d: revision ${now:-?} back to $old"

@@ -227,6 +227,7 @@ pub async fn observe(State(edge): State<std::sync::Arc<Edge>>, mut req: Request,
         http.request.method = %method,
         http.route = tracing::field::Empty,
         http.response.status_code = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
         request_id = %request_id,
     );
     // A missing or malformed traceparent starts a new trace.
@@ -248,6 +249,10 @@ pub async fn observe(State(edge): State<std::sync::Arc<Edge>>, mut req: Request,
         otel.span().update_name(format!("{method} {route}"));
     }
     span.record("http.response.status_code", status);
+    if status >= 500 {
+        // A server error (the collector's tail sampling keeps the trace); a 4xx is the caller's.
+        span.record("otel.status_code", "error");
+    }
     // A refusal by a service (PERMISSION_DENIED) is a security event at the edge too, with the
     // client's address, which the service does not see.
     if status == 403 {

@@ -38,7 +38,11 @@ if [ ! -x "$bin" ]; then
   log "building $bin"
   cargo build --release -q -p thali
 fi
-pg_bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1 || true)
+if [ -z "$pg_bin" ] || [ ! -x "$pg_bin/initdb" ]; then
+  echo "the PostgreSQL server binaries (initdb, pg_ctl) are needed: apt-get install postgresql" >&2
+  exit 1
+fi
 if [ "$(id -u)" = 0 ]; then as_pg() { runuser -u postgres -- "$@"; }; else as_pg() { "$@"; }; fi
 
 work=$(mktemp -d /tmp/thali-drill.XXXXXX)
@@ -65,7 +69,9 @@ pg_start() {
 redis_start() {
   redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no >"$work/redis.log" 2>&1 &
   redis_pid=$!
-  for _ in $(seq 1 50); do taken "$REDIS_PORT" && return; sleep 0.1; done
+  for _ in $(seq 1 50); do taken "$REDIS_PORT" && return 0; sleep 0.1; done
+  echo "redis-server did not start on $REDIS_PORT (log: $work/redis.log)" >&2
+  return 1
 }
 redis_start
 
@@ -106,7 +112,7 @@ created=$(curl -s -w ' %{http_code}' -X POST "$base/api/v1/creators" -H "authori
   -H 'content-type: application/json' -d '{"username":"shop_1","display_name":"Shop 1"}')
 case "$created" in *" 201") ;; *) echo "creating the drill's storefront: $created" >&2; exit 1 ;; esac
 
-probe() { # kind -> lines "ms status" in $work/probe-kind
+probe() { # kind -> lines "start_ms end_ms status" in $work/probe-kind
   local kind=$1 n=0
   while [ ! -f "$work/stop" ]; do
     n=$((n + 1))
@@ -119,12 +125,13 @@ probe() { # kind -> lines "ms status" in $work/probe-kind
         -H "authorization: Bearer $token" -H 'content-type: application/json' \
         -d "{\"title\":\"Chai $n\",\"price\":{\"amount_minor\":4900,\"currency\":\"INR\"}}" || true)
     fi
-    echo "$t ${status:-000}" >>"$work/probe-$kind"
+    echo "$t $(now_ms) ${status:-000}" >>"$work/probe-$kind"
     sleep 0.2
   done
 }
-probe read & pids+=($!)
-probe write & pids+=($!)
+probe read & probes=($!)
+probe write & probes+=($!)
+pids+=("${probes[@]}")
 sleep 5
 
 fault=$(now_ms)
@@ -155,7 +162,7 @@ case "$scenario" in
 esac
 sleep 15
 touch "$work/stop"
-sleep 3.5
+for p in "${probes[@]}"; do wait "$p" 2>/dev/null || true; done
 
 python3 - "$work" "$fault" "$repaired" "$scenario" <<'EOF'
 import sys
@@ -163,16 +170,18 @@ work, fault, repaired, scenario = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]
 print(f"\n{scenario}: fault at 0 s, repaired at {(repaired - fault) / 1000:.1f} s")
 worst = 0.0
 for kind in ("read", "write"):
-    rows = [tuple(map(int, line.split())) for line in open(f"{work}/probe-{kind}") if line.strip()]
-    after = [(t, s) for t, s in rows if t >= fault]
+    # (start, end, status) of every probe that started after the fault.
+    after = [tuple(map(int, line.split())) for line in open(f"{work}/probe-{kind}") if line.strip()]
+    after = [(t, e, s) for t, e, s in after if t >= fault]
     ok = lambda s: 200 <= s < 300
-    failed = [(t, s) for t, s in after if not ok(s)]
+    failed = [(t, s) for t, _, s in after if not ok(s)]
     codes = sorted({s for _, s in failed})
     if not failed:
         print(f"  {kind:5}  {len(after)} probes after the fault, none failed: MTTR 0 s")
         continue
     last_fail = max(t for t, _ in failed)
-    back = min((t for t, s in after if t > last_fail and ok(s)), default=None)
+    # Served again: the end of the first success that started after the last failure.
+    back = min((e for t, e, s in after if t > last_fail and ok(s)), default=None)
     if back is None:
         print(f"  {kind:5}  {len(failed)}/{len(after)} failed {codes}: NOT serving again by the end")
         worst = float("inf")

@@ -88,6 +88,9 @@ async fn spans_of_one_request_reach_the_otlp_collector() {
             for scope in &resource.scope_spans {
                 for span in &scope.spans {
                     if hex(&span.trace_id) == trace_id {
+                        // A 404 is the caller's mistake: no span of it is an error (status 2),
+                        // which the collector's tail sampling would keep.
+                        assert_ne!(span.status.as_ref().map_or(0, |s| s.code), 2, "{}", span.name);
                         names.push(span.name.clone());
                         spans.push((
                             span.name.clone(),

@@ -607,8 +607,9 @@ impl Config {
         if self.mail_timeout_s == 0 {
             return invalid("mail_timeout_s", "must be above 0");
         }
-        if self.db_max_connections.is_some_and(|n| n == 0 || n > 10_000) {
-            return invalid("db_max_connections", "must be between 1 and 10000");
+        // The job workers keep one connection of the pool for LISTEN (PostgreSQL).
+        if self.db_max_connections.is_some_and(|n| !(2..=10_000).contains(&n)) {
+            return invalid("db_max_connections", "must be between 2 and 10000");
         }
         if self.max_concurrent_rpcs == 0 {
             return invalid("max_concurrent_rpcs", "must be above 0");
@@ -910,9 +911,15 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("retry_budget_window_s"), "{err}");
-        let err =
-            Config::load_from(None, env(&[("THALI_DB_MAX_CONNECTIONS", "0")]), &Overrides::default()).unwrap_err();
-        assert!(err.to_string().contains("db_max_connections"), "{err}");
+        for refused in ["0", "1", "10001"] {
+            let err = Config::load_from(
+                None,
+                env(&[("THALI_DB_MAX_CONNECTIONS", refused)]),
+                &Overrides::default(),
+            )
+            .unwrap_err();
+            assert!(err.to_string().contains("db_max_connections"), "{refused}: {err}");
+        }
         let cfg = Config::load_from(None, env(&[("THALI_DB_MAX_CONNECTIONS", "12")]), &Overrides::default()).unwrap();
         assert_eq!(cfg.db_max_connections, Some(12));
         let cfg = Config::load_from(None, env(&[]), &Overrides::default()).unwrap();

@@ -168,6 +168,21 @@ fn install_to(
     Ok(Telemetry { provider })
 }
 
+/// Whether a gRPC status code says the server failed (the codes alert RpcErrorRate counts, and
+/// Unimplemented and DataLoss): such a call's span gets the OpenTelemetry status ERROR, which
+/// the collector's tail sampling keeps. Client mistakes (InvalidArgument, NotFound, …) do not.
+pub fn is_server_fault(code: tonic::Code) -> bool {
+    matches!(
+        code,
+        tonic::Code::Unknown
+            | tonic::Code::DeadlineExceeded
+            | tonic::Code::Unimplemented
+            | tonic::Code::Internal
+            | tonic::Code::Unavailable
+            | tonic::Code::DataLoss
+    )
+}
+
 /// The process-wide Prometheus recorder; installed on first use.
 pub fn metrics_handle() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -427,6 +442,26 @@ mod tests {
         assert_eq!(line["trace_id"].as_str().unwrap().len(), 32, "{line}");
         assert_eq!(line["span_id"].as_str().unwrap().len(), 16, "{line}");
         assert!(line["spans"].as_str().unwrap().contains("route"), "{line}");
+    }
+
+    #[test]
+    fn server_faults_are_errors_and_client_mistakes_are_not() {
+        for code in [
+            tonic::Code::Internal,
+            tonic::Code::Unavailable,
+            tonic::Code::DeadlineExceeded,
+        ] {
+            assert!(is_server_fault(code), "{code:?}");
+        }
+        for code in [
+            tonic::Code::Ok,
+            tonic::Code::NotFound,
+            tonic::Code::InvalidArgument,
+            tonic::Code::PermissionDenied,
+            tonic::Code::FailedPrecondition,
+        ] {
+            assert!(!is_server_fault(code), "{code:?}");
+        }
     }
 
     #[test]

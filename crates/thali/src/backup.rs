@@ -353,10 +353,12 @@ pub async fn backup(
 /// Makes sure `write_metrics` can write `file`: its directory is created if missing, and a
 /// file is written and removed there.
 pub fn prepare_metrics_file(file: &Path) -> anyhow::Result<()> {
-    let (dir, tmp) = metrics_tmp(file)?;
+    let (dir, _) = metrics_tmp(file)?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {} for the metrics file", dir.display()))?;
-    std::fs::write(&tmp, b"").with_context(|| format!("{} is not writable for the metrics file", dir.display()))?;
-    std::fs::remove_file(&tmp)?;
+    // A name of this process's own: another backup writing its metrics meanwhile is not touched.
+    let probe = dir.join(format!(".thali-backup-probe-{}", std::process::id()));
+    std::fs::write(&probe, b"").with_context(|| format!("{} is not writable for the metrics file", dir.display()))?;
+    std::fs::remove_file(&probe)?;
     Ok(())
 }
 
@@ -402,6 +404,7 @@ pub fn write_metrics(file: &Path, backup: &Path, took: std::time::Duration) -> a
         text.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}\n"));
     }
     let (_, tmp) = metrics_tmp(file)?;
+    let tmp = tmp.with_extension(format!("tmp.{}", std::process::id()));
     std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, file).with_context(|| format!("renaming {} to {}", tmp.display(), file.display()))?;
     Ok(())

@@ -149,6 +149,7 @@ impl BookingStore {
         let backend = txn.get_database_backend();
         let waiting = row.status == "pending_payment";
         let mut changed = None;
+        let mut released = false;
         match outcome {
             DepositOutcome::Paid if waiting => {
                 txn.execute_raw(statement(
@@ -189,6 +190,7 @@ impl BookingStore {
                 };
                 self.release(&txn, &row, &r, status, reason, now).await?;
                 changed = Some(());
+                released = true;
             }
             DepositOutcome::Expired | DepositOutcome::Failed => {}
             DepositOutcome::Refunded { full } => {
@@ -208,6 +210,9 @@ impl BookingStore {
             }
         }
         txn.commit().await?;
+        if released {
+            count_unpaid_release();
+        }
         let changed = match changed {
             Some(()) => Some(Changed {
                 value: self.booking(booking_id).await?,
@@ -238,8 +243,7 @@ impl BookingStore {
         self.release(&txn, &row, &r, "expired", "The deposit was not paid in time", now)
             .await?;
         txn.commit().await?;
-        // Counted as created when it was held: its release is a cancellation for the KPIs.
-        metrics::counter!("bookings_total", "event" => "cancelled", "by" => "unpaid").increment(1);
+        count_unpaid_release();
         Ok(Some(Changed {
             value: self.booking(id).await?,
             restaurant: r,
@@ -320,4 +324,10 @@ impl BookingStore {
             .await?;
         self.booking(id).await
     }
+}
+
+/// A booking held for its deposit was counted as created when it took its table: its release
+/// for want of payment (payments said so, or the backstop ran) is a cancellation for the KPIs.
+fn count_unpaid_release() {
+    metrics::counter!("bookings_total", "event" => "cancelled", "by" => "unpaid").increment(1);
 }

@@ -359,14 +359,12 @@ impl PaymentsStore {
         if let Event::Refunded { refund, .. } = event {
             self.refund_processed(txn, refund).await?;
         }
-        let moved = (next.status != current.status).then(|| {
-            tracing::info!(order_id = %row.id, from = current.status.as_str(), to = next.status.as_str(), "order moved");
-            Moved {
-                from: current.status,
-                to: next.status,
-                amount_minor: row.amount_minor,
-                currency: row.currency.clone(),
-            }
+        let moved = (next.status != current.status).then(|| Moved {
+            order_id: row.id,
+            from: current.status,
+            to: next.status,
+            amount_minor: row.amount_minor,
+            currency: row.currency.clone(),
         });
         Ok(Some((
             Taken::Applied {
@@ -711,6 +709,7 @@ fn truncate(text: &str, max: usize) -> String {
 /// An order's status change, counted once its transaction has committed (a failed commit is
 /// retried from the dead-letter queue and must not count twice).
 pub(super) struct Moved {
+    order_id: Uuid,
     from: Status,
     to: Status,
     amount_minor: i64,
@@ -719,6 +718,7 @@ pub(super) struct Moved {
 
 impl Moved {
     pub(super) fn count(self) {
+        tracing::info!(order_id = %self.order_id, from = self.from.as_str(), to = self.to.as_str(), "order moved");
         metrics::counter!("payments_orders_settled_total", "status" => self.to.as_str()).increment(1);
         if self.to == Status::Paid && self.from != Status::Paid {
             // Gross merchandise value in minor units (paise), per currency: a business KPI.

@@ -329,6 +329,7 @@ impl<C> Client<C> {
             rpc.method = Req::METHOD,
             peer.service = %self.target.0.name,
             rpc.grpc.status_code = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
             thali.retries = tracing::field::Empty,
         );
         let record = span.clone();
@@ -338,6 +339,9 @@ impl<C> Client<C> {
             Err(status) => status.code(),
         };
         record.record("rpc.grpc.status_code", code as i32);
+        if crate::telemetry::is_server_fault(code) {
+            record.record("otel.status_code", "error");
+        }
         outcome
     }
 

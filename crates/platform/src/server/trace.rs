@@ -48,6 +48,7 @@ where
             rpc.system = "grpc",
             rpc.method = %method,
             rpc.grpc.status_code = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
         );
         let parent = crate::telemetry::extract_context(req.headers());
         // A missing or malformed traceparent starts a new trace; that is not an error.
@@ -64,6 +65,9 @@ where
                     .and_then(|v| v.parse::<i32>().ok())
                     .unwrap_or(0);
                 record.record("rpc.grpc.status_code", code);
+                if crate::telemetry::is_server_fault(tonic::Code::from_i32(code)) {
+                    record.record("otel.status_code", "error");
+                }
                 Ok(response)
             }
             .instrument(span),
