@@ -48,14 +48,7 @@ async fn create_creator(facade: &Proc, token: &str, username: &str) {
 }
 
 async fn metrics_of(proc: &Proc) -> String {
-    http()
-        .get(proc.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
+    support::metrics_page(&http(), proc.admin_url("/metrics")).await
 }
 
 /// The value of the first sample whose line starts with `prefix` and contains every of `parts`.

@@ -353,7 +353,7 @@ pub async fn backup(
 /// Makes sure `write_metrics` can write `file`: its directory is created if missing, and a
 /// file is written and removed there.
 pub fn prepare_metrics_file(file: &Path) -> anyhow::Result<()> {
-    let (dir, _) = metrics_tmp(file)?;
+    let dir = metrics_dir(file)?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {} for the metrics file", dir.display()))?;
     // A name of this process's own: another backup writing its metrics meanwhile is not touched.
     let probe = dir.join(format!(".thali-backup-probe-{}", std::process::id()));
@@ -362,14 +362,13 @@ pub fn prepare_metrics_file(file: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The metrics file's directory and the temporary name it is written under.
-fn metrics_tmp(file: &Path) -> anyhow::Result<(&Path, PathBuf)> {
-    let dir = file
+/// The metrics file's directory (the current one for a bare name).
+fn metrics_dir(file: &Path) -> anyhow::Result<&Path> {
+    file.file_name().context("the metrics file needs a file name")?;
+    Ok(file
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = file.file_name().context("the metrics file needs a file name")?;
-    Ok((dir, dir.join(format!(".{}.tmp", name.to_string_lossy()))))
+        .unwrap_or(Path::new(".")))
 }
 
 /// Writes a finished backup's time, size and duration to `file` in the Prometheus text format,
@@ -403,8 +402,8 @@ pub fn write_metrics(file: &Path, backup: &Path, took: std::time::Duration) -> a
     ] {
         text.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}\n"));
     }
-    let (_, tmp) = metrics_tmp(file)?;
-    let tmp = tmp.with_extension(format!("tmp.{}", std::process::id()));
+    // A name of this process's own, renamed over the file once whole.
+    let tmp = metrics_dir(file)?.join(format!(".thali-backup-metrics.{}", std::process::id()));
     std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, file).with_context(|| format!("renaming {} to {}", tmp.display(), file.display()))?;
     Ok(())

@@ -271,16 +271,14 @@ pub async fn json_of(res: Response, status: StatusCode) -> Value {
     serde_json::from_str(&body).unwrap_or(Value::Null)
 }
 
+/// The text `url` (an admin listener's `/metrics`) answers.
+pub async fn metrics_page(http: &Client, url: String) -> String {
+    http.get(url).send().await.unwrap().text().await.unwrap()
+}
+
 /// The mesh's admin `/metrics` page.
 pub async fn metrics(mesh: &Mesh) -> String {
-    mesh.http
-        .get(format!("{}/metrics", mesh.admin))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
+    metrics_page(&mesh.http, format!("{}/metrics", mesh.admin)).await
 }
 
 /// The sum of every series of the metric `name` on the mesh's admin `/metrics` whose labels
