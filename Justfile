@@ -57,10 +57,13 @@ token sub role="creator":
 serve part="all":
     cargo run --release -- serve {{part}}
 
-# Load scenario and baseline: `just load-test storefront` (writes docs/perf/storefront.md);
-# `just load-test kill-replica` (a storefront replica killed under wrk; MODE=rolling drains
-# and restarts each replica instead).
-load-test target="storefront":
+# The 10,000-user load test with the realistic mix on PostgreSQL and Redis: seeds its own
+# database, writes docs/perf/baseline.md and flags regressions over 20 % (PROFILE=spike|soak for
+# the other profiles; tests/load/mix.sh lists the knobs). Other scenarios by name:
+# `just load-test storefront` (the cached read under wrk, docs/perf/storefront.md) and
+# `just load-test kill-replica` (a storefront replica killed under wrk; MODE=rolling drains and
+# restarts each replica instead).
+load-test target="mix":
     bash tests/load/{{target}}.sh
 
 # Job queue throughput (4 workers, no-op jobs) and commit-to-handler latency on PostgreSQL (docs/perf/jobs.md).

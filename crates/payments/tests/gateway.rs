@@ -810,6 +810,48 @@ async fn orders_payments_and_undelivered_webhooks_survive_a_restart() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// The state file is written behind the changes, not inside each: a burst of orders lands in
+/// it once the burst settles, and what the writer has not written yet goes out when the
+/// sandbox stops.
+#[tokio::test]
+async fn the_state_file_follows_a_burst_of_orders_and_is_complete_after_a_stop() {
+    let dir = std::env::temp_dir().join(format!("thali-sandbox-burst-{}", uuid::Uuid::now_v7()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("state.json");
+    let orders_in_file = || -> usize {
+        let state: Value = serde_json::from_slice(&std::fs::read(&path).unwrap_or_default()).unwrap_or(Value::Null);
+        state["orders"].as_object().map_or(0, |orders| orders.len())
+    };
+
+    let running = Running::start(Sandbox::with_state_file(options(), &path).unwrap()).await;
+    let account = running.sandbox.create_account(None).unwrap();
+    let gateway = running.gateway();
+    for _ in 0..40 {
+        gateway
+            .create_order(&account.credentials(), &new_order(10_000))
+            .await
+            .unwrap();
+    }
+    let mut waited = 0;
+    while orders_in_file() < 40 {
+        assert!(
+            waited < 100,
+            "the burst never reached the state file ({} of 40)",
+            orders_in_file()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        waited += 1;
+    }
+    // One more, and the sandbox stops at once: the stop writes it.
+    gateway
+        .create_order(&account.credentials(), &new_order(10_000))
+        .await
+        .unwrap();
+    running.stop().await;
+    assert_eq!(orders_in_file(), 41);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[tokio::test]
 async fn bad_input_gets_razorpays_error_body_and_never_a_5xx() {
     let running = sandbox().await;

@@ -4,8 +4,13 @@
 //! page, webhooks signed like Razorpay's, and faults on demand.
 //!
 //! State lives in memory behind one lock; with [`Sandbox::with_state_file`] it is also written
-//! to a JSON file after every change, so a killed sandbox comes back with its orders, payments
-//! and undelivered webhooks.
+//! to a JSON file behind every change, so a restarted sandbox comes back with its orders,
+//! payments and undelivered webhooks. The file is written behind, not inside, the change: a
+//! background task writes the latest state once a burst of changes settles (at least 50 ms
+//! after the first, and never more than a tenth of its time, so a large state is not rewritten
+//! for every order), and shutdown writes what is left. A crash loses at most that last interval;
+//! a sandbox stands in for Razorpay in tests and demos, where that is the right trade for not
+//! serialising every order on the request path.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -18,7 +23,8 @@
 //! ```
 use std::future::Future;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
 use axum::Router;
@@ -134,6 +140,11 @@ pub(crate) struct Inner {
     options: SandboxOptions,
     state: Mutex<State>,
     state_file: Option<PathBuf>,
+    /// A change not yet in the state file.
+    dirty: AtomicBool,
+    /// Wakes the task that writes the state file; absent until a runtime started it (until
+    /// then changes are written in place).
+    writer: Mutex<Option<Arc<Notify>>>,
     webhook_client: reqwest::Client,
     /// Set when `serve` is shutting down: calls held by the timeout fault end then.
     stopping: watch::Sender<bool>,
@@ -146,6 +157,47 @@ impl Drop for Inner {
         for wake in state.workers.values() {
             wake.notify_one();
         }
+        // What the writer has not written yet goes out now.
+        if *self.dirty.get_mut()
+            && let Some(path) = &self.state_file
+            && let Err(error) = state.save(path)
+        {
+            tracing::error!(path = %path.display(), %error, "sandbox: cannot write the state file");
+        }
+        if let Some(writer) = self.writer.get_mut().unwrap_or_else(PoisonError::into_inner).take() {
+            writer.notify_one();
+        }
+    }
+}
+
+/// The shortest wait between state-file writes, which gathers a burst of changes into one.
+const WRITE_BEHIND_MIN: Duration = Duration::from_millis(50);
+/// The longest wait, whatever the state's size.
+const WRITE_BEHIND_MAX: Duration = Duration::from_secs(10);
+
+/// Writes the state file after changes until the sandbox is gone. Each write waits ten times as
+/// long as the last one took, so the writer keeps under a tenth of a core however large the
+/// state grows.
+async fn write_behind(inner: Weak<Inner>, wake: Arc<Notify>) {
+    let mut pause = WRITE_BEHIND_MIN;
+    loop {
+        wake.notified().await;
+        tokio::time::sleep(pause).await;
+        let Some(inner) = inner.upgrade() else { return };
+        let started = std::time::Instant::now();
+        let task = inner.clone();
+        let written = tokio::task::spawn_blocking(move || task.write_state()).await;
+        if !matches!(written, Ok(true)) {
+            // Not written: try again after the longest pause.
+            inner.dirty.store(true, Ordering::SeqCst);
+            pause = WRITE_BEHIND_MAX;
+            wake.notify_one();
+            continue;
+        }
+        pause = started
+            .elapsed()
+            .saturating_mul(10)
+            .clamp(WRITE_BEHIND_MIN, WRITE_BEHIND_MAX);
     }
 }
 
@@ -155,11 +207,41 @@ impl Inner {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Marks the state changed: the writer task writes it soon; without one (no runtime yet)
+    /// it is written now.
     fn persist(&self, state: &State) {
-        if let Some(path) = &self.state_file
-            && let Err(error) = state.save(path)
-        {
-            tracing::error!(path = %path.display(), %error, "sandbox: cannot write the state file");
+        let Some(path) = &self.state_file else { return };
+        self.dirty.store(true, Ordering::SeqCst);
+        let writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        match writer {
+            Some(wake) => wake.notify_one(),
+            None => {
+                self.dirty.store(false, Ordering::SeqCst);
+                if let Err(error) = state.save(path) {
+                    self.dirty.store(true, Ordering::SeqCst);
+                    tracing::error!(path = %path.display(), %error, "sandbox: cannot write the state file");
+                }
+            }
+        }
+    }
+
+    /// Writes the state file if a change is not in it yet (blocking: file I/O and fsync).
+    /// Returns false when it could not.
+    fn write_state(&self) -> bool {
+        let Some(path) = &self.state_file else { return true };
+        let bytes = {
+            let state = self.lock();
+            if !self.dirty.swap(false, Ordering::SeqCst) {
+                return true;
+            }
+            state.to_bytes()
+        };
+        match bytes.and_then(|bytes| state::write_atomically(path, &bytes)) {
+            Ok(()) => true,
+            Err(error) => {
+                tracing::error!(path = %path.display(), %error, "sandbox: cannot write the state file");
+                false
+            }
         }
     }
 
@@ -198,6 +280,15 @@ impl Inner {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
+        if self.state_file.is_some() {
+            let mut writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+            if writer.is_none() {
+                let wake = Arc::new(Notify::new());
+                *writer = Some(wake.clone());
+                // A change made before the writer existed was written in place.
+                runtime.spawn(write_behind(Arc::downgrade(self), wake));
+            }
+        }
         let mut state = self.lock();
         let missing: Vec<String> = state
             .accounts
@@ -233,7 +324,7 @@ impl Sandbox {
     }
 
     /// A sandbox whose state survives a restart: loaded from `path` when the file exists, and
-    /// written there (temporary file + rename) after every change.
+    /// written there (temporary file + rename) behind every change (see the module's notes).
     pub fn with_state_file(options: SandboxOptions, path: impl Into<PathBuf>) -> Result<Sandbox, SandboxError> {
         let path = path.into();
         let state = State::load(&path).map_err(|source| SandboxError::StateFile {
@@ -251,6 +342,8 @@ impl Sandbox {
                 options,
                 state: Mutex::new(state),
                 state_file,
+                dirty: AtomicBool::new(false),
+                writer: Mutex::new(None),
                 webhook_client,
                 stopping: watch::Sender::new(false),
             }),
@@ -274,11 +367,17 @@ impl Sandbox {
         let router = self.router();
         let inner = self.inner.clone();
         drop(self);
-        let stopping = async move {
-            shutdown.await;
-            inner.stopping.send_replace(true);
+        let stopping = {
+            let inner = inner.clone();
+            async move {
+                shutdown.await;
+                inner.stopping.send_replace(true);
+            }
         };
-        axum::serve(listener, router).with_graceful_shutdown(stopping).await
+        let served = axum::serve(listener, router).with_graceful_shutdown(stopping).await;
+        // Whatever the writer has not written yet goes out before the process ends.
+        let _ = tokio::task::spawn_blocking(move || inner.write_state()).await;
+        served
     }
 
     /// A new test account with generated credentials (`rzp_test_…`).

@@ -232,14 +232,23 @@ impl State {
     /// Writes the state to `path` atomically: a reader (or a restart) sees the old or the new
     /// file, never half of one.
     pub fn save(&self, path: &Path) -> std::io::Result<()> {
-        let bytes = serde_json::to_vec(self).map_err(std::io::Error::other)?;
-        let tmp = temporary_path(path);
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(&bytes)?;
-        file.sync_all()?;
-        drop(file);
-        std::fs::rename(&tmp, path)
+        write_atomically(path, &self.to_bytes()?)
     }
+
+    /// The state as the file holds it.
+    pub fn to_bytes(&self) -> std::io::Result<Vec<u8>> {
+        serde_json::to_vec(self).map_err(std::io::Error::other)
+    }
+}
+
+/// Writes `bytes` to `path` through a temporary file, synced, then renamed over it.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = temporary_path(path);
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(&tmp, path)
 }
 
 fn temporary_path(path: &Path) -> PathBuf {
