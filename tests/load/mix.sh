@@ -10,7 +10,8 @@
 # (1,000 creators × 20 products, 1,000 restaurants, 100,000 past bookings, 10,000 buyers with a
 # live session), starts the whole platform in one process on PostgreSQL and Redis (THALI_LOAD_REDIS,
 # default database 5 of the Redis on 127.0.0.1:6379, flushed first), and runs tests/load/loadgen.rs
-# against the REST facade. Knobs: USERS, RATE, WARMUP, DURATION, LOGIN_CAP. Every run seeds
+# against the REST facade. Knobs: USERS, RATE, WARMUP, DURATION, LOGIN_CAP, REPORT (another
+# report file, e.g. for a smaller crowd). Every run seeds
 # anew (the users' sessions rotate as they run).
 # Exit status: 0 when every target is met and nothing regressed by over 20 %, 3 when not (the
 # report says which), anything else when the run itself failed.
@@ -31,6 +32,7 @@ case "$PROFILE" in
   soak) report=docs/perf/load-soak.md ;;
   *) echo "PROFILE must be steady, spike or soak" >&2; exit 64 ;;
 esac
+report=${REPORT:-$report}
 
 step() { printf '[load %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
