@@ -15,7 +15,7 @@
 //!
 //! Why our own: wrk and oha keep a closed model (a new request when the last one answers) or
 //! cannot give each of 10,000 users its own connection, pause and multi-step actions on 2 cores.
-//! This one needs about 10 % of one core at 3,300 actions a second.
+//! This one needs under half a core at 3,300 actions a second (docs/perf/baseline.md).
 use std::{
     collections::BTreeMap,
     fmt::Write as _,
@@ -135,8 +135,8 @@ async fn main() -> anyhow::Result<()> {
             let failed: u64 = outcome.errors.values().flat_map(|e| e.values()).sum();
             let requests: u64 = outcome.data.routes.values().map(|r| r.count).sum();
             eprintln!(
-                "[load] {requests} requests measured; {failed} answered with an error, {} of them 5xx or failed",
-                outcome.server_errors
+                "[load] {requests} requests measured; {failed} answered with an error, {} of them 5xx or failed; {} payments verified",
+                outcome.server_errors, outcome.paid
             );
             if !outcome.passed {
                 std::process::exit(3);
@@ -620,20 +620,36 @@ struct Shared {
     logins_replaced: AtomicU64,
     login_bucket: Mutex<(f64, Instant)>,
     login_cap: f64,
-    /// Webhooks are sent by the sandbox: the order ids that were paid, to check they became paid.
+    /// Orders of the window whose payment Thali verified (their webhooks are the sandbox's).
     paid_orders: Mutex<Vec<String>>,
 }
 
+/// When a request's action was due (it decides the window the request counts in) and when its
+/// latency starts: the same for an action's first request; a later step of a checkout (the
+/// payment, the signature check) is timed from its own start.
+#[derive(Clone, Copy)]
+struct Timing {
+    action: Instant,
+    from: Instant,
+}
+
+impl From<Instant> for Timing {
+    fn from(intended: Instant) -> Self {
+        Timing {
+            action: intended,
+            from: intended,
+        }
+    }
+}
+
 impl Shared {
-    fn record(&self, route: Route, status: u16, intended: Instant, done: Instant) {
-        if intended < self.measure_from || intended >= self.measure_until {
+    fn record(&self, route: Route, status: u16, timing: impl Into<Timing>, done: Instant) {
+        let Timing { action, from } = timing.into();
+        if action < self.measure_from || action >= self.measure_until {
             return;
         }
-        let micros = done
-            .saturating_duration_since(intended)
-            .as_micros()
-            .min(u32::MAX as u128) as u32;
-        let at = intended.duration_since(self.measure_from).as_secs_f32();
+        let micros = done.saturating_duration_since(from).as_micros().min(u32::MAX as u128) as u32;
+        let at = action.duration_since(self.measure_from).as_secs_f32();
         self.samples.lock().unwrap().push(Sample {
             route,
             status,
@@ -684,6 +700,8 @@ struct User {
     access: Option<String>,
     conn: Option<SendRequest<Full<Bytes>>>,
     serial: u64,
+    /// The session is gone: the next action is a password sign-in.
+    needs_login: bool,
 }
 
 struct Answer {
@@ -712,7 +730,8 @@ impl User {
         self.conn.as_mut()
     }
 
-    /// One request on the user's own connection; latency is counted from `intended`.
+    /// One request on the user's own connection; latency is counted from the intended send
+    /// time (see [`Timing`]).
     async fn call(
         &mut self,
         world: &World,
@@ -720,8 +739,9 @@ impl User {
         route: Route,
         path: &str,
         body: Option<Value>,
-        intended: Instant,
+        timing: impl Into<Timing>,
     ) -> Answer {
+        let timing = timing.into();
         let mut builder = Request::builder()
             .method(route.method())
             .uri(path)
@@ -773,7 +793,7 @@ impl User {
                 (TIMEOUT, Value::Null)
             }
         };
-        shared.record(route, status, intended, done);
+        shared.record(route, status, timing, done);
         Answer { status, body, done }
     }
 
@@ -796,16 +816,24 @@ impl User {
             if let Some(token) = answer.body["refresh_token"].as_str() {
                 self.refresh = token.to_owned();
             }
+        } else if answer.status == 401 {
+            // The session is gone (say, a rotation whose answer was lost made the token a
+            // reuse, and the family was revoked): sign in again with the password.
+            self.access = None;
+            self.needs_login = true;
         }
     }
 
     async fn act(&mut self, world: &World, shared: &Shared, intended: Instant) {
-        // Most users arrive with a live session: the first thing is to use it.
-        if self.access.is_none() {
-            self.refresh(world, shared, intended).await;
-            return;
-        }
-        let mut action = pick_action(fastrand::u32(0..1000));
+        // Most users arrive with a live session: the first thing is to use it. One whose session
+        // ended signs in again, within the sign-in cap (browsing meanwhile).
+        let mut action = if self.needs_login {
+            Action::Login
+        } else if self.access.is_none() {
+            Action::Refresh
+        } else {
+            pick_action(fastrand::u32(0..1000))
+        };
         if action == Action::Login && !shared.may_login() {
             shared.logins_replaced.fetch_add(1, Ordering::Relaxed);
             action = Action::Browse;
@@ -889,11 +917,27 @@ impl User {
                     Ok(response) => {
                         let status = response.status().as_u16();
                         let body: Value = response.json().await.unwrap_or(Value::Null);
-                        shared.record(Route::Pay, status, paid_at, Instant::now());
+                        shared.record(
+                            Route::Pay,
+                            status,
+                            Timing {
+                                action: intended,
+                                from: paid_at,
+                            },
+                            Instant::now(),
+                        );
                         body
                     }
                     Err(_) => {
-                        shared.record(Route::Pay, IO_ERROR, paid_at, Instant::now());
+                        shared.record(
+                            Route::Pay,
+                            IO_ERROR,
+                            Timing {
+                                action: intended,
+                                from: paid_at,
+                            },
+                            Instant::now(),
+                        );
                         return;
                     }
                 };
@@ -910,7 +954,10 @@ impl User {
                         Route::Verify,
                         &format!("/api/v1/orders/{id}/verify"),
                         Some(verify),
-                        Instant::now(),
+                        Timing {
+                            action: intended,
+                            from: Instant::now(),
+                        },
                     )
                     .await;
                 if verified.status == 200 && intended >= shared.measure_from && intended < shared.measure_until {
@@ -924,6 +971,7 @@ impl User {
                     .call(world, shared, Route::Login, "/api/v1/auth/login", Some(body), intended)
                     .await;
                 if answer.status == 200 {
+                    self.needs_login = false;
                     if let Some(token) = answer.body["tokens"]["access_token"].as_str() {
                         self.access = Some(token.to_owned());
                     }
@@ -1126,6 +1174,8 @@ struct Watch {
     /// (connections in use, the pool's maximum) as the server last sampled them.
     pool: Vec<(f64, f64)>,
     open_connections: Vec<i64>,
+    /// Seconds between samples.
+    step_s: u64,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1137,6 +1187,8 @@ struct Outcome {
     data: Data,
     errors: BTreeMap<Route, BTreeMap<u16, u64>>,
     server_errors: u64,
+    /// Orders of the window whose payment was verified.
+    paid: usize,
     passed: bool,
 }
 
@@ -1215,6 +1267,7 @@ async fn run(args: RunArgs) -> anyhow::Result<Outcome> {
             access: None,
             conn: None,
             serial: 0,
+            needs_login: false,
         };
         let first = started + arrive_over.mul_f64(index as f64 / args.users as f64);
         tasks.push(tokio::spawn(user_loop(user, world.clone(), shared.clone(), first)));
@@ -1227,6 +1280,7 @@ async fn run(args: RunArgs) -> anyhow::Result<Outcome> {
     let mut machine_before = None;
     let mut server_before = None;
     let step = Duration::from_secs((duration / 20).clamp(1, 5));
+    watch.step_s = step.as_secs();
     let mut next = Instant::now();
     loop {
         let wake = if before.is_none() {
@@ -1281,8 +1335,15 @@ async fn run(args: RunArgs) -> anyhow::Result<Outcome> {
     let machine_after = machine_cpu();
     let server_after = args.server_pid.and_then(|pid| process_sample(pid, duration as f64));
     // Let the users finish what they were doing (answers of the window still count).
-    for task in tasks {
-        let _ = tokio::time::timeout(REQUEST_TIMEOUT + Duration::from_secs(5), task).await;
+    let deadline = Instant::now() + REQUEST_TIMEOUT + Duration::from_secs(5);
+    for task in &mut tasks {
+        if tokio::time::timeout_at(deadline, &mut *task).await.is_err() {
+            break;
+        }
+    }
+    // Whatever is still running by then is stopped, so nothing records after the count.
+    for task in &tasks {
+        task.abort();
     }
     // Give the webhooks of the last payments time to land, then look at the orders.
     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -1326,6 +1387,7 @@ async fn run(args: RunArgs) -> anyhow::Result<Outcome> {
     Ok(Outcome {
         markdown,
         passed,
+        paid: report.input.paid,
         server_errors: report.server_errors,
         errors: report.errors,
         data: report.data,
@@ -1339,6 +1401,11 @@ async fn run(args: RunArgs) -> anyhow::Result<Outcome> {
 #[derive(Default, serde::Serialize, serde::Deserialize, PartialEq, Debug)]
 struct Data {
     profile: String,
+    /// The crowd: runs of another size or rate are not compared.
+    #[serde(default)]
+    users: usize,
+    #[serde(default)]
+    rate: f64,
     routes: BTreeMap<String, RouteData>,
 }
 
@@ -1448,6 +1515,8 @@ impl<'a> Report<'a> {
         };
         let mut data = Data {
             profile: format!("{:?}", input.args.profile).to_lowercase(),
+            users: input.args.users,
+            rate: input.rate.round(),
             routes: BTreeMap::new(),
         };
         for (route, mut v) in per_route {
@@ -1493,7 +1562,7 @@ impl<'a> Report<'a> {
             Profile::Spike => "Load test: spike profile",
             Profile::Soak => "Load test: soak profile",
         };
-        let measured: u64 = self.data.routes.values().map(|r| r.count).sum();
+        let measured = self.overall.count;
         let _ = writeln!(md, "# {title}\n");
         let _ = writeln!(
             md,
@@ -1520,7 +1589,7 @@ impl<'a> Report<'a> {
         }
         let _ = writeln!(
             md,
-            "- Warm-up {} s (users arrive, sessions refresh, caches fill), then {} s measured: {measured} requests, {:.0} a second.",
+            "- Warm-up {} s (users arrive, sessions refresh, caches fill), then {} s measured: {measured} requests to Thali, {:.0} a second (the payments at the gateway not counted).",
             i.args.warmup,
             i.duration,
             measured as f64 / i.duration as f64
@@ -1651,8 +1720,9 @@ impl<'a> Report<'a> {
         let pool_full = i.watch.pool.iter().filter(|p| p.1 > 0.0 && p.0 >= p.1).count();
         let _ = writeln!(
             md,
-            "\n- Database pool: at most {pool_peak:.0} of {pool_max:.0} connections in use; full (requests would wait) in {pool_full} of {} samples taken every 5 s.",
-            i.watch.pool.len()
+            "\n- Database pool: at most {pool_peak:.0} of {pool_max:.0} connections in use; full (requests would wait) in {pool_full} of {} samples taken every {} s.",
+            i.watch.pool.len(),
+            i.watch.step_s
         );
         let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64;
         if let Some(cpu) = i.server_cpu {
@@ -1738,6 +1808,13 @@ impl<'a> Report<'a> {
             None => {
                 let _ = writeln!(md, "No previous run of this profile: this is the first baseline.");
             }
+            Some(previous) if previous.users != self.data.users || previous.rate != self.data.rate => {
+                let _ = writeln!(
+                    md,
+                    "The previous run had another crowd ({} users at {:.0} actions/s): not compared.",
+                    previous.users, previous.rate
+                );
+            }
             Some(previous) => {
                 let regressions = self.data.regressions(previous);
                 let _ = writeln!(md, "| route | p95 then → now | p99 then → now |\n|---|---:|---:|");
@@ -1815,6 +1892,8 @@ mod tests {
     fn a_route_more_than_20_percent_slower_is_a_regression() {
         let data = |p95: f64, p99: f64| Data {
             profile: "steady".into(),
+            users: 10_000,
+            rate: 3333.0,
             routes: BTreeMap::from([(
                 "GET /x".to_owned(),
                 RouteData {
@@ -1903,6 +1982,10 @@ mod tests {
         })
         .await
         .unwrap();
+        // One user's session is gone (its token was never issued): it must sign in again.
+        let mut seeded: Fixture = serde_json::from_slice(&std::fs::read(&fixture).unwrap()).unwrap();
+        seeded.users[0].refresh_token = "thali_rt_never_issued".into();
+        std::fs::write(&fixture, serde_json::to_vec(&seeded).unwrap()).unwrap();
         // Seeding twice would mix two fixtures' sessions: refused.
         let again = seed::run(SeedArgs {
             database_url: t.url.clone(),
@@ -1927,26 +2010,32 @@ mod tests {
             rate: Some(60.0),
             login_cap: 8.0,
             profile: Profile::Steady,
-            warmup: 3,
+            // No warm-up: the first refreshes, the refused one and the sign-in after it all
+            // fall in the window.
+            warmup: 0,
             duration: Some(8),
             report: report.clone(),
             setup: "test".into(),
         };
         let outcome = run(args(&report)).await.unwrap();
         assert_eq!(outcome.server_errors, 0, "{}", outcome.markdown);
-        // Bookings may meet a taken slot (409); nothing else may fail.
+        // Bookings may meet a taken slot (409), and the user without a session is refused its
+        // refresh (401) until it signs in; nothing else may fail.
         for (route, errors) in &outcome.errors {
             for status in errors.keys() {
                 assert!(
-                    *route == Route::Book && *status == 409,
+                    (*route == Route::Book && *status == 409) || (*route == Route::Refresh && *status == 401),
                     "{route:?} answered {status}: {}",
                     outcome.markdown
                 );
             }
         }
-        for route in [Route::Storefront, Route::Search, Route::Availability] {
-            assert!(outcome.data.routes[route.name()].count > 0, "{}", outcome.markdown);
+        // Every step of the mix ran in the window, the sign-in included (the user above).
+        for route in Route::ALL {
+            let count = outcome.data.routes.get(route.name()).map_or(0, |r| r.count);
+            assert!(count > 0, "no {route:?} in the window: {}", outcome.markdown);
         }
+        assert!(outcome.paid > 0, "{}", outcome.markdown);
         let written = std::fs::read_to_string(&report).unwrap();
         assert_eq!(Data::from_report(&written).as_ref(), Some(&outcome.data));
         assert!(

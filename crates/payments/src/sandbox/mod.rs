@@ -142,9 +142,13 @@ pub(crate) struct Inner {
     state_file: Option<PathBuf>,
     /// A change not yet in the state file.
     dirty: AtomicBool,
-    /// Wakes the task that writes the state file; absent until a runtime started it (until
-    /// then changes are written in place).
-    writer: Mutex<Option<Arc<Notify>>>,
+    /// The task that writes the state file and its wake-up; absent until a runtime started it
+    /// (until then, and after its runtime ended, changes are written in place).
+    writer: Mutex<Option<Writer>>,
+    /// Held across taking the dirty flag, serialising, writing and renaming: one write of the
+    /// state file at a time (they share the temporary file), and a flush that comes while the
+    /// writer is writing waits for it.
+    writing: Mutex<()>,
     webhook_client: reqwest::Client,
     /// Set when `serve` is shutting down: calls held by the timeout fault end then.
     stopping: watch::Sender<bool>,
@@ -165,9 +169,14 @@ impl Drop for Inner {
             tracing::error!(path = %path.display(), %error, "sandbox: cannot write the state file");
         }
         if let Some(writer) = self.writer.get_mut().unwrap_or_else(PoisonError::into_inner).take() {
-            writer.notify_one();
+            writer.wake.notify_one();
         }
     }
+}
+
+struct Writer {
+    wake: Arc<Notify>,
+    task: tokio::task::JoinHandle<()>,
 }
 
 /// The shortest wait between state-file writes, which gathers a burst of changes into one.
@@ -212,10 +221,17 @@ impl Inner {
     fn persist(&self, state: &State) {
         let Some(path) = &self.state_file else { return };
         self.dirty.store(true, Ordering::SeqCst);
-        let writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner).clone();
-        match writer {
+        let wake = {
+            let writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+            writer
+                .as_ref()
+                .filter(|w| !w.task.is_finished())
+                .map(|w| w.wake.clone())
+        };
+        match wake {
             Some(wake) => wake.notify_one(),
             None => {
+                let _one_at_a_time = self.writing.lock().unwrap_or_else(PoisonError::into_inner);
                 self.dirty.store(false, Ordering::SeqCst);
                 if let Err(error) = state.save(path) {
                     self.dirty.store(true, Ordering::SeqCst);
@@ -229,13 +245,15 @@ impl Inner {
     /// Returns false when it could not.
     fn write_state(&self) -> bool {
         let Some(path) = &self.state_file else { return true };
-        let bytes = {
-            let state = self.lock();
-            if !self.dirty.swap(false, Ordering::SeqCst) {
-                return true;
-            }
-            state.to_bytes()
-        };
+        // Locks in the order a change takes them (state, then writing); the state lock is let
+        // go once the snapshot is taken, the writing lock once the file is in place.
+        let state = self.lock();
+        let _one_at_a_time = self.writing.lock().unwrap_or_else(PoisonError::into_inner);
+        if !self.dirty.swap(false, Ordering::SeqCst) {
+            return true;
+        }
+        let bytes = state.to_bytes();
+        drop(state);
         match bytes.and_then(|bytes| state::write_atomically(path, &bytes)) {
             Ok(()) => true,
             Err(error) => {
@@ -282,11 +300,12 @@ impl Inner {
         };
         if self.state_file.is_some() {
             let mut writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
-            if writer.is_none() {
+            // None yet, or its runtime ended: start one here. Changes made without a writer
+            // were written in place.
+            if writer.as_ref().is_none_or(|w| w.task.is_finished()) {
                 let wake = Arc::new(Notify::new());
-                *writer = Some(wake.clone());
-                // A change made before the writer existed was written in place.
-                runtime.spawn(write_behind(Arc::downgrade(self), wake));
+                let task = runtime.spawn(write_behind(Arc::downgrade(self), wake.clone()));
+                *writer = Some(Writer { wake, task });
             }
         }
         let mut state = self.lock();
@@ -344,6 +363,7 @@ impl Sandbox {
                 state_file,
                 dirty: AtomicBool::new(false),
                 writer: Mutex::new(None),
+                writing: Mutex::new(()),
                 webhook_client,
                 stopping: watch::Sender::new(false),
             }),
