@@ -1945,29 +1945,9 @@ mod tests {
             return;
         };
         let dir = std::env::temp_dir().join(format!("thali-loadgen-{}", uuid::Uuid::now_v7()));
-        let mut env: HashMap<String, String> = [
-            ("THALI_DATA_DIR", dir.join("data").display().to_string()),
-            ("THALI_DATABASE_URL", t.url.clone()),
-            ("THALI_HTTP_ADDR", "127.0.0.1:0".into()),
-            ("THALI_GRPC_ADDR", "127.0.0.1:0".into()),
-            ("THALI_ADMIN_ADDR", "127.0.0.1:0".into()),
-            ("THALI_SANDBOX_ADDR", "127.0.0.1:0".into()),
-            ("THALI_LOG", "error".into()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect();
-        for policy in [
-            "ANONYMOUS",
-            "SIGNED_IN",
-            "LOGIN",
-            "LOGIN_ADDRESS",
-            "REGISTER",
-            "API_KEY",
-            "WEBHOOK",
-        ] {
-            env.insert(format!("THALI_RATE_LIMIT_{policy}"), "1000000000/min".into());
-        }
+        let mut env = thali_tests::loopback_env(&dir.join("data"));
+        env.insert("THALI_DATABASE_URL".into(), t.url.clone());
+        env.insert("THALI_LOG".into(), "error".into());
         let cfg = thali_platform::Config::load_from(None, Some(env), &Default::default()).unwrap();
         let platform = thali::start(&cfg, thali::Part::All).await.unwrap();
         let fixture = dir.join("fixture.json");
